@@ -1,0 +1,129 @@
+"""Run the library's queries on whatever connection the application already holds.
+
+The application's transaction is the point of the outbox, so we never open our own: SQLAlchemy
+sessions and connections (sync and async) go through `text()`, psycopg 3 connections and
+cursors (and DB-API wrappers such as Django's cursor) through `execute()` directly. Operations
+are written once, as generators that yield queries and receive rows, and driven here by a sync
+or an async runner, so the logic is not written twice.
+"""
+
+from collections.abc import Awaitable, Generator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from outbox.errors import UnsupportedConnection
+from outbox.sqlfile import for_psycopg
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """One statement with `:name` parameters."""
+
+    sql: str
+    params: dict[str, Any]
+
+
+Steps = Generator[Query, list[tuple[Any, ...]], T]
+
+
+def _sqlalchemy_kind(conn: Any) -> str | None:
+    try:
+        from sqlalchemy.engine import Connection
+        from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+        from sqlalchemy.orm import Session
+    except ImportError:  # pragma: no cover - sqlalchemy is a dependency
+        return None
+    if isinstance(conn, Session | Connection):
+        return "sync"
+    if isinstance(conn, AsyncSession | AsyncConnection):
+        return "async"
+    return None
+
+
+def _psycopg_kind(conn: Any) -> str | None:
+    import psycopg
+
+    if isinstance(conn, psycopg.Connection | psycopg.Cursor):
+        return "sync"
+    if isinstance(conn, psycopg.AsyncConnection | psycopg.AsyncCursor):
+        return "async"
+    return None
+
+
+def run(conn: Any, steps: Steps[T]) -> T | Awaitable[T]:
+    """Drive `steps` on `conn`: returns the result, or an awaitable for async connections."""
+    sa_kind = _sqlalchemy_kind(conn)
+    if sa_kind == "sync":
+        return _drive(steps, lambda q: _sa_rows(conn.execute(_text(q.sql), q.params)))
+    if sa_kind == "async":
+        return _drive_async(steps, conn, _run_sa_async)
+    pg_kind = _psycopg_kind(conn)
+    if pg_kind == "async":
+        return _drive_async(steps, conn, _run_psycopg_async)
+    if pg_kind == "sync" or _is_dbapi(conn):
+        return _drive(steps, lambda q: _run_dbapi(conn, q))
+    raise UnsupportedConnection(
+        f"expected a SQLAlchemy Session/Connection (sync or async) or a psycopg 3 "
+        f"connection/cursor, got {type(conn).__name__}"
+    )
+
+
+def _text(sql: str) -> Any:
+    from sqlalchemy import text
+
+    return text(sql)
+
+
+def _sa_rows(result: Any) -> list[tuple[Any, ...]]:
+    return [tuple(row) for row in result] if result.returns_rows else []
+
+
+def _is_dbapi(conn: Any) -> bool:
+    return callable(getattr(conn, "execute", None)) or callable(getattr(conn, "cursor", None))
+
+
+def _run_dbapi(conn: Any, query: Query) -> list[tuple[Any, ...]]:
+    """A psycopg connection/cursor or a DB-API cursor wrapper (Django's) with pyformat style."""
+    if hasattr(conn, "fetchall"):
+        conn.execute(for_psycopg(query.sql), query.params)
+        return list(conn.fetchall()) if conn.description else []
+    if callable(getattr(conn, "cursor", None)):
+        with conn.cursor() as cur:
+            cur.execute(for_psycopg(query.sql), query.params)
+            return list(cur.fetchall()) if cur.description else []
+    raise UnsupportedConnection(f"{type(conn).__name__} has no cursor")
+
+
+async def _run_sa_async(conn: Any, query: Query) -> list[tuple[Any, ...]]:
+    return _sa_rows(await conn.execute(_text(query.sql), query.params))
+
+
+async def _run_psycopg_async(conn: Any, query: Query) -> list[tuple[Any, ...]]:
+    import psycopg
+
+    if isinstance(conn, psycopg.AsyncCursor):
+        await conn.execute(for_psycopg(query.sql), query.params)
+        return list(await conn.fetchall()) if conn.description else []
+    async with conn.cursor() as cur:
+        await cur.execute(for_psycopg(query.sql), query.params)
+        return list(await cur.fetchall()) if cur.description else []
+
+
+def _drive(steps: Steps[T], execute: Any) -> T:
+    try:
+        query = next(steps)
+        while True:
+            query = steps.send(execute(query))
+    except StopIteration as done:
+        return done.value
+
+
+async def _drive_async(steps: Steps[T], conn: Any, execute: Any) -> T:
+    try:
+        query = next(steps)
+        while True:
+            query = steps.send(await execute(conn, query))
+    except StopIteration as done:
+        return done.value

@@ -1,0 +1,53 @@
+"""Database URL handling shared by the library, the migrations and the relay.
+
+Users may give `postgresql://`, `postgres://` or `postgresql+psycopg://`; SQLAlchemy needs the
+driver spelled out and psycopg needs it absent.
+"""
+
+import os
+
+ENV_VAR = "OUTBOX_DATABASE_URL"
+
+
+class MissingDatabaseURL(RuntimeError):
+    """No database was configured."""
+
+
+def database_url_from_env() -> str:
+    """The configured database URL, or a clear error naming the variable to set."""
+    url = os.environ.get(ENV_VAR, "").strip()
+    if not url:
+        raise MissingDatabaseURL(f"set {ENV_VAR} (e.g. postgresql://user@host:5432/db)")
+    return url
+
+
+def _split_scheme(url: str) -> tuple[str, str]:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError("database URL must look like postgresql://user@host/db")
+    base = scheme.split("+", 1)[0]
+    if base not in ("postgresql", "postgres"):
+        raise ValueError(f"unsupported database URL scheme {scheme!r}: PostgreSQL only")
+    return scheme, rest
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The URL with the psycopg 3 driver, for SQLAlchemy."""
+    _, rest = _split_scheme(url)
+    return f"postgresql+psycopg://{rest}"
+
+
+def psycopg_url(url: str) -> str:
+    """The URL without a driver suffix, for psycopg.connect()."""
+    _, rest = _split_scheme(url)
+    return f"postgresql://{rest}"
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced, safe for logs and error messages."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at or ":" not in creds:
+        return url
+    user = creds.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"

@@ -1,0 +1,42 @@
+-- Queries of the application-side library. The SQL entry point for other languages is the
+-- function outbox_record_usage() created by the migrations; these statements follow the same
+-- rules (the table's constraints) but report conflicts without aborting the caller's transaction.
+
+-- name: record_usage
+WITH ins AS (
+    INSERT INTO meter_event_outbox
+        (identifier, event_name, customer, value, dimensions, metadata, occurred_at, stripe_account)
+    VALUES (:identifier, :event_name, :customer, :value, CAST(:dimensions AS jsonb),
+            CAST(:metadata AS jsonb), coalesce(CAST(:occurred_at AS timestamptz), now()),
+            :stripe_account)
+    ON CONFLICT ON CONSTRAINT meter_event_outbox_identifier_key DO NOTHING
+    RETURNING id
+)
+SELECT id, CASE WHEN CAST(:notify AS boolean) THEN outbox_wake() END AS woke FROM ins
+
+-- name: recorded_usage
+SELECT id, event_name, customer, value, dimensions, occurred_at, stripe_account
+FROM meter_event_outbox
+WHERE identifier = :identifier
+
+-- name: cancel_usage
+-- A row Stripe can not have counted is cancelled on the spot; one that may have been counted
+-- becomes a pending 'cancel' action for the relay (a meter event adjustment). An in-flight row
+-- only gets the request stamped: the relay's outcome write routes it once the call returns.
+UPDATE meter_event_outbox AS o
+SET cancel_requested_at = coalesce(o.cancel_requested_at, now()),
+    state = CASE
+        WHEN o.state = 'in_flight' OR o.state = 'cancelled' THEN o.state
+        WHEN o.attempts = 0 OR o.state = 'rejected' THEN 'cancelled'
+        ELSE 'pending' END,
+    action = CASE
+        WHEN o.state IN ('in_flight', 'cancelled') OR o.attempts = 0 OR o.state = 'rejected'
+        THEN o.action ELSE 'cancel' END,
+    cancelled_at = CASE
+        WHEN o.state NOT IN ('in_flight', 'cancelled') AND (o.attempts = 0 OR o.state = 'rejected')
+        THEN now() ELSE o.cancelled_at END,
+    available_at = CASE WHEN o.state IN ('in_flight', 'cancelled') THEN o.available_at
+                        ELSE now() END,
+    updated_at = now()
+WHERE o.identifier = :identifier
+RETURNING o.id, o.state, o.action

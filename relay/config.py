@@ -1,0 +1,71 @@
+"""Relay settings: environment variables (names in DESIGN.md), overridden by CLI flags.
+
+Secrets are `SecretStr`, so printing or logging the settings never shows them.
+"""
+
+import os
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from outbox.dburl import psycopg_url
+
+
+class Settings(BaseSettings):
+    """Everything `outbox-relay` reads from its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="OUTBOX_", extra="ignore", populate_by_name=True)
+
+    database_url: str = Field(default="", description="PostgreSQL URL (postgresql://...)")
+    stripe_api_key: SecretStr | None = Field(default=None, validation_alias="STRIPE_API_KEY")
+    stripe_api_key_file: Path | None = Field(default=None, validation_alias="STRIPE_API_KEY_FILE")
+    stripe_webhook_secret: SecretStr | None = Field(
+        default=None, validation_alias="STRIPE_WEBHOOK_SECRET"
+    )
+    stripe_api_base: str | None = Field(
+        default=None, description="Point every Stripe host at this base URL (e.g. the emulator)"
+    )
+    stripe_api_mode: Literal["v1", "v2-stream"] = "v1"
+
+    rate_limit: float | None = Field(
+        default=None, description="Stripe calls per second; default 1000 live, 25 test keys"
+    )
+    concurrency: int = Field(default=64, ge=1, le=10_000)
+    batch_size: int = Field(default=100, ge=1, le=10_000)
+    poll_interval: float = Field(default=1.0, gt=0)
+    poll_only: bool = False
+    lease_seconds: float = Field(default=30.0, gt=0)
+    request_timeout: float = Field(default=10.0, gt=0)
+    max_attempts: int = Field(default=25, ge=1)
+    dedup_window_hours: float = Field(
+        default=20.0, gt=0, lt=24, description="Stop retrying before Stripe's >= 24 h dedup window"
+    )
+    retention_days: float = Field(default=35.0, gt=0)
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    relay_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_only(cls, url: str) -> str:
+        if url:
+            psycopg_url(url)  # raises a clear ValueError on a non-PostgreSQL URL
+        return url
+
+    def api_key(self) -> str | None:
+        """The Stripe secret key, from STRIPE_API_KEY or the file STRIPE_API_KEY_FILE names."""
+        if self.stripe_api_key is not None:
+            return self.stripe_api_key.get_secret_value().strip()
+        if self.stripe_api_key_file is not None:
+            return self.stripe_api_key_file.read_text().strip()
+        return None
+
+    def effective_rate_limit(self) -> float:
+        """Configured limit, else Stripe's: 1,000/s for live keys, 25/s for test/sandbox keys."""
+        if self.rate_limit is not None:
+            return self.rate_limit
+        key = self.api_key() or ""
+        return 1000.0 if key.startswith(("sk_live_", "rk_live_")) else 25.0

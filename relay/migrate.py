@@ -1,0 +1,53 @@
+"""Schema migrations, run from the installed package (`outbox-relay migrate`).
+
+The top-level `alembic/` directory of the repository is installed as `relay.migrations`, so the
+same migration files serve `alembic upgrade head` in a checkout and the CLI in production.
+"""
+
+from importlib.resources import files
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+_CHECKOUT = Path(__file__).resolve().parent.parent / "alembic"
+
+
+def script_location() -> str:
+    """The checkout's `alembic/` (source and editable installs), else the wheel's copy."""
+    if (_CHECKOUT / "env.py").is_file():
+        return str(_CHECKOUT)
+    return str(files("relay.migrations"))
+
+
+def alembic_config(database_url: str) -> Config:
+    """An Alembic config pointing at the migrations and the given database."""
+    cfg = Config()
+    cfg.set_main_option("script_location", script_location())
+    cfg.attributes["database_url"] = database_url
+    return cfg
+
+
+def upgrade(database_url: str, revision: str = "head") -> None:
+    """Bring the schema up to `revision` (idempotent: nothing happens when already there)."""
+    command.upgrade(alembic_config(database_url), revision)
+
+
+def downgrade(database_url: str, revision: str) -> None:
+    """Take the schema down to `revision` ('base' removes every outbox object)."""
+    command.downgrade(alembic_config(database_url), revision)
+
+
+def current(database_url: str) -> str | None:
+    """The schema revision the database is at, or None before the first migration."""
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import create_engine, pool
+
+    from outbox.dburl import sqlalchemy_url
+
+    engine = create_engine(sqlalchemy_url(database_url), poolclass=pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    finally:
+        engine.dispose()

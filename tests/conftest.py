@@ -1,0 +1,52 @@
+"""Shared fixtures: a real PostgreSQL for every test, isolated by database."""
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from relay import migrate
+from tests.pg import admin_execute, server, unique_name, with_database
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> Iterator[str]:
+    """URL of a maintenance database on the session's PostgreSQL server."""
+    with server() as (url, source):
+        print(f"\nPostgreSQL for tests: {source}")
+        yield url
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_admin_url: str) -> Iterator[str]:
+    """A migrated database used only as the template for per-test clones."""
+    name = unique_name("outbox_tpl")
+    admin_execute(pg_admin_url, f'CREATE DATABASE "{name}"')
+    migrate.upgrade(with_database(pg_admin_url, name))
+    yield name
+    admin_execute(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database_url(pg_admin_url: str, template_db: str) -> Iterator[str]:
+    """A fresh, migrated database for one test."""
+    name = unique_name("outbox_test")
+    admin_execute(pg_admin_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    yield with_database(pg_admin_url, name)
+    admin_execute(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def empty_database_url(pg_admin_url: str) -> Iterator[str]:
+    """A fresh database without the schema (migration tests)."""
+    name = unique_name("outbox_empty")
+    admin_execute(pg_admin_url, f'CREATE DATABASE "{name}"')
+    yield with_database(pg_admin_url, name)
+    admin_execute(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[psycopg.Connection]:
+    """An autocommit psycopg connection to the test database, for setup and assertions."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        yield conn

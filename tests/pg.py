@@ -1,0 +1,69 @@
+"""Where the tests get PostgreSQL from, and cheap per-test databases.
+
+Order: OUTBOX_TEST_DATABASE_URL if set; else a throwaway container through testcontainers when
+a Docker engine answers; else the embedded server from the `pgserver` wheel, so a machine with
+only Python runs the suite. Each test gets a fresh database cloned from a migrated template
+(CREATE DATABASE ... TEMPLATE), which costs milliseconds instead of a migration run.
+"""
+
+import contextlib
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+from sqlalchemy.engine import make_url
+
+from outbox.dburl import psycopg_url
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL pointing at another database."""
+    rendered = make_url(psycopg_url(url)).set(database=name)
+    return rendered.render_as_string(hide_password=False)
+
+
+def admin_execute(url: str, *statements: str) -> None:
+    """Run statements outside a transaction (CREATE/DROP DATABASE need that)."""
+    with psycopg.connect(psycopg_url(url), autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=3)
+        client.ping()
+        return True
+    except Exception:
+        return False
+
+
+@contextlib.contextmanager
+def server() -> Iterator[tuple[str, str]]:
+    """Yield (admin URL, description) of a PostgreSQL server for this test session."""
+    env_url = os.environ.get("OUTBOX_TEST_DATABASE_URL", "").strip()
+    if env_url:
+        yield env_url, "OUTBOX_TEST_DATABASE_URL"
+        return
+    if os.environ.get("OUTBOX_TEST_NO_DOCKER") != "1" and _docker_answers():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16-alpine", driver=None) as container:
+            yield container.get_connection_url(), "testcontainers postgres:16"
+        return
+    import pgserver
+
+    with tempfile.TemporaryDirectory(prefix="outbox-pg-") as datadir:
+        pg = pgserver.get_server(datadir, cleanup_mode="stop")
+        try:
+            yield pg.get_uri(), "embedded pgserver"
+        finally:
+            pg.cleanup()
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"
