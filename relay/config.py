@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     dedup_window_hours: float = Field(
         default=20.0, gt=0, lt=24, description="Stop retrying before Stripe's >= 24 h dedup window"
     )
+    auth_probe_interval: float = Field(default=10.0, gt=0)
+    shutdown_grace: float = Field(default=20.0, ge=0)
     retention_days: float = Field(default=35.0, gt=0)
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)

@@ -1,0 +1,53 @@
+"""Thin async database layer: a psycopg pool and the named queries of relay/queries.sql.
+
+Every call here is one short statement in its own transaction (autocommit): the relay never
+holds a transaction open while it talks to Stripe (invariant 2).
+"""
+
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool
+
+from outbox.dburl import psycopg_url
+from outbox.sqlfile import for_psycopg, load
+
+QUERIES = load("relay", "queries.sql")
+
+
+async def _autocommit(conn: AsyncConnection[TupleRow]) -> None:
+    await conn.set_autocommit(True)
+
+
+def make_pool(database_url: str, max_size: int = 4) -> AsyncConnectionPool:
+    """A pool of autocommit connections (not opened yet: `await pool.open()`)."""
+    return AsyncConnectionPool(
+        psycopg_url(database_url),
+        min_size=1,
+        max_size=max_size,
+        configure=_autocommit,
+        open=False,
+        name="outbox-relay",
+    )
+
+
+class Database:
+    """Runs named queries; one statement, one implicit transaction."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self.pool = pool
+
+    async def fetch(self, name: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(for_psycopg(QUERIES[name]), params or {}, prepare=True)
+            return await cur.fetchall() if cur.description else []
+
+    async def ping(self) -> bool:
+        """Readiness: can we run a statement right now?"""
+        try:
+            async with self.pool.connection(timeout=2) as conn:
+                await conn.execute("SELECT 1")
+            return True
+        except Exception:
+            return False

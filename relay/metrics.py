@@ -1,0 +1,21 @@
+"""Prometheus metrics of the relay (served on /metrics)."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CLAIMED = Counter("outbox_relay_claimed_rows_total", "Rows claimed for sending")
+OUTCOMES = Counter(
+    "outbox_relay_outcomes_total",
+    "Outcomes written, by resulting state and error code",
+    ["state", "code"],
+)
+STRIPE_CALLS = Counter("outbox_relay_stripe_calls_total", "Stripe calls by verdict", ["verdict"])
+LATENCY = Histogram(
+    "outbox_relay_stripe_latency_seconds",
+    "Stripe call latency",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 10),
+)
+INFLIGHT = Gauge("outbox_relay_inflight_calls", "Stripe calls in flight")
+RATE = Gauge("outbox_relay_rate_limit_per_second", "Current adaptive client-side rate limit")
+AUTH_PAUSED = Gauge("outbox_relay_auth_paused", "1 while sending is paused on a 401/403")
+DB_ERRORS = Counter("outbox_relay_database_errors_total", "Failed database statements")
+WEBHOOKS = Counter("outbox_relay_webhooks_total", "Webhook deliveries by result", ["result"])

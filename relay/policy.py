@@ -1,0 +1,95 @@
+"""Turn a verdict into the row's next state: backoff, budgets and local refusals.
+
+Local refusals (invariants 5 and 6) happen before any call: a timestamp Stripe would reject,
+or a row whose first attempt is so old that Stripe's identifier dedup might have forgotten it.
+"""
+
+import random
+from datetime import datetime, timedelta
+
+from relay.classify import Classified, Verdict
+from relay.rows import Claimed, Outcome
+
+STRIPE_MAX_PAST = timedelta(days=35)
+STRIPE_MAX_FUTURE = timedelta(minutes=5)
+# Margin so a row refused at neither end by us is not refused by Stripe after clock skew and
+# transit time.
+CLOCK_MARGIN = timedelta(seconds=60)
+CANCEL_WINDOW = timedelta(hours=24)
+
+
+def local_refusal(row: Claimed, now: datetime, dedup_window: timedelta) -> Outcome | None:
+    """An outcome decided without calling Stripe, or None when the row may be sent."""
+    if row.action == "cancel":
+        if row.accepted_at is not None and row.accepted_at < now - CANCEL_WINDOW:
+            return _fail(
+                row,
+                "cancel_window_expired",
+                "Stripe accepts cancellations only within 24 h of receipt",
+            )
+        return None
+    if row.occurred_at < now - STRIPE_MAX_PAST + CLOCK_MARGIN:
+        return _fail(
+            row, "timestamp_too_far_in_past", "usage is older than Stripe's 35-day window; not sent"
+        )
+    if row.occurred_at > now + STRIPE_MAX_FUTURE - CLOCK_MARGIN:
+        return _fail(row, "timestamp_in_future", "usage is more than 5 minutes ahead; not sent")
+    first = row.previous_first_attempt_at
+    if first is not None and first < now - dedup_window:
+        return _fail(
+            row,
+            "dedup_window_expired",
+            "unconfirmed since the first attempt at "
+            f"{first.isoformat()}; Stripe may have forgotten the identifier, so a resend could "
+            "double-count. Check the meter's event summaries, then retry --force or cancel.",
+        )
+    return None
+
+
+def _fail(row: Claimed, code: str, message: str) -> Outcome:
+    return Outcome(row=row, state="failed", counted=0, code=code, message=message)
+
+
+def backoff(attempt: int, base: float = 0.5, cap: float = 300.0) -> float:
+    """Exponential backoff with full jitter (AWS style): spreads retries of a burst."""
+    return random.uniform(0, min(cap, base * 2 ** max(attempt - 1, 0)))
+
+
+def decide(row: Claimed, result: Classified, max_attempts: int, latency_ms: float) -> Outcome:
+    """The row's next state after one call to Stripe."""
+    done = "cancelled" if row.action == "cancel" else "accepted"
+    attempt = row.attempts + 1
+    common = {
+        "row": row,
+        "code": result.code,
+        "message": result.message,
+        "request_id": result.request_id,
+        "latency_ms": latency_ms,
+    }
+    match result.verdict:
+        case Verdict.ACCEPTED:
+            return Outcome(state=done, **common | {"code": None, "message": None})
+        case Verdict.FAILED | Verdict.FAILED_BUG:
+            return Outcome(state="failed", **common)
+        case Verdict.AUTH:
+            # Not the row's fault: keep it pending, do not burn its attempts.
+            return Outcome(state="pending", delay=5.0, counted=0, **common)
+    if attempt >= max_attempts:
+        return Outcome(
+            state="failed",
+            **common
+            | {
+                "code": "retry_budget_exhausted",
+                "message": f"gave up after {attempt} attempts; last: {result.code}: "
+                f"{result.message}",
+            },
+        )
+    match result.verdict:
+        case Verdict.RETRY_SOON:
+            delay = random.uniform(0.05, 0.5)
+        case Verdict.RETRY_SLOWER:
+            delay = max(1.0, backoff(attempt))
+        case _:
+            delay = backoff(attempt)
+    new_key = 1 if result.verdict is Verdict.RETRY_NEW_KEY else 0
+    return Outcome(state="pending", delay=delay, new_key=new_key, **common)

@@ -1,0 +1,35 @@
+"""`outbox-relay reconcile`: pull meter error events from Stripe, for deliveries we missed.
+
+Webhooks can be lost (endpoint down longer than Stripe's redelivery); listing recent
+`v1.billing.meter.*` error events and applying them again is idempotent.
+"""
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import stripe
+
+from relay.db import Database
+from relay.webhooks import METER_ERROR_TYPES, apply_event
+
+
+async def reconcile(client: stripe.StripeClient, db: Database, since: timedelta) -> dict[str, Any]:
+    """Apply every meter error event created within `since`; returns a summary."""
+    created = (datetime.now(UTC) - since).isoformat().replace("+00:00", "Z")
+    params: dict[str, Any] = {
+        "types": sorted(METER_ERROR_TYPES),
+        "created": {"gte": created},
+        "limit": 100,
+    }
+    page = await client.v2.core.events.list_async(params)  # type: ignore[arg-type]
+    events = rejected = 0
+    while True:
+        for event in page.data:
+            events += 1
+            rejected += len(await apply_event(db, event))
+        next_url = getattr(page, "next_page_url", None)
+        if not next_url:
+            break
+        page = await client.raw_request_async("get", next_url)  # pragma: no cover - paging
+        page = client.deserialize(page, api_mode="V2")
+    return {"events": events, "rejected": rejected}

@@ -1,0 +1,67 @@
+"""The relay's view of a claimed row and of the outcome it writes back."""
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A row leased to this relay (columns of the `claim` query's RETURNING)."""
+
+    id: int
+    lease_token: UUID
+    identifier: str
+    event_name: str
+    customer: str
+    payload: dict[str, str]
+    occurred_at: datetime
+    stripe_account: str | None
+    action: str
+    attempts: int
+    key_generation: int
+    previous_first_attempt_at: datetime | None
+    first_attempt_at: datetime
+    accepted_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> "Claimed":
+        return cls(*row)
+
+    @property
+    def lane(self) -> tuple[str, str]:
+        """Stripe allows one concurrent call per (customer, meter)."""
+        return (self.customer, self.event_name)
+
+    @property
+    def idempotency_key(self) -> str:
+        """Deterministic: the identifier itself on generation 0, then a generation suffix.
+
+        The same key is reused after an unknown outcome; the generation moves on only after a
+        definitive (cached) failure, when the identifier still prevents a double count.
+        """
+        base = self.identifier if self.action == "report" else f"cancel:{self.identifier}"
+        return base if self.key_generation == 0 else f"{base}#g{self.key_generation}"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What to write back for one claimed row (one element of `record_outcomes`)."""
+
+    row: Claimed
+    state: str
+    delay: float = 0.0
+    counted: int = 1
+    new_key: int = 0
+    code: str | None = None
+    message: str | None = None
+    request_id: str | None = None
+    latency_ms: float | None = None
+
+    @property
+    def first_attempt_at(self) -> datetime | None:
+        """Uncounted outcomes (nothing reached Stripe) restore the pre-claim value."""
+        return (
+            self.row.previous_first_attempt_at if self.counted == 0 else self.row.first_attempt_at
+        )

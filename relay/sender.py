@@ -1,0 +1,101 @@
+"""Calls to Stripe through the official SDK: meter events and cancellations (v1).
+
+The SDK's own retries are off (`max_network_retries=0`): the relay owns retries, because only it
+knows when the idempotency key must stay the same and when it must move on. The aiohttp client
+is used because the SDK's default async client (httpx) cannot reach Stripe's 1,000/s here
+(STRIPE_NOTES.md, "the HTTP client decides the v1 ceiling").
+"""
+
+import time
+from typing import Any
+
+import stripe
+
+from relay.classify import Classified, Verdict, classify_error
+from relay.rows import Claimed
+
+
+def base_addresses(api_base: str | None) -> dict[str, str]:
+    """`OUTBOX_STRIPE_API_BASE` points every Stripe host (meter events too) at one base URL."""
+    if not api_base:
+        return {}
+    base = api_base.rstrip("/")
+    return {"api": base, "meter_events": base, "files": base, "connect": base}
+
+
+class StripeSender:
+    """Sends one claimed row to Stripe and classifies the answer."""
+
+    def __init__(self, api_key: str, api_base: str | None = None, timeout: float = 10.0) -> None:
+        self._http = stripe.AIOHTTPClient(timeout=timeout)
+        self.client = stripe.StripeClient(
+            api_key,
+            base_addresses=base_addresses(api_base),  # type: ignore[arg-type]
+            max_network_retries=0,
+            http_client=self._http,
+        )
+
+    async def send(self, row: Claimed) -> tuple[Classified, float]:
+        """Report (or cancel) one row; returns the classified result and latency in ms."""
+        started = time.perf_counter()
+        try:
+            if row.action == "cancel":
+                response = await self._cancel(row)
+            else:
+                response = await self._report(row)
+        except stripe.StripeError as err:
+            return classify_error(err), _ms(started)
+        except (TimeoutError, OSError) as err:  # raw transport errors the SDK did not wrap
+            return classify_error(stripe.APIConnectionError(str(err) or type(err).__name__)), _ms(
+                started
+            )
+        request_id = response.last_response.request_id if response.last_response else None
+        return Classified(Verdict.ACCEPTED, request_id=request_id), _ms(started)
+
+    async def _report(self, row: Claimed) -> Any:
+        params = {
+            "event_name": row.event_name,
+            "payload": row.payload,
+            "identifier": row.identifier,
+            "timestamp": int(row.occurred_at.timestamp()),
+        }
+        return await self.client.v1.billing.meter_events.create_async(
+            params,  # type: ignore[arg-type]
+            self._options(row),  # type: ignore[arg-type]
+        )
+
+    async def _cancel(self, row: Claimed) -> Any:
+        params = {
+            "event_name": row.event_name,
+            "type": "cancel",
+            "cancel": {"identifier": row.identifier},
+        }
+        return await self.client.v1.billing.meter_event_adjustments.create_async(
+            params,  # type: ignore[arg-type]
+            self._options(row),  # type: ignore[arg-type]
+        )
+
+    @staticmethod
+    def _options(row: Claimed) -> dict[str, str]:
+        options = {"idempotency_key": row.idempotency_key}
+        if row.stripe_account:
+            options["stripe_account"] = row.stripe_account
+        return options
+
+    async def auth_ok(self) -> bool:
+        """A cheap authenticated call: does the key work (after a 401/403)?"""
+        try:
+            await self.client.v1.billing.meters.list_async({"limit": 1})  # type: ignore[arg-type]
+        except (stripe.AuthenticationError, stripe.PermissionError):
+            return False
+        except stripe.StripeError:
+            return True  # reachable and authenticated enough; other errors are not auth
+        return True
+
+    async def close(self) -> None:
+        """Close the SDK's aiohttp session (it warns about an unclosed session otherwise)."""
+        await self._http.close_async()
+
+
+def _ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000

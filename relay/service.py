@@ -1,0 +1,89 @@
+"""`outbox-relay run`: wire settings, database, Stripe, HTTP and signals around the Relay."""
+
+import asyncio
+import contextlib
+import signal
+import time
+
+import structlog
+from aiohttp import web
+
+from outbox.dburl import redact
+from relay import systemd
+from relay.config import Settings
+from relay.db import Database, make_pool
+from relay.http import make_app
+from relay.sender import StripeSender
+from relay.wakeup import Wakeup
+from relay.worker import Relay
+
+log = structlog.get_logger("relay.service")
+
+
+class ConfigError(RuntimeError):
+    """The relay cannot start with this configuration (message says what to set)."""
+
+
+def check(settings: Settings) -> str:
+    """Validate what `run` needs; returns the Stripe key."""
+    if not settings.database_url:
+        raise ConfigError("set OUTBOX_DATABASE_URL")
+    key = settings.api_key()
+    if not key:
+        raise ConfigError("set STRIPE_API_KEY or STRIPE_API_KEY_FILE")
+    if not key.startswith(("sk_", "rk_")):
+        raise ConfigError("STRIPE_API_KEY must be a secret (sk_...) or restricted (rk_...) key")
+    return key
+
+
+async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run the relay and its HTTP server until SIGTERM/SIGINT (or `stop`), then drain."""
+    key = check(settings)
+    stop = stop or asyncio.Event()
+    _install_signals(stop)
+    pool = make_pool(settings.database_url, max_size=4)
+    await pool.open(wait=True, timeout=30)
+    db = Database(pool)
+    sender = StripeSender(key, settings.stripe_api_base, settings.request_timeout)
+    wakeup = Wakeup(settings.database_url, listen=not settings.poll_only)
+    relay = Relay(settings, db, sender, wakeup)
+    secret = settings.stripe_webhook_secret
+    app = make_app(relay, db, sender.client, secret.get_secret_value() if secret else None)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.http_host, settings.http_port)
+    await site.start()
+    log.info(
+        "http_listening",
+        host=settings.http_host,
+        port=settings.http_port,
+        database=redact(settings.database_url),
+    )
+    watchdog = asyncio.create_task(_watchdog(relay, stop))
+    systemd.notify("READY=1")
+    try:
+        await relay.run(stop)
+    finally:
+        systemd.notify("STOPPING=1")
+        watchdog.cancel()
+        await runner.cleanup()
+        await sender.close()
+        await pool.close()
+
+
+def _install_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+async def _watchdog(relay: Relay, stop: asyncio.Event) -> None:
+    """Pet systemd's watchdog while the dispatcher loop keeps turning."""
+    interval = systemd.watchdog_interval()
+    if interval is None:
+        return
+    while not stop.is_set():
+        if time.monotonic() - relay.state.last_loop < relay.settings.poll_interval + 60:
+            systemd.notify("WATCHDOG=1")
+        await asyncio.sleep(interval)

@@ -1,0 +1,276 @@
+"""The relay loop: claim due rows, send each outside any transaction, write outcomes in batches.
+
+Three cooperating tasks:
+- the dispatcher claims rows (round robin over lanes) while there is capacity, and otherwise
+  waits for a hint, a freed lane, the poll timer or the stop signal;
+- one task per claimed row calls Stripe (paced by the rate limiter) and queues its outcome;
+- the outcome writer flushes queued outcomes in one `UPDATE ... FROM unnest(...)` per batch,
+  with a compare-and-set on each row's lease token.
+"""
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+import structlog
+
+from relay import metrics
+from relay.classify import Classified, Verdict
+from relay.config import Settings
+from relay.db import Database
+from relay.policy import decide, local_refusal
+from relay.ratelimit import RateLimiter
+from relay.rows import Claimed, Outcome
+from relay.wakeup import Wakeup
+
+log = structlog.get_logger("relay")
+
+# After a hint, look again this soon: writers that committed just after the notifying one were
+# coalesced into its hint (see outbox_wake()).
+HINT_RECHECK_S = 0.02
+OUTCOME_FLUSH_S = 0.005
+OUTCOME_BATCH = 500
+
+
+class Sender(Protocol):
+    async def send(self, row: Claimed) -> tuple[Classified, float]: ...
+    async def auth_ok(self) -> bool: ...
+
+
+@dataclass
+class RelayState:
+    """What /readyz and metrics report about this relay."""
+
+    auth_ok: bool = True
+    started: bool = False
+    last_loop: float = field(default_factory=time.monotonic)
+    inflight: int = 0
+
+
+class Relay:
+    """One relay process; several can run against the same database."""
+
+    def __init__(self, settings: Settings, db: Database, sender: Sender, wakeup: Wakeup) -> None:
+        self.settings = settings
+        self.db = db
+        self.sender = sender
+        self.wakeup = wakeup
+        self.limiter = RateLimiter(settings.effective_rate_limit())
+        self.state = RelayState()
+        self._outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._cursor = ("", "")
+        self._recheck_at = 0.0
+        self._dedup_window = timedelta(hours=settings.dedup_window_hours)
+        self._claim_query = "claim" if settings.stripe_api_mode == "v1" else "claim_any"
+        # Notified after every outcome batch is written: tests and tools await it instead of
+        # sleeping.
+        self.flushed = asyncio.Condition()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set, then drain within the shutdown grace period."""
+        writer = asyncio.create_task(self._write_outcomes(), name="outcome-writer")
+        self.wakeup.start()
+        self.state.started = True
+        log.info(
+            "relay_started",
+            relay_id=self.settings.relay_id,
+            rate_limit=self.limiter.ceiling,
+            concurrency=self.settings.concurrency,
+            mode=self.settings.stripe_api_mode,
+            poll_only=self.settings.poll_only,
+        )
+        try:
+            await self._dispatch(stop)
+        finally:
+            await self._drain()
+            await self._outcomes.join()
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+            await self.wakeup.stop()
+            log.info("relay_stopped", relay_id=self.settings.relay_id)
+
+    async def _dispatch(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self.state.last_loop = time.monotonic()
+            if not self.state.auth_ok:
+                await self._wait_for_auth(stop)
+                continue
+            free = self.settings.concurrency - len(self._tasks)
+            claimed = await self._claim(min(self.settings.batch_size, free)) if free > 0 else 0
+            if free > 0 and claimed == min(self.settings.batch_size, free):
+                continue  # more may be due right now
+            await self.wakeup.wait(self._wait_timeout(), stop)
+
+    def _wait_timeout(self) -> float:
+        now = time.monotonic()
+        if self._recheck_at > now:
+            return min(self.settings.poll_interval, self._recheck_at - now)
+        return self.settings.poll_interval
+
+    async def _claim(self, wanted: int) -> int:
+        """Claim up to `wanted` rows and start a sender task for each."""
+        rows = await self._claim_from(self._cursor, wanted)
+        if len(rows) < wanted and self._cursor != ("", ""):
+            rows += await self._claim_from(("", ""), wanted - len(rows))  # wrap around
+        self._cursor = max((r.lane for r in rows), default=("", "")) if rows else ("", "")
+        if rows:
+            self._recheck_at = time.monotonic() + HINT_RECHECK_S
+            metrics.CLAIMED.inc(len(rows))
+        for row in rows:
+            task = asyncio.create_task(self._handle(row), name=f"send-{row.id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        self.state.inflight = len(self._tasks)
+        metrics.INFLIGHT.set(len(self._tasks))
+        return len(rows)
+
+    async def _claim_from(self, after: tuple[str, str], wanted: int) -> list[Claimed]:
+        try:
+            rows = await self.db.fetch(
+                self._claim_query,
+                {
+                    "after_customer": after[0],
+                    "after_event_name": after[1],
+                    "max_lanes": 4 * wanted + self.settings.concurrency,
+                    "batch_size": wanted,
+                    "relay_id": self.settings.relay_id,
+                    "lease_seconds": self.settings.lease_seconds,
+                },
+            )
+        except Exception as err:  # database down: back off, nothing is lost
+            log.error("claim_failed", error=str(err))
+            metrics.DB_ERRORS.inc()
+            await asyncio.sleep(1.0)
+            return []
+        return [Claimed.from_row(r) for r in rows]
+
+    async def _handle(self, row: Claimed) -> None:
+        """Send one row and queue its outcome; on shutdown, release it as 'unknown outcome'."""
+        try:
+            outcome = local_refusal(row, datetime.now(UTC), self._dedup_window)
+            if outcome is None:
+                await self.limiter.acquire()
+                result, latency_ms = await self.sender.send(row)
+                self._react(result)
+                outcome = decide(row, result, self.settings.max_attempts, latency_ms)
+        except asyncio.CancelledError:
+            # The call may have reached Stripe: retry soon with the SAME key (replay-safe).
+            self._outcomes.put_nowait(
+                Outcome(row=row, state="pending", code="shutdown", message="released at shutdown")
+            )
+            raise
+        self._outcomes.put_nowait(outcome)
+
+    def _react(self, result: Classified) -> None:
+        metrics.STRIPE_CALLS.labels(result.verdict.value).inc()
+        if result.verdict is Verdict.RETRY_SLOWER:
+            self.limiter.on_rate_limited()
+            metrics.RATE.set(self.limiter.rate)
+        elif result.verdict is Verdict.AUTH and self.state.auth_ok:
+            self.state.auth_ok = False
+            metrics.AUTH_PAUSED.set(1)
+            log.error(
+                "stripe_auth_failed",
+                code=result.code,
+                message=result.message,
+                action="sending paused; rows stay pending; re-checking the key",
+            )
+
+    async def _wait_for_auth(self, stop: asyncio.Event) -> None:
+        """Probe the key periodically; resume sending when it works again."""
+        while not stop.is_set():
+            if await self.sender.auth_ok():
+                self.state.auth_ok = True
+                metrics.AUTH_PAUSED.set(0)
+                log.info("stripe_auth_restored")
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.auth_probe_interval)
+
+    async def _drain(self) -> None:
+        """Let in-flight calls finish within the grace period; cancel (release) the rest."""
+        if not self._tasks:
+            return
+        done, pending = await asyncio.wait(set(self._tasks), timeout=self.settings.shutdown_grace)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        log.info("drained", finished=len(done), released=len(pending))
+
+    async def _write_outcomes(self) -> None:
+        """Batch outcomes into one CAS update; retry the batch if the database is away."""
+        while True:
+            batch = [await self._outcomes.get()]
+            await asyncio.sleep(OUTCOME_FLUSH_S)  # let the batch fill
+            while len(batch) < OUTCOME_BATCH and not self._outcomes.empty():
+                batch.append(self._outcomes.get_nowait())
+            await self._flush(batch)
+            for _ in batch:
+                self._outcomes.task_done()
+            self.wakeup.poke()  # lanes and capacity were freed
+            async with self.flushed:
+                self.flushed.notify_all()
+
+    async def _flush(self, batch: list[Outcome]) -> None:
+        delay = 0.2
+        while True:
+            try:
+                written = await self.db.fetch("record_outcomes", outcome_params(batch))
+                break
+            except Exception as err:
+                log.error("outcome_write_failed", error=str(err), rows=len(batch), retry_in_s=delay)
+                metrics.DB_ERRORS.inc()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        report_batch(batch, {row_id for (row_id,) in written})
+
+
+def outcome_params(batch: list[Outcome]) -> dict[str, list[object]]:
+    """Column arrays for `record_outcomes` (one UPDATE ... FROM unnest for the batch)."""
+    return {
+        "ids": [o.row.id for o in batch],
+        "tokens": [o.row.lease_token for o in batch],
+        "states": [o.state for o in batch],
+        "delays": [o.delay for o in batch],
+        "counted": [o.counted for o in batch],
+        "new_key": [o.new_key for o in batch],
+        "codes": [o.code for o in batch],
+        "messages": [o.message for o in batch],
+        "request_ids": [o.request_id for o in batch],
+        "first_attempts": [o.first_attempt_at for o in batch],
+    }
+
+
+def report_batch(batch: list[Outcome], written: set[int]) -> None:
+    """One log event per batch, one per failure; metrics per outcome."""
+    states: dict[str, int] = {}
+    for o in batch:
+        states[o.state] = states.get(o.state, 0) + 1
+        metrics.OUTCOMES.labels(o.state, o.code or "").inc()
+        if o.latency_ms is not None:
+            metrics.LATENCY.observe(o.latency_ms / 1000)
+        if o.row.id not in written:
+            log.warning(
+                "lease_lost",
+                identifier=o.row.identifier,
+                state=o.state,
+                detail="row was re-claimed after the lease expired; outcome dropped",
+            )
+        elif o.state in ("failed", "pending") and o.code:
+            log.warning(
+                "outcome_failure",
+                identifier=o.row.identifier,
+                action=o.row.action,
+                attempt=o.row.attempts + o.counted,
+                state=o.state,
+                code=o.code,
+                message=o.message,
+                stripe_request_id=o.request_id,
+                latency_ms=o.latency_ms and round(o.latency_ms, 1),
+            )
+    log.info("outcomes", rows=len(batch), written=len(written), **states)

@@ -1,0 +1,137 @@
+"""Invariant 1: a usage fact is counted once at Stripe whatever crashes, retries, replays or
+replicas happen. Each test injects the failure its mechanism exists for."""
+
+import psycopg
+
+import outbox
+from relay.emulator import Emulator
+from tests.relay.conftest import (
+    insert_usage,
+    make_settings,
+    max_concurrent_per_lane,
+    row,
+    running_relay,
+    states,
+)
+
+
+async def all_accepted(url: str, n: int) -> bool:
+    return states(url).get("accepted", 0) == n
+
+
+async def test_happy_path_counts_each_row_once(database_url: str, emulator: Emulator, settings):
+    ids = insert_usage(database_url, 50, customers=10)
+    async with running_relay(settings) as relay:
+        await relay.until(lambda: all_accepted(database_url, 50))
+    assert all(emulator.counted(i) == 1 for i in ids)
+    first = row(database_url, ids[0])
+    assert first["attempts"] == 1 and first["accepted_at"] is not None
+    assert first["stripe_request_id"].startswith("req_")
+    assert first["first_attempt_at"] <= first["accepted_at"]
+
+
+async def test_processed_then_dropped_is_counted_once(database_url, emulator: Emulator, settings):
+    """Stripe counted the event but the answer was lost: the retry reuses the same key."""
+    insert_usage(database_url, 1)
+    emulator.fail_next(1, kind="drop_after_processing", path="/v1/billing/meter_events")
+    async with running_relay(settings) as relay:
+        await relay.until(lambda: all_accepted(database_url, 1))
+    assert emulator.counted("u1") == 1
+    r = row(database_url, "u1")
+    assert r["attempts"] == 2 and r["key_generation"] == 0  # same key on the retry
+
+
+async def test_500_then_retry_counts_once_with_new_key(database_url, emulator: Emulator, settings):
+    """A cached 500 would replay forever under the same key: the generation moves on, and the
+    identifier still guards against a double count."""
+    insert_usage(database_url, 1)
+    emulator.fail_next(1, status=500, path="/v1/billing/meter_events")
+    async with running_relay(settings) as relay:
+        await relay.until(lambda: all_accepted(database_url, 1))
+    assert emulator.counted("u1") == 1
+    r = row(database_url, "u1")
+    assert (r["attempts"], r["key_generation"]) == (2, 1)
+
+
+async def test_replayed_record_usage_counts_once(database_url, emulator: Emulator, settings):
+    for _ in range(2):  # the application's queue delivers the same job twice
+        with psycopg.connect(database_url) as conn:
+            outbox.record_usage(
+                conn, event_name="api_calls", customer="cus_1", value=7, identifier="order-42"
+            )
+    async with running_relay(settings) as relay:
+        await relay.until(lambda: all_accepted(database_url, 1))
+    assert emulator.counted("order-42") == 1
+    assert emulator.total("api_calls", "cus_1") == 7
+
+
+async def test_event_already_at_stripe_is_accepted_not_failed(database_url, emulator, settings):
+    """An earlier attempt landed (e.g. before a crash wiped our outcome): 'duplicate
+    identifier' means accepted."""
+    import stripe
+
+    client = stripe.StripeClient("sk_test_other", base_addresses={"api": emulator.base_url})
+    client.v1.billing.meter_events.create(
+        {
+            "event_name": "api_calls",
+            "identifier": "u1",
+            "payload": {"stripe_customer_id": "cus_1", "value": "1"},
+        }
+    )
+    insert_usage(database_url, 1)
+    async with running_relay(settings) as relay:
+        await relay.until(lambda: all_accepted(database_url, 1))
+    assert emulator.counted("u1") == 1
+
+
+async def test_two_relays_send_every_row_once(database_url, emulator: Emulator):
+    ids = insert_usage(database_url, 300, customers=40)
+    one = make_settings(database_url, emulator, relay_id="relay-a", concurrency=8, batch_size=10)
+    two = make_settings(database_url, emulator, relay_id="relay-b", concurrency=8, batch_size=10)
+    async with running_relay(one) as a, running_relay(two):
+        await a.until(lambda: all_accepted(database_url, 300), timeout=60)
+    assert [i for i in ids if emulator.counted(i) != 1] == []
+    with psycopg.connect(database_url) as conn:
+        by_relay = dict(
+            conn.execute("SELECT leased_by, count(*) FROM meter_event_outbox GROUP BY 1")
+        )
+    assert set(by_relay) == {"relay-a", "relay-b"}, by_relay  # both shared the work
+    assert max_concurrent_per_lane(emulator) == 1
+    assert emulator.stats()["concurrency_conflicts"] == 0
+
+
+async def test_shutdown_releases_in_flight_rows_for_a_same_key_retry(database_url, emulator):
+    """Grace 0: the in-flight call is abandoned; the row goes back to pending with its key."""
+    from relay.emulator import Faults, Latency
+
+    emulator.set_faults(Faults(latency=Latency.fixed(2000)))
+    insert_usage(database_url, 1)
+    settings = make_settings(database_url, emulator, shutdown_grace=0)
+    async with running_relay(settings) as relay:
+        await relay.until(lambda: _state_is(database_url, "u1", "in_flight"))
+    r = row(database_url, "u1")
+    assert (r["state"], r["last_error_code"], r["key_generation"]) == ("pending", "shutdown", 0)
+    emulator.clear_faults()
+    async with running_relay(make_settings(database_url, emulator)) as relay:
+        await relay.until(lambda: all_accepted(database_url, 1))
+    assert emulator.counted("u1") == 1
+
+
+async def test_graceful_shutdown_finishes_in_flight_calls(database_url, emulator):
+    from relay.emulator import Faults, Latency
+
+    emulator.set_faults(Faults(latency=Latency.fixed(2000)))  # still in flight at the stop
+    insert_usage(database_url, 5, customers=5)
+    settings = make_settings(database_url, emulator, shutdown_grace=10)
+    async with running_relay(settings) as relay:
+        await relay.until(lambda: _count_state(database_url, "in_flight", 5))
+    # Leaving the block set the stop signal and waited: every call finished and was recorded.
+    assert states(database_url) == {"accepted": 5}
+
+
+async def _state_is(url: str, identifier: str, state: str) -> bool:
+    return row(url, identifier)["state"] == state
+
+
+async def _count_state(url: str, state: str, n: int) -> bool:
+    return states(url).get(state, 0) >= n
