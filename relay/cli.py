@@ -238,6 +238,20 @@ def reconcile(database_url: str | None, stripe_api_base: str | None, hours: floa
     click.echo(f"applied {result['events']} error event(s); {result['rejected']} row(s) rejected")
 
 
+@main.command()
+@click.option("--database-url", help="Use this PostgreSQL instead of an embedded one.")
+@click.option("--events", type=int, default=1000, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+def demo(database_url: str | None, events: int, seed: int) -> None:
+    """Run the whole job end to end on an embedded database and the Stripe emulator."""
+    from relay import logs
+    from relay.demo import run_demo
+
+    logs.configure(level="ERROR", json=False)  # injected faults are the point; not news
+    if not run_demo(database_url, events, seed):
+        sys.exit(1)
+
+
 def _register_optional() -> None:
     """Commands living in their own modules register here, keeping this file an index."""
     from relay.emulator.command import emulator
