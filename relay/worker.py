@@ -11,9 +11,10 @@ Three cooperating tasks:
 import asyncio
 import contextlib
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -33,10 +34,12 @@ log = structlog.get_logger("relay")
 HINT_RECHECK_S = 0.02
 OUTCOME_FLUSH_S = 0.005
 OUTCOME_BATCH = 500
+STREAM_BATCH = 100  # Stripe's maximum events per meter event stream request
 
 
 class Sender(Protocol):
     async def send(self, row: Claimed) -> tuple[Classified, float]: ...
+    async def send_stream(self, rows: list[Claimed]) -> tuple[Classified, float]: ...
     async def auth_ok(self) -> bool: ...
 
 
@@ -121,13 +124,24 @@ class Relay:
         if rows:
             self._recheck_at = time.monotonic() + HINT_RECHECK_S
             metrics.CLAIMED.inc(len(rows))
-        for row in rows:
-            task = asyncio.create_task(self._handle(row), name=f"send-{row.id}")
+        for job in self._jobs(rows):
+            task = asyncio.create_task(job)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         self.state.inflight = len(self._tasks)
         metrics.INFLIGHT.set(len(self._tasks))
         return len(rows)
+
+    def _jobs(self, rows: list[Claimed]) -> list[Coroutine[Any, Any, None]]:
+        """v1: one call per row. v2 stream: reports share calls of up to 100 events."""
+        if self.settings.stripe_api_mode == "v1":
+            return [self._handle(row) for row in rows]
+        reports = [r for r in rows if r.action == "report"]
+        jobs = [self._handle(r) for r in rows if r.action != "report"]  # cancels are v1 only
+        return jobs + [
+            self._handle_stream(reports[i : i + STREAM_BATCH])
+            for i in range(0, len(reports), STREAM_BATCH)
+        ]
 
     async def _claim_from(self, after: tuple[str, str], wanted: int) -> list[Claimed]:
         try:
@@ -165,6 +179,31 @@ class Relay:
             )
             raise
         self._outcomes.put_nowait(outcome)
+
+    async def _handle_stream(self, rows: list[Claimed]) -> None:
+        """One v2 stream call for many rows; each row's outcome follows the shared verdict."""
+        now = datetime.now(UTC)
+        refused = [o for o in (local_refusal(r, now, self._dedup_window) for r in rows) if o]
+        refused_ids = {o.row.id for o in refused}
+        sendable = [r for r in rows if r.id not in refused_ids]
+        outcomes = list(refused)
+        try:
+            if sendable:
+                await self.limiter.acquire()
+                result, latency_ms = await self.sender.send_stream(sendable)
+                self._react(result)
+                outcomes += [
+                    decide(r, result, self.settings.max_attempts, latency_ms) for r in sendable
+                ]
+        except asyncio.CancelledError:
+            outcomes += [
+                Outcome(row=r, state="pending", code="shutdown", message="released at shutdown")
+                for r in sendable
+            ]
+            raise
+        finally:
+            for outcome in outcomes:
+                self._outcomes.put_nowait(outcome)
 
     def _react(self, result: Classified) -> None:
         metrics.STRIPE_CALLS.labels(result.verdict.value).inc()

@@ -135,3 +135,18 @@ async def _state_is(url: str, identifier: str, state: str) -> bool:
 
 async def _count_state(url: str, state: str, n: int) -> bool:
     return states(url).get(state, 0) >= n
+
+
+async def test_v2_stream_mode_batches_and_renews_expired_sessions(database_url, emulator):
+    settings = make_settings(database_url, emulator, stripe_api_mode="v2-stream")
+    insert_usage(database_url, 250, customers=3, prefix="a")
+    async with running_relay(settings) as relay:
+        await relay.until(lambda: all_accepted(database_url, 250))
+        emulator.advance_clock(16 * 60)  # the session token has expired by now
+        insert_usage(database_url, 50, customers=3, prefix="b")
+        await relay.until(lambda: all_accepted(database_url, 300))
+    assert emulator.requests("POST /v2/billing/meter_event_stream", 200) <= 5  # <= 100 per call
+    assert emulator.requests("POST /v2/billing/meter_event_stream", 401) == 1  # renewed once
+    assert emulator.requests("POST /v2/billing/meter_event_session") == 2
+    assert [i for i in range(1, 251) if emulator.counted(f"a{i}") != 1] == []
+    assert [i for i in range(1, 51) if emulator.counted(f"b{i}") != 1] == []
