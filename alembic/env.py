@@ -19,6 +19,8 @@ def run_migrations_online() -> None:
     with engine.connect() as connection:
         context.configure(connection=connection, transaction_per_migration=False)
         with context.begin_transaction():
+            # Replicas or jobs migrating at once take turns instead of colliding.
+            connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7428031195)")
             context.run_migrations()
     engine.dispose()
 

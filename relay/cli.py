@@ -66,13 +66,20 @@ def migrate(database_url: str | None, revision: str, down: bool) -> None:
 @click.option("--http-host", help="Webhook/metrics bind address (default 127.0.0.1)")
 @click.option("--http-port", type=int, help="Webhook/metrics port (default 8080)")
 @click.option("--log-format", type=click.Choice(["json", "console"]), default="json")
-def run(log_format: str, **flags: object) -> None:
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
+    default="INFO",
+    envvar="OUTBOX_LOG_LEVEL",
+    show_default=True,
+)
+def run(log_format: str, log_level: str, **flags: object) -> None:
     """Run the relay daemon until SIGTERM/SIGINT."""
     import asyncio
 
     from relay import logs, service
 
-    logs.configure(json=log_format == "json")
+    logs.configure(level=log_level, json=log_format == "json")
     try:
         asyncio.run(service.serve(_settings(**flags)))
     except service.ConfigError as err:

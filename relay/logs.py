@@ -26,9 +26,21 @@ def _scrub_processor(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return {k: scrub(v) if isinstance(v, str) else v for k, v in event.items()}
 
 
+class _ScrubFilter(logging.Filter):
+    """Scrubs stdlib log records too (the stripe SDK and aiohttp log through logging)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = scrub(record.getMessage())
+        record.args = None
+        return True
+
+
 def configure(level: str = "INFO", json: bool = True) -> None:
     """JSON lines on stderr (journald and Kubernetes collect them as they are)."""
-    logging.basicConfig(format="%(message)s", stream=sys.stderr, level=level)
+    logging.basicConfig(format="%(message)s", stream=sys.stderr, level=level, force=True)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_ScrubFilter())
+    logging.getLogger("stripe").setLevel(max(logging.WARNING, logging.getLevelName(level)))
     renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
     structlog.configure(
         processors=[

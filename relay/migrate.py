@@ -4,7 +4,6 @@ The top-level `alembic/` directory of the repository is installed as `relay.migr
 same migration files serve `alembic upgrade head` in a checkout and the CLI in production.
 """
 
-from importlib.resources import files
 from pathlib import Path
 
 from alembic import command
@@ -17,7 +16,9 @@ def script_location() -> str:
     """The checkout's `alembic/` (source and editable installs), else the wheel's copy."""
     if (_CHECKOUT / "env.py").is_file():
         return str(_CHECKOUT)
-    return str(files("relay.migrations"))
+    # Installed from a wheel: relay/migrations/ is a plain directory beside this module (a
+    # namespace package, whose files() is a MultiplexedPath that alembic cannot use).
+    return str(Path(__file__).resolve().parent / "migrations")
 
 
 def alembic_config(database_url: str) -> Config:

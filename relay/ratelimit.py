@@ -1,8 +1,12 @@
-"""Client-side pacing of Stripe calls: a token bucket that backs off on 429 (invariant 4).
+"""Client-side pacing of Stripe calls (invariant 4): GCRA scheduling, adaptive on 429.
 
-Stripe's limit is per account per second (live 1,000/s, sandbox 25/s). The bucket starts at the
-configured rate; each 429 cuts the rate multiplicatively and quiet seconds restore it
-additively, the usual AIMD shape, never above the configured ceiling.
+Stripe's limit is per account per second (live 1,000/s, sandbox 25/s). Each call reserves the
+next send slot, spaced 1/rate apart (the generic cell rate algorithm, i.e. a token bucket
+written as "theoretical arrival time"); callers sleep until their slot concurrently. Unlike a
+lock-and-sleep-per-token bucket, this does not lose throughput when the event loop is busy:
+late wake-ups find their slots already due. Calls in any one-second window stay within
+rate + burst. Each 429 cuts the rate (at most once per 200 ms, so one burst is one cut) and quiet
+seconds restore it additively toward the configured ceiling (AIMD).
 """
 
 import asyncio
@@ -10,41 +14,40 @@ import time
 
 
 class RateLimiter:
-    """Token bucket with adaptive rate; `acquire()` waits for a token."""
+    """GCRA pacing with an adaptive rate; `await acquire()` before each call."""
 
-    def __init__(self, rate: float, burst: float | None = None, floor: float = 1.0) -> None:
+    def __init__(self, rate: float, burst: float = 1.0, floor: float = 1.0) -> None:
         self.ceiling = rate
         self.rate = rate
         self.floor = min(floor, rate)
-        self.burst = burst if burst is not None else max(1.0, rate / 20)
-        self._tokens = self.burst
-        self._stamp = time.monotonic()
+        self.burst = max(1.0, burst)
+        self._tat = 0.0  # theoretical arrival time of the next call
         self._last_cut = 0.0
-        self._lock = asyncio.Lock()
+        self._last_adjust = time.monotonic()
 
-    def _refill(self, now: float) -> None:
-        elapsed = now - self._stamp
-        self._stamp = now
-        if self.rate < self.ceiling and now - self._last_cut > 1.0:
-            self.rate = min(self.ceiling, self.rate + self.ceiling * 0.05 * elapsed)
-        self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
+    def reserve(self, now: float | None = None) -> float:
+        """Reserve the next slot; returns how long to wait for it (seconds)."""
+        now = time.monotonic() if now is None else now
+        self._recover(now)
+        slot = max(self._tat, now - (self.burst - 1) / self.rate)
+        self._tat = slot + 1 / self.rate
+        return max(0.0, slot - now)
 
     async def acquire(self) -> None:
-        """Take one token, sleeping until one is available (FIFO through the lock)."""
-        async with self._lock:
-            while True:
-                now = time.monotonic()
-                self._refill(now)
-                if self._tokens >= 1:
-                    self._tokens -= 1
-                    return
-                await asyncio.sleep((1 - self._tokens) / self.rate)
+        delay = self.reserve()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    def _recover(self, now: float) -> None:
+        elapsed, self._last_adjust = now - self._last_adjust, now
+        if self.rate < self.ceiling and now - self._last_cut > 1.0:
+            self.rate = min(self.ceiling, self.rate + self.ceiling * 0.05 * elapsed)
 
     def on_rate_limited(self) -> None:
-        """A 429 arrived: halve the pace (at most once per 200 ms, one burst = one cut)."""
+        """A 429 arrived: slow down by a quarter and leave a short quiet gap."""
         now = time.monotonic()
         if now - self._last_cut < 0.2:
             return
         self._last_cut = now
-        self.rate = max(self.floor, self.rate * 0.5)
-        self._tokens = min(self._tokens, 0.0)
+        self.rate = max(self.floor, self.rate * 0.75)
+        self._tat = max(self._tat, now) + 0.05

@@ -44,7 +44,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     pool = make_pool(settings.database_url, max_size=4)
     await pool.open(wait=True, timeout=30)
     db = Database(pool)
-    sender = StripeSender(key, settings.stripe_api_base, settings.request_timeout)
+    sender = StripeSender(
+        key, settings.stripe_api_base, settings.request_timeout, settings.concurrency + 4
+    )
     wakeup = Wakeup(settings.database_url, listen=not settings.poll_only)
     relay = Relay(settings, db, sender, wakeup)
     secret = settings.stripe_webhook_secret

@@ -79,7 +79,10 @@ async def running_relay(settings: Settings) -> AsyncIterator[RunningRelay]:
     pool = make_pool(settings.database_url)
     await pool.open(wait=True)
     sender = StripeSender(
-        settings.api_key() or "", settings.stripe_api_base, settings.request_timeout
+        settings.api_key() or "",
+        settings.stripe_api_base,
+        settings.request_timeout,
+        settings.concurrency + 4,
     )
     relay = Relay(
         settings, Database(pool), sender, Wakeup(settings.database_url, not settings.poll_only)

@@ -1,0 +1,159 @@
+"""Shared scaffolding for the benchmarks: scratch databases, emulator and relay processes.
+
+Benchmarks print tables and never assert timings; run them on an otherwise idle machine and
+read medians. Everything runs on 127.0.0.1.
+"""
+
+import contextlib
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+
+import psycopg
+
+from relay import migrate
+from tests.pg import admin_execute, with_database
+
+ADMIN_URL = os.environ.get("OUTBOX_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@contextlib.contextmanager
+def scratch_database(admin_url: str = ADMIN_URL, migrated: bool = True) -> Iterator[str]:
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    admin_execute(admin_url, f'CREATE DATABASE "{name}"')
+    url = with_database(admin_url, name)
+    try:
+        if migrated:
+            migrate.upgrade(url)
+        yield url
+    finally:
+        admin_execute(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+@contextlib.contextmanager
+def emulator_process(*args: str, core: int | None = 1) -> Iterator[str]:
+    """The emulator in its own process (pinned to one core when possible); yields its URL."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "relay.emulator", "--port", str(port), *args]
+    if core is not None and shutil.which("taskset") and (os.cpu_count() or 0) > 1:
+        cmd = ["taskset", "-c", str(core), *cmd]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@contextlib.contextmanager
+def relay_process(database_url: str, api_base: str, **env: str) -> Iterator[subprocess.Popen]:
+    """`outbox-relay run` as a separate process, stopped with SIGTERM."""
+    full_env = {
+        **os.environ,
+        "OUTBOX_DATABASE_URL": database_url,
+        "OUTBOX_STRIPE_API_BASE": api_base,
+        "STRIPE_API_KEY": env.pop("STRIPE_API_KEY", "sk_test_bench"),
+        "OUTBOX_HTTP_PORT": str(free_port()),
+        "OUTBOX_LOG_LEVEL": "WARNING",
+        **env,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "relay.cli", "run"],
+        env=full_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def insert_rows(url: str, n: int, customers: int, prefix: str = "r") -> None:
+    """n pending rows spread over `customers` customers, in one statement."""
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "INSERT INTO meter_event_outbox (identifier, event_name, customer, value)"
+            " SELECT %s || g, 'api_calls', 'cus_' || (g %% %s), 1"
+            " FROM generate_series(1, %s) g",
+            (prefix, customers, n),
+        )
+
+
+def wait_drained(url: str, timeout: float) -> None:
+    """Poll the status view until nothing is pending or in flight."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(url, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            (busy,) = conn.execute(
+                "SELECT sum(n) FROM meter_event_outbox_status"
+                " WHERE state IN ('pending', 'in_flight')"
+            ).fetchone()
+            if not busy:
+                return
+            time.sleep(0.1)
+    raise TimeoutError("relay did not drain the outbox in time")
+
+
+def sustained_rate(url: str) -> float:
+    """Rows/s between the 10th and 90th percentile of acceptance times (skips warm-up/tail)."""
+    with psycopg.connect(url) as conn:
+        stamps = [
+            r[0]
+            for r in conn.execute(
+                "SELECT accepted_at FROM meter_event_outbox WHERE accepted_at IS NOT NULL"
+                " ORDER BY accepted_at"
+            )
+        ]
+    return rate_between(stamps)
+
+
+def rate_between(stamps: list[datetime], low: float = 0.1, high: float = 0.9) -> float:
+    if len(stamps) < 10:
+        return 0.0
+    a, b = int(len(stamps) * low), int(len(stamps) * high)
+    seconds = (stamps[b] - stamps[a]).total_seconds()
+    return (b - a) / seconds if seconds > 0 else float("inf")
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def table(title: str, header: list[str], rows: list[list[object]]) -> None:
+    """Print a plain Markdown table (pastes into issues and READMEs as is)."""
+    print(f"\n{title}\n")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" for _ in header) + "|")
+    for row in rows:
+        print("| " + " | ".join(_fmt(v) for v in row) + " |")
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+    return str(value)
