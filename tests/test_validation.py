@@ -36,13 +36,13 @@ CASES: list[tuple[str, dict[str, Any], str, str | None]] = [
     ("garbage string", {"value": "12abc"}, "invalid_number", None),
     (
         "timestamp too old",
-        {"timestamp": NOW - timedelta(days=35, minutes=1)},
+        {"timestamp": NOW - timedelta(days=36)},  # margins: NOW is import time
         "timestamp_too_far_in_past",
         "occurred_at_window",
     ),
     (
         "timestamp in future",
-        {"timestamp": NOW + timedelta(minutes=6)},
+        {"timestamp": NOW + timedelta(hours=1)},
         "timestamp_in_future",
         "occurred_at_window",
     ),
@@ -155,3 +155,14 @@ def test_value_string_forms_are_normalised(db) -> None:
     outbox.record_usage(db, **fact(identifier="b", value=Decimal("7.000")))
     got = db.execute("SELECT value, payload->>'value' FROM meter_event_outbox ORDER BY id")
     assert got.fetchall() == [(Decimal(1000), "1000"), (Decimal(7), "7")]
+
+
+def test_timestamp_window_boundaries() -> None:
+    from outbox.validate import occurred_at
+
+    now = datetime.now(UTC)
+    assert occurred_at(now - timedelta(days=35) + timedelta(seconds=1), now)
+    assert occurred_at(now + timedelta(minutes=5), now)
+    for bad in (now - timedelta(days=35, seconds=1), now + timedelta(minutes=5, seconds=1)):
+        with pytest.raises(outbox.InvalidUsage):
+            occurred_at(bad, now)
