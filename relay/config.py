@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from outbox.dburl import psycopg_url
@@ -56,6 +56,15 @@ class Settings(BaseSettings):
         if url:
             psycopg_url(url)  # raises a clear ValueError on a non-PostgreSQL URL
         return url
+
+    @model_validator(mode="after")
+    def _lease_outlives_call(self) -> "Settings":
+        if self.lease_seconds < 2 * self.request_timeout:
+            raise ValueError(
+                "OUTBOX_LEASE_SECONDS must be at least twice OUTBOX_REQUEST_TIMEOUT: a lease "
+                "that expires while its call is still running lets another relay send too"
+            )
+        return self
 
     def api_key(self) -> str | None:
         """The Stripe secret key, from STRIPE_API_KEY or the file STRIPE_API_KEY_FILE names."""

@@ -115,8 +115,8 @@ class Relay:
         the critical path; waiting until a quarter of the capacity is free (or the relay is
         idle, for latency) keeps claims large and rare under load.
         """
-        free = self.settings.concurrency - len(self._tasks)
-        threshold = min(self.settings.batch_size, max(1, self.settings.concurrency // 4))
+        free = self._capacity() - len(self._tasks)
+        threshold = min(self.settings.batch_size, max(1, self._capacity() // 4))
         if free <= 0 or (self._tasks and free < threshold):
             return 0
         return min(self.settings.batch_size, free)
@@ -126,6 +126,12 @@ class Relay:
         if self._recheck_at > now:
             return min(self.settings.poll_interval, self._recheck_at - now)
         return self.settings.poll_interval
+
+    def _capacity(self) -> int:
+        """Rows held at once: the concurrency, but never more than the rate limiter can send
+        within a third of the lease (a row queued behind the limiter must not outlive it)."""
+        paced = int(self.limiter.rate * self.settings.lease_seconds / 3) + 1
+        return max(1, min(self.settings.concurrency, paced))
 
     async def _claim(self, wanted: int) -> int:
         """Claim up to `wanted` rows and start a sender task for each."""
@@ -163,7 +169,7 @@ class Relay:
                     "after_customer": after[0],
                     "after_event_name": after[1],
                     # Lanes right after the cursor are rarely busy (round robin): a small margin.
-                "max_lanes": 2 * wanted + 16,
+                    "max_lanes": 2 * wanted + 16,
                     "batch_size": wanted,
                     "relay_id": self.settings.relay_id,
                     "lease_seconds": self.settings.lease_seconds,

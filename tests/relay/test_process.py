@@ -56,9 +56,12 @@ def wait_for(condition, timeout: float = 20.0) -> None:
 
 def test_sigkill_mid_call_then_another_replica_counts_once(database_url: str) -> None:
     with Emulator(EmulatorConfig(rate_limit_test=None)) as emulator:
-        emulator.set_faults(Faults(latency=Latency.fixed(1500)))
+        emulator.set_faults(Faults(latency=Latency.fixed(3000)))
         insert_usage(database_url, 3, customers=3)
-        first = start(relay_env(database_url, emulator, OUTBOX_LEASE_SECONDS="2"))
+        env = relay_env(
+            database_url, emulator, OUTBOX_LEASE_SECONDS="3", OUTBOX_REQUEST_TIMEOUT="1.5"
+        )
+        first = start(env)
         try:
             wait_for(lambda: emulator.stats()["in_flight"] >= 3)  # Stripe is processing them
         finally:
