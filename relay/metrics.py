@@ -1,5 +1,7 @@
 """Prometheus metrics of the relay (served on /metrics)."""
 
+from functools import cache
+
 from prometheus_client import Counter, Gauge, Histogram
 
 CLAIMED = Counter("outbox_relay_claimed_rows_total", "Rows claimed for sending")
@@ -19,3 +21,14 @@ RATE = Gauge("outbox_relay_rate_limit_per_second", "Current adaptive client-side
 AUTH_PAUSED = Gauge("outbox_relay_auth_paused", "1 while sending is paused on a 401/403")
 DB_ERRORS = Counter("outbox_relay_database_errors_total", "Failed database statements")
 WEBHOOKS = Counter("outbox_relay_webhooks_total", "Webhook deliveries by result", ["result"])
+
+
+@cache
+def outcome(state: str, code: str | None) -> Counter:
+    """The labelled child, cached: `labels()` is costly on a per-row hot path."""
+    return OUTCOMES.labels(state, code or "")
+
+
+@cache
+def stripe_call(verdict: str) -> Counter:
+    return STRIPE_CALLS.labels(verdict)

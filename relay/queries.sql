@@ -91,7 +91,8 @@ RETURNING o.id, o.lease_token, o.identifier, o.event_name, o.customer, o.payload
           o.accepted_at
 
 -- name: record_outcomes
--- Write a batch of outcomes in one statement. The compare-and-set on lease_token means a relay
+-- Write a batch of outcomes in one statement (River's shape, `UPDATE ... FROM` a set of rows;
+-- the set travels as one JSON document, which is cheaper to encode than ten parallel arrays). The compare-and-set on lease_token means a relay
 -- whose lease expired (and whose row another relay re-claimed) changes nothing.
 -- A cancel requested while the report was in flight turns a success (or an unknown outcome)
 -- into a pending cancellation instead.
@@ -120,11 +121,9 @@ SET state = CASE
                        THEN coalesce(o.accepted_at, now()) ELSE o.accepted_at END,
     cancelled_at = CASE WHEN u.state = 'cancelled' THEN now() ELSE o.cancelled_at END,
     updated_at = now()
-FROM unnest(CAST(:ids AS bigint[]), CAST(:tokens AS uuid[]), CAST(:states AS text[]),
-            CAST(:delays AS float8[]), CAST(:counted AS int[]), CAST(:new_key AS int[]),
-            CAST(:codes AS text[]), CAST(:messages AS text[]), CAST(:request_ids AS text[]),
-            CAST(:first_attempts AS timestamptz[]))
-     AS u(id, token, state, delay, counted, new_key, code, message, request_id, first_attempt_at)
+FROM jsonb_to_recordset(CAST(:batch AS jsonb))
+     AS u(id bigint, token uuid, state text, delay float8, counted int, new_key int, code text,
+          message text, request_id text, first_attempt_at timestamptz)
 WHERE o.id = u.id AND o.lease_token = u.token
 RETURNING o.id
 

@@ -10,6 +10,7 @@ Three cooperating tasks:
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -225,7 +226,7 @@ class Relay:
                 self._outcomes.put_nowait(outcome)
 
     def _react(self, result: Classified) -> None:
-        metrics.STRIPE_CALLS.labels(result.verdict.value).inc()
+        metrics.stripe_call(result.verdict.value).inc()
         if result.verdict is Verdict.RETRY_SLOWER:
             self.limiter.on_rate_limited()
             metrics.RATE.set(self.limiter.rate)
@@ -288,19 +289,26 @@ class Relay:
         report_batch(batch, {row_id for (row_id,) in written})
 
 
-def outcome_params(batch: list[Outcome]) -> dict[str, list[object]]:
-    """Column arrays for `record_outcomes` (one UPDATE ... FROM unnest for the batch)."""
+def outcome_params(batch: list[Outcome]) -> dict[str, str]:
+    """The batch as one JSON document for `record_outcomes` (UPDATE ... FROM a record set)."""
     return {
-        "ids": [o.row.id for o in batch],
-        "tokens": [o.row.lease_token for o in batch],
-        "states": [o.state for o in batch],
-        "delays": [o.delay for o in batch],
-        "counted": [o.counted for o in batch],
-        "new_key": [o.new_key for o in batch],
-        "codes": [o.code for o in batch],
-        "messages": [o.message for o in batch],
-        "request_ids": [o.request_id for o in batch],
-        "first_attempts": [o.first_attempt_at for o in batch],
+        "batch": json.dumps(
+            [
+                {
+                    "id": o.row.id,
+                    "token": str(o.row.lease_token),
+                    "state": o.state,
+                    "delay": o.delay,
+                    "counted": o.counted,
+                    "new_key": o.new_key,
+                    "code": o.code,
+                    "message": o.message,
+                    "request_id": o.request_id,
+                    "first_attempt_at": o.first_attempt_at and o.first_attempt_at.isoformat(),
+                }
+                for o in batch
+            ]
+        )
     }
 
 
@@ -309,7 +317,7 @@ def report_batch(batch: list[Outcome], written: set[int]) -> None:
     states: dict[str, int] = {}
     for o in batch:
         states[o.state] = states.get(o.state, 0) + 1
-        metrics.OUTCOMES.labels(o.state, o.code or "").inc()
+        metrics.outcome(o.state, o.code).inc()
         if o.latency_ms is not None:
             metrics.LATENCY.observe(o.latency_ms / 1000)
         if o.row.id not in written:
