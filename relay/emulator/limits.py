@@ -1,0 +1,83 @@
+"""Rate limiting and the one-call-per-(customer, meter) rule.
+
+Both run BEFORE the idempotency layer, as at Stripe: a request they reject leaves no saved
+response, so retrying it with the same idempotency key is safe.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RateLimiter:
+    """Fixed one-second windows (real monotonic time) per (account, livemode).
+
+    Stripe's limits are per second and per account: 1,000/s for meter events in live mode,
+    about 25/s in sandboxes. None disables the limit for that mode.
+    """
+
+    live_per_second: int | None = 1000
+    test_per_second: int | None = 25
+    # Replaceable so tests can freeze the window instead of racing a second boundary.
+    now: Callable[[], float] = time.monotonic
+    _windows: dict[Hashable, tuple[int, int]] = field(default_factory=dict)
+    rejected: int = 0
+
+    def allow(self, account: str, livemode: bool) -> bool:
+        limit = self.live_per_second if livemode else self.test_per_second
+        if limit is None:
+            return True
+        second = int(self.now())
+        key = (account, livemode)
+        window_second, count = self._windows.get(key, (second, 0))
+        if window_second != second:
+            count = 0
+        if count >= limit:
+            self._windows[key] = (second, count)
+            self.rejected += 1
+            return False
+        self._windows[key] = (second, count + 1)
+        return True
+
+    def reset(self) -> None:
+        self._windows.clear()
+        self.rejected = 0
+
+
+@dataclass
+class ConcurrencyGuard:
+    """Tracks calls in flight per (account, meter, customer) and refuses overlapping ones.
+
+    `max_observed` records the highest number of calls that were in flight at once for each
+    key, counting the refused arrival too: a well-behaved relay keeps it at 1.
+    """
+
+    enforce: bool = True
+    _holders: dict[Hashable, int] = field(default_factory=dict)
+    max_observed: dict[Hashable, int] = field(default_factory=dict)
+    conflicts: int = 0
+
+    def try_acquire(self, key: Hashable) -> bool:
+        holders = self._holders.get(key, 0)
+        observed = holders + 1
+        if observed > self.max_observed.get(key, 0):
+            self.max_observed[key] = observed
+        if holders and self.enforce:
+            self.conflicts += 1
+            return False
+        self._holders[key] = observed
+        return True
+
+    def release(self, key: Hashable) -> None:
+        holders = self._holders.get(key, 0) - 1
+        if holders > 0:
+            self._holders[key] = holders
+        else:
+            self._holders.pop(key, None)
+
+    def reset(self) -> None:
+        self.max_observed.clear()
+        self.conflicts = 0

@@ -1,0 +1,148 @@
+"""All mutable emulator state in one place, guarded by one lock.
+
+The HTTP handlers run on the emulator's event loop while tests inspect and steer the
+emulator from another thread, so every compound read or write goes through `lock`. The
+handlers never await while holding it.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from relay.emulator.clock import Clock
+from relay.emulator.config import EmulatorConfig, Meter
+from relay.emulator.faults import FaultInjector, Faults
+from relay.emulator.idempotency import IdempotencyStore
+from relay.emulator.ledger import Ledger, LedgerSnapshot, Number
+from relay.emulator.limits import ConcurrencyGuard, RateLimiter
+from relay.emulator.reports import ErrorReporter, EventStore
+from relay.emulator.sessions import SessionStore
+from relay.emulator.stats import RequestStats
+from relay.emulator.validation import CustomerDirectory
+from relay.emulator.webhooks import WebhookSender
+
+
+class EmulatorState:
+    """Meters, customers, ledger, idempotency, limits, sessions, faults and error reports."""
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.config = config
+        self.lock = threading.RLock()
+        self.clock = Clock(config.clock_offset_seconds)
+        self.started_at = self.clock.now_int()
+        self._meters_by_name: dict[str, Meter] = {}
+        self._meters_by_id: dict[str, Meter] = {}
+        for meter in config.meters:
+            self.add_meter(meter)
+        self.customers = CustomerDirectory.from_config(config.customers)
+        self.api_keys: set[str] | None = None if config.api_keys is None else set(config.api_keys)
+        self.ledger = Ledger()
+        self.idempotency = IdempotencyStore(self.clock, config.idempotency_ttl_seconds)
+        self.limiter = RateLimiter(config.rate_limit_live, config.rate_limit_test)
+        self.guard = ConcurrencyGuard(enforce=config.enforce_concurrency)
+        self.stats_counters = RequestStats()
+        self.stream_duplicates_ignored = 0
+        self.sessions = SessionStore(self.clock, config.session_ttl_seconds)
+        self.faults = FaultInjector(self.clock, config.seed, config.faults or Faults())
+        self.sender = WebhookSender(
+            url=config.webhook_url,
+            secrets=(config.webhook_secret, *config.webhook_additional_secrets),
+            max_attempts=config.webhook_max_attempts,
+            base_delay=config.webhook_retry_base_delay,
+            max_delay=config.webhook_retry_max_delay,
+            timeout=config.webhook_timeout,
+        )
+        self.events = EventStore()
+        self.reporter = ErrorReporter(
+            clock=self.clock,
+            sender=self.sender,
+            store=self.events,
+            platform_account=config.platform_account,
+            delay=config.error_report_delay,
+            max_samples=config.error_report_max_samples,
+        )
+
+    def add_meter(self, meter: Meter) -> None:
+        """Register (or replace) a meter; one meter per event name."""
+        with self.lock:
+            previous = self._meters_by_name.get(meter.event_name)
+            if previous is not None:
+                self._meters_by_id.pop(previous.meter_id, None)
+            self._meters_by_name[meter.event_name] = meter
+            self._meters_by_id[meter.meter_id] = meter
+
+    def meter_for(self, event_name: str) -> Meter | None:
+        return self._meters_by_name.get(event_name)
+
+    def meter_by_id(self, meter_id: str) -> Meter | None:
+        return self._meters_by_id.get(meter_id)
+
+    def meters(self) -> list[Meter]:
+        return list(self._meters_by_id.values())
+
+    def add_customer(self, customer: str) -> None:
+        with self.lock:
+            self.customers.known.add(customer)
+
+    # --- inspection (thread-safe snapshots) ---------------------------------------------
+
+    def ledger_snapshot(self) -> LedgerSnapshot:
+        with self.lock:
+            return self.ledger.snapshot(self.meter_for)
+
+    def counted(self, identifier: str, account: str | None = None) -> int:
+        with self.lock:
+            return self.ledger.counted(identifier, account)
+
+    def total(self, event_name: str, customer: str, account: str | None = None) -> Number:
+        with self.lock:
+            return self.ledger.total(event_name, customer, self.meter_for, account)
+
+    def stats(self) -> dict[str, Any]:
+        """Request counters plus limiter, concurrency, idempotency and webhook figures."""
+        with self.lock:
+            result = self.stats_counters.as_dict()
+            per_key = [
+                {"account": a, "meter": m, "customer": c, "max_concurrent": n}
+                for (a, m, c), n in self.guard.max_observed.items()
+            ]
+            attempts = self.sender.attempts
+            result.update(
+                {
+                    "rate_limited": self.limiter.rejected,
+                    "concurrency_conflicts": self.guard.conflicts,
+                    "max_concurrent": max((e["max_concurrent"] for e in per_key), default=0),
+                    "max_concurrent_per_customer_meter": per_key,
+                    "idempotent_replays": self.idempotency.replays,
+                    "stream_duplicates_ignored": self.stream_duplicates_ignored,
+                    "faults_injected": dict(self.faults.injected),
+                    "webhook_attempts": len(attempts),
+                    "webhook_delivered": sum(1 for a in attempts if a.ok),
+                    "webhook_failed_attempts": sum(1 for a in attempts if not a.ok),
+                    "error_reports_pending": self.reporter.pending,
+                    "events_created": len(self.events.all()),
+                }
+            )
+            return result
+
+    def reset(self) -> None:
+        """Back to the configured start: traffic, keys, sessions, counters, events, faults, clock.
+
+        Meters and customers added at run time are kept (they are configuration).
+        """
+        with self.lock:
+            self.ledger.reset()
+            self.idempotency.reset()
+            self.limiter.reset()
+            self.guard.reset()
+            self.stats_counters.reset()
+            self.stream_duplicates_ignored = 0
+            self.sessions.reset()
+            self.faults.clear()
+            self.faults.injected.clear()
+            self.faults.configure(self.config.faults)
+            self.events.reset()
+            self.reporter.reset()
+            self.sender.attempts.clear()
+            self.clock.reset(self.config.clock_offset_seconds)
