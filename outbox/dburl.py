@@ -5,6 +5,7 @@ driver spelled out and psycopg needs it absent.
 """
 
 import os
+import re
 
 ENV_VAR = "OUTBOX_DATABASE_URL"
 
@@ -44,10 +45,10 @@ def psycopg_url(url: str) -> str:
 
 
 def redact(url: str) -> str:
-    """The URL with any password replaced, safe for logs and error messages."""
+    """The URL with any password (userinfo or `password=` parameter) masked, for logs."""
     scheme, sep, rest = url.partition("://")
     creds, at, host = rest.rpartition("@")
-    if not at or ":" not in creds:
-        return url
-    user = creds.split(":", 1)[0]
-    return f"{scheme}{sep}{user}:***@{host}"
+    if at and ":" in creds:
+        rest = f"{creds.split(':', 1)[0]}:***@{host}"
+    rest = re.sub(r"(?i)(password=)[^&]*", r"\1***", rest)
+    return f"{scheme}{sep}{rest}"

@@ -20,21 +20,24 @@ FROM meter_event_outbox
 WHERE identifier = :identifier
 
 -- name: cancel_usage
--- A row Stripe can not have counted is cancelled on the spot; one that may have been counted
--- becomes a pending 'cancel' action for the relay (a meter event adjustment). An in-flight row
--- only gets the request stamped: the relay's outcome write routes it once the call returns.
+-- A row Stripe can not have counted (never sent: first_attempt_at is NULL, or rejected by
+-- Stripe) is cancelled on the spot; one that may have been counted becomes a pending 'cancel'
+-- action for the relay (a meter event adjustment). An in-flight row only gets the request
+-- stamped: the relay's outcome write routes it once the call returns.
 UPDATE meter_event_outbox AS o
 SET cancel_requested_at = coalesce(o.cancel_requested_at, now()),
     state = CASE
-        WHEN o.state = 'in_flight' OR o.state = 'cancelled' THEN o.state
-        WHEN o.attempts = 0 OR o.state = 'rejected' THEN 'cancelled'
+        WHEN o.state IN ('in_flight', 'cancelled') THEN o.state
+        WHEN o.first_attempt_at IS NULL OR o.state = 'rejected' THEN 'cancelled'
         ELSE 'pending' END,
     action = CASE
-        WHEN o.state IN ('in_flight', 'cancelled') OR o.attempts = 0 OR o.state = 'rejected'
-        THEN o.action ELSE 'cancel' END,
+        WHEN o.state IN ('in_flight', 'cancelled') THEN o.action
+        WHEN o.first_attempt_at IS NULL OR o.state = 'rejected' THEN o.action
+        ELSE 'cancel' END,
     cancelled_at = CASE
-        WHEN o.state NOT IN ('in_flight', 'cancelled') AND (o.attempts = 0 OR o.state = 'rejected')
-        THEN now() ELSE o.cancelled_at END,
+        WHEN o.state NOT IN ('in_flight', 'cancelled')
+             AND (o.first_attempt_at IS NULL OR o.state = 'rejected') THEN now()
+        ELSE o.cancelled_at END,
     available_at = CASE WHEN o.state IN ('in_flight', 'cancelled') THEN o.available_at
                         ELSE now() END,
     updated_at = now()

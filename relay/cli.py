@@ -171,12 +171,18 @@ def retry(
         )
     click.echo(f"requeued {len(requeued)} row(s)")
     for r in refused:
-        click.echo(
-            f"refused {r['identifier']} ({r['code']}): first attempt {r['first_attempt_at']}"
-            " is outside the safe dedup window; a resend could double-count. Check the"
-            " meter's event summaries, then use --force if it was not counted.",
-            err=True,
-        )
+        if r["state"] == "rejected":
+            why = (
+                "Stripe rejected it and may answer a resend with 'duplicate identifier'; "
+                "record the corrected usage under a new identifier (or --force)"
+            )
+        else:
+            why = (
+                f"first attempt {r['first_attempt_at']} is outside the safe dedup window; "
+                "a resend could double-count. Check the meter's event summaries, then "
+                "--force if it was not counted"
+            )
+        click.echo(f"refused {r['identifier']} ({r['code']}): {why}", err=True)
     if refused:
         sys.exit(3)
 

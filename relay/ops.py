@@ -67,8 +67,8 @@ def retry(
         []
         if force
         else [
-            {"identifier": i, "code": c, "first_attempt_at": f}
-            for i, c, f in _fetch(conn, "retry_refused", params)
+            {"identifier": i, "state": st, "code": c, "first_attempt_at": f}
+            for i, st, c, f in _fetch(conn, "retry_refused", params)
         ]
     )
     requeued = [r[0] for r in _fetch(conn, "retry", params)]

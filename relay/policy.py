@@ -32,8 +32,17 @@ def local_refusal(row: Claimed, now: datetime, dedup_window: timedelta) -> Outco
         return _fail(
             row, "timestamp_too_far_in_past", "usage is older than Stripe's 35-day window; not sent"
         )
-    if row.occurred_at > now + STRIPE_MAX_FUTURE - CLOCK_MARGIN:
-        return _fail(row, "timestamp_in_future", "usage is more than 5 minutes ahead; not sent")
+    send_from = row.occurred_at - STRIPE_MAX_FUTURE + CLOCK_MARGIN
+    if send_from > now:  # valid a little later (the outbox accepts up to 5 minutes ahead)
+        wait = (send_from - now).total_seconds() + 1
+        return Outcome(
+            row=row,
+            state="pending",
+            delay=wait,
+            counted=0,
+            code="timestamp_in_future",
+            message="waiting until Stripe accepts it",
+        )
     first = row.previous_first_attempt_at
     if first is not None and first < now - dedup_window:
         return _fail(
@@ -74,6 +83,10 @@ def decide(row: Claimed, result: Classified, max_attempts: int, latency_ms: floa
         case Verdict.AUTH:
             # Not the row's fault: keep it pending, do not burn its attempts.
             return Outcome(state="pending", delay=5.0, counted=0, **common)
+        case Verdict.RETRY_SOON:
+            # 409: the lane or the key is busy at Stripe (e.g. our earlier request after a
+            # timeout is still executing). Nothing of this call executed: not an attempt.
+            return Outcome(state="pending", delay=max(0.5, backoff(attempt)), counted=0, **common)
     if attempt >= max_attempts:
         return Outcome(
             state="failed",
@@ -85,8 +98,6 @@ def decide(row: Claimed, result: Classified, max_attempts: int, latency_ms: floa
             },
         )
     match result.verdict:
-        case Verdict.RETRY_SOON:
-            delay = random.uniform(0.05, 0.5)
         case Verdict.RETRY_SLOWER:
             delay = max(1.0, backoff(attempt))
         case _:

@@ -6,9 +6,12 @@
 -- one row per pass, like every other lane), skip lanes that already have a call in flight
 -- (Stripe allows one concurrent call per customer and meter), take each lane's oldest due row,
 -- lock it with SKIP LOCKED and lease it. Lanes are found with a loose index scan (one index
--- probe per lane), so a deep backlog costs nothing. Because every relay picks the same head row
--- of a lane, two relays racing for a lane contend for that one row: SKIP LOCKED and the
--- re-check of the locked row's state let exactly one win, so a lane never has two rows in flight.
+-- probe per lane), so a deep backlog costs nothing. Every relay picks the same head row of a
+-- lane, so two relays racing for a lane contend for that one row: SKIP LOCKED and the re-check
+-- of the locked row's state let one win. The head is chosen in each claim's snapshot, so a row
+-- committed between two racing claims with an earlier available_at can, rarely, become a second
+-- head; Stripe then answers 409 and that row retries (same key, attempt not counted): a
+-- conflict costs a retry, never a double count.
 WITH RECURSIVE lanes (customer, event_name, depth) AS (
     (SELECT o.customer, o.event_name, 1
      FROM meter_event_outbox o
@@ -29,7 +32,7 @@ WITH RECURSIVE lanes (customer, event_name, depth) AS (
     WHERE l.depth < :max_lanes
 ),
 heads AS MATERIALIZED (
-    SELECT h.id
+    SELECT h.id, l.depth
     FROM lanes l
     CROSS JOIN LATERAL (
         SELECT o.id
@@ -42,7 +45,18 @@ heads AS MATERIALIZED (
         SELECT 1 FROM meter_event_outbox b
         WHERE b.customer = l.customer AND b.event_name = l.event_name
           AND b.state = 'in_flight' AND b.available_at > now())
+    ORDER BY l.depth
     LIMIT :batch_size
+),
+-- Where the next claim starts: after the last head taken when the batch filled up, else after
+-- the last lane walked; `wrap` when the walk ran out of lanes (start again from the first).
+scan AS (
+    SELECT l.customer, l.event_name,
+           l.depth < :max_lanes AND (SELECT count(*) FROM heads) < :batch_size AS wrap
+    FROM lanes l
+    WHERE l.depth = CASE WHEN (SELECT count(*) FROM heads) >= :batch_size
+                         THEN (SELECT max(depth) FROM heads)
+                         ELSE (SELECT max(depth) FROM lanes) END
 ),
 locked AS MATERIALIZED (
     SELECT o.id, o.first_attempt_at
@@ -50,7 +64,8 @@ locked AS MATERIALIZED (
     WHERE o.id IN (SELECT id FROM heads)
       AND o.state IN ('pending', 'in_flight') AND o.available_at <= now()
     FOR UPDATE SKIP LOCKED
-)
+),
+claimed AS (
 UPDATE meter_event_outbox o
 SET state = 'in_flight',
     lease_token = gen_random_uuid(),
@@ -64,6 +79,10 @@ RETURNING o.id, o.lease_token, o.identifier, o.event_name, o.customer, o.payload
           o.occurred_at, o.stripe_account, o.action, o.attempts, o.key_generation,
           locked.first_attempt_at AS previous_first_attempt_at, o.first_attempt_at,
           o.accepted_at
+)
+SELECT claimed.*, scan.customer AS cursor_customer, scan.event_name AS cursor_event_name,
+       scan.wrap
+FROM scan LEFT JOIN claimed ON true
 
 -- name: claim_any
 -- Claim without lanes, for the v2 stream (no per-customer concurrency limit there): oldest due
@@ -88,26 +107,33 @@ WHERE o.id = locked.id
 RETURNING o.id, o.lease_token, o.identifier, o.event_name, o.customer, o.payload,
           o.occurred_at, o.stripe_account, o.action, o.attempts, o.key_generation,
           locked.first_attempt_at AS previous_first_attempt_at, o.first_attempt_at,
-          o.accepted_at
+          o.accepted_at, NULL::text AS cursor_customer, NULL::text AS cursor_event_name,
+          true AS wrap
 
 -- name: record_outcomes
 -- Write a batch of outcomes in one statement (River's shape, `UPDATE ... FROM` a set of rows;
 -- the set travels as one JSON document, which is cheaper to encode than ten parallel arrays). The compare-and-set on lease_token means a relay
 -- whose lease expired (and whose row another relay re-claimed) changes nothing.
--- A cancel requested while the report was in flight turns a success (or an unknown outcome)
--- into a pending cancellation instead.
+-- A cancel requested while the report was in flight: after a success the row becomes a
+-- pending cancellation; after an unknown outcome the report is resolved first (same key), so an
+-- adjustment never races the event it cancels; after a refusal nothing was counted.
 UPDATE meter_event_outbox o
 SET state = CASE
-        WHEN o.action = 'report' AND o.cancel_requested_at IS NOT NULL
-             AND u.state IN ('accepted', 'pending') THEN 'pending'
-        ELSE u.state END,
+        WHEN NOT (o.action = 'report' AND o.cancel_requested_at IS NOT NULL) THEN u.state
+        WHEN u.state = 'accepted' THEN 'pending'                       -- now cancel it
+        WHEN u.state = 'failed' AND u.code IN (
+             'retry_budget_exhausted', 'dedup_window_expired', 'relay_error') THEN 'pending'
+        WHEN u.state = 'failed' THEN 'cancelled'                       -- Stripe refused it
+        ELSE u.state END,                                              -- resolve the report first
     action = CASE
-        WHEN o.action = 'report' AND o.cancel_requested_at IS NOT NULL
-             AND u.state IN ('accepted', 'pending') THEN 'cancel'
+        WHEN NOT (o.action = 'report' AND o.cancel_requested_at IS NOT NULL) THEN o.action
+        WHEN u.state = 'accepted' THEN 'cancel'
+        WHEN u.state = 'failed' AND u.code IN (
+             'retry_budget_exhausted', 'dedup_window_expired', 'relay_error') THEN 'cancel'
         ELSE o.action END,
     available_at = CASE
         WHEN o.action = 'report' AND o.cancel_requested_at IS NOT NULL
-             AND u.state = 'accepted' THEN now()
+             AND u.state IN ('accepted', 'failed') THEN now()
         ELSE now() + make_interval(secs => u.delay) END,
     lease_token = NULL,
     attempts = o.attempts + u.counted,
@@ -119,7 +145,12 @@ SET state = CASE
     stripe_request_id = coalesce(u.request_id, o.stripe_request_id),
     accepted_at = CASE WHEN u.state = 'accepted' AND o.action = 'report'
                        THEN coalesce(o.accepted_at, now()) ELSE o.accepted_at END,
-    cancelled_at = CASE WHEN u.state = 'cancelled' THEN now() ELSE o.cancelled_at END,
+    cancelled_at = CASE
+        WHEN u.state = 'cancelled' THEN now()
+        WHEN o.action = 'report' AND o.cancel_requested_at IS NOT NULL AND u.state = 'failed'
+             AND u.code NOT IN ('retry_budget_exhausted', 'dedup_window_expired', 'relay_error')
+        THEN now()
+        ELSE o.cancelled_at END,
     updated_at = now()
 FROM jsonb_to_recordset(CAST(:batch AS jsonb))
      AS u(id bigint, token uuid, state text, delay float8, counted int, new_key int, code text,
@@ -148,27 +179,31 @@ SELECT id, identifier, state, action, event_name, customer, value, payload, dime
 FROM meter_event_outbox WHERE identifier = :identifier
 
 -- name: retry
--- Operator retry of failed/rejected rows: a fresh idempotency-key generation (the old key may
--- hold a cached error) and a fresh attempt budget. Rows whose first attempt is older than the
--- safe dedup window are refused unless forced: Stripe may no longer recognise the identifier,
--- so a resend could double-count.
+-- Operator retry of failed rows: a fresh idempotency-key generation (the old key may hold a
+-- cached error) and a fresh attempt budget. Refused unless forced: rows whose first attempt is
+-- older than the safe dedup window (Stripe may no longer recognise the identifier, so a resend
+-- could double-count) and rejected rows (Stripe may answer "duplicate identifier" and the row
+-- would look accepted while unbilled: record a corrected fact under a new identifier instead).
+-- Forcing asserts "not counted": the dedup clock starts again.
 UPDATE meter_event_outbox o
 SET state = 'pending', available_at = now(), attempts = 0,
-    key_generation = o.key_generation + 1, updated_at = now()
+    key_generation = o.key_generation + 1, updated_at = now(),
+    first_attempt_at = CASE WHEN CAST(:force AS boolean) THEN NULL ELSE o.first_attempt_at END
 WHERE o.state IN ('failed', 'rejected')
   AND (CAST(:identifier AS text) IS NULL OR o.identifier = :identifier)
   AND (CAST(:code AS text) IS NULL OR o.last_error_code = :code)
   AND (CAST(:force AS boolean)
-       OR o.first_attempt_at IS NULL
-       OR o.first_attempt_at > now() - make_interval(secs => :window_seconds))
+       OR (o.state = 'failed'
+           AND (o.first_attempt_at IS NULL
+                OR o.first_attempt_at > now() - make_interval(secs => :window_seconds))))
 RETURNING o.identifier
 
 -- name: retry_refused
-SELECT identifier, last_error_code, first_attempt_at FROM meter_event_outbox o
+SELECT identifier, state, last_error_code, first_attempt_at FROM meter_event_outbox o
 WHERE o.state IN ('failed', 'rejected')
   AND (CAST(:identifier AS text) IS NULL OR o.identifier = :identifier)
   AND (CAST(:code AS text) IS NULL OR o.last_error_code = :code)
-  AND o.first_attempt_at <= now() - make_interval(secs => :window_seconds)
+  AND (o.state = 'rejected' OR o.first_attempt_at <= now() - make_interval(secs => :window_seconds))
 ORDER BY o.id LIMIT 1000
 
 -- name: reject
@@ -176,10 +211,13 @@ ORDER BY o.id LIMIT 1000
 -- processing but will not be billed.
 UPDATE meter_event_outbox o
 SET state = 'rejected', last_error_code = :code, last_error_message = :message,
-    updated_at = now()
+    lease_token = NULL, updated_at = now()
 WHERE o.identifier = ANY(CAST(:identifiers AS text[]))
-  AND o.state IN ('accepted', 'pending')
+  AND o.state IN ('accepted', 'pending', 'in_flight', 'failed')
 RETURNING o.identifier
+
+-- name: fold_counts
+SELECT outbox_fold_counts()
 
 -- name: prune
 -- Retention: delete old terminal rows in a bounded batch (the caller loops), oldest first.

@@ -51,8 +51,8 @@ class StripeSender:
             max_network_retries=0,
             http_client=self._http,
         )
-        self._session_token: str | None = None
-        self._session_expires = datetime.min.replace(tzinfo=UTC)
+        # One meter event session per (connected) account: token and its renewal time.
+        self._sessions: dict[str | None, tuple[str, datetime]] = {}
         self._session_lock = asyncio.Lock()
 
     async def send_stream(self, rows: list[Claimed]) -> tuple[Classified, float]:
@@ -67,7 +67,7 @@ class StripeSender:
         stale: str | None = None
         for attempt in range(2):
             try:
-                token = await self._session(stale)
+                token = await self._session(rows[0].stripe_account, stale)
                 await self.client.v2.billing.meter_event_stream.create_async(
                     {"events": events},  # type: ignore[arg-type]
                     {"api_key": token},  # type: ignore[arg-type]
@@ -79,22 +79,26 @@ class StripeSender:
                     return classify_error(err), _ms(started)
             except stripe.StripeError as err:
                 return classify_error(err), _ms(started)
-            except (TimeoutError, OSError) as err:
+            except (TimeoutError, OSError, aiohttp.ClientError) as err:
                 return classify_error(stripe.APIConnectionError(str(err))), _ms(started)
         raise AssertionError("unreachable")
 
-    async def _session(self, stale: str | None) -> str:
-        """A meter event session token, renewed a minute before it expires (tokens live 15 min)
-        or when a call found `stale` expired. One renewal serves every concurrent caller."""
+    async def _session(self, account: str | None, stale: str | None) -> str:
+        """The account's meter event session token, renewed a minute before it expires
+        (tokens live 15 min) or when a call found `stale` expired. One renewal serves every
+        concurrent caller."""
         async with self._session_lock:
-            token = self._session_token
-            if token is None or token == stale or datetime.now(UTC) > self._session_expires:
-                session = await self.client.v2.billing.meter_event_session.create_async()
-                token = self._session_token = session.authentication_token
+            token, renew_at = self._sessions.get(account, (None, None))
+            if token is None or token == stale or renew_at is None or datetime.now(UTC) > renew_at:
+                options = {"stripe_account": account} if account else {}
+                session = await self.client.v2.billing.meter_event_session.create_async(
+                    options=options  # type: ignore[arg-type]
+                )
+                token = session.authentication_token
                 expires = session.expires_at
                 if isinstance(expires, str):
                     expires = datetime.fromisoformat(expires.replace("Z", "+00:00"))
-                self._session_expires = expires - timedelta(minutes=1)
+                self._sessions[account] = (token, expires - timedelta(minutes=1))
             return token
 
     async def send(self, row: Claimed) -> tuple[Classified, float]:
@@ -107,7 +111,7 @@ class StripeSender:
                 response = await self._report(row)
         except stripe.StripeError as err:
             return classify_error(err), _ms(started)
-        except (TimeoutError, OSError) as err:  # raw transport errors the SDK did not wrap
+        except (TimeoutError, OSError, aiohttp.ClientError) as err:  # not wrapped by the SDK
             return classify_error(stripe.APIConnectionError(str(err) or type(err).__name__)), _ms(
                 started
             )

@@ -24,7 +24,7 @@ log = structlog.get_logger("relay.webhooks")
 
 
 def rejected_identifiers(event_data: dict[str, Any]) -> dict[str, tuple[list[str], str]]:
-    """{error code: ([identifiers], sample message)} from an error report's data."""
+    """{error code: ([sample identifiers as sent], sample message)} from an error report."""
     found: dict[str, tuple[list[str], str]] = {}
     reason = event_data.get("reason") or {}
     for error_type in reason.get("error_types") or []:
@@ -33,8 +33,8 @@ def rejected_identifiers(event_data: dict[str, Any]) -> dict[str, tuple[list[str
         message = ""
         for sample in error_type.get("sample_errors") or []:
             ident = ((sample.get("request") or {}).get("identifier")) or ""
-            if ident and not ident.startswith("cancel:"):
-                identifiers.append(_KEY_SUFFIX.sub("", ident))
+            if ident:
+                identifiers.append(ident)
             message = message or sample.get("error_message") or ""
         if identifiers:
             found[code] = (identifiers, message or event_data.get("developer_message_summary", ""))
@@ -42,14 +42,21 @@ def rejected_identifiers(event_data: dict[str, Any]) -> dict[str, tuple[list[str
 
 
 async def apply_event(db: Database, event: Any) -> list[str]:
-    """Mark the rows a full meter error event names as rejected; returns their identifiers."""
+    """Mark the rows a full meter error event names as rejected; returns their identifiers.
+
+    Each sample is matched as the event identifier first; only if no row has it, as one of our
+    idempotency keys (generation suffix `#gN` stripped). An identifier that happens to end in
+    `#g1` is therefore never confused with another row.
+    """
     data = event.get("data") if isinstance(event, dict) else event.to_dict().get("data")
     marked: list[str] = []
-    for code, (identifiers, message) in rejected_identifiers(data or {}).items():
-        rows = await db.fetch(
-            "reject", {"identifiers": identifiers, "code": code, "message": message[:500]}
-        )
-        marked += [r[0] for r in rows]
+    for code, (samples, message) in rejected_identifiers(data or {}).items():
+        params = {"code": code, "message": message[:500]}
+        hit = [r[0] for r in await db.fetch("reject", {**params, "identifiers": samples})]
+        keys = {_KEY_SUFFIX.sub("", s) for s in samples if s not in hit} - set(samples)
+        if keys:
+            hit += [r[0] for r in await db.fetch("reject", {**params, "identifiers": list(keys)})]
+        marked += hit
     return marked
 
 

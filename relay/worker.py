@@ -35,6 +35,7 @@ log = structlog.get_logger("relay")
 HINT_RECHECK_S = 0.02
 OUTCOME_FLUSH_S = 0.005
 OUTCOME_BATCH = 500
+UPKEEP_INTERVAL_S = 10.0
 STREAM_BATCH = 100  # Stripe's maximum events per meter event stream request
 
 
@@ -77,6 +78,8 @@ class Relay:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then drain within the shutdown grace period."""
         writer = asyncio.create_task(self._write_outcomes(), name="outcome-writer")
+        writer.add_done_callback(lambda task: self._writer_died(task, stop))
+        upkeep = asyncio.create_task(self._upkeep(stop), name="upkeep")
         self.wakeup.start()
         self.state.started = True
         log.info(
@@ -91,7 +94,10 @@ class Relay:
             await self._dispatch(stop)
         finally:
             await self._drain()
-            await self._outcomes.join()
+            if not writer.done():
+                with contextlib.suppress(TimeoutError):  # bounded: never hang on exit
+                    await asyncio.wait_for(self._outcomes.join(), self.settings.shutdown_grace + 10)
+            upkeep.cancel()
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
@@ -135,11 +141,12 @@ class Relay:
         return max(1, min(self.settings.concurrency, paced))
 
     async def _claim(self, wanted: int) -> int:
-        """Claim up to `wanted` rows and start a sender task for each."""
-        rows = await self._claim_from(self._cursor, wanted)
-        if len(rows) < wanted and self._cursor != ("", ""):
-            rows += await self._claim_from(("", ""), wanted - len(rows))  # wrap around
-        self._cursor = max((r.lane for r in rows), default=("", "")) if rows else ("", "")
+        """Claim up to `wanted` rows (round robin over lanes) and start sending them."""
+        rows, cursor = await self._claim_from(self._cursor, wanted)
+        if len(rows) < wanted and cursor is None and self._cursor != ("", ""):
+            more, cursor = await self._claim_from(("", ""), wanted - len(rows))  # wrap around
+            rows += more
+        self._cursor = cursor or ("", "")
         if rows:
             self._recheck_at = time.monotonic() + HINT_RECHECK_S
             metrics.CLAIMED.inc(len(rows))
@@ -157,19 +164,27 @@ class Relay:
             return [self._handle(row) for row in rows]
         reports = [r for r in rows if r.action == "report"]
         jobs = [self._handle(r) for r in rows if r.action != "report"]  # cancels are v1 only
+        by_account: dict[str | None, list[Claimed]] = {}
+        for r in reports:  # a stream session belongs to one (connected) account
+            by_account.setdefault(r.stripe_account, []).append(r)
         return jobs + [
-            self._handle_stream(reports[i : i + STREAM_BATCH])
-            for i in range(0, len(reports), STREAM_BATCH)
+            self._handle_stream(group[i : i + STREAM_BATCH])
+            for group in by_account.values()
+            for i in range(0, len(group), STREAM_BATCH)
         ]
 
-    async def _claim_from(self, after: tuple[str, str], wanted: int) -> list[Claimed]:
+    async def _claim_from(
+        self, after: tuple[str, str], wanted: int
+    ) -> tuple[list[Claimed], tuple[str, str] | None]:
+        """One claim statement; returns the rows and where the next claim should start
+        (None: the walk reached the last lane, start again from the first)."""
         try:
-            rows = await self.db.fetch(
+            result = await self.db.fetch(
                 self._claim_query,
                 {
                     "after_customer": after[0],
                     "after_event_name": after[1],
-                    # Lanes right after the cursor are rarely busy (round robin): a small margin.
+                    # Lanes right after the cursor are rarely busy (round robin): small margin.
                     "max_lanes": 2 * wanted + 16,
                     "batch_size": wanted,
                     "relay_id": self.settings.relay_id,
@@ -180,28 +195,22 @@ class Relay:
             log.error("claim_failed", error=str(err))
             metrics.DB_ERRORS.inc()
             await asyncio.sleep(1.0)
-            return []
-        return [Claimed.from_row(r) for r in rows]
+            return [], None
+        rows = [Claimed.from_row(r[:-3]) for r in result if r[0] is not None]
+        if not result or result[0][-1]:  # no lanes after the cursor, or the walk ran out
+            return rows, None
+        return rows, (result[0][-3], result[0][-2])
 
     async def _handle(self, row: Claimed) -> None:
-        """Send one row and queue its outcome; on shutdown, release it as 'unknown outcome'."""
-        try:
-            outcome = local_refusal(row, datetime.now(UTC), self._dedup_window)
-            if outcome is None:
-                await self.limiter.acquire()
-                result, latency_ms = await self.sender.send(row)
-                self._react(result)
-                outcome = decide(row, result, self.settings.max_attempts, latency_ms)
-        except asyncio.CancelledError:
-            # The call may have reached Stripe: retry soon with the SAME key (replay-safe).
-            self._outcomes.put_nowait(
-                Outcome(row=row, state="pending", code="shutdown", message="released at shutdown")
-            )
-            raise
-        self._outcomes.put_nowait(outcome)
+        """Send one row and queue its outcome, whatever happens to the call."""
+        await self._handle_stream([row], single=True)
 
-    async def _handle_stream(self, rows: list[Claimed]) -> None:
-        """One v2 stream call for many rows; each row's outcome follows the shared verdict."""
+    async def _handle_stream(self, rows: list[Claimed], single: bool = False) -> None:
+        """Send rows (one v1 call, or one v2 stream call for many) and queue every outcome.
+
+        Cancellation (shutdown) and unexpected errors release the rows as "unknown outcome":
+        pending, same idempotency key, so the retry replays whatever Stripe did.
+        """
         now = datetime.now(UTC)
         refused = [o for o in (local_refusal(r, now, self._dedup_window) for r in rows) if o]
         refused_ids = {o.row.id for o in refused}
@@ -210,17 +219,21 @@ class Relay:
         try:
             if sendable:
                 await self.limiter.acquire()
-                result, latency_ms = await self.sender.send_stream(sendable)
+                if single:
+                    result, latency_ms = await self.sender.send(sendable[0])
+                else:
+                    result, latency_ms = await self.sender.send_stream(sendable)
                 self._react(result)
                 outcomes += [
                     decide(r, result, self.settings.max_attempts, latency_ms) for r in sendable
                 ]
         except asyncio.CancelledError:
-            outcomes += [
-                Outcome(row=r, state="pending", code="shutdown", message="released at shutdown")
-                for r in sendable
-            ]
+            outcomes += [_released(r, "shutdown", "released at shutdown", 0.0) for r in sendable]
             raise
+        except Exception as err:  # a bug of ours or an unwrapped library error
+            log.exception("send_crashed", identifiers=[r.identifier for r in sendable][:10])
+            message = f"{type(err).__name__}: {err}"
+            outcomes += [_released(r, "relay_error", message, 5.0) for r in sendable]
         finally:
             for outcome in outcomes:
                 self._outcomes.put_nowait(outcome)
@@ -261,6 +274,23 @@ class Relay:
         await asyncio.gather(*pending, return_exceptions=True)
         log.info("drained", finished=len(done), released=len(pending))
 
+    def _writer_died(self, task: asyncio.Task[None], stop: asyncio.Event) -> None:
+        """Without the writer no outcome is ever recorded: stop (and let the supervisor
+        restart us) rather than keep sending rows whose results are lost."""
+        if not task.cancelled() and task.exception() is not None:
+            log.error("outcome_writer_died", error=repr(task.exception()))
+            stop.set()
+
+    async def _upkeep(self, stop: asyncio.Event) -> None:
+        """Small periodic duties: fold the status counters (see outbox_fold_counts())."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), UPKEEP_INTERVAL_S)
+            try:
+                await self.db.fetch("fold_counts")
+            except Exception as err:
+                log.warning("fold_counts_failed", error=str(err))
+
     async def _write_outcomes(self) -> None:
         """Batch outcomes into one CAS update; retry the batch if the database is away."""
         while True:
@@ -289,6 +319,11 @@ class Relay:
         report_batch(batch, {row_id for (row_id,) in written})
 
 
+def _released(row: Claimed, code: str, message: str, delay: float) -> Outcome:
+    """Outcome unknown: back to pending with the same key (the attempt counts)."""
+    return Outcome(row=row, state="pending", delay=delay, code=code, message=message[:500])
+
+
 def outcome_params(batch: list[Outcome]) -> dict[str, str]:
     """The batch as one JSON document for `record_outcomes` (UPDATE ... FROM a record set)."""
     return {
@@ -302,7 +337,7 @@ def outcome_params(batch: list[Outcome]) -> dict[str, str]:
                     "counted": o.counted,
                     "new_key": o.new_key,
                     "code": o.code,
-                    "message": o.message,
+                    "message": o.message and o.message.replace("\x00", ""),  # jsonb refuses NUL
                     "request_id": o.request_id,
                     "first_attempt_at": o.first_attempt_at and o.first_attempt_at.isoformat(),
                 }

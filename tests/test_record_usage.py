@@ -149,7 +149,7 @@ def test_unsupported_connection_is_a_clear_error() -> None:
         outbox.record_usage(object(), **usage())
 
 
-CancelCase = tuple[str, Callable[[psycopg.Connection], None], str, str]
+SENT = "attempts=1, first_attempt_at=now()"
 
 
 def _set(sql: str) -> Callable[[psycopg.Connection], None]:
@@ -160,19 +160,21 @@ def _set(sql: str) -> Callable[[psycopg.Connection], None]:
     ("setup", "state", "action"),
     [
         (_set("SELECT 1"), "cancelled", "report"),  # never attempted: cancelled locally
-        (_set("UPDATE meter_event_outbox SET state='accepted', attempts=1"), "pending", "cancel"),
-        (_set("UPDATE meter_event_outbox SET attempts=2"), "pending", "cancel"),  # outcome unknown
-        (_set("UPDATE meter_event_outbox SET state='rejected', attempts=1"), "cancelled", "report"),
+        (_set(f"UPDATE meter_event_outbox SET state='accepted', {SENT}"), "pending", "cancel"),
+        (_set(f"UPDATE meter_event_outbox SET {SENT}"), "pending", "cancel"),  # outcome unknown
+        # Operator retry resets attempts, but the first attempt may have landed.
+        (_set("UPDATE meter_event_outbox SET first_attempt_at=now()"), "pending", "cancel"),
+        (_set(f"UPDATE meter_event_outbox SET state='rejected', {SENT}"), "cancelled", "report"),
         (
             _set(
-                "UPDATE meter_event_outbox SET state='in_flight', attempts=1,"
+                f"UPDATE meter_event_outbox SET state='in_flight', {SENT},"
                 " lease_token=gen_random_uuid()"
             ),
             "in_flight",
             "report",
         ),
     ],
-    ids=["never-sent", "accepted", "unknown-outcome", "rejected", "in-flight"],
+    ids=["never-sent", "accepted", "unknown-outcome", "retried", "rejected", "in-flight"],
 )
 def test_cancel_usage_routes_by_what_stripe_may_have_counted(
     setup: Callable[[psycopg.Connection], None], state: str, action: str, database_url: str, db

@@ -1,5 +1,7 @@
 """The wake-up hint and the cheap status view (invariant 9: the hot part stays small)."""
 
+import re
+
 import psycopg
 import pytest
 
@@ -94,4 +96,5 @@ def test_status_queries_use_partial_indexes_not_history(query: str, db) -> None:
     record(db, "fresh")
     db.execute("ANALYZE meter_event_outbox")
     plan = "\n".join(r[0] for r in rows(db, "EXPLAIN " + query))
-    assert "Seq Scan on meter_event_outbox" not in plan, plan
+    # The outbox table itself (the small, regularly folded count deltas may be scanned).
+    assert not re.search(r"Seq Scan on meter_event_outbox\b(?!_)", plan), plan

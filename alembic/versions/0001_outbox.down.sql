@@ -4,4 +4,6 @@ DROP TABLE IF EXISTS meter_event_outbox_wake;
 DROP VIEW IF EXISTS meter_event_outbox_status;
 DROP TABLE IF EXISTS meter_event_outbox;
 DROP FUNCTION IF EXISTS meter_event_outbox_count_changes();
+DROP FUNCTION IF EXISTS outbox_fold_counts();
+DROP TABLE IF EXISTS meter_event_outbox_count_deltas;
 DROP TABLE IF EXISTS meter_event_outbox_counts;

@@ -89,6 +89,10 @@ CREATE INDEX meter_event_outbox_due
 CREATE INDEX meter_event_outbox_lane
     ON meter_event_outbox (customer, event_name, available_at, id)
     WHERE state IN ('pending', 'in_flight');
+-- "Is this lane busy?" (a call in flight): only leased rows, so backlogs cost nothing.
+CREATE INDEX meter_event_outbox_busy
+    ON meter_event_outbox (customer, event_name, available_at)
+    WHERE state = 'in_flight';
 -- Operators look at what needs a decision; keep that cheap too.
 CREATE INDEX meter_event_outbox_attention
     ON meter_event_outbox (last_error_code)
@@ -98,9 +102,12 @@ CREATE INDEX meter_event_outbox_terminal_age
     ON meter_event_outbox (updated_at)
     WHERE state IN ('accepted', 'cancelled');
 
--- Counts of terminal rows, maintained per statement (the relay's batched outcome writes and
--- the pruner's batched deletes), so status never counts history. Inserts are not counted here:
--- new rows are pending and pending rows are counted live through the small partial index.
+-- Counts of terminal rows, so status never counts history. Statement-level triggers append one
+-- delta row per state changed by a statement (the relay's batched outcome writes, the pruner's
+-- batched deletes, an application's cancel_usage); appending never waits on another
+-- transaction's row lock, unlike updating a counter row. The relay folds the deltas into
+-- meter_event_outbox_counts periodically (outbox_fold_counts()). Inserts are not counted:
+-- new rows are pending, and pending rows are counted live through the small partial index.
 CREATE TABLE meter_event_outbox_counts (
     state text PRIMARY KEY,
     n     bigint NOT NULL DEFAULT 0
@@ -108,23 +115,25 @@ CREATE TABLE meter_event_outbox_counts (
 INSERT INTO meter_event_outbox_counts (state)
 SELECT unnest(ARRAY['accepted', 'cancelled']);
 
+CREATE TABLE meter_event_outbox_count_deltas (
+    state text NOT NULL,
+    delta bigint NOT NULL
+);
+
 CREATE FUNCTION meter_event_outbox_count_changes() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'UPDATE' THEN
-        UPDATE meter_event_outbox_counts c SET n = c.n + d.delta
-        FROM (
-            SELECT state, sum(delta) AS delta FROM (
-                SELECT state, 1 AS delta FROM new_rows
-                UNION ALL
-                SELECT state, -1 FROM old_rows
-            ) t GROUP BY state HAVING sum(delta) <> 0
-        ) d
-        WHERE c.state = d.state;
+        INSERT INTO meter_event_outbox_count_deltas (state, delta)
+        SELECT state, sum(delta) FROM (
+            SELECT state, 1 AS delta FROM new_rows WHERE state IN ('accepted', 'cancelled')
+            UNION ALL
+            SELECT state, -1 FROM old_rows WHERE state IN ('accepted', 'cancelled')
+        ) t GROUP BY state HAVING sum(delta) <> 0;
     ELSE
-        UPDATE meter_event_outbox_counts c SET n = c.n - d.n
-        FROM (SELECT state, count(*) AS n FROM old_rows GROUP BY state) d
-        WHERE c.state = d.state;
+        INSERT INTO meter_event_outbox_count_deltas (state, delta)
+        SELECT state, -count(*) FROM old_rows WHERE state IN ('accepted', 'cancelled')
+        GROUP BY state;
     END IF;
     RETURN NULL;
 END $$;
@@ -138,6 +147,23 @@ CREATE TRIGGER meter_event_outbox_count_deletes
     REFERENCING OLD TABLE AS old_rows
     FOR EACH STATEMENT EXECUTE FUNCTION meter_event_outbox_count_changes();
 
+-- Fold committed deltas into the counters (one short transaction; concurrent folds skip).
+CREATE FUNCTION outbox_fold_counts() RETURNS bigint
+LANGUAGE sql AS $$
+    WITH moved AS (
+        DELETE FROM meter_event_outbox_count_deltas d
+        WHERE d.ctid IN (SELECT ctid FROM meter_event_outbox_count_deltas FOR UPDATE SKIP LOCKED)
+        RETURNING d.state, d.delta
+    ), summed AS (
+        SELECT state, sum(delta) AS delta FROM moved GROUP BY state
+    ), applied AS (
+        UPDATE meter_event_outbox_counts c SET n = c.n + s.delta
+        FROM summed s WHERE c.state = s.state
+        RETURNING 1
+    )
+    SELECT count(*) FROM moved
+$$;
+
 -- Cheap status for operators: live counts of the small hot states through the partial indexes,
 -- maintained counts for history.
 CREATE VIEW meter_event_outbox_status AS
@@ -146,13 +172,17 @@ SELECT 'pending'::text AS state, count(*) AS n, min(available_at) AS oldest_avai
 UNION ALL
 SELECT 'in_flight', count(*), min(available_at) FROM meter_event_outbox WHERE state = 'in_flight'
 UNION ALL
-SELECT 'accepted', n, NULL FROM meter_event_outbox_counts WHERE state = 'accepted'
+SELECT 'accepted', n + (SELECT coalesce(sum(delta), 0)::bigint FROM meter_event_outbox_count_deltas d
+                       WHERE d.state = 'accepted'), NULL
+    FROM meter_event_outbox_counts WHERE state = 'accepted'
 UNION ALL
 SELECT 'failed', count(*), NULL FROM meter_event_outbox WHERE state = 'failed'
 UNION ALL
 SELECT 'rejected', count(*), NULL FROM meter_event_outbox WHERE state = 'rejected'
 UNION ALL
-SELECT 'cancelled', n, NULL FROM meter_event_outbox_counts WHERE state = 'cancelled';
+SELECT 'cancelled', n + (SELECT coalesce(sum(delta), 0)::bigint FROM meter_event_outbox_count_deltas d
+                        WHERE d.state = 'cancelled'), NULL
+    FROM meter_event_outbox_counts WHERE state = 'cancelled';
 
 -- Wake-up hint. PostgreSQL takes a cluster-wide lock at the commit of every transaction that
 -- issued NOTIFY, so a NOTIFY per insert serialises commits. This gate lets at most one

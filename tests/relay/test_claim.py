@@ -29,7 +29,8 @@ def claim(conn: psycopg.Connection, relay_id: str, lease: float, n: int = 10) ->
         "relay_id": relay_id,
         "lease_seconds": lease,
     }
-    return [Claimed.from_row(r) for r in conn.execute(for_psycopg(QUERIES["claim"]), params)]
+    result = conn.execute(for_psycopg(QUERIES["claim"]), params)
+    return [Claimed.from_row(r[:-3]) for r in result if r[0] is not None]  # drop the cursor
 
 
 def write(conn: psycopg.Connection, outcomes: list[Outcome]) -> list[int]:
