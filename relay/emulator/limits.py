@@ -13,37 +13,39 @@ from dataclasses import dataclass, field
 
 @dataclass
 class RateLimiter:
-    """Fixed one-second windows (real monotonic time) per (account, livemode).
+    """A token bucket per (account, livemode) holding one second's allowance.
 
     Stripe's limits are per second and per account: 1,000/s for meter events in live mode,
-    about 25/s in sandboxes. None disables the limit for that mode.
+    about 25/s in sandboxes. Stripe describes its request limiter as a token bucket; one second
+    of capacity refuses the (limit+1)th request of a burst, yet a client pacing exactly at the
+    limit is not punished for the jitter of its packets (a fixed one-second window would be).
+    None disables the limit for that mode.
     """
 
     live_per_second: int | None = 1000
     test_per_second: int | None = 25
-    # Replaceable so tests can freeze the window instead of racing a second boundary.
+    # Replaceable so tests can freeze time instead of racing the refill.
     now: Callable[[], float] = time.monotonic
-    _windows: dict[Hashable, tuple[int, int]] = field(default_factory=dict)
+    _buckets: dict[Hashable, tuple[float, float]] = field(default_factory=dict)
     rejected: int = 0
 
     def allow(self, account: str, livemode: bool) -> bool:
         limit = self.live_per_second if livemode else self.test_per_second
         if limit is None:
             return True
-        second = int(self.now())
+        now = self.now()
         key = (account, livemode)
-        window_second, count = self._windows.get(key, (second, 0))
-        if window_second != second:
-            count = 0
-        if count >= limit:
-            self._windows[key] = (second, count)
+        tokens, stamp = self._buckets.get(key, (float(limit), now))
+        tokens = min(float(limit), tokens + (now - stamp) * limit)
+        if tokens < 1:
+            self._buckets[key] = (tokens, now)
             self.rejected += 1
             return False
-        self._windows[key] = (second, count + 1)
+        self._buckets[key] = (tokens - 1, now)
         return True
 
     def reset(self) -> None:
-        self._windows.clear()
+        self._buckets.clear()
         self.rejected = 0
 
 
