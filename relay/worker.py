@@ -63,7 +63,10 @@ class Relay:
         self.db = db
         self.sender = sender
         self.wakeup = wakeup
-        self.limiter = RateLimiter(settings.effective_rate_limit())
+        rate = settings.effective_rate_limit()
+        # A small catch-up burst (1% of a second) so a momentarily idle limiter does not lose
+        # slots; any one-second window still sees at most 1.01 x the rate.
+        self.limiter = RateLimiter(rate, burst=max(1.0, rate / 100))
         self.state = RelayState()
         self._outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
