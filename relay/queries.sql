@@ -41,10 +41,13 @@ heads AS MATERIALIZED (
           AND o.state IN ('pending', 'in_flight') AND o.available_at <= now()
         ORDER BY o.available_at, o.id
         LIMIT 1) h
-    WHERE NOT EXISTS (
-        SELECT 1 FROM meter_event_outbox b
-        WHERE b.customer = l.customer AND b.event_name = l.event_name
-          AND b.state = 'in_flight' AND b.available_at > now())
+    -- Lane busy? A correlated scalar subquery, not NOT EXISTS: the planner would turn that
+    -- into an anti-join that rescans every in-flight row once per lane. The deadline test is
+    -- written so only the lane-keyed busy index can serve it (one probe per lane).
+    WHERE (SELECT b.id FROM meter_event_outbox b
+           WHERE b.customer = l.customer AND b.event_name = l.event_name
+             AND b.state = 'in_flight' AND b.available_at - now() > interval '0'
+           LIMIT 1) IS NULL
     ORDER BY l.depth
     LIMIT :batch_size
 ),
