@@ -61,27 +61,21 @@ def record_application_usage(url: str, events: int, seed: int) -> Counter[str]:
         for i in range(events):
             customer = rng.choice(CUSTOMERS)
             value = rng.randint(1, 9)
-            outbox.record_usage(
-                conn,
-                event_name="api_calls",
-                customer=customer,
-                value=value,
-                identifier=f"req-{i}",
-                metadata={"request": i},
-            )
+            fact = {
+                "event_name": "api_calls",
+                "customer": customer,
+                "value": value,
+                "identifier": f"req-{i}",
+                "metadata": {"request": i},
+            }
+            outbox.record_usage(conn, **fact)
             if i % 50 == 49:
                 conn.rollback()  # a failed business transaction: its usage must vanish
                 continue
             conn.commit()
             expected[customer] += value
             if i % 97 == 0:  # the job queue delivers the same job twice
-                outbox.record_usage(
-                    conn,
-                    event_name="api_calls",
-                    customer=customer,
-                    value=value,
-                    identifier=f"req-{i}",
-                )
+                outbox.record_usage(conn, **fact)
                 conn.commit()
         outbox.record_usage(
             conn,

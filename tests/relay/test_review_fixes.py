@@ -12,6 +12,14 @@ from relay.webhooks import apply_event
 from tests.relay.conftest import insert_usage, make_settings, row, running_relay, states
 
 
+def error_report(code: str, identifiers: list[str]) -> dict:
+    """The data of a full meter error event, as fetched from /v2/core/events/{id}."""
+    samples = [
+        {"error_message": "no such customer", "request": {"identifier": i}} for i in identifiers
+    ]
+    return {"data": {"reason": {"error_types": [{"code": code, "sample_errors": samples}]}}}
+
+
 async def _accepted(url: str, n: int) -> bool:
     return states(url).get("accepted", 0) == n
 
@@ -117,27 +125,7 @@ async def test_error_report_matches_exact_identifiers_before_key_suffixes(databa
         " accepted_at) SELECT i, 'api_calls', 'cus_1', 1, 'accepted', now()"
         " FROM unnest(ARRAY['order-7', 'order-7#g1', 'order-8']) i"
     )
-    event = {
-        "data": {
-            "reason": {
-                "error_types": [
-                    {
-                        "code": "meter_event_customer_not_found",
-                        "sample_errors": [
-                            {
-                                "error_message": "no such customer",
-                                "request": {"identifier": "order-7#g1"},
-                            },
-                            {
-                                "error_message": "no such customer",
-                                "request": {"identifier": "order-8#g2"},
-                            },
-                        ],
-                    }
-                ]
-            }
-        }
-    }
+    event = error_report("meter_event_customer_not_found", ["order-7#g1", "order-8#g2"])
     pool = make_pool(database_url)
     await pool.open(wait=True)
     try:
@@ -154,20 +142,7 @@ async def test_error_report_for_an_in_flight_row_wins_over_its_late_outcome(data
         insert_usage(database_url, 1)
         async with running_relay(make_settings(database_url, emulator)) as relay:
             await relay.until(lambda: _state(database_url, "u1", "in_flight"))
-            event = {
-                "data": {
-                    "reason": {
-                        "error_types": [
-                            {
-                                "code": "meter_event_customer_not_found",
-                                "sample_errors": [
-                                    {"error_message": "x", "request": {"identifier": "u1"}}
-                                ],
-                            }
-                        ]
-                    }
-                }
-            }
+            event = error_report("meter_event_customer_not_found", ["u1"])
             assert await apply_event(relay.relay.db, event) == ["u1"]
             # The call completes later; its compare-and-set must change nothing.
             async with relay.relay.flushed:
