@@ -28,46 +28,59 @@ class Query:
 Steps = Generator[Query, list[tuple[Any, ...]], T]
 
 
-def _sqlalchemy_kind(conn: Any) -> str | None:
-    try:
-        from sqlalchemy.engine import Connection
-        from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-        from sqlalchemy.orm import Session
-    except ImportError:  # pragma: no cover - sqlalchemy is a dependency
-        return None
-    if isinstance(conn, Session | Connection):
-        return "sync"
-    if isinstance(conn, AsyncSession | AsyncConnection):
-        return "async"
-    return None
+def _kind(conn: Any) -> str:
+    """What `conn` is, cached per type: this runs on every record_usage call."""
+    kind = _KINDS.get(type(conn))
+    if kind is None:
+        kind = _KINDS[type(conn)] = _classify(conn)
+    return kind
 
 
-def _psycopg_kind(conn: Any) -> str | None:
+_KINDS: dict[type, str] = {}
+
+
+def _classify(conn: Any) -> str:
     import psycopg
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+    from sqlalchemy.orm import Session
 
-    if isinstance(conn, psycopg.Connection | psycopg.Cursor):
-        return "sync"
+    if isinstance(conn, Session | Connection):
+        return "sa"
+    if isinstance(conn, AsyncSession | AsyncConnection):
+        return "sa_async"
+    if isinstance(conn, psycopg.Connection):
+        return "psycopg"
     if isinstance(conn, psycopg.AsyncConnection | psycopg.AsyncCursor):
-        return "async"
-    return None
+        return "psycopg_async"
+    if isinstance(conn, psycopg.Cursor) or _is_dbapi(conn):
+        return "dbapi"
+    return "unsupported"
 
 
 def run(conn: Any, steps: Steps[T]) -> T | Awaitable[T]:
     """Drive `steps` on `conn`: returns the result, or an awaitable for async connections."""
-    sa_kind = _sqlalchemy_kind(conn)
-    if sa_kind == "sync":
-        return _drive(steps, lambda q: _sa_rows(conn.execute(_text(q.sql), q.params)))
-    if sa_kind == "async":
-        return _drive_async(steps, conn, _run_sa_async)
-    pg_kind = _psycopg_kind(conn)
-    if pg_kind == "async":
-        return _drive_async(steps, conn, _run_psycopg_async)
-    if pg_kind == "sync" or _is_dbapi(conn):
-        return _drive(steps, lambda q: _run_dbapi(conn, q))
+    match _kind(conn):
+        case "psycopg":  # the common case, kept short: one execute on the connection
+            return _drive(
+                steps, lambda q: _psycopg_rows(conn.execute(for_psycopg(q.sql), q.params))
+            )
+        case "sa":
+            return _drive(steps, lambda q: _sa_rows(conn.execute(_text(q.sql), q.params)))
+        case "sa_async":
+            return _drive_async(steps, conn, _run_sa_async)
+        case "psycopg_async":
+            return _drive_async(steps, conn, _run_psycopg_async)
+        case "dbapi":
+            return _drive(steps, lambda q: _run_dbapi(conn, q))
     raise UnsupportedConnection(
         f"expected a SQLAlchemy Session/Connection (sync or async) or a psycopg 3 "
         f"connection/cursor, got {type(conn).__name__}"
     )
+
+
+def _psycopg_rows(cursor: Any) -> list[tuple[Any, ...]]:
+    return cursor.fetchall() if cursor.description else []
 
 
 def _text(sql: str) -> Any:

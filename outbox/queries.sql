@@ -3,16 +3,14 @@
 -- rules (the table's constraints) but report conflicts without aborting the caller's transaction.
 
 -- name: record_usage
-WITH ins AS (
-    INSERT INTO meter_event_outbox
-        (identifier, event_name, customer, value, dimensions, metadata, occurred_at, stripe_account)
-    VALUES (:identifier, :event_name, :customer, :value, CAST(:dimensions AS jsonb),
-            CAST(:metadata AS jsonb), coalesce(CAST(:occurred_at AS timestamptz), now()),
-            :stripe_account)
-    ON CONFLICT ON CONSTRAINT meter_event_outbox_identifier_key DO NOTHING
-    RETURNING id
-)
-SELECT id, CASE WHEN CAST(:notify AS boolean) THEN outbox_wake() END AS woke FROM ins
+-- RETURNING runs only for a row actually inserted, so only new facts call the wake-up gate.
+INSERT INTO meter_event_outbox
+    (identifier, event_name, customer, value, dimensions, metadata, occurred_at, stripe_account)
+VALUES (:identifier, :event_name, :customer, :value, CAST(:dimensions AS jsonb),
+        CAST(:metadata AS jsonb), coalesce(CAST(:occurred_at AS timestamptz), now()),
+        :stripe_account)
+ON CONFLICT ON CONSTRAINT meter_event_outbox_identifier_key DO NOTHING
+RETURNING id, CASE WHEN CAST(:notify AS boolean) THEN outbox_wake() END AS woke
 
 -- name: recorded_usage
 SELECT id, event_name, customer, value, dimensions, occurred_at, stripe_account
