@@ -148,3 +148,27 @@ async def test_error_report_for_an_in_flight_row_wins_over_its_late_outcome(data
             async with relay.relay.flushed:
                 await asyncio.wait_for(relay.relay.flushed.wait(), 10)
     assert row(database_url, "u1")["state"] == "rejected"
+
+
+async def test_reconcile_applies_error_events_missed_by_webhooks(database_url):
+    """No webhook endpoint configured: `reconcile` pulls the error events and applies them."""
+    from datetime import timedelta as hours_ago
+
+    from relay.reconcile import reconcile
+    from relay.sender import StripeSender
+
+    async with Emulator(rate_limit_test=None, customers={"cus_real"}) as emulator:
+        insert_usage(database_url, 1, customer="cus_ghost", prefix="ghost")
+        async with running_relay(make_settings(database_url, emulator)) as relay:
+            await relay.until(lambda: _accepted(database_url, 1))
+        await emulator.flush_error_reports_async()
+        sender = StripeSender("sk_test_reconcile", emulator.base_url)
+        pool = make_pool(database_url)
+        await pool.open(wait=True)
+        try:
+            result = await reconcile(sender.client, Database(pool), hours_ago(hours=1))
+        finally:
+            await sender.close()
+            await pool.close()
+    assert result == {"events": 1, "rejected": 1}
+    assert row(database_url, "ghost1")["state"] == "rejected"
