@@ -86,12 +86,12 @@ async def _db_path(url: str, mode: str) -> None:
         database_url=url,
         stripe_api_key="sk_test_noop",
         rate_limit=10**9,
-        concurrency=1000,
-        batch_size=500,
+        concurrency=int(__import__("os").environ.get("BC","1000")),
+        batch_size=int(__import__("os").environ.get("BB","500")),
         stripe_api_mode=mode,
         poll_interval=0.05,
     )
-    pool = make_pool(url, max_size=4)
+    pool = make_pool(url)
     await pool.open(wait=True)
     relay = Relay(settings, Database(pool), NoopSender(), Wakeup(url, listen=False))
     stop = asyncio.Event()

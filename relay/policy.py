@@ -67,6 +67,8 @@ def backoff(attempt: int, base: float = 0.5, cap: float = 300.0) -> float:
 def decide(row: Claimed, result: Classified, max_attempts: int, latency_ms: float) -> Outcome:
     """The row's next state after one call to Stripe."""
     done = "cancelled" if row.action == "cancel" else "accepted"
+    if result.verdict is Verdict.ACCEPTED:  # the hot path: no error fields
+        return Outcome(row, done, request_id=result.request_id, latency_ms=latency_ms)
     attempt = row.attempts + 1
     common = {
         "row": row,
@@ -76,8 +78,6 @@ def decide(row: Claimed, result: Classified, max_attempts: int, latency_ms: floa
         "latency_ms": latency_ms,
     }
     match result.verdict:
-        case Verdict.ACCEPTED:
-            return Outcome(state=done, **common | {"code": None, "message": None})
         case Verdict.FAILED | Verdict.FAILED_BUG:
             return Outcome(state="failed", **common)
         case Verdict.AUTH:

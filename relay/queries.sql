@@ -1,74 +1,93 @@
 -- Every statement the relay runs, in one place. Parameters use :name (see outbox/sqlfile.py).
 
--- name: claim
--- One short transaction: walk the lanes (customer, event name) that have live rows, starting
--- after the lane where the previous claim stopped (round robin: a lane with a 100k backlog gets
--- one row per pass, like every other lane), skip lanes that already have a call in flight
--- (Stripe allows one concurrent call per customer and meter), take each lane's oldest due row,
--- lock it with SKIP LOCKED and lease it. Lanes are found with a loose index scan (one index
--- probe per lane), so a deep backlog costs nothing. Every relay picks the same head row of a
--- lane, so two relays racing for a lane contend for that one row: SKIP LOCKED and the re-check
--- of the locked row's state let one win. The head is chosen in each claim's snapshot, so a row
--- committed between two racing claims with an earlier available_at can, rarely, become a second
--- head; Stripe then answers 409 and that row retries (same key, attempt not counted): a
--- conflict costs a retry, never a double count.
-WITH RECURSIVE lanes (customer, event_name, depth) AS (
-    (SELECT o.customer, o.event_name, 1
-     FROM meter_event_outbox o
-     WHERE o.state IN ('pending', 'in_flight')
-       AND (o.customer, o.event_name) > (:after_customer, :after_event_name)
-     ORDER BY o.customer, o.event_name
-     LIMIT 1)
+-- name: walk
+-- Choose what the next claim should take, without locking anything (read only, so the relay can
+-- choose the next batch while the previous one is being leased): walk the lanes (customer,
+-- event name) that have live rows, starting after the lane where the previous walk stopped
+-- (round robin: a lane with a 100k backlog gets one row per pass, like every other lane), and
+-- take each lane's head, its oldest row, if it is due. With :exclusive (v1: Stripe allows one
+-- concurrent call per customer and meter) lanes that already have a call in flight are skipped.
+-- The walk is a loose index scan over the lane index (customer, event name, available_at, id):
+-- one probe per lane finds the next lane and, being the first entry of that lane, its head (if
+-- the head is not due, nothing in the lane is). A second probe, on the small busy index, tells
+-- whether the lane has a call in flight. The walk stops as soon as the batch is full, so it costs
+-- two probes per row taken (plus one per lane passed over), however deep the backlog.
+-- Returns one row: the head ids (as the text of an array: the relay hands it back to `claim`
+-- as is) and how many, the last lane walked (where the next walk starts) and `wrap`
+-- when the walk ran out of lanes before the batch filled (start again from the first lane); no
+-- row when no lane lies after the cursor.
+WITH RECURSIVE walk (customer, event_name, id, taken, found, depth) AS (
+    SELECT h.customer, h.event_name, h.id, h.taken, h.taken::int, 1
+    FROM (SELECT o.customer, o.event_name, o.id,
+                 o.available_at <= now() AND (NOT CAST(:exclusive AS boolean) OR (
+                     SELECT b.id FROM meter_event_outbox b
+                     WHERE b.customer = o.customer AND b.event_name = o.event_name
+                       AND b.state = 'in_flight' AND b.available_at - now() > interval '0'
+                     LIMIT 1) IS NULL) AS taken
+          FROM meter_event_outbox o
+          WHERE o.state IN ('pending', 'in_flight')
+            AND (o.customer, o.event_name) > (:after_customer, :after_event_name)
+          ORDER BY o.customer, o.event_name, o.available_at, o.id
+          LIMIT 1) h
     UNION ALL
-    SELECT n.customer, n.event_name, l.depth + 1
-    FROM lanes l
+    SELECT n.customer, n.event_name, n.id, n.taken, w.found + n.taken::int, w.depth + 1
+    FROM walk w
     CROSS JOIN LATERAL (
-        SELECT o.customer, o.event_name
+        SELECT o.customer, o.event_name, o.id,
+               o.available_at <= now() AND (NOT CAST(:exclusive AS boolean) OR (
+                   -- A correlated scalar probe, not NOT EXISTS: the planner would hash that
+                   -- over every in-flight row. The deadline test is written so only the
+                   -- lane-keyed busy index can serve it.
+                   SELECT b.id FROM meter_event_outbox b
+                   WHERE b.customer = o.customer AND b.event_name = o.event_name
+                     AND b.state = 'in_flight' AND b.available_at - now() > interval '0'
+                   LIMIT 1) IS NULL) AS taken
         FROM meter_event_outbox o
         WHERE o.state IN ('pending', 'in_flight')
-          AND (o.customer, o.event_name) > (l.customer, l.event_name)
-        ORDER BY o.customer, o.event_name
+          AND (o.customer, o.event_name) > (w.customer, w.event_name)
+        ORDER BY o.customer, o.event_name, o.available_at, o.id
         LIMIT 1) n
-    WHERE l.depth < :max_lanes
-),
-heads AS MATERIALIZED (
-    SELECT h.id, l.depth
-    FROM lanes l
-    CROSS JOIN LATERAL (
-        SELECT o.id
-        FROM meter_event_outbox o
-        WHERE o.customer = l.customer AND o.event_name = l.event_name
-          AND o.state IN ('pending', 'in_flight') AND o.available_at <= now()
-        ORDER BY o.available_at, o.id
-        LIMIT 1) h
-    -- Lane busy? A correlated scalar subquery, not NOT EXISTS: the planner would turn that
-    -- into an anti-join that rescans every in-flight row once per lane. The deadline test is
-    -- written so only the lane-keyed busy index can serve it (one probe per lane).
-    WHERE (SELECT b.id FROM meter_event_outbox b
-           WHERE b.customer = l.customer AND b.event_name = l.event_name
-             AND b.state = 'in_flight' AND b.available_at - now() > interval '0'
-           LIMIT 1) IS NULL
-    ORDER BY l.depth
-    LIMIT :batch_size
-),
--- Where the next claim starts: after the last head taken when the batch filled up, else after
--- the last lane walked; `wrap` when the walk ran out of lanes (start again from the first).
-scan AS (
-    SELECT l.customer, l.event_name,
-           l.depth < :max_lanes AND (SELECT count(*) FROM heads) < :batch_size AS wrap
-    FROM lanes l
-    WHERE l.depth = CASE WHEN (SELECT count(*) FROM heads) >= :batch_size
-                         THEN (SELECT max(depth) FROM heads)
-                         ELSE (SELECT max(depth) FROM lanes) END
-),
-locked AS MATERIALIZED (
+    WHERE w.depth < :max_lanes AND w.found < :batch_size
+)
+SELECT (SELECT coalesce(array_agg(id), '{}')::text FROM walk WHERE taken) AS ids, w.found,
+       w.customer, w.event_name, w.depth < :max_lanes AND w.found < :batch_size AS wrap
+FROM walk w ORDER BY w.depth DESC LIMIT 1
+
+-- name: claim
+-- The claim: one short transaction. Lock the rows the walk chose (SKIP LOCKED: another relay
+-- may be leasing the same heads), re-checking in this statement's fresh snapshot that each is
+-- still due and, with :exclusive, that its lane has no call in flight; with :fill, top the
+-- batch up with the oldest other due rows (v2 stream, where lanes need no exclusivity: the walk
+-- gives every lane a row per pass, the fill keeps a single-tenant backlog flowing). Then lease
+-- them: in_flight, a fresh lease token, a deadline, RETURNING what the sender needs.
+-- Every relay's walk picks the same head row of a lane, so racing relays contend for that one
+-- row and the re-checks let one win. Rarely, a row committed with an earlier available_at
+-- between two racing claims becomes a second head; Stripe then answers 409 and that row
+-- retries (same key, attempt not counted): a conflict costs a retry, never a double count.
+WITH chosen AS MATERIALIZED (
     SELECT o.id, o.first_attempt_at
     FROM meter_event_outbox o
-    WHERE o.id IN (SELECT id FROM heads)
+    WHERE o.id = ANY(CAST(:ids AS bigint[]))
       AND o.state IN ('pending', 'in_flight') AND o.available_at <= now()
+      AND (NOT CAST(:exclusive AS boolean) OR (
+          SELECT b.id FROM meter_event_outbox b
+          WHERE b.customer = o.customer AND b.event_name = o.event_name
+            AND b.state = 'in_flight' AND b.available_at - now() > interval '0'
+          LIMIT 1) IS NULL)
     FOR UPDATE SKIP LOCKED
 ),
-claimed AS (
+filled AS MATERIALIZED (
+    SELECT o.id, o.first_attempt_at
+    FROM meter_event_outbox o
+    WHERE o.state IN ('pending', 'in_flight') AND o.available_at <= now()
+      AND o.id <> ALL(CAST(:ids AS bigint[]))
+    ORDER BY o.available_at
+    LIMIT :fill
+    FOR UPDATE SKIP LOCKED
+),
+locked AS (
+    SELECT * FROM chosen UNION ALL SELECT * FROM filled
+)
 UPDATE meter_event_outbox o
 SET state = 'in_flight',
     lease_token = gen_random_uuid(),
@@ -82,36 +101,6 @@ RETURNING o.id, o.lease_token, o.identifier, o.event_name, o.customer, o.payload
           o.occurred_at, o.stripe_account, o.action, o.attempts, o.key_generation,
           locked.first_attempt_at AS previous_first_attempt_at, o.first_attempt_at,
           o.accepted_at
-)
-SELECT claimed.*, scan.customer AS cursor_customer, scan.event_name AS cursor_event_name,
-       scan.wrap
-FROM scan LEFT JOIN claimed ON true
-
--- name: claim_any
--- Claim without lanes, for the v2 stream (no per-customer concurrency limit there): oldest due
--- rows first.
-WITH locked AS MATERIALIZED (
-    SELECT o.id, o.first_attempt_at
-    FROM meter_event_outbox o
-    WHERE o.state IN ('pending', 'in_flight') AND o.available_at <= now()
-    ORDER BY o.available_at
-    LIMIT :batch_size
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE meter_event_outbox o
-SET state = 'in_flight',
-    lease_token = gen_random_uuid(),
-    leased_by = :relay_id,
-    available_at = now() + make_interval(secs => :lease_seconds),
-    first_attempt_at = coalesce(o.first_attempt_at, now()),
-    updated_at = now()
-FROM locked
-WHERE o.id = locked.id
-RETURNING o.id, o.lease_token, o.identifier, o.event_name, o.customer, o.payload,
-          o.occurred_at, o.stripe_account, o.action, o.attempts, o.key_generation,
-          locked.first_attempt_at AS previous_first_attempt_at, o.first_attempt_at,
-          o.accepted_at, NULL::text AS cursor_customer, NULL::text AS cursor_event_name,
-          true AS wrap
 
 -- name: record_outcomes
 -- Write a batch of outcomes in one statement (River's shape, `UPDATE ... FROM` a set of rows;

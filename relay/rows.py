@@ -1,14 +1,16 @@
 """The relay's view of a claimed row and of the outcome it writes back."""
 
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    """A row leased to this relay (columns of the `claim` query's RETURNING)."""
+class Claimed(NamedTuple):
+    """A row leased to this relay (columns of the `claim` query's RETURNING).
+
+    Named tuples, not dataclasses: one is built per row on the hot path, and a tuple is
+    several times cheaper to build than a frozen dataclass, and as immutable.
+    """
 
     id: int
     lease_token: UUID
@@ -27,7 +29,7 @@ class Claimed:
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> "Claimed":
-        return cls(*row)
+        return cls._make(row)
 
     @property
     def lane(self) -> tuple[str, str]:
@@ -45,8 +47,7 @@ class Claimed:
         return base if self.key_generation == 0 else f"{base}#g{self.key_generation}"
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What to write back for one claimed row (one element of `record_outcomes`)."""
 
     row: Claimed

@@ -41,7 +41,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     key = check(settings)
     stop = stop or asyncio.Event()
     _install_signals(stop)
-    pool = make_pool(settings.database_url, max_size=4)
+    pool = make_pool(settings.database_url)
     await pool.open(wait=True, timeout=30)
     db = Database(pool)
     sender = StripeSender(

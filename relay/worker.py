@@ -1,22 +1,25 @@
 """The relay loop: claim due rows, send each outside any transaction, write outcomes in batches.
 
-Three cooperating tasks:
-- the dispatcher claims rows (round robin over lanes) while there is capacity, and otherwise
-  waits for a hint, a freed lane, the poll timer or the stop signal;
-- one task per claimed row calls Stripe (paced by the rate limiter) and queues its outcome;
-- the outcome writer flushes queued outcomes in one `UPDATE ... FROM unnest(...)` per batch,
-  with a compare-and-set on each row's lease token.
+Cooperating tasks:
+- the dispatcher chooses rows (a read-only walk, round robin over lanes) while there is
+  capacity, and otherwise waits for a hint, a freed lane, the poll timer or the stop signal;
+- each chosen batch is claimed (locked and leased in one short transaction) in the background,
+  so the next batch is chosen meanwhile; at most MAX_CLAIMS claims run at once;
+- one task per claimed row (v1) or per stream batch (v2) calls Stripe, paced by the rate
+  limiter, and queues the outcome;
+- the outcome writer flushes queued outcomes in one `UPDATE ... FROM jsonb_to_recordset(...)`
+  per batch, with a compare-and-set on each row's lease token.
 """
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+import orjson
 import structlog
 
 from relay import metrics
@@ -37,6 +40,9 @@ OUTCOME_FLUSH_S = 0.005
 OUTCOME_BATCH = 500
 UPKEEP_INTERVAL_S = 10.0
 STREAM_BATCH = 100  # Stripe's maximum events per meter event stream request
+# Claim statements running at once: the next batch is chosen while the previous one is leased.
+MAX_CLAIMS = 2
+MAX_FLUSHES = 2  # outcome batches being written at once
 
 
 class Sender(Protocol):
@@ -73,7 +79,12 @@ class Relay:
         self._cursor = ("", "")
         self._recheck_at = 0.0
         self._dedup_window = timedelta(hours=settings.dedup_window_hours)
-        self._claim_query = "claim" if settings.stripe_api_mode == "v1" else "claim_any"
+        # v1: one call in flight per (customer, meter), so a lane with a call out is skipped.
+        self._exclusive = settings.stripe_api_mode == "v1"
+        self._claims: set[asyncio.Task[None]] = set()
+        self._leasing = 0  # rows chosen by a walk whose claim is still running
+        self._held = 0  # rows claimed whose outcome is not written yet
+        self._fill_full = True  # the last v2 top-up found as many rows as it asked for
         # Notified after every outcome batch is written: tests and tools await it instead of
         # sleeping.
         self.flushed = asyncio.Condition()
@@ -114,20 +125,25 @@ class Relay:
                 await self._wait_for_auth(stop)
                 continue
             wanted = self._wanted()
-            if wanted and await self._claim(wanted) == wanted:
+            if wanted and await self._claim(wanted):
                 continue  # more may be due right now
             await self.wakeup.wait(self._wait_timeout(), stop)
 
     def _wanted(self) -> int:
-        """Rows to claim now: none while capacity is nearly used up.
+        """Rows to claim now: none while capacity is nearly used up or claims are queued.
 
         Claiming a few rows after every completion would put one claim per handful of rows on
         the critical path; waiting until a quarter of the capacity is free (or the relay is
-        idle, for latency) keeps claims large and rare under load.
+        idle, for latency) keeps claims large and rare under load. A row is held from its
+        claim until its outcome is written (a queued outcome's row is still in flight in the
+        database: counting it stops claims from outrunning the writer).
         """
-        free = self._capacity() - len(self._tasks)
+        if len(self._claims) >= MAX_CLAIMS:
+            return 0
+        held = self._held + self._leasing
+        free = self._capacity() - held
         threshold = min(self.settings.batch_size, max(1, self._capacity() // 4))
-        if free <= 0 or (self._tasks and free < threshold):
+        if free <= 0 or (held and free < threshold):
             return 0
         return min(self.settings.batch_size, free)
 
@@ -143,23 +159,91 @@ class Relay:
         paced = int(self.limiter.rate * self.settings.lease_seconds / 3) + 1
         return max(1, min(self.settings.concurrency, paced))
 
-    async def _claim(self, wanted: int) -> int:
-        """Claim up to `wanted` rows (round robin over lanes) and start sending them."""
-        rows, cursor = await self._claim_from(self._cursor, wanted)
-        if len(rows) < wanted and cursor is None and self._cursor != ("", ""):
-            more, cursor = await self._claim_from(("", ""), wanted - len(rows))  # wrap around
-            rows += more
+    async def _claim(self, wanted: int) -> bool:
+        """Choose up to `wanted` rows (round robin over lanes) and start leasing them.
+
+        The walk is awaited (it is short and sets where the next one starts); the lease runs in
+        the background, so the next batch is chosen while this one is leased. Returns True when
+        more may be due right now (the batch filled up, or lanes after the cursor are unseen).
+        """
+        ids, found, cursor = await self._walk(self._cursor, wanted)
+        if found < wanted and cursor is None and self._cursor != ("", ""):
+            more, extra, cursor = await self._walk(("", ""), wanted - found)  # wrap around
+            ids, found = ids + more, found + extra  # a head seen twice is claimed once
         self._cursor = cursor or ("", "")
-        if rows:
-            self._recheck_at = time.monotonic() + HINT_RECHECK_S
-            metrics.CLAIMED.inc(len(rows))
+        if not found:
+            return cursor is not None
+        # v2 stream: top up with the oldest other due rows (lanes need no exclusivity there).
+        fill = 0 if self._exclusive else wanted - found
+        self._leasing += found + fill
+        task = asyncio.create_task(self._lease(ids, found, fill), name="claim")
+        self._claims.add(task)
+        task.add_done_callback(self._claims.discard)
+        return found == wanted or cursor is not None or (fill > 0 and self._fill_full)
+
+    async def _walk(
+        self, after: tuple[str, str], wanted: int
+    ) -> tuple[list[str], int, tuple[str, str] | None]:
+        """Pick lane heads after `after`. Returns their ids (as array literals, never parsed
+        here), how many, and where the next walk should start (None: the walk reached the
+        last lane, start again from the first)."""
+        try:
+            result = await self.db.fetch(
+                "walk",
+                {
+                    "after_customer": after[0],
+                    "after_event_name": after[1],
+                    # Lanes right after the cursor are rarely busy (round robin): the walk
+                    # stops when the batch is full, the bound only caps a walk past busy lanes.
+                    "max_lanes": 4 * wanted + 64,
+                    "batch_size": wanted,
+                    "exclusive": self._exclusive,
+                },
+            )
+        except Exception as err:  # database down: back off, nothing is lost
+            log.error("claim_failed", error=str(err))
+            metrics.DB_ERRORS.inc()
+            await asyncio.sleep(1.0)
+            return [], 0, None
+        if not result:  # no lane after the cursor
+            return [], 0, None
+        ids, found, customer, event_name, wrap = result[0]
+        return [ids], found, None if wrap else (customer, event_name)
+
+    async def _lease(self, ids: list[str], found: int, fill: int) -> None:
+        """The claim transaction: lock and lease the chosen rows, then start sending them."""
+        requested = found + fill
+        try:
+            result = await self.db.fetch(
+                "claim",
+                {
+                    "ids": "{" + ",".join(part.strip("{}") for part in ids if part != "{}") + "}",
+                    "fill": fill,
+                    "exclusive": self._exclusive,
+                    "relay_id": self.settings.relay_id,
+                    "lease_seconds": self.settings.lease_seconds,
+                },
+            )
+        except Exception as err:  # nothing leased, or leases that expire: nothing is lost
+            log.error("claim_failed", error=str(err))
+            metrics.DB_ERRORS.inc()
+            return
+        finally:
+            self._leasing -= requested
+        rows = [Claimed.from_row(r) for r in result]
+        self._fill_full = fill > 0 and len(rows) == requested
+        if not rows:
+            return
+        self._held += len(rows)
+        self._recheck_at = time.monotonic() + HINT_RECHECK_S
+        metrics.CLAIMED.inc(len(rows))
         for job in self._jobs(rows):
             task = asyncio.create_task(job)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         self.state.inflight = len(self._tasks)
         metrics.INFLIGHT.set(len(self._tasks))
-        return len(rows)
+        self.wakeup.poke()  # capacity reserved for this claim is settled: look again
 
     def _jobs(self, rows: list[Claimed]) -> list[Coroutine[Any, Any, None]]:
         """v1: one call per row. v2 stream: reports share calls of up to 100 events."""
@@ -175,34 +259,6 @@ class Relay:
             for group in by_account.values()
             for i in range(0, len(group), STREAM_BATCH)
         ]
-
-    async def _claim_from(
-        self, after: tuple[str, str], wanted: int
-    ) -> tuple[list[Claimed], tuple[str, str] | None]:
-        """One claim statement; returns the rows and where the next claim should start
-        (None: the walk reached the last lane, start again from the first)."""
-        try:
-            result = await self.db.fetch(
-                self._claim_query,
-                {
-                    "after_customer": after[0],
-                    "after_event_name": after[1],
-                    # Lanes right after the cursor are rarely busy (round robin): small margin.
-                    "max_lanes": 2 * wanted + 16,
-                    "batch_size": wanted,
-                    "relay_id": self.settings.relay_id,
-                    "lease_seconds": self.settings.lease_seconds,
-                },
-            )
-        except Exception as err:  # database down: back off, nothing is lost
-            log.error("claim_failed", error=str(err))
-            metrics.DB_ERRORS.inc()
-            await asyncio.sleep(1.0)
-            return [], None
-        rows = [Claimed.from_row(r[:-3]) for r in result if r[0] is not None]
-        if not result or result[0][-1]:  # no lanes after the cursor, or the walk ran out
-            return rows, None
-        return rows, (result[0][-3], result[0][-2])
 
     async def _handle(self, row: Claimed) -> None:
         """Send one row and queue its outcome, whatever happens to the call."""
@@ -227,6 +283,7 @@ class Relay:
                 else:
                     result, latency_ms = await self.sender.send_stream(sendable)
                 self._react(result)
+                metrics.LATENCY.observe(latency_ms / 1000)  # once per call, not per row
                 outcomes += [
                     decide(r, result, self.settings.max_attempts, latency_ms) for r in sendable
                 ]
@@ -269,6 +326,8 @@ class Relay:
 
     async def _drain(self) -> None:
         """Let in-flight calls finish within the grace period; cancel (release) the rest."""
+        if self._claims:  # short statements: let them finish, so their rows are released below
+            await asyncio.wait(set(self._claims), timeout=self.settings.shutdown_grace)
         if not self._tasks:
             return
         done, pending = await asyncio.wait(set(self._tasks), timeout=self.settings.shutdown_grace)
@@ -295,18 +354,30 @@ class Relay:
                 log.warning("fold_counts_failed", error=str(err))
 
     async def _write_outcomes(self) -> None:
-        """Batch outcomes into one CAS update; retry the batch if the database is away."""
+        """Batch outcomes into CAS updates, up to MAX_FLUSHES at once (batches hold disjoint
+        rows); a failed flush is retried until the database is back, and a bug in one ends
+        this task, which stops the relay (see _writer_died)."""
+        flushing: set[asyncio.Task[None]] = set()
         while True:
             batch = [await self._outcomes.get()]
-            await asyncio.sleep(OUTCOME_FLUSH_S)  # let the batch fill
+            if self._outcomes.qsize() < OUTCOME_BATCH - 1:
+                await asyncio.sleep(OUTCOME_FLUSH_S)  # let the batch fill
             while len(batch) < OUTCOME_BATCH and not self._outcomes.empty():
                 batch.append(self._outcomes.get_nowait())
-            await self._flush(batch)
-            for _ in batch:
-                self._outcomes.task_done()
-            self.wakeup.poke()  # lanes and capacity were freed
-            async with self.flushed:
-                self.flushed.notify_all()
+            while len(flushing) >= MAX_FLUSHES:
+                done, flushing = await asyncio.wait(flushing, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()  # re-raise a crashed flush here
+            flushing.add(asyncio.create_task(self._write_batch(batch), name="flush"))
+
+    async def _write_batch(self, batch: list[Outcome]) -> None:
+        await self._flush(batch)
+        self._held -= len(batch)
+        for _ in batch:
+            self._outcomes.task_done()
+        self.wakeup.poke()  # lanes and capacity were freed
+        async with self.flushed:
+            self.flushed.notify_all()
 
     async def _flush(self, batch: list[Outcome]) -> None:
         delay = 0.2
@@ -328,13 +399,16 @@ def _released(row: Claimed, code: str, message: str, delay: float) -> Outcome:
 
 
 def outcome_params(batch: list[Outcome]) -> dict[str, str]:
-    """The batch as one JSON document for `record_outcomes` (UPDATE ... FROM a record set)."""
+    """The batch as one JSON document for `record_outcomes` (UPDATE ... FROM a record set).
+
+    orjson: it writes UUIDs and datetimes itself, several times faster than the json module.
+    """
     return {
-        "batch": json.dumps(
+        "batch": orjson.dumps(
             [
                 {
                     "id": o.row.id,
-                    "token": str(o.row.lease_token),
+                    "token": o.row.lease_token,
                     "state": o.state,
                     "delay": o.delay,
                     "counted": o.counted,
@@ -342,22 +416,21 @@ def outcome_params(batch: list[Outcome]) -> dict[str, str]:
                     "code": o.code,
                     "message": o.message and o.message.replace("\x00", ""),  # jsonb refuses NUL
                     "request_id": o.request_id,
-                    "first_attempt_at": o.first_attempt_at and o.first_attempt_at.isoformat(),
+                    "first_attempt_at": o.first_attempt_at,
                 }
                 for o in batch
             ]
-        )
+        ).decode()
     }
 
 
 def report_batch(batch: list[Outcome], written: set[int]) -> None:
-    """One log event per batch, one per failure; metrics per outcome."""
+    """One log event per batch, one per failure; outcome counters per batch."""
     states: dict[str, int] = {}
+    by_code: dict[tuple[str, str | None], int] = {}
     for o in batch:
         states[o.state] = states.get(o.state, 0) + 1
-        metrics.outcome(o.state, o.code).inc()
-        if o.latency_ms is not None:
-            metrics.LATENCY.observe(o.latency_ms / 1000)
+        by_code[o.state, o.code] = by_code.get((o.state, o.code), 0) + 1
         if o.row.id not in written:
             log.warning(
                 "lease_lost",
@@ -377,4 +450,6 @@ def report_batch(batch: list[Outcome], written: set[int]) -> None:
                 stripe_request_id=o.request_id,
                 latency_ms=o.latency_ms and round(o.latency_ms, 1),
             )
+    for (state, code), n in by_code.items():
+        metrics.outcome(state, code).inc(n)
     log.info("outcomes", rows=len(batch), written=len(written), **states)

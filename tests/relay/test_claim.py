@@ -21,16 +21,25 @@ from tests.relay.conftest import (
 
 
 def claim(conn: psycopg.Connection, relay_id: str, lease: float, n: int = 10) -> list[Claimed]:
-    params = {
+    """The relay's two statements: the read-only walk, then the claim of what it chose."""
+    walk = {
         "after_customer": "",
         "after_event_name": "",
         "max_lanes": 100,
         "batch_size": n,
+        "exclusive": True,
+    }
+    found = conn.execute(for_psycopg(QUERIES["walk"]), walk).fetchone()
+    ids = found[0] if found else "{}"
+    lease_params = {
+        "ids": ids,
+        "fill": 0,
+        "exclusive": True,
         "relay_id": relay_id,
         "lease_seconds": lease,
     }
-    result = conn.execute(for_psycopg(QUERIES["claim"]), params)
-    return [Claimed.from_row(r[:-3]) for r in result if r[0] is not None]  # drop the cursor
+    result = conn.execute(for_psycopg(QUERIES["claim"]), lease_params)
+    return [Claimed.from_row(r) for r in result]
 
 
 def write(conn: psycopg.Connection, outcomes: list[Outcome]) -> list[int]:
