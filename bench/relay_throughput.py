@@ -31,6 +31,7 @@ from relay.classify import Classified, Verdict
 from relay.config import Settings
 from relay.db import Database, make_pool
 from relay.rows import Claimed
+from relay.service import run_loop
 from relay.wakeup import Wakeup
 from relay.worker import Relay
 
@@ -86,8 +87,8 @@ async def _db_path(url: str, mode: str) -> None:
         database_url=url,
         stripe_api_key="sk_test_noop",
         rate_limit=10**9,
-        concurrency=int(__import__("os").environ.get("BC","1000")),
-        batch_size=int(__import__("os").environ.get("BB","500")),
+        concurrency=int(__import__("os").environ.get("BC", "1000")),
+        batch_size=int(__import__("os").environ.get("BB", "500")),
         stripe_api_mode=mode,
         poll_interval=0.05,
     )
@@ -105,7 +106,7 @@ async def _db_path(url: str, mode: str) -> None:
 def scenario_c(n: int, mode: str) -> dict[str, float]:
     with scratch_database() as url:
         insert_rows(url, n, customers=10_000)
-        asyncio.run(_db_path(url, mode))
+        run_loop(_db_path(url, mode))  # the event loop `outbox-relay run` uses
         return {"rows/s": sustained_rate(url)}
 
 

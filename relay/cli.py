@@ -58,7 +58,7 @@ def migrate(database_url: str | None, revision: str, down: bool) -> None:
     type=click.Choice(["v1", "v2-stream"]),
     envvar="OUTBOX_STRIPE_API_MODE",
 )
-@click.option("--concurrency", type=int, help="Stripe calls in flight (default 64)")
+@click.option("--concurrency", type=int, help="Rows held at once (default: rate limit x 0.4 s)")
 @click.option("--batch-size", type=int, help="Rows per claim (default 100)")
 @click.option("--rate-limit", type=float, help="Calls/s (default 1000 live, 25 test keys)")
 @click.option("--poll-interval", type=float, help="Seconds between polls (default 1)")
@@ -75,13 +75,11 @@ def migrate(database_url: str | None, revision: str, down: bool) -> None:
 )
 def run(log_format: str, log_level: str, **flags: object) -> None:
     """Run the relay daemon until SIGTERM/SIGINT."""
-    import asyncio
-
     from relay import logs, service
 
     logs.configure(level=log_level, json=log_format == "json")
     try:
-        asyncio.run(service.serve(_settings(**flags)))
+        service.run_loop(service.serve(_settings(**flags)))
     except service.ConfigError as err:
         raise click.UsageError(str(err)) from None
 

@@ -33,7 +33,9 @@ class Settings(BaseSettings):
     rate_limit: float | None = Field(
         default=None, description="Stripe calls per second; default 1000 live, 25 test keys"
     )
-    concurrency: int = Field(default=64, ge=1, le=10_000)
+    concurrency: int | None = Field(
+        default=None, ge=1, le=10_000, description="Rows held at once; default: the rate x 0.4 s"
+    )
     batch_size: int = Field(default=100, ge=1, le=10_000)
     poll_interval: float = Field(default=1.0, gt=0)
     poll_only: bool = False
@@ -73,6 +75,13 @@ class Settings(BaseSettings):
         if self.stripe_api_key_file is not None:
             return self.stripe_api_key_file.read_text().strip()
         return None
+
+    def effective_concurrency(self) -> int:
+        """Configured, else enough calls in flight to keep the rate limit busy at 400 ms per
+        call (Stripe answers in ~100-300 ms): 400 for a live key's 1,000/s, 16 at the least."""
+        if self.concurrency is not None:
+            return self.concurrency
+        return max(16, min(10_000, round(self.effective_rate_limit() * 0.4)))
 
     def effective_rate_limit(self) -> float:
         """Configured limit, else Stripe's: 1,000/s for live keys, 25/s for test/sandbox keys."""

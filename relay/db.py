@@ -25,11 +25,11 @@ async def _configure(conn: AsyncConnection[TupleRow]) -> None:
     set_json_loads(orjson.loads, conn)
 
 
-def make_pool(database_url: str, max_size: int = 6) -> AsyncConnectionPool:
+def make_pool(database_url: str, max_size: int = 8) -> AsyncConnectionPool:
     """A pool of autocommit connections (not opened yet: `await pool.open()`).
 
-    Six by default: a walk, two claims, the outcome writer, upkeep and a readiness probe can
-    all run at once.
+    Eight by default: a walk, two claims, two outcome writes, upkeep, a webhook and a readiness
+    probe can all run at once.
     """
     return AsyncConnectionPool(
         psycopg_url(database_url),

@@ -157,7 +157,7 @@ def run_demo(database_url: str | None, events: int, seed: int) -> bool:
             "[bold]3.[/] relay running against the Stripe emulator with injected "
             "500s, resets, 429s and processed-then-dropped answers..."
         )
-        elapsed = asyncio.run(relay_until_settled(settings, url, timeout=120))
+        elapsed = service.run_loop(relay_until_settled(settings, url, timeout=120))
         return _report(url, emulator, expected, elapsed)
 
 

@@ -54,33 +54,50 @@ SELECT (SELECT coalesce(array_agg(id), '{}')::text FROM walk WHERE taken) AS ids
 FROM walk w ORDER BY w.depth DESC LIMIT 1
 
 -- name: claim
--- The claim: one short transaction. Lock the rows the walk chose (SKIP LOCKED: another relay
--- may be leasing the same heads), re-checking in this statement's fresh snapshot that each is
--- still due and, with :exclusive, that its lane has no call in flight; with :fill, top the
--- batch up with the oldest other due rows (v2 stream, where lanes need no exclusivity: the walk
--- gives every lane a row per pass, the fill keeps a single-tenant backlog flowing). Then lease
--- them: in_flight, a fresh lease token, a deadline, RETURNING what the sender needs.
--- Every relay's walk picks the same head row of a lane, so racing relays contend for that one
--- row and the re-checks let one win. Rarely, a row committed with an earlier available_at
--- between two racing claims becomes a second head; Stripe then answers 409 and that row
--- retries (same key, attempt not counted): a conflict costs a retry, never a double count.
-WITH chosen AS MATERIALIZED (
+-- The claim: one short transaction. For each lane the walk chose, take the lane's head again in
+-- this statement's fresh snapshot (a row committed since the walk may have become the head; two
+-- walks may have chosen the same lane), check it is due and, with :exclusive, that the lane has
+-- no call in flight, and lock it (SKIP LOCKED: another relay may be claiming the same head).
+-- With :fill, top the batch up with the oldest other due rows (v2 stream, where lanes need no
+-- exclusivity: the walk gives every lane a row per pass, the fill keeps a single-tenant backlog
+-- flowing). Then lease them: in_flight, a fresh lease token, a deadline, RETURNING what the
+-- sender needs.
+-- Every relay picks the same head row of a lane, so racing relays contend for that one row and
+-- the re-checks let one win. Rarely, a row committed with an earlier available_at between two
+-- racing claims becomes a second head; Stripe then answers 409 and that row retries (same key,
+-- attempt not counted): a conflict costs a retry, never a double count.
+WITH lanes AS MATERIALIZED (
+    SELECT DISTINCT l.customer, l.event_name
+    FROM unnest(CAST(:ids AS bigint[])) AS c(id)
+    CROSS JOIN LATERAL (  -- LIMIT: one primary-key probe per id, never a hash of the table
+        SELECT o.customer, o.event_name FROM meter_event_outbox o WHERE o.id = c.id LIMIT 1) l
+),
+chosen AS MATERIALIZED (
     SELECT o.id, o.first_attempt_at
-    FROM meter_event_outbox o
-    WHERE o.id = ANY(CAST(:ids AS bigint[]))
-      AND o.state IN ('pending', 'in_flight') AND o.available_at <= now()
+    FROM lanes l
+    CROSS JOIN LATERAL (
+        SELECT h.id FROM meter_event_outbox h
+        WHERE h.customer = l.customer AND h.event_name = l.event_name
+          AND h.state IN ('pending', 'in_flight')
+        ORDER BY h.available_at, h.id
+        LIMIT 1) head
+    JOIN meter_event_outbox o ON o.id = head.id
+    WHERE o.state IN ('pending', 'in_flight') AND o.available_at <= now()
       AND (NOT CAST(:exclusive AS boolean) OR (
           SELECT b.id FROM meter_event_outbox b
           WHERE b.customer = o.customer AND b.event_name = o.event_name
             AND b.state = 'in_flight' AND b.available_at - now() > interval '0'
           LIMIT 1) IS NULL)
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF o SKIP LOCKED
 ),
 filled AS MATERIALIZED (
     SELECT o.id, o.first_attempt_at
     FROM meter_event_outbox o
-    WHERE o.state IN ('pending', 'in_flight') AND o.available_at <= now()
-      AND o.id <> ALL(CAST(:ids AS bigint[]))
+    -- Written so only an ordered scan of the due index can serve it, stopping after :fill
+    -- rows (with `available_at <= now()` a stale estimate can pick a bitmap scan and a sort
+    -- of every due row).
+    WHERE o.state IN ('pending', 'in_flight') AND o.available_at - now() <= interval '0'
+      AND o.id NOT IN (SELECT id FROM chosen)
     ORDER BY o.available_at
     LIMIT :fill
     FOR UPDATE SKIP LOCKED

@@ -4,6 +4,8 @@ import asyncio
 import contextlib
 import signal
 import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
@@ -18,6 +20,18 @@ from relay.wakeup import Wakeup
 from relay.worker import Relay
 
 log = structlog.get_logger("relay.service")
+T = TypeVar("T")
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run on uvloop where it exists (Linux, macOS): the relay spends much of its CPU in the
+    event loop, one task and a few callbacks per row, and uvloop does that several times
+    faster than the default loop. Elsewhere, asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 class ConfigError(RuntimeError):
@@ -44,9 +58,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     pool = make_pool(settings.database_url)
     await pool.open(wait=True, timeout=30)
     db = Database(pool)
-    sender = StripeSender(
-        key, settings.stripe_api_base, settings.request_timeout, settings.concurrency + 4
-    )
+    connections = settings.effective_concurrency() + 4
+    sender = StripeSender(key, settings.stripe_api_base, settings.request_timeout, connections)
     wakeup = Wakeup(settings.database_url, listen=not settings.poll_only)
     relay = Relay(settings, db, sender, wakeup)
     secret = settings.stripe_webhook_secret

@@ -85,13 +85,14 @@ class Relay:
         self._leasing = 0  # rows chosen by a walk whose claim is still running
         self._held = 0  # rows claimed whose outcome is not written yet
         self._fill_full = True  # the last v2 top-up found as many rows as it asked for
+        self._stopping = False
         # Notified after every outcome batch is written: tests and tools await it instead of
         # sleeping.
         self.flushed = asyncio.Condition()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then drain within the shutdown grace period."""
-        writer = asyncio.create_task(self._write_outcomes(), name="outcome-writer")
+        writer = asyncio.create_task(self._write_outcomes(stop), name="outcome-writer")
         writer.add_done_callback(lambda task: self._writer_died(task, stop))
         upkeep = asyncio.create_task(self._upkeep(stop), name="upkeep")
         self.wakeup.start()
@@ -100,7 +101,7 @@ class Relay:
             "relay_started",
             relay_id=self.settings.relay_id,
             rate_limit=self.limiter.ceiling,
-            concurrency=self.settings.concurrency,
+            concurrency=self.settings.effective_concurrency(),
             mode=self.settings.stripe_api_mode,
             poll_only=self.settings.poll_only,
         )
@@ -154,10 +155,12 @@ class Relay:
         return self.settings.poll_interval
 
     def _capacity(self) -> int:
-        """Rows held at once: the concurrency, but never more than the rate limiter can send
-        within a third of the lease (a row queued behind the limiter must not outlive it)."""
+        """Rows held at once: the concurrency (in v2 stream mode, calls of up to 100 rows
+        each), but never more than the rate limiter can send within a third of the lease (a
+        row queued behind the limiter must not outlive it)."""
+        per_call = 1 if self._exclusive else STREAM_BATCH
         paced = int(self.limiter.rate * self.settings.lease_seconds / 3) + 1
-        return max(1, min(self.settings.concurrency, paced))
+        return max(1, min(self.settings.effective_concurrency(), paced) * per_call)
 
     async def _claim(self, wanted: int) -> bool:
         """Choose up to `wanted` rows (round robin over lanes) and start leasing them.
@@ -235,6 +238,12 @@ class Relay:
         if not rows:
             return
         self._held += len(rows)
+        if self._stopping:  # claimed while shutting down: hand back unsent, no attempt counted
+            for row in rows:
+                self._outcomes.put_nowait(
+                    Outcome(row, "pending", counted=0, code="shutdown", message="not sent")
+                )
+            return
         self._recheck_at = time.monotonic() + HINT_RECHECK_S
         metrics.CLAIMED.inc(len(rows))
         for job in self._jobs(rows):
@@ -325,12 +334,16 @@ class Relay:
                 await asyncio.wait_for(stop.wait(), self.settings.auth_probe_interval)
 
     async def _drain(self) -> None:
-        """Let in-flight calls finish within the grace period; cancel (release) the rest."""
-        if self._claims:  # short statements: let them finish, so their rows are released below
+        """Let in-flight calls finish within the grace period; cancel (release) the rest.
+        Claims still running hand their rows back unsent (see _lease)."""
+        self._stopping = True
+        deadline = time.monotonic() + self.settings.shutdown_grace
+        if self._claims:  # short statements: let them finish
             await asyncio.wait(set(self._claims), timeout=self.settings.shutdown_grace)
         if not self._tasks:
             return
-        done, pending = await asyncio.wait(set(self._tasks), timeout=self.settings.shutdown_grace)
+        left = max(0.0, deadline - time.monotonic())
+        done, pending = await asyncio.wait(set(self._tasks), timeout=left)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
@@ -353,31 +366,45 @@ class Relay:
             except Exception as err:
                 log.warning("fold_counts_failed", error=str(err))
 
-    async def _write_outcomes(self) -> None:
+    async def _write_outcomes(self, stop: asyncio.Event) -> None:
         """Batch outcomes into CAS updates, up to MAX_FLUSHES at once (batches hold disjoint
-        rows); a failed flush is retried until the database is back, and a bug in one ends
-        this task, which stops the relay (see _writer_died)."""
+        rows). A flush retries until the database is back; a bug in one stops the relay."""
+        slots = asyncio.Semaphore(MAX_FLUSHES)
         flushing: set[asyncio.Task[None]] = set()
-        while True:
-            batch = [await self._outcomes.get()]
-            if self._outcomes.qsize() < OUTCOME_BATCH - 1:
-                await asyncio.sleep(OUTCOME_FLUSH_S)  # let the batch fill
-            while len(batch) < OUTCOME_BATCH and not self._outcomes.empty():
-                batch.append(self._outcomes.get_nowait())
-            while len(flushing) >= MAX_FLUSHES:
-                done, flushing = await asyncio.wait(flushing, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    task.result()  # re-raise a crashed flush here
-            flushing.add(asyncio.create_task(self._write_batch(batch), name="flush"))
+        try:
+            while True:
+                batch = [await self._outcomes.get()]
+                if self._outcomes.qsize() < OUTCOME_BATCH - 1:
+                    await asyncio.sleep(OUTCOME_FLUSH_S)  # let the batch fill
+                while len(batch) < OUTCOME_BATCH and not self._outcomes.empty():
+                    batch.append(self._outcomes.get_nowait())
+                await slots.acquire()
+                task = asyncio.create_task(self._write_batch(batch, slots, stop), name="flush")
+                flushing.add(task)
+                task.add_done_callback(flushing.discard)
+        finally:
+            for task in flushing:
+                task.cancel()
+            await asyncio.gather(*flushing, return_exceptions=True)
 
-    async def _write_batch(self, batch: list[Outcome]) -> None:
-        await self._flush(batch)
-        self._held -= len(batch)
-        for _ in batch:
-            self._outcomes.task_done()
-        self.wakeup.poke()  # lanes and capacity were freed
-        async with self.flushed:
-            self.flushed.notify_all()
+    async def _write_batch(
+        self, batch: list[Outcome], slots: asyncio.Semaphore, stop: asyncio.Event
+    ) -> None:
+        try:
+            await self._flush(batch)
+            self.wakeup.poke()  # lanes and capacity were freed
+            async with self.flushed:
+                self.flushed.notify_all()
+        except Exception as err:
+            # Without working outcome writes nothing is ever recorded: stop (and let the
+            # supervisor restart us) rather than keep sending rows whose results are lost.
+            log.error("outcome_writer_died", error=repr(err))
+            stop.set()
+        finally:
+            self._held -= len(batch)
+            for _ in batch:
+                self._outcomes.task_done()
+            slots.release()
 
     async def _flush(self, batch: list[Outcome]) -> None:
         delay = 0.2

@@ -74,18 +74,21 @@ class RunningRelay:
 
 
 @contextlib.asynccontextmanager
-async def running_relay(settings: Settings) -> AsyncIterator[RunningRelay]:
-    """Start a relay; on exit, stop it gracefully and wait for it to finish."""
+async def running_relay(
+    settings: Settings, database: type[Database] = Database
+) -> AsyncIterator[RunningRelay]:
+    """Start a relay; on exit, stop it gracefully and wait for it to finish. `database` may be
+    a subclass that delays statements (to hold the relay at a chosen point)."""
     pool = make_pool(settings.database_url)
     await pool.open(wait=True)
     sender = StripeSender(
         settings.api_key() or "",
         settings.stripe_api_base,
         settings.request_timeout,
-        settings.concurrency + 4,
+        settings.effective_concurrency() + 4,
     )
     relay = Relay(
-        settings, Database(pool), sender, Wakeup(settings.database_url, not settings.poll_only)
+        settings, database(pool), sender, Wakeup(settings.database_url, not settings.poll_only)
     )
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop))
