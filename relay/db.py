@@ -16,6 +16,10 @@ from outbox.dburl import psycopg_url
 from outbox.sqlfile import for_psycopg, load
 
 QUERIES = load("relay", "queries.sql")
+# Statements whose best plan depends on the parameters: a prepared statement's generic plan
+# must guess the size of `claim`'s batch and top-up, and a guess of a thousand rows turned its
+# final join into a scan of the whole table. Planned afresh each time (about a millisecond).
+PLANNED_EACH_TIME = frozenset({"claim"})
 
 
 async def _configure(conn: AsyncConnection[TupleRow]) -> None:
@@ -49,7 +53,8 @@ class Database:
 
     async def fetch(self, name: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         async with self.pool.connection() as conn:
-            cur = await conn.execute(for_psycopg(QUERIES[name]), params or {}, prepare=True)
+            prepare = name not in PLANNED_EACH_TIME
+            cur = await conn.execute(for_psycopg(QUERIES[name]), params or {}, prepare=prepare)
             return await cur.fetchall() if cur.description else []
 
     async def ping(self) -> bool:
