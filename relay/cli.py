@@ -60,7 +60,14 @@ def migrate(database_url: str | None, revision: str, down: bool) -> None:
 )
 @click.option("--concurrency", type=int, help="Rows held at once (default: rate limit x 0.4 s)")
 @click.option("--batch-size", type=int, help="Rows per claim (default 100)")
-@click.option("--rate-limit", type=float, help="Calls/s (default 1000 live, 25 test keys)")
+@click.option(
+    "--rate-limit", type=float, help="Calls/s for the account (default 1000 live, 25 test keys)"
+)
+@click.option(
+    "--rate-limit-scope",
+    type=click.Choice(["account", "relay"]),
+    help="account (default): shared by the relays on this database; relay: each its own",
+)
 @click.option("--poll-interval", type=float, help="Seconds between polls (default 1)")
 @click.option("--poll-only", is_flag=True, default=None, help="No LISTEN (PgBouncer txn mode)")
 @click.option("--http-host", help="Webhook/metrics bind address (default 127.0.0.1)")
@@ -111,6 +118,7 @@ def status(database_url: str | None, as_json: bool) -> None:
         console = Console()
         console.print(table)
         console.print(f"oldest due row: {data['oldest_due_age_seconds']:.1f} s old")
+        console.print(f"relays running: {len(data['relays'])}")
         if data["failures_by_code"]:
             failures = Table("state", "code", "rows", title="needs a decision")
             for f in data["failures_by_code"]:

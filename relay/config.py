@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     rate_limit: float | None = Field(
         default=None, description="Stripe calls per second; default 1000 live, 25 test keys"
     )
+    rate_limit_scope: Literal["account", "relay"] = Field(
+        default="account",
+        description="account: the limit is shared by the relays running on this database",
+    )
     concurrency: int | None = Field(
         default=None, ge=1, le=10_000, description="Rows held at once; default: the rate x 0.4 s"
     )

@@ -13,6 +13,7 @@ import outbox
 from outbox.dburl import psycopg_url
 from outbox.sqlfile import for_psycopg
 from relay.db import QUERIES
+from relay.worker import LIVE_S
 
 
 def _fetch(conn: psycopg.Connection, name: str, params: dict[str, Any] | None = None) -> list:
@@ -25,8 +26,9 @@ def connect(database_url: str) -> psycopg.Connection:
 
 
 def status(conn: psycopg.Connection) -> dict[str, Any]:
-    """Counts per state, age of the oldest due row, failures by code."""
+    """Counts per state, age of the oldest due row, failures by code, live relays."""
     counts = {state: n for state, n, _ in _fetch(conn, "status_counts")}
+    relays = _fetch(conn, "live_relays", {"stale_seconds": LIVE_S})
     (oldest_due,) = _fetch(conn, "oldest_due")[0]
     now = datetime.now(UTC)
     return {
@@ -35,6 +37,10 @@ def status(conn: psycopg.Connection) -> dict[str, Any]:
         "failures_by_code": [
             {"state": state, "code": code, "count": n}
             for state, code, n in _fetch(conn, "failures_by_code")
+        ],
+        "relays": [
+            {"relay_id": relay_id, "started_at": started.isoformat()}
+            for relay_id, started, _ in relays
         ],
     }
 

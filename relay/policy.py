@@ -81,8 +81,9 @@ def decide(row: Claimed, result: Classified, max_attempts: int, latency_ms: floa
         case Verdict.FAILED | Verdict.FAILED_BUG:
             return Outcome(state="failed", **common)
         case Verdict.AUTH:
-            # Not the row's fault: keep it pending, do not burn its attempts.
-            return Outcome(state="pending", delay=5.0, counted=0, **common)
+            # Not the row's fault: keep it pending, do not burn its attempts. No delay of its
+            # own: sending is paused until the key works again (the probe paces the retries).
+            return Outcome(state="pending", counted=0, **common)
         case Verdict.RETRY_SOON:
             # 409: the lane or the key is busy at Stripe (e.g. our earlier request after a
             # timeout is still executing). Nothing of this call executed: not an attempt.

@@ -167,6 +167,31 @@ FROM jsonb_to_recordset(CAST(:batch AS jsonb))
 WHERE o.id = u.id AND o.lease_token = u.token
 RETURNING o.id
 
+-- name: heartbeat
+-- Announce this relay and count the live ones (seen within :stale_seconds, this one included),
+-- so that each takes an equal share of the account's rate limit. Rows of relays gone for a day
+-- are removed on the way.
+WITH me AS (
+    INSERT INTO meter_event_outbox_relays AS r (relay_id) VALUES (:relay_id)
+    ON CONFLICT (relay_id) DO UPDATE SET seen_at = now()
+    RETURNING r.relay_id
+),
+gone AS (
+    DELETE FROM meter_event_outbox_relays WHERE seen_at < now() - interval '1 day'
+)
+SELECT 1 + count(*) FROM meter_event_outbox_relays r
+WHERE r.seen_at > now() - make_interval(secs => :stale_seconds)
+  AND r.relay_id <> (SELECT relay_id FROM me)
+
+-- name: live_relays
+-- For `status`: the relays seen in the last few seconds (they share the rate limit).
+SELECT relay_id, started_at, seen_at FROM meter_event_outbox_relays
+WHERE seen_at > now() - make_interval(secs => :stale_seconds)
+ORDER BY relay_id
+
+-- name: leave
+DELETE FROM meter_event_outbox_relays WHERE relay_id = :relay_id
+
 -- name: status_counts
 SELECT state, n, oldest_available_at FROM meter_event_outbox_status
 

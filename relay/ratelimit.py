@@ -43,6 +43,17 @@ class RateLimiter:
         if self.rate < self.ceiling and now - self._last_cut > 1.0:
             self.rate = min(self.ceiling, self.rate + self.ceiling * 0.05 * elapsed)
 
+    def set_ceiling(self, ceiling: float) -> None:
+        """A new share of the account's limit (relays joined or left). A lower ceiling applies
+        at once; a higher one at once too unless a 429 is still being backed off from."""
+        if ceiling == self.ceiling:
+            return
+        backing_off = self.rate < self.ceiling
+        self.ceiling = ceiling
+        self.floor = min(self.floor, ceiling)
+        self.burst = max(1.0, ceiling / 100)
+        self.rate = min(self.rate, ceiling) if backing_off else ceiling
+
     def on_rate_limited(self) -> None:
         """A 429 arrived: slow down by a quarter and leave a short quiet gap."""
         now = time.monotonic()

@@ -7,6 +7,7 @@ import psycopg
 import pytest
 
 from outbox.sqlfile import for_psycopg
+from relay import ops
 from relay.db import QUERIES
 from relay.emulator import Emulator, EmulatorConfig, Faults, Latency
 from relay.rows import Claimed, Outcome
@@ -121,6 +122,25 @@ async def test_rate_limit_respected_zero_429s(database_url: str) -> None:
         async with running_relay(settings) as relay:
             await relay.until(lambda: _accepted(database_url, 80), timeout=30)
         assert emulator.stats()["status_429"] == 0
+
+
+async def test_replicas_share_the_account_rate_limit(database_url: str) -> None:
+    """Two relays on one database, sandbox limit 25/s at the emulator: each takes half, so
+    together they stay within Stripe's limit (each at the full 25/s would draw 429s)."""
+    with Emulator(EmulatorConfig(rate_limit_test=25)) as emulator:
+        insert_usage(database_url, 100, customers=100)
+        one = make_settings(database_url, emulator, rate_limit=None, relay_id="relay-a")
+        two = make_settings(database_url, emulator, rate_limit=None, relay_id="relay-b")
+        async with running_relay(one) as a, running_relay(two) as b:
+            await a.until(lambda: _accepted(database_url, 100), timeout=30)
+            shares = (a.relay.limiter.ceiling, b.relay.limiter.ceiling)
+            with ops.connect(database_url) as conn:
+                running = [r["relay_id"] for r in ops.status(conn)["relays"]]
+        assert running == ["relay-a", "relay-b"]
+        assert emulator.stats()["status_429"] == 0
+    assert shares == (12.5, 12.5)
+    with psycopg.connect(database_url) as conn:  # both left: their shares are free again
+        assert conn.execute("SELECT count(*) FROM meter_event_outbox_relays").fetchone() == (0,)
 
 
 @pytest.mark.parametrize("mode", ["v1", "v2-stream"])

@@ -182,6 +182,7 @@ def test_status_inspect_retry_cancel_prune_commands(database_url: str, db) -> No
     status = json.loads(run_cli(database_url, "status", "--json").stdout)
     assert status["counts"]["failed"] == 2 and status["counts"]["pending"] == 1
     assert status["failures_by_code"] == [{"state": "failed", "code": "boom", "count": 2}]
+    assert status["relays"] == []  # none running
     inspected = json.loads(run_cli(database_url, "inspect", "u2", "--json").stdout)
     assert inspected["last_error_code"] == "boom" and inspected["attempts"] == 1
     assert run_cli(database_url, "inspect", "nope").returncode == 1
