@@ -118,7 +118,8 @@ def status(database_url: str | None, as_json: bool) -> None:
         console = Console()
         console.print(table)
         console.print(f"oldest due row: {data['oldest_due_age_seconds']:.1f} s old")
-        console.print(f"relays running: {len(data['relays'])}")
+        relays = data["relays"]
+        console.print(f"relays running: {'unknown' if relays is None else len(relays)}")
         if data["failures_by_code"]:
             failures = Table("state", "code", "rows", title="needs a decision")
             for f in data["failures_by_code"]:

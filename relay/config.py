@@ -80,12 +80,14 @@ class Settings(BaseSettings):
             return self.stripe_api_key_file.read_text().strip()
         return None
 
-    def effective_concurrency(self) -> int:
-        """Configured, else enough calls in flight to keep the rate limit busy at 400 ms per
-        call (Stripe answers in ~100-300 ms): 400 for a live key's 1,000/s, 16 at the least."""
+    def effective_concurrency(self, rate: float | None = None) -> int:
+        """Configured, else enough calls in flight to keep `rate` (default: the whole limit)
+        busy at 400 ms per call (Stripe answers in ~100-300 ms): 400 for a live key's
+        1,000/s, 16 at the least. The relay passes its current share of the limit."""
         if self.concurrency is not None:
             return self.concurrency
-        return max(16, min(10_000, round(self.effective_rate_limit() * 0.4)))
+        rate = self.effective_rate_limit() if rate is None else rate
+        return max(16, min(10_000, round(rate * 0.4)))
 
     def effective_rate_limit(self) -> float:
         """Configured limit, else Stripe's: 1,000/s for live keys, 25/s for test/sandbox keys."""

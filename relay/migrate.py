@@ -39,6 +39,13 @@ def downgrade(database_url: str, revision: str) -> None:
     command.downgrade(alembic_config(database_url), revision)
 
 
+def revisions() -> list[str]:
+    """The revisions this package ships, newest (what `migrate` brings a database to) first."""
+    from alembic.script import ScriptDirectory
+
+    return [rev.revision for rev in ScriptDirectory(script_location()).walk_revisions()]
+
+
 def current(database_url: str) -> str | None:
     """The schema revision the database is at, or None before the first migration."""
     from alembic.runtime.migration import MigrationContext

@@ -13,7 +13,7 @@ import outbox
 from outbox.dburl import psycopg_url
 from outbox.sqlfile import for_psycopg
 from relay.db import QUERIES
-from relay.worker import LIVE_S
+from relay.share import LIVE_S
 
 
 def _fetch(conn: psycopg.Connection, name: str, params: dict[str, Any] | None = None) -> list:
@@ -28,7 +28,10 @@ def connect(database_url: str) -> psycopg.Connection:
 def status(conn: psycopg.Connection) -> dict[str, Any]:
     """Counts per state, age of the oldest due row, failures by code, live relays."""
     counts = {state: n for state, n, _ in _fetch(conn, "status_counts")}
-    relays = _fetch(conn, "live_relays", {"stale_seconds": LIVE_S})
+    try:
+        relays = _fetch(conn, "live_relays", {"stale_seconds": LIVE_S})
+    except psycopg.errors.UndefinedTable:  # schema before 0002: `migrate` adds the table
+        relays = None
     (oldest_due,) = _fetch(conn, "oldest_due")[0]
     now = datetime.now(UTC)
     return {
@@ -38,7 +41,9 @@ def status(conn: psycopg.Connection) -> dict[str, Any]:
             {"state": state, "code": code, "count": n}
             for state, code, n in _fetch(conn, "failures_by_code")
         ],
-        "relays": [
+        "relays": None
+        if relays is None
+        else [
             {"relay_id": relay_id, "started_at": started.isoformat()}
             for relay_id, started, _ in relays
         ],

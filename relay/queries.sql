@@ -173,7 +173,9 @@ RETURNING o.id
 -- are removed on the way.
 WITH me AS (
     INSERT INTO meter_event_outbox_relays AS r (relay_id) VALUES (:relay_id)
-    ON CONFLICT (relay_id) DO UPDATE SET seen_at = now()
+    ON CONFLICT (relay_id) DO UPDATE SET seen_at = now(),
+        started_at = CASE WHEN r.seen_at > now() - make_interval(secs => :stale_seconds)
+                          THEN r.started_at ELSE now() END  -- a new process, same name
     RETURNING r.relay_id
 ),
 gone AS (

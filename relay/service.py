@@ -11,7 +11,7 @@ import structlog
 from aiohttp import web
 
 from outbox.dburl import redact
-from relay import systemd
+from relay import migrate, systemd
 from relay.config import Settings
 from relay.db import Database, make_pool
 from relay.http import make_app
@@ -50,9 +50,22 @@ def check(settings: Settings) -> str:
     return key
 
 
+def check_schema(database_url: str) -> None:
+    """Refuse to start against a schema older than this relay's (it needs every table). A
+    newer one is fine: migrations keep what older relays use (rolling upgrades)."""
+    at, known = migrate.current(database_url), migrate.revisions()
+    needed = known[0]
+    if at is None or (at in known and at != needed):
+        raise ConfigError(
+            f"the database schema is at {at or 'nothing'}, this relay needs {needed}: "
+            "run `outbox-relay migrate` first"
+        )
+
+
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run the relay and its HTTP server until SIGTERM/SIGINT (or `stop`), then drain."""
     key = check(settings)
+    await asyncio.to_thread(check_schema, settings.database_url)
     stop = stop or asyncio.Event()
     _install_signals(stop)
     pool = make_pool(settings.database_url)

@@ -29,6 +29,7 @@ from relay.db import Database
 from relay.policy import decide, local_refusal
 from relay.ratelimit import RateLimiter
 from relay.rows import Claimed, Outcome
+from relay.share import RateShare
 from relay.wakeup import Wakeup
 
 log = structlog.get_logger("relay")
@@ -39,10 +40,6 @@ HINT_RECHECK_S = 0.02
 OUTCOME_FLUSH_S = 0.005
 OUTCOME_BATCH = 500
 UPKEEP_INTERVAL_S = 10.0
-# Relays announce themselves this often and count as live for LIVE_S after: each takes an equal
-# share of the account's rate limit (see `heartbeat` in queries.sql).
-HEARTBEAT_S = 1.0
-LIVE_S = 5.0
 STREAM_BATCH = 100  # Stripe's maximum events per meter event stream request
 # Claim statements running at once: the next batch is chosen while the previous one is leased.
 MAX_CLAIMS = 2
@@ -73,11 +70,12 @@ class Relay:
         self.db = db
         self.sender = sender
         self.wakeup = wakeup
-        rate = self._account_rate = settings.effective_rate_limit()
-        self._live = -1  # relays last counted (0: the count failed)
+        rate = settings.effective_rate_limit()
         # A small catch-up burst (1% of a second) so a momentarily idle limiter does not lose
         # slots; any one-second window still sees at most 1.01 x the rate.
         self.limiter = RateLimiter(rate, burst=max(1.0, rate / 100))
+        account = settings.rate_limit_scope == "account"
+        self.share = RateShare(db, self.limiter, settings.relay_id, rate) if account else None
         self.state = RelayState()
         self._outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -100,15 +98,16 @@ class Relay:
         writer = asyncio.create_task(self._write_outcomes(stop), name="outcome-writer")
         writer.add_done_callback(lambda task: self._writer_died(task, stop))
         upkeep = asyncio.create_task(self._upkeep(stop), name="upkeep")
-        await self._join(stop)
-        heartbeat = asyncio.create_task(self._heartbeat(stop), name="heartbeat")
+        if self.share:
+            await self.share.join(stop)
+            heartbeat = asyncio.create_task(self.share.run(), name="heartbeat")
         self.wakeup.start()
         self.state.started = True
         log.info(
             "relay_started",
             relay_id=self.settings.relay_id,
             rate_limit=self.limiter.ceiling,
-            concurrency=self.settings.effective_concurrency(),
+            concurrency=self._capacity(),
             mode=self.settings.stripe_api_mode,
             poll_only=self.settings.poll_only,
         )
@@ -116,12 +115,15 @@ class Relay:
             await self._dispatch(stop)
         finally:
             await self._drain()
+            if self.share:  # sent the last call: give the share back
+                heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeat
+                await self.share.leave()
             if not writer.done():
                 with contextlib.suppress(TimeoutError):  # bounded: never hang on exit
                     await asyncio.wait_for(self._outcomes.join(), self.settings.shutdown_grace + 10)
             upkeep.cancel()
-            heartbeat.cancel()
-            await self._leave()
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
@@ -169,7 +171,8 @@ class Relay:
         row queued behind the limiter must not outlive it)."""
         per_call = 1 if self._exclusive else STREAM_BATCH
         paced = int(self.limiter.rate * self.settings.lease_seconds / 3) + 1
-        return max(1, min(self.settings.effective_concurrency(), paced) * per_call)
+        concurrency = self.settings.effective_concurrency(self.limiter.ceiling)  # of the share
+        return max(1, min(concurrency, paced) * per_call)
 
     async def _claim(self, wanted: int) -> bool:
         """Choose up to `wanted` rows (round robin over lanes) and start leasing them.
@@ -364,50 +367,6 @@ class Relay:
         if not task.cancelled() and task.exception() is not None:
             log.error("outcome_writer_died", error=repr(task.exception()))
             stop.set()
-
-    async def _join(self, stop: asyncio.Event) -> None:
-        """Announce this relay; if others run, wait two heartbeats before sending, so they
-        have lowered their share of the rate limit (and used up the send slots reserved at the
-        old share) by the time this one uses its share."""
-        live = await self._beat()
-        if live == 1:  # two relays starting together may each have missed the other
-            await asyncio.sleep(0.05)
-            live = await self._beat()
-        if live > 1:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 2 * HEARTBEAT_S)
-
-    async def _heartbeat(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), HEARTBEAT_S)
-            await self._beat()
-
-    async def _beat(self) -> int:
-        """Refresh this relay's row, count the live relays and take a share of the limit
-        (with OUTBOX_RATE_LIMIT_SCOPE=account). Returns the count (1 when unknown)."""
-        if self.settings.rate_limit_scope != "account":
-            return 1
-        params = {"relay_id": self.settings.relay_id, "stale_seconds": LIVE_S}
-        try:
-            ((live,),) = await self.db.fetch("heartbeat", params)
-        except Exception as err:  # keep the current share; nothing else depends on it
-            if self._live:
-                log.warning("heartbeat_failed", error=str(err), rate_limit=self.limiter.ceiling)
-            self._live = 0
-            return 1
-        if live != self._live:
-            log.info("relays_changed", live=live, rate_limit=self._account_rate / live)
-        self._live = live
-        self.limiter.set_ceiling(self._account_rate / live)
-        metrics.RATE.set(self.limiter.rate)
-        return live
-
-    async def _leave(self) -> None:
-        """Give this relay's share back now rather than when its row goes stale."""
-        if self.settings.rate_limit_scope == "account":
-            with contextlib.suppress(Exception):
-                await self.db.fetch("leave", {"relay_id": self.settings.relay_id})
 
     async def _upkeep(self, stop: asyncio.Event) -> None:
         """Small periodic duties: fold the status counters (see outbox_fold_counts())."""

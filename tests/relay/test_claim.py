@@ -11,6 +11,7 @@ from relay import ops
 from relay.db import QUERIES
 from relay.emulator import Emulator, EmulatorConfig, Faults, Latency
 from relay.rows import Claimed, Outcome
+from relay.share import FENCED_RATE
 from relay.worker import outcome_params
 from tests.relay.conftest import (
     insert_usage,
@@ -141,6 +142,28 @@ async def test_replicas_share_the_account_rate_limit(database_url: str) -> None:
     assert shares == (12.5, 12.5)
     with psycopg.connect(database_url) as conn:  # both left: their shares are free again
         assert conn.execute("SELECT count(*) FROM meter_event_outbox_relays").fetchone() == (0,)
+
+
+async def test_a_relay_that_cannot_count_the_others_fences_itself(database_url, emulator):
+    """Unable to heartbeat, a relay is about to be counted out by the others (who then raise
+    their shares): it drops to FENCED_RATE, and takes its share again once counted."""
+    settings = make_settings(database_url, emulator, rate_limit=100)
+    async with running_relay(settings) as running:
+        await running.until(lambda: _counted(running))
+        assert running.relay.limiter.ceiling == 100
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("ALTER TABLE meter_event_outbox_relays RENAME TO relays_away")
+            await running.until(lambda: _ceiling_is(running, FENCED_RATE), timeout=15)
+            conn.execute("ALTER TABLE relays_away RENAME TO meter_event_outbox_relays")
+        await running.until(lambda: _ceiling_is(running, 100), timeout=15)
+
+
+async def _counted(running) -> bool:
+    return running.relay.share.live == 1
+
+
+async def _ceiling_is(running, rate: float) -> bool:
+    return running.relay.limiter.ceiling == rate
 
 
 @pytest.mark.parametrize("mode", ["v1", "v2-stream"])

@@ -213,3 +213,22 @@ def test_commands_explain_missing_configuration(args: list[str]) -> None:
     }
     out = subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "OUTBOX_DATABASE_URL" in out.stderr
+
+
+def test_run_refuses_a_schema_older_than_the_relay(database_url: str) -> None:
+    """The relay needs every table of its migrations (0002: the relays sharing the limit)."""
+    from relay import migrate
+
+    migrate.downgrade(database_url, "0001")
+    with Emulator(EmulatorConfig()) as emulator:
+        out = subprocess.run(
+            [*CLI, "run"],
+            env=relay_env(database_url, emulator),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert out.returncode == 2
+    assert "schema is at 0001" in out.stderr and "outbox-relay migrate" in out.stderr
+    status = json.loads(run_cli(database_url, "status", "--json").stdout)
+    assert status["relays"] is None  # unknown, not an error
