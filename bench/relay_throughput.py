@@ -88,8 +88,8 @@ async def _db_path(url: str, mode: str) -> None:
         database_url=url,
         stripe_api_key="sk_test_noop",
         rate_limit=10**9,
-        concurrency=1000,
-        batch_size=500,
+        concurrency=2000,
+        batch_size=1000,
         stripe_api_mode=mode,
         poll_interval=0.05,
     )

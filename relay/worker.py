@@ -38,7 +38,7 @@ log = structlog.get_logger("relay")
 # coalesced into its hint (see outbox_wake()).
 HINT_RECHECK_S = 0.02
 OUTCOME_FLUSH_S = 0.005
-OUTCOME_BATCH = 500
+OUTCOME_BATCH = 1000  # outcomes per write statement, at most
 UPKEEP_INTERVAL_S = 10.0
 STREAM_BATCH = 100  # Stripe's maximum events per meter event stream request
 # Claim statements running at once: the next batch is chosen while the previous one is leased.
