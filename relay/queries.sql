@@ -17,18 +17,9 @@
 -- when the walk ran out of lanes before the batch filled (start again from the first lane); no
 -- row when no lane lies after the cursor.
 WITH RECURSIVE walk (customer, event_name, id, taken, found, depth) AS (
-    SELECT h.customer, h.event_name, h.id, h.taken, h.taken::int, 1
-    FROM (SELECT o.customer, o.event_name, o.id,
-                 o.available_at <= now() AND (NOT CAST(:exclusive AS boolean) OR (
-                     SELECT b.id FROM meter_event_outbox b
-                     WHERE b.customer = o.customer AND b.event_name = o.event_name
-                       AND b.state = 'in_flight' AND b.available_at - now() > interval '0'
-                     LIMIT 1) IS NULL) AS taken
-          FROM meter_event_outbox o
-          WHERE o.state IN ('pending', 'in_flight')
-            AND (o.customer, o.event_name) > (:after_customer, :after_event_name)
-          ORDER BY o.customer, o.event_name, o.available_at, o.id
-          LIMIT 1) h
+    -- Seeded with the cursor (depth 0, not a lane): every lane comes from the one probe below.
+    SELECT CAST(:after_customer AS text), CAST(:after_event_name AS text), NULL::bigint, false,
+           0, 0
     UNION ALL
     SELECT n.customer, n.event_name, n.id, n.taken, w.found + n.taken::int, w.depth + 1
     FROM walk w
@@ -51,7 +42,7 @@ WITH RECURSIVE walk (customer, event_name, id, taken, found, depth) AS (
 )
 SELECT (SELECT coalesce(array_agg(id), '{}')::text FROM walk WHERE taken) AS ids, w.found,
        w.customer, w.event_name, w.depth < :max_lanes AND w.found < :batch_size AS wrap
-FROM walk w ORDER BY w.depth DESC LIMIT 1
+FROM walk w WHERE w.depth > 0 ORDER BY w.depth DESC LIMIT 1
 
 -- name: claim
 -- The claim: one short transaction. For each lane the walk chose, take the lane's head again in
