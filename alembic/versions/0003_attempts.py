@@ -1,0 +1,50 @@
+"""Attempt history: one row per Stripe call made for an outbox row (operators' audit trail).
+
+Revision ID: 0003
+Revises: 0002
+"""
+
+from alembic import op
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    # Append-only; written by the relay in the same statement as the outcome it records, and
+    # deleted with its outbox row (ON DELETE CASCADE), so pruning needs no second pass.
+    op.execute(
+        """
+        CREATE TABLE meter_event_outbox_attempts (
+            id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            outbox_id         bigint NOT NULL
+                              REFERENCES meter_event_outbox (id) ON DELETE CASCADE,
+            attempted_at      timestamptz NOT NULL DEFAULT now(),
+            attempt           integer NOT NULL,
+            key_generation    integer NOT NULL,
+            action            text NOT NULL,
+            state             text NOT NULL,
+            http_status       integer,
+            code              text,
+            message           text,
+            stripe_request_id text,
+            latency_ms        real,
+            relay_id          text
+        )
+        """
+    )
+    op.execute(
+        "CREATE INDEX meter_event_outbox_attempts_row "
+        "ON meter_event_outbox_attempts (outbox_id, id)"
+    )
+    op.execute(
+        "COMMENT ON TABLE meter_event_outbox_attempts IS "
+        "'Every Stripe call made for a meter_event_outbox row: outcome, HTTP status, code, "
+        "request id, latency. Append-only; deleted with its row.'"
+    )
+
+
+def downgrade() -> None:
+    op.execute("DROP TABLE meter_event_outbox_attempts")
