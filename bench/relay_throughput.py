@@ -30,11 +30,12 @@ from bench.common import (
 from relay import logs
 from relay.classify import Classified, Verdict
 from relay.config import Settings
-from relay.db import Database, make_pool
+from relay.db import make_pool
 from relay.rows import Claimed
 from relay.service import run_loop
+from relay.store import Store
+from relay.supervisor import Relay
 from relay.wakeup import Wakeup
-from relay.worker import Relay
 
 
 def scenario_a(n: int) -> dict[str, float]:
@@ -95,7 +96,7 @@ async def _db_path(url: str, mode: str) -> None:
     )
     pool = make_pool(url)
     await pool.open(wait=True)
-    relay = Relay(settings, Database(pool), NoopSender(), Wakeup(url, listen=False))
+    relay = Relay(settings, Store(pool), NoopSender(), Wakeup(url, listen=False))
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop))
     await asyncio.to_thread(wait_drained, url, 300)

@@ -44,6 +44,7 @@ class Classified:
     code: str | None = None
     message: str | None = None
     request_id: str | None = None
+    http_status: int | None = None  # None: no HTTP answer (timeout, connection error)
 
 
 _DUPLICATE_MARKERS = ("already exists", "duplicate")
@@ -61,21 +62,25 @@ def classify_error(err: Exception) -> Classified:
     code = getattr(err, "code", None)
     message = _message(err)
     status = getattr(err, "http_status", None)
+
+    def verdict(v: Verdict, code: str | None) -> Classified:
+        return Classified(v, code, message, request_id, status)
+
     if isinstance(err, stripe.IdempotencyError):
-        return Classified(Verdict.FAILED_BUG, "idempotency_error", message, request_id)
+        return verdict(Verdict.FAILED_BUG, "idempotency_error")
     if isinstance(err, stripe.InvalidRequestError) and is_duplicate_identifier(err):
-        return Classified(Verdict.ACCEPTED, None, None, request_id)
+        return Classified(Verdict.ACCEPTED, None, None, request_id, status)
     if isinstance(err, stripe.AuthenticationError | stripe.PermissionError) or status in (401, 403):
-        return Classified(Verdict.AUTH, code or f"http_{status}", message, request_id)
+        return verdict(Verdict.AUTH, code or f"http_{status}")
     if isinstance(err, stripe.RateLimitError) or status == 429:
-        return Classified(Verdict.RETRY_SLOWER, code or "rate_limited", message, request_id)
+        return verdict(Verdict.RETRY_SLOWER, code or "rate_limited")
     if status == 409:
-        return Classified(Verdict.RETRY_SOON, code or "conflict", message, request_id)
+        return verdict(Verdict.RETRY_SOON, code or "conflict")
     if status is not None and status >= 500:
-        return Classified(Verdict.RETRY_NEW_KEY, code or f"http_{status}", message, request_id)
+        return verdict(Verdict.RETRY_NEW_KEY, code or f"http_{status}")
     if isinstance(err, stripe.APIConnectionError) or status is None:
-        return Classified(Verdict.RETRY_SAME_KEY, "connection_error", message, request_id)
-    return Classified(Verdict.FAILED, code or f"http_{status}", message, request_id)
+        return verdict(Verdict.RETRY_SAME_KEY, "connection_error")
+    return verdict(Verdict.FAILED, code or f"http_{status}")
 
 
 def _message(err: Exception) -> str:

@@ -105,8 +105,9 @@ def status(database_url: str | None, as_json: bool) -> None:
     """Counts per state, age of the oldest due row, failures by code."""
     from relay import ops
 
-    with ops.connect(_database_url(_settings(database_url=database_url))) as conn:
-        data = ops.status(conn)
+    settings = _settings(database_url=database_url)
+    with ops.connect(_database_url(settings)) as conn:
+        data = ops.status(conn, stale_seconds=settings.relay_stale_after)
 
     def render() -> None:
         from rich.console import Console
@@ -235,9 +236,10 @@ def reconcile(database_url: str | None, stripe_api_base: str | None, hours: floa
     from datetime import timedelta
 
     from relay import service
-    from relay.db import Database, make_pool
+    from relay.db import make_pool
     from relay.reconcile import reconcile as run_reconcile
     from relay.sender import StripeSender
+    from relay.store import Store
 
     settings = _settings(database_url=database_url, stripe_api_base=stripe_api_base)
 
@@ -246,7 +248,7 @@ def reconcile(database_url: str | None, stripe_api_base: str | None, hours: floa
         pool = make_pool(settings.database_url, max_size=1)
         await pool.open(wait=True)
         try:
-            return await run_reconcile(sender.client, Database(pool), timedelta(hours=hours))
+            return await run_reconcile(sender.client, Store(pool), timedelta(hours=hours))
         finally:
             await sender.close()
             await pool.close()

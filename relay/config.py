@@ -50,6 +50,21 @@ class Settings(BaseSettings):
         default=20.0, gt=0, lt=24, description="Stop retrying before Stripe's >= 24 h dedup window"
     )
     auth_probe_interval: float = Field(default=10.0, gt=0)
+    # Timing of the relay's own loops (seconds). Defaults suit production; tests shorten them
+    # instead of waiting on them.
+    hint_recheck: float = Field(
+        default=0.02, gt=0, description="After a claim, look again this soon (coalesced hints)"
+    )
+    outcome_flush_delay: float = Field(
+        default=0.005, ge=0, description="Let an outcome batch fill this long before writing"
+    )
+    upkeep_interval: float = Field(default=10.0, gt=0, description="Fold the status counters")
+    heartbeat_interval: float = Field(
+        default=1.0, gt=0, description="Announce this relay (rate share) this often"
+    )
+    relay_stale_after: float = Field(
+        default=5.0, gt=0, description="A relay not seen for this long no longer holds a share"
+    )
     shutdown_grace: float = Field(default=20.0, ge=0)
     retention_days: float = Field(default=35.0, gt=0)
     http_host: str = "127.0.0.1"
@@ -69,6 +84,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 "OUTBOX_LEASE_SECONDS must be at least twice OUTBOX_REQUEST_TIMEOUT: a lease "
                 "that expires while its call is still running lets another relay send too"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _heartbeat_before_stale(self) -> "Settings":
+        if self.relay_stale_after <= self.heartbeat_interval:
+            raise ValueError(
+                "OUTBOX_RELAY_STALE_AFTER must be longer than OUTBOX_HEARTBEAT_INTERVAL: a "
+                "relay must heartbeat before the others count it out"
             )
         return self
 

@@ -9,7 +9,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from relay import metrics
-from relay.db import Database
+from relay.store import Store
 from relay.webhooks import handle_delivery
 
 log = structlog.get_logger("relay.http")
@@ -17,7 +17,7 @@ STALL_SECONDS = 60.0  # /healthz fails if the dispatcher loop has not turned for
 
 
 def make_app(
-    relay: Any, db: Database, client: stripe.StripeClient, secret: str | None
+    relay: Any, db: Store, client: stripe.StripeClient, secret: str | None
 ) -> web.Application:
     """Routes bound to a running relay (its state drives /healthz and /readyz)."""
 

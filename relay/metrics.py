@@ -16,7 +16,14 @@ LATENCY = Histogram(
     "Stripe call latency",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 10),
 )
-INFLIGHT = Gauge("outbox_relay_inflight_calls", "Stripe calls in flight")
+INFLIGHT = Gauge(
+    "outbox_relay_inflight_calls", "Rows held now: claimed, their outcome not written yet"
+)
+COMMIT_TO_ACCEPTED = Histogram(
+    "outbox_relay_commit_to_accepted_seconds",
+    "From the row's commit (created_at) to Stripe's acceptance being written",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+)
 RATE = Gauge("outbox_relay_rate_limit_per_second", "Current adaptive client-side rate limit")
 AUTH_PAUSED = Gauge("outbox_relay_auth_paused", "1 while sending is paused on a 401/403")
 DB_ERRORS = Counter("outbox_relay_database_errors_total", "Failed database statements")

@@ -11,52 +11,42 @@ import psycopg
 
 import outbox
 from outbox.dburl import psycopg_url
-from outbox.sqlfile import for_psycopg
-from relay.db import QUERIES
-from relay.share import LIVE_S
+from relay.store import SyncStore
 
-
-def _fetch(conn: psycopg.Connection, name: str, params: dict[str, Any] | None = None) -> list:
-    cur = conn.execute(for_psycopg(QUERIES[name]), params or {})
-    return cur.fetchall() if cur.description else []
+# Relays seen within this many seconds hold a share (the relay's OUTBOX_RELAY_STALE_AFTER).
+LIVE_SECONDS = 5.0
 
 
 def connect(database_url: str) -> psycopg.Connection:
     return psycopg.connect(psycopg_url(database_url), autocommit=True)
 
 
-def status(conn: psycopg.Connection) -> dict[str, Any]:
+def status(conn: psycopg.Connection, stale_seconds: float = LIVE_SECONDS) -> dict[str, Any]:
     """Counts per state, age of the oldest due row, failures by code, live relays."""
-    counts = {state: n for state, n, _ in _fetch(conn, "status_counts")}
+    store = SyncStore(conn)
+    counts = {c.state: c.n for c in store.status_counts()}
+    relays: list[Any] | None
     try:
-        relays = _fetch(conn, "live_relays", {"stale_seconds": LIVE_S})
+        relays = store.live_relays(stale_seconds)
     except psycopg.errors.UndefinedTable:  # schema before 0002: `migrate` adds the table
         relays = None
-    (oldest_due,) = _fetch(conn, "oldest_due")[0]
+    oldest_due = store.oldest_due()
     now = datetime.now(UTC)
     return {
         "counts": counts,
         "oldest_due_age_seconds": (now - oldest_due).total_seconds() if oldest_due else 0.0,
         "failures_by_code": [
-            {"state": state, "code": code, "count": n}
-            for state, code, n in _fetch(conn, "failures_by_code")
+            {"state": f.state, "code": f.code, "count": f.n} for f in store.failures_by_code()
         ],
         "relays": None
         if relays is None
-        else [
-            {"relay_id": relay_id, "started_at": started.isoformat()}
-            for relay_id, started, _ in relays
-        ],
+        else [{"relay_id": r.relay_id, "started_at": r.started_at.isoformat()} for r in relays],
     }
 
 
 def inspect(conn: psycopg.Connection, identifier: str) -> dict[str, Any] | None:
-    """Everything known about one usage fact (invariant 8), or None."""
-    cur = conn.execute(for_psycopg(QUERIES["inspect"]), {"identifier": identifier})
-    values = cur.fetchone()
-    if values is None:
-        return None
-    return dict(zip([c.name for c in cur.description or []], values, strict=True))
+    """Everything known about one usage fact, or None."""
+    return SyncStore(conn).inspect(identifier)
 
 
 def retry(
@@ -68,21 +58,23 @@ def retry(
     window_hours: float,
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """Requeue failed/rejected rows; returns (requeued, refused-as-unsafe)."""
-    params = {
-        "identifier": identifier,
-        "code": code,
-        "force": force,
-        "window_seconds": window_hours * 3600,
-    }
+    store = SyncStore(conn)
     refused = (
         []
         if force
         else [
-            {"identifier": i, "state": st, "code": c, "first_attempt_at": f}
-            for i, st, c, f in _fetch(conn, "retry_refused", params)
+            {
+                "identifier": r.identifier,
+                "state": r.state,
+                "code": r.code,
+                "first_attempt_at": r.first_attempt_at,
+            }
+            for r in store.retry_refused(
+                identifier=identifier, code=code, window_hours=window_hours
+            )
         ]
     )
-    requeued = [r[0] for r in _fetch(conn, "retry", params)]
+    requeued = store.retry(identifier=identifier, code=code, force=force, window_hours=window_hours)
     return requeued, refused
 
 
@@ -101,13 +93,10 @@ def prune(
     max_batches: int | None = None,
 ) -> int:
     """Delete accepted/cancelled rows older than the retention, in bounded batches."""
+    store = SyncStore(conn)
     total = batches = 0
     while max_batches is None or batches < max_batches:
-        deleted = len(
-            _fetch(
-                conn, "prune", {"age_seconds": older_than_days * 86400, "batch_size": batch_size}
-            )
-        )
+        deleted = store.prune(age_seconds=older_than_days * 86400, batch_size=batch_size)
         total += deleted
         batches += 1
         if deleted < batch_size:

@@ -51,12 +51,20 @@ def local_refusal(row: Claimed, now: datetime, dedup_window: timedelta) -> Outco
             "unconfirmed since the first attempt at "
             f"{first.isoformat()}; Stripe may have forgotten the identifier, so a resend could "
             "double-count. Check the meter's event summaries, then retry --force or cancel.",
+            may_have_counted=True,  # an earlier attempt's outcome is unknown
         )
     return None
 
 
-def _fail(row: Claimed, code: str, message: str) -> Outcome:
-    return Outcome(row=row, state="failed", counted=0, code=code, message=message)
+def _fail(row: Claimed, code: str, message: str, may_have_counted: bool = False) -> Outcome:
+    return Outcome(
+        row=row,
+        state="failed",
+        counted=0,
+        code=code,
+        message=message,
+        may_have_counted=may_have_counted,
+    )
 
 
 def backoff(attempt: int, base: float = 0.5, cap: float = 300.0) -> float:
@@ -68,7 +76,16 @@ def decide(row: Claimed, result: Classified, max_attempts: int, latency_ms: floa
     """The row's next state after one call to Stripe."""
     done = "cancelled" if row.action == "cancel" else "accepted"
     if result.verdict is Verdict.ACCEPTED:  # the hot path: no error fields
-        return Outcome(row, done, request_id=result.request_id, latency_ms=latency_ms)
+        # A sender's plain success carries no status: it was a 200.
+        status = result.http_status or 200
+        return Outcome(
+            row,
+            done,
+            request_id=result.request_id,
+            latency_ms=latency_ms,
+            http_status=status,
+            called=True,
+        )
     attempt = row.attempts + 1
     common = {
         "row": row,
@@ -76,6 +93,8 @@ def decide(row: Claimed, result: Classified, max_attempts: int, latency_ms: floa
         "message": result.message,
         "request_id": result.request_id,
         "latency_ms": latency_ms,
+        "http_status": result.http_status,
+        "called": True,
     }
     match result.verdict:
         case Verdict.FAILED | Verdict.FAILED_BUG:
@@ -91,6 +110,7 @@ def decide(row: Claimed, result: Classified, max_attempts: int, latency_ms: floa
     if attempt >= max_attempts:
         return Outcome(
             state="failed",
+            may_have_counted=True,  # the last call's outcome may be unknown (timeout, 5xx)
             **common
             | {
                 "code": "retry_budget_exhausted",

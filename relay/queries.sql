@@ -12,8 +12,7 @@
 -- the head is not due, nothing in the lane is). A second probe, on the small busy index, tells
 -- whether the lane has a call in flight. The walk stops as soon as the batch is full, so it costs
 -- two probes per row taken (plus one per lane passed over), however deep the backlog.
--- Returns one row: the head ids (as the text of an array: the relay hands it back to `claim`
--- as is) and how many, the last lane walked (where the next walk starts) and `wrap`
+-- Returns one row: the head ids (a bigint[], handed to `claim`) and how many, the last lane walked (where the next walk starts) and `wrap`
 -- when the walk ran out of lanes before the batch filled (start again from the first lane); no
 -- row when no lane lies after the cursor.
 WITH RECURSIVE walk (customer, event_name, id, taken, found, depth) AS (
@@ -40,7 +39,7 @@ WITH RECURSIVE walk (customer, event_name, id, taken, found, depth) AS (
         LIMIT 1) n
     WHERE w.depth < :max_lanes AND w.found < :batch_size
 )
-SELECT (SELECT coalesce(array_agg(id), '{}')::text FROM walk WHERE taken) AS ids, w.found,
+SELECT (SELECT coalesce(array_agg(id), '{}') FROM walk WHERE taken) AS ids, w.found,
        w.customer, w.event_name, w.depth < :max_lanes AND w.found < :batch_size AS wrap
 FROM walk w WHERE w.depth > 0 ORDER BY w.depth DESC LIMIT 1
 
@@ -108,55 +107,71 @@ WHERE o.id = locked.id
 RETURNING o.id, o.lease_token, o.identifier, o.event_name, o.customer, o.payload,
           o.occurred_at, o.stripe_account, o.action, o.attempts, o.key_generation,
           locked.first_attempt_at AS previous_first_attempt_at, o.first_attempt_at,
-          o.accepted_at
+          o.accepted_at, o.created_at
 
 -- name: record_outcomes
 -- Write a batch of outcomes in one statement (River's shape, `UPDATE ... FROM` a set of rows;
--- the set travels as one JSON document, which is cheaper to encode than ten parallel arrays). The compare-and-set on lease_token means a relay
--- whose lease expired (and whose row another relay re-claimed) changes nothing.
+-- the set travels as one JSON document, which is cheaper to encode than ten parallel arrays).
+-- The compare-and-set on lease_token means a relay whose lease expired (and whose row another
+-- relay re-claimed) changes nothing.
 -- A cancel requested while the report was in flight: after a success the row becomes a
--- pending cancellation; after an unknown outcome the report is resolved first (same key), so an
--- adjustment never races the event it cancels; after a refusal nothing was counted.
-UPDATE meter_event_outbox o
-SET state = CASE
-        WHEN NOT (o.action = 'report' AND o.cancel_requested_at IS NOT NULL) THEN u.state
-        WHEN u.state = 'accepted' THEN 'pending'                       -- now cancel it
-        WHEN u.state = 'failed' AND u.code IN (
-             'retry_budget_exhausted', 'dedup_window_expired', 'relay_error') THEN 'pending'
-        WHEN u.state = 'failed' THEN 'cancelled'                       -- Stripe refused it
-        ELSE u.state END,                                              -- resolve the report first
-    action = CASE
-        WHEN NOT (o.action = 'report' AND o.cancel_requested_at IS NOT NULL) THEN o.action
-        WHEN u.state = 'accepted' THEN 'cancel'
-        WHEN u.state = 'failed' AND u.code IN (
-             'retry_budget_exhausted', 'dedup_window_expired', 'relay_error') THEN 'cancel'
-        ELSE o.action END,
-    available_at = CASE
-        WHEN o.action = 'report' AND o.cancel_requested_at IS NOT NULL
-             AND u.state IN ('accepted', 'failed') THEN now()
-        ELSE now() + make_interval(secs => u.delay) END,
-    lease_token = NULL,
-    attempts = o.attempts + u.counted,
-    key_generation = o.key_generation + u.new_key,
-    first_attempt_at = CASE WHEN u.counted = 0 THEN u.first_attempt_at
-                            ELSE o.first_attempt_at END,
-    last_error_code = u.code,
-    last_error_message = u.message,
-    stripe_request_id = coalesce(u.request_id, o.stripe_request_id),
-    accepted_at = CASE WHEN u.state = 'accepted' AND o.action = 'report'
-                       THEN coalesce(o.accepted_at, now()) ELSE o.accepted_at END,
-    cancelled_at = CASE
-        WHEN u.state = 'cancelled' THEN now()
-        WHEN o.action = 'report' AND o.cancel_requested_at IS NOT NULL AND u.state = 'failed'
-             AND u.code NOT IN ('retry_budget_exhausted', 'dedup_window_expired', 'relay_error')
-        THEN now()
-        ELSE o.cancelled_at END,
-    updated_at = now()
-FROM jsonb_to_recordset(CAST(:batch AS jsonb))
-     AS u(id bigint, token uuid, state text, delay float8, counted int, new_key int, code text,
-          message text, request_id text, first_attempt_at timestamptz)
-WHERE o.id = u.id AND o.lease_token = u.token
-RETURNING o.id
+-- pending cancellation; after a failure that may still have been counted (`may_have_counted`:
+-- the last call's outcome is unknown) too; after a definitive refusal nothing was counted and
+-- the row is cancelled; after an unknown outcome the report is resolved first (same key), so an
+-- adjustment never races the event it cancels.
+-- Outcomes of calls to Stripe (`called`) also append one row each to the attempt history, in
+-- the same statement and only for rows whose compare-and-set matched.
+WITH written AS (
+    UPDATE meter_event_outbox o
+    SET state = CASE
+            WHEN NOT (o.action = 'report' AND o.cancel_requested_at IS NOT NULL) THEN u.state
+            WHEN u.state = 'accepted' THEN 'pending'                      -- now cancel it
+            WHEN u.state = 'failed' AND u.may_have_counted THEN 'pending' -- cancel it to be sure
+            WHEN u.state = 'failed' THEN 'cancelled'                      -- Stripe refused it
+            ELSE u.state END,                                             -- resolve the report
+        action = CASE
+            WHEN NOT (o.action = 'report' AND o.cancel_requested_at IS NOT NULL) THEN o.action
+            WHEN u.state = 'accepted' THEN 'cancel'
+            WHEN u.state = 'failed' AND u.may_have_counted THEN 'cancel'
+            ELSE o.action END,
+        available_at = CASE
+            WHEN o.action = 'report' AND o.cancel_requested_at IS NOT NULL
+                 AND u.state IN ('accepted', 'failed') THEN now()
+            ELSE now() + make_interval(secs => u.delay) END,
+        lease_token = NULL,
+        attempts = o.attempts + u.counted,
+        key_generation = o.key_generation + u.new_key,
+        first_attempt_at = CASE WHEN u.counted = 0 THEN u.first_attempt_at
+                                ELSE o.first_attempt_at END,
+        last_error_code = u.code,
+        last_error_message = u.message,
+        stripe_request_id = coalesce(u.request_id, o.stripe_request_id),
+        accepted_at = CASE WHEN u.state = 'accepted' AND o.action = 'report'
+                           THEN coalesce(o.accepted_at, now()) ELSE o.accepted_at END,
+        cancelled_at = CASE
+            WHEN u.state = 'cancelled' THEN now()
+            WHEN o.action = 'report' AND o.cancel_requested_at IS NOT NULL
+                 AND u.state = 'failed' AND NOT u.may_have_counted THEN now()
+            ELSE o.cancelled_at END,
+        updated_at = now()
+    FROM jsonb_to_recordset(CAST(:batch AS jsonb))
+         AS u(id bigint, token uuid, state text, delay float8, counted int, new_key int,
+              code text, message text, request_id text, first_attempt_at timestamptz,
+              may_have_counted boolean, called boolean, action text, key_generation int,
+              http_status int, latency_ms real)
+    WHERE o.id = u.id AND o.lease_token = u.token
+    -- o.* here are the values just written; the sent action and key come from the claim.
+    RETURNING o.id, o.attempts, o.state, u.called, u.action, u.key_generation, u.http_status,
+              u.code, u.message, u.request_id, u.latency_ms
+),
+history AS (
+    INSERT INTO meter_event_outbox_attempts (outbox_id, attempt, key_generation, action, state,
+        http_status, code, message, stripe_request_id, latency_ms, relay_id)
+    SELECT w.id, w.attempts, w.key_generation, w.action, w.state, w.http_status, w.code,
+           w.message, w.request_id, w.latency_ms, :relay_id
+    FROM written w WHERE w.called
+)
+SELECT id FROM written
 
 -- name: heartbeat
 -- Announce this relay and count the live ones (seen within :stale_seconds, this one included),

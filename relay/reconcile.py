@@ -9,11 +9,11 @@ from typing import Any
 
 import stripe
 
-from relay.db import Database
+from relay.store import Store
 from relay.webhooks import METER_ERROR_TYPES, apply_event
 
 
-async def reconcile(client: stripe.StripeClient, db: Database, since: timedelta) -> dict[str, Any]:
+async def reconcile(client: stripe.StripeClient, store: Store, since: timedelta) -> dict[str, Any]:
     """Apply every meter error event created within `since`; returns a summary."""
     created = (datetime.now(UTC) - since).isoformat().replace("+00:00", "Z")
     params: dict[str, Any] = {
@@ -26,7 +26,7 @@ async def reconcile(client: stripe.StripeClient, db: Database, since: timedelta)
     while True:
         for event in page.data:
             events += 1
-            rejected += len(await apply_event(db, event))
+            rejected += len(await apply_event(store, event))
         next_url = getattr(page, "next_page_url", None)
         if not next_url:
             break

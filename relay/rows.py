@@ -26,15 +26,11 @@ class Claimed(NamedTuple):
     previous_first_attempt_at: datetime | None
     first_attempt_at: datetime
     accepted_at: datetime | None
+    created_at: datetime
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> "Claimed":
         return cls._make(row)
-
-    @property
-    def lane(self) -> tuple[str, str]:
-        """Stripe allows one concurrent call per (customer, meter)."""
-        return (self.customer, self.event_name)
 
     @property
     def idempotency_key(self) -> str:
@@ -48,7 +44,16 @@ class Claimed(NamedTuple):
 
 
 class Outcome(NamedTuple):
-    """What to write back for one claimed row (one element of `record_outcomes`)."""
+    """What to write back for one claimed row (one element of `record_outcomes`).
+
+    The outcome carries every decision the SQL needs, so the statement never matches on our
+    error codes:
+    - `may_have_counted`: a failed report whose event Stripe may still have counted (the
+      outcome of its last call is unknown). A cancel requested meanwhile must then be sent;
+      after a definitive refusal nothing was counted and the row is simply cancelled.
+    - `called`: the outcome comes from a call to Stripe (or a send that crashed midway), so it
+      is one entry of the row's attempt history; local refusals and shutdown releases are not.
+    """
 
     row: Claimed
     state: str
@@ -59,6 +64,9 @@ class Outcome(NamedTuple):
     message: str | None = None
     request_id: str | None = None
     latency_ms: float | None = None
+    http_status: int | None = None
+    may_have_counted: bool = False
+    called: bool = False
 
     @property
     def first_attempt_at(self) -> datetime | None:

@@ -13,11 +13,12 @@ from aiohttp import web
 from outbox.dburl import redact
 from relay import migrate, systemd
 from relay.config import Settings
-from relay.db import Database, make_pool
+from relay.db import make_pool
 from relay.http import make_app
 from relay.sender import StripeSender
+from relay.store import Store
+from relay.supervisor import Relay
 from relay.wakeup import Wakeup
-from relay.worker import Relay
 
 log = structlog.get_logger("relay.service")
 T = TypeVar("T")
@@ -70,13 +71,13 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     _install_signals(stop)
     pool = make_pool(settings.database_url)
     await pool.open(wait=True, timeout=30)
-    db = Database(pool)
+    store = Store(pool)
     connections = settings.effective_concurrency() + 4
     sender = StripeSender(key, settings.stripe_api_base, settings.request_timeout, connections)
     wakeup = Wakeup(settings.database_url, listen=not settings.poll_only)
-    relay = Relay(settings, db, sender, wakeup)
+    relay = Relay(settings, store, sender, wakeup)
     secret = settings.stripe_webhook_secret
-    app = make_app(relay, db, sender.client, secret.get_secret_value() if secret else None)
+    app = make_app(relay, store, sender.client, secret.get_secret_value() if secret else None)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port)
@@ -107,7 +108,7 @@ def _install_signals(stop: asyncio.Event) -> None:
 
 
 async def _watchdog(relay: Relay, stop: asyncio.Event) -> None:
-    """Pet systemd's watchdog while the dispatcher loop keeps turning."""
+    """Pet systemd's watchdog while the producer loop keeps turning."""
     interval = systemd.watchdog_interval()
     if interval is None:
         return

@@ -16,28 +16,22 @@ CHANNEL = "meter_event_outbox"
 log = structlog.get_logger("relay.wakeup")
 
 
+async def sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep `seconds`, or less if `stop` is set meanwhile: every periodic loop's pause."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
 class Wakeup:
     """An event set by NOTIFY hints and by the relay itself (a lane was freed)."""
 
     def __init__(self, database_url: str, listen: bool) -> None:
         self._url = psycopg_url(database_url)
-        self._listen = listen
+        self.listens = listen  # False: only the poll timer and pokes wake the relay
         self._event = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self.listening = asyncio.Event()
-
-    def start(self) -> None:
-        if self._listen:
-            self._task = asyncio.create_task(self._listen_forever(), name="listen")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
     def poke(self) -> None:
-        """Wake the dispatcher now (used when outcomes free lanes or capacity)."""
+        """Wake the producer now (used when outcomes free lanes or capacity)."""
         self._event.set()
 
     async def wait(self, timeout: float, stop: asyncio.Event) -> None:
@@ -53,8 +47,9 @@ class Wakeup:
                 waiter.cancel()
         self._event.clear()
 
-    async def _listen_forever(self) -> None:
-        """LISTEN, reconnecting with backoff; a missed hint only costs one poll interval."""
+    async def listen(self) -> None:
+        """The listener service: LISTEN, reconnecting with backoff, until cancelled. A missed
+        hint only costs one poll interval."""
         delay = 0.5
         while True:
             try:
@@ -62,13 +57,11 @@ class Wakeup:
                     self._url, autocommit=True
                 ) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
-                    self.listening.set()
                     delay = 0.5
                     self._event.set()  # catch up on anything committed while we were away
                     async for _ in conn.notifies():
                         self._event.set()
             except (psycopg.Error, OSError) as err:
-                self.listening.clear()
                 log.warning("listen_connection_lost", error=str(err), retry_in_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)

@@ -14,7 +14,7 @@ from typing import Any
 import stripe
 import structlog
 
-from relay.db import Database
+from relay.store import Store
 
 METER_ERROR_TYPES = frozenset(
     {"v1.billing.meter.error_report_triggered", "v1.billing.meter.no_meter_found"}
@@ -41,7 +41,7 @@ def rejected_identifiers(event_data: dict[str, Any]) -> dict[str, tuple[list[str
     return found
 
 
-async def apply_event(db: Database, event: Any) -> list[str]:
+async def apply_event(store: Store, event: Any) -> list[str]:
     """Mark the rows a full meter error event names as rejected; returns their identifiers.
 
     Each sample is matched as the event identifier first; only if no row has it, as one of our
@@ -51,24 +51,23 @@ async def apply_event(db: Database, event: Any) -> list[str]:
     data = event.get("data") if isinstance(event, dict) else event.to_dict().get("data")
     marked: list[str] = []
     for code, (samples, message) in rejected_identifiers(data or {}).items():
-        params = {"code": code, "message": message[:500]}
-        hit = [r[0] for r in await db.fetch("reject", {**params, "identifiers": samples})]
+        hit = await store.reject(samples, code, message[:500])
         keys = {_KEY_SUFFIX.sub("", s) for s in samples if s not in hit} - set(samples)
         if keys:
-            hit += [r[0] for r in await db.fetch("reject", {**params, "identifiers": list(keys)})]
+            hit += await store.reject(sorted(keys), code, message[:500])
         marked += hit
     return marked
 
 
 async def handle_delivery(
-    client: stripe.StripeClient, secret: str, db: Database, body: bytes, signature: str | None
+    client: stripe.StripeClient, secret: str, store: Store, body: bytes, signature: str | None
 ) -> dict[str, Any]:
     """Verify, fetch and apply one delivery. Raises stripe.SignatureVerificationError."""
     notification = client.parse_event_notification(body, signature, secret)
     if notification.type not in METER_ERROR_TYPES:
         return {"ignored": notification.type}
     event = await notification.fetch_event_async()
-    marked = await apply_event(db, event)
+    marked = await apply_event(store, event)
     log.warning(
         "error_report_applied",
         event_id=notification.id,

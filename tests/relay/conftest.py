@@ -9,11 +9,12 @@ import psycopg
 import pytest
 
 from relay.config import Settings
-from relay.db import Database, make_pool
+from relay.db import make_pool
 from relay.emulator import Emulator, EmulatorConfig
 from relay.sender import StripeSender
+from relay.store import Store
+from relay.supervisor import Relay
 from relay.wakeup import Wakeup
-from relay.worker import Relay
 
 TEST_KEY = "sk_test_relaysuite"
 
@@ -47,6 +48,10 @@ def make_settings(database_url: str, emulator: Emulator, **overrides: Any) -> Se
         "auth_probe_interval": 0.2,
         "shutdown_grace": 5,
         "relay_id": "test-relay",
+        # Shortened so tests do not wait on the relay's own timers.
+        "heartbeat_interval": 0.25,
+        "relay_stale_after": 2.5,
+        "upkeep_interval": 0.5,
     }
     values.update(overrides)
     return Settings(**values)
@@ -65,19 +70,24 @@ class RunningRelay:
 
         async def loop() -> None:
             while not await condition():
-                async with self.relay.flushed:
-                    with contextlib.suppress(TimeoutError):
-                        # Bounded so conditions changed by something else (webhooks) are seen.
-                        await asyncio.wait_for(self.relay.flushed.wait(), 0.5)
+                await self.next_flush(timeout=0.5)
 
         await asyncio.wait_for(loop(), timeout)
+
+    async def next_flush(self, timeout: float) -> None:
+        """Wait for the next outcome batch to be written (or `timeout`: bounded so conditions
+        changed by something else, e.g. webhooks, are seen)."""
+        flushed = self.relay.completer.flushed
+        async with flushed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(flushed.wait(), timeout)
 
 
 @contextlib.asynccontextmanager
 async def running_relay(
-    settings: Settings, database: type[Database] = Database
+    settings: Settings, store: type[Store] = Store
 ) -> AsyncIterator[RunningRelay]:
-    """Start a relay; on exit, stop it gracefully and wait for it to finish. `database` may be
+    """Start a relay; on exit, stop it gracefully and wait for it to finish. `store` may be
     a subclass that delays statements (to hold the relay at a chosen point)."""
     pool = make_pool(settings.database_url)
     await pool.open(wait=True)
@@ -88,7 +98,7 @@ async def running_relay(
         settings.effective_concurrency() + 4,
     )
     relay = Relay(
-        settings, database(pool), sender, Wakeup(settings.database_url, not settings.poll_only)
+        settings, store(pool), sender, Wakeup(settings.database_url, not settings.poll_only)
     )
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop))

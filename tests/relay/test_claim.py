@@ -6,13 +6,11 @@ import uuid
 import psycopg
 import pytest
 
-from outbox.sqlfile import for_psycopg
 from relay import ops
-from relay.db import QUERIES
 from relay.emulator import Emulator, EmulatorConfig, Faults, Latency
 from relay.rows import Claimed, Outcome
 from relay.share import FENCED_RATE
-from relay.worker import outcome_params
+from relay.store import FIRST_LANE, SyncStore
 from tests.relay.conftest import (
     insert_usage,
     make_settings,
@@ -25,29 +23,13 @@ from tests.relay.conftest import (
 
 def claim(conn: psycopg.Connection, relay_id: str, lease: float, n: int = 10) -> list[Claimed]:
     """The relay's two statements: the read-only walk, then the claim of what it chose."""
-    walk = {
-        "after_customer": "",
-        "after_event_name": "",
-        "max_lanes": 100,
-        "batch_size": n,
-        "exclusive": True,
-    }
-    found = conn.execute(for_psycopg(QUERIES["walk"]), walk).fetchone()
-    ids = found[0] if found else "{}"
-    lease_params = {
-        "ids": ids,
-        "fill": 0,
-        "exclusive": True,
-        "relay_id": relay_id,
-        "lease_seconds": lease,
-    }
-    result = conn.execute(for_psycopg(QUERIES["claim"]), lease_params)
-    return [Claimed.from_row(r) for r in result]
+    store = SyncStore(conn)
+    walked = store.walk(FIRST_LANE, n, exclusive=True)
+    return store.claim(walked.ids, fill=0, exclusive=True, relay_id=relay_id, lease_seconds=lease)
 
 
-def write(conn: psycopg.Connection, outcomes: list[Outcome]) -> list[int]:
-    sql = for_psycopg(QUERIES["record_outcomes"])
-    return [r[0] for r in conn.execute(sql, outcome_params(outcomes))]
+def write(conn: psycopg.Connection, outcomes: list[Outcome]) -> set[int]:
+    return SyncStore(conn).record_outcomes(outcomes, "test-relay")
 
 
 def test_expired_lease_is_reclaimed_and_late_outcome_is_ignored(database_url: str, db) -> None:
@@ -58,8 +40,8 @@ def test_expired_lease_is_reclaimed_and_late_outcome_is_ignored(database_url: st
     (second,) = claim(db, "relay-b", lease=30)
     assert second.id == first.id and second.lease_token != first.lease_token
     # The slow relay-a comes back with a result: its compare-and-set matches nothing.
-    assert write(db, [Outcome(row=first, state="failed", code="late")]) == []
-    assert write(db, [Outcome(row=second, state="accepted")]) == [first.id]
+    assert write(db, [Outcome(row=first, state="failed", code="late")]) == set()
+    assert write(db, [Outcome(row=second, state="accepted")]) == {first.id}
     r = row(database_url, "u1")
     assert (r["state"], r["last_error_code"], r["leased_by"]) == ("accepted", None, "relay-b")
 

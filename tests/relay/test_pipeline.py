@@ -6,10 +6,10 @@ Regression tests for what a review of that pipeline found; each fails without it
 import asyncio
 from typing import Any
 
-import relay.worker
-from outbox.sqlfile import for_psycopg
-from relay.db import QUERIES, Database
+import relay.completer
 from relay.emulator import Emulator
+from relay.rows import Claimed
+from relay.store import FIRST_LANE, Store, SyncStore
 from tests.relay.conftest import insert_usage, make_settings, row, running_relay, states
 
 LANE_ROW = (
@@ -24,33 +24,21 @@ def test_claim_takes_the_current_head_of_each_lane_once(database_url: str, db) -
     db.execute(LANE_ROW, ("b1", "cus_b", 1))
     db.execute(LANE_ROW, ("a1", "cus_a", 1))
     db.commit()
-    walk = {
-        "after_customer": "",
-        "after_event_name": "",
-        "max_lanes": 10,
-        "batch_size": 10,
-        "exclusive": True,
-    }
-    (ids, found, *_cursor) = db.execute(for_psycopg(QUERIES["walk"]), walk).fetchone()
-    assert found == 2
+    store = SyncStore(db)
+    walked = store.walk(FIRST_LANE, 10, exclusive=True)
+    assert len(walked.ids) == 2
     (b0,) = db.execute(LANE_ROW, ("b0", "cus_b", 2)).fetchone()  # older: the new head
     db.commit()
-    params = {
-        "ids": ids[:-1] + f",{b0}}}",  # what a second, later walk would add
-        "fill": 0,
-        "exclusive": True,
-        "relay_id": "r",
-        "lease_seconds": 30,
-    }
-    claimed = db.execute(for_psycopg(QUERIES["claim"]), params).fetchall()
+    ids = [*walked.ids, b0]  # what a second, later walk would add
+    claimed = store.claim(ids, fill=0, exclusive=True, relay_id="r", lease_seconds=30)
     db.commit()
-    assert sorted(r[2] for r in claimed) == ["a1", "b0"]  # identifiers: one head per lane
+    assert sorted(r.identifier for r in claimed) == ["a1", "b0"]  # one head per lane
 
 
 async def test_a_crashing_outcome_write_stops_the_relay(database_url, emulator, monkeypatch):
     """A bug in a flush must stop the relay (the supervisor restarts it), not leave it running
     with outcomes that are never recorded."""
-    real, calls = relay.worker.report_batch, []
+    real, calls = relay.completer.report_batch, []
 
     def broken(batch: list[Any], written: set[int]) -> None:
         calls.append(len(batch))
@@ -58,11 +46,11 @@ async def test_a_crashing_outcome_write_stops_the_relay(database_url, emulator, 
             raise RuntimeError("bug while reporting a batch")
         real(batch, written)
 
-    monkeypatch.setattr(relay.worker, "report_batch", broken)
+    monkeypatch.setattr(relay.completer, "report_batch", broken)
     insert_usage(database_url, 1)
     async with running_relay(make_settings(database_url, emulator)) as running:
         await asyncio.wait_for(running.stop.wait(), 10)
-    assert running.relay._held == 0  # the written batch was accounted for
+    assert running.relay.capacity.held == 0  # the written batch was accounted for
     assert row(database_url, "u1")["state"] == "accepted"  # written before the crash
 
 
@@ -73,12 +61,11 @@ async def test_rows_claimed_during_shutdown_are_handed_back_unsent(
     go back to pending without using up an attempt."""
     entered, release = asyncio.Event(), asyncio.Event()
 
-    class SlowClaim(Database):
-        async def fetch(self, name: str, params: dict[str, Any] | None = None) -> list[Any]:
-            if name == "claim":
-                entered.set()
-                await release.wait()
-            return await super().fetch(name, params)
+    class SlowClaim(Store):
+        async def claim(self, ids: Any, **params: Any) -> list[Claimed]:
+            entered.set()
+            await release.wait()
+            return await super().claim(ids, **params)
 
     insert_usage(database_url, 3, customers=3)
     settings = make_settings(database_url, emulator)

@@ -1,13 +1,13 @@
 """Regression tests for failure modes found in review: each fails without its fix."""
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 
 import psycopg
 
 import outbox
-from relay.db import Database, make_pool
+from relay.db import make_pool
 from relay.emulator import Emulator, Faults, Latency
+from relay.store import Store
 from relay.webhooks import apply_event
 from tests.relay.conftest import insert_usage, make_settings, row, running_relay, states
 
@@ -129,7 +129,7 @@ async def test_error_report_matches_exact_identifiers_before_key_suffixes(databa
     pool = make_pool(database_url)
     await pool.open(wait=True)
     try:
-        marked = await apply_event(Database(pool), event)
+        marked = await apply_event(Store(pool), event)
     finally:
         await pool.close()
     assert sorted(marked) == ["order-7#g1", "order-8"]  # order-7 itself untouched
@@ -143,10 +143,9 @@ async def test_error_report_for_an_in_flight_row_wins_over_its_late_outcome(data
         async with running_relay(make_settings(database_url, emulator)) as relay:
             await relay.until(lambda: _state(database_url, "u1", "in_flight"))
             event = error_report("meter_event_customer_not_found", ["u1"])
-            assert await apply_event(relay.relay.db, event) == ["u1"]
+            assert await apply_event(relay.relay.store, event) == ["u1"]
             # The call completes later; its compare-and-set must change nothing.
-            async with relay.relay.flushed:
-                await asyncio.wait_for(relay.relay.flushed.wait(), 10)
+            await relay.next_flush(timeout=10)
     assert row(database_url, "u1")["state"] == "rejected"
 
 
@@ -166,7 +165,7 @@ async def test_reconcile_applies_error_events_missed_by_webhooks(database_url):
         pool = make_pool(database_url)
         await pool.open(wait=True)
         try:
-            result = await reconcile(sender.client, Database(pool), hours_ago(hours=1))
+            result = await reconcile(sender.client, Store(pool), hours_ago(hours=1))
         finally:
             await sender.close()
             await pool.close()

@@ -1,0 +1,189 @@
+"""The executor: call Stripe for claimed rows, paced by the rate limiter, and react to verdicts.
+
+One task per call: a v1 call sends one row (`send_v1`), a v2 stream call sends up to 100
+reports of one account (`send_stream`). Every row leaves with exactly one outcome, whatever
+happens to its call; outcomes go to the completer. Verdicts steer pacing (429: slower) and the
+auth gate (401/403: pause sending until the key works again).
+"""
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import structlog
+
+from relay import metrics
+from relay.classify import Classified, Verdict
+from relay.config import Settings
+from relay.policy import decide, local_refusal
+from relay.ratelimit import RateLimiter
+from relay.rows import Claimed, Outcome
+from relay.wakeup import sleep_unless_stopped
+
+log = structlog.get_logger("relay")
+
+STREAM_BATCH = 100  # Stripe's maximum events per meter event stream request
+
+
+class Sender(Protocol):
+    async def send(self, row: Claimed) -> tuple[Classified, float]: ...
+    async def send_stream(self, rows: list[Claimed]) -> tuple[Classified, float]: ...
+    async def auth_ok(self) -> bool: ...
+
+
+@dataclass
+class RelayState:
+    """What /readyz and /healthz report about this relay."""
+
+    auth_ok: bool = True
+    started: bool = False
+    last_loop: float = field(default_factory=time.monotonic)
+
+
+class AuthGate:
+    """Sending pauses on a 401/403 (the key is bad, not the row) until a probe succeeds."""
+
+    def __init__(self, sender: Sender, state: RelayState, probe_interval: float) -> None:
+        self._sender = sender
+        self._state = state
+        self._probe_interval = probe_interval
+
+    @property
+    def ok(self) -> bool:
+        return self._state.auth_ok
+
+    def refused(self, result: Classified) -> None:
+        if not self._state.auth_ok:
+            return
+        self._state.auth_ok = False
+        metrics.AUTH_PAUSED.set(1)
+        log.error(
+            "stripe_auth_failed",
+            code=result.code,
+            message=result.message,
+            action="sending paused; rows stay pending; re-checking the key",
+        )
+
+    async def until_restored(self, stop: asyncio.Event) -> None:
+        """Probe the key periodically; return when it works again (or on stop)."""
+        while not stop.is_set():
+            if await self._sender.auth_ok():
+                self._state.auth_ok = True
+                metrics.AUTH_PAUSED.set(0)
+                log.info("stripe_auth_restored")
+                return
+            await sleep_unless_stopped(stop, self._probe_interval)
+
+
+class Executor:
+    """Runs the calls of claimed rows; `record` takes each row's outcome."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sender: Sender,
+        limiter: RateLimiter,
+        auth: AuthGate,
+        record: Callable[[Outcome], None],
+    ) -> None:
+        self.settings = settings
+        self.sender = sender
+        self.limiter = limiter
+        self.auth = auth
+        self._record = record
+        self._dedup_window = timedelta(hours=settings.dedup_window_hours)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, rows: list[Claimed]) -> None:
+        """Start the calls for freshly claimed rows."""
+        for call in self._calls(rows):
+            task = asyncio.create_task(call)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def drain(self, grace: float) -> None:
+        """Let calls in flight finish within `grace` seconds; cancel (release) the rest."""
+        if not self._tasks:
+            return
+        done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        log.info("drained", finished=len(done), released=len(pending))
+
+    def _calls(self, rows: list[Claimed]) -> list[Coroutine[Any, Any, None]]:
+        """v1: one call per row. v2 stream: reports share calls of up to 100 events; cancels
+        exist in v1 only."""
+        if self.settings.stripe_api_mode == "v1":
+            return [self.send_v1(row) for row in rows]
+        calls = [self.send_v1(r) for r in rows if r.action != "report"]
+        by_account: dict[str | None, list[Claimed]] = {}
+        for r in rows:  # a stream session belongs to one (connected) account
+            if r.action == "report":
+                by_account.setdefault(r.stripe_account, []).append(r)
+        return calls + [
+            self.send_stream(group[i : i + STREAM_BATCH])
+            for group in by_account.values()
+            for i in range(0, len(group), STREAM_BATCH)
+        ]
+
+    async def send_v1(self, row: Claimed) -> None:
+        """One v1 call (a meter event or a cancellation) for one row."""
+        await self._call([row], lambda sendable: self.sender.send(sendable[0]))
+
+    async def send_stream(self, rows: list[Claimed]) -> None:
+        """One v2 meter event stream call for up to 100 reports."""
+        await self._call(rows, self.sender.send_stream)
+
+    async def _call(
+        self,
+        rows: list[Claimed],
+        send: Callable[[list[Claimed]], Awaitable[tuple[Classified, float]]],
+    ) -> None:
+        """Refuse locally what Stripe would refuse, send the rest in one call, record every
+        row's outcome. Cancellation (shutdown) and unexpected errors release the rows as
+        "unknown outcome": pending, same idempotency key, so the retry replays whatever Stripe
+        did."""
+        now = datetime.now(UTC)
+        refused = [o for o in (local_refusal(r, now, self._dedup_window) for r in rows) if o]
+        refused_ids = {o.row.id for o in refused}
+        sendable = [r for r in rows if r.id not in refused_ids]
+        outcomes = list(refused)
+        try:
+            if sendable:
+                await self.limiter.acquire()
+                result, latency_ms = await send(sendable)
+                self._react(result)
+                metrics.LATENCY.observe(latency_ms / 1000)  # once per call, not per row
+                outcomes += [
+                    decide(r, result, self.settings.max_attempts, latency_ms) for r in sendable
+                ]
+        except asyncio.CancelledError:
+            outcomes += [_released(r, "shutdown", "released at shutdown", 0.0) for r in sendable]
+            raise
+        except Exception as err:  # a bug of ours or an unwrapped library error
+            log.exception("send_crashed", identifiers=[r.identifier for r in sendable][:10])
+            message = f"{type(err).__name__}: {err}"
+            outcomes += [_released(r, "relay_error", message, 5.0, called=True) for r in sendable]
+        finally:
+            for outcome in outcomes:
+                self._record(outcome)
+
+    def _react(self, result: Classified) -> None:
+        metrics.stripe_call(result.verdict.value).inc()
+        if result.verdict is Verdict.RETRY_SLOWER:
+            self.limiter.on_rate_limited()
+            metrics.RATE.set(self.limiter.rate)
+        elif result.verdict is Verdict.AUTH:
+            self.auth.refused(result)
+
+
+def _released(row: Claimed, code: str, message: str, delay: float, called: bool = False) -> Outcome:
+    """Outcome unknown: back to pending with the same key (the attempt counts). `called`: the
+    send had started (it crashed midway), so the attempt is part of the row's history."""
+    return Outcome(
+        row=row, state="pending", delay=delay, code=code, message=message[:500], called=called
+    )
