@@ -1,0 +1,105 @@
+"""The rate share against an in-memory store and an injected clock: fencing, joining, leaving."""
+
+import asyncio
+
+from relay.ratelimit import RateLimiter
+from relay.share import FENCED_RATE, RateShare
+
+
+class FakeStore:
+    """The two queries the share runs: counts come from a script, failures on demand."""
+
+    def __init__(self, *counts: int) -> None:
+        self.counts = list(counts)
+        self.down = False
+        self.beats: list[tuple[str, float]] = []
+        self.left: list[str] = []
+
+    async def heartbeat(self, relay_id: str, stale_seconds: float) -> int:
+        if self.down:
+            raise ConnectionError("database away")
+        self.beats.append((relay_id, stale_seconds))
+        return self.counts.pop(0) if len(self.counts) > 1 else self.counts[0]
+
+    async def leave(self, relay_id: str) -> None:
+        if self.down:
+            raise ConnectionError("database away")
+        self.left.append(relay_id)
+
+
+def share(store: FakeStore, clock: list[float], rate: float = 100.0) -> RateShare:
+    return RateShare(
+        store,
+        RateLimiter(rate),
+        "relay-a",
+        rate,
+        interval=0.001,
+        stale_after=5.0,
+        clock=lambda: clock[0],
+    )
+
+
+async def test_alone_it_takes_the_whole_limit_after_joining() -> None:
+    store, clock = FakeStore(1), [0.0]
+    rate_share = share(store, clock)
+    await rate_share.join(asyncio.Event())
+    assert (rate_share.live, rate_share.limiter.ceiling) == (1, 100.0)
+    assert store.beats[0] == ("relay-a", 5.0)
+
+
+async def test_a_share_goes_down_at_once_and_up_only_when_two_counts_agree() -> None:
+    store, clock = FakeStore(2, 4, 2, 2), [0.0]
+    rate_share = share(store, clock)
+    assert await rate_share.beat() == 2
+    assert rate_share.limiter.ceiling == 50.0
+    await rate_share.beat()  # 4 relays: down at once
+    assert rate_share.limiter.ceiling == 25.0
+    await rate_share.beat()  # 2 again, but the previous count said 4
+    assert rate_share.limiter.ceiling == 25.0
+    await rate_share.beat()  # two counts of 2 agree
+    assert rate_share.limiter.ceiling == 50.0
+
+
+async def test_a_relay_that_cannot_heartbeat_fences_itself_before_the_others_count_it_out():
+    store, clock = FakeStore(2), [100.0]
+    rate_share = share(store, clock)
+    await rate_share.beat()
+    store.down = True
+    clock[0] += 2.0  # within the stale time less one interval: keep the share
+    assert await rate_share.beat() == 0
+    assert rate_share.limiter.ceiling == 50.0
+    clock[0] += 3.0  # the others are about to count it out
+    await rate_share.beat()
+    assert rate_share.limiter.ceiling == FENCED_RATE
+    store.down = False
+    await rate_share.beat()
+    assert rate_share.limiter.ceiling == 50.0
+
+
+async def test_a_relay_starts_fenced_until_it_has_counted() -> None:
+    store, clock = FakeStore(1), [0.0]
+    store.down = True
+    rate_share = share(store, clock)
+    stop = asyncio.Event()
+    joining = asyncio.create_task(rate_share.join(stop))
+    await asyncio.sleep(0.01)
+    assert rate_share.limiter.ceiling == FENCED_RATE
+    store.down = False
+    await joining
+    assert rate_share.limiter.ceiling == 100.0
+
+
+async def test_joining_others_counts_again_after_two_heartbeats() -> None:
+    store, clock = FakeStore(3, 3, 3), [0.0]
+    rate_share = share(store, clock, rate=90.0)
+    await rate_share.join(asyncio.Event())
+    assert len(store.beats) == 2 and rate_share.limiter.ceiling == 30.0
+
+
+async def test_leaving_gives_the_share_back_and_never_raises() -> None:
+    store, clock = FakeStore(1), [0.0]
+    rate_share = share(store, clock)
+    await rate_share.leave()
+    assert store.left == ["relay-a"]
+    store.down = True
+    await rate_share.leave()  # the row goes stale on its own
