@@ -60,8 +60,11 @@ class Services:
         task = self._tasks.pop(name, None)
         if task is None:
             return
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        # Cancelled again until it ends: a cancellation that lands inside a database call can
+        # be absorbed on the way out (the service then loops on), seen as a hung shutdown.
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.5)
 
     async def stop_all(self) -> None:
         for name in reversed(list(self._tasks)):

@@ -146,3 +146,27 @@ def max_concurrent_per_lane(emulator: Emulator) -> int:
     """The most calls the emulator ever saw at once for one (customer, meter)."""
     lanes = emulator.stats()["max_concurrent_per_customer_meter"]
     return max((lane["max_concurrent"] for lane in lanes), default=0)
+
+
+# Conditions for RunningRelay.until (async: `until` awaits them between outcome batches).
+
+
+async def accepted(database_url: str, n: int) -> bool:
+    """Exactly `n` rows are accepted."""
+    return states(database_url).get("accepted", 0) == n
+
+
+async def count_is(database_url: str, state: str, n: int) -> bool:
+    return states(database_url).get(state, 0) == n
+
+
+async def at_least(database_url: str, state: str, n: int) -> bool:
+    return states(database_url).get(state, 0) >= n
+
+
+async def state_is(database_url: str, identifier: str, state: str) -> bool:
+    return row(database_url, identifier)["state"] == state
+
+
+async def code_is(database_url: str, identifier: str, code: str) -> bool:
+    return row(database_url, identifier)["last_error_code"] == code

@@ -5,18 +5,23 @@ from datetime import UTC, datetime, timedelta
 import stripe
 
 from relay.emulator import Emulator, EmulatorConfig
-from tests.relay.conftest import TEST_KEY, insert_usage, make_settings, row, running_relay, states
-
-
-async def settled(url: str, identifier: str, state: str) -> bool:
-    return row(url, identifier)["state"] == state
+from tests.relay.conftest import (
+    TEST_KEY,
+    count_is,
+    insert_usage,
+    make_settings,
+    row,
+    running_relay,
+    state_is,
+    states,
+)
 
 
 async def test_409_retries_soon_with_same_key(database_url, emulator: Emulator, settings):
     insert_usage(database_url, 1)
     emulator.fail_next(1, status=409, path="/v1/billing/meter_events")
     async with running_relay(settings) as relay:
-        await relay.until(lambda: settled(database_url, "u1", "accepted"))
+        await relay.until(lambda: state_is(database_url, "u1", "accepted"))
     r = row(database_url, "u1")
     # A 409 means nothing of that call executed: it does not use up the retry budget.
     assert (r["attempts"], r["key_generation"], emulator.counted("u1")) == (1, 0, 1)
@@ -26,7 +31,7 @@ async def test_429_retries_and_slows_the_global_rate(database_url, emulator: Emu
     insert_usage(database_url, 1)
     emulator.fail_next(1, status=429, path="/v1/billing/meter_events")
     async with running_relay(settings) as relay:
-        await relay.until(lambda: settled(database_url, "u1", "accepted"))
+        await relay.until(lambda: state_is(database_url, "u1", "accepted"))
         assert relay.relay.limiter.rate < relay.relay.limiter.ceiling
     r = row(database_url, "u1")
     assert (r["attempts"], r["key_generation"], emulator.counted("u1")) == (2, 0, 1)
@@ -36,7 +41,7 @@ async def test_connection_reset_retries_with_same_key(database_url, emulator: Em
     insert_usage(database_url, 1)
     emulator.fail_next(1, kind="reset", path="/v1/billing/meter_events")
     async with running_relay(settings) as relay:
-        await relay.until(lambda: settled(database_url, "u1", "accepted"))
+        await relay.until(lambda: state_is(database_url, "u1", "accepted"))
     r = row(database_url, "u1")
     assert (r["attempts"], r["key_generation"], emulator.counted("u1")) == (2, 0, 1)
 
@@ -45,7 +50,7 @@ async def test_other_400_fails_with_stripes_code(database_url, emulator: Emulato
     insert_usage(database_url, 1)
     emulator.advance_clock(36 * 86400)  # Stripe now sees our timestamp as too old
     async with running_relay(settings) as relay:
-        await relay.until(lambda: settled(database_url, "u1", "failed"))
+        await relay.until(lambda: state_is(database_url, "u1", "failed"))
     r = row(database_url, "u1")
     assert r["last_error_code"] == "timestamp_too_far_in_past"
     assert r["attempts"] == 1 and r["stripe_request_id"]
@@ -65,7 +70,7 @@ async def test_idempotency_error_fails_loudly(database_url, emulator: Emulator, 
     )
     insert_usage(database_url, 1)
     async with running_relay(settings) as relay:
-        await relay.until(lambda: settled(database_url, "u1", "failed"))
+        await relay.until(lambda: state_is(database_url, "u1", "failed"))
     assert row(database_url, "u1")["last_error_code"] == "idempotency_error"
 
 
@@ -73,7 +78,7 @@ async def test_401_pauses_sending_without_burning_attempts(database_url, emulato
     insert_usage(database_url, 1)
     emulator.fail_next(3, status=401, path="/v1/billing/meter_events")
     async with running_relay(settings) as relay:
-        await relay.until(lambda: settled(database_url, "u1", "accepted"))
+        await relay.until(lambda: state_is(database_url, "u1", "accepted"))
     r = row(database_url, "u1")
     assert r["attempts"] == 1  # three 401s, none counted
     assert emulator.counted("u1") == 1
@@ -113,13 +118,9 @@ async def test_local_refusals_make_no_call(database_url, emulator: Emulator, set
             " now() - interval '21 hours')"
         )
     async with running_relay(settings) as relay:
-        await relay.until(lambda: _count(database_url, "failed", 2))
+        await relay.until(lambda: count_is(database_url, "failed", 2))
     assert row(database_url, "old")["last_error_code"] == "timestamp_too_far_in_past"
     stale = row(database_url, "stale")
     assert stale["last_error_code"] == "dedup_window_expired"
     assert "double-count" in stale["last_error_message"]
     assert emulator.requests("/v1/billing/meter_events") == 0
-
-
-async def _count(url: str, state: str, n: int) -> bool:
-    return states(url).get(state, 0) == n

@@ -6,23 +6,22 @@ import psycopg
 import outbox
 from relay.emulator import Emulator
 from tests.relay.conftest import (
+    accepted,
+    at_least,
     insert_usage,
     make_settings,
     max_concurrent_per_lane,
     row,
     running_relay,
+    state_is,
     states,
 )
-
-
-async def all_accepted(url: str, n: int) -> bool:
-    return states(url).get("accepted", 0) == n
 
 
 async def test_happy_path_counts_each_row_once(database_url: str, emulator: Emulator, settings):
     ids = insert_usage(database_url, 50, customers=10)
     async with running_relay(settings) as relay:
-        await relay.until(lambda: all_accepted(database_url, 50))
+        await relay.until(lambda: accepted(database_url, 50))
     assert all(emulator.counted(i) == 1 for i in ids)
     first = row(database_url, ids[0])
     assert first["attempts"] == 1 and first["accepted_at"] is not None
@@ -35,7 +34,7 @@ async def test_processed_then_dropped_is_counted_once(database_url, emulator: Em
     insert_usage(database_url, 1)
     emulator.fail_next(1, kind="drop_after_processing", path="/v1/billing/meter_events")
     async with running_relay(settings) as relay:
-        await relay.until(lambda: all_accepted(database_url, 1))
+        await relay.until(lambda: accepted(database_url, 1))
     assert emulator.counted("u1") == 1
     r = row(database_url, "u1")
     assert r["attempts"] == 2 and r["key_generation"] == 0  # same key on the retry
@@ -47,7 +46,7 @@ async def test_500_then_retry_counts_once_with_new_key(database_url, emulator: E
     insert_usage(database_url, 1)
     emulator.fail_next(1, status=500, path="/v1/billing/meter_events")
     async with running_relay(settings) as relay:
-        await relay.until(lambda: all_accepted(database_url, 1))
+        await relay.until(lambda: accepted(database_url, 1))
     assert emulator.counted("u1") == 1
     r = row(database_url, "u1")
     assert (r["attempts"], r["key_generation"]) == (2, 1)
@@ -60,7 +59,7 @@ async def test_replayed_record_usage_counts_once(database_url, emulator: Emulato
                 conn, event_name="api_calls", customer="cus_1", value=7, identifier="order-42"
             )
     async with running_relay(settings) as relay:
-        await relay.until(lambda: all_accepted(database_url, 1))
+        await relay.until(lambda: accepted(database_url, 1))
     assert emulator.counted("order-42") == 1
     assert emulator.total("api_calls", "cus_1") == 7
 
@@ -80,7 +79,7 @@ async def test_event_already_at_stripe_is_accepted_not_failed(database_url, emul
     )
     insert_usage(database_url, 1)
     async with running_relay(settings) as relay:
-        await relay.until(lambda: all_accepted(database_url, 1))
+        await relay.until(lambda: accepted(database_url, 1))
     assert emulator.counted("u1") == 1
 
 
@@ -89,7 +88,7 @@ async def test_two_relays_send_every_row_once(database_url, emulator: Emulator):
     one = make_settings(database_url, emulator, relay_id="relay-a", concurrency=8, batch_size=10)
     two = make_settings(database_url, emulator, relay_id="relay-b", concurrency=8, batch_size=10)
     async with running_relay(one) as a, running_relay(two):
-        await a.until(lambda: all_accepted(database_url, 300), timeout=60)
+        await a.until(lambda: accepted(database_url, 300), timeout=60)
     assert [i for i in ids if emulator.counted(i) != 1] == []
     with psycopg.connect(database_url) as conn:
         by_relay = dict(
@@ -108,12 +107,12 @@ async def test_shutdown_releases_in_flight_rows_for_a_same_key_retry(database_ur
     insert_usage(database_url, 1)
     settings = make_settings(database_url, emulator, shutdown_grace=0)
     async with running_relay(settings) as relay:
-        await relay.until(lambda: _state_is(database_url, "u1", "in_flight"))
+        await relay.until(lambda: state_is(database_url, "u1", "in_flight"))
     r = row(database_url, "u1")
     assert (r["state"], r["last_error_code"], r["key_generation"]) == ("pending", "shutdown", 0)
     emulator.clear_faults()
     async with running_relay(make_settings(database_url, emulator)) as relay:
-        await relay.until(lambda: all_accepted(database_url, 1))
+        await relay.until(lambda: accepted(database_url, 1))
     assert emulator.counted("u1") == 1
 
 
@@ -124,31 +123,25 @@ async def test_graceful_shutdown_finishes_in_flight_calls(database_url, emulator
     insert_usage(database_url, 5, customers=5)
     settings = make_settings(database_url, emulator, shutdown_grace=10)
     async with running_relay(settings) as relay:
-        await relay.until(lambda: _count_state(database_url, "in_flight", 5))
+        await relay.until(lambda: at_least(database_url, "in_flight", 5))
     # Leaving the block set the stop signal and waited: every call finished and was recorded.
     assert states(database_url) == {"accepted": 5}
-
-
-async def _state_is(url: str, identifier: str, state: str) -> bool:
-    return row(url, identifier)["state"] == state
-
-
-async def _count_state(url: str, state: str, n: int) -> bool:
-    return states(url).get(state, 0) >= n
 
 
 async def test_v2_stream_mode_batches_and_renews_expired_sessions(database_url, emulator):
     settings = make_settings(database_url, emulator, stripe_api_mode="v2-stream")
     insert_usage(database_url, 250, customers=3, prefix="a")
     async with running_relay(settings) as relay:
-        await relay.until(lambda: all_accepted(database_url, 250))
+        await relay.until(lambda: accepted(database_url, 250))
         emulator.advance_clock(16 * 60)  # the session token has expired by now
         insert_usage(database_url, 50, customers=3, prefix="b")
-        await relay.until(lambda: all_accepted(database_url, 300))
+        await relay.until(lambda: accepted(database_url, 300))
     # Batched: 300 events in a handful of calls (two claims may run at once and each sends
     # its own calls; the emulator refuses a call of more than 100 events).
     assert emulator.requests("POST /v2/billing/meter_event_stream", 200) <= 10
-    assert emulator.requests("POST /v2/billing/meter_event_stream", 401) == 1  # renewed once
+    # Renewed once: one new session. Every call that was out with the expired token got its own
+    # 401 (calls run concurrently), so the 401s are at least one, not exactly one.
     assert emulator.requests("POST /v2/billing/meter_event_session") == 2
+    assert emulator.requests("POST /v2/billing/meter_event_stream", 401) >= 1
     assert [i for i in range(1, 251) if emulator.counted(f"a{i}") != 1] == []
     assert [i for i in range(1, 51) if emulator.counted(f"b{i}") != 1] == []

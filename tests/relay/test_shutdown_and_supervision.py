@@ -1,38 +1,25 @@
-"""The claim pipeline: read-only walks, claims in the background, concurrent outcome writes.
-
-Regression tests for what a review of that pipeline found; each fails without its fix.
-"""
+"""Shutdown and supervision: rows go back unsent or with their key, a dead service stops the
+relay."""
 
 import asyncio
 from typing import Any
 
+import pytest
+import structlog.testing
+
 import relay.completer
+import relay.maintenance
+import relay.share
 from relay.emulator import Emulator
 from relay.rows import Claimed
-from relay.store import FIRST_LANE, Store, SyncStore
-from tests.relay.conftest import insert_usage, make_settings, row, running_relay, states
-
-LANE_ROW = (
-    "INSERT INTO meter_event_outbox (identifier, event_name, customer, value, available_at)"
-    " VALUES (%s, 'api_calls', %s, 1, now() - make_interval(mins => %s)) RETURNING id"
+from relay.store import Store
+from tests.relay.conftest import (
+    insert_usage,
+    make_settings,
+    row,
+    running_relay,
+    states,
 )
-
-
-def test_claim_takes_the_current_head_of_each_lane_once(database_url: str, db) -> None:
-    """A walk's choice is stale by the time it is claimed: a row committed since then may be
-    the lane's head, and a wrapped second walk may name it too. Still one row per lane."""
-    db.execute(LANE_ROW, ("b1", "cus_b", 1))
-    db.execute(LANE_ROW, ("a1", "cus_a", 1))
-    db.commit()
-    store = SyncStore(db)
-    walked = store.walk(FIRST_LANE, 10, exclusive=True)
-    assert len(walked.ids) == 2
-    (b0,) = db.execute(LANE_ROW, ("b0", "cus_b", 2)).fetchone()  # older: the new head
-    db.commit()
-    ids = [*walked.ids, b0]  # what a second, later walk would add
-    claimed = store.claim(ids, fill=0, exclusive=True, relay_id="r", lease_seconds=30)
-    db.commit()
-    assert sorted(r.identifier for r in claimed) == ["a1", "b0"]  # one head per lane
 
 
 async def test_a_crashing_outcome_write_stops_the_relay(database_url, emulator, monkeypatch):
@@ -79,3 +66,37 @@ async def test_rows_claimed_during_shutdown_are_handed_back_unsent(
     assert states(database_url) == {"pending": 3}
     r = row(database_url, "u1")
     assert (r["attempts"], r["last_error_code"], r["lease_token"]) == (0, "shutdown", None)
+
+
+async def test_a_service_that_dies_stops_the_relay_with_one_log_line(
+    database_url: str, emulator: Emulator, monkeypatch
+) -> None:
+    """Any service, not only the outcome writer: here the counter folding."""
+
+    async def broken(store: Any, interval: float) -> None:
+        raise RuntimeError("fold bug")
+
+    monkeypatch.setattr(relay.maintenance, "fold_counts", broken)
+    with structlog.testing.capture_logs() as logs:
+        async with running_relay(make_settings(database_url, emulator)) as running:
+            await asyncio.wait_for(running.stop.wait(), 10)
+    died = [e for e in logs if e["event"] == "service_died"]
+    assert [(e["service"], e["error"]) for e in died] == [
+        ("fold_counts", "RuntimeError('fold bug')")
+    ]
+
+
+async def test_a_failing_startup_step_leaves_no_task_behind(
+    database_url: str, emulator: Emulator, monkeypatch
+) -> None:
+    """Services started before the rate share's join are stopped when the join fails."""
+
+    async def failing_join(self: Any, stop: asyncio.Event) -> None:
+        raise RuntimeError("cannot join")
+
+    monkeypatch.setattr(relay.share.RateShare, "join", failing_join)
+    with pytest.raises(RuntimeError, match="cannot join"):
+        async with running_relay(make_settings(database_url, emulator)):
+            pass
+    services = {"completer", "fold_counts", "listener", "heartbeat", "producer"}
+    assert [t for t in asyncio.all_tasks() if t.get_name() in services] == []

@@ -1,23 +1,22 @@
-"""Invariant 2 (short claims, CAS on the lease) and invariants 4 and 7 (limits, fairness)."""
-
-import time
-import uuid
+"""Lanes and limits: one call in flight per (customer, meter), round robin over lanes, Stripe's
+rate limit kept (shared by replicas)."""
 
 import psycopg
 import pytest
 
 from relay import ops
 from relay.emulator import Emulator, EmulatorConfig, Faults, Latency
-from relay.rows import Claimed, Outcome
+from relay.rows import Claimed
 from relay.share import FENCED_RATE
 from relay.store import FIRST_LANE, SyncStore
 from tests.relay.conftest import (
+    accepted,
     insert_usage,
     make_settings,
     max_concurrent_per_lane,
     row,
     running_relay,
-    states,
+    state_is,
 )
 
 
@@ -28,24 +27,6 @@ def claim(conn: psycopg.Connection, relay_id: str, lease: float, n: int = 10) ->
     return store.claim(walked.ids, fill=0, exclusive=True, relay_id=relay_id, lease_seconds=lease)
 
 
-def write(conn: psycopg.Connection, outcomes: list[Outcome]) -> set[int]:
-    return SyncStore(conn).record_outcomes(outcomes, "test-relay")
-
-
-def test_expired_lease_is_reclaimed_and_late_outcome_is_ignored(database_url: str, db) -> None:
-    insert_usage(database_url, 1)
-    (first,) = claim(db, "relay-a", lease=0.2)
-    assert claim(db, "relay-b", lease=30) == []  # leased: invisible to others
-    time.sleep(0.3)  # let the lease run out (a dead relay's lease simply expires)
-    (second,) = claim(db, "relay-b", lease=30)
-    assert second.id == first.id and second.lease_token != first.lease_token
-    # The slow relay-a comes back with a result: its compare-and-set matches nothing.
-    assert write(db, [Outcome(row=first, state="failed", code="late")]) == set()
-    assert write(db, [Outcome(row=second, state="accepted")]) == {first.id}
-    r = row(database_url, "u1")
-    assert (r["state"], r["last_error_code"], r["leased_by"]) == ("accepted", None, "relay-b")
-
-
 def test_one_row_in_flight_per_lane_across_claims(database_url: str, db) -> None:
     insert_usage(database_url, 5, customer="cus_a", prefix="a")
     insert_usage(database_url, 5, customer="cus_b", prefix="b")
@@ -54,46 +35,15 @@ def test_one_row_in_flight_per_lane_across_claims(database_url: str, db) -> None
     assert claim(db, "relay-b", lease=30) == []  # both lanes busy
 
 
-def test_claim_is_one_short_transaction(database_url: str, db) -> None:
-    """The claim commits on its own: a concurrent reader sees the lease immediately."""
-    insert_usage(database_url, 1)
-    with psycopg.connect(database_url, autocommit=True) as relay_conn:
-        claim(relay_conn, "relay-a", lease=30)
-        assert relay_conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-    assert row(database_url, "u1")["state"] == "in_flight"
-
-
-async def test_no_transaction_open_during_stripe_calls(database_url: str, emulator: Emulator):
-    emulator.set_faults(Faults(latency=Latency.fixed(1500)))
-    insert_usage(database_url, 4, customers=4)
-    settings = make_settings(database_url, emulator)
-    async with running_relay(settings) as relay:
-        await relay.until(lambda: _in_flight_at_stripe(emulator, 4))
-        with psycopg.connect(database_url) as conn:
-            open_tx = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND pid <> pg_backend_pid() AND xact_start IS NOT NULL"
-            ).fetchone()
-        assert open_tx == (0,)
-
-
-async def _in_flight_at_stripe(emulator: Emulator, n: int) -> bool:
-    return emulator.stats()["in_flight"] >= n
-
-
 async def test_never_two_calls_in_flight_per_customer_meter(database_url: str, emulator):
     emulator.set_faults(Faults(latency=Latency.uniform(5, 20)))
     insert_usage(database_url, 60, customer="cus_hot", prefix="hot")
     insert_usage(database_url, 60, customers=30, prefix="many")
     settings = make_settings(database_url, emulator, concurrency=64, batch_size=50)
     async with running_relay(settings) as relay:
-        await relay.until(lambda: _accepted(database_url, 120), timeout=60)
+        await relay.until(lambda: accepted(database_url, 120), timeout=60)
     assert max_concurrent_per_lane(emulator) == 1
     assert emulator.stats()["concurrency_conflicts"] == 0
-
-
-async def _accepted(url: str, n: int) -> bool:
-    return states(url).get("accepted", 0) == n
 
 
 async def test_rate_limit_respected_zero_429s(database_url: str) -> None:
@@ -103,7 +53,7 @@ async def test_rate_limit_respected_zero_429s(database_url: str) -> None:
         settings = make_settings(database_url, emulator, rate_limit=None)
         assert settings.effective_rate_limit() == 25
         async with running_relay(settings) as relay:
-            await relay.until(lambda: _accepted(database_url, 80), timeout=30)
+            await relay.until(lambda: accepted(database_url, 80), timeout=30)
         assert emulator.stats()["status_429"] == 0
 
 
@@ -115,7 +65,7 @@ async def test_replicas_share_the_account_rate_limit(database_url: str) -> None:
         one = make_settings(database_url, emulator, rate_limit=None, relay_id="relay-a")
         two = make_settings(database_url, emulator, rate_limit=None, relay_id="relay-b")
         async with running_relay(one) as a, running_relay(two) as b:
-            await a.until(lambda: _accepted(database_url, 100), timeout=30)
+            await a.until(lambda: accepted(database_url, 100), timeout=30)
             shares = (a.relay.limiter.ceiling, b.relay.limiter.ceiling)
             with ops.connect(database_url) as conn:
                 running = [r["relay_id"] for r in ops.status(conn)["relays"]]
@@ -150,7 +100,7 @@ async def _ceiling_is(running, rate: float) -> bool:
 
 @pytest.mark.parametrize("mode", ["v1", "v2-stream"])
 async def test_backlog_of_one_customer_does_not_starve_another(database_url, emulator, mode):
-    """Invariant 7: 100k rows of cus_big queued; cus_small's fresh row lands within 2 s.
+    """Invariant 7: 100k rows of cus_big queued; cus_small's fresh row overtakes the backlog.
 
     v2 stream has no per-lane limit, so without the lane walk its claims would be oldest first
     and the fresh row would wait for the whole backlog."""
@@ -164,10 +114,17 @@ async def test_backlog_of_one_customer_does_not_starve_another(database_url, emu
     async with running_relay(settings) as relay:
         await relay.until(lambda: _accepted_at_least(database_url, 20))
         insert_usage(database_url, 1, customer="cus_small", prefix="fresh")
-        await relay.until(lambda: _state(database_url, "fresh1", "accepted"), timeout=10)
+        await relay.until(lambda: state_is(database_url, "fresh1", "accepted"), timeout=10)
     fresh = row(database_url, "fresh1")
-    waited = (fresh["accepted_at"] - fresh["created_at"]).total_seconds()
-    assert waited < 2.0, waited
+    with psycopg.connect(database_url) as conn:
+        (overtaken,) = conn.execute(
+            "SELECT count(*) FROM meter_event_outbox WHERE customer = 'cus_big'"
+            " AND accepted_at > %s AND accepted_at < %s",
+            (fresh["created_at"], fresh["accepted_at"]),
+        ).fetchone()
+    # Rows already claimed when it arrived may go first (at most a few claims' worth); oldest
+    # first it would wait for the whole remaining backlog.
+    assert overtaken < 20_000, overtaken
 
 
 async def _accepted_at_least(url: str, n: int) -> bool:
@@ -176,17 +133,14 @@ async def _accepted_at_least(url: str, n: int) -> bool:
         return got.fetchone()[0] >= n
 
 
-async def _state(url: str, identifier: str, state: str) -> bool:
-    return row(url, identifier)["state"] == state
-
-
-def test_lease_token_is_required_for_in_flight(db) -> None:
-    """The schema itself keeps state and lease consistent."""
-    import pytest
-
-    insert_usage(db.info.dsn, 1)
-    with pytest.raises(psycopg.errors.CheckViolation):
-        db.execute("UPDATE meter_event_outbox SET state = 'in_flight'")
+async def test_lanes_behind_many_backing_off_lanes_are_reached(database_url, emulator, db):
+    """Invariant 7 after an outage: 300 lanes in backoff sort before 10 due lanes."""
     db.execute(
-        "UPDATE meter_event_outbox SET state = 'in_flight', lease_token = %s", (uuid.uuid4(),)
+        "INSERT INTO meter_event_outbox (identifier, event_name, customer, value, available_at)"
+        " SELECT 'later' || g, 'api_calls', 'cus_a' || lpad(g::text, 4, '0'), 1,"
+        " now() + interval '1 hour' FROM generate_series(1, 300) g"
     )
+    insert_usage(database_url, 10, customer="cus_z", prefix="due", customers=10)
+    settings = make_settings(database_url, emulator, batch_size=5, concurrency=5)
+    async with running_relay(settings) as relay:
+        await relay.until(lambda: accepted(database_url, 10), timeout=15)

@@ -1,0 +1,104 @@
+"""Leases: one short claim transaction, a compare-and-set on every outcome, a lapsed lease
+re-claimed by another relay, each lane's current head claimed once."""
+
+import uuid
+
+import psycopg
+import pytest
+
+from relay.emulator import Emulator, Faults, Latency
+from relay.rows import Claimed, Outcome
+from relay.store import FIRST_LANE, SyncStore
+from tests.relay.conftest import (
+    insert_usage,
+    make_settings,
+    row,
+    running_relay,
+)
+
+
+def claim(conn: psycopg.Connection, relay_id: str, lease: float, n: int = 10) -> list[Claimed]:
+    """The relay's two statements: the read-only walk, then the claim of what it chose."""
+    store = SyncStore(conn)
+    walked = store.walk(FIRST_LANE, n, exclusive=True)
+    return store.claim(walked.ids, fill=0, exclusive=True, relay_id=relay_id, lease_seconds=lease)
+
+
+def write(conn: psycopg.Connection, outcomes: list[Outcome]) -> set[int]:
+    return SyncStore(conn).record_outcomes(outcomes, "test-relay")
+
+
+def test_expired_lease_is_reclaimed_and_late_outcome_is_ignored(database_url: str, db) -> None:
+    insert_usage(database_url, 1)
+    (first,) = claim(db, "relay-a", lease=30)
+    assert claim(db, "relay-b", lease=30) == []  # leased: invisible to others
+    # The lease runs out (a dead relay's lease simply expires): its deadline is in the past.
+    db.execute("UPDATE meter_event_outbox SET available_at = now() - interval '1 second'")
+    (second,) = claim(db, "relay-b", lease=30)
+    assert second.id == first.id and second.lease_token != first.lease_token
+    # The slow relay-a comes back with a result: its compare-and-set matches nothing.
+    assert write(db, [Outcome(row=first, state="failed", code="late")]) == set()
+    assert write(db, [Outcome(row=second, state="accepted")]) == {first.id}
+    r = row(database_url, "u1")
+    assert (r["state"], r["last_error_code"], r["leased_by"]) == ("accepted", None, "relay-b")
+
+
+def test_claim_is_one_short_transaction(database_url: str, db) -> None:
+    """The claim commits on its own: a concurrent reader sees the lease immediately."""
+    insert_usage(database_url, 1)
+    with psycopg.connect(database_url, autocommit=True) as relay_conn:
+        claim(relay_conn, "relay-a", lease=30)
+        assert relay_conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert row(database_url, "u1")["state"] == "in_flight"
+
+
+async def test_no_transaction_open_during_stripe_calls(database_url: str, emulator: Emulator):
+    emulator.set_faults(Faults(latency=Latency.fixed(1500)))
+    insert_usage(database_url, 4, customers=4)
+    settings = make_settings(database_url, emulator)
+    async with running_relay(settings) as relay:
+        await relay.until(lambda: _in_flight_at_stripe(emulator, 4))
+        with psycopg.connect(database_url) as conn:
+            open_tx = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() AND xact_start IS NOT NULL"
+            ).fetchone()
+        assert open_tx == (0,)
+
+
+async def _in_flight_at_stripe(emulator: Emulator, n: int) -> bool:
+    return emulator.stats()["in_flight"] >= n
+
+
+LANE_ROW = (
+    "INSERT INTO meter_event_outbox (identifier, event_name, customer, value, available_at)"
+    " VALUES (%s, 'api_calls', %s, 1, now() - make_interval(mins => %s)) RETURNING id"
+)
+
+
+def test_claim_takes_the_current_head_of_each_lane_once(database_url: str, db) -> None:
+    """A walk's choice is stale by the time it is claimed: a row committed since then may be
+    the lane's head, and a wrapped second walk may name it too. Still one row per lane."""
+    db.execute(LANE_ROW, ("b1", "cus_b", 1))
+    db.execute(LANE_ROW, ("a1", "cus_a", 1))
+    db.commit()
+    store = SyncStore(db)
+    walked = store.walk(FIRST_LANE, 10, exclusive=True)
+    assert len(walked.ids) == 2
+    (b0,) = db.execute(LANE_ROW, ("b0", "cus_b", 2)).fetchone()  # older: the new head
+    db.commit()
+    ids = [*walked.ids, b0]  # what a second, later walk would add
+    claimed = store.claim(ids, fill=0, exclusive=True, relay_id="r", lease_seconds=30)
+    db.commit()
+    assert sorted(r.identifier for r in claimed) == ["a1", "b0"]  # one head per lane
+
+
+def test_lease_token_is_required_for_in_flight(db) -> None:
+    """The schema itself keeps state and lease consistent."""
+
+    insert_usage(db.info.dsn, 1)
+    with pytest.raises(psycopg.errors.CheckViolation):
+        db.execute("UPDATE meter_event_outbox SET state = 'in_flight'")
+    db.execute(
+        "UPDATE meter_event_outbox SET state = 'in_flight', lease_token = %s", (uuid.uuid4(),)
+    )

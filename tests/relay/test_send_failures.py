@@ -1,0 +1,78 @@
+"""Sends that go wrong or must wait: every row leaves with an outcome, retries keep their key."""
+
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+
+import outbox
+from relay import ops
+from tests.relay.conftest import (
+    accepted,
+    code_is,
+    insert_usage,
+    make_settings,
+    row,
+    running_relay,
+    state_is,
+)
+
+
+async def test_unexpected_send_error_releases_the_row(database_url, emulator, settings):
+    """An exception the sender does not classify must not strand the row in_flight."""
+    insert_usage(database_url, 1)
+    async with running_relay(settings) as relay:
+        sender = relay.relay.sender
+        real_send, calls = sender.send, []
+
+        async def flaky(row):
+            calls.append(row.identifier)
+            if len(calls) == 1:
+                raise RuntimeError("payload read failed")
+            return await real_send(row)
+
+        sender.send = flaky
+        await relay.until(lambda: accepted(database_url, 1))
+    r = row(database_url, "u1")
+    assert (r["attempts"], r["key_generation"]) == (2, 0)  # same key: outcome was unknown
+    assert emulator.counted("u1") == 1
+
+
+async def test_forced_retry_is_actually_sent(database_url, emulator, settings, db):
+    insert_usage(database_url, 1)
+    db.execute(
+        "UPDATE meter_event_outbox SET state = 'failed', attempts = 3,"
+        " last_error_code = 'dedup_window_expired', first_attempt_at = now() - interval '21h'"
+    )
+
+    requeued, _ = ops.retry(db, identifier="u1", code=None, force=True, window_hours=20)
+    assert requeued == ["u1"]
+    async with running_relay(settings) as relay:
+        await relay.until(lambda: accepted(database_url, 1))
+    assert emulator.counted("u1") == 1
+
+
+async def test_usage_a_few_minutes_ahead_waits_instead_of_failing(database_url, emulator, db):
+    db.execute(
+        "INSERT INTO meter_event_outbox (identifier, event_name, customer, value, occurred_at)"
+        " VALUES ('soon', 'api_calls', 'cus_1', 1, now() + interval '4 minutes 50 seconds')"
+    )
+    async with running_relay(make_settings(database_url, emulator)) as relay:
+        await relay.until(lambda: code_is(database_url, "soon", "timestamp_in_future"))
+    r = row(database_url, "soon")
+    assert (r["state"], r["attempts"]) == ("pending", 0)
+    assert r["available_at"] > datetime.now(UTC) + timedelta(seconds=30)
+    assert emulator.requests("/v1/billing/meter_events") == 0
+
+
+async def test_outcomes_are_written_while_an_application_cancel_is_uncommitted(
+    database_url, emulator, settings
+):
+    """The status counters must not make the relay wait on an application's transaction."""
+    insert_usage(database_url, 2, customers=2)
+    async with running_relay(settings) as relay:
+        await relay.until(lambda: accepted(database_url, 2))
+        with psycopg.connect(database_url) as app:
+            outbox.cancel_usage(app, identifier="u1")  # uncommitted: holds its locks
+            insert_usage(database_url, 1, customer="cus_new", prefix="fresh")
+            await relay.until(lambda: state_is(database_url, "fresh1", "accepted"), timeout=10)
+            app.rollback()
