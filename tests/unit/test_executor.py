@@ -1,0 +1,118 @@
+"""The executor with an in-memory sender: which calls it makes, and one outcome per row."""
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from relay.classify import Classified, Verdict
+from relay.config import Settings
+from relay.executor import AuthGate, Executor, RelayState
+from relay.ratelimit import RateLimiter
+from relay.rows import Claimed, Outcome
+from tests.unit.rows import claimed as claimed_at_noon
+
+ACCEPTED = Classified(Verdict.ACCEPTED)
+
+
+class FakeSender:
+    """Records the calls; answers with `answer` (or raises it)."""
+
+    def __init__(self, answer: Classified | Exception = ACCEPTED) -> None:
+        self.answer = answer
+        self.calls: list[tuple[str, list[str]]] = []
+
+    async def send(self, row: Claimed) -> tuple[Classified, float]:
+        return self._answer("v1", [row])
+
+    async def send_stream(self, rows: list[Claimed]) -> tuple[Classified, float]:
+        return self._answer("stream", rows)
+
+    async def auth_ok(self) -> bool:
+        return True
+
+    def _answer(self, kind: str, rows: list[Claimed]) -> tuple[Classified, float]:
+        self.calls.append((kind, [r.identifier for r in rows]))
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer, 1.0
+
+
+async def run(
+    rows: list[Claimed], sender: FakeSender, mode: str = "v1"
+) -> tuple[list[Outcome], RelayState]:
+    outcomes: list[Outcome] = []
+    state = RelayState()
+    settings = Settings(stripe_api_mode=mode)
+    executor = Executor(
+        settings, sender, RateLimiter(10**6), AuthGate(sender, state, 1.0), outcomes.append
+    )
+    executor.start(rows)
+    await executor.drain(5)
+    return outcomes, state
+
+
+def claimed(**overrides: Any) -> Claimed:
+    """A row due now (the executor checks Stripe's time window against the real clock)."""
+    return claimed_at_noon(**{"occurred_at": datetime.now(UTC), **overrides})
+
+
+def rows(n: int, **overrides: Any) -> list[Claimed]:
+    return [claimed(id=i, identifier=f"u{i}", **overrides) for i in range(1, n + 1)]
+
+
+async def test_v1_makes_one_call_per_row() -> None:
+    sender = FakeSender()
+    outcomes, _ = await run(rows(3), sender)
+    assert sorted(sender.calls) == [("v1", ["u1"]), ("v1", ["u2"]), ("v1", ["u3"])]
+    assert sorted(o.state for o in outcomes) == ["accepted"] * 3
+
+
+async def test_v2_stream_groups_reports_by_account_in_calls_of_at_most_100() -> None:
+    sender = FakeSender()
+    connected = claimed(id=999, identifier="conn", stripe_account="acct_1")
+    cancel = claimed(id=1000, identifier="undo", action="cancel")  # cancels exist in v1 only
+    batch = [*rows(150), connected, cancel]
+    outcomes, _ = await run(batch, sender, mode="v2-stream")
+    sizes = sorted((kind, len(ids)) for kind, ids in sender.calls)
+    assert sizes == [("stream", 1), ("stream", 50), ("stream", 100), ("v1", 1)]
+    assert len(outcomes) == 152
+
+
+async def test_a_row_refused_locally_is_not_sent() -> None:
+    sender = FakeSender()
+    old = claimed(id=2, identifier="old", occurred_at=datetime.now(UTC) - timedelta(days=40))
+    outcomes, _ = await run([old], sender)
+    assert sender.calls == []
+    assert [(o.state, o.code, o.called) for o in outcomes] == [
+        ("failed", "timestamp_too_far_in_past", False)
+    ]
+
+
+async def test_a_crashing_send_releases_its_rows_as_attempts_with_an_unknown_outcome() -> None:
+    outcomes, _ = await run(rows(2), FakeSender(RuntimeError("bug")), mode="v2-stream")
+    assert [(o.state, o.code, o.counted, o.new_key, o.called) for o in outcomes] == [
+        ("pending", "relay_error", 1, 0, True)
+    ] * 2
+
+
+async def test_a_401_pauses_sending() -> None:
+    outcomes, state = await run(rows(1), FakeSender(Classified(Verdict.AUTH, "http_401")))
+    assert not state.auth_ok
+    assert [(o.state, o.counted) for o in outcomes] == [("pending", 0)]
+
+
+async def test_shutdown_releases_calls_still_out() -> None:
+    class Hanging(FakeSender):
+        async def send(self, row: Claimed) -> tuple[Classified, float]:
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+
+    outcomes: list[Outcome] = []
+    sender = Hanging()
+    executor = Executor(
+        Settings(), sender, RateLimiter(10**6), AuthGate(sender, RelayState(), 1.0), outcomes.append
+    )
+    executor.start(rows(1))
+    await asyncio.sleep(0)
+    await executor.drain(0)
+    assert [(o.state, o.code, o.called) for o in outcomes] == [("pending", "shutdown", False)]
