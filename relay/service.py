@@ -14,6 +14,7 @@ from outbox.dburl import redact
 from relay import migrate, systemd
 from relay.config import Settings
 from relay.db import Database, make_pool
+from relay.errors import ConfigError, bind_error
 from relay.http import make_app
 from relay.sender import StripeSender
 from relay.wakeup import Wakeup
@@ -32,10 +33,6 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
     except ImportError:
         return asyncio.run(main)
     return uvloop.run(main)
-
-
-class ConfigError(RuntimeError):
-    """The relay cannot start with this configuration (message says what to set)."""
 
 
 def check(settings: Settings) -> str:
@@ -80,7 +77,12 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as err:
+        await runner.cleanup()
+        await pool.close()
+        raise bind_error(settings.http_host, settings.http_port, err) from None
     log.info(
         "http_listening",
         host=settings.http_host,
