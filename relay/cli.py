@@ -133,10 +133,13 @@ def migrate(database_url: str | None, revision: str, down: bool) -> None:
 )
 def run(log_format: str, log_level: str, **flags: object) -> None:
     """Run the relay daemon until SIGTERM/SIGINT."""
-    from relay import logs, service
+    from relay import logs
 
     logs.configure(level=log_level, json=log_format == "json")
-    service.run_loop(service.serve(_settings(**flags)))
+    settings = _settings(**flags)
+    from relay import service  # after the settings: a bad value is refused without the wait
+
+    service.run_loop(service.serve(settings))
 
 
 def _emit(data: object, as_json: bool, render: Callable[[], None]) -> None:

@@ -40,6 +40,8 @@ def check(settings: Settings) -> str:
     if not settings.database_url:
         raise ConfigError("set OUTBOX_DATABASE_URL")
     key = settings.api_key()
+    if not key and settings.stripe_api_key_file is not None:
+        raise ConfigError(f"STRIPE_API_KEY_FILE: {settings.stripe_api_key_file} is empty")
     if not key:
         raise ConfigError("set STRIPE_API_KEY or STRIPE_API_KEY_FILE")
     if not key.startswith(("sk_", "rk_")):
