@@ -64,6 +64,13 @@ class Settings(BaseSettings):
     retention_days: float = Field(default=35.0, gt=0, le=36_500)
     http_host: str = Field(default="127.0.0.1", min_length=1, max_length=255)
     http_port: int = Field(default=8080, ge=0, le=65535)
+    # HTTP server limits (slow or hostile clients must not starve /healthz and /readyz)
+    http_read_timeout: float = Field(
+        default=10.0, gt=0, le=300, description="Seconds a client has for headers, then body"
+    )
+    http_max_connections: int = Field(
+        default=1000, ge=8, le=1_000_000, description="Open HTTP connections at most"
+    )
     relay_id: str = Field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
         min_length=1,

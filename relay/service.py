@@ -8,14 +8,13 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import structlog
-from aiohttp import web
 
 from outbox.dburl import redact
 from relay import migrate, systemd
 from relay.config import Settings
 from relay.db import Database, make_pool
-from relay.errors import ConfigError, bind_error
-from relay.http import make_app
+from relay.errors import ConfigError, StartupError
+from relay.http import connection_limit, make_app, open_file_budget, serve_http
 from relay.sender import StripeSender
 from relay.wakeup import Wakeup
 from relay.worker import Relay
@@ -75,16 +74,22 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     wakeup = Wakeup(settings.database_url, listen=not settings.poll_only)
     relay = Relay(settings, db, sender, wakeup)
     secret = settings.stripe_webhook_secret
-    app = make_app(relay, db, sender.client, secret.get_secret_value() if secret else None)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.http_host, settings.http_port)
+    app = make_app(
+        relay,
+        db,
+        sender.client,
+        secret.get_secret_value() if secret else None,
+        settings.http_read_timeout,
+    )
+    limit = connection_limit(settings.http_max_connections, open_file_budget(), connections)
     try:
-        await site.start()
-    except OSError as err:
-        await runner.cleanup()
+        runner = await serve_http(
+            app, settings.http_host, settings.http_port, settings.http_read_timeout, limit
+        )
+    except (ConfigError, StartupError):
+        await sender.close()
         await pool.close()
-        raise bind_error(settings.http_host, settings.http_port, err) from None
+        raise
     log.info(
         "http_listening",
         host=settings.http_host,
