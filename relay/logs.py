@@ -66,7 +66,7 @@ def configure(level: str = "INFO", json: bool = True) -> None:
     root.addHandler(handler)
     root.setLevel(level)
     logging.captureWarnings(True)
-    quiet = max(logging.WARNING, logging.getLevelName(level))
+    quiet = logging.DEBUG if level == "DEBUG" else max(logging.WARNING, logging.getLevelName(level))
     for chatty in ("stripe", "alembic"):  # per-request / per-connection INFO lines
         logging.getLogger(chatty).setLevel(quiet)
     structlog.configure(
