@@ -7,7 +7,7 @@ messages from libraries that might echo a URL or header.
 import logging
 import re
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -34,7 +34,7 @@ def is_json() -> bool:
     return _json
 
 
-def configure(level: str = "INFO", json: bool = True) -> None:
+def configure(level: str = "INFO", json: bool = True, stream: TextIO | None = None) -> None:
     """JSON lines on stderr (journald and Kubernetes collect them as they are).
 
     Libraries log through the standard `logging` module (psycopg_pool's connection errors,
@@ -44,6 +44,7 @@ def configure(level: str = "INFO", json: bool = True) -> None:
     """
     global _json
     _json = json
+    stream = stream or sys.stderr
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
     stamped: list[Any] = [
         structlog.processors.add_log_level,
@@ -58,7 +59,7 @@ def configure(level: str = "INFO", json: bool = True) -> None:
             renderer,
         ],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     for old in root.handlers[:]:
@@ -78,7 +79,7 @@ def configure(level: str = "INFO", json: bool = True) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=True,
     )
 
