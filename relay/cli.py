@@ -23,34 +23,32 @@ def _database_url(settings: Settings) -> str:
     return settings.database_url
 
 
-_UNEXPECTED = "unexpected"
-
-
-def _failure(err: BaseException) -> tuple[str, int]:
-    """Any error that ends a command, as (one line, exit code); see the README's exit codes."""
+def _failure(err: BaseException) -> tuple[str, int, bool]:
+    """Any error that ends a command, as (one line, exit code, foreseen); see the README's exit
+    codes. An unforeseen error is a bug: `run` keeps its traceback, as a field of the line."""
     import psycopg
     import psycopg_pool
     import sqlalchemy.exc
 
     if isinstance(err, errors.ConfigError | errors.StartupError):
-        return str(err), err.exit_code
+        return str(err), err.exit_code, True
     if isinstance(err, click.ClickException):
-        return errors.one_line(err.format_message()), err.exit_code
+        return errors.one_line(err.format_message()), err.exit_code, True
     if isinstance(err, sqlalchemy.exc.DBAPIError) and err.orig is not None:
         err = err.orig
     if isinstance(err, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedFunction):
-        return "the outbox schema is missing or old: run `outbox-relay migrate`", 2
+        return "the outbox schema is missing or old: run `outbox-relay migrate`", 2, True
     if isinstance(err, psycopg.OperationalError | psycopg_pool.PoolTimeout):
         failure = errors.database_error(err)
-        return str(failure), failure.exit_code
-    return f"{_UNEXPECTED} {type(err).__name__}: {errors.one_line(str(err))}", errors.RUNTIME_EXIT
+        return str(failure), failure.exit_code, True
+    return f"unexpected {type(err).__name__}: {errors.one_line(str(err))}", 1, False
 
 
 class _Main(click.Group):
     """Ends every command the same way: one line on stderr (a JSON log line once `run` has
     set up logging), no traceback, and exit code 2 (configuration) or 1 (runtime)."""
 
-    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def main(self, *args: Any, **kwargs: Any) -> Any:
         from relay import logs
 
         kwargs["standalone_mode"] = False
@@ -61,10 +59,9 @@ class _Main(click.Group):
         except click.exceptions.Abort:
             sys.exit(errors.RUNTIME_EXIT)
         except Exception as err:
-            message, code = _failure(err)
+            message, code, foreseen = _failure(err)
             if logs.is_json():
-                unexpected = message.startswith(_UNEXPECTED)
-                logs.fatal(message, code, err if unexpected else None)
+                logs.fatal(message, code, None if foreseen else err)
             else:
                 click.echo(f"outbox-relay: error: {message}", err=True)
             sys.exit(code)
