@@ -3,23 +3,71 @@
 import json
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import click
 
 from outbox.dburl import redact
+from relay import config, errors
 from relay.config import Settings
 
 
 def _settings(**overrides: object) -> Settings:
     """Environment settings with the non-empty CLI flags applied on top."""
-    values = {k: v for k, v in overrides.items() if v is not None}
-    return Settings(**values)
+    return config.load(**overrides)
 
 
 def _database_url(settings: Settings) -> str:
     if not settings.database_url:
-        raise click.UsageError("no database: set OUTBOX_DATABASE_URL or pass --database-url")
+        raise errors.ConfigError("no database: set OUTBOX_DATABASE_URL or pass --database-url")
     return settings.database_url
+
+
+def _failure(err: BaseException) -> tuple[str, int, bool]:
+    """Any error that ends a command, as (one line, exit code, foreseen); see the README's exit
+    codes. An unforeseen error is a bug: `run` keeps its traceback, as a field of the line."""
+    import psycopg
+    import psycopg_pool
+    import sqlalchemy.exc
+
+    if isinstance(err, errors.ConfigError | errors.StartupError):
+        return str(err), err.exit_code, True
+    if isinstance(err, click.ClickException):
+        return errors.one_line(err.format_message()), err.exit_code, True
+    if isinstance(err, sqlalchemy.exc.DBAPIError) and err.orig is not None:
+        err = err.orig
+    if isinstance(err, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedFunction):
+        return "the outbox schema is missing or old: run `outbox-relay migrate`", 2, True
+    if isinstance(err, psycopg.OperationalError | psycopg_pool.PoolTimeout):
+        failure = errors.database_error(err)
+        return str(failure), failure.exit_code, True
+    return f"unexpected {type(err).__name__}: {errors.one_line(str(err))}", 1, False
+
+
+class _Main(click.Group):
+    """Ends every command the same way: one line on stderr (a JSON log line once `run` has
+    set up logging), no traceback, and exit code 2 (configuration) or 1 (runtime)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        from relay import logs
+
+        kwargs["standalone_mode"] = False
+        try:
+            result = super().main(*args, **kwargs)
+        except click.exceptions.Exit as done:
+            sys.exit(done.exit_code)
+        except click.exceptions.Abort:
+            sys.exit(errors.RUNTIME_EXIT)
+        except Exception as err:
+            message, code, foreseen = _failure(err)
+            if logs.is_json():
+                logs.fatal(message, code, None if foreseen else err)
+            else:
+                click.echo(f"outbox-relay: error: {message}", err=True)
+            sys.exit(code)
+        if isinstance(result, int) and result:  # --help, --version: click's own exit code
+            sys.exit(result)
+        return result
 
 
 database_option = click.option(
@@ -27,7 +75,7 @@ database_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="outbox-relay")
 def main() -> None:
     """Report usage recorded in a PostgreSQL outbox to Stripe meters, exactly once."""
@@ -82,13 +130,13 @@ def migrate(database_url: str | None, revision: str, down: bool) -> None:
 )
 def run(log_format: str, log_level: str, **flags: object) -> None:
     """Run the relay daemon until SIGTERM/SIGINT."""
-    from relay import logs, service
+    from relay import logs
 
     logs.configure(level=log_level, json=log_format == "json")
-    try:
-        service.run_loop(service.serve(_settings(**flags)))
-    except service.ConfigError as err:
-        raise click.UsageError(str(err)) from None
+    settings = _settings(**flags)
+    from relay import service  # after the settings: a bad value is refused without the wait
+
+    service.run_loop(service.serve(settings))
 
 
 def _emit(data: object, as_json: bool, render: Callable[[], None]) -> None:
@@ -253,10 +301,7 @@ def reconcile(database_url: str | None, stripe_api_base: str | None, hours: floa
             await sender.close()
             await pool.close()
 
-    try:
-        result = asyncio.run(go())
-    except service.ConfigError as err:
-        raise click.UsageError(str(err)) from None
+    result = asyncio.run(go())
     click.echo(f"applied {result['events']} error event(s); {result['rejected']} row(s) rejected")
 
 

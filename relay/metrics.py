@@ -28,6 +28,12 @@ RATE = Gauge("outbox_relay_rate_limit_per_second", "Current adaptive client-side
 AUTH_PAUSED = Gauge("outbox_relay_auth_paused", "1 while sending is paused on a 401/403")
 DB_ERRORS = Counter("outbox_relay_database_errors_total", "Failed database statements")
 WEBHOOKS = Counter("outbox_relay_webhooks_total", "Webhook deliveries by result", ["result"])
+HTTP_DISCONNECTED = Counter(
+    "outbox_relay_http_disconnected_total", "HTTP clients gone before their request was read"
+)
+HTTP_EVICTED = Counter(
+    "outbox_relay_http_evicted_total", "HTTP connections closed to admit a new one at the cap"
+)
 
 
 @cache

@@ -3,7 +3,7 @@
 The SDK's own retries are off (`max_network_retries=0`): the relay owns retries, because only it
 knows when the idempotency key must stay the same and when it must move on. The aiohttp client
 is used because the SDK's default async client (httpx) cannot reach Stripe's 1,000/s here
-(STRIPE_NOTES.md, "the HTTP client decides the v1 ceiling").
+(docs/design.md, Stripe facts: measured here).
 """
 
 import asyncio

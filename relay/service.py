@@ -8,13 +8,13 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import structlog
-from aiohttp import web
 
 from outbox.dburl import redact
 from relay import migrate, systemd
 from relay.config import Settings
 from relay.db import make_pool
-from relay.http import make_app
+from relay.errors import ConfigError, StartupError
+from relay.http import connection_limit, make_app, open_file_budget, serve_http
 from relay.sender import StripeSender
 from relay.store import Store
 from relay.supervisor import Relay
@@ -35,15 +35,13 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(main)
 
 
-class ConfigError(RuntimeError):
-    """The relay cannot start with this configuration (message says what to set)."""
-
-
 def check(settings: Settings) -> str:
     """Validate what `run` needs; returns the Stripe key."""
     if not settings.database_url:
         raise ConfigError("set OUTBOX_DATABASE_URL")
     key = settings.api_key()
+    if not key and settings.stripe_api_key_file is not None:
+        raise ConfigError(f"STRIPE_API_KEY_FILE: {settings.stripe_api_key_file} is empty")
     if not key:
         raise ConfigError("set STRIPE_API_KEY or STRIPE_API_KEY_FILE")
     if not key.startswith(("sk_", "rk_")):
@@ -77,11 +75,22 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     wakeup = Wakeup(settings.database_url, listen=not settings.poll_only)
     relay = Relay(settings, store, sender, wakeup)
     secret = settings.stripe_webhook_secret
-    app = make_app(relay, store, sender.client, secret.get_secret_value() if secret else None)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.http_host, settings.http_port)
-    await site.start()
+    app = make_app(
+        relay,
+        store,
+        sender.client,
+        secret.get_secret_value() if secret else None,
+        settings.http_read_timeout,
+    )
+    limit = connection_limit(settings.http_max_connections, open_file_budget(), connections)
+    try:
+        runner = await serve_http(
+            app, settings.http_host, settings.http_port, settings.http_read_timeout, limit
+        )
+    except (ConfigError, StartupError):
+        await sender.close()
+        await pool.close()
+        raise
     log.info(
         "http_listening",
         host=settings.http_host,

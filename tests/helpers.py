@@ -1,5 +1,6 @@
 """Small helpers shared by tests (plain functions, no fixtures)."""
 
+import socket
 from typing import Any
 
 import psycopg
@@ -18,3 +19,10 @@ def outbox_count(conn: psycopg.Connection, identifier: str | None = None) -> int
     if identifier is None:
         return scalar(conn, "SELECT count(*) FROM meter_event_outbox")
     return scalar(conn, "SELECT count(*) FROM meter_event_outbox WHERE identifier = %s", identifier)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -476,7 +476,7 @@ def _shape_stream_event(
 ) -> tuple[str, str | None, dict[str, str], float | None]:
     """Check one stream event's SHAPE (a request-level 400 if it cannot be read at all).
 
-    Emulator choice: STRIPE_NOTES says stream validation is entirely asynchronous; an
+    Emulator choice: Stripe validates stream events asynchronously (docs/design.md); an
     event whose fields have the wrong JSON types cannot even be queued, so that is a 400.
     Everything semantic (meter, customer, value, timestamp window) is reported later.
     """

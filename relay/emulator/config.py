@@ -1,6 +1,6 @@
 """Configuration objects for the Stripe meter-events emulator.
 
-Everything that STRIPE_NOTES.md marks as UNCERTAIN is a knob here, so tests can pin the
+Every Stripe behaviour docs/design.md (Stripe facts) leaves open is a knob here, so tests pin the
 behaviour they depend on and the relay can be exercised against either answer.
 """
 
@@ -87,7 +87,7 @@ class EmulatorConfig:
     rate_limit_live: int | None = 1000
     rate_limit_test: int | None = 25
     enforce_concurrency: bool = True
-    # STRIPE_NOTES: v1's status for a (customer, meter) conflict is UNCERTAIN (409 or 429).
+    # docs/design.md: v1's status for a (customer, meter) conflict is UNCERTAIN (409 or 429).
     concurrency_status: ConcurrencyStatus = 409
 
     identifier_window_seconds: float = 24 * 3600
@@ -98,10 +98,10 @@ class EmulatorConfig:
     session_ttl_seconds: float = 15 * 60
     max_stream_events: int = 100
     max_value_digits: int = 15
-    # STRIPE_NOTES: negative and decimal values are UNCERTAIN; rejected unless enabled.
+    # docs/design.md: negative and decimal values are UNCERTAIN; rejected unless enabled.
     allow_negative_values: bool = False
     allow_decimal_values: bool = False
-    # STRIPE_NOTES: cancelling an unknown identifier is UNCERTAIN.
+    # docs/design.md: cancelling an unknown identifier is UNCERTAIN.
     unknown_cancel: UnknownCancel = "error"
 
     error_report_delay: float = 0.2

@@ -39,7 +39,7 @@ def build_app(state: EmulatorState) -> web.Application:
 
 
 class Emulator:
-    """A faithful local stand-in for Stripe's meter-event APIs; see STRIPE_NOTES.md."""
+    """A faithful local stand-in for Stripe's meter-event APIs; see docs/design.md."""
 
     def __init__(self, config: EmulatorConfig | None = None, **overrides: Any) -> None:
         if config is None:

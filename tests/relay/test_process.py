@@ -5,7 +5,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,15 +14,10 @@ import pytest
 
 import outbox
 from relay.emulator import Emulator, EmulatorConfig, Faults, Latency
+from tests.helpers import free_port
 from tests.relay.conftest import TEST_KEY, insert_usage, row, states
 
 CLI = [sys.executable, "-m", "relay.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def relay_env(database_url: str, emulator: Emulator, **extra: str) -> dict[str, str]:
