@@ -210,9 +210,10 @@ def _scalar_size(item: Any) -> int:
     if isinstance(item, str):
         return _string_size(item)
     if isinstance(item, int):
-        if item.bit_length() > METADATA_MAX_BYTES * 4:  # more digits than the cap allows
-            raise ValueError(_TOO_LARGE)
-        return len(str(item))
+        try:
+            return len(str(item))
+        except ValueError:  # more than 4300 digits: Python will not print it (nor json.dumps)
+            raise ValueError(_TOO_LARGE) from None
     if isinstance(item, float):
         return len(_float_text(item))
     raise ValueError(Problem("not_json", f"{type(item).__name__} is not JSON serialisable"))
