@@ -14,7 +14,7 @@ from outbox import rules, validate
 from relay.policy import CLOCK_MARGIN, local_refusal
 from relay.rows import Claimed
 
-NOW = datetime(2026, 3, 29, 0, 30, tzinfo=UTC)  # a DST change in Europe: hours, not days
+NOW = datetime(2026, 3, 29, 12, tzinfo=UTC)  # just after a DST change: hours, not days
 SECOND = timedelta(seconds=1)
 TICK = timedelta(microseconds=1)  # PostgreSQL's resolution
 
