@@ -106,14 +106,23 @@ def account_problem(account: str) -> Problem | None:
 def parse_number(text: str) -> Decimal | None:
     """The Decimal written in `text` as an ASCII decimal literal, or None."""
     match = _NUMBER.fullmatch(text)
-    return Decimal(match.group(1)) if match else None
+    if not match:
+        return None
+    try:
+        return Decimal(match.group(1))
+    except ArithmeticError:  # an exponent beyond what Decimal holds
+        return None
 
 
 def value_problem(number: Decimal) -> Problem | None:
     """A meter value: finite, whole, not negative, at most 15 digits."""
     if not number.is_finite():
         return Problem("invalid_number", "must be finite")
-    if number != number.to_integral_value():
+    try:
+        whole = number == number.to_integral_value()
+    except ArithmeticError:  # exponents beyond the decimal context's range
+        return Problem("invalid_number", "exponent out of range")
+    if not whole:
         return Problem("not_whole", "must be a whole number")
     if number < 0:
         return Problem("negative", "must not be negative")

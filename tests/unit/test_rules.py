@@ -130,6 +130,7 @@ def test_values_accepted(value: Any, expected: Decimal) -> None:
         ("Infinity", "invalid_number"),
         ("", "invalid_number"),
         ("0x10", "invalid_number"),
+        ("1e99999999999999999999999", "invalid_number"),  # Decimal() raised InvalidOperation
         (Decimal("NaN"), "invalid_number"),
         (Decimal("sNaN"), "invalid_number"),
         (10**15, "too_many_digits"),
