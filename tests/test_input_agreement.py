@@ -7,7 +7,7 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 
-from bench.usage_inputs import ACCEPTED, FACTS, REFUSED, Fact, judge, nested
+from bench.usage_inputs import ACCEPTED, FACTS, REFUSED, Fact, judge
 from outbox import rules
 
 
