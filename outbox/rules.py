@@ -76,6 +76,16 @@ class Problem:
 TOO_FAR_IN_PAST = Problem("timestamp_too_far_in_past", "is older than Stripe's 35-day window")
 IN_FUTURE = Problem("timestamp_in_future", "is more than 5 minutes ahead")
 WINDOW_PROBLEMS = {problem.code: problem for problem in (TOO_FAR_IN_PAST, IN_FUTURE)}
+
+
+class Broken(ValueError):
+    """Raised by metadata_size, which cannot return a Problem from deep inside its walk."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.message)
+        self.problem = problem
+
+
 _TOO_LARGE = Problem("too_large", f"must be at most {METADATA_MAX_BYTES} bytes as JSON")
 
 
@@ -174,10 +184,10 @@ def dimensions_problem(dimensions: dict[Any, Any]) -> Problem | None:
 
 
 def metadata_size(metadata: Any) -> int:
-    """Bytes of `metadata` as PostgreSQL prints it as jsonb, or raises ValueError.
+    """Bytes of `metadata` as PostgreSQL prints it as jsonb, or raises Broken.
 
     Walks the document without recursion (so no RecursionError whatever the nesting) and stops
-    as soon as the depth or size limit is passed. ValueError's first argument is a Problem.
+    as soon as the depth or size limit is passed.
     """
     size = 0
     stack: list[tuple[Any, int]] = [(metadata, 1)]
@@ -185,7 +195,7 @@ def metadata_size(metadata: Any) -> int:
         item, depth = stack.pop()
         size += _scalar_or_container_size(item, depth, stack)
         if size > METADATA_MAX_BYTES:
-            raise ValueError(_TOO_LARGE)
+            raise Broken(_TOO_LARGE)
     return size
 
 
@@ -193,15 +203,15 @@ def _scalar_or_container_size(item: Any, depth: int, stack: list[tuple[Any, int]
     """Bytes `item` adds by itself; its children are pushed onto `stack`."""
     if isinstance(item, dict | list | tuple):
         if depth > METADATA_MAX_DEPTH:
-            raise ValueError(
+            raise Broken(
                 Problem("too_deep", f"must be nested at most {METADATA_MAX_DEPTH} levels deep")
             )
         if len(item) > METADATA_MAX_BYTES:  # every member takes at least one byte
-            raise ValueError(_TOO_LARGE)
+            raise Broken(_TOO_LARGE)
         if isinstance(item, dict):
             for key, val in item.items():
                 if not isinstance(key, str):
-                    raise ValueError(Problem("not_json", "object keys must be strings"))
+                    raise Broken(Problem("not_json", "object keys must be strings"))
                 stack.append((val, depth + 1))
             # {"k": v, ...}: braces, `": "` per key plus the key itself, `, ` between members
             keys = sum(_string_size(key) + 2 for key in item)
@@ -222,19 +232,19 @@ def _scalar_size(item: Any) -> int:
         try:
             return len(str(item))
         except ValueError:  # more than 4300 digits: Python will not print it (nor json.dumps)
-            raise ValueError(_TOO_LARGE) from None
+            raise Broken(_TOO_LARGE) from None
     if isinstance(item, float):
         return len(_float_text(item))
-    raise ValueError(Problem("not_json", f"{type(item).__name__} is not JSON serialisable"))
+    raise Broken(Problem("not_json", f"{type(item).__name__} is not JSON serialisable"))
 
 
 def _string_size(text: str) -> int:
     """Bytes of a JSON string as jsonb prints it: quotes, escapes, UTF-8."""
     if len(text) > METADATA_MAX_BYTES:
-        raise ValueError(_TOO_LARGE)
+        raise Broken(_TOO_LARGE)
     problem = storable_problem(text)
     if problem:
-        raise ValueError(problem)
+        raise Broken(problem)
     escapes = len(_SHORT_ESCAPE.findall(text)) + 5 * len(_CONTROL.findall(text))
     return len(text.encode()) + 2 + escapes
 
@@ -242,6 +252,6 @@ def _string_size(text: str) -> int:
 def _float_text(number: float) -> str:
     """A float as jsonb prints it: numeric, no exponent (1e+16 -> 10000000000000000)."""
     if number != number or number in (float("inf"), float("-inf")):
-        raise ValueError(Problem("not_json", "NaN and Infinity are not JSON"))
+        raise Broken(Problem("not_json", "NaN and Infinity are not JSON"))
     exact = Decimal(repr(number))
     return format(abs(exact) if exact == 0 else exact, "f")

@@ -125,8 +125,8 @@ def metadata_json(metadata: Any) -> str:
         raise InvalidUsage("metadata", "invalid_type", "must be a dict")
     try:
         rules.metadata_size(metadata)
-    except ValueError as exc:
-        _check("metadata", exc.args[0])
+    except rules.Broken as exc:
+        _check("metadata", exc.problem)
     # Depth and types are checked above, so this cannot recurse too deep or meet a stranger.
     return json.dumps(metadata, allow_nan=False)
 

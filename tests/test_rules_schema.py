@@ -169,7 +169,7 @@ def test_python_rules_agree_on_the_same_boundaries() -> None:
     assert rules.window_problem(T0 - rules.MAX_PAST, T0) is None
     assert rules.window_problem(T0 - rules.MAX_PAST - TICK, T0) is not None
     assert rules.metadata_size(_padded(rules.METADATA_MAX_BYTES)) == rules.METADATA_MAX_BYTES
-    with pytest.raises(ValueError):
+    with pytest.raises(rules.Broken):
         rules.metadata_size(_nested(rules.METADATA_MAX_DEPTH + 1))
     rules.metadata_size(_nested(rules.METADATA_MAX_DEPTH))
 
