@@ -122,10 +122,14 @@ def _record_steps(fact: validate.UsageFact, notify: bool) -> Steps[RecordedUsage
         "occurred_at": fact.occurred_at,
         "stripe_account": fact.stripe_account,
         "notify": notify,
+        **validate.WINDOW_PARAMS,
     }
     rows = yield Query(_SQL["record_usage"], params)
-    if rows:
-        return RecordedUsage(id=rows[0][0], identifier=fact.identifier, created=True)
+    new_id, refusal = rows[0]
+    if refusal:
+        raise validate.window_refusal(refusal)
+    if new_id is not None:
+        return RecordedUsage(id=new_id, identifier=fact.identifier, created=True)
     rows = yield Query(_SQL["recorded_usage"], {"identifier": fact.identifier})
     if not rows:  # deleted concurrently between the two statements: let the caller retry
         raise IdentifierConflict(fact.identifier, ["state (row vanished concurrently)"])

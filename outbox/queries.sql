@@ -3,14 +3,33 @@
 -- rules (the table's constraints) but report conflicts without aborting the caller's transaction.
 
 -- name: record_usage
--- RETURNING runs only for a row actually inserted, so only new facts call the wake-up gate.
-INSERT INTO meter_event_outbox
-    (identifier, event_name, customer, value, dimensions, metadata, occurred_at, stripe_account)
-VALUES (:identifier, :event_name, :customer, :value, CAST(:dimensions AS jsonb),
-        CAST(:metadata AS jsonb), coalesce(CAST(:occurred_at AS timestamptz), now()),
-        :stripe_account)
-ON CONFLICT ON CONSTRAINT meter_event_outbox_identifier_key DO NOTHING
-RETURNING id, CASE WHEN CAST(:notify AS boolean) THEN outbox_wake() END AS woke
+-- One clock: the timestamp window is judged here against statement_timestamp(), the instant
+-- also stored as created_at, which the table's CHECK compares occurred_at with. A fact outside
+-- the window is not inserted and the statement returns its refusal code instead of violating
+-- the CHECK, so the caller's transaction stays usable. A NULL id without refusal is a replay or
+-- a conflict (the library tells them apart with recorded_usage). RETURNING runs only for a row
+-- actually inserted, so only new facts call the wake-up gate.
+WITH judged AS (
+    SELECT coalesce(f.occurred_at, f.recorded_at) AS occurred_at, f.recorded_at,
+           CASE WHEN f.occurred_at < f.recorded_at - CAST(:max_past AS interval)
+                THEN 'timestamp_too_far_in_past'
+                WHEN f.occurred_at > f.recorded_at + CAST(:max_future AS interval)
+                THEN 'timestamp_in_future' END AS refusal
+    FROM (SELECT CAST(:occurred_at AS timestamptz) AS occurred_at,
+                 statement_timestamp() AS recorded_at) f
+), inserted AS (
+    INSERT INTO meter_event_outbox
+        (identifier, event_name, customer, value, dimensions, metadata, occurred_at,
+         stripe_account, created_at)
+    SELECT CAST(:identifier AS text), CAST(:event_name AS text), CAST(:customer AS text),
+           CAST(:value AS numeric), CAST(:dimensions AS jsonb), CAST(:metadata AS jsonb),
+           j.occurred_at, CAST(:stripe_account AS text), j.recorded_at
+    FROM judged j
+    WHERE j.refusal IS NULL
+    ON CONFLICT ON CONSTRAINT meter_event_outbox_identifier_key DO NOTHING
+    RETURNING id, CASE WHEN CAST(:notify AS boolean) THEN outbox_wake() END AS woke
+)
+SELECT (SELECT id FROM inserted), refusal FROM judged
 
 -- name: recorded_usage
 SELECT id, event_name, customer, value, dimensions, occurred_at, stripe_account

@@ -1,26 +1,26 @@
-"""Validation of usage facts, mirroring Stripe's synchronous rules and the table's CHECKs.
+"""Validation of record_usage's arguments: the rules of outbox.rules, raised as InvalidUsage.
 
-Checking in Python first gives callers a precise exception instead of an aborted transaction;
-the database constraints stay the last word for writers in other languages.
+Everything that depends only on the arguments is checked here, before anything is sent to the
+database, so a bad fact never reaches SQL and the caller's transaction stays usable. The one
+rule that depends on a clock, the timestamp window, is judged by the database inside the insert
+itself (see outbox/queries.sql, record_usage): the database's clock is the only clock.
 """
 
 import json
-import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
+from outbox import rules
 from outbox.errors import InvalidUsage
+from outbox.rules import Problem
 
-MAX_PAST = timedelta(days=35)
-MAX_FUTURE = timedelta(minutes=5)
-MAX_VALUE = Decimal(10) ** 15  # Stripe rejects more than 15 significant digits
-RESERVED_PAYLOAD_KEYS = frozenset({"stripe_customer_id", "value"})
-
-_PRINTABLE = re.compile(r"[\x20-\x7e]{1,100}")
-_CUSTOMER = re.compile(r"[\x21-\x7e]{1,255}")
-_ACCOUNT = re.compile(r"acct_[A-Za-z0-9]{1,250}")
+# The window as the record_usage statement takes it: absolute seconds, like the CHECK's hours.
+WINDOW_PARAMS = {
+    "max_past": f"{rules.MAX_PAST.total_seconds():.0f} seconds",
+    "max_future": f"{rules.MAX_FUTURE.total_seconds():.0f} seconds",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,28 +37,37 @@ class UsageFact:
     stripe_account: str | None
 
 
-def printable_text(field: str, text: Any) -> str:
-    """1 to 100 ASCII printable characters: identifiers travel in HTTP headers."""
-    if not isinstance(text, str):
-        raise InvalidUsage(field, "invalid_type", f"must be a string, got {type(text).__name__}")
-    if not _PRINTABLE.fullmatch(text):
-        raise InvalidUsage(field, "invalid_text", "must be 1 to 100 printable ASCII characters")
+def _check(field: str, problem: Problem | None) -> None:
+    if problem is not None:
+        raise InvalidUsage(field, problem.code, problem.message)
+
+
+def _string(field: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise InvalidUsage(field, "invalid_type", f"must be a string, got {type(value).__name__}")
+    return value
+
+
+def printable_text(field: str, text: Any, max_length: int = rules.IDENTIFIER_MAX_LENGTH) -> str:
+    """Identifier or event name: printable ASCII, as they travel in HTTP headers."""
+    _check(field, rules.text_problem(_string(field, text), max_length))
     return text
 
 
 def customer_id(customer: Any) -> str:
-    """The Stripe customer id: 1 to 255 printable ASCII characters without spaces."""
-    if not isinstance(customer, str) or not _CUSTOMER.fullmatch(customer):
-        raise InvalidUsage(
-            "customer", "invalid_customer", "must be 1 to 255 printable ASCII characters, no spaces"
-        )
+    """The Stripe customer id."""
+    if not isinstance(customer, str):
+        customer = ""  # same code as a malformed id: callers match on one code
+    _check("customer", rules.customer_problem(customer))
     return customer
 
 
 def whole_value(value: Any) -> Decimal:
     """A whole, non-negative number of at most 15 digits, given as int, Decimal or string.
 
-    Floats are refused: 0.1 + 0.2 style surprises have no place in billing.
+    Floats are refused: 0.1 + 0.2 style surprises have no place in billing. Strings must be
+    ASCII decimal literals ("1_000" and "١٢" are refused: SQL and Stripe would not read them
+    as Python does).
     """
     if isinstance(value, bool | float):
         raise InvalidUsage(
@@ -68,38 +77,34 @@ def whole_value(value: Any) -> Decimal:
         )
     if isinstance(value, int):
         number = Decimal(value)
-    elif isinstance(value, Decimal | str):
-        try:
-            number = Decimal(value.strip() if isinstance(value, str) else value)
-        except InvalidOperation:
-            raise InvalidUsage("value", "invalid_number", f"{value!r} is not a number") from None
+    elif isinstance(value, Decimal):
+        number = value
+    elif isinstance(value, str):
+        parsed = rules.parse_number(value)
+        if parsed is None:
+            raise InvalidUsage("value", "invalid_number", "is not an ASCII decimal number")
+        number = parsed
     else:
         raise InvalidUsage("value", "invalid_type", f"unsupported type {type(value).__name__}")
-    if not number.is_finite():
-        raise InvalidUsage("value", "invalid_number", "must be finite")
-    if number != number.to_integral_value():
-        raise InvalidUsage("value", "not_whole", "must be a whole number")
-    if number < 0:
-        raise InvalidUsage("value", "negative", "must not be negative")
-    if number >= MAX_VALUE:
-        raise InvalidUsage("value", "too_many_digits", "must have at most 15 digits")
+    _check("value", rules.value_problem(number))
     return number.quantize(Decimal(1))
 
 
-def occurred_at(timestamp: Any, now: datetime | None = None) -> datetime | None:
-    """Usage time within Stripe's window: at most 35 days old, at most 5 minutes ahead."""
-    if timestamp is None:
+def aware_timestamp(value: Any) -> datetime | None:
+    """A timezone-aware datetime (its window is judged by the database, on its clock)."""
+    if value is None:
         return None
-    if not isinstance(timestamp, datetime):
+    if not isinstance(value, datetime):
         raise InvalidUsage("timestamp", "invalid_type", "must be a timezone-aware datetime")
-    if timestamp.tzinfo is None or timestamp.utcoffset() is None:
+    if value.tzinfo is None or value.utcoffset() is None:
         raise InvalidUsage("timestamp", "naive_timestamp", "must be timezone-aware")
-    now = now or datetime.now(UTC)
-    if timestamp < now - MAX_PAST:
-        raise InvalidUsage("timestamp", "timestamp_too_far_in_past", "is older than 35 days")
-    if timestamp > now + MAX_FUTURE:
-        raise InvalidUsage("timestamp", "timestamp_in_future", "is more than 5 minutes ahead")
-    return timestamp
+    return value
+
+
+def window_refusal(code: str) -> InvalidUsage:
+    """The error for a timestamp the database judged outside the window (code from SQL)."""
+    problem = rules.WINDOW_PROBLEMS[code]
+    return InvalidUsage("timestamp", problem.code, problem.message)
 
 
 def dimensions_map(dimensions: Any) -> dict[str, str]:
@@ -108,11 +113,7 @@ def dimensions_map(dimensions: Any) -> dict[str, str]:
         return {}
     if not isinstance(dimensions, dict):
         raise InvalidUsage("dimensions", "invalid_type", "must be a dict of str to str")
-    for key, val in dimensions.items():
-        if not isinstance(key, str) or not isinstance(val, str) or not key:
-            raise InvalidUsage("dimensions", "invalid_type", "keys and values must be strings")
-        if key in RESERVED_PAYLOAD_KEYS:
-            raise InvalidUsage("dimensions", "reserved_key", f"{key!r} is reserved by the meter")
+    _check("dimensions", rules.dimensions_problem(dimensions))
     return dict(dimensions)
 
 
@@ -123,21 +124,18 @@ def metadata_json(metadata: Any) -> str:
     if not isinstance(metadata, dict):
         raise InvalidUsage("metadata", "invalid_type", "must be a dict")
     try:
-        return json.dumps(metadata, allow_nan=False, default=_no_default)
-    except (TypeError, ValueError) as exc:
-        raise InvalidUsage("metadata", "not_json", str(exc)) from None
-
-
-def _no_default(obj: Any) -> Any:
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+        rules.metadata_size(metadata)
+    except rules.Broken as exc:
+        _check("metadata", exc.problem)
+    # Depth and types are checked above, so this cannot recurse too deep or meet a stranger.
+    return json.dumps(metadata, allow_nan=False)
 
 
 def stripe_account(account: Any) -> str | None:
     """A Connect account id (acct_...), or None for the platform account."""
     if account is None:
         return None
-    if not isinstance(account, str) or not _ACCOUNT.fullmatch(account):
-        raise InvalidUsage("stripe_account", "invalid_account", "must look like acct_...")
+    _check("stripe_account", rules.account_problem(account if isinstance(account, str) else ""))
     return account
 
 
@@ -154,11 +152,11 @@ def usage_fact(
 ) -> UsageFact:
     """Validate every argument of record_usage, raising InvalidUsage on the first bad one."""
     return UsageFact(
-        event_name=printable_text("event_name", event_name),
+        event_name=printable_text("event_name", event_name, rules.EVENT_NAME_MAX_LENGTH),
         customer=customer_id(customer),
         value=whole_value(value),
         identifier=printable_text("identifier", identifier),
-        occurred_at=occurred_at(timestamp),
+        occurred_at=aware_timestamp(timestamp),
         dimensions=dimensions_map(dimensions),
         metadata_json=metadata_json(metadata),
         stripe_account=stripe_account(stripe_account_id),

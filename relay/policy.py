@@ -7,11 +7,10 @@ or a row whose first attempt is so old that Stripe's identifier dedup might have
 import random
 from datetime import datetime, timedelta
 
+from outbox.rules import IN_FUTURE, earliest_send, window_problem
 from relay.classify import Classified, Verdict
 from relay.rows import Claimed, Outcome
 
-STRIPE_MAX_PAST = timedelta(days=35)
-STRIPE_MAX_FUTURE = timedelta(minutes=5)
 # Margin so a row refused at neither end by us is not refused by Stripe after clock skew and
 # transit time.
 CLOCK_MARGIN = timedelta(seconds=60)
@@ -28,13 +27,11 @@ def local_refusal(row: Claimed, now: datetime, dedup_window: timedelta) -> Outco
                 "Stripe accepts cancellations only within 24 h of receipt",
             )
         return None
-    if row.occurred_at < now - STRIPE_MAX_PAST + CLOCK_MARGIN:
-        return _fail(
-            row, "timestamp_too_far_in_past", "usage is older than Stripe's 35-day window; not sent"
-        )
-    send_from = row.occurred_at - STRIPE_MAX_FUTURE + CLOCK_MARGIN
-    if send_from > now:  # valid a little later (the outbox accepts up to 5 minutes ahead)
-        wait = (send_from - now).total_seconds() + 1
+    # The window rule of outbox.rules, the one the database applied at recording, narrowed by
+    # CLOCK_MARGIN: now is this host's clock, our stand-in for Stripe's.
+    problem = window_problem(row.occurred_at, now, CLOCK_MARGIN)
+    if problem is IN_FUTURE:  # valid a little later (the outbox accepts up to 5 minutes ahead)
+        wait = (earliest_send(row.occurred_at, CLOCK_MARGIN) - now).total_seconds() + 1
         return Outcome(
             row=row,
             state="pending",
@@ -43,6 +40,8 @@ def local_refusal(row: Claimed, now: datetime, dedup_window: timedelta) -> Outco
             code="timestamp_in_future",
             message="waiting until Stripe accepts it",
         )
+    if problem:
+        return _fail(row, problem.code, "usage is older than Stripe's 35-day window; not sent")
     first = row.previous_first_attempt_at
     if first is not None and first < now - dedup_window:
         return _fail(

@@ -203,3 +203,17 @@ def test_sqlalchemy_session_sees_its_own_write(database_url: str) -> None:
         seen = session.execute(text("SELECT count(*) FROM meter_event_outbox")).scalar_one()
     engine.dispose()
     assert seen == 1
+
+
+@pytest.mark.parametrize("kind", SYNC_KINDS)
+def test_window_refusal_on_every_connection_kind(kind: str, database_url: str, db) -> None:
+    """The database's window verdict comes back as InvalidUsage on every driver path, and the
+    caller's transaction goes on (issue 9, finding 3)."""
+    from datetime import UTC, datetime, timedelta
+
+    with sync_tx(kind, database_url, commit=True) as conn:
+        with pytest.raises(outbox.InvalidUsage) as err:
+            outbox.record_usage(conn, **usage(timestamp=datetime.now(UTC) + timedelta(hours=1)))
+        outbox.record_usage(conn, **usage("after"))
+    assert (err.value.field, err.value.code) == ("timestamp", "timestamp_in_future")
+    assert rows(db, "SELECT identifier FROM meter_event_outbox") == [("after",)]

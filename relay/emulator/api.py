@@ -12,6 +12,7 @@ from collections.abc import Hashable
 from typing import Any
 from urllib.parse import urlencode
 
+from outbox import rules
 from relay.emulator import errors
 from relay.emulator.clock import parse_rfc3339
 from relay.emulator.config import DEFAULT_CUSTOMER_KEY, Meter
@@ -24,7 +25,7 @@ from relay.emulator.validation import EventProblem, check_timestamp, deferred_pr
 from relay.emulator.wire import indexed_list, new_id
 
 Result = tuple[int, Any]
-MAX_NAME_LENGTH = 100
+MAX_NAME_LENGTH = rules.EVENT_NAME_MAX_LENGTH
 METER_EVENT_PARAMS = frozenset({"event_name", "payload", "identifier", "timestamp", "expand"})
 ADJUSTMENT_PARAMS = frozenset({"event_name", "type", "cancel", "expand"})
 
@@ -498,7 +499,9 @@ def _shape_stream_event(
             param=f"{where}.payload",
         )
     identifier = raw.get("identifier")
-    if identifier is not None and (not isinstance(identifier, str) or len(identifier) > 100):
+    if identifier is not None and (
+        not isinstance(identifier, str) or len(identifier) > rules.IDENTIFIER_MAX_LENGTH
+    ):
         raise errors.invalid(
             f"{where}.identifier is invalid.",
             code=errors.PARAMETER_INVALID,

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from outbox import rules
 from relay.emulator.faults import Faults
 
 Aggregation = Literal["sum", "count", "last"]
@@ -93,11 +94,12 @@ class EmulatorConfig:
     identifier_window_seconds: float = 24 * 3600
     idempotency_ttl_seconds: float = 24 * 3600
     cancel_window_seconds: float = 24 * 3600
-    timestamp_past_seconds: float = 35 * 24 * 3600
-    timestamp_future_seconds: float = 5 * 60
+    # Stripe's timestamp window and value digits: the one definition in outbox.rules.
+    timestamp_past_seconds: float = rules.MAX_PAST.total_seconds()
+    timestamp_future_seconds: float = rules.MAX_FUTURE.total_seconds()
     session_ttl_seconds: float = 15 * 60
     max_stream_events: int = 100
-    max_value_digits: int = 15
+    max_value_digits: int = rules.MAX_VALUE_DIGITS
     # docs/design.md: negative and decimal values are UNCERTAIN; rejected unless enabled.
     allow_negative_values: bool = False
     allow_decimal_values: bool = False

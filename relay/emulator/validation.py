@@ -55,7 +55,11 @@ def parse_value(raw: object, config: EmulatorConfig, param: str = "payload[value
 
 
 def check_timestamp(timestamp: float, now: float, config: EmulatorConfig) -> None:
-    """Events must be within the past 35 days and at most 5 minutes in the future."""
+    """Events must be within the past 35 days and at most 5 minutes in the future.
+
+    The window's defaults come from outbox.rules (the config can widen or narrow it for tests);
+    both ends are inclusive, as in outbox.rules.window_problem.
+    """
     if timestamp < now - config.timestamp_past_seconds:
         raise EventProblem(
             errors.TIMESTAMP_TOO_FAR_IN_PAST,

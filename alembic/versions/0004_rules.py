@@ -1,0 +1,43 @@
+"""One clock for the timestamp window, and the storage rules of issue-free input.
+
+- created_at and occurred_at default to statement_timestamp(), the instant the library's insert
+  judges the timestamp window against: a long application transaction no longer shifts the
+  reference (now() is the transaction's start).
+- The window CHECK uses absolute durations ('840 hours', not '35 days', which depends on the
+  session's time zone around DST changes).
+- Dimensions refuse an empty key; metadata is capped at 16 KiB (as printed jsonb text) and
+  32 nested levels, as outbox/rules.py defines.
+- outbox_record_usage() defaults occurred_at to statement_timestamp() too.
+
+Adding the constraints checks existing rows. Should a row break the new rules (an empty
+dimension key, more than 16 KiB of metadata) the upgrade fails naming the constraint; find the
+rows with the constraint's expression, fix or delete them, and run the upgrade again.
+
+Revision ID: 0004
+Revises: 0003
+"""
+
+from pathlib import Path
+
+from alembic import op
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+_HERE = Path(__file__).with_suffix("")
+
+
+def _run(suffix: str) -> None:
+    """Execute the whole .sql file in the migration's transaction (no parameters: `%` stays)."""
+    sql = Path(f"{_HERE}.{suffix}.sql").read_text()
+    op.get_bind().connection.driver_connection.execute(sql)
+
+
+def upgrade() -> None:
+    _run("up")
+
+
+def downgrade() -> None:
+    _run("down")
