@@ -77,6 +77,7 @@ def _claimed(occurred_at: datetime) -> Claimed:
         previous_first_attempt_at=None,
         first_attempt_at=NOW,
         accepted_at=None,
+        created_at=NOW,
     )
 
 
