@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     auth_probe_interval: float = Field(default=10.0, gt=0)
     shutdown_grace: float = Field(default=20.0, ge=0)
     retention_days: float = Field(default=35.0, gt=0)
+    wait_for_schema: float = Field(
+        default=0.0, ge=0, description="Seconds `run` waits for `migrate` before giving up"
+    )
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
     relay_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
