@@ -8,6 +8,7 @@ The outbox's version lives in its own table, VERSION_TABLE, and its revisions ("
 database and the outbox's never see each other (docs/migrations.md has the recipes).
 """
 
+import io
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -73,6 +74,14 @@ def upgrade_sql(
     cfg = alembic_config(output=output)
     cfg.attributes["bare"] = bare
     command.upgrade(cfg, f"{start}:{revision}" if start else revision, sql=True)
+
+
+def schema_sql(revision: str = "head", start: str | None = None) -> str:
+    """The DDL from `start` (default: nothing) to `revision`, without BEGIN/COMMIT, as text
+    (a Django migration's RunSQL, or any other tool's migration file)."""
+    buffer = io.StringIO()
+    upgrade_sql(buffer, revision, start=start, bare=True)
+    return buffer.getvalue()
 
 
 def revisions() -> list[str]:

@@ -1,0 +1,22 @@
+"""Minimal settings: one app (shop), PostgreSQL through Django's psycopg 3 backend."""
+
+import os
+from urllib.parse import unquote, urlsplit
+
+_url = urlsplit(os.environ["DJANGO_DATABASE_URL"])
+
+SECRET_KEY = "test-only-not-a-secret"
+DEBUG = False
+USE_TZ = True
+INSTALLED_APPS = ["shop"]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": _url.path.lstrip("/"),
+        "USER": unquote(_url.username or ""),
+        "PASSWORD": unquote(_url.password or ""),
+        "HOST": _url.hostname or "",
+        "PORT": str(_url.port or ""),
+    }
+}
