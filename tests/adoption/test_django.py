@@ -32,7 +32,7 @@ def manage(url: str, *args: str) -> str:
     return out.stdout
 
 
-async def test_django_migrate_creates_the_outbox_and_the_relay_drains_atomic_usage(
+async def test_recipe_c_django_migrate_creates_the_outbox_and_the_relay_drains_atomic_usage(
     empty_database_url: str,
 ) -> None:
     url = empty_database_url
