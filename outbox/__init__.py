@@ -10,12 +10,14 @@ The relay (`outbox-relay run`) reports committed rows to Stripe exactly once. As
 connections return an awaitable: `await outbox.record_usage(async_session, ...)`.
 """
 
+from __future__ import annotations
+
 import json
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, overload
 
 from outbox import validate
 from outbox.connections import Query, Steps, run
@@ -28,12 +30,21 @@ from outbox.errors import (
 )
 from outbox.sqlfile import load
 
+if TYPE_CHECKING:  # the application brings whichever of these it uses
+    import psycopg
+    import sqlalchemy.engine
+    import sqlalchemy.ext.asyncio
+    import sqlalchemy.orm
+
 __all__ = [
+    "AsyncConnection",
     "CancelRequest",
+    "DBAPICursor",
     "IdentifierConflict",
     "InvalidUsage",
     "OutboxError",
     "RecordedUsage",
+    "SyncConnection",
     "UnknownIdentifier",
     "UnsupportedConnection",
     "cancel_usage",
@@ -41,6 +52,26 @@ __all__ = [
 ]
 
 _SQL = load("outbox", "queries.sql")
+
+
+class DBAPICursor(Protocol):
+    """A synchronous DB-API cursor with pyformat parameters (e.g. Django's cursor)."""
+
+    def execute(self, sql: str, params: Any = ..., /) -> object: ...
+
+    def fetchall(self) -> Sequence[Any]: ...
+
+
+# What record_usage/cancel_usage accept. Sync ones return the result, async ones an awaitable,
+# so a type checker tells `await` apart without a union the caller has to narrow.
+SyncConnection: TypeAlias = (
+    "sqlalchemy.orm.Session | sqlalchemy.engine.Connection"
+    " | psycopg.Connection[Any] | psycopg.Cursor[Any] | DBAPICursor"
+)
+AsyncConnection: TypeAlias = (
+    "sqlalchemy.ext.asyncio.AsyncSession | sqlalchemy.ext.asyncio.AsyncConnection"
+    " | psycopg.AsyncConnection[Any] | psycopg.AsyncCursor[Any]"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +98,40 @@ class CancelRequest:
     action: str
 
 
+@overload
 def record_usage(
-    conn: Any,
+    conn: SyncConnection,
+    *,
+    event_name: str,
+    customer: str,
+    value: int | Decimal | str,
+    identifier: str,
+    timestamp: datetime | None = None,
+    dimensions: dict[str, str] | None = None,
+    metadata: dict[str, Any] | None = None,
+    stripe_account: str | None = None,
+    notify: bool = True,
+) -> RecordedUsage: ...
+
+
+@overload
+def record_usage(
+    conn: AsyncConnection,
+    *,
+    event_name: str,
+    customer: str,
+    value: int | Decimal | str,
+    identifier: str,
+    timestamp: datetime | None = None,
+    dimensions: dict[str, str] | None = None,
+    metadata: dict[str, Any] | None = None,
+    stripe_account: str | None = None,
+    notify: bool = True,
+) -> Awaitable[RecordedUsage]: ...
+
+
+def record_usage(
+    conn: SyncConnection | AsyncConnection,
     *,
     event_name: str,
     customer: str,
@@ -101,7 +164,17 @@ def record_usage(
     return run(conn, _record_steps(fact, notify))
 
 
-def cancel_usage(conn: Any, *, identifier: str) -> CancelRequest | Awaitable[CancelRequest]:
+@overload
+def cancel_usage(conn: SyncConnection, *, identifier: str) -> CancelRequest: ...
+
+
+@overload
+def cancel_usage(conn: AsyncConnection, *, identifier: str) -> Awaitable[CancelRequest]: ...
+
+
+def cancel_usage(
+    conn: SyncConnection | AsyncConnection, *, identifier: str
+) -> CancelRequest | Awaitable[CancelRequest]:
     """Cancel a recorded usage fact inside the caller's transaction (never commits).
 
     If Stripe cannot have counted it yet, the row is cancelled at once; otherwise the relay sends

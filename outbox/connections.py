@@ -7,6 +7,7 @@ are written once, as generators that yield queries and receive rows, and driven 
 or an async runner, so the logic is not written twice.
 """
 
+import sys
 from collections.abc import Awaitable, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -40,15 +41,19 @@ _KINDS: dict[type, str] = {}
 
 
 def _classify(conn: Any) -> str:
-    import psycopg
-    from sqlalchemy.engine import Connection
-    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-    from sqlalchemy.orm import Session
+    # A SQLAlchemy object means SQLAlchemy is imported: an application without it (the
+    # library's base install) never pays for, nor fails on, importing it here.
+    if "sqlalchemy" in sys.modules:
+        from sqlalchemy.engine import Connection
+        from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+        from sqlalchemy.orm import Session
 
-    if isinstance(conn, Session | Connection):
-        return "sa"
-    if isinstance(conn, AsyncSession | AsyncConnection):
-        return "sa_async"
+        if isinstance(conn, Session | Connection):
+            return "sa"
+        if isinstance(conn, AsyncSession | AsyncConnection):
+            return "sa_async"
+    import psycopg
+
     if isinstance(conn, psycopg.Connection):
         return "psycopg"
     if isinstance(conn, psycopg.AsyncConnection | psycopg.AsyncCursor):
@@ -130,7 +135,8 @@ def _drive(steps: Steps[T], execute: Any) -> T:
         while True:
             query = steps.send(execute(query))
     except StopIteration as done:
-        return done.value
+        result: T = done.value  # the generator's return value (StopIteration is untyped)
+        return result
 
 
 async def _drive_async(steps: Steps[T], conn: Any, execute: Any) -> T:
@@ -139,4 +145,5 @@ async def _drive_async(steps: Steps[T], conn: Any, execute: Any) -> T:
         while True:
             query = steps.send(await execute(conn, query))
     except StopIteration as done:
-        return done.value
+        result: T = done.value  # the generator's return value (StopIteration is untyped)
+        return result

@@ -85,16 +85,44 @@ def main() -> None:
 @database_option
 @click.option("--revision", default="head", show_default=True)
 @click.option("--downgrade", "down", is_flag=True, help="Downgrade to --revision instead.")
-def migrate(database_url: str | None, revision: str, down: bool) -> None:
-    """Create or upgrade the outbox schema (idempotent)."""
+@click.option("--sql", "offline", is_flag=True, help="Print the upgrade SQL; touch no database.")
+def migrate(database_url: str | None, revision: str, down: bool, offline: bool) -> None:
+    """Create or upgrade the outbox schema (idempotent).
+
+    The version is kept in its own table, outbox_alembic_version, beside (never inside) the
+    application's alembic_version; a database migrated by an older release is adopted."""
     from relay import migrate as migrations
 
+    if offline:
+        if down:
+            raise click.UsageError("--sql prints upgrades only")
+        migrations.upgrade_sql(sys.stdout, revision)
+        return
     url = _database_url(_settings(database_url=database_url))
     if down:
         migrations.downgrade(url, revision)
     else:
         migrations.upgrade(url, revision)
     click.echo(f"schema at {migrations.current(url) or 'base'} on {redact(url)}")
+
+
+@main.command()
+@click.option("--sql", "as_sql", is_flag=True, help="Print the DDL (no BEGIN/COMMIT).")
+@click.option("--from", "start", help="Only what comes after this revision (an upgrade step).")
+@click.option("--revision", default="head", show_default=True, help="Up to this revision.")
+def schema(as_sql: bool, start: str | None, revision: str) -> None:
+    """The outbox schema, for other migration tools (Flyway, Liquibase, sqitch, Rails...).
+
+    The DDL includes outbox_alembic_version and its row, so `outbox-relay run` (which checks
+    the schema's revision) works on a database migrated this way; run the output as one
+    migration of your tool. Without --sql: the revisions this release ships."""
+    from relay import migrate as migrations
+
+    if as_sql:
+        migrations.upgrade_sql(sys.stdout, revision, start=start, bare=True)
+        return
+    for rev in reversed(migrations.revisions()):
+        click.echo(rev)
 
 
 @main.command()
@@ -117,6 +145,9 @@ def migrate(database_url: str | None, revision: str, down: bool) -> None:
     help="account (default): shared by the relays on this database; relay: each its own",
 )
 @click.option("--poll-interval", type=float, help="Seconds between polls (default 1)")
+@click.option(
+    "--wait-for-schema", type=float, help="Seconds to wait for `migrate` to finish (default 0)"
+)
 @click.option("--poll-only", is_flag=True, default=None, help="No LISTEN (PgBouncer txn mode)")
 @click.option("--http-host", help="Webhook/metrics bind address (default 127.0.0.1)")
 @click.option("--http-port", type=int, help="Webhook/metrics port (default 8080)")

@@ -85,6 +85,12 @@ class Settings(BaseSettings):
     )
     shutdown_grace: float = Field(default=20.0, ge=0, le=3600)
     retention_days: float = Field(default=35.0, gt=0, le=36_500)
+    wait_for_schema: float = Field(
+        default=0.0,
+        ge=0,
+        le=86_400,
+        description="Seconds `run` waits for `migrate` before giving up",
+    )
     http_host: str = Field(default="127.0.0.1", min_length=1, max_length=255)
     http_port: int = Field(default=8080, ge=0, le=65535)
     # HTTP server limits (slow or hostile clients must not starve /healthz and /readyz)

@@ -49,22 +49,53 @@ def check(settings: Settings) -> str:
     return key
 
 
+class SchemaBehind(ConfigError):
+    """The database has no outbox schema, or an older one than this relay's."""
+
+
+SCHEMA_POLL_SECONDS = 2.0
+
+
 def check_schema(database_url: str) -> None:
     """Refuse to start against a schema older than this relay's (it needs every table). A
-    newer one is fine: migrations keep what older relays use (rolling upgrades)."""
+    newer one is fine: migrations keep what older relays use (rolling upgrades).
+
+    Only the outbox's own revision counts (migrate.current); the application's alembic
+    revisions in the same database are never read as the outbox's."""
     at, known = migrate.current(database_url), migrate.revisions()
     needed = known[0]
     if at is None or (at in known and at != needed):
-        raise ConfigError(
+        raise SchemaBehind(
             f"the database schema is at {at or 'nothing'}, this relay needs {needed}: "
             "run `outbox-relay migrate` first"
         )
 
 
+async def wait_for_schema(database_url: str, seconds: float) -> None:
+    """Check the schema, waiting up to `seconds` for it to be migrated (and the database to
+    answer) so the relay can start beside a migration that runs late (systemd Wants=, a
+    Kubernetes Job), logging one line per wait. After that: SchemaBehind (exit 2), or the
+    database error (exit 1) if it never answered."""
+    from sqlalchemy.exc import OperationalError
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            await asyncio.to_thread(check_schema, database_url)
+            return
+        except (SchemaBehind, OperationalError) as err:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise
+            reason = str(err) if isinstance(err, SchemaBehind) else "database unreachable"
+            log.warning("waiting_for_schema", reason=reason, seconds_left=round(left))
+            await asyncio.sleep(min(SCHEMA_POLL_SECONDS, left))
+
+
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run the relay and its HTTP server until SIGTERM/SIGINT (or `stop`), then drain."""
     key = check(settings)
-    await asyncio.to_thread(check_schema, settings.database_url)
+    await wait_for_schema(settings.database_url, settings.wait_for_schema)
     stop = stop or asyncio.Event()
     _install_signals(stop)
     pool = make_pool(settings.database_url)

@@ -1,13 +1,13 @@
 """Live relays, so replicas share Stripe's per-account rate limit.
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: outbox_0002
+Revises: outbox_0001
 """
 
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "outbox_0002"
+down_revision = "outbox_0001"
 branch_labels = None
 depends_on = None
 

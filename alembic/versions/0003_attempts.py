@@ -1,13 +1,13 @@
 """Attempt history: one row per Stripe call made for an outbox row (operators' audit trail).
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: outbox_0003
+Revises: outbox_0002
 """
 
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "outbox_0003"
+down_revision = "outbox_0002"
 branch_labels = None
 depends_on = None
 

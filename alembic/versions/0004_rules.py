@@ -13,16 +13,16 @@ Adding the constraints checks existing rows. Should a row break the new rules (a
 dimension key, more than 16 KiB of metadata) the upgrade fails naming the constraint; find the
 rows with the constraint's expression, fix or delete them, and run the upgrade again.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: outbox_0004
+Revises: outbox_0003
 """
 
 from pathlib import Path
 
-from alembic import op
+from relay.sqlmigration import execute_file
 
-revision = "0004"
-down_revision = "0003"
+revision = "outbox_0004"
+down_revision = "outbox_0003"
 branch_labels = None
 depends_on = None
 
@@ -30,9 +30,8 @@ _HERE = Path(__file__).with_suffix("")
 
 
 def _run(suffix: str) -> None:
-    """Execute the whole .sql file in the migration's transaction (no parameters: `%` stays)."""
-    sql = Path(f"{_HERE}.{suffix}.sql").read_text()
-    op.get_bind().connection.driver_connection.execute(sql)
+    """The SQL lives beside this file (0004_rules.up.sql / .down.sql); works in --sql mode."""
+    execute_file(Path(f"{_HERE}.{suffix}.sql"))
 
 
 def upgrade() -> None:

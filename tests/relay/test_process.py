@@ -213,7 +213,7 @@ def test_run_refuses_a_schema_older_than_the_relay(database_url: str) -> None:
     """The relay needs every table of its migrations (0002: the relays sharing the limit)."""
     from relay import migrate
 
-    migrate.downgrade(database_url, "0001")
+    migrate.downgrade(database_url, "outbox_0001")
     with Emulator(EmulatorConfig()) as emulator:
         out = subprocess.run(
             [*CLI, "run"],
@@ -223,6 +223,6 @@ def test_run_refuses_a_schema_older_than_the_relay(database_url: str) -> None:
             timeout=60,
         )
     assert out.returncode == 2
-    assert "schema is at 0001" in out.stderr and "outbox-relay migrate" in out.stderr
+    assert "schema is at outbox_0001" in out.stderr and "outbox-relay migrate" in out.stderr
     status = json.loads(run_cli(database_url, "status", "--json").stdout)
     assert status["relays"] is None  # unknown, not an error
