@@ -13,7 +13,8 @@ Actions (POST) are CSRF-safe twice over: the SameSite=Strict cookie is not sent 
 started by another site, and a cookie-authenticated POST must also carry the session's CSRF
 token (an HMAC of the session nonce, rendered into the page's forms), which another site cannot
 read. A bearer-authenticated POST needs no CSRF token: browsers never add that header on their
-own. A POST whose Origin header names another host is refused whatever it carries.
+own. A POST whose Origin header names another host, or that the browser marks as cross-site
+(Sec-Fetch-Site), is refused whatever it carries.
 """
 
 import hashlib
@@ -87,6 +88,8 @@ class Guard:
         """A signed-in viewer's POST from this site, with the session's CSRF token."""
         origin = request.headers.get("Origin")
         if origin and origin.split("://", 1)[-1] != request.host:  # "null" is refused too
+            return False
+        if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
             return False
         if not viewer.signed_in:
             return False

@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 import jinja2
 import structlog
 from aiohttp import web
+from markupsafe import Markup
 
 import outbox
 from relay import __version__, ops
@@ -56,14 +57,23 @@ def _age(value: timedelta | None) -> str:
     return sign + text
 
 
-def _when(value: datetime | None) -> str:
+def _when(value: datetime | None) -> Markup:
+    """UTC to the second, the millisecond in the tooltip (the database's clock, not the
+    browser's: no script converts it)."""
     if value is None:
-        return "–"
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+        return Markup("–")
+    utc = value.astimezone(UTC)
+    return Markup('<time datetime="{}" title="{}">{}</time>').format(
+        utc.isoformat(), utc.strftime("%H:%M:%S.%f")[:-3] + "Z", utc.strftime("%Y-%m-%d %H:%M:%SZ")
+    )
 
 
 def _number(value: int | float | Decimal | None) -> str:
-    return "–" if value is None else f"{value:,}"
+    if value is None:
+        return "–"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"{value:,}"
 
 
 _env.filters.update(age=_age, when=_when, number=_number)
@@ -108,7 +118,9 @@ class Console:
             "frame-ancestors 'none'; base-uri 'none'"
         )
         response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
+        # same-origin, not no-referrer: under no-referrer browsers send `Origin: null` with
+        # the console's own forms, which may_act refuses.
+        response.headers["Referrer-Policy"] = "same-origin"
         response.headers["Cache-Control"] = "no-store"
         return response
 

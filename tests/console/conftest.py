@@ -84,7 +84,9 @@ def seed(database_url: str) -> Seeded:
         conn.execute(
             "UPDATE meter_event_outbox SET state = 'failed', attempts = 3,"
             " last_error_code = 'http_503', last_error_message = 'Service Unavailable',"
-            " first_attempt_at = now() - interval '1 minute', updated_at = now()"
+            " created_at = now() - interval '2 minutes',"
+            " occurred_at = now() - interval '3 minutes',"
+            " first_attempt_at = now() - interval '90 seconds', updated_at = now()"
             " WHERE identifier = ANY(%s)",
             (failed,),
         )
@@ -97,7 +99,9 @@ def seed(database_url: str) -> Seeded:
         )
         conn.execute(
             "UPDATE meter_event_outbox SET attempts = 2, last_error_code = 'rate_limited',"
-            " available_at = now() + interval '38 seconds', first_attempt_at = now()"
+            " available_at = now() + interval '38 seconds', first_attempt_at = now(),"
+            " created_at = now() - interval '55 seconds',"
+            " occurred_at = now() - interval '70 seconds'"
             " WHERE identifier = ANY(%s)",
             (retrying,),
         )
@@ -105,7 +109,7 @@ def seed(database_url: str) -> Seeded:
             "INSERT INTO meter_event_outbox_attempts (outbox_id, attempted_at, attempt,"
             " key_generation, action, state, http_status, code, message, stripe_request_id,"
             " latency_ms, relay_id)"
-            " SELECT id, now() - (4 - g) * interval '10 seconds', g, 0, 'report',"
+            " SELECT id, now() - (4 - g) * interval '30 seconds', g, 0, 'report',"
             " CASE WHEN g = 3 THEN 'failed' ELSE 'pending' END, 503, 'http_503',"
             " 'Service Unavailable', 'req_fail_' || g, 120.5 + g, 'relay-a'"
             " FROM meter_event_outbox, generate_series(1, 3) g WHERE identifier = %s",
