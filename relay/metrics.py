@@ -2,6 +2,7 @@
 
 import asyncio
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from functools import cache
 from typing import Protocol
@@ -89,8 +90,15 @@ class ScrapeRefresh:
     MIN_INTERVAL = 5.0
     TIMEOUT = 3.0
 
-    def __init__(self, reader: TableReader, mode: str, version: str = __version__) -> None:
+    def __init__(
+        self,
+        reader: TableReader,
+        mode: str,
+        version: str = __version__,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.reader = reader
+        self._clock = clock
         self._read_at: float | None = None
         self._lock = asyncio.Lock()
         BUILD_INFO.labels(version, mode).set(1)
@@ -98,7 +106,7 @@ class ScrapeRefresh:
     async def __call__(self, auth_ok: bool) -> None:
         ACCOUNT_AUTH_PAUSED.labels("platform").set(0 if auth_ok else 1)
         async with self._lock:
-            now = time.monotonic()
+            now = self._clock()
             if self._read_at is not None and now - self._read_at < self.MIN_INTERVAL:
                 return
             try:

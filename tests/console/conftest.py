@@ -38,6 +38,18 @@ class Served:
 
 
 @contextlib.asynccontextmanager
+async def listening(app: web.Application) -> AsyncIterator[str]:
+    """Serve `app` on a free port of 127.0.0.1; yields its base URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
 async def served(database_url: str, emulator: Emulator, **overrides: Any) -> AsyncIterator[Served]:
     """The app make_app builds for `outbox-relay run`, bound to a relay that is not running
     (pages then show exactly what a test seeded)."""
@@ -46,15 +58,10 @@ async def served(database_url: str, emulator: Emulator, **overrides: Any) -> Asy
     await pool.open(wait=True)
     sender = StripeSender(settings.api_key() or "", settings.stripe_api_base, 5, 4)
     relay = Relay(settings, Database(pool), sender, Wakeup(database_url, listen=False))
-    runner = web.AppRunner(make_app(relay, Database(pool), sender.client, None))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
     try:
-        yield Served(f"http://127.0.0.1:{port}", relay, settings)
+        async with listening(make_app(relay, Database(pool), sender.client, None)) as url:
+            yield Served(url, relay, settings)
     finally:
-        await runner.cleanup()
         await sender.close()
         await pool.close()
 
