@@ -8,7 +8,8 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from relay import metrics
+from relay import console, metrics
+from relay.console.store import ConsoleStore
 from relay.store import Store
 from relay.webhooks import handle_delivery
 
@@ -20,6 +21,7 @@ def make_app(
     relay: Any, db: Store, client: stripe.StripeClient, secret: str | None
 ) -> web.Application:
     """Routes bound to a running relay (its state drives /healthz and /readyz)."""
+    refresh = metrics.ScrapeRefresh(ConsoleStore(db.pool), relay.settings.stripe_api_mode)
 
     async def healthz(_: web.Request) -> web.Response:
         stalled = (
@@ -37,6 +39,7 @@ def make_app(
         return web.json_response({"ok": ok, **checks}, status=200 if ok else 503)
 
     async def metrics_view(_: web.Request) -> web.Response:
+        await refresh(relay.state.auth_ok)
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def webhook(request: web.Request) -> web.Response:
@@ -68,4 +71,5 @@ def make_app(
             web.post("/webhooks/stripe", webhook),
         ]
     )
+    console.install(app, relay.settings, db.pool, relay)
     return app
