@@ -21,7 +21,9 @@ def make_app(
     relay: Any, db: Store, client: stripe.StripeClient, secret: str | None
 ) -> web.Application:
     """Routes bound to a running relay (its state drives /healthz and /readyz)."""
-    refresh = metrics.ScrapeRefresh(ConsoleStore(db.pool), relay.settings.stripe_api_mode)
+    refresh = metrics.ScrapeRefresh(
+        ConsoleStore(db.pool, relay.settings.relay_stale_after), relay.settings.stripe_api_mode
+    )
 
     async def healthz(_: web.Request) -> web.Response:
         stalled = (

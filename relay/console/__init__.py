@@ -22,5 +22,5 @@ def install(
     if not settings.console:
         return
     token = settings.console_token.get_secret_value() if settings.console_token else None
-    console = Console(settings, ConsoleStore(pool), Guard(token), relay)
+    console = Console(settings, ConsoleStore(pool, settings.relay_stale_after), Guard(token), relay)
     app.add_routes(console.routes())

@@ -1,6 +1,6 @@
 """The console's and /metrics' read door to the database: named queries of queries.sql.
 
-Kept apart from the relay's own store (relay/db.py) while both change; every method is one
+Kept apart from the relay's own store (relay/store.py) while both change; every method is one
 cheap statement (see the header of queries.sql) on a connection of the relay's pool.
 """
 
@@ -12,7 +12,6 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from outbox.sqlfile import for_psycopg, load
-from relay.share import LIVE_S
 
 QUERIES = load("relay.console", "queries.sql")
 ATTEMPT_WINDOW_CAP = 100_000  # newest attempts read for "the last hour" (bounded on busy hours)
@@ -50,8 +49,9 @@ Row = dict[str, Any]
 class ConsoleStore:
     """Read (and drift-report) queries; each method one statement in its own transaction."""
 
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(self, pool: AsyncConnectionPool, stale_after: float = 5.0) -> None:
         self.pool = pool
+        self.stale_after = stale_after  # a relay unseen this long is no longer live
 
     async def _rows(self, name: str, params: dict[str, Any] | None = None) -> list[Row]:
         async with self.pool.connection() as conn:
@@ -102,7 +102,7 @@ class ConsoleStore:
         return await self._rows("customer_backlog", {"limit": limit})
 
     async def live_relays(self) -> list[Row]:
-        return await self._rows("live_relays", {"stale_seconds": LIVE_S})
+        return await self._rows("live_relays", {"stale_seconds": self.stale_after})
 
     async def row(self, identifier: str) -> Row | None:
         rows = await self._rows("row_story", {"identifier": identifier})

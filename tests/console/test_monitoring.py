@@ -100,7 +100,7 @@ async def test_every_metric_used_is_served(database_url: str, emulator: Emulator
     async with running_relay(settings) as running:
         await running.until(lambda: _all_accepted(database_url))
         relay = running.relay
-        app = make_app(relay, relay.db, relay.sender.client, None)
+        app = make_app(relay, relay.store, relay.sender.client, None)
         async with listening(app) as url, aiohttp.ClientSession() as session:
             await _post(session, f"{url}/webhooks/stripe")  # 503: no webhook secret here
             text = await _text(session, f"{url}/metrics")
