@@ -271,3 +271,107 @@ WHERE o.id IN (
     LIMIT :batch_size
     FOR UPDATE SKIP LOCKED)
 RETURNING o.id
+
+-- name: unsent_by_group
+-- For `status`: every unsent row (pending, in flight) grouped by what it is waiting for, with
+-- the oldest fact of each group from when it was recorded and from when it happened. Reads the
+-- small partial indexes of the hot states: the cost follows the backlog, never the history.
+-- `due` rows are waiting for a relay; not-due pending rows with a code are backing off (or
+-- waiting for the auth probe, told apart by `http_status` below); not-due rows without a code
+-- are scheduled (a cancel right after its report).
+SELECT o.state, o.last_error_code AS code, o.available_at <= now() AS due, count(*) AS n,
+       min(o.created_at) AS oldest_created_at, min(o.occurred_at) AS oldest_occurred_at,
+       min(o.available_at) AS next_attempt_at
+FROM meter_event_outbox o
+WHERE o.state IN ('pending', 'in_flight')
+GROUP BY 1, 2, 3 ORDER BY 4 DESC
+
+-- name: last_status_for_code
+-- The HTTP status of the latest attempt of one pending row with this code: 401/403 mean the row
+-- waits for the auth probe rather than backing off.
+SELECT a.http_status
+FROM meter_event_outbox o
+JOIN LATERAL (SELECT http_status FROM meter_event_outbox_attempts
+              WHERE outbox_id = o.id ORDER BY id DESC LIMIT 1) a ON true
+WHERE o.state = 'pending' AND o.last_error_code = :code
+LIMIT 1
+
+-- name: list_rows
+-- `outbox-relay list`: newest first, every filter optional. A filter on a hot state reads its
+-- partial index; --since reads the created_at block range index; the unfiltered case walks the
+-- primary key backwards and stops at :limit.
+SELECT identifier, state, action, customer, event_name, value, stripe_account, attempts,
+       last_error_code, created_at, occurred_at, available_at, accepted_at, updated_at
+FROM meter_event_outbox
+WHERE (CAST(:state AS text) IS NULL OR state = :state)
+  AND (CAST(:code AS text) IS NULL OR last_error_code = :code)
+  AND (CAST(:customer AS text) IS NULL OR customer = :customer)
+  AND (CAST(:event_name AS text) IS NULL OR event_name = :event_name)
+  AND (CAST(:since AS timestamptz) IS NULL OR created_at >= :since)
+ORDER BY id DESC
+LIMIT :limit
+
+-- name: row_attempts
+-- One row's attempt history, oldest first (the attempt table's (outbox_id, id) index).
+SELECT attempted_at, attempt, key_generation, action, state, http_status, code, message,
+       stripe_request_id, latency_ms, relay_id
+FROM meter_event_outbox_attempts WHERE outbox_id = :outbox_id
+ORDER BY id LIMIT :limit
+
+-- name: retry_preview
+-- What `retry` with these filters would do, changing nothing (--dry-run, and the reasons given
+-- for an identifier that cannot be retried): each matching failed/rejected row and whether an
+-- unforced retry refuses it.
+SELECT identifier, state, last_error_code, first_attempt_at,
+       NOT CAST(:force AS boolean) AND (state = 'rejected'
+           OR first_attempt_at <= now() - make_interval(secs => :window_seconds)) AS refused
+FROM meter_event_outbox o
+WHERE o.state IN ('failed', 'rejected')
+  AND (CAST(:identifier AS text) IS NULL OR o.identifier = :identifier)
+  AND (CAST(:code AS text) IS NULL OR o.last_error_code = :code)
+ORDER BY o.id LIMIT 1000
+
+-- name: row_state
+SELECT state, action FROM meter_event_outbox WHERE identifier = :identifier
+
+-- name: prune_preview
+-- What `prune` would delete (--dry-run): counted on the terminal-age index.
+SELECT count(*) AS n, min(updated_at) AS oldest, max(updated_at) AS newest
+FROM meter_event_outbox
+WHERE state IN ('accepted', 'cancelled') AND updated_at < now() - make_interval(secs => :age_seconds)
+
+-- name: unsent_count
+-- Rows not (yet) reported: what a downgrade to base would destroy.
+SELECT count(*) FROM meter_event_outbox WHERE state IN ('pending', 'in_flight', 'failed')
+
+-- name: drift_ours
+-- Our side of the drift report: per (account, customer, event name, hour of occurred_at) the
+-- sum and count of facts Stripe accepted that were neither rejected nor cancelled, plus the
+-- rows whose outcome is still open (sent at least once, not yet settled: the group is
+-- compared only once they settle), and a few identifiers to show when the group differs.
+-- The created_at bound lets the block range index skip history: the occurred_at_window CHECK
+-- puts occurred_at at most 5 minutes after created_at.
+SELECT coalesce(stripe_account, '') AS account, customer, event_name,
+       date_trunc('hour', occurred_at) AS hour,
+       coalesce(sum(value) FILTER (WHERE state = 'accepted'), 0) AS value,
+       count(*) FILTER (WHERE state = 'accepted') AS events,
+       count(*) FILTER (WHERE state IN ('pending', 'in_flight')) AS open,
+       (array_agg(identifier ORDER BY id) FILTER (WHERE state = 'accepted'))[1:10]
+           AS identifiers
+FROM meter_event_outbox
+WHERE created_at >= CAST(:since AS timestamptz) - interval '5 minutes'
+  AND occurred_at >= :since AND occurred_at < :until
+  AND (state = 'accepted' OR (state IN ('pending', 'in_flight') AND first_attempt_at IS NOT NULL))
+GROUP BY 1, 2, 3, 4
+ORDER BY 1, 2, 3, 4
+
+-- name: save_drift_report
+INSERT INTO meter_event_outbox_drift_reports (since, until, groups, differing, unsettled,
+    drift_events, differences)
+VALUES (:since, :until, :groups, :differing, :unsettled, :drift_events, CAST(:differences AS jsonb))
+RETURNING id, created_at
+
+-- name: latest_drift_report
+-- The newest drift report (console, /metrics), or no row.
+SELECT id, created_at, since, until, groups, differing, unsettled, drift_events, differences
+FROM meter_event_outbox_drift_reports ORDER BY created_at DESC LIMIT 1

@@ -9,6 +9,7 @@ connection for the CLI and the tests. Each method is one statement in its own tr
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, NamedTuple, cast
 
 import orjson
@@ -51,6 +52,41 @@ class FailureCount(NamedTuple):
     state: str
     code: str
     n: int
+
+
+class UnsentGroup(NamedTuple):
+    """Unsent rows sharing a state, last code and due-ness (see `unsent_by_group`)."""
+
+    state: str
+    code: str | None
+    due: bool
+    n: int
+    oldest_created_at: datetime
+    oldest_occurred_at: datetime
+    next_attempt_at: datetime
+
+
+class RetryCandidate(NamedTuple):
+    """A failed/rejected row a `retry` with given filters matches, and whether it is refused."""
+
+    identifier: str
+    state: str
+    code: str | None
+    first_attempt_at: datetime | None
+    refused: bool
+
+
+class OurGroup(NamedTuple):
+    """Our side of one drift group: accepted totals per (account, customer, meter, hour)."""
+
+    account: str  # '' for the platform account
+    customer: str
+    event_name: str
+    hour: datetime
+    value: Any  # Decimal (numeric)
+    events: int
+    open: int  # rows sent but not settled: the group is not compared yet
+    identifiers: list[str]
 
 
 class RefusedRetry(NamedTuple):
@@ -136,6 +172,13 @@ def _retry_params(
         "force": force,
         "window_seconds": window_hours * 3600,
     }
+
+
+def _json_number(value: object) -> int | float:
+    """orjson's fallback for numeric values (Decimal): whole numbers stay exact."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    raise TypeError(type(value).__name__)
 
 
 class Store:
@@ -262,6 +305,75 @@ class SyncStore:
         """The rows an unforced `retry` with these filters leaves alone."""
         params = _retry_params(identifier, code, False, window_hours)
         return [RefusedRetry(*r) for r in self._run("retry_refused", params)]
+
+    def unsent_by_group(self) -> list[UnsentGroup]:
+        return [UnsentGroup(*r) for r in self._run("unsent_by_group")]
+
+    def last_status_for_code(self, code: str) -> int | None:
+        """HTTP status of the latest attempt of a pending row with `code` (None: no attempt)."""
+        found = self._run("last_status_for_code", {"code": code})
+        return cast(int | None, found[0][0]) if found else None
+
+    def list_rows(
+        self,
+        *,
+        state: str | None = None,
+        code: str | None = None,
+        customer: str | None = None,
+        event_name: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        params = {
+            "state": state,
+            "code": code,
+            "customer": customer,
+            "event_name": event_name,
+            "since": since,
+            "limit": limit,
+        }
+        return self._dicts("list_rows", params)
+
+    def row_attempts(self, outbox_id: int, limit: int = 500) -> list[dict[str, Any]]:
+        return self._dicts("row_attempts", {"outbox_id": outbox_id, "limit": limit})
+
+    def row_state(self, identifier: str) -> tuple[str, str] | None:
+        """(state, action) of one row, or None when no row has this identifier."""
+        found = self._run("row_state", {"identifier": identifier})
+        return (found[0][0], found[0][1]) if found else None
+
+    def retry_preview(
+        self, *, identifier: str | None, code: str | None, force: bool, window_hours: float
+    ) -> list[RetryCandidate]:
+        params = _retry_params(identifier, code, force, window_hours)
+        return [RetryCandidate(*r) for r in self._run("retry_preview", params)]
+
+    def prune_preview(self, *, age_seconds: float) -> dict[str, Any]:
+        (found,) = self._dicts("prune_preview", {"age_seconds": age_seconds})
+        return found
+
+    def unsent_count(self) -> int:
+        ((n,),) = self._run("unsent_count")
+        return int(n)
+
+    def drift_ours(self, since: datetime, until: datetime) -> list[OurGroup]:
+        return [OurGroup(*r) for r in self._run("drift_ours", {"since": since, "until": until})]
+
+    def save_drift_report(self, report: dict[str, Any]) -> tuple[int, datetime]:
+        """Store a drift report (the console shows the newest); returns its id and time."""
+        document = orjson.dumps(report["differences"], default=_json_number).decode()
+        params = {**report, "differences": document}
+        ((report_id, created_at),) = self._run("save_drift_report", params)
+        return int(report_id), created_at
+
+    def latest_drift_report(self) -> dict[str, Any] | None:
+        found = self._dicts("latest_drift_report")
+        return found[0] if found else None
+
+    def _dicts(self, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        cur = self.conn.execute(for_psycopg(QUERIES[name]), params or {})
+        names = [c.name for c in cur.description or []]
+        return [dict(zip(names, values, strict=True)) for values in cur.fetchall()]
 
     def prune(self, *, age_seconds: float, batch_size: int) -> int:
         """Delete one bounded batch of old terminal rows; returns how many."""
