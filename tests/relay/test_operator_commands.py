@@ -9,12 +9,14 @@ from datetime import datetime
 
 import psycopg
 import pytest
+import stripe
 from click.testing import CliRunner
 
 from relay.cli import main
 from relay.config import Settings
 from relay.emulator import Emulator
 from relay.options import SECRETS, env_name
+from relay.store import SyncStore
 from tests.helpers import scalar
 from tests.relay.conftest import (
     TEST_KEY,
@@ -232,3 +234,34 @@ def test_readme_emulator_port_is_the_default():
 
 def stripe_env(emulator: Emulator) -> dict[str, str]:
     return {"STRIPE_API_KEY": TEST_KEY, "OUTBOX_STRIPE_API_BASE": emulator.base_url}
+
+
+async def test_drift_finds_a_change_made_behind_the_relays_back(
+    database_url, emulator: Emulator, settings, db
+):
+    insert_usage(database_url, 6, customers=2)
+    async with running_relay(settings) as relay:
+        await relay.until(lambda: accepted(database_url, 6))
+    clean = cli(database_url, "drift", "--json", **stripe_env(emulator))
+    report = json.loads(clean.stdout)
+    assert clean.returncode == 0, clean.stderr
+    assert (report["groups"], report["differing"]) == (2, 0)
+
+    # An application writes to Stripe directly, for a customer the outbox also reports.
+    stripe_client = stripe.StripeClient(TEST_KEY, base_addresses={"api": emulator.base_url})
+    stripe_client.v1.billing.meter_events.create(
+        {"event_name": "api_calls", "payload": {"stripe_customer_id": "cus_11", "value": "5"}}
+    )
+    drifted = cli(database_url, "drift", "--json", **stripe_env(emulator))
+    report = json.loads(drifted.stdout)
+    assert drifted.returncode == 3
+    (difference,) = report["differences"]
+    assert (difference["customer"], difference["ours"], difference["stripe"]) == ("cus_11", 3, 8)
+    assert difference["difference"] == 5 and difference["meter"] == "mtr_api_calls"
+    assert sorted(difference["identifiers"]) == ["u1", "u3", "u5"]
+    assert report["drift_events"] == 5
+
+    stored = SyncStore(db).latest_drift_report()
+    assert stored is not None and stored["id"] == report["id"] and stored["drift_events"] == 5
+    human = cli(database_url, "drift", **stripe_env(emulator)).stdout
+    assert "cus_11 api_calls (mtr_api_calls)" in human and "difference 5" in human
