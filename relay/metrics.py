@@ -61,8 +61,9 @@ ACCOUNT_AUTH_PAUSED = Gauge(
 BUILD_INFO = Gauge(
     "outbox_relay_build_info", "Always 1; labels say what is running", ["version", "mode"]
 )
-# Set by `outbox-relay drift` from its latest report: the absolute difference, in events,
-# between what we believe Stripe counted and Stripe's meter event summaries.
+# From the latest report `outbox-relay drift` stored (read at scrape time, so every relay
+# serves it): the absolute difference between our accepted totals and Stripe's meter event
+# summaries, summed over the differing (customer, meter, hour) groups.
 DRIFT = Gauge(
     "outbox_relay_drift_events",
     "Events of difference between our accepted totals and Stripe's, in the last drift report",
@@ -86,6 +87,7 @@ class TableReader(Protocol):
     async def state_counts(self) -> dict[str, int]: ...
     async def oldest_unsent_age(self) -> timedelta | None: ...
     async def live_relay_count(self) -> int: ...
+    async def drift_events(self) -> float: ...
 
 
 class ScrapeRefresh:
@@ -130,3 +132,4 @@ class ScrapeRefresh:
         age = await self.reader.oldest_unsent_age()
         OLDEST_UNSENT.set(age.total_seconds() if age else 0.0)
         LIVE_RELAYS.set(await self.reader.live_relay_count())
+        DRIFT.set(await self.reader.drift_events())

@@ -91,10 +91,7 @@ SELECT attempted_at, attempt, key_generation, action, state, http_status, code, 
 FROM meter_event_outbox_attempts WHERE outbox_id = :outbox_id
 ORDER BY id LIMIT :limit
 
--- name: drift_table
-SELECT to_regclass('meter_event_outbox_drift_reports') IS NOT NULL AS present
-
 -- name: latest_drift_report
--- Whatever columns the drift command stores; the newest report by created_at.
-SELECT to_jsonb(d) AS report FROM meter_event_outbox_drift_reports d
-ORDER BY to_jsonb(d) ->> 'created_at' DESC NULLS LAST LIMIT 1
+-- The newest report of `outbox-relay drift` (or no row).
+SELECT id, created_at, since, until, groups, differing, unsettled, drift_events, differences
+FROM meter_event_outbox_drift_reports ORDER BY created_at DESC LIMIT 1

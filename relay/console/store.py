@@ -112,9 +112,11 @@ class ConsoleStore:
         return await self._rows("row_attempts", {"outbox_id": outbox_id, "limit": limit})
 
     async def latest_drift_report(self) -> dict[str, Any] | None:
-        """The newest row of meter_event_outbox_drift_reports, or None (no table, no row)."""
-        (present,) = await self._rows("drift_table")
-        if not present["present"]:
-            return None
+        """The newest drift report (meter_event_outbox_drift_reports), or None."""
         rows = await self._rows("latest_drift_report")
-        return rows[0]["report"] if rows else None
+        return rows[0] if rows else None
+
+    async def drift_events(self) -> float:
+        """The difference found by the newest drift report (0 before the first)."""
+        report = await self.latest_drift_report()
+        return float(report["drift_events"]) if report else 0.0

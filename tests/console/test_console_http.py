@@ -1,11 +1,13 @@
 """The console over real HTTP: what it shows, who may see it, who may act and how."""
 
 import re
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import psycopg
 
 from relay.emulator import Emulator
+from relay.store import SyncStore
 from tests.console.conftest import TOKEN, seed, served
 from tests.relay.conftest import row
 
@@ -152,16 +154,38 @@ async def test_actions_need_token_csrf_and_same_origin(
 
 
 async def test_latest_drift_report_is_shown(database_url: str, emulator: Emulator) -> None:
+    """The console shows the newest report `outbox-relay drift` stored, with the identifiers."""
+    now = datetime.now(UTC)
+    difference = {
+        "account": None,
+        "customer": "cus_0",
+        "event_name": "api_calls",
+        "meter": "mtr_api_calls",
+        "hour": now.replace(minute=0, second=0, microsecond=0),
+        "ours": 3,
+        "stripe": 8,
+        "difference": 5,
+        "events": 3,
+        "identifiers": ["fact-a", "fact-b"],
+    }
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(
-            "CREATE TABLE meter_event_outbox_drift_reports (id int, created_at timestamptz,"
-            " drift_events bigint, detail text)"
-        )
-        conn.execute(
-            "INSERT INTO meter_event_outbox_drift_reports VALUES"
-            " (1, now() - interval '1 day', 5, 'old'), (2, now(), 7, 'cus_0 api_calls')"
-        )
+        store = SyncStore(conn)
+        for differences in ([], [difference]):
+            store.save_drift_report(
+                {
+                    "since": now - timedelta(hours=24),
+                    "until": now,
+                    "groups": 4,
+                    "differing": len(differences),
+                    "unsettled": 0,
+                    "drift_events": 5 * len(differences),
+                    "differences": differences,
+                }
+            )
     async with served(database_url, emulator) as app, aiohttp.ClientSession() as session:
         _, page = await _get(session, f"{app.url}/console")
+        _, metrics_text = await _get(session, f"{app.url}/metrics")
     drift = page.split('id="drift"', 1)[1]
-    assert "cus_0 api_calls" in drift and "old" not in drift
+    assert "1 differ" in drift and "cus_0" in drift and "mtr_api_calls" in drift
+    assert "identifier=fact-a" in drift
+    assert "outbox_relay_drift_events 5.0" in metrics_text

@@ -85,6 +85,9 @@ class Reader:
     async def live_relay_count(self) -> int:
         return 2
 
+    async def drift_events(self) -> float:
+        return 4.0
+
 
 def _value(name: str, **labels: str) -> float | None:
     return REGISTRY.get_sample_value(name, labels)
@@ -97,6 +100,7 @@ async def test_scrape_refresh_reuses_a_recent_reading_and_survives_the_database(
     assert _value("outbox_relay_backlog_rows", state="pending") == 3
     assert _value("outbox_relay_oldest_unsent_age_seconds") == 55
     assert _value("outbox_relay_live_relays") == 2
+    assert _value("outbox_relay_drift_events") == 4
     assert _value("outbox_relay_account_auth_paused", account="platform") == 1
     assert _value("outbox_relay_build_info", version="9.9", mode="v2-stream") == 1
     reader.pending = 4

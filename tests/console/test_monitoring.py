@@ -22,6 +22,8 @@ from tests.relay.conftest import insert_usage, make_settings, running_relay, sta
 MONITORING = Path(__file__).resolve().parents[2] / "deploy" / "monitoring"
 METRIC = re.compile(r"\boutbox_relay_[a-z0-9_]+")
 SUFFIXES = ("_bucket", "_count", "_sum")
+
+
 # Defined by work merged separately (the commit-to-accepted histogram); listed here so this
 # test says so instead of failing, and fails once the name is served but still listed.
 def _rules() -> list[dict]:
