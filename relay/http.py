@@ -9,8 +9,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from relay import console, metrics
-from relay.console.store import ConsoleStore
-from relay.store import Store
+from relay.store import ConsoleStore, Store
 from relay.webhooks import handle_delivery
 
 log = structlog.get_logger("relay.http")

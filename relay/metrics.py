@@ -82,7 +82,7 @@ def stripe_call(verdict: str) -> Counter:
 
 
 class TableReader(Protocol):
-    """What the scrape-time refresh reads (relay/console/store.py implements it)."""
+    """What the scrape-time refresh reads (relay/store.py ConsoleStore implements it)."""
 
     async def state_counts(self) -> dict[str, int]: ...
     async def oldest_unsent_age(self) -> timedelta | None: ...

@@ -11,8 +11,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from relay.config import Settings
 from relay.console.auth import Guard
-from relay.console.store import ConsoleStore
 from relay.console.views import Console
+from relay.store import ConsoleStore
 
 
 def install(

@@ -16,7 +16,7 @@ import outbox
 from relay import __version__, ops
 from relay.config import Settings
 from relay.console.auth import COOKIE, Guard, Viewer, set_session_cookie
-from relay.console.store import ConsoleStore
+from relay.store import ConsoleStore
 
 log = structlog.get_logger("relay.console")
 TOP_CUSTOMERS = 10
