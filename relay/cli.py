@@ -3,6 +3,8 @@
 import json
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import click
@@ -10,6 +12,7 @@ import click
 from outbox.dburl import redact
 from relay import config, errors
 from relay.config import Settings
+from relay.options import secrets_help, setting_options
 
 
 def _settings(**overrides: object) -> Settings:
@@ -125,32 +128,9 @@ def schema(as_sql: bool, start: str | None, revision: str) -> None:
         click.echo(rev)
 
 
-@main.command()
+@main.command(epilog=secrets_help())
 @database_option
-@click.option("--stripe-api-base", envvar="OUTBOX_STRIPE_API_BASE", help="e.g. the emulator URL")
-@click.option(
-    "--mode",
-    "stripe_api_mode",
-    type=click.Choice(["v1", "v2-stream"]),
-    envvar="OUTBOX_STRIPE_API_MODE",
-)
-@click.option("--concurrency", type=int, help="Rows held at once (default: rate limit x 0.4 s)")
-@click.option("--batch-size", type=int, help="Rows per claim (default 100)")
-@click.option(
-    "--rate-limit", type=float, help="Calls/s for the account (default 1000 live, 25 test keys)"
-)
-@click.option(
-    "--rate-limit-scope",
-    type=click.Choice(["account", "relay"]),
-    help="account (default): shared by the relays on this database; relay: each its own",
-)
-@click.option("--poll-interval", type=float, help="Seconds between polls (default 1)")
-@click.option(
-    "--wait-for-schema", type=float, help="Seconds to wait for `migrate` to finish (default 0)"
-)
-@click.option("--poll-only", is_flag=True, default=None, help="No LISTEN (PgBouncer txn mode)")
-@click.option("--http-host", help="Webhook/metrics bind address (default 127.0.0.1)")
-@click.option("--http-port", type=int, help="Webhook/metrics port (default 8080)")
+@setting_options("database_url")
 @click.option("--log-format", type=click.Choice(["json", "console"]), default="json")
 @click.option(
     "--log-level",
@@ -158,6 +138,7 @@ def schema(as_sql: bool, start: str | None, revision: str) -> None:
     default="INFO",
     envvar="OUTBOX_LOG_LEVEL",
     show_default=True,
+    help="(env OUTBOX_LOG_LEVEL)",
 )
 def run(log_format: str, log_level: str, **flags: object) -> None:
     """Run the relay daemon until SIGTERM/SIGINT."""
@@ -170,63 +151,190 @@ def run(log_format: str, log_level: str, **flags: object) -> None:
     service.run_loop(service.serve(settings))
 
 
+def _json_value(value: object) -> object:
+    """ISO-8601 for times, seconds for durations, exact numbers for numerics."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return str(value)
+
+
 def _emit(data: object, as_json: bool, render: Callable[[], None]) -> None:
     if as_json:
-        click.echo(json.dumps(data, default=str, indent=2))
+        click.echo(json.dumps(data, default=_json_value, indent=2))
     else:
         render()
 
 
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def _confirm(question: str, yes: bool) -> None:
+    """Ask before a destructive step; with no terminal (CI, cron) refuse unless --yes."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise click.UsageError(f"{question} Refusing without a terminal to ask: pass --yes")
+    if not click.confirm(question, default=False):
+        raise click.ClickException("cancelled; nothing changed")
+
+
 @main.command()
 @database_option
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(database_url: str | None, as_json: bool) -> None:
-    """Counts per state, age of the oldest due row, failures by code."""
+@json_option
+@click.option(
+    "--fail-if-lag",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Exit 4 when the oldest unsent fact was recorded more than SECONDS ago.",
+)
+@click.option(
+    "--fail-if-failed",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Exit 5 when N or more rows are failed (waiting for an operator).",
+)
+def status(
+    database_url: str | None, as_json: bool, fail_if_lag: float | None, fail_if_failed: int | None
+) -> None:
+    """Counts per state, true lag, what unsent rows wait for, failures by code.
+
+    Lag is the age of the oldest unsent fact (pending or in flight, backing off included),
+    from when it was recorded and from when it happened. Exit codes: 0 fine, 4 lag over
+    --fail-if-lag, 5 failed rows at --fail-if-failed or more (4 wins when both hold),
+    1 runtime error, 2 configuration.
+    """
     from relay import ops
 
     settings = _settings(database_url=database_url)
     with ops.connect(_database_url(settings)) as conn:
         data = ops.status(conn, stale_seconds=settings.relay_stale_after)
+    _emit(data, as_json, lambda: _render_status(data))
+    if ops.lag_exceeded(data, fail_if_lag):
+        click.echo(f"lag {data['lag']['created_age_seconds']:.1f} s > {fail_if_lag:g} s", err=True)
+        sys.exit(4)
+    if ops.failed_exceeded(data, fail_if_failed):
+        click.echo(f"{data['counts'].get('failed', 0)} failed row(s)", err=True)
+        sys.exit(5)
+
+
+def _render_status(data: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table("state", "rows", title="meter_event_outbox")
+    for state, n in data["counts"].items():
+        table.add_row(state, str(n))
+    console.print(table)
+    lag, unsent = data["lag"], data["unsent"]
+    if lag["oldest_unsent_created_at"] is None:
+        console.print("lag: nothing unsent")
+    else:
+        console.print(
+            f"lag: oldest unsent fact recorded {lag['created_age_seconds']:.1f} s ago "
+            f"({lag['oldest_unsent_created_at'].isoformat()}), happened "
+            f"{lag['occurred_age_seconds']:.1f} s ago"
+        )
+    console.print(f"unsent: {unsent['due']} due, {unsent['in_flight']} in flight")
+    for title, groups in (
+        ("backing off", unsent["backing_off"]),
+        ("waiting on auth", unsent["waiting_on_auth"]),
+    ):
+        if groups:
+            waiting = Table("code", "rows", "oldest recorded", "next attempt in", title=title)
+            for g in groups:
+                waiting.add_row(
+                    g["code"] or "(scheduled)",
+                    str(g["rows"]),
+                    g["oldest_created_at"].isoformat(),
+                    f"{g['next_attempt_in_seconds']:.0f} s",
+                )
+            console.print(waiting)
+    relays = data["relays"]
+    console.print(f"relays running: {'unknown' if relays is None else len(relays)}")
+    if data["failures_by_code"]:
+        failures = Table("state", "code", "rows", title="needs a decision")
+        for f in data["failures_by_code"]:
+            failures.add_row(f["state"], f["code"], str(f["count"]))
+        console.print(failures)
+
+
+@main.command(name="list")
+@database_option
+@click.option(
+    "--state",
+    type=click.Choice(["pending", "in_flight", "accepted", "failed", "rejected", "cancelled"]),
+)
+@click.option("--code", help="Last error code.")
+@click.option("--customer")
+@click.option("--event-name")
+@click.option(
+    "--since",
+    type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"]),
+    help="Recorded at or after (ISO-8601, UTC unless an offset is given).",
+)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@json_option
+def list_rows(database_url: str | None, as_json: bool, **filters: Any) -> None:
+    """Rows matching every filter, newest first. Exits 3 when none matched."""
+    from relay import ops
+
+    if filters["since"] is not None and filters["since"].tzinfo is None:
+        filters["since"] = filters["since"].replace(tzinfo=UTC)
+    with ops.connect(_database_url(_settings(database_url=database_url))) as conn:
+        found = ops.list_rows(conn, **filters)
 
     def render() -> None:
-        from rich.console import Console
-        from rich.table import Table
+        for r in found:
+            code = f" {r['last_error_code']}" if r["last_error_code"] else ""
+            click.echo(
+                f"{r['identifier']}  {r['state']}{code}  {r['customer']}  {r['event_name']}  "
+                f"value={r['value']}  attempts={r['attempts']}  "
+                f"recorded={r['created_at'].isoformat()}"
+            )
 
-        table = Table("state", "rows", title="meter_event_outbox")
-        for state, n in data["counts"].items():
-            table.add_row(state, str(n))
-        console = Console()
-        console.print(table)
-        console.print(f"oldest due row: {data['oldest_due_age_seconds']:.1f} s old")
-        relays = data["relays"]
-        console.print(f"relays running: {'unknown' if relays is None else len(relays)}")
-        if data["failures_by_code"]:
-            failures = Table("state", "code", "rows", title="needs a decision")
-            for f in data["failures_by_code"]:
-                failures.add_row(f["state"], f["code"], str(f["count"]))
-            console.print(failures)
-
-    _emit(data, as_json, render)
+    _emit(found, as_json, render)
+    if not found:
+        click.echo("no row matched", err=True)
+        sys.exit(3)
 
 
 @main.command()
 @database_option
 @click.argument("identifier")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 def inspect(database_url: str | None, identifier: str, as_json: bool) -> None:
-    """Everything recorded about one usage fact."""
+    """Everything recorded about one usage fact, and every Stripe call made for it."""
     from relay import ops
 
-    with ops.connect(_database_url(_settings(database_url=database_url))) as conn:
+    settings = _settings(database_url=database_url)
+    with ops.connect(_database_url(settings)) as conn:
         data = ops.inspect(conn, identifier)
     if data is None:
-        raise click.ClickException(f"no usage recorded with identifier {identifier!r}")
+        raise click.ClickException(
+            f"no usage recorded with identifier {identifier!r}: never recorded, or pruned "
+            f"(accepted/cancelled rows are kept {settings.retention_days:g} days)"
+        )
+    _emit(data, as_json, lambda: _render_row(data))
 
-    def render() -> None:
-        for key, value in data.items():
-            click.echo(f"{key:>20}: {value}")
 
-    _emit(data, as_json, render)
+def _render_row(data: dict[str, Any]) -> None:
+    click.echo(data["summary"])
+    for key, value in data.items():
+        if key not in ("summary", "history"):
+            shown = value.isoformat() if isinstance(value, datetime) else value
+            click.echo(f"{key:>26}: {'-' if shown is None else shown}")
+    click.echo(f"attempts ({len(data['history'])}):")
+    for a in data["history"]:
+        click.echo(
+            f"  {a['attempted_at'].isoformat()}  #{a['attempt']} key {a['key_generation']} "
+            f"{a['action']} -> {a['state']} {a['http_status'] or '-'} {a['code'] or ''} "
+            f"{a['stripe_request_id'] or ''} {a['latency_ms'] or 0:.0f} ms {a['relay_id'] or ''}"
+        )
 
 
 @main.command()
@@ -235,28 +343,58 @@ def inspect(database_url: str | None, identifier: str, as_json: bool) -> None:
 @click.option("--code", help="Retry every failed/rejected row with this error code.")
 @click.option("--all", "all_failed", is_flag=True, help="Retry every failed/rejected row.")
 @click.option("--force", is_flag=True, help="Also rows a resend could double-count.")
+@click.option("--dry-run", is_flag=True, help="Show what would be requeued; change nothing.")
+@json_option
 def retry(
     database_url: str | None,
     identifier: str | None,
     code: str | None,
     all_failed: bool,
     force: bool,
+    dry_run: bool,
+    as_json: bool,
 ) -> None:
-    """Send failed or rejected rows again (fresh idempotency key, fresh attempt budget)."""
+    """Send failed or rejected rows again (fresh idempotency key, fresh attempt budget).
+
+    Exit codes: 0 requeued, 3 some rows refused as unsafe (see stderr), 1 nothing to retry
+    (unknown identifier, a row that is not failed/rejected, no row with that code).
+    """
     from relay import ops
 
     if not (identifier or code or all_failed):
         raise click.UsageError("give an IDENTIFIER, --code CODE or --all")
+    if identifier and (code or all_failed):
+        raise click.UsageError("give an IDENTIFIER or --code/--all, not both")
     settings = _settings(database_url=database_url)
+    window = settings.dedup_window_hours
     with ops.connect(_database_url(settings)) as conn:
-        requeued, refused = ops.retry(
-            conn,
-            identifier=identifier,
-            code=code,
-            force=force,
-            window_hours=settings.dedup_window_hours,
-        )
-    click.echo(f"requeued {len(requeued)} row(s)")
+        why = identifier and ops.not_retryable(conn, identifier)
+        if why:
+            raise click.ClickException(why)
+        if dry_run:
+            preview = ops.retry_preview(
+                conn, identifier=identifier, code=code, force=force, window_hours=window
+            )
+            requeued = [c.identifier for c in preview if not c.refused]
+            refused = [c._asdict() for c in preview if c.refused]
+        else:
+            requeued, refused = ops.retry(
+                conn, identifier=identifier, code=code, force=force, window_hours=window
+            )
+    data = {"dry_run": dry_run, "requeued": requeued, "refused": refused}
+    verb = "would requeue" if dry_run else "requeued"
+    _emit(data, as_json, lambda: _render_retry(verb, requeued, refused))
+    if refused:
+        sys.exit(3)
+    if not requeued:
+        click.echo("no failed or rejected row matched", err=True)
+        sys.exit(1)
+
+
+def _render_retry(verb: str, requeued: list[str], refused: list[dict[str, Any]]) -> None:
+    click.echo(f"{verb} {len(requeued)} row(s)")
+    for identifier in requeued[:50]:
+        click.echo(f"  {identifier}")
     for r in refused:
         if r["state"] == "rejected":
             why = (
@@ -270,14 +408,13 @@ def retry(
                 "--force if it was not counted"
             )
         click.echo(f"refused {r['identifier']} ({r['code']}): {why}", err=True)
-    if refused:
-        sys.exit(3)
 
 
 @main.command()
 @database_option
 @click.argument("identifier")
-def cancel(database_url: str | None, identifier: str) -> None:
+@json_option
+def cancel(database_url: str | None, identifier: str, as_json: bool) -> None:
     """Cancel a usage fact (locally, or via a meter event adjustment if Stripe may have it)."""
     import outbox
     from relay import ops
@@ -287,29 +424,74 @@ def cancel(database_url: str | None, identifier: str) -> None:
             result = ops.cancel(conn, identifier)
         except outbox.UnknownIdentifier as err:
             raise click.ClickException(str(err)) from None
-    click.echo(f"{identifier}: state={result.state} action={result.action}")
+    data = {"identifier": identifier, "state": result.state, "action": result.action}
+    _emit(
+        data,
+        as_json,
+        lambda: click.echo(f"{identifier}: state={result.state} action={result.action}"),
+    )
 
 
 @main.command()
 @database_option
-@click.option("--older-than-days", type=float, help="Retention (default OUTBOX_RETENTION_DAYS)")
-@click.option("--batch-size", type=int, default=1000, show_default=True)
-def prune(database_url: str | None, older_than_days: float | None, batch_size: int) -> None:
-    """Delete old accepted/cancelled rows in bounded batches."""
+@click.option(
+    "--older-than-days",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Retention, > 0 (default OUTBOX_RETENTION_DAYS)",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--force", is_flag=True, help="Prune inside Stripe's 24 h dedup/cancel windows.")
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@click.option(
+    "--yes", is_flag=True, help="Do not ask for confirmation (needed without a terminal)."
+)
+@json_option
+def prune(
+    database_url: str | None,
+    older_than_days: float | None,
+    batch_size: int,
+    force: bool,
+    dry_run: bool,
+    yes: bool,
+    as_json: bool,
+) -> None:
+    """Delete old accepted/cancelled rows (and their attempts) in bounded batches."""
     from relay import ops
 
     settings = _settings(database_url=database_url)
     days = older_than_days if older_than_days is not None else settings.retention_days
+    refusal = ops.prune_refusal(days, force)
+    if refusal:
+        raise click.UsageError(refusal)
     with ops.connect(_database_url(settings)) as conn:
+        if dry_run:
+            data = {
+                "dry_run": True,
+                "older_than_days": days,
+                **ops.prune_preview(conn, older_than_days=days),
+            }
+            _emit(
+                data,
+                as_json,
+                lambda: click.echo(f"would delete {data['n']} row(s) older than {days:g} days"),
+            )
+            return
+        _confirm(f"Delete accepted/cancelled rows last changed over {days:g} days ago?", yes)
         deleted = ops.prune(conn, older_than_days=days, batch_size=batch_size)
-    click.echo(f"deleted {deleted} row(s) older than {days:g} days")
+    data = {"dry_run": False, "older_than_days": days, "deleted": deleted}
+    _emit(data, as_json, lambda: click.echo(f"deleted {deleted} row(s) older than {days:g} days"))
 
 
 @main.command()
 @database_option
-@click.option("--stripe-api-base", envvar="OUTBOX_STRIPE_API_BASE")
+@click.option(
+    "--stripe-api-base", envvar="OUTBOX_STRIPE_API_BASE", help="(env OUTBOX_STRIPE_API_BASE)"
+)
 @click.option("--hours", type=float, default=72, show_default=True, help="How far back to look.")
-def reconcile(database_url: str | None, stripe_api_base: str | None, hours: float) -> None:
+@json_option
+def reconcile(
+    database_url: str | None, stripe_api_base: str | None, hours: float, as_json: bool
+) -> None:
     """Apply Stripe's meter error events of the last HOURS (for missed webhooks)."""
     import asyncio
     from datetime import timedelta
@@ -333,7 +515,102 @@ def reconcile(database_url: str | None, stripe_api_base: str | None, hours: floa
             await pool.close()
 
     result = asyncio.run(go())
-    click.echo(f"applied {result['events']} error event(s); {result['rejected']} row(s) rejected")
+    _emit(
+        result,
+        as_json,
+        lambda: click.echo(
+            f"applied {result['events']} error event(s); {result['rejected']} row(s) rejected"
+        ),
+    )
+
+
+@main.command()
+@database_option
+@click.option(
+    "--stripe-api-base", envvar="OUTBOX_STRIPE_API_BASE", help="(env OUTBOX_STRIPE_API_BASE)"
+)
+@click.option(
+    "--since",
+    type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"]),
+    help="Facts that happened at or after (UTC unless an offset is given; default 24 h ago).",
+)
+@click.option(
+    "--until",
+    type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"]),
+    help="...and before (default now). Both are widened to whole hours.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0.1, max=100),
+    default=5.0,
+    show_default=True,
+    help="Stripe calls per second for the comparison (the relay keeps the rest of the limit).",
+)
+@json_option
+def drift(
+    database_url: str | None,
+    stripe_api_base: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    rate: float,
+    as_json: bool,
+) -> None:
+    """Compare our accepted totals with Stripe's meter event summaries, per customer, meter
+    and hour; store the report (the console shows the newest). Exit 3 on drift."""
+    from relay import ops, service
+    from relay.drift import compare
+
+    settings = _settings(database_url=database_url, stripe_api_base=stripe_api_base)
+    now = datetime.now(UTC)
+    until = _utc(until) or now
+    since = _utc(since) or until - timedelta(hours=24)
+    if since >= until:
+        raise click.UsageError("--since must be before --until")
+    totals = _stripe_totals(service.check(settings), settings.stripe_api_base, rate)
+    with ops.connect(_database_url(settings)) as conn:
+        report = compare(ops.SyncStore(conn), totals, since, until).as_dict()
+        report["id"], report["created_at"] = ops.SyncStore(conn).save_drift_report(report)
+    _emit(report, as_json, lambda: _render_drift(report))
+    if report["differing"]:
+        sys.exit(3)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def _stripe_totals(key: str, api_base: str | None, rate: float) -> Any:
+    import stripe
+
+    from relay.drift import Pacer, StripeTotals
+    from relay.sender import base_addresses
+
+    client = stripe.StripeClient(
+        key,
+        base_addresses=base_addresses(api_base),  # type: ignore[arg-type]
+        max_network_retries=2,
+    )
+    return StripeTotals(client, Pacer(rate))
+
+
+def _render_drift(report: dict[str, Any]) -> None:
+    click.echo(
+        f"drift report {report['id']}: {report['since'].isoformat()} .. "
+        f"{report['until'].isoformat()}: {report['groups']} group(s) compared, "
+        f"{report['differing']} differ, {report['unsettled']} unsettled (sends still open)"
+    )
+    for d in report["differences"]:
+        click.echo(
+            f"  {d['customer']} {d['event_name']} ({d['meter']}) {d['hour'].isoformat()}: "
+            f"ours {d['ours']}, Stripe {d['stripe']} (difference {d['difference']}); "
+            f"{d['events']} accepted fact(s): {', '.join(d['identifiers']) or '-'}"
+        )
+    if report["skipped_meters"]:
+        click.echo(
+            f"  not compared (no active sum/count meter): {', '.join(report['skipped_meters'])}"
+        )
 
 
 @main.command()

@@ -106,6 +106,13 @@ class Settings(BaseSettings):
         max_length=200,
         pattern=r"^[^\x00-\x20\x7f]+$",  # printable, no spaces: it names leases and logs
     )
+    console: bool = Field(default=True, description="Serve the web console at /console")
+    console_token: SecretStr | None = Field(
+        default=None, description="Require this token (bearer header or login cookie)"
+    )
+    console_actions: bool = Field(
+        default=False, description="Allow retry/cancel from the console (needs a token)"
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -144,6 +151,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 "OUTBOX_RELAY_STALE_AFTER must be longer than OUTBOX_HEARTBEAT_INTERVAL: a "
                 "relay must heartbeat before the others count it out"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _actions_need_a_token(self) -> "Settings":
+        if self.console_actions and self.console_token is None:
+            raise ValueError(
+                "OUTBOX_CONSOLE_ACTIONS needs OUTBOX_CONSOLE_TOKEN: console actions are only "
+                "offered to a signed-in operator"
             )
         return self
 

@@ -21,9 +21,9 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from relay import metrics
+from relay import console, metrics
 from relay.errors import bind_error
-from relay.store import Store
+from relay.store import ConsoleStore, Store
 from relay.webhooks import BadDelivery, handle_delivery
 
 log = structlog.get_logger("relay.http")
@@ -40,6 +40,9 @@ def make_app(
     read_timeout: float = 10.0,
 ) -> web.Application:
     """Routes bound to a running relay (its state drives /healthz and /readyz)."""
+    refresh = metrics.ScrapeRefresh(
+        ConsoleStore(db.pool, relay.settings.relay_stale_after), relay.settings.stripe_api_mode
+    )
 
     async def healthz(_: web.Request) -> web.Response:
         stalled = (
@@ -57,6 +60,7 @@ def make_app(
         return web.json_response({"ok": ok, **checks}, status=200 if ok else 503)
 
     async def metrics_view(_: web.Request) -> web.Response:
+        await refresh(relay.state.auth_ok)
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def webhook(request: web.Request) -> web.Response:
@@ -97,6 +101,7 @@ def make_app(
             web.post("/webhooks/stripe", webhook),
         ]
     )
+    console.install(app, relay.settings, db.pool, relay)
     return app
 
 

@@ -1,8 +1,18 @@
 """Prometheus metrics of the relay (served on /metrics)."""
 
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import timedelta
 from functools import cache
+from typing import Protocol
 
+import structlog
 from prometheus_client import Counter, Gauge, Histogram
+
+from relay import __version__
+
+log = structlog.get_logger("relay.metrics")
 
 CLAIMED = Counter("outbox_relay_claimed_rows_total", "Rows claimed for sending")
 OUTCOMES = Counter(
@@ -35,6 +45,36 @@ HTTP_EVICTED = Counter(
     "outbox_relay_http_evicted_total", "HTTP connections closed to admit a new one at the cap"
 )
 
+# Read from the database when /metrics is scraped (see relay/scrape.py), so every replica
+# reports the table's state as of the scrape, whatever it was doing.
+BACKLOG = Gauge(
+    "outbox_relay_backlog_rows",
+    "Rows per state (pending, in_flight, failed, rejected live; accepted, cancelled maintained)",
+    ["state"],
+)
+OLDEST_UNSENT = Gauge(
+    "outbox_relay_oldest_unsent_age_seconds",
+    "Seconds since the oldest pending or in-flight row was recorded (created_at); 0 if none",
+)
+LIVE_RELAYS = Gauge(
+    "outbox_relay_live_relays", "Relays seen in the last seconds (they share the rate limit)"
+)
+ACCOUNT_AUTH_PAUSED = Gauge(
+    "outbox_relay_account_auth_paused",
+    "1 while sending for this Stripe account is paused on a 401/403 (platform: the key's own)",
+    ["account"],
+)
+BUILD_INFO = Gauge(
+    "outbox_relay_build_info", "Always 1; labels say what is running", ["version", "mode"]
+)
+# From the latest report `outbox-relay drift` stored (read at scrape time, so every relay
+# serves it): the absolute difference between our accepted totals and Stripe's meter event
+# summaries, summed over the differing (customer, meter, hour) groups.
+DRIFT = Gauge(
+    "outbox_relay_drift_events",
+    "Events of difference between our accepted totals and Stripe's, in the last drift report",
+)
+
 
 @cache
 def outcome(state: str, code: str | None) -> Counter:
@@ -45,3 +85,57 @@ def outcome(state: str, code: str | None) -> Counter:
 @cache
 def stripe_call(verdict: str) -> Counter:
     return STRIPE_CALLS.labels(verdict)
+
+
+class TableReader(Protocol):
+    """What the scrape-time refresh reads (relay/store.py ConsoleStore implements it)."""
+
+    async def state_counts(self) -> dict[str, int]: ...
+    async def oldest_unsent_age(self) -> timedelta | None: ...
+    async def live_relay_count(self) -> int: ...
+    async def drift_events(self) -> float: ...
+
+
+class ScrapeRefresh:
+    """Sets the table gauges when /metrics is scraped. Several Prometheus servers (or a fast
+    scrape interval) reuse one reading for MIN_INTERVAL seconds; a slow or unreachable database
+    keeps the last values rather than failing the scrape, which still reports the relay's own
+    counters (and outbox_relay_database_errors_total rises)."""
+
+    MIN_INTERVAL = 5.0
+    TIMEOUT = 3.0
+
+    def __init__(
+        self,
+        reader: TableReader,
+        mode: str,
+        version: str = __version__,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.reader = reader
+        self._clock = clock
+        self._read_at: float | None = None
+        self._lock = asyncio.Lock()
+        BUILD_INFO.labels(version, mode).set(1)
+
+    async def __call__(self, auth_ok: bool) -> None:
+        ACCOUNT_AUTH_PAUSED.labels("platform").set(0 if auth_ok else 1)
+        async with self._lock:
+            now = self._clock()
+            if self._read_at is not None and now - self._read_at < self.MIN_INTERVAL:
+                return
+            try:
+                await asyncio.wait_for(self._read(), self.TIMEOUT)
+            except Exception as err:  # the scrape still answers with the relay's counters
+                DB_ERRORS.inc()
+                log.warning("metrics_refresh_failed", error=str(err) or type(err).__name__)
+                return
+            self._read_at = now
+
+    async def _read(self) -> None:
+        for state, n in (await self.reader.state_counts()).items():
+            BACKLOG.labels(state).set(n)
+        age = await self.reader.oldest_unsent_age()
+        OLDEST_UNSENT.set(age.total_seconds() if age else 0.0)
+        LIVE_RELAYS.set(await self.reader.live_relay_count())
+        DRIFT.set(await self.reader.drift_events())

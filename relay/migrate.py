@@ -12,6 +12,7 @@ import io
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+import click
 from alembic import command
 from alembic.config import Config
 
@@ -60,8 +61,20 @@ def upgrade(database_url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(database_url), revision)
 
 
-def downgrade(database_url: str, revision: str) -> None:
-    """Take the schema down to `revision` ('base' removes every outbox object)."""
+class DowngradeRefused(click.ClickException):
+    """A downgrade that would drop usage not yet reported to Stripe."""
+
+
+def downgrade(database_url: str, revision: str, *, drop_unsent: bool = False) -> None:
+    """Take the schema down to `revision` ('base' removes every outbox object, so it is
+    refused while rows are pending, in flight or failed: that usage was never reported)."""
+    if revision == "base" and not drop_unsent:
+        unsent = unsent_rows(database_url)
+        if unsent:
+            raise DowngradeRefused(
+                f"refusing to downgrade to base: {unsent} row(s) not yet reported to Stripe "
+                "would be dropped; let the relay drain them (or cancel them) first"
+            )
     command.downgrade(alembic_config(database_url), revision)
 
 
@@ -82,6 +95,19 @@ def schema_sql(revision: str = "head", start: str | None = None) -> str:
     buffer = io.StringIO()
     upgrade_sql(buffer, revision, start=start, bare=True)
     return buffer.getvalue()
+
+
+def unsent_rows(database_url: str) -> int:
+    """Rows pending, in flight or failed (0 when the outbox table does not exist)."""
+    import psycopg
+
+    from relay import ops
+
+    with ops.connect(database_url) as conn:
+        try:
+            return ops.unsent_rows(conn)
+        except psycopg.errors.UndefinedTable:
+            return 0
 
 
 def revisions() -> list[str]:

@@ -271,3 +271,189 @@ WHERE o.id IN (
     LIMIT :batch_size
     FOR UPDATE SKIP LOCKED)
 RETURNING o.id
+
+-- name: unsent_by_group
+-- For `status`: every unsent row (pending, in flight) grouped by what it is waiting for, with
+-- the oldest fact of each group from when it was recorded and from when it happened. Reads the
+-- small partial indexes of the hot states: the cost follows the backlog, never the history.
+-- `due` rows are waiting for a relay; not-due pending rows with a code are backing off (or
+-- waiting for the auth probe, told apart by `http_status` below); not-due rows without a code
+-- are scheduled (a cancel right after its report).
+SELECT o.state, o.last_error_code AS code, o.available_at <= now() AS due, count(*) AS n,
+       min(o.created_at) AS oldest_created_at, min(o.occurred_at) AS oldest_occurred_at,
+       min(o.available_at) AS next_attempt_at
+FROM meter_event_outbox o
+WHERE o.state IN ('pending', 'in_flight')
+GROUP BY 1, 2, 3 ORDER BY 4 DESC
+
+-- name: last_status_for_code
+-- The HTTP status of the latest attempt of one pending row with this code: 401/403 mean the row
+-- waits for the auth probe rather than backing off.
+SELECT a.http_status
+FROM meter_event_outbox o
+JOIN LATERAL (SELECT http_status FROM meter_event_outbox_attempts
+              WHERE outbox_id = o.id ORDER BY id DESC LIMIT 1) a ON true
+WHERE o.state = 'pending' AND o.last_error_code = :code
+LIMIT 1
+
+-- name: list_rows
+-- `outbox-relay list`: newest first, every filter optional. A filter on a hot state reads its
+-- partial index; --since reads the created_at block range index; the unfiltered case walks the
+-- primary key backwards and stops at :limit.
+SELECT identifier, state, action, customer, event_name, value, stripe_account, attempts,
+       last_error_code, created_at, occurred_at, available_at, accepted_at, updated_at
+FROM meter_event_outbox
+WHERE (CAST(:state AS text) IS NULL OR state = :state)
+  AND (CAST(:code AS text) IS NULL OR last_error_code = :code)
+  AND (CAST(:customer AS text) IS NULL OR customer = :customer)
+  AND (CAST(:event_name AS text) IS NULL OR event_name = :event_name)
+  AND (CAST(:since AS timestamptz) IS NULL OR created_at >= :since)
+ORDER BY id DESC
+LIMIT :limit
+
+-- name: row_attempts
+-- One row's attempt history, oldest first (the attempt table's (outbox_id, id) index).
+SELECT attempted_at, attempt, key_generation, action, state, http_status, code, message,
+       stripe_request_id, latency_ms, relay_id
+FROM meter_event_outbox_attempts WHERE outbox_id = :outbox_id
+ORDER BY id LIMIT :limit
+
+-- name: retry_preview
+-- What `retry` with these filters would do, changing nothing (--dry-run, and the reasons given
+-- for an identifier that cannot be retried): each matching failed/rejected row and whether an
+-- unforced retry refuses it.
+SELECT identifier, state, last_error_code, first_attempt_at,
+       NOT CAST(:force AS boolean) AND (state = 'rejected'
+           OR first_attempt_at <= now() - make_interval(secs => :window_seconds)) AS refused
+FROM meter_event_outbox o
+WHERE o.state IN ('failed', 'rejected')
+  AND (CAST(:identifier AS text) IS NULL OR o.identifier = :identifier)
+  AND (CAST(:code AS text) IS NULL OR o.last_error_code = :code)
+ORDER BY o.id LIMIT 1000
+
+-- name: row_state
+SELECT state, action FROM meter_event_outbox WHERE identifier = :identifier
+
+-- name: prune_preview
+-- What `prune` would delete (--dry-run): counted on the terminal-age index.
+SELECT count(*) AS n, min(updated_at) AS oldest, max(updated_at) AS newest
+FROM meter_event_outbox
+WHERE state IN ('accepted', 'cancelled') AND updated_at < now() - make_interval(secs => :age_seconds)
+
+-- name: unsent_count
+-- Rows not (yet) reported: what a downgrade to base would destroy.
+SELECT count(*) FROM meter_event_outbox WHERE state IN ('pending', 'in_flight', 'failed')
+
+-- name: drift_ours
+-- Our side of the drift report: per (account, customer, event name, hour of occurred_at) the
+-- sum and count of facts Stripe accepted that were neither rejected nor cancelled, plus the
+-- rows whose outcome is still open (sent at least once, not yet settled: the group is
+-- compared only once they settle), and a few identifiers to show when the group differs.
+-- The created_at bound lets the block range index skip history: the occurred_at_window CHECK
+-- puts occurred_at at most 5 minutes after created_at.
+SELECT coalesce(stripe_account, '') AS account, customer, event_name,
+       date_trunc('hour', occurred_at) AS hour,
+       coalesce(sum(value) FILTER (WHERE state = 'accepted'), 0) AS value,
+       count(*) FILTER (WHERE state = 'accepted') AS events,
+       count(*) FILTER (WHERE state IN ('pending', 'in_flight')) AS open,
+       (array_agg(identifier ORDER BY id) FILTER (WHERE state = 'accepted'))[1:10]
+           AS identifiers
+FROM meter_event_outbox
+WHERE created_at >= CAST(:since AS timestamptz) - interval '5 minutes'
+  AND occurred_at >= :since AND occurred_at < :until
+  AND (state = 'accepted' OR (state IN ('pending', 'in_flight') AND first_attempt_at IS NOT NULL))
+GROUP BY 1, 2, 3, 4
+ORDER BY 1, 2, 3, 4
+
+-- name: save_drift_report
+INSERT INTO meter_event_outbox_drift_reports (since, until, groups, differing, unsettled,
+    drift_events, differences)
+VALUES (:since, :until, :groups, :differing, :unsettled, :drift_events, CAST(:differences AS jsonb))
+RETURNING id, created_at
+
+-- name: latest_drift_report
+-- The newest drift report (console, /metrics), or no row.
+SELECT id, created_at, since, until, groups, differing, unsettled, drift_events, differences
+FROM meter_event_outbox_drift_reports ORDER BY created_at DESC LIMIT 1
+
+-- Reads of the web console and of /metrics. Each stays cheap on a table holding years of
+-- history: history is read only through the status view's maintained counters, the partial
+-- indexes of the hot states (pending, in_flight, failed, rejected), the terminal-age index
+-- bounded to the last hour, or a bounded backward walk of the attempt table's primary key.
+
+-- name: state_counts
+SELECT state, n FROM meter_event_outbox_status
+
+-- name: oldest_unsent
+-- The oldest fact not yet reported, from when it was recorded and from when it happened (a
+-- row in backoff or waiting on auth is still unsent: available_at would hide it).
+SELECT min(created_at) AS created_at, min(occurred_at) AS occurred_at,
+       now() - min(created_at) AS created_age, now() - min(occurred_at) AS occurred_age
+FROM meter_event_outbox WHERE state IN ('pending', 'in_flight')
+
+-- name: backing_off
+-- Pending rows that failed at least once, by their last code: retrying, not yet given up.
+SELECT last_error_code AS code, count(*) AS n, min(created_at) AS oldest_created_at,
+       min(available_at) AS next_attempt_at
+FROM meter_event_outbox
+WHERE state = 'pending' AND last_error_code IS NOT NULL
+GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT :limit
+
+-- name: finished_last_hour
+-- Rows that reached accepted or cancelled in the last hour (terminal-age index, one hour of it).
+SELECT count(*) FILTER (WHERE state = 'accepted') AS accepted,
+       count(*) FILTER (WHERE state = 'cancelled') AS cancelled
+FROM meter_event_outbox
+WHERE state IN ('accepted', 'cancelled') AND updated_at > now() - interval '1 hour'
+
+-- name: attempts_last_hour
+-- Stripe calls of the last hour from the attempt history: the newest :cap attempts at most
+-- (a backward walk of the primary key), so a busy hour costs a bounded read.
+SELECT count(*) AS calls,
+       count(*) FILTER (WHERE a.code IS NOT NULL) AS errors,
+       min(a.attempted_at) AS since,
+       count(*) = :cap AS capped
+FROM (SELECT attempted_at, code FROM meter_event_outbox_attempts
+      ORDER BY id DESC LIMIT :cap) a
+WHERE a.attempted_at > now() - interval '1 hour'
+
+-- name: attempt_errors_last_hour
+SELECT a.code, count(*) AS n
+FROM (SELECT attempted_at, code FROM meter_event_outbox_attempts
+      ORDER BY id DESC LIMIT :cap) a
+WHERE a.attempted_at > now() - interval '1 hour' AND a.code IS NOT NULL
+GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT :limit
+
+-- name: failures_with_identifiers
+-- Rows waiting for an operator's decision, by code, each with its first few identifiers.
+SELECT f.state, f.code, f.n, ids.identifiers
+FROM (SELECT state, coalesce(last_error_code, '') AS code, count(*) AS n
+      FROM meter_event_outbox WHERE state IN ('failed', 'rejected')
+      GROUP BY 1, 2) f,
+     LATERAL (SELECT array_agg(identifier ORDER BY id) AS identifiers
+              FROM (SELECT o.identifier, o.id FROM meter_event_outbox o
+                    WHERE o.state = f.state AND coalesce(o.last_error_code, '') = f.code
+                    ORDER BY o.id LIMIT :per_code) s) ids
+ORDER BY f.n DESC, f.state, f.code
+
+-- name: failed_rows
+-- One code's failed or rejected rows, oldest first ('' stands for rows without a code).
+SELECT identifier, state, customer, event_name, value, attempts, last_error_message,
+       created_at, updated_at
+FROM meter_event_outbox
+WHERE state IN ('failed', 'rejected') AND coalesce(last_error_code, '') = :code
+ORDER BY id LIMIT :limit
+
+-- name: customer_backlog
+-- Customers with the most unsent rows (the lane index leads with customer).
+SELECT customer, count(*) AS n, min(created_at) AS oldest_created_at
+FROM meter_event_outbox WHERE state IN ('pending', 'in_flight')
+GROUP BY customer ORDER BY 2 DESC, 1 LIMIT :limit
+
+-- name: row_story
+SELECT id, identifier, state, action, event_name, customer, value, dimensions, metadata,
+       occurred_at, stripe_account, attempts, key_generation, available_at, leased_by,
+       last_error_code, last_error_message, stripe_request_id, created_at, first_attempt_at,
+       accepted_at, cancel_requested_at, cancelled_at, updated_at,
+       available_at - now() AS due_in
+FROM meter_event_outbox WHERE identifier = :identifier

@@ -1,18 +1,22 @@
 """The one door to relay/queries.sql: a typed method per named query.
 
-Every caller (the relay's services, the rate share, webhooks, the operator commands and the
-tests) goes through here, so a query's parameters are built in one place and its result has
-one type. `Store` runs on the relay's async pool; `SyncStore` runs the same queries on a plain
-connection for the CLI and the tests. Each method is one statement in its own transaction
+Every caller (the relay's services, the rate share, webhooks, the operator commands, the web
+console and /metrics, and the tests) goes through here, so a query's parameters are built in one
+place and its result has one type. `Store` runs on the relay's async pool; `ConsoleStore` runs
+the console's and /metrics' reads on the same pool; `SyncStore` runs the same queries on a
+plain connection for the CLI and the tests. Each method is one statement in its own transaction
 (autocommit): the relay never holds a transaction open while it talks to Stripe.
 """
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, NamedTuple, cast
 
 import orjson
 import psycopg
+from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from outbox.sqlfile import for_psycopg
@@ -51,6 +55,41 @@ class FailureCount(NamedTuple):
     state: str
     code: str
     n: int
+
+
+class UnsentGroup(NamedTuple):
+    """Unsent rows sharing a state, last code and due-ness (see `unsent_by_group`)."""
+
+    state: str
+    code: str | None
+    due: bool
+    n: int
+    oldest_created_at: datetime
+    oldest_occurred_at: datetime
+    next_attempt_at: datetime
+
+
+class RetryCandidate(NamedTuple):
+    """A failed/rejected row a `retry` with given filters matches, and whether it is refused."""
+
+    identifier: str
+    state: str
+    code: str | None
+    first_attempt_at: datetime | None
+    refused: bool
+
+
+class OurGroup(NamedTuple):
+    """Our side of one drift group: accepted totals per (account, customer, meter, hour)."""
+
+    account: str  # '' for the platform account
+    customer: str
+    event_name: str
+    hour: datetime
+    value: Any  # Decimal (numeric)
+    events: int
+    open: int  # rows sent but not settled: the group is not compared yet
+    identifiers: list[str]
 
 
 class RefusedRetry(NamedTuple):
@@ -136,6 +175,13 @@ def _retry_params(
         "force": force,
         "window_seconds": window_hours * 3600,
     }
+
+
+def _json_number(value: object) -> int | float:
+    """orjson's fallback for numeric values (Decimal): whole numbers stay exact."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    raise TypeError(type(value).__name__)
 
 
 class Store:
@@ -263,7 +309,186 @@ class SyncStore:
         params = _retry_params(identifier, code, False, window_hours)
         return [RefusedRetry(*r) for r in self._run("retry_refused", params)]
 
+    def unsent_by_group(self) -> list[UnsentGroup]:
+        return [UnsentGroup(*r) for r in self._run("unsent_by_group")]
+
+    def last_status_for_code(self, code: str) -> int | None:
+        """HTTP status of the latest attempt of a pending row with `code` (None: no attempt)."""
+        found = self._run("last_status_for_code", {"code": code})
+        return cast(int | None, found[0][0]) if found else None
+
+    def list_rows(
+        self,
+        *,
+        state: str | None = None,
+        code: str | None = None,
+        customer: str | None = None,
+        event_name: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        params = {
+            "state": state,
+            "code": code,
+            "customer": customer,
+            "event_name": event_name,
+            "since": since,
+            "limit": limit,
+        }
+        return self._dicts("list_rows", params)
+
+    def row_attempts(self, outbox_id: int, limit: int = 500) -> list[dict[str, Any]]:
+        return self._dicts("row_attempts", {"outbox_id": outbox_id, "limit": limit})
+
+    def row_state(self, identifier: str) -> tuple[str, str] | None:
+        """(state, action) of one row, or None when no row has this identifier."""
+        found = self._run("row_state", {"identifier": identifier})
+        return (found[0][0], found[0][1]) if found else None
+
+    def retry_preview(
+        self, *, identifier: str | None, code: str | None, force: bool, window_hours: float
+    ) -> list[RetryCandidate]:
+        params = _retry_params(identifier, code, force, window_hours)
+        return [RetryCandidate(*r) for r in self._run("retry_preview", params)]
+
+    def prune_preview(self, *, age_seconds: float) -> dict[str, Any]:
+        (found,) = self._dicts("prune_preview", {"age_seconds": age_seconds})
+        return found
+
+    def unsent_count(self) -> int:
+        ((n,),) = self._run("unsent_count")
+        return int(n)
+
+    def drift_ours(self, since: datetime, until: datetime) -> list[OurGroup]:
+        return [OurGroup(*r) for r in self._run("drift_ours", {"since": since, "until": until})]
+
+    def save_drift_report(self, report: dict[str, Any]) -> tuple[int, datetime]:
+        """Store a drift report (the console shows the newest); returns its id and time."""
+        document = orjson.dumps(report["differences"], default=_json_number).decode()
+        params = {**report, "differences": document}
+        ((report_id, created_at),) = self._run("save_drift_report", params)
+        return int(report_id), created_at
+
+    def latest_drift_report(self) -> dict[str, Any] | None:
+        found = self._dicts("latest_drift_report")
+        return found[0] if found else None
+
+    def _dicts(self, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        cur = self.conn.execute(for_psycopg(QUERIES[name]), params or {})
+        names = [c.name for c in cur.description or []]
+        return [dict(zip(names, values, strict=True)) for values in cur.fetchall()]
+
     def prune(self, *, age_seconds: float, batch_size: int) -> int:
         """Delete one bounded batch of old terminal rows; returns how many."""
         params = {"age_seconds": age_seconds, "batch_size": batch_size}
         return len(self._run("prune", params))
+
+
+# The web console and /metrics: reads only, rows as dicts for the templates.
+
+ATTEMPT_WINDOW_CAP = 100_000  # newest attempts read for "the last hour" (bounded on busy hours)
+STATES = ("pending", "in_flight", "accepted", "failed", "rejected", "cancelled")
+
+
+@dataclass(frozen=True)
+class Lag:
+    """The oldest unsent fact, measured from when it was recorded and from when it happened."""
+
+    created_at: datetime | None
+    occurred_at: datetime | None
+    created_age: timedelta | None
+    occurred_age: timedelta | None
+
+
+@dataclass(frozen=True)
+class HourActivity:
+    """Rows finished and Stripe calls made in the last hour."""
+
+    accepted: int
+    cancelled: int
+    calls: int
+    errors: int
+    capped: bool  # more calls than ATTEMPT_WINDOW_CAP: calls/errors cover the newest only
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.calls if self.calls else None
+
+
+Row = dict[str, Any]
+
+
+class ConsoleStore:
+    """Read (and drift-report) queries; each method one statement in its own transaction."""
+
+    def __init__(self, pool: AsyncConnectionPool, stale_after: float = 5.0) -> None:
+        self.pool = pool
+        self.stale_after = stale_after  # a relay unseen this long is no longer live
+
+    async def _rows(self, name: str, params: dict[str, Any] | None = None) -> list[Row]:
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(for_psycopg(QUERIES[name]), params or {})
+            return await cur.fetchall()
+
+    async def state_counts(self) -> dict[str, int]:
+        counts = {r["state"]: int(r["n"]) for r in await self._rows("state_counts")}
+        return {state: counts.get(state, 0) for state in STATES}
+
+    async def lag(self) -> Lag:
+        (r,) = await self._rows("oldest_unsent")
+        return Lag(r["created_at"], r["occurred_at"], r["created_age"], r["occurred_age"])
+
+    async def oldest_unsent_age(self) -> timedelta | None:
+        return (await self.lag()).created_age
+
+    async def live_relay_count(self) -> int:
+        return len(await self.live_relays())
+
+    async def backing_off(self, limit: int = 20) -> list[Row]:
+        return await self._rows("backing_off", {"limit": limit})
+
+    async def last_hour(self) -> HourActivity:
+        (done,) = await self._rows("finished_last_hour")
+        (calls,) = await self._rows("attempts_last_hour", {"cap": ATTEMPT_WINDOW_CAP})
+        return HourActivity(
+            accepted=done["accepted"],
+            cancelled=done["cancelled"],
+            calls=calls["calls"],
+            errors=calls["errors"],
+            capped=bool(calls["capped"]),
+        )
+
+    async def attempt_errors(self, limit: int = 10) -> list[Row]:
+        return await self._rows(
+            "attempt_errors_last_hour", {"cap": ATTEMPT_WINDOW_CAP, "limit": limit}
+        )
+
+    async def failures_by_code(self, per_code: int = 5) -> list[Row]:
+        return await self._rows("failures_with_identifiers", {"per_code": per_code})
+
+    async def failed_rows(self, code: str, limit: int = 200) -> list[Row]:
+        return await self._rows("failed_rows", {"code": code, "limit": limit})
+
+    async def customer_backlog(self, limit: int = 10) -> list[Row]:
+        return await self._rows("customer_backlog", {"limit": limit})
+
+    async def live_relays(self) -> list[Row]:
+        return await self._rows("live_relays", {"stale_seconds": self.stale_after})
+
+    async def row(self, identifier: str) -> Row | None:
+        rows = await self._rows("row_story", {"identifier": identifier})
+        return rows[0] if rows else None
+
+    async def attempts(self, outbox_id: int, limit: int = 500) -> list[Row]:
+        return await self._rows("row_attempts", {"outbox_id": outbox_id, "limit": limit})
+
+    async def latest_drift_report(self) -> dict[str, Any] | None:
+        """The newest drift report (meter_event_outbox_drift_reports), or None."""
+        rows = await self._rows("latest_drift_report")
+        return rows[0] if rows else None
+
+    async def drift_events(self) -> float:
+        """The difference found by the newest drift report (0 before the first)."""
+        report = await self.latest_drift_report()
+        return float(report["drift_events"]) if report else 0.0

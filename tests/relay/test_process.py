@@ -195,7 +195,7 @@ def test_status_inspect_retry_cancel_prune_commands(database_url: str, db) -> No
         "UPDATE meter_event_outbox SET state = 'accepted', updated_at = now() - "
         "interval '40 days' WHERE identifier IN ('u1', 'u2')"
     )
-    pruned = run_cli(database_url, "prune", "--older-than-days", "35", "--batch-size", "1")
+    pruned = run_cli(database_url, "prune", "--older-than-days", "35", "--batch-size", "1", "--yes")
     assert "deleted 2" in pruned.stdout
     assert states(database_url) == {"cancelled": 1}
 

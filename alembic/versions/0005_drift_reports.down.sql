@@ -1,0 +1,2 @@
+DROP INDEX meter_event_outbox_created_brin;
+DROP TABLE meter_event_outbox_drift_reports;
