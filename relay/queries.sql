@@ -139,10 +139,12 @@ WITH written AS (
                  AND u.state IN ('accepted', 'failed') THEN now()
             ELSE now() + make_interval(secs => u.delay) END,
         lease_token = NULL,
-        attempts = o.attempts + u.counted,
+        attempts = CASE  -- a cancel starts with a fresh budget
+            WHEN o.action = 'report' AND o.cancel_requested_at IS NOT NULL
+                 AND (u.state = 'accepted' OR (u.state = 'failed' AND u.may_have_counted)) THEN 0
+            ELSE o.attempts + u.counted END,
         key_generation = o.key_generation + u.new_key,
-        first_attempt_at = CASE WHEN u.counted = 0 THEN u.first_attempt_at
-                                ELSE o.first_attempt_at END,
+        first_attempt_at = u.first_attempt_at,  -- restored when no call may have counted
         last_error_code = u.code,
         last_error_message = u.message,
         stripe_request_id = coalesce(u.request_id, o.stripe_request_id),

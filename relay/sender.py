@@ -110,7 +110,7 @@ class StripeSender:
             else:
                 response = await self._report(row)
         except stripe.StripeError as err:
-            return classify_error(err), _ms(started)
+            return classify_error(err, cancel=row.action == "cancel"), _ms(started)
         except (TimeoutError, OSError, aiohttp.ClientError) as err:  # not wrapped by the SDK
             return classify_error(stripe.APIConnectionError(str(err) or type(err).__name__)), _ms(
                 started
