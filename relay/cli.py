@@ -121,6 +121,11 @@ def status(database_url: str | None, as_json: bool) -> None:
         console.print(f"oldest due row: {data['oldest_due_age_seconds']:.1f} s old")
         relays = data["relays"]
         console.print(f"relays running: {'unknown' if relays is None else len(relays)}")
+        if data["waiting"]:
+            waiting = Table("code", "stripe account", "rows", title="pending, waiting because")
+            for w in data["waiting"]:
+                waiting.add_row(w["code"], w["stripe_account"] or "(platform)", str(w["count"]))
+            console.print(waiting)
         if data["failures_by_code"]:
             failures = Table("state", "code", "rows", title="needs a decision")
             for f in data["failures_by_code"]:

@@ -22,7 +22,8 @@ def connect(database_url: str) -> psycopg.Connection:
 
 
 def status(conn: psycopg.Connection, stale_seconds: float = LIVE_SECONDS) -> dict[str, Any]:
-    """Counts per state, age of the oldest due row, failures by code, live relays."""
+    """Counts per state, age of the oldest due row, failures by code, why pending rows wait
+    (by code and account), live relays."""
     store = SyncStore(conn)
     counts = {c.state: c.n for c in store.status_counts()}
     relays: list[Any] | None
@@ -37,6 +38,10 @@ def status(conn: psycopg.Connection, stale_seconds: float = LIVE_SECONDS) -> dic
         "oldest_due_age_seconds": (now - oldest_due).total_seconds() if oldest_due else 0.0,
         "failures_by_code": [
             {"state": f.state, "code": f.code, "count": f.n} for f in store.failures_by_code()
+        ],
+        "waiting": [
+            {"code": w.code, "stripe_account": w.stripe_account, "count": w.n}
+            for w in store.waiting_by_code()
         ],
         "relays": None
         if relays is None

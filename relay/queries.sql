@@ -215,6 +215,13 @@ FROM meter_event_outbox
 WHERE state IN ('failed', 'rejected')
 GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2
 
+-- name: waiting_by_code
+-- Why pending rows wait (e.g. account_access_refused after a 403), by code and account.
+SELECT last_error_code, stripe_account, count(*) AS n
+FROM meter_event_outbox
+WHERE state = 'pending' AND last_error_code IS NOT NULL
+GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2 LIMIT 50
+
 -- name: inspect
 SELECT id, identifier, state, action, event_name, customer, value, payload, dimensions, metadata,
        occurred_at, stripe_account, attempts, key_generation, available_at, leased_by,

@@ -148,16 +148,6 @@ class StripeSender:
             options["stripe_account"] = row.stripe_account
         return options
 
-    async def auth_ok(self) -> bool:
-        """A cheap authenticated call: does the key work (after a 401/403)?"""
-        try:
-            await self.client.v1.billing.meters.list_async({"limit": 1})  # type: ignore[arg-type]
-        except (stripe.AuthenticationError, stripe.PermissionError):
-            return False
-        except stripe.StripeError:
-            return True  # reachable and authenticated enough; other errors are not auth
-        return True
-
     async def close(self) -> None:
         """Close the SDK's aiohttp session (it warns about an unclosed session otherwise)."""
         await self._http.close_async()

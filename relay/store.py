@@ -53,6 +53,12 @@ class FailureCount(NamedTuple):
     n: int
 
 
+class WaitingCount(NamedTuple):
+    code: str
+    stripe_account: str | None
+    n: int
+
+
 class RefusedRetry(NamedTuple):
     """A row `retry` leaves alone unless forced (see the `retry` query)."""
 
@@ -240,6 +246,9 @@ class SyncStore:
 
     def failures_by_code(self) -> list[FailureCount]:
         return [FailureCount(*r) for r in self._run("failures_by_code")]
+
+    def waiting_by_code(self) -> list[WaitingCount]:
+        return [WaitingCount(*r) for r in self._run("waiting_by_code")]
 
     def inspect(self, identifier: str) -> dict[str, Any] | None:
         """Every column of one row (the set shown to operators), or None."""

@@ -19,9 +19,10 @@ from typing import Any
 import structlog
 
 from relay import maintenance
+from relay.authgate import AuthGate
 from relay.completer import Completer
 from relay.config import Settings
-from relay.executor import AuthGate, Executor, RelayState, Sender
+from relay.executor import Executor, RelayState, Sender
 from relay.producer import Capacity, Producer, capacity_limit
 from relay.ratelimit import RateLimiter
 from relay.share import RateShare
@@ -109,18 +110,22 @@ class Relay:
             settings.batch_size,
         )
         self.completer = Completer(settings, store, self.capacity, wakeup)
-        auth = AuthGate(sender, self.state, settings.auth_probe_interval)
+        auth = AuthGate(
+            self._set_ready, settings.auth_probe_interval, settings.auth_probe_max_interval
+        )
         self.executor = Executor(settings, sender, self.limiter, auth, self.completer.record)
         self.producer = Producer(
             settings,
             store,
             wakeup,
             self.capacity,
-            auth,
             self.state,
             send=self.executor.start,
             hand_back=self.completer.record,
         )
+
+    def _set_ready(self, auth_ok: bool) -> None:
+        self.state.auth_ok = auth_ok
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set (or a service dies), then drain within the grace period."""
