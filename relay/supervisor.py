@@ -12,6 +12,7 @@ period, give the rate share back, write the last outcomes, stop the rest.
 """
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -30,6 +31,8 @@ from relay.store import Store
 from relay.wakeup import Wakeup
 
 log = structlog.get_logger("relay")
+
+OUTCOME_RESERVE = 5.0  # seconds of the shutdown grace kept for writing the last outcomes
 
 
 class Services:
@@ -159,15 +162,25 @@ class Relay:
             await self._shutdown(services)
 
     async def _shutdown(self, services: Services) -> None:
+        """Everything within OUTBOX_SHUTDOWN_GRACE, also with the database down (below
+        systemd's TimeoutStopSec and Kubernetes' grace period): calls get the grace less a
+        reserve for writing their outcomes. Rows whose outcome is not written are safe: their
+        leases expire and the retry replays what Stripe did (same key)."""
         grace = self.settings.shutdown_grace
         deadline = time.monotonic() + grace
+        reserve = min(OUTCOME_RESERVE, grace / 4)
+
+        def left(until: float = deadline) -> float:
+            return max(0.0, until - time.monotonic())
+
         await services.stop("producer")
-        await self.producer.finish(grace)  # running claims hand their rows back unsent
-        await self.executor.drain(max(0.0, deadline - time.monotonic()))
+        await self.producer.finish(left(deadline - reserve))  # claims hand rows back unsent
+        await self.executor.drain(left(deadline - reserve))
         if self.share:  # sent the last call: give the share back
             await services.stop("heartbeat")
-            await self.share.leave()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.share.leave(), left())
         if services.running("completer"):
-            await self.completer.finish(grace + 10)  # bounded: never hang on exit
+            await self.completer.finish(left())
         await services.stop_all()
         log.info("relay_stopped", relay_id=self.settings.relay_id)
