@@ -74,7 +74,12 @@ class Settings(BaseSettings):
     retention_days: float = Field(default=35.0, gt=0)
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
-    relay_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    relay_id: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+        min_length=1,
+        pattern=r"\S",
+        description="Unique per process: leases, logs and the rate share use it",
+    )
 
     @field_validator("database_url")
     @classmethod

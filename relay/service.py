@@ -16,6 +16,7 @@ from relay.config import Settings
 from relay.db import make_pool
 from relay.http import make_app
 from relay.sender import StripeSender
+from relay.share import DuplicateRelayId
 from relay.store import Store
 from relay.supervisor import Relay
 from relay.wakeup import Wakeup
@@ -92,6 +93,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     systemd.notify("READY=1")
     try:
         await relay.run(stop)
+    except DuplicateRelayId as err:
+        raise ConfigError(str(err)) from None
     finally:
         systemd.notify("STOPPING=1")
         watchdog.cancel()

@@ -26,7 +26,7 @@ from relay.config import Settings
 from relay.executor import Executor, RelayState, Sender
 from relay.producer import Capacity, Producer, capacity_limit
 from relay.ratelimit import RateLimiter
-from relay.share import RateShare
+from relay.share import DuplicateRelayId, RateShare
 from relay.store import Store
 from relay.wakeup import Wakeup
 
@@ -41,6 +41,7 @@ class Services:
     def __init__(self, stop: asyncio.Event) -> None:
         self._stop = stop
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.fatal: DuplicateRelayId | None = None  # ends the process with a config error
 
     def start(self, name: str, service: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(service, name=name)
@@ -57,7 +58,11 @@ class Services:
         error = task.exception()
         if error is None and self._stop.is_set():
             return  # finished its work after the stop signal
-        log.error("service_died", service=name, error=_describe(error))
+        if isinstance(error, DuplicateRelayId):
+            self.fatal = error
+            log.error("duplicate_relay_id", service=name, error=str(error))
+        else:
+            log.error("service_died", service=name, error=_describe(error))
         self._stop.set()
 
     async def stop(self, name: str) -> None:
@@ -160,6 +165,8 @@ class Relay:
         finally:
             stop.set()
             await self._shutdown(services)
+        if services.fatal is not None:
+            raise services.fatal
 
     async def _shutdown(self, services: Services) -> None:
         """Everything within OUTBOX_SHUTDOWN_GRACE, also with the database down (below
