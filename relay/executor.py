@@ -128,7 +128,11 @@ class Executor:
                 metrics.LATENCY.observe(latency_ms / 1000)  # once per call, not per row
                 outcomes += [self._decide(r, result, latency_ms) for r in sendable]
         except asyncio.CancelledError:
-            outcomes += [_released(r, "shutdown", "released at shutdown", 0.0) for r in sendable]
+            # Cut off by shutdown: no answer, so not an attempt (issue 9 #5), but it may have
+            # reached Stripe.
+            outcomes += [
+                _released(r, "shutdown", "released at shutdown", 0.0, counted=0) for r in sendable
+            ]
             raise
         except Exception as err:  # a bug of ours or an unwrapped library error
             log.exception("send_crashed", identifiers=[r.identifier for r in sendable][:10])
@@ -168,9 +172,18 @@ class Executor:
             metrics.RATE.set(self.limiter.rate)
 
 
-def _released(row: Claimed, code: str, message: str, delay: float, called: bool = False) -> Outcome:
-    """Outcome unknown: back to pending with the same key (the attempt counts). `called`: the
-    send had started (it crashed midway), so the attempt is part of the row's history."""
+def _released(
+    row: Claimed, code: str, message: str, delay: float, called: bool = False, counted: int = 1
+) -> Outcome:
+    """Outcome unknown: back to pending with the same key. `called`: the send had started (it
+    crashed midway), so the attempt is part of the row's history."""
     return Outcome(
-        row=row, state="pending", delay=delay, code=code, message=message[:500], called=called
+        row=row,
+        state="pending",
+        delay=delay,
+        code=code,
+        message=message[:500],
+        called=called,
+        counted=counted,
+        reached=True,
     )

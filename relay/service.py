@@ -23,6 +23,9 @@ from relay.wakeup import Wakeup
 
 log = structlog.get_logger("relay.service")
 T = TypeVar("T")
+# After the relay's own shutdown (OUTBOX_SHUTDOWN_GRACE): seconds each for closing the HTTP server
+# and the database pool, so a stop ends below systemd's TimeoutStopSec=30 with the default grace.
+CLOSE_TIMEOUT = 2.0
 
 
 def run_loop(main: Coroutine[Any, Any, T]) -> T:
@@ -79,7 +82,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     relay = Relay(settings, store, sender, wakeup)
     secret = settings.stripe_webhook_secret
     app = make_app(relay, store, sender.client, secret.get_secret_value() if secret else None)
-    runner = web.AppRunner(app, access_log=None)
+    # Bounded exit: a webhook cut short is redelivered by Stripe (it saw no 2xx).
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=CLOSE_TIMEOUT)
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port)
     await site.start()
@@ -100,7 +104,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         watchdog.cancel()
         await runner.cleanup()
         await sender.close()
-        await pool.close()
+        await pool.close(timeout=CLOSE_TIMEOUT)
 
 
 def _install_signals(stop: asyncio.Event) -> None:

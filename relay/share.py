@@ -14,9 +14,10 @@ count. The errors all lean towards sending less:
 
 The row of a relay_id belongs to one process (a random token): a relay that finds the row of
 its OUTBOX_RELAY_ID live and held by another process raises `DuplicateRelayId`. At start that
-refuses the newcomer (the running relay keeps going); later (this relay's row went stale, e.g.
-the database was away, and another process took the id) it stops this relay. Either way the
-process exits with code 2 and one line naming the id.
+refuses the newcomer once the row stayed live for the stale time (a process that died leaves
+its row behind: a restart waits it out), and the running relay keeps going. Later (this
+relay's row went stale, e.g. the database was away, and another process took the id) it stops
+this relay. Either way the process exits with code 2 and one line naming the id.
 """
 
 import asyncio
@@ -82,11 +83,12 @@ class RateShare:
         self._counts: collections.deque[int] = collections.deque(maxlen=2)
         self._last_ok: float | None = None
         self._fenced = False
+        self._refused_since: float | None = None  # join: when the id was first found taken
 
     async def join(self, stop: asyncio.Event) -> None:
         """Count the relays before sending anything (retrying while the database is away)."""
         self._fence()
-        while not stop.is_set() and not await self.beat():
+        while not stop.is_set() and not await self._first_beat():
             await sleep_unless_stopped(stop, self.interval)
         if self.live == 1:  # two relays starting together may each have missed the other
             await asyncio.sleep(min(0.05, self.interval))
@@ -94,6 +96,20 @@ class RateShare:
         if self.live > 1:
             await sleep_unless_stopped(stop, 2 * self.interval)
             await self.beat()
+
+    async def _first_beat(self) -> int:
+        """A beat that waits out a row of this relay_id left by a process that died (or was
+        stopped before it could give its row back): refused only while the row stays live for
+        longer than the stale time."""
+        try:
+            return await self.beat()
+        except DuplicateRelayId:
+            now = self._clock()
+            if self._refused_since is None:
+                self._refused_since = now
+            if now - self._refused_since > self.stale_after + self.interval:
+                raise
+            return 0
 
     async def beat(self) -> int:
         """Refresh this relay's row and take a share; returns the count, 0 on failure. Raises

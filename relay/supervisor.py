@@ -33,6 +33,10 @@ from relay.wakeup import Wakeup
 log = structlog.get_logger("relay")
 
 OUTCOME_RESERVE = 5.0  # seconds of the shutdown grace kept for writing the last outcomes
+# With the grace used up, giving the share back and writing the last outcomes still get these
+# (a restart need not wait out the share; released rows go back pending at once).
+LEAVE_TIMEOUT = 0.5
+OUTCOME_WRITE_MIN = 1.0
 
 
 class Services:
@@ -169,9 +173,10 @@ class Relay:
             raise services.fatal
 
     async def _shutdown(self, services: Services) -> None:
-        """Everything within OUTBOX_SHUTDOWN_GRACE, also with the database down (below
-        systemd's TimeoutStopSec and Kubernetes' grace period): calls get the grace less a
-        reserve for writing their outcomes. Rows whose outcome is not written are safe: their
+        """Everything within OUTBOX_SHUTDOWN_GRACE (plus at most LEAVE_TIMEOUT and
+        OUTCOME_WRITE_MIN when it is used up), also with the database down (below systemd's
+        TimeoutStopSec and Kubernetes' grace period): calls get the grace less a reserve for
+        writing their outcomes. Rows whose outcome is not written are safe: their
         leases expire and the retry replays what Stripe did (same key)."""
         grace = self.settings.shutdown_grace
         deadline = time.monotonic() + grace
@@ -185,9 +190,9 @@ class Relay:
         await self.executor.drain(left(deadline - reserve))
         if self.share:  # sent the last call: give the share back
             await services.stop("heartbeat")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.share.leave(), left())
+            with contextlib.suppress(TimeoutError):  # a restart under this id need not wait
+                await asyncio.wait_for(self.share.leave(), max(left(), LEAVE_TIMEOUT))
         if services.running("completer"):
-            await self.completer.finish(left())
+            await self.completer.finish(max(left(), OUTCOME_WRITE_MIN))
         await services.stop_all()
         log.info("relay_stopped", relay_id=self.settings.relay_id)

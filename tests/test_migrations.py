@@ -30,7 +30,7 @@ def test_upgrade_downgrade_upgrade(empty_database_url: str) -> None:
     migrate.upgrade(empty_database_url)
     created = objects(empty_database_url)
     assert {"meter_event_outbox", "meter_event_outbox_due", "outbox_record_usage"} <= set(created)
-    assert migrate.current(empty_database_url) == "0003"
+    assert migrate.current(empty_database_url) == "outbox_0005"
     migrate.upgrade(empty_database_url)  # idempotent
     migrate.downgrade(empty_database_url, "base")
     assert objects(empty_database_url) == []
@@ -43,7 +43,7 @@ def test_cli_and_alembic_command_accept_both_url_forms(empty_database_url: str) 
     env = {**os.environ, "OUTBOX_DATABASE_URL": empty_database_url}
     cli = [sys.executable, "-m", "relay.cli"]
     out = subprocess.run([*cli, "migrate"], env=env, capture_output=True, text=True, check=True)
-    assert "schema at 0003" in out.stdout
+    assert "schema at outbox_0005" in out.stdout
     driver_url = empty_database_url.replace("postgresql://", "postgresql+psycopg://", 1)
     alembic = [sys.executable, "-m", "alembic", "downgrade", "base"]
     env["OUTBOX_DATABASE_URL"] = driver_url

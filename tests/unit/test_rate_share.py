@@ -118,7 +118,14 @@ async def test_a_second_process_with_the_same_relay_id_refuses_to_start() -> Non
     first = share(store, clock)
     await first.join(asyncio.Event())
     second = share(store, clock)
+
+    def ticking() -> float:  # the first keeps its row live while the second waits it out
+        clock[0] += 1.0
+        return clock[0]
+
+    second._clock = ticking
     with pytest.raises(DuplicateRelayId, match="OUTBOX_RELAY_ID='relay-a'"):
         await second.join(asyncio.Event())
+    assert clock[0] > 5.0  # refused only after the stale time
     assert second.limiter.ceiling == FENCED_RATE
     assert await first.beat() == 1
