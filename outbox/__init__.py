@@ -87,9 +87,10 @@ class RecordedUsage:
 class CancelRequest:
     """Result of cancel_usage: `state`/`action` of the row after the request.
 
-    state 'cancelled': nothing reached Stripe, done. action 'cancel' with state 'pending': the
-    relay will send a meter event adjustment. state 'in_flight': the relay routes it after the
-    current call returns.
+    state 'cancelled': Stripe cannot have counted it, done. action 'cancel' with state 'pending':
+    the relay will send a meter event adjustment. state 'in_flight', or action 'report' with
+    state 'pending' (the last call's outcome is unknown): the relay first resolves the report
+    with the same key, then cancels it if Stripe counted it.
     """
 
     id: int

@@ -37,10 +37,13 @@ FROM meter_event_outbox
 WHERE identifier = :identifier
 
 -- name: cancel_usage
--- A row Stripe can not have counted (never sent: first_attempt_at is NULL, or rejected by
--- Stripe) is cancelled on the spot; one that may have been counted becomes a pending 'cancel'
--- action for the relay (a meter event adjustment). An in-flight row only gets the request
--- stamped: the relay's outcome write routes it once the call returns.
+-- A row Stripe can not have counted (no call of it can have counted: first_attempt_at is NULL,
+-- also after definitive 400/500 answers; or rejected by Stripe) is cancelled on the spot. A row
+-- whose report is still in flight or pending after an unknown outcome only gets the request
+-- stamped: the report is resolved first (same key), and the relay's outcome write turns it into
+-- a cancel once Stripe answered, so an adjustment never overtakes the event it cancels. An
+-- accepted (or failed but possibly counted) row becomes a pending 'cancel' action for the relay
+-- (a meter event adjustment), with a fresh attempt budget.
 UPDATE meter_event_outbox AS o
 SET cancel_requested_at = coalesce(o.cancel_requested_at, now()),
     state = CASE
@@ -48,14 +51,17 @@ SET cancel_requested_at = coalesce(o.cancel_requested_at, now()),
         WHEN o.first_attempt_at IS NULL OR o.state = 'rejected' THEN 'cancelled'
         ELSE 'pending' END,
     action = CASE
-        WHEN o.state IN ('in_flight', 'cancelled') THEN o.action
+        WHEN o.state IN ('in_flight', 'cancelled', 'pending') THEN o.action
         WHEN o.first_attempt_at IS NULL OR o.state = 'rejected' THEN o.action
         ELSE 'cancel' END,
+    attempts = CASE
+        WHEN o.state IN ('accepted', 'failed') AND o.first_attempt_at IS NOT NULL THEN 0
+        ELSE o.attempts END,
     cancelled_at = CASE
         WHEN o.state NOT IN ('in_flight', 'cancelled')
              AND (o.first_attempt_at IS NULL OR o.state = 'rejected') THEN now()
         ELSE o.cancelled_at END,
-    available_at = CASE WHEN o.state IN ('in_flight', 'cancelled') THEN o.available_at
+    available_at = CASE WHEN o.state IN ('in_flight', 'cancelled', 'pending') THEN o.available_at
                         ELSE now() END,
     updated_at = now()
 WHERE o.identifier = :identifier

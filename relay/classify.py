@@ -1,22 +1,31 @@
 """What the relay does with each answer from Stripe: the one classification table.
 
-Every Stripe answer (or failure to get one) maps to a `Verdict`, and the verdict alone decides
-the row's next state, whether the idempotency key changes, whether the attempt counts, and how
-the relay's pacing reacts. The README documents this table; keep the two in step.
+Every Stripe answer (or failure to get one) is one row of `TABLE`, and that row alone decides
+the row's next state, whether the idempotency key changes, whether the attempt uses up one of
+the row's attempts (`counts`), and whether the call may have counted the event at Stripe
+(`reached`: it starts the dedup clock, and a cancel of a row none of whose calls reached is
+done locally). The README documents this table; keep the two in step.
 
-| answer                                   | verdict          | row        | key        |
-|------------------------------------------|------------------|------------|------------|
-| 200                                      | ACCEPTED         | accepted   | -          |
-| 400 "already exists" (duplicate id)      | ACCEPTED         | accepted   | -          |
-| 409 (concurrent call / key in use)       | RETRY_SOON       | pending    | same       |
-| 429 rate limit                           | RETRY_SLOWER     | pending    | same       |
-| 5xx (cached by the idempotency layer)    | RETRY_NEW_KEY    | pending    | new gen.   |
-| timeout / connection error               | RETRY_SAME_KEY   | pending    | same       |
-| 400 idempotency_error                    | FAILED_BUG       | failed     | -          |
-| other 400 / 404                          | FAILED           | failed     | -          |
-| 401 / 403                                | AUTH             | pending    | same       |
+| answer                                 | verdict        | row      | key      | counts | reached |
+|----------------------------------------|----------------|----------|----------|--------|---------|
+| 200                                    | ACCEPTED       | accepted | -        | yes    | yes     |
+| 400 "already exists" (duplicate id)    | ACCEPTED       | accepted | -        | yes    | yes     |
+| 409 (concurrent call / key in use)     | RETRY_SOON     | pending  | same     | no     | no      |
+| 429 rate limit                         | RETRY_SLOWER   | pending  | same     | no     | no      |
+| 500 (executed, cached under the key)   | RETRY_NEW_KEY  | pending  | new gen. | yes    | no      |
+| 502 / 503 / 504 (in front of the API)  | RETRY_NEW_KEY  | pending  | new gen. | no     | yes     |
+| timeout / connection error (no answer) | RETRY_SAME_KEY | pending  | same     | no     | yes     |
+| 400/404 resource_missing on a cancel   | RETRY_NEW_KEY  | pending  | new gen. | yes    | no      |
+| 400 idempotency_error                  | FAILED_BUG     | failed   | -        | yes    | no      |
+| other 400 / 404                        | FAILED         | failed   | -        | yes    | no      |
+| 401 / 403                              | AUTH           | pending  | same     | no     | no      |
 
-AUTH also pauses all sending (the key is bad, not the row) and does not count the attempt.
+Only answers Stripe gave about the row itself count: an outage of any length (no answer, or a
+gateway's 502/503/504) fails no row before the dedup window (`policy.local_refusal`). 502/503/504
+and no answer are `reached` because a gateway error or a cut connection may come after the API
+executed. A cancel answered resource_missing may have overtaken its event (Stripe processes
+events asynchronously): it is retried (new key: whether Stripe cached that answer is unknown).
+AUTH pauses the account (403) or the key (401) the call used, not the row (relay.authgate).
 """
 
 import enum
@@ -37,6 +46,38 @@ class Verdict(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class Rule:
+    """One row of the table."""
+
+    verdict: Verdict
+    counts: bool  # uses up one of the row's attempts (OUTBOX_MAX_ATTEMPTS)
+    reached: bool  # the event may have been counted by this call (starts the dedup clock)
+    code: str | None = None  # the row's code (replaces Stripe's)
+    fallback: str | None = None  # the row's code when Stripe gave none (else http_<status>)
+
+
+TABLE: dict[str, Rule] = {
+    "ok": Rule(Verdict.ACCEPTED, counts=True, reached=True),
+    "duplicate_identifier": Rule(Verdict.ACCEPTED, counts=True, reached=True),
+    "conflict": Rule(Verdict.RETRY_SOON, counts=False, reached=False, fallback="conflict"),
+    "rate_limited": Rule(
+        Verdict.RETRY_SLOWER, counts=False, reached=False, fallback="rate_limited"
+    ),
+    "server_error": Rule(Verdict.RETRY_NEW_KEY, counts=True, reached=False),
+    "unavailable": Rule(Verdict.RETRY_NEW_KEY, counts=False, reached=True),
+    "no_answer": Rule(Verdict.RETRY_SAME_KEY, counts=False, reached=True, code="connection_error"),
+    "cancel_too_early": Rule(Verdict.RETRY_NEW_KEY, counts=True, reached=False),
+    "idempotency_error": Rule(
+        Verdict.FAILED_BUG, counts=True, reached=False, code="idempotency_error"
+    ),
+    "invalid": Rule(Verdict.FAILED, counts=True, reached=False),
+    "auth": Rule(Verdict.AUTH, counts=False, reached=False),
+}
+
+GATEWAY_STATUSES = (502, 503, 504)
+
+
+@dataclass(frozen=True, slots=True)
 class Classified:
     """A verdict plus what to store on the row."""
 
@@ -45,6 +86,8 @@ class Classified:
     message: str | None = None
     request_id: str | None = None
     http_status: int | None = None  # None: no HTTP answer (timeout, connection error)
+    counts: bool = True  # see Rule
+    reached: bool = True
 
 
 _DUPLICATE_MARKERS = ("already exists", "duplicate")
@@ -56,31 +99,57 @@ def is_duplicate_identifier(err: stripe.InvalidRequestError) -> bool:
     return any(marker in message for marker in _DUPLICATE_MARKERS) and "identifier" in message
 
 
-def classify_error(err: Exception) -> Classified:
-    """Map an exception from the stripe SDK (or the network) to a verdict."""
-    request_id = getattr(err, "request_id", None)
-    code = getattr(err, "code", None)
-    message = _message(err)
+def answer(err: Exception, cancel: bool = False) -> str:
+    """Which row of the table an exception from the stripe SDK (or the network) is."""
     status = getattr(err, "http_status", None)
-
-    def verdict(v: Verdict, code: str | None) -> Classified:
-        return Classified(v, code, message, request_id, status)
-
     if isinstance(err, stripe.IdempotencyError):
-        return verdict(Verdict.FAILED_BUG, "idempotency_error")
+        return "idempotency_error"
     if isinstance(err, stripe.InvalidRequestError) and is_duplicate_identifier(err):
-        return Classified(Verdict.ACCEPTED, None, None, request_id, status)
+        return "duplicate_identifier"
     if isinstance(err, stripe.AuthenticationError | stripe.PermissionError) or status in (401, 403):
-        return verdict(Verdict.AUTH, code or f"http_{status}")
+        return "auth"
     if isinstance(err, stripe.RateLimitError) or status == 429:
-        return verdict(Verdict.RETRY_SLOWER, code or "rate_limited")
+        return "rate_limited"
     if status == 409:
-        return verdict(Verdict.RETRY_SOON, code or "conflict")
+        return "conflict"
+    if status in GATEWAY_STATUSES:
+        return "unavailable"
     if status is not None and status >= 500:
-        return verdict(Verdict.RETRY_NEW_KEY, code or f"http_{status}")
+        return "server_error"
     if isinstance(err, stripe.APIConnectionError) or status is None:
-        return verdict(Verdict.RETRY_SAME_KEY, "connection_error")
-    return verdict(Verdict.FAILED, code or f"http_{status}")
+        return "no_answer"
+    if cancel and getattr(err, "code", None) == "resource_missing":
+        return "cancel_too_early"
+    return "invalid"
+
+
+def for_answer(
+    name: str,
+    code: str | None = None,
+    message: str | None = None,
+    request_id: str | None = None,
+    http_status: int | None = None,
+) -> Classified:
+    """The classification of the table's row `name` (also for senders and tests that know
+    the answer without an exception)."""
+    rule = TABLE[name]
+    if rule.verdict is Verdict.ACCEPTED:
+        return Classified(Verdict.ACCEPTED, None, None, request_id, http_status)
+    code = rule.code or code or rule.fallback or f"http_{http_status}"
+    return Classified(
+        rule.verdict, code, message, request_id, http_status, rule.counts, rule.reached
+    )
+
+
+def classify_error(err: Exception, cancel: bool = False) -> Classified:
+    """Map an exception to its verdict and what to store (`cancel`: the call was a cancel)."""
+    return for_answer(
+        answer(err, cancel),
+        getattr(err, "code", None),
+        _message(err),
+        getattr(err, "request_id", None),
+        getattr(err, "http_status", None),
+    )
 
 
 def _message(err: Exception) -> str:

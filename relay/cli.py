@@ -254,6 +254,11 @@ def _render_status(data: dict[str, Any]) -> None:
                     f"{g['next_attempt_in_seconds']:.0f} s",
                 )
             console.print(waiting)
+    if data["waiting"]:
+        held = Table("code", "stripe account", "rows", title="held back: key or account refused")
+        for w in data["waiting"]:
+            held.add_row(w["code"], w["stripe_account"] or "(platform)", str(w["count"]))
+        console.print(held)
     relays = data["relays"]
     console.print(f"relays running: {'unknown' if relays is None else len(relays)}")
     if data["failures_by_code"]:

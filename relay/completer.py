@@ -112,7 +112,9 @@ def report_batch(batch: list[Outcome], written: set[int]) -> None:
             )
         elif o.state == "accepted":
             metrics.COMMIT_TO_ACCEPTED.observe((now - o.row.created_at).total_seconds())
-        elif o.state in ("failed", "pending") and o.code:
+        elif o.state == "failed" or (o.state == "pending" and o.code and o.called):
+            # Rows put back without a call (held on a 401/403, not due yet, shutdown) are
+            # logged by what decided it, once per change, not once per row.
             log.warning(
                 "outcome_failure",
                 identifier=o.row.identifier,

@@ -59,7 +59,12 @@ class Settings(BaseSettings):
     dedup_window_hours: float = Field(
         default=20.0, gt=0, lt=24, description="Stop retrying before Stripe's >= 24 h dedup window"
     )
-    auth_probe_interval: float = Field(default=10.0, gt=0, le=3600)
+    auth_probe_interval: float = Field(
+        default=10.0, gt=0, le=3600, description="After a 401/403, retry one refused row after this"
+    )
+    auth_probe_max_interval: float = Field(
+        default=300.0, gt=0, le=86_400, description="... doubling per refusal up to this"
+    )
     # Timing of the relay's own loops (seconds). Defaults suit production; tests shorten them
     # instead of waiting on them.
     hint_recheck: float = Field(

@@ -3,7 +3,7 @@
 One task per call: a v1 call sends one row (`send_v1`), a v2 stream call sends up to 100
 reports of one account (`send_stream`). Every row leaves with exactly one outcome, whatever
 happens to its call; outcomes go to the completer. Verdicts steer pacing (429: slower) and the
-auth gate (401/403: pause sending until the key works again).
+auth gate (401/403: rows of the refused key or account wait, see relay.authgate).
 """
 
 import asyncio
@@ -16,12 +16,12 @@ from typing import Any, Protocol
 import structlog
 
 from relay import metrics
+from relay.authgate import AuthGate
 from relay.classify import Classified, Verdict
 from relay.config import Settings
 from relay.policy import decide, local_refusal
 from relay.ratelimit import RateLimiter
 from relay.rows import Claimed, Outcome
-from relay.wakeup import sleep_unless_stopped
 
 log = structlog.get_logger("relay")
 
@@ -31,7 +31,6 @@ STREAM_BATCH = 100  # Stripe's maximum events per meter event stream request
 class Sender(Protocol):
     async def send(self, row: Claimed) -> tuple[Classified, float]: ...
     async def send_stream(self, rows: list[Claimed]) -> tuple[Classified, float]: ...
-    async def auth_ok(self) -> bool: ...
 
 
 @dataclass
@@ -41,41 +40,6 @@ class RelayState:
     auth_ok: bool = True
     started: bool = False
     last_loop: float = field(default_factory=time.monotonic)
-
-
-class AuthGate:
-    """Sending pauses on a 401/403 (the key is bad, not the row) until a probe succeeds."""
-
-    def __init__(self, sender: Sender, state: RelayState, probe_interval: float) -> None:
-        self._sender = sender
-        self._state = state
-        self._probe_interval = probe_interval
-
-    @property
-    def ok(self) -> bool:
-        return self._state.auth_ok
-
-    def refused(self, result: Classified) -> None:
-        if not self._state.auth_ok:
-            return
-        self._state.auth_ok = False
-        metrics.AUTH_PAUSED.set(1)
-        log.error(
-            "stripe_auth_failed",
-            code=result.code,
-            message=result.message,
-            action="sending paused; rows stay pending; re-checking the key",
-        )
-
-    async def until_restored(self, stop: asyncio.Event) -> None:
-        """Probe the key periodically; return when it works again (or on stop)."""
-        while not stop.is_set():
-            if await self._sender.auth_ok():
-                self._state.auth_ok = True
-                metrics.AUTH_PAUSED.set(0)
-                log.info("stripe_auth_restored")
-                return
-            await sleep_unless_stopped(stop, self._probe_interval)
 
 
 class Executor:
@@ -148,21 +112,27 @@ class Executor:
         "unknown outcome": pending, same idempotency key, so the retry replays whatever Stripe
         did."""
         now = datetime.now(UTC)
-        refused = [o for o in (local_refusal(r, now, self._dedup_window) for r in rows) if o]
-        refused_ids = {o.row.id for o in refused}
-        sendable = [r for r in rows if r.id not in refused_ids]
-        outcomes = list(refused)
+        outcomes: list[Outcome] = []
+        sendable: list[Claimed] = []
+        for r in rows:
+            outcome = local_refusal(r, now, self._dedup_window) or self._held(r)
+            if outcome is None:
+                sendable.append(r)
+            else:
+                outcomes.append(outcome)
         try:
             if sendable:
                 await self.limiter.acquire()
                 result, latency_ms = await send(sendable)
                 self._react(result)
                 metrics.LATENCY.observe(latency_ms / 1000)  # once per call, not per row
-                outcomes += [
-                    decide(r, result, self.settings.max_attempts, latency_ms) for r in sendable
-                ]
+                outcomes += [self._decide(r, result, latency_ms) for r in sendable]
         except asyncio.CancelledError:
-            outcomes += [_released(r, "shutdown", "released at shutdown", 0.0) for r in sendable]
+            # Cut off by shutdown: no answer, so not an attempt (issue 9 #5), but it may have
+            # reached Stripe.
+            outcomes += [
+                _released(r, "shutdown", "released at shutdown", 0.0, counted=0) for r in sendable
+            ]
             raise
         except Exception as err:  # a bug of ours or an unwrapped library error
             log.exception("send_crashed", identifiers=[r.identifier for r in sendable][:10])
@@ -170,20 +140,50 @@ class Executor:
             outcomes += [_released(r, "relay_error", message, 5.0, called=True) for r in sendable]
         finally:
             for outcome in outcomes:
+                if outcome.code in ("shutdown", "relay_error"):  # no answer: another may probe
+                    self.auth.release(outcome.row)
                 self._record(outcome)
+
+    def _held(self, row: Claimed) -> Outcome | None:
+        """A row of a scope paused on a 401/403 waits (unless it is the scope's probe)."""
+        wait = self.auth.admit(row)
+        if wait is None:
+            return None
+        return Outcome(
+            row,
+            "pending",
+            delay=wait,
+            counted=0,
+            code=self.auth.code_for(row),
+            message="Stripe refused the key or account; waiting for a probe to get through",
+        )
+
+    def _decide(self, row: Claimed, result: Classified, latency_ms: float) -> Outcome:
+        outcome = decide(row, result, self.settings.max_attempts, latency_ms)
+        wait = self.auth.settle(row, result)
+        if wait is None:
+            return outcome
+        return outcome._replace(delay=wait, code=self.auth.code_for(row))
 
     def _react(self, result: Classified) -> None:
         metrics.stripe_call(result.verdict.value).inc()
         if result.verdict is Verdict.RETRY_SLOWER:
             self.limiter.on_rate_limited()
             metrics.RATE.set(self.limiter.rate)
-        elif result.verdict is Verdict.AUTH:
-            self.auth.refused(result)
 
 
-def _released(row: Claimed, code: str, message: str, delay: float, called: bool = False) -> Outcome:
-    """Outcome unknown: back to pending with the same key (the attempt counts). `called`: the
-    send had started (it crashed midway), so the attempt is part of the row's history."""
+def _released(
+    row: Claimed, code: str, message: str, delay: float, called: bool = False, counted: int = 1
+) -> Outcome:
+    """Outcome unknown: back to pending with the same key. `called`: the send had started (it
+    crashed midway), so the attempt is part of the row's history."""
     return Outcome(
-        row=row, state="pending", delay=delay, code=code, message=message[:500], called=called
+        row=row,
+        state="pending",
+        delay=delay,
+        code=code,
+        message=message[:500],
+        called=called,
+        counted=counted,
+        reached=True,
     )

@@ -27,6 +27,9 @@ from relay.store import ConsoleStore, Store
 from relay.webhooks import BadDelivery, handle_delivery
 
 log = structlog.get_logger("relay.http")
+# After the relay's own shutdown (OUTBOX_SHUTDOWN_GRACE): seconds each for closing the HTTP server
+# and the database pool, so a stop ends below systemd's TimeoutStopSec=30 with the default grace.
+CLOSE_TIMEOUT = 2.0
 STALL_SECONDS = 60.0  # /healthz fails if the dispatcher loop has not turned for this long
 FILES_KEPT = 64  # descriptors left for the pool, LISTEN, logs and the interpreter itself
 BUSY = web.AppKey("busy", set)  # connections inside a request: not evicted first
@@ -173,7 +176,10 @@ async def serve_http(
     app: web.Application, host: str, port: int, read_timeout: float, limit: int
 ) -> web.AppRunner:
     """Start listening; a port in use or an address not of this machine is one clear error."""
-    runner = web.AppRunner(app, access_log=None, keepalive_timeout=read_timeout)
+    # Bounded exit: a webhook cut short is redelivered by Stripe (it saw no 2xx).
+    runner = web.AppRunner(
+        app, access_log=None, keepalive_timeout=read_timeout, shutdown_timeout=CLOSE_TIMEOUT
+    )
     await runner.setup()
     try:
         await _GuardedSite(runner, host, port, limit).start()

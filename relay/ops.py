@@ -11,6 +11,7 @@ import psycopg
 
 import outbox
 from outbox.dburl import psycopg_url
+from relay import authgate
 from relay.store import RetryCandidate, SyncStore, UnsentGroup
 
 # Relays seen within this many seconds hold a share (the relay's OUTBOX_RELAY_STALE_AFTER).
@@ -22,6 +23,8 @@ def connect(database_url: str) -> psycopg.Connection:
 
 
 AUTH_STATUSES = (401, 403)
+# Codes the relay gives rows it holds back, without a call, while a key or account is refused.
+AUTH_WAIT_CODES = frozenset({authgate.KEY_REFUSED, authgate.ACCOUNT_REFUSED})
 
 
 def status(conn: psycopg.Connection, stale_seconds: float = LIVE_SECONDS) -> dict[str, Any]:
@@ -29,7 +32,8 @@ def status(conn: psycopg.Connection, stale_seconds: float = LIVE_SECONDS) -> dic
 
     Lag is measured from the oldest unsent fact's created_at (and occurred_at), never from
     available_at: a row in backoff or waiting on auth is still unsent, however far its next
-    attempt lies ahead.
+    attempt lies ahead. Rows the relay holds back for a refused key or account are listed by
+    code and account ("waiting").
     """
     store = SyncStore(conn)
     counts = {c.state: c.n for c in store.status_counts()}
@@ -54,6 +58,10 @@ def status(conn: psycopg.Connection, stale_seconds: float = LIVE_SECONDS) -> dic
         "failures_by_code": [
             {"state": f.state, "code": f.code, "count": f.n} for f in store.failures_by_code()
         ],
+        "waiting": [
+            {"code": w.code, "stripe_account": w.stripe_account, "count": w.n}
+            for w in store.waiting_by_code()
+        ],
         "relays": None
         if relays is None
         else [{"relay_id": r.relay_id, "started_at": r.started_at} for r in relays],
@@ -74,7 +82,9 @@ def _split(store: SyncStore, groups: list[UnsentGroup], now: datetime) -> dict[s
             split["in_flight"] += g.n
             continue
         if g.code is not None and g.code not in auth:
-            auth[g.code] = store.last_status_for_code(g.code) in AUTH_STATUSES
+            auth[g.code] = (
+                g.code in AUTH_WAIT_CODES or store.last_status_for_code(g.code) in AUTH_STATUSES
+            )
         if g.code is not None and auth[g.code]:
             split["waiting_on_auth"].append(_group(g, now))
         elif g.due:

@@ -5,7 +5,7 @@ or a row whose first attempt is so old that Stripe's identifier dedup might have
 """
 
 import random
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from outbox.rules import IN_FUTURE, earliest_send, window_problem
 from relay.classify import Classified, Verdict
@@ -15,6 +15,7 @@ from relay.rows import Claimed, Outcome
 # transit time.
 CLOCK_MARGIN = timedelta(seconds=60)
 CANCEL_WINDOW = timedelta(hours=24)
+BACKOFF_CAP = 300.0  # seconds
 
 
 def local_refusal(row: Claimed, now: datetime, dedup_window: timedelta) -> Outcome | None:
@@ -66,13 +67,28 @@ def _fail(row: Claimed, code: str, message: str, may_have_counted: bool = False)
     )
 
 
-def backoff(attempt: int, base: float = 0.5, cap: float = 300.0) -> float:
+def backoff(attempt: int, base: float = 0.5, cap: float = BACKOFF_CAP) -> float:
     """Exponential backoff with full jitter (AWS style): spreads retries of a burst."""
     return random.uniform(0, min(cap, base * 2 ** max(attempt - 1, 0)))
 
 
-def decide(row: Claimed, result: Classified, max_attempts: int, latency_ms: float) -> Outcome:
-    """The row's next state after one call to Stripe."""
+def outage_backoff(row: Claimed, now: datetime, cap: float = BACKOFF_CAP) -> float:
+    """Backoff for calls that got no answer about the row (an outage): they do not count, so
+    the attempt number cannot grow the delay. The time since the first call that may have
+    reached Stripe does: half of it, at least 0.5 s, capped, with full jitter, so a row makes a
+    few dozen calls in an outage of hours instead of one per half second."""
+    elapsed = max(0.0, (now - row.first_attempt_at).total_seconds())
+    return random.uniform(0.5, max(0.5, min(cap, elapsed / 2)))
+
+
+def decide(
+    row: Claimed,
+    result: Classified,
+    max_attempts: int,
+    latency_ms: float,
+    now: datetime | None = None,
+) -> Outcome:
+    """The row's next state after one call to Stripe (see the table in relay.classify)."""
     done = "cancelled" if row.action == "cancel" else "accepted"
     if result.verdict is Verdict.ACCEPTED:  # the hot path: no error fields
         # A sender's plain success carries no status: it was a 200.
@@ -85,7 +101,10 @@ def decide(row: Claimed, result: Classified, max_attempts: int, latency_ms: floa
             http_status=status,
             called=True,
         )
-    attempt = row.attempts + 1
+    counted = 1 if result.counts else 0
+    attempt = row.attempts + counted
+    # An earlier call, or this one, may have counted the event: a cancel must still be sent.
+    may_have_counted = row.previous_first_attempt_at is not None or result.reached
     common = {
         "row": row,
         "code": result.code,
@@ -94,22 +113,24 @@ def decide(row: Claimed, result: Classified, max_attempts: int, latency_ms: floa
         "latency_ms": latency_ms,
         "http_status": result.http_status,
         "called": True,
+        "counted": counted,
+        "reached": result.reached,
     }
     match result.verdict:
         case Verdict.FAILED | Verdict.FAILED_BUG:
-            return Outcome(state="failed", **common)
+            return Outcome(state="failed", may_have_counted=may_have_counted, **common)
         case Verdict.AUTH:
             # Not the row's fault: keep it pending, do not burn its attempts. No delay of its
-            # own: sending is paused until the key works again (the probe paces the retries).
-            return Outcome(state="pending", counted=0, **common)
+            # own: the auth gate holds the account's rows until its probe succeeds.
+            return Outcome(state="pending", **common)
         case Verdict.RETRY_SOON:
             # 409: the lane or the key is busy at Stripe (e.g. our earlier request after a
             # timeout is still executing). Nothing of this call executed: not an attempt.
-            return Outcome(state="pending", delay=max(0.5, backoff(attempt)), counted=0, **common)
-    if attempt >= max_attempts:
+            return Outcome(state="pending", delay=max(0.5, backoff(attempt)), **common)
+    if counted and attempt >= max_attempts:
         return Outcome(
             state="failed",
-            may_have_counted=True,  # the last call's outcome may be unknown (timeout, 5xx)
+            may_have_counted=may_have_counted,
             **common
             | {
                 "code": "retry_budget_exhausted",
@@ -117,10 +138,11 @@ def decide(row: Claimed, result: Classified, max_attempts: int, latency_ms: floa
                 f"{result.message}",
             },
         )
-    match result.verdict:
-        case Verdict.RETRY_SLOWER:
-            delay = max(1.0, backoff(attempt))
-        case _:
-            delay = backoff(attempt)
+    if result.verdict is Verdict.RETRY_SLOWER:
+        delay = max(1.0, backoff(attempt))
+    elif counted:
+        delay = backoff(attempt)
+    else:  # no answer about the row: retried until the dedup window (local_refusal)
+        delay = outage_backoff(row, now or datetime.now(UTC))
     new_key = 1 if result.verdict is Verdict.RETRY_NEW_KEY else 0
     return Outcome(state="pending", delay=delay, new_key=new_key, **common)

@@ -14,7 +14,7 @@ import structlog
 
 from relay import metrics
 from relay.config import Settings
-from relay.executor import STREAM_BATCH, AuthGate, RelayState
+from relay.executor import STREAM_BATCH, RelayState
 from relay.rows import Claimed, Outcome
 from relay.store import FIRST_LANE, Lane, Store, Walked
 from relay.wakeup import Wakeup
@@ -85,7 +85,8 @@ def capacity_limit(settings: Settings, rate: float, ceiling: float) -> int:
 
 
 class Producer:
-    """Walks and claims while there is capacity and the Stripe key works; claimed rows go to
+    """Walks and claims while there is capacity (also while Stripe refuses a key or account:
+    the executor holds those rows back); claimed rows go to
     `send` (the executor); rows claimed after the stop signal go back unsent via `hand_back`
     (the completer)."""
 
@@ -95,7 +96,6 @@ class Producer:
         store: Store,
         wakeup: Wakeup,
         capacity: Capacity,
-        auth: AuthGate,
         state: RelayState,
         send: Callable[[list[Claimed]], None],
         hand_back: Callable[[Outcome], None],
@@ -104,7 +104,6 @@ class Producer:
         self.store = store
         self.wakeup = wakeup
         self.capacity = capacity
-        self.auth = auth
         self.state = state
         self._send = send
         self._hand_back = hand_back
@@ -120,9 +119,6 @@ class Producer:
         self._stop = stop
         while not stop.is_set():
             self.state.last_loop = time.monotonic()  # /healthz and the watchdog: still turning
-            if not self.auth.ok:
-                await self.auth.until_restored(stop)
-                continue
             wanted = self.capacity.wanted() if len(self._claims) < MAX_CLAIMS else 0
             if wanted and await self._walk_and_claim(wanted):
                 continue  # more may be due right now

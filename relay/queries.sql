@@ -139,10 +139,12 @@ WITH written AS (
                  AND u.state IN ('accepted', 'failed') THEN now()
             ELSE now() + make_interval(secs => u.delay) END,
         lease_token = NULL,
-        attempts = o.attempts + u.counted,
+        attempts = CASE  -- a cancel starts with a fresh budget
+            WHEN o.action = 'report' AND o.cancel_requested_at IS NOT NULL
+                 AND (u.state = 'accepted' OR (u.state = 'failed' AND u.may_have_counted)) THEN 0
+            ELSE o.attempts + u.counted END,
         key_generation = o.key_generation + u.new_key,
-        first_attempt_at = CASE WHEN u.counted = 0 THEN u.first_attempt_at
-                                ELSE o.first_attempt_at END,
+        first_attempt_at = u.first_attempt_at,  -- restored when no call may have counted
         last_error_code = u.code,
         last_error_message = u.message,
         stripe_request_id = coalesce(u.request_id, o.stripe_request_id),
@@ -176,18 +178,26 @@ SELECT id FROM written
 -- name: heartbeat
 -- Announce this relay and count the live ones (seen within :stale_seconds, this one included),
 -- so that each takes an equal share of the account's rate limit. Rows of relays gone for a day
--- are removed on the way.
+-- are removed on the way. The row belongs to one process (:token): a live row of another
+-- process with the same relay_id is left alone and `ours` comes back false (two processes
+-- with one OUTBOX_RELAY_ID); a stale one is taken over (a new process, same name).
 WITH me AS (
-    INSERT INTO meter_event_outbox_relays AS r (relay_id) VALUES (:relay_id)
-    ON CONFLICT (relay_id) DO UPDATE SET seen_at = now(),
+    INSERT INTO meter_event_outbox_relays AS r (relay_id, process_token)
+    VALUES (:relay_id, :token)
+    ON CONFLICT (relay_id) DO UPDATE SET
+        seen_at = CASE WHEN r.process_token IS DISTINCT FROM :token
+                            AND r.seen_at > now() - make_interval(secs => :stale_seconds)
+                       THEN r.seen_at ELSE now() END,
         started_at = CASE WHEN r.seen_at > now() - make_interval(secs => :stale_seconds)
-                          THEN r.started_at ELSE now() END  -- a new process, same name
-    RETURNING r.relay_id
+                          THEN r.started_at ELSE now() END,
+        process_token = CASE WHEN r.seen_at > now() - make_interval(secs => :stale_seconds)
+                             THEN r.process_token ELSE :token END
+    RETURNING r.relay_id, r.process_token IS NOT DISTINCT FROM :token AS ours
 ),
 gone AS (
     DELETE FROM meter_event_outbox_relays WHERE seen_at < now() - interval '1 day'
 )
-SELECT 1 + count(*) FROM meter_event_outbox_relays r
+SELECT 1 + count(*), (SELECT ours FROM me) FROM meter_event_outbox_relays r
 WHERE r.seen_at > now() - make_interval(secs => :stale_seconds)
   AND r.relay_id <> (SELECT relay_id FROM me)
 
@@ -198,7 +208,8 @@ WHERE seen_at > now() - make_interval(secs => :stale_seconds)
 ORDER BY relay_id
 
 -- name: leave
-DELETE FROM meter_event_outbox_relays WHERE relay_id = :relay_id
+-- Only this process's row: a relay refused for a duplicate id must not remove the other's.
+DELETE FROM meter_event_outbox_relays WHERE relay_id = :relay_id AND process_token = :token
 
 -- name: status_counts
 SELECT state, n, oldest_available_at FROM meter_event_outbox_status
@@ -212,6 +223,13 @@ SELECT state, coalesce(last_error_code, '(none)') AS code, count(*) AS n
 FROM meter_event_outbox
 WHERE state IN ('failed', 'rejected')
 GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2
+
+-- name: waiting_by_code
+-- Why pending rows wait (e.g. account_access_refused after a 403), by code and account.
+SELECT last_error_code, stripe_account, count(*) AS n
+FROM meter_event_outbox
+WHERE state = 'pending' AND last_error_code IS NOT NULL
+GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2 LIMIT 50
 
 -- name: inspect
 SELECT id, identifier, state, action, event_name, customer, value, payload, dimensions, metadata,

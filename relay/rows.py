@@ -53,6 +53,10 @@ class Outcome(NamedTuple):
       after a definitive refusal nothing was counted and the row is simply cancelled.
     - `called`: the outcome comes from a call to Stripe (or a send that crashed midway), so it
       is one entry of the row's attempt history; local refusals and shutdown releases are not.
+    - `counted`: the attempt uses up one of the row's attempts (Stripe answered definitively).
+    - `reached`: the call may have counted the event at Stripe (see relay.classify); None means
+      "as `counted`". Only such calls start the dedup clock (`first_attempt_at`), so a row no
+      call of which can have counted is cancelled locally.
     """
 
     row: Claimed
@@ -67,10 +71,10 @@ class Outcome(NamedTuple):
     http_status: int | None = None
     may_have_counted: bool = False
     called: bool = False
+    reached: bool | None = None
 
     @property
     def first_attempt_at(self) -> datetime | None:
-        """Uncounted outcomes (nothing reached Stripe) restore the pre-claim value."""
-        return (
-            self.row.previous_first_attempt_at if self.counted == 0 else self.row.first_attempt_at
-        )
+        """Outcomes of calls that cannot have counted the event restore the pre-claim value."""
+        reached = self.counted > 0 if self.reached is None else self.reached
+        return self.row.first_attempt_at if reached else self.row.previous_first_attempt_at

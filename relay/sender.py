@@ -110,7 +110,7 @@ class StripeSender:
             else:
                 response = await self._report(row)
         except stripe.StripeError as err:
-            return classify_error(err), _ms(started)
+            return classify_error(err, cancel=row.action == "cancel"), _ms(started)
         except (TimeoutError, OSError, aiohttp.ClientError) as err:  # not wrapped by the SDK
             return classify_error(stripe.APIConnectionError(str(err) or type(err).__name__)), _ms(
                 started
@@ -147,16 +147,6 @@ class StripeSender:
         if row.stripe_account:
             options["stripe_account"] = row.stripe_account
         return options
-
-    async def auth_ok(self) -> bool:
-        """A cheap authenticated call: does the key work (after a 401/403)?"""
-        try:
-            await self.client.v1.billing.meters.list_async({"limit": 1})  # type: ignore[arg-type]
-        except (stripe.AuthenticationError, stripe.PermissionError):
-            return False
-        except stripe.StripeError:
-            return True  # reachable and authenticated enough; other errors are not auth
-        return True
 
     async def close(self) -> None:
         """Close the SDK's aiohttp session (it warns about an unclosed session otherwise)."""

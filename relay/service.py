@@ -14,8 +14,9 @@ from relay import migrate, systemd
 from relay.config import Settings
 from relay.db import make_pool
 from relay.errors import ConfigError, StartupError
-from relay.http import connection_limit, make_app, open_file_budget, serve_http
+from relay.http import CLOSE_TIMEOUT, connection_limit, make_app, open_file_budget, serve_http
 from relay.sender import StripeSender
+from relay.share import DuplicateRelayId
 from relay.store import Store
 from relay.supervisor import Relay
 from relay.wakeup import Wakeup
@@ -132,12 +133,14 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     systemd.notify("READY=1")
     try:
         await relay.run(stop)
+    except DuplicateRelayId as err:
+        raise ConfigError(str(err)) from None
     finally:
         systemd.notify("STOPPING=1")
         watchdog.cancel()
         await runner.cleanup()
         await sender.close()
-        await pool.close()
+        await pool.close(timeout=CLOSE_TIMEOUT)
 
 
 def _install_signals(stop: asyncio.Event) -> None:

@@ -11,12 +11,20 @@ count. The errors all lean towards sending less:
   succeeds; a relay starts fenced, so it never sends at a share it has not counted;
 - a relay that joins others waits two heartbeats before sending (they lower their shares and
   use up the send slots reserved at the old share meanwhile), then counts again.
+
+The row of a relay_id belongs to one process (a random token): a relay that finds the row of
+its OUTBOX_RELAY_ID live and held by another process raises `DuplicateRelayId`. At start that
+refuses the newcomer once the row stayed live for the stale time (a process that died leaves
+its row behind: a restart waits it out), and the running relay keeps going. Later (this
+relay's row went stale, e.g. the database was away, and another process took the id) it stops
+this relay. Either way the process exits with code 2 and one line naming the id.
 """
 
 import asyncio
 import collections
 import contextlib
 import time
+import uuid
 from collections.abc import Callable
 from typing import Protocol
 
@@ -24,6 +32,7 @@ import structlog
 
 from relay import metrics
 from relay.ratelimit import RateLimiter
+from relay.store import Beat
 from relay.wakeup import sleep_unless_stopped
 
 log = structlog.get_logger("relay.share")
@@ -31,11 +40,21 @@ log = structlog.get_logger("relay.share")
 FENCED_RATE = 1.0  # calls/s while this relay cannot tell how many others run
 
 
+class DuplicateRelayId(RuntimeError):
+    """Another live process runs with this OUTBOX_RELAY_ID."""
+
+    def __init__(self, relay_id: str) -> None:
+        super().__init__(
+            f"another relay is running with OUTBOX_RELAY_ID={relay_id!r}: give each relay "
+            "process its own id (or leave it unset: hostname-pid)"
+        )
+
+
 class ShareStore(Protocol):
     """The two queries the share runs (relay.store.Store has them)."""
 
-    async def heartbeat(self, relay_id: str, stale_seconds: float) -> int: ...
-    async def leave(self, relay_id: str) -> None: ...
+    async def heartbeat(self, relay_id: str, token: uuid.UUID, stale_seconds: float) -> Beat: ...
+    async def leave(self, relay_id: str, token: uuid.UUID) -> None: ...
 
 
 class RateShare:
@@ -59,15 +78,17 @@ class RateShare:
         self.interval = interval
         self.stale_after = stale_after
         self._clock = clock
+        self.token = uuid.uuid4()  # this process's claim on relay_id
         self.live = 0  # relays counted by the last successful heartbeat
         self._counts: collections.deque[int] = collections.deque(maxlen=2)
         self._last_ok: float | None = None
         self._fenced = False
+        self._refused_since: float | None = None  # join: when the id was first found taken
 
     async def join(self, stop: asyncio.Event) -> None:
         """Count the relays before sending anything (retrying while the database is away)."""
         self._fence()
-        while not stop.is_set() and not await self.beat():
+        while not stop.is_set() and not await self._first_beat():
             await sleep_unless_stopped(stop, self.interval)
         if self.live == 1:  # two relays starting together may each have missed the other
             await asyncio.sleep(min(0.05, self.interval))
@@ -76,10 +97,25 @@ class RateShare:
             await sleep_unless_stopped(stop, 2 * self.interval)
             await self.beat()
 
-    async def beat(self) -> int:
-        """Refresh this relay's row and take a share; returns the count, 0 on failure."""
+    async def _first_beat(self) -> int:
+        """A beat that waits out a row of this relay_id left by a process that died (or was
+        stopped before it could give its row back): refused only while the row stays live for
+        longer than the stale time."""
         try:
-            live = await self.store.heartbeat(self.relay_id, self.stale_after)
+            return await self.beat()
+        except DuplicateRelayId:
+            now = self._clock()
+            if self._refused_since is None:
+                self._refused_since = now
+            if now - self._refused_since > self.stale_after + self.interval:
+                raise
+            return 0
+
+    async def beat(self) -> int:
+        """Refresh this relay's row and take a share; returns the count, 0 on failure. Raises
+        DuplicateRelayId when another live process holds this relay_id."""
+        try:
+            live, ours = await self.store.heartbeat(self.relay_id, self.token, self.stale_after)
         except Exception as err:
             stale = (
                 self._last_ok is None
@@ -89,6 +125,9 @@ class RateShare:
                 log.error("rate_share_fenced", error=str(err), rate_limit=FENCED_RATE)
                 self._fence()
             return 0
+        if not ours:
+            self._fence()
+            raise DuplicateRelayId(self.relay_id)
         self._last_ok = self._clock()
         self._counts.append(live)
         self._take(max(self._counts))  # down at once, up when two counts agree
@@ -97,7 +136,7 @@ class RateShare:
     async def leave(self) -> None:
         """Give the share back now rather than when this relay's row goes stale."""
         with contextlib.suppress(Exception):
-            await self.store.leave(self.relay_id)
+            await self.store.leave(self.relay_id, self.token)
 
     def _take(self, live: int) -> None:
         if live != self.live or self._fenced:

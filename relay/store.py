@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, NamedTuple, cast
+from uuid import UUID
 
 import orjson
 import psycopg
@@ -37,6 +38,11 @@ class Walked(NamedTuple):
 
     ids: list[int]
     cursor: Lane | None  # None: the walk reached the last lane (start again from the first)
+
+
+class Beat(NamedTuple):
+    live: int  # relays seen within the stale time, this one included
+    ours: bool  # False: another live process holds this relay_id
 
 
 class LiveRelay(NamedTuple):
@@ -90,6 +96,12 @@ class OurGroup(NamedTuple):
     events: int
     open: int  # rows sent but not settled: the group is not compared yet
     identifiers: list[str]
+
+
+class WaitingCount(NamedTuple):
+    code: str
+    stripe_account: str | None
+    n: int
 
 
 class RefusedRetry(NamedTuple):
@@ -218,14 +230,15 @@ class Store:
         written = await self._run("record_outcomes", _outcome_params(batch, relay_id))
         return {row_id for (row_id,) in written}
 
-    async def heartbeat(self, relay_id: str, stale_seconds: float) -> int:
-        """Announce this relay; returns how many relays are live, this one included."""
-        params = {"relay_id": relay_id, "stale_seconds": stale_seconds}
-        ((live,),) = await self._run("heartbeat", params)
-        return int(live)
+    async def heartbeat(self, relay_id: str, token: UUID, stale_seconds: float) -> Beat:
+        """Announce this relay (process `token`); how many relays are live, this one included,
+        and whether the relay_id's row is this process's."""
+        params = {"relay_id": relay_id, "token": token, "stale_seconds": stale_seconds}
+        ((live, ours),) = await self._run("heartbeat", params)
+        return Beat(int(live), bool(ours))
 
-    async def leave(self, relay_id: str) -> None:
-        await self._run("leave", {"relay_id": relay_id})
+    async def leave(self, relay_id: str, token: UUID) -> None:
+        await self._run("leave", {"relay_id": relay_id, "token": token})
 
     async def reject(self, identifiers: list[str], code: str, message: str) -> list[str]:
         """Mark rows Stripe reported as not billed; returns the identifiers marked."""
@@ -286,6 +299,9 @@ class SyncStore:
 
     def failures_by_code(self) -> list[FailureCount]:
         return [FailureCount(*r) for r in self._run("failures_by_code")]
+
+    def waiting_by_code(self) -> list[WaitingCount]:
+        return [WaitingCount(*r) for r in self._run("waiting_by_code")]
 
     def inspect(self, identifier: str) -> dict[str, Any] | None:
         """Every column of one row (the set shown to operators), or None."""

@@ -12,6 +12,7 @@ period, give the rate share back, write the last outcomes, stop the rest.
 """
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -19,16 +20,23 @@ from typing import Any
 import structlog
 
 from relay import maintenance
+from relay.authgate import AuthGate
 from relay.completer import Completer
 from relay.config import Settings
-from relay.executor import AuthGate, Executor, RelayState, Sender
+from relay.executor import Executor, RelayState, Sender
 from relay.producer import Capacity, Producer, capacity_limit
 from relay.ratelimit import RateLimiter
-from relay.share import RateShare
+from relay.share import DuplicateRelayId, RateShare
 from relay.store import Store
 from relay.wakeup import Wakeup
 
 log = structlog.get_logger("relay")
+
+OUTCOME_RESERVE = 5.0  # seconds of the shutdown grace kept for writing the last outcomes
+# With the grace used up, giving the share back and writing the last outcomes still get these
+# (a restart need not wait out the share; released rows go back pending at once).
+LEAVE_TIMEOUT = 0.5
+OUTCOME_WRITE_MIN = 1.0
 
 
 class Services:
@@ -37,6 +45,7 @@ class Services:
     def __init__(self, stop: asyncio.Event) -> None:
         self._stop = stop
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.fatal: DuplicateRelayId | None = None  # ends the process with a config error
 
     def start(self, name: str, service: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(service, name=name)
@@ -53,7 +62,11 @@ class Services:
         error = task.exception()
         if error is None and self._stop.is_set():
             return  # finished its work after the stop signal
-        log.error("service_died", service=name, error=_describe(error))
+        if isinstance(error, DuplicateRelayId):
+            self.fatal = error
+            log.error("duplicate_relay_id", service=name, error=str(error))
+        else:
+            log.error("service_died", service=name, error=_describe(error))
         self._stop.set()
 
     async def stop(self, name: str) -> None:
@@ -109,18 +122,22 @@ class Relay:
             settings.batch_size,
         )
         self.completer = Completer(settings, store, self.capacity, wakeup)
-        auth = AuthGate(sender, self.state, settings.auth_probe_interval)
+        auth = AuthGate(
+            self._set_ready, settings.auth_probe_interval, settings.auth_probe_max_interval
+        )
         self.executor = Executor(settings, sender, self.limiter, auth, self.completer.record)
         self.producer = Producer(
             settings,
             store,
             wakeup,
             self.capacity,
-            auth,
             self.state,
             send=self.executor.start,
             hand_back=self.completer.record,
         )
+
+    def _set_ready(self, auth_ok: bool) -> None:
+        self.state.auth_ok = auth_ok
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set (or a service dies), then drain within the grace period."""
@@ -152,17 +169,30 @@ class Relay:
         finally:
             stop.set()
             await self._shutdown(services)
+        if services.fatal is not None:
+            raise services.fatal
 
     async def _shutdown(self, services: Services) -> None:
+        """Everything within OUTBOX_SHUTDOWN_GRACE (plus at most LEAVE_TIMEOUT and
+        OUTCOME_WRITE_MIN when it is used up), also with the database down (below systemd's
+        TimeoutStopSec and Kubernetes' grace period): calls get the grace less a reserve for
+        writing their outcomes. Rows whose outcome is not written are safe: their
+        leases expire and the retry replays what Stripe did (same key)."""
         grace = self.settings.shutdown_grace
         deadline = time.monotonic() + grace
+        reserve = min(OUTCOME_RESERVE, grace / 4)
+
+        def left(until: float = deadline) -> float:
+            return max(0.0, until - time.monotonic())
+
         await services.stop("producer")
-        await self.producer.finish(grace)  # running claims hand their rows back unsent
-        await self.executor.drain(max(0.0, deadline - time.monotonic()))
+        await self.producer.finish(left(deadline - reserve))  # claims hand rows back unsent
+        await self.executor.drain(left(deadline - reserve))
         if self.share:  # sent the last call: give the share back
             await services.stop("heartbeat")
-            await self.share.leave()
+            with contextlib.suppress(TimeoutError):  # a restart under this id need not wait
+                await asyncio.wait_for(self.share.leave(), max(left(), LEAVE_TIMEOUT))
         if services.running("completer"):
-            await self.completer.finish(grace + 10)  # bounded: never hang on exit
+            await self.completer.finish(max(left(), OUTCOME_WRITE_MIN))
         await services.stop_all()
         log.info("relay_stopped", relay_id=self.settings.relay_id)

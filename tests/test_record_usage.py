@@ -161,9 +161,12 @@ def _set(sql: str) -> Callable[[psycopg.Connection], None]:
     [
         (_set("SELECT 1"), "cancelled", "report"),  # never attempted: cancelled locally
         (_set(f"UPDATE meter_event_outbox SET state='accepted', {SENT}"), "pending", "cancel"),
-        (_set(f"UPDATE meter_event_outbox SET {SENT}"), "pending", "cancel"),  # outcome unknown
-        # Operator retry resets attempts, but the first attempt may have landed.
-        (_set("UPDATE meter_event_outbox SET first_attempt_at=now()"), "pending", "cancel"),
+        # Outcome unknown: the report is resolved first (same key), then cancelled (issue 9 #1).
+        (_set(f"UPDATE meter_event_outbox SET {SENT}"), "pending", "report"),
+        # Operator retry resets attempts, but the first attempt may have landed: resolve first.
+        (_set("UPDATE meter_event_outbox SET first_attempt_at=now()"), "pending", "report"),
+        # Failed, but a call may have counted it: an adjustment, with a fresh budget.
+        (_set(f"UPDATE meter_event_outbox SET state='failed', {SENT}"), "pending", "cancel"),
         (_set(f"UPDATE meter_event_outbox SET state='rejected', {SENT}"), "cancelled", "report"),
         (
             _set(
@@ -174,7 +177,15 @@ def _set(sql: str) -> Callable[[psycopg.Connection], None]:
             "report",
         ),
     ],
-    ids=["never-sent", "accepted", "unknown-outcome", "retried", "rejected", "in-flight"],
+    ids=[
+        "never-sent",
+        "accepted",
+        "unknown-outcome",
+        "retried",
+        "failed-maybe-counted",
+        "rejected",
+        "in-flight",
+    ],
 )
 def test_cancel_usage_routes_by_what_stripe_may_have_counted(
     setup: Callable[[psycopg.Connection], None], state: str, action: str, database_url: str, db

@@ -72,6 +72,8 @@ class EmulatorConfig:
     customers: Iterable[str] | None = None
     # None = any `sk_test_...` / `sk_live_...` key is valid; a set = only those keys.
     api_keys: Iterable[str] | None = None
+    # Connected accounts that revoked this platform's access: their requests get a 403.
+    revoked_accounts: Iterable[str] = ()
     # The account that owns the API keys (requests without a `Stripe-Account` header).
     platform_account: str = "acct_emulator"
 

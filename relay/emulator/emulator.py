@@ -199,6 +199,11 @@ class Emulator:
         with self.state.lock:
             return self.state.faults.hold(path, count)
 
+    def set_revoked_accounts(self, accounts: set[str]) -> None:
+        """Connected accounts whose requests get a 403 from now on (an empty set restores)."""
+        with self.state.lock:
+            self.state.revoked_accounts = set(accounts)
+
     def start_outage(self, seconds: float, mode: OutageMode = "503") -> None:
         """Fail every API request (503 or reset) for `seconds` of emulator time."""
         with self.state.lock:

@@ -304,6 +304,14 @@ class Pipeline:
             or headers.get("Stripe-Context")
             or self.state.config.platform_account
         )
+        if call.account in self.state.revoked_accounts:
+            raise ApiError(
+                403,
+                f"The provided key does not have access to account '{call.account}' (or that "
+                "account does not exist). Application access may have been revoked.",
+                type_="invalid_request_error",
+                code="account_invalid",
+            )
 
     def _authenticate_session(self, call: Call, token: str | None) -> None:
         with self.lock:

@@ -37,6 +37,7 @@ class EmulatorState:
             self.add_meter(meter)
         self.customers = CustomerDirectory.from_config(config.customers)
         self.api_keys: set[str] | None = None if config.api_keys is None else set(config.api_keys)
+        self.revoked_accounts: set[str] = set(config.revoked_accounts)
         self.ledger = Ledger()
         self.idempotency = IdempotencyStore(self.clock, config.idempotency_ttl_seconds)
         self.limiter = RateLimiter(config.rate_limit_live, config.rate_limit_test)

@@ -34,7 +34,8 @@ async def test_429_retries_and_slows_the_global_rate(database_url, emulator: Emu
         await relay.until(lambda: state_is(database_url, "u1", "accepted"))
         assert relay.relay.limiter.rate < relay.relay.limiter.ceiling
     r = row(database_url, "u1")
-    assert (r["attempts"], r["key_generation"], emulator.counted("u1")) == (2, 0, 1)
+    # A 429 comes from the rate limiter in front of the API: not an attempt of the row.
+    assert (r["attempts"], r["key_generation"], emulator.counted("u1")) == (1, 0, 1)
 
 
 async def test_connection_reset_retries_with_same_key(database_url, emulator: Emulator, settings):
@@ -43,7 +44,8 @@ async def test_connection_reset_retries_with_same_key(database_url, emulator: Em
     async with running_relay(settings) as relay:
         await relay.until(lambda: state_is(database_url, "u1", "accepted"))
     r = row(database_url, "u1")
-    assert (r["attempts"], r["key_generation"], emulator.counted("u1")) == (2, 0, 1)
+    # The reset got no answer about the row: it does not use up the budget (finding 5).
+    assert (r["attempts"], r["key_generation"], emulator.counted("u1")) == (1, 0, 1)
 
 
 async def test_other_400_fails_with_stripes_code(database_url, emulator: Emulator, settings):

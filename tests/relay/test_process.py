@@ -226,3 +226,34 @@ def test_run_refuses_a_schema_older_than_the_relay(database_url: str) -> None:
     assert "schema is at outbox_0001" in out.stderr and "outbox-relay migrate" in out.stderr
     status = json.loads(run_cli(database_url, "status", "--json").stdout)
     assert status["relays"] is None  # unknown, not an error
+
+
+def test_a_second_relay_with_the_same_id_exits_2_and_the_first_keeps_running(
+    database_url: str,
+) -> None:
+    """Issue 9, finding 13: the newcomer refuses to start with one line naming the id; the
+    running relay keeps its share and goes on sending."""
+    with Emulator(EmulatorConfig(rate_limit_test=None)) as emulator:
+        first = start(relay_env(database_url, emulator, OUTBOX_RELAY_ID="replica-1"))
+        try:
+            wait_for(lambda: _live_relays(database_url) == ["replica-1"])
+            second = subprocess.run(
+                [*CLI, "run"],
+                env=relay_env(database_url, emulator, OUTBOX_RELAY_ID="replica-1"),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert second.returncode == 2
+            assert "another relay is running with OUTBOX_RELAY_ID='replica-1'" in second.stderr
+            insert_usage(database_url, 2)
+            wait_for(lambda: states(database_url) == {"accepted": 2})
+            assert _live_relays(database_url) == ["replica-1"]
+        finally:
+            first.send_signal(signal.SIGTERM)
+            assert first.wait(timeout=30) == 0
+
+
+def _live_relays(database_url: str) -> list[str]:
+    with psycopg.connect(database_url) as conn:
+        return [r for (r,) in conn.execute("SELECT relay_id FROM meter_event_outbox_relays")]

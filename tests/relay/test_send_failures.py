@@ -3,6 +3,7 @@
 from datetime import UTC, datetime, timedelta
 
 import psycopg
+import pytest
 
 import outbox
 from relay import ops
@@ -14,6 +15,7 @@ from tests.relay.conftest import (
     row,
     running_relay,
     state_is,
+    states,
 )
 
 
@@ -76,3 +78,24 @@ async def test_outcomes_are_written_while_an_application_cancel_is_uncommitted(
             insert_usage(database_url, 1, customer="cus_new", prefix="fresh")
             await relay.until(lambda: state_is(database_url, "fresh1", "accepted"), timeout=10)
             app.rollback()
+
+
+async def _calls_at_least(emulator, n: int) -> bool:
+    return emulator.requests("/v1/billing/meter_events") >= n
+
+
+@pytest.mark.parametrize("mode", ["503", "reset"])
+async def test_an_outage_longer_than_the_retry_budget_fails_no_row(database_url, emulator, mode):
+    """Issue 9, finding 5: calls that never got an answer about the row (connection resets,
+    503s in front of the API) do not use up its attempts; rows wait out the outage (backoff
+    capped, until the dedup window) and are then sent."""
+    insert_usage(database_url, 2, customers=2)
+    emulator.start_outage(3600, mode=mode)
+    settings = make_settings(database_url, emulator, max_attempts=2)
+    async with running_relay(settings) as relay:
+        # Three times the budget of both rows, all refused by the outage.
+        await relay.until(lambda: _calls_at_least(emulator, 12), timeout=30)
+        assert states(database_url) == {"pending": 2}
+        emulator.end_outage()
+        await relay.until(lambda: accepted(database_url, 2), timeout=30)
+    assert row(database_url, "u1")["attempts"] == 1

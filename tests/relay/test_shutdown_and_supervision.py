@@ -100,3 +100,33 @@ async def test_a_failing_startup_step_leaves_no_task_behind(
             pass
     services = {"completer", "fold_counts", "listener", "heartbeat", "producer"}
     assert [t for t in asyncio.all_tasks() if t.get_name() in services] == []
+
+
+class Unreachable(Store):
+    """A database that stops answering (a partition: statements hang, nothing errors)."""
+
+    down = False
+
+    async def _run(self, name: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        if self.down:
+            await asyncio.Event().wait()
+        return await super()._run(name, params)
+
+
+async def test_shutdown_with_the_database_down_ends_within_the_grace_period(database_url, emulator):
+    """Issue 9, finding 12: an outcome that cannot be written, a share that cannot be given
+    back and a producer stuck in a statement do not hold the relay past OUTBOX_SHUTDOWN_GRACE
+    (the row is safe: its lease expires and the retry replays Stripe's answer)."""
+    insert_usage(database_url, 1)
+    held = emulator.hold("/v1/billing/meter_events")
+    grace = 1.0
+    settings = make_settings(database_url, emulator, shutdown_grace=grace)
+    async with running_relay(settings, store=Unreachable) as running:
+        await held.wait_arrived_async()
+        running.relay.store.down = True  # type: ignore[attr-defined]
+        held.release()  # Stripe answers; the outcome write will hang
+        running.stop.set()
+        # The relay's own bound, with a margin for cancelling its tasks; the fixture would
+        # otherwise wait grace + 10 s.
+        await asyncio.wait_for(running.task, grace + 4)
+    assert row(database_url, "u1")["state"] == "in_flight"  # re-claimable once the lease ends

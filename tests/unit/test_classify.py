@@ -26,6 +26,7 @@ def error(
         (error(stripe.RateLimitError, 429), Verdict.RETRY_SLOWER, "rate_limited"),
         (error(stripe.APIError, 500), Verdict.RETRY_NEW_KEY, "http_500"),
         (error(stripe.APIError, 503), Verdict.RETRY_NEW_KEY, "http_503"),
+        (error(stripe.APIError, 504), Verdict.RETRY_NEW_KEY, "http_504"),
         (stripe.APIConnectionError("reset"), Verdict.RETRY_SAME_KEY, "connection_error"),
         (error(stripe.IdempotencyError, 400), Verdict.FAILED_BUG, "idempotency_error"),
         (
@@ -51,3 +52,27 @@ def test_the_http_status_is_kept_for_the_attempt_history() -> None:
 def test_messages_are_bounded() -> None:
     result = classify_error(error(stripe.InvalidRequestError, 400, "x" * 2000))
     assert result.message is not None and len(result.message) == 500
+
+
+@pytest.mark.parametrize(
+    ("err", "counts"),
+    [
+        (error(stripe.APIError, 500), True),  # executed and cached: Stripe answered
+        (error(stripe.APIError, 502), False),  # in front of the API: an outage
+        (error(stripe.APIError, 503), False),
+        (error(stripe.APIError, 504), False),
+        (stripe.APIConnectionError("refused"), False),
+        (error(stripe.RateLimitError, 429), False),
+        (error(stripe.InvalidRequestError, 400, code="parameter_invalid"), True),
+    ],
+)
+def test_only_definitive_answers_count_against_the_budget(err: stripe.StripeError, counts: bool):
+    """Issue 9, finding 5: the table's `counts` column."""
+    assert classify_error(err).counts is counts
+
+
+def test_resource_missing_on_a_cancel_is_retried_and_on_a_report_fails() -> None:
+    """Issue 9, finding 1: the cancel may have overtaken its event."""
+    missing = error(stripe.InvalidRequestError, 400, "No meter event", code="resource_missing")
+    assert classify_error(missing, cancel=True).verdict is Verdict.RETRY_NEW_KEY
+    assert classify_error(missing).verdict is Verdict.FAILED

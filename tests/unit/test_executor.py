@@ -4,9 +4,10 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from relay.classify import Classified, Verdict
+from relay.authgate import AuthGate
+from relay.classify import Classified, Verdict, for_answer
 from relay.config import Settings
-from relay.executor import AuthGate, Executor, RelayState
+from relay.executor import Executor, RelayState
 from relay.ratelimit import RateLimiter
 from relay.rows import Claimed, Outcome
 from tests.unit.rows import claimed as claimed_at_noon
@@ -27,9 +28,6 @@ class FakeSender:
     async def send_stream(self, rows: list[Claimed]) -> tuple[Classified, float]:
         return self._answer("stream", rows)
 
-    async def auth_ok(self) -> bool:
-        return True
-
     def _answer(self, kind: str, rows: list[Claimed]) -> tuple[Classified, float]:
         self.calls.append((kind, [r.identifier for r in rows]))
         if isinstance(self.answer, Exception):
@@ -43,9 +41,8 @@ async def run(
     outcomes: list[Outcome] = []
     state = RelayState()
     settings = Settings(stripe_api_mode=mode)
-    executor = Executor(
-        settings, sender, RateLimiter(10**6), AuthGate(sender, state, 1.0), outcomes.append
-    )
+    gate = AuthGate(lambda ok: setattr(state, "auth_ok", ok), 1.0, 10.0)
+    executor = Executor(settings, sender, RateLimiter(10**6), gate, outcomes.append)
     executor.start(rows)
     await executor.drain(5)
     return outcomes, state
@@ -96,9 +93,11 @@ async def test_a_crashing_send_releases_its_rows_as_attempts_with_an_unknown_out
 
 
 async def test_a_401_pauses_sending() -> None:
-    outcomes, state = await run(rows(1), FakeSender(Classified(Verdict.AUTH, "http_401")))
+    refused = for_answer("auth", "http_401", http_status=401)
+    outcomes, state = await run(rows(1), FakeSender(refused))
     assert not state.auth_ok
-    assert [(o.state, o.counted) for o in outcomes] == [("pending", 0)]
+    assert [(o.state, o.counted, o.code) for o in outcomes] == [("pending", 0, "api_key_refused")]
+    assert outcomes[0].delay > 0
 
 
 async def test_shutdown_releases_calls_still_out() -> None:
@@ -109,10 +108,13 @@ async def test_shutdown_releases_calls_still_out() -> None:
 
     outcomes: list[Outcome] = []
     sender = Hanging()
-    executor = Executor(
-        Settings(), sender, RateLimiter(10**6), AuthGate(sender, RelayState(), 1.0), outcomes.append
-    )
+    gate = AuthGate(lambda ok: None, 1.0, 10.0)
+    executor = Executor(Settings(), sender, RateLimiter(10**6), gate, outcomes.append)
     executor.start(rows(1))
     await asyncio.sleep(0)
     await executor.drain(0)
-    assert [(o.state, o.code, o.called) for o in outcomes] == [("pending", "shutdown", False)]
+    # No answer: not an attempt (issue 9 #5), but the call may have reached Stripe.
+    assert [(o.state, o.code, o.called, o.counted) for o in outcomes] == [
+        ("pending", "shutdown", False, 0)
+    ]
+    assert outcomes[0].first_attempt_at is not None

@@ -4,7 +4,7 @@ from datetime import timedelta
 
 import pytest
 
-from relay.classify import Classified, Verdict
+from relay.classify import Classified, Verdict, for_answer
 from relay.policy import decide, local_refusal
 from tests.unit.rows import NOW, claimed
 
@@ -24,37 +24,54 @@ def test_accepted_report_and_cancel() -> None:
 
 
 @pytest.mark.parametrize(
-    ("verdict", "state", "counted", "new_key"),
+    ("answer", "state", "counted", "new_key", "reached"),
     [
-        (Verdict.FAILED, "failed", 1, 0),
-        (Verdict.FAILED_BUG, "failed", 1, 0),
-        (Verdict.AUTH, "pending", 0, 0),
-        (Verdict.RETRY_SOON, "pending", 0, 0),
-        (Verdict.RETRY_SLOWER, "pending", 1, 0),
-        (Verdict.RETRY_NEW_KEY, "pending", 1, 1),
-        (Verdict.RETRY_SAME_KEY, "pending", 1, 0),
+        ("invalid", "failed", 1, 0, False),
+        ("idempotency_error", "failed", 1, 0, False),
+        ("auth", "pending", 0, 0, False),
+        ("conflict", "pending", 0, 0, False),
+        ("rate_limited", "pending", 0, 0, False),
+        ("server_error", "pending", 1, 1, False),
+        ("unavailable", "pending", 0, 1, True),
+        ("no_answer", "pending", 0, 0, True),
+        ("cancel_too_early", "pending", 1, 1, False),
     ],
 )
-def test_each_verdict(verdict: Verdict, state: str, counted: int, new_key: int) -> None:
-    result = Classified(verdict, "some_code", "msg", "req_2", 500)
-    outcome = decide(claimed(), result, 25, 5.0)
+def test_each_answer(answer: str, state: str, counted: int, new_key: int, reached: bool) -> None:
+    result = for_answer(answer, "some_code", "msg", "req_2", 500)
+    outcome = decide(claimed(), result, 25, 5.0, now=NOW)
     assert (outcome.state, outcome.counted, outcome.new_key) == (state, counted, new_key)
-    assert (outcome.code, outcome.http_status, outcome.called) == ("some_code", 500, True)
-    assert not outcome.may_have_counted
+    assert (outcome.http_status, outcome.called) == (500, True)
+    # Only a call that may have counted the event keeps the dedup clock running.
+    assert (outcome.first_attempt_at == NOW) is reached
+    assert outcome.may_have_counted is (state == "failed" and reached)
 
 
 def test_retry_soon_and_slower_wait_at_least_their_minimum() -> None:
-    soon = decide(claimed(), Classified(Verdict.RETRY_SOON, "conflict"), 25, 1.0)
-    slower = decide(claimed(), Classified(Verdict.RETRY_SLOWER, "rate_limited"), 25, 1.0)
+    soon = decide(claimed(), for_answer("conflict"), 25, 1.0)
+    slower = decide(claimed(), for_answer("rate_limited"), 25, 1.0)
     assert soon.delay >= 0.5 and slower.delay >= 1.0
 
 
 def test_the_last_allowed_attempt_fails_and_may_have_been_counted() -> None:
-    result = Classified(Verdict.RETRY_SAME_KEY, "connection_error", "timed out")
-    outcome = decide(claimed(attempts=24), result, 25, 1.0)
+    result = for_answer("server_error", "http_500", "boom", http_status=500)
+    row = claimed(attempts=24, previous_first_attempt_at=NOW - timedelta(minutes=5))
+    outcome = decide(row, result, 25, 1.0)
     assert (outcome.state, outcome.code) == ("failed", "retry_budget_exhausted")
-    assert outcome.may_have_counted  # a cancel requested meanwhile must still be sent
-    assert "connection_error" in (outcome.message or "")
+    assert outcome.may_have_counted  # an earlier call may have: a cancel must still be sent
+    assert "http_500" in (outcome.message or "")
+
+
+def test_an_outage_does_not_use_up_the_budget() -> None:
+    """Finding 5: calls that got no answer about the row never exhaust its attempts; their
+    backoff grows with the time since the first call instead, up to the cap."""
+    row = claimed(attempts=24, first_attempt_at=NOW - timedelta(hours=3))
+    for name in ("no_answer", "unavailable"):
+        outcome = decide(row, for_answer(name, http_status=503), 25, 1.0, now=NOW)
+        assert (outcome.state, outcome.counted) == ("pending", 0)
+        assert 0.5 <= outcome.delay <= 300
+    fresh = decide(claimed(), for_answer("no_answer"), 25, 1.0, now=NOW)
+    assert fresh.delay == 0.5
 
 
 def test_a_sendable_row_is_not_refused() -> None:
@@ -99,7 +116,7 @@ def test_a_cancel_after_stripes_24_hours_is_refused() -> None:
 
 def test_uncounted_outcomes_restore_the_first_attempt_time() -> None:
     row = claimed(previous_first_attempt_at=None)
-    auth = decide(row, Classified(Verdict.AUTH, "http_401"), 25, 1.0)
+    auth = decide(row, for_answer("auth", "http_401"), 25, 1.0)
     assert auth.first_attempt_at is None
-    sent = decide(row, Classified(Verdict.RETRY_SAME_KEY, "connection_error"), 25, 1.0)
+    sent = decide(row, for_answer("no_answer"), 25, 1.0)
     assert sent.first_attempt_at == NOW

@@ -1,9 +1,13 @@
 """The rate share against an in-memory store and an injected clock: fencing, joining, leaving."""
 
 import asyncio
+import uuid
+
+import pytest
 
 from relay.ratelimit import RateLimiter
-from relay.share import FENCED_RATE, RateShare
+from relay.share import FENCED_RATE, DuplicateRelayId, RateShare
+from relay.store import Beat
 
 
 class FakeStore:
@@ -14,14 +18,16 @@ class FakeStore:
         self.down = False
         self.beats: list[tuple[str, float]] = []
         self.left: list[str] = []
+        self.owners: dict[str, uuid.UUID] = {}  # relay_id -> process token (never stale here)
 
-    async def heartbeat(self, relay_id: str, stale_seconds: float) -> int:
+    async def heartbeat(self, relay_id: str, token: uuid.UUID, stale_seconds: float) -> Beat:
         if self.down:
             raise ConnectionError("database away")
         self.beats.append((relay_id, stale_seconds))
-        return self.counts.pop(0) if len(self.counts) > 1 else self.counts[0]
+        owner = self.owners.setdefault(relay_id, token)
+        return Beat(self.counts.pop(0) if len(self.counts) > 1 else self.counts[0], owner == token)
 
-    async def leave(self, relay_id: str) -> None:
+    async def leave(self, relay_id: str, token: uuid.UUID) -> None:
         if self.down:
             raise ConnectionError("database away")
         self.left.append(relay_id)
@@ -103,3 +109,23 @@ async def test_leaving_gives_the_share_back_and_never_raises() -> None:
     assert store.left == ["relay-a"]
     store.down = True
     await rate_share.leave()  # the row goes stale on its own
+
+
+async def test_a_second_process_with_the_same_relay_id_refuses_to_start() -> None:
+    """Issue 9, finding 13: the running relay keeps its row and its share; the newcomer is
+    refused (fenced, and it gives back nothing of the other's)."""
+    store, clock = FakeStore(1), [0.0]
+    first = share(store, clock)
+    await first.join(asyncio.Event())
+    second = share(store, clock)
+
+    def ticking() -> float:  # the first keeps its row live while the second waits it out
+        clock[0] += 1.0
+        return clock[0]
+
+    second._clock = ticking
+    with pytest.raises(DuplicateRelayId, match="OUTBOX_RELAY_ID='relay-a'"):
+        await second.join(asyncio.Event())
+    assert clock[0] > 5.0  # refused only after the stale time
+    assert second.limiter.ceiling == FENCED_RATE
+    assert await first.beat() == 1

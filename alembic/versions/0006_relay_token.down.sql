@@ -1,0 +1,1 @@
+ALTER TABLE meter_event_outbox_relays DROP COLUMN process_token;
