@@ -280,15 +280,23 @@ RETURNING o.identifier
 SELECT outbox_fold_counts()
 
 -- name: prune
--- Retention: delete old terminal rows in a bounded batch (the caller loops), oldest first.
-DELETE FROM meter_event_outbox o
-WHERE o.id IN (
-    SELECT id FROM meter_event_outbox
-    WHERE state IN ('accepted', 'cancelled') AND updated_at < now() - make_interval(secs => :age_seconds)
-    ORDER BY updated_at
-    LIMIT :batch_size
-    FOR UPDATE SKIP LOCKED)
-RETURNING o.id
+-- Retention: delete old terminal rows in a bounded batch (the caller loops), oldest first, and
+-- their attempt history in the same statement (the history has no foreign key: see 0003).
+WITH gone AS (
+    DELETE FROM meter_event_outbox o
+    WHERE o.id IN (
+        SELECT id FROM meter_event_outbox
+        WHERE state IN ('accepted', 'cancelled')
+          AND updated_at < now() - make_interval(secs => :age_seconds)
+        ORDER BY updated_at
+        LIMIT :batch_size
+        FOR UPDATE SKIP LOCKED)
+    RETURNING o.id
+),
+history AS (
+    DELETE FROM meter_event_outbox_attempts a WHERE a.outbox_id IN (SELECT id FROM gone)
+)
+SELECT id FROM gone
 
 -- name: unsent_by_group
 -- For `status`: every unsent row (pending, in flight) grouped by what it is waiting for, with

@@ -265,3 +265,27 @@ async def test_drift_finds_a_change_made_behind_the_relays_back(
     assert stored is not None and stored["id"] == report["id"] and stored["drift_events"] == 5
     human = cli(database_url, "drift", **stripe_env(emulator)).stdout
     assert "cus_11 api_calls (mtr_api_calls)" in human and "difference 5" in human
+
+
+def test_prune_deletes_the_attempt_history_with_its_rows(database_url, db):
+    """The attempt history has no foreign key (its check cost more than the insert on the
+    outcome statement): prune deletes a row's attempts in the same statement as the row."""
+    insert_usage(database_url, 2, customers=2)
+    db.execute(
+        "INSERT INTO meter_event_outbox_attempts (outbox_id, attempt, key_generation, action,"
+        " state, http_status) SELECT id, 1, 0, 'report', 'accepted', 200 FROM meter_event_outbox"
+    )
+    db.execute(
+        "UPDATE meter_event_outbox SET state = 'accepted', accepted_at = now(),"
+        " updated_at = now() - interval '40 days' WHERE identifier = 'u1'"
+    )
+    from relay import ops
+
+    assert ops.prune(db, older_than_days=35) == 1
+    kept = scalar(
+        db,
+        "SELECT array_agg(o.identifier) FROM meter_event_outbox_attempts a"
+        " JOIN meter_event_outbox o ON o.id = a.outbox_id",
+    )
+    assert kept == ["u2"]
+    assert scalar(db, "SELECT count(*) FROM meter_event_outbox_attempts") == 1
