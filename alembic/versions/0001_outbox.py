@@ -9,26 +9,11 @@ includes them on purpose (docs/migrations.md). A new migration NNNN is file NNNN
 revision "outbox_NNNN" and down_revision the previous "outbox_..." id.
 """
 
-from pathlib import Path
-
-from relay.sqlmigration import execute_file
+from relay.sqlmigration import sql_file_steps
 
 revision = "outbox_0001"
 down_revision = None
 branch_labels = ("outbox",)
 depends_on = None
 
-_HERE = Path(__file__).with_suffix("")
-
-
-def _run(suffix: str) -> None:
-    """The SQL lives beside this file (0001_outbox.up.sql / .down.sql)."""
-    execute_file(Path(f"{_HERE}.{suffix}.sql"))
-
-
-def upgrade() -> None:
-    _run("up")
-
-
-def downgrade() -> None:
-    _run("down")
+upgrade, downgrade = sql_file_steps(__file__)

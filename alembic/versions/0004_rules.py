@@ -17,26 +17,11 @@ Revision ID: outbox_0004
 Revises: outbox_0003
 """
 
-from pathlib import Path
-
-from relay.sqlmigration import execute_file
+from relay.sqlmigration import sql_file_steps
 
 revision = "outbox_0004"
 down_revision = "outbox_0003"
 branch_labels = None
 depends_on = None
 
-_HERE = Path(__file__).with_suffix("")
-
-
-def _run(suffix: str) -> None:
-    """The SQL lives beside this file (0004_rules.up.sql / .down.sql); works in --sql mode."""
-    execute_file(Path(f"{_HERE}.{suffix}.sql"))
-
-
-def upgrade() -> None:
-    _run("up")
-
-
-def downgrade() -> None:
-    _run("down")
+upgrade, downgrade = sql_file_steps(__file__)
