@@ -27,6 +27,7 @@ from urllib.parse import quote_plus
 
 import aiohttp
 import stripe
+from yarl import URL
 
 from relay.classify import Answer
 from relay.rows import Claimed
@@ -127,8 +128,9 @@ class Wire:
         timeout: float = 10.0,
     ) -> None:
         base = api_base.rstrip("/") if api_base else None
-        self._v1_url = (base or stripe.DEFAULT_API_BASE) + V1_METER_EVENTS
-        self._v2_url = (base or stripe.DEFAULT_METER_EVENTS_API_BASE) + V2_METER_EVENT_STREAM
+        # Parsed once: aiohttp would parse a string URL on every call.
+        self._v1_url = URL((base or stripe.DEFAULT_API_BASE) + V1_METER_EVENTS)
+        self._v2_url = URL((base or stripe.DEFAULT_METER_EVENTS_API_BASE) + V2_METER_EVENT_STREAM)
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         version = {"Stripe-Version": stripe.api_version}
@@ -160,7 +162,7 @@ class Wire:
         }
         return await self._post(self._v2_url, headers, stream_body(rows))
 
-    async def _post(self, url: str, headers: dict[str, str], body: bytes) -> Answer:
+    async def _post(self, url: URL, headers: dict[str, str], body: bytes) -> Answer:
         try:
             async with self._session.post(
                 url, data=body, headers=headers, timeout=self._timeout
