@@ -29,6 +29,10 @@ class Settings(BaseSettings):
         default=None, description="Point every Stripe host at this base URL (e.g. the emulator)"
     )
     stripe_api_mode: Literal["v1", "v2-stream"] = "v1"
+    stripe_client: Literal["lean", "sdk"] = Field(
+        default="lean",
+        description="lean: meter events on raw aiohttp (relay/wire.py); sdk: the stripe SDK",
+    )
 
     rate_limit: float | None = Field(
         default=None, description="Stripe calls per second; default 1000 live, 25 test keys"
