@@ -102,6 +102,7 @@ def claimed(
         previous_first_attempt_at=None,
         first_attempt_at=now,
         accepted_at=None,
+        created_at=now,
     )
 
 
