@@ -173,9 +173,7 @@ class Executor:
                 result, latency_ms = await send(sendable)
                 self._react(result)
                 metrics.LATENCY.observe(latency_ms / 1000)  # once per call, not per row
-                outcomes += [
-                    decide(r, result, self.settings.max_attempts, latency_ms) for r in sendable
-                ]
+                outcomes += self._decide(sendable, result, latency_ms)
         except asyncio.CancelledError:
             outcomes += [_released(r, "shutdown", "released at shutdown", 0.0) for r in sendable]
             raise
@@ -186,6 +184,15 @@ class Executor:
         finally:
             for outcome in outcomes:
                 self._record(outcome)
+
+    def _decide(self, rows: list[Claimed], result: Classified, latency_ms: float) -> list[Outcome]:
+        """Each row's outcome. An accepted call decides once: its rows' outcomes differ only
+        in the row (a call carries one action: one v1 row, or a stream call's reports), so one
+        is decided and copied."""
+        if result.verdict is Verdict.ACCEPTED:
+            tail = tuple(decide(rows[0], result, self.settings.max_attempts, latency_ms))[1:]
+            return [tuple.__new__(Outcome, (r, *tail)) for r in rows]
+        return [decide(r, result, self.settings.max_attempts, latency_ms) for r in rows]
 
     def _react(self, result: Classified) -> None:
         metrics.stripe_call(result.verdict.value).inc()

@@ -21,7 +21,7 @@ import json
 import os
 import platform
 from collections.abc import Iterable
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote_plus
 
@@ -52,13 +52,28 @@ def _q(value: object) -> str:
 
 def stream_event(row: Claimed) -> dict[str, Any]:
     """One v2 event: RFC 3339 timestamp in UTC with milliseconds and a Z."""
-    stamp = row.occurred_at.astimezone(UTC).isoformat(timespec="milliseconds")
     return {
         "event_name": row.event_name,
         "payload": row.payload,
         "identifier": row.identifier,
-        "timestamp": stamp[:-6] + "Z",
+        "timestamp": rfc3339_ms(row.occurred_at),
     }
+
+
+def rfc3339_ms(when: datetime) -> str:
+    """`2026-03-04T12:36:07.891Z` (milliseconds truncated, as `isoformat` does). Formatted
+    from the fields: `astimezone().isoformat()` cost twice as much, once per event."""
+    if when.utcoffset():
+        when = when.astimezone(UTC)
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031  # faster than an f-string
+        when.year,
+        when.month,
+        when.day,
+        when.hour,
+        when.minute,
+        when.second,
+        when.microsecond // 1000,
+    )
 
 
 def stream_body(rows: Iterable[Claimed]) -> bytes:
