@@ -203,14 +203,16 @@ def wait_drained(url: str, timeout: float) -> None:
     raise TimeoutError("relay did not drain the outbox in time")
 
 
-def sustained_rate(url: str) -> float:
-    """Rows/s between the 10th and 90th percentile of acceptance times (skips warm-up/tail)."""
+def sustained_rate(url: str, prefix: str = "") -> float:
+    """Rows/s between the 10th and 90th percentile of acceptance times (skips warm-up/tail);
+    only rows whose identifier starts with `prefix` (one run's rows, in a table with history)."""
     with psycopg.connect(url) as conn:
         stamps = [
             r[0]
             for r in conn.execute(
                 "SELECT accepted_at FROM meter_event_outbox WHERE accepted_at IS NOT NULL"
-                " ORDER BY accepted_at"
+                " AND starts_with(identifier, %s) ORDER BY accepted_at",
+                (prefix,),
             )
         ]
     return rate_between(stamps)

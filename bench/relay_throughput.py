@@ -1,7 +1,7 @@
 """Relay throughput and CPU per event against the Stripe emulator, and the database path alone.
 
 Run from the repository root:  python -m bench.relay_throughput [--rounds 3] [--quick]
-                                 [--only a,b,b-burn,c,d,e]
+                                 [--only a,b,b-burn,c,d,e] [--history ROWS]
 
 (a) v1, 0 ms Stripe latency, 5,000 customers, 128 calls in flight: events/s through the real
     relay process and the emulator process, once with each Stripe client
@@ -13,6 +13,10 @@ Run from the repository root:  python -m bench.relay_throughput [--rounds 3] [--
     core (a bounded busy loop, killed at the end).
 (c) the database path alone: claim + batched outcome writes with a no-op sender (in-process),
     for the v1 lane claim and the v2 claim. Target: >= 20,000 rows/s.
+(c-history) with --history N (e.g. 10000000): (c) again, in the same rounds, on a table that
+    already holds N accepted rows of history (generated once, dead tuples vacuumed; N rows take
+    minutes to generate). Target: within 1.2x of (c) on the empty table. The status queries
+    (what `outbox-relay status` runs) are timed with EXPLAIN ANALYZE on that table: < 50 ms.
 (d) side by side with (c), in the same rounds: procrastinate (a PostgreSQL job queue) running
     no-op jobs on the same PostgreSQL server; the ratio of (c) to it.
 (e) v2-stream end to end, 10,000 customers, default settings (live key), at 0 ms (both
@@ -31,6 +35,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -38,6 +43,7 @@ from typing import Any
 import psycopg
 
 from bench.common import (
+    admin_execute,
     burning_core,
     cpu_seconds,
     emulator_process,
@@ -52,10 +58,11 @@ from bench.common import (
     table,
     wait_drained,
 )
+from outbox.sqlfile import for_psycopg
 from relay import logs
 from relay.classify import Classified, Verdict
 from relay.config import Settings
-from relay.db import make_pool
+from relay.db import QUERIES, make_pool
 from relay.rows import Claimed
 from relay.service import run_loop
 from relay.store import Store
@@ -175,12 +182,50 @@ async def _db_path(url: str, mode: str, n: int, out: Result) -> None:
     await pool.close()
 
 
-def scenario_c(n: int, mode: str) -> Result:
-    with scratch_database() as url:
-        insert_rows(url, n, customers=10_000)
+def scenario_c(n: int, mode: str, history_url: str | None = None) -> Result:
+    """The database path on a fresh table, or (`history_url`) on the shared table with history:
+    its pending rows get a fresh prefix and the rate counts only them."""
+    with contextlib.nullcontext(history_url) if history_url else scratch_database() as url:
+        prefix = f"h{time.monotonic_ns()}_" if history_url else "r"
+        insert_rows(url, n, customers=10_000, prefix=prefix)
         out: Result = {}
         run_loop(_db_path(url, mode, n, out))  # the event loop `outbox-relay run` uses
-        return {"rows/s": sustained_rate(url), **out}
+        rate = sustained_rate(url, prefix) if history_url else sustained_rate(url)
+        if history_url:
+            admin_execute(url, "VACUUM ANALYZE meter_event_outbox")  # as autovacuum would
+        return {"rows/s": rate, **out}
+
+
+def history_database(rows: int) -> contextlib.AbstractContextManager[str]:
+    """A scratch database holding `rows` accepted rows (the retained history of a busy meter),
+    over 10,000 customers, vacuumed and analyzed."""
+    fill = f"""
+        INSERT INTO meter_event_outbox (identifier, event_name, customer, value, state,
+            attempts, first_attempt_at, accepted_at, created_at, occurred_at, updated_at)
+        SELECT 'old' || g, 'api_calls', 'cus_' || (g % 10000), 1, 'accepted', 1,
+            now() - interval '1 day', now() - interval '1 day', now() - interval '1 day',
+            now() - interval '1 day', now() - interval '1 day'
+        FROM generate_series(1, {int(rows)}) g;
+        INSERT INTO meter_event_outbox_counts (state, n) VALUES ('accepted', {int(rows)})
+        ON CONFLICT (state) DO UPDATE SET n = excluded.n;
+    """
+    return scratch_database(setup_sql=fill)
+
+
+STATUS_QUERIES = ("status_counts", "oldest_due", "failures_by_code")
+
+
+def status_timings(url: str) -> list[list[Any]]:
+    """Execution time of each query `outbox-relay status` runs (EXPLAIN ANALYZE), in ms."""
+    rows = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        (total,) = conn.execute("SELECT count(*) FROM meter_event_outbox").fetchone()
+        for name in STATUS_QUERIES:
+            plan = conn.execute(
+                "EXPLAIN (ANALYZE, FORMAT JSON) " + for_psycopg(QUERIES[name])
+            ).fetchone()[0]
+            rows.append([name, f"{total:,}", plan[0]["Execution Time"]])
+    return rows
 
 
 def scenario_d(n: int) -> Result:
@@ -208,11 +253,14 @@ def scenario_d(n: int) -> Result:
         return {"jobs/s": asyncio.run(go())}
 
 
-def plan(scale: float) -> dict[str, tuple[str, Callable[[], Result]]]:
+def plan(scale: float, history_url: str | None) -> dict[str, tuple[str, Callable[[], Result]]]:
     """Scenario key -> (table label, run). Runs interleave within a round."""
     k = int(1000 * scale)
+    h = history_url
     return {
         "c_v1": ("(c) database path, v1 lane claim", lambda: scenario_c(60 * k, "v1")),
+        "c_v1_hist": ("(c) v1 lane claim, with history", lambda: scenario_c(60 * k, "v1", h)),
+        "c_v2_hist": ("(c) v2 claim, with history", lambda: scenario_c(60 * k, "v2-stream", h)),
         "d": ("(d) procrastinate no-op jobs", lambda: scenario_d(20 * k)),
         "c_v2": ("(c) database path, v2 claim", lambda: scenario_c(60 * k, "v2-stream")),
         "a_sdk": ("(a) v1 0 ms, sdk client", lambda: scenario_a(20 * k, "sdk")),
@@ -230,6 +278,7 @@ GROUPS = {
     "b": ("b",),
     "b-burn": ("b_burn",),
     "c": ("c_v1", "c_v2"),
+    "c-history": ("c_v1_hist", "c_v2_hist"),
     "d": ("d",),
     "e": ("e0_sdk", "e0_lean", "e150"),
 }
@@ -267,10 +316,23 @@ def report(results: dict[str, list[Result]], labels: dict[str, str], rounds: int
             ["(c v2) / (d)", _ratio(results, "c_v2")],
         ]
         table("database path against procrastinate (same rounds)", ["ratio", "x"], ratios)
+    if results.get("c_v1_hist") or results.get("c_v2_hist"):
+        flat = [
+            [f"({mode}) with history / empty", _ratio_of(results, f"{key}_hist", key)]
+            for mode, key in (("c v1", "c_v1"), ("c v2", "c_v2"))
+        ]
+        table("cost in history (same rounds; target <= 1.2x)", ["ratio", "x"], flat)
     print(
         "\ntargets: (a) relay <= 200 us per call; (b), (b-burn) >= 1,000 events/s, 0 retries;"
         " (c) >= 20,000 rows/s and >= 40x (d); (e) >= 20,000 events/s, relay <= 20 us/event"
     )
+
+
+def _ratio_of(results: dict[str, list[Result]], slow: str, fast: str) -> float | str:
+    """How many times slower `slow` ran than `fast`, round by round (median)."""
+    pairs = zip(results.get(fast, []), results.get(slow, []), strict=False)
+    values = [f["rows/s"] / s["rows/s"] for f, s in pairs]
+    return median(values) if values else "-"
 
 
 def _ratio(results: dict[str, list[Result]], key: str) -> float | str:
@@ -284,14 +346,42 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="small row counts, one round")
     parser.add_argument("--only", default=",".join(GROUPS), help="scenarios: " + ",".join(GROUPS))
+    parser.add_argument(
+        "--history",
+        type=int,
+        default=0,
+        help="accepted rows of history for (c-history), e.g. 10000000 (takes minutes)",
+    )
     args = parser.parse_args()
     logs.configure(level="WARNING", json=True)  # the in-process relay of (c): failures only
     rounds = 1 if args.quick else args.rounds
-    scenarios = plan(0.1 if args.quick else 1.0)
     chosen = [key for group in args.only.split(",") for key in GROUPS[group.strip()]]
+    if args.history and "c_v1_hist" not in chosen:
+        chosen += GROUPS["c-history"]
+    if "c_v1_hist" in chosen:  # compared with the empty table in the same rounds
+        chosen += [key for key in GROUPS["c"] if key not in chosen]
+    with contextlib.ExitStack() as stack:
+        history_url = None
+        if any(key.endswith("_hist") for key in chosen):
+            rows = args.history or 1_000_000
+            began = time.monotonic()
+            history_url = stack.enter_context(history_database(rows))
+            print(f"history: {rows:,} accepted rows in {time.monotonic() - began:.0f} s")
+        run_rounds(plan(0.1 if args.quick else 1.0, history_url), chosen, rounds)
+        if history_url:
+            table(
+                "status queries with history (EXPLAIN ANALYZE; target < 50 ms)",
+                ["query", "rows in table", "ms"],
+                status_timings(history_url),
+            )
+
+
+def run_rounds(
+    scenarios: dict[str, tuple[str, Callable[[], Result]]], chosen: list[str], rounds: int
+) -> None:
     results: dict[str, list[Result]] = {key: [] for key in scenarios if key in chosen}
     loads: list[float] = []
-    print(f"cores: {os.cpu_count()}, load before: {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"cores: {os.cpu_count()}, uptime before: {uptime()}", flush=True)
     for i in range(rounds):
         for key in results:
             with load_noted(loads):
@@ -301,6 +391,12 @@ def main() -> None:
             print(f"round {i + 1} {key}: {shown} (load {loads[-1]:.1f})", flush=True)
     report(results, {k: v[0] for k, v in scenarios.items()}, rounds)
     print(f"1-minute load average after runs: median {median(loads):.1f}, max {max(loads):.1f}")
+    print(f"uptime after the runs: {uptime()}")
+
+
+def uptime() -> str:
+    """The machine's load (it may be shared), as `uptime` prints it."""
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 if __name__ == "__main__":
