@@ -318,10 +318,18 @@ def report(results: dict[str, list[Result]], labels: dict[str, str], rounds: int
         table("database path against procrastinate (same rounds)", ["ratio", "x"], ratios)
     if results.get("c_v1_hist") or results.get("c_v2_hist"):
         flat = [
-            [f"({mode}) with history / empty", _ratio_of(results, f"{key}_hist", key)]
+            [
+                f"({mode}) with history / empty",
+                _ratio_of(results, f"{key}_hist", key),
+                _cpu_ratio(results, f"{key}_hist", key),
+            ]
             for mode, key in (("c v1", "c_v1"), ("c v2", "c_v2"))
         ]
-        table("cost in history (same rounds; target <= 1.2x)", ["ratio", "x"], flat)
+        table(
+            "cost in history (same rounds; target <= 1.2x)",
+            ["ratio", "x (rows/s)", "x (relay + PostgreSQL CPU per row)"],
+            flat,
+        )
     print(
         "\ntargets: (a) relay <= 200 us per call; (b), (b-burn) >= 1,000 events/s, 0 retries;"
         " (c) >= 20,000 rows/s and >= 40x (d); (e) >= 20,000 events/s, relay <= 20 us/event"
@@ -332,6 +340,13 @@ def _ratio_of(results: dict[str, list[Result]], slow: str, fast: str) -> float |
     """How many times slower `slow` ran than `fast`, round by round (median)."""
     pairs = zip(results.get(fast, []), results.get(slow, []), strict=False)
     values = [f["rows/s"] / s["rows/s"] for f, s in pairs]
+    return median(values) if values else "-"
+
+
+def _cpu_ratio(results: dict[str, list[Result]], slow: str, fast: str) -> float | str:
+    """CPU per row with history over CPU per row without: the figure load moves least."""
+    pairs = zip(results.get(fast, []), results.get(slow, []), strict=False)
+    values = [(s["relay us"] + s["pg us"]) / (f["relay us"] + f["pg us"]) for f, s in pairs]
     return median(values) if values else "-"
 
 
