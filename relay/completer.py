@@ -50,8 +50,10 @@ class Completer:
     def record(self, outcome: Outcome) -> None:
         self._queue.append(outcome)
         self._unwritten += 1
-        self._all_written.clear()
-        self._queued.set()
+        if self._unwritten == 1:
+            self._all_written.clear()
+        if not self._queued.is_set():
+            self._queued.set()
 
     async def run(self) -> None:
         """Write batches until cancelled; a batch that fails for a reason other than the
