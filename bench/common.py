@@ -6,6 +6,7 @@ read medians. Everything runs on 127.0.0.1.
 
 import contextlib
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -15,23 +16,44 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import psycopg
+from sqlalchemy.engine import make_url
 
+from outbox.dburl import psycopg_url
 from relay import migrate
-from tests.pg import admin_execute, with_database
 
 ADMIN_URL = os.environ.get("OUTBOX_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
+def with_database(url: str, name: str) -> str:
+    """The same server URL pointing at another database."""
+    rendered = make_url(psycopg_url(url)).set(database=name)
+    return rendered.render_as_string(hide_password=False)
+
+
+def admin_execute(url: str, *statements: str) -> None:
+    """Run statements outside a transaction (CREATE/DROP DATABASE need that)."""
+    with psycopg.connect(psycopg_url(url), autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
 @contextlib.contextmanager
-def scratch_database(admin_url: str = ADMIN_URL, migrated: bool = True) -> Iterator[str]:
+def scratch_database(
+    admin_url: str = ADMIN_URL, migrated: bool = True, setup_sql: str | None = None
+) -> Iterator[str]:
+    """A fresh database (migrated, then `setup_sql`), dropped afterwards."""
     name = f"bench_{uuid.uuid4().hex[:10]}"
     admin_execute(admin_url, f'CREATE DATABASE "{name}"')
     url = with_database(admin_url, name)
     try:
         if migrated:
             migrate.upgrade(url)
+        if setup_sql:
+            admin_execute(url, setup_sql)
         yield url
     finally:
         admin_execute(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -52,9 +74,53 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
     raise TimeoutError(f"nothing listens on {port}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def self_cpu_seconds() -> float:
+    """User + system CPU time of this process, all threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def postgres_cpu_seconds(url: str) -> dict[int, float]:
+    """CPU seconds per backend serving `url`'s database (pg_stat_activity + /proc).
+
+    The server is shared, so only this database's backends count; its background processes
+    (WAL writer, checkpointer, autovacuum) are not included. Call it while the connections
+    under test are still open: a backend's CPU is gone from /proc once it exits.
+    """
+    with psycopg.connect(url, autocommit=True) as conn:
+        pids = [
+            pid
+            for (pid,) in conn.execute(
+                "SELECT pid FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ]
+    seconds = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            seconds[pid] = cpu_seconds(pid)
+    return seconds
+
+
+def postgres_cpu_between(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU the database's backends used between two samples (new backends count in full)."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+
+class Emulator(NamedTuple):
+    url: str
+    pid: int
+
+
 @contextlib.contextmanager
-def emulator_process(*args: str, core: int | None = 1) -> Iterator[str]:
-    """The emulator in its own process (pinned to one core when possible); yields its URL."""
+def emulator_process(*args: str, core: int | None = 1) -> Iterator[Emulator]:
+    """The emulator in its own process (pinned to one core when possible)."""
     port = free_port()
     cmd = [sys.executable, "-m", "relay.emulator", "--port", str(port), *args]
     if core is not None and shutil.which("taskset") and (os.cpu_count() or 0) > 1:
@@ -62,7 +128,7 @@ def emulator_process(*args: str, core: int | None = 1) -> Iterator[str]:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port)
-        yield f"http://127.0.0.1:{port}"
+        yield Emulator(f"http://127.0.0.1:{port}", proc.pid)  # taskset execs: same pid
     finally:
         proc.terminate()
         proc.wait(10)
@@ -70,13 +136,15 @@ def emulator_process(*args: str, core: int | None = 1) -> Iterator[str]:
 
 @contextlib.contextmanager
 def relay_process(database_url: str, api_base: str, **env: str) -> Iterator[subprocess.Popen]:
-    """`outbox-relay run` as a separate process, stopped with SIGTERM."""
+    """`outbox-relay run` as a separate process, yielded once its HTTP port answers (started
+    up, imports done), stopped with SIGTERM."""
+    http_port = free_port()
     full_env = {
         **os.environ,
         "OUTBOX_DATABASE_URL": database_url,
         "OUTBOX_STRIPE_API_BASE": api_base,
         "STRIPE_API_KEY": env.pop("STRIPE_API_KEY", "sk_test_bench"),
-        "OUTBOX_HTTP_PORT": str(free_port()),
+        "OUTBOX_HTTP_PORT": str(http_port),
         "OUTBOX_LOG_LEVEL": "WARNING",
         **env,
     }
@@ -87,10 +155,23 @@ def relay_process(database_url: str, api_base: str, **env: str) -> Iterator[subp
         stderr=subprocess.DEVNULL,
     )
     try:
+        wait_port(http_port, timeout=60)
         yield proc
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+@contextlib.contextmanager
+def burning_core(seconds: float = 1800.0) -> Iterator[int]:
+    """Another process spinning on one core (a bounded busy loop), killed on exit."""
+    code = f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait(10)
 
 
 def insert_rows(url: str, n: int, customers: int, prefix: str = "r") -> None:
@@ -103,6 +184,7 @@ def insert_rows(url: str, n: int, customers: int, prefix: str = "r") -> None:
             (prefix, customers, n),
         )
         conn.execute("ANALYZE meter_event_outbox")  # as autovacuum would have by now
+        conn.execute("NOTIFY meter_event_outbox")  # a running relay's wake-up hint
 
 
 def wait_drained(url: str, timeout: float) -> None:
@@ -121,14 +203,16 @@ def wait_drained(url: str, timeout: float) -> None:
     raise TimeoutError("relay did not drain the outbox in time")
 
 
-def sustained_rate(url: str) -> float:
-    """Rows/s between the 10th and 90th percentile of acceptance times (skips warm-up/tail)."""
+def sustained_rate(url: str, prefix: str = "") -> float:
+    """Rows/s between the 10th and 90th percentile of acceptance times (skips warm-up/tail);
+    only rows whose identifier starts with `prefix` (one run's rows, in a table with history)."""
     with psycopg.connect(url) as conn:
         stamps = [
             r[0]
             for r in conn.execute(
                 "SELECT accepted_at FROM meter_event_outbox WHERE accepted_at IS NOT NULL"
-                " ORDER BY accepted_at"
+                " AND starts_with(identifier, %s) ORDER BY accepted_at",
+                (prefix,),
             )
         ]
     return rate_between(stamps)
@@ -146,7 +230,14 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def table(title: str, header: list[str], rows: list[list[object]]) -> None:
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def table(title: str, header: list[str], rows: list[list[Any]]) -> None:
     """Print a plain Markdown table (pastes into issues and READMEs as is)."""
     print(f"\n{title}\n")
     print("| " + " | ".join(header) + " |")

@@ -6,8 +6,8 @@ identifiers, disjoint customers per client (so the one-call-per-(customer, meter
 never what limits throughput) and rate limits disabled. Each round sends a bounded number
 of requests; the table reports req/s and latency percentiles per round and the median.
 
-    /tmp/venv/bin/python bench/emulator.py                 # 20,000 requests x 3 rounds
-    /tmp/venv/bin/python bench/emulator.py --requests 5000 --rounds 5
+    python -m bench.emulator                 # 20,000 requests x 3 rounds
+    python -m bench.emulator --requests 5000 --rounds 5
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+
+from bench.common import cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "sk_test_bench"
@@ -55,12 +57,6 @@ class Round:
         ordered = sorted(self.latencies)
         index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
         return ordered[index] * 1000
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_server(core: int | None) -> tuple[subprocess.Popen[str], str]:

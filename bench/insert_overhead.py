@@ -37,10 +37,9 @@ import json
 import multiprocessing as mp
 import os
 import random
-import statistics
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -48,13 +47,10 @@ from typing import Any
 import psycopg
 
 import outbox
-from outbox.dburl import psycopg_url
-from relay import migrate
+from bench.common import ADMIN_URL, median, percentile, scratch_database, table
 
-DEFAULT_ADMIN_URL = os.environ.get(
-    "OUTBOX_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 CHANNEL = "meter_event_outbox"
+TRUNCATE = "TRUNCATE meter_event_outbox, meter_event_outbox_attempts, orders"
 MARKER = "bench_insert_marker"
 WRITERS = 8
 PACED_RATE = 2000.0  # combined tx/s of the paced test
@@ -254,7 +250,7 @@ class Fleet:
 
     def run(self, variant: str, duration: float, rate: float | None) -> BlockResult:
         """All writers run one block together; the merged result."""
-        self.control.execute("TRUNCATE meter_event_outbox, orders")
+        self.control.execute(TRUNCATE)
         start_at = time.monotonic() + 0.2
         tag = uuid.uuid4().hex[:8]
         for queue in self.commands:
@@ -290,38 +286,7 @@ def merge(parts: list[BlockResult]) -> BlockResult:
 # ---------------------------------------------------------------- scratch database
 
 
-@contextlib.contextmanager
-def scratch_database(admin_url: str) -> Iterator[str]:
-    """A migrated scratch database with an `orders` table; dropped afterwards."""
-    from sqlalchemy.engine import make_url
-
-    name = f"bench_insert_{uuid.uuid4().hex[:10]}"
-    admin = psycopg_url(admin_url)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = make_url(admin).set(database=name).render_as_string(hide_password=False)
-    try:
-        migrate.upgrade(url)
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(SETUP_SQL)
-        yield url
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 # ---------------------------------------------------------------- measurements
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def med(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
 
 
 def shuffled(rng: random.Random) -> list[str]:
@@ -346,13 +311,13 @@ def latency_rounds(
     out = {v: LatencyResult() for v in VARIANTS}
     with psycopg.connect(fleet.url) as conn:
         for r in range(-1, rounds):  # round -1 warms up (prepared statements, plpgsql cache)
-            fleet.control.execute("TRUNCATE meter_event_outbox, orders")
+            fleet.control.execute(TRUNCATE)
             for variant in shuffled(rng):
                 tag, before, cpu = uuid.uuid4().hex[:8], fleet.delivered(), time.thread_time()
                 times = [one_transaction(conn, variant, f"{tag}-{i}")[0] for i in range(per_block)]
                 cpu = (time.thread_time() - cpu) / per_block
                 if r >= 0:
-                    out[variant].wall.append(med(times))
+                    out[variant].wall.append(median(times))
                     out[variant].cpu.append(cpu)
                     out[variant].notifies += fleet.delivered() - before
     return out
@@ -389,7 +354,7 @@ def paced_rounds(
             out[variant].append((res, notes))
             print(
                 f"  paced round {r + 1} {variant}: {res.committed / res.elapsed:,.0f} tx/s,"
-                f" p99 {pct(res.tx, 0.99) * 1e3:.2f} ms, {notes} NOTIFYs",
+                f" p99 {percentile(res.tx, 0.99) * 1e3:.2f} ms, {notes} NOTIFYs",
                 flush=True,
             )
     return out
@@ -398,21 +363,12 @@ def paced_rounds(
 # ---------------------------------------------------------------- reporting
 
 
-def table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    """A plain Markdown table."""
-    print(f"\n{title}\n")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" for _ in header) + "|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
-
-
 def report_latency(results: dict[str, LatencyResult], rounds: int, per_block: int) -> None:
     plain = results["plain"]
     targets = {"rec": "<= 1.3", "rec+gate": "<= 1.5"}
     rows = []
     for v in VARIANTS:
-        res, m = results[v], med(results[v].wall)
+        res, m = results[v], median(results[v].wall)
         ratios = [x / p for x, p in zip(res.wall, plain.wall, strict=True)]
         rows.append(
             [
@@ -420,10 +376,10 @@ def report_latency(results: dict[str, LatencyResult], rounds: int, per_block: in
                 f"{m * 1e3:.3f}",
                 f"{min(res.wall) * 1e3:.3f}",
                 f"{max(res.wall) * 1e3:.3f}",
-                f"{m / med(plain.wall):.2f}",
-                f"{med(ratios):.2f}",
+                f"{m / median(plain.wall):.2f}",
+                f"{median(ratios):.2f}",
                 targets.get(v, "-"),
-                f"{med(res.cpu) * 1e6:.0f}",
+                f"{median(res.cpu) * 1e6:.0f}",
                 f"{res.notifies / (rounds * per_block):.2f}",
             ]
         )
@@ -446,19 +402,19 @@ def report_latency(results: dict[str, LatencyResult], rounds: int, per_block: in
 
 
 def report_throughput(results: dict[str, list[BlockResult]], duration: float) -> None:
-    base = med([r.committed / duration for r in results["plain"]])
+    base = median([r.committed / duration for r in results["plain"]])
     rows = []
     for v in VARIANTS:
         rates = [r.committed / duration for r in results[v]]
         rows.append(
             [
                 v,
-                f"{med(rates):,.0f}",
+                f"{median(rates):,.0f}",
                 f"{min(rates):,.0f}",
                 f"{max(rates):,.0f}",
-                f"{med(rates) / base:.2f}",
-                f"{med([pct(r.commit, 0.5) for r in results[v]]) * 1e3:.2f}",
-                f"{med([pct(r.commit, 0.99) for r in results[v]]) * 1e3:.2f}",
+                f"{median(rates) / base:.2f}",
+                f"{median([percentile(r.commit, 0.5) for r in results[v]]) * 1e3:.2f}",
+                f"{median([percentile(r.commit, 0.99) for r in results[v]]) * 1e3:.2f}",
             ]
         )
     table(
@@ -486,9 +442,9 @@ def report_paced(results: dict[str, list[tuple[BlockResult, int]]], duration: fl
         rows.append(
             [
                 v,
-                f"{med([b.committed / b.elapsed for b in blocks]):,.0f}",
+                f"{median([b.committed / b.elapsed for b in blocks]):,.0f}",
                 *(
-                    f"{med([pct(getattr(b, k), q) for b in blocks]) * 1e3:.2f}"
+                    f"{median([percentile(getattr(b, k), q) for b in blocks]) * 1e3:.2f}"
                     for k, q in (
                         ("tx", 0.5),
                         ("tx", 0.99),
@@ -497,8 +453,8 @@ def report_paced(results: dict[str, list[tuple[BlockResult, int]]], duration: fl
                         ("lag", 0.99),
                     )
                 ),
-                f"{med([float(n) for n in notes]):,.0f}",
-                f"{med(per_note):,.1f}" if per_note else "-",
+                f"{median([float(n) for n in notes]):,.0f}",
+                f"{median(per_note):,.1f}" if per_note else "-",
             ]
         )
     table(
@@ -550,7 +506,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--database-url",
-        default=DEFAULT_ADMIN_URL,
+        default=ADMIN_URL,
         help="admin URL; a scratch database is created and dropped there",
     )
     parser.add_argument("--quick", action="store_true", help="fewer and shorter rounds")
@@ -559,7 +515,7 @@ def main() -> None:
     plan = QUICK if args.quick else FULL
     rng = random.Random(args.seed)
     began = time.monotonic()
-    with scratch_database(args.database_url) as url:
+    with scratch_database(args.database_url, setup_sql=SETUP_SQL) as url:
         print(f"server: {server_settings(url)}; cores: {os.cpu_count()}", flush=True)
         fleet = Fleet(url)
         try:

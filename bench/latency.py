@@ -75,9 +75,9 @@ def latencies_ms(url: str, committed: dict[str, datetime]) -> list[float]:
 
 
 def one_run(rate: float, seconds: float, hint: bool) -> dict[str, float]:
-    with scratch_database() as url, emulator_process("--rate-limit", "0") as api:
+    with scratch_database() as url, emulator_process("--rate-limit", "0") as emulator:
         extra = {} if hint else {"OUTBOX_POLL_ONLY": "true"}
-        with relay_process(url, api, OUTBOX_RATE_LIMIT="100000", **extra):
+        with relay_process(url, emulator.url, OUTBOX_RATE_LIMIT="100000", **extra):
             time.sleep(1.0)  # let the relay connect and LISTEN before the first commit
             began = time.monotonic() + 0.1
             committed = write_paced(url, rate, seconds, notify=hint)

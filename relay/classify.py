@@ -30,6 +30,7 @@ AUTH pauses the account (403) or the key (401) the call used, not the row (relay
 
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import stripe
 
@@ -90,25 +91,43 @@ class Classified:
     reached: bool = True
 
 
+class Answer(NamedTuple):
+    """What the table reads from one Stripe answer, whoever made the call.
+
+    The SDK path (an exception) and the lean path (a raw response, relay/wire.py) both reduce
+    to this view, so one table classifies both and they cannot drift apart. `status` None: no
+    HTTP answer. `error_type` and `code` come from the error body (`error.type`, `error.code`).
+    """
+
+    status: int | None
+    error_type: str | None = None
+    code: str | None = None
+    message: str | None = None
+    request_id: str | None = None
+
+
 _DUPLICATE_MARKERS = ("already exists", "duplicate")
 
 
-def is_duplicate_identifier(err: stripe.InvalidRequestError) -> bool:
+def is_duplicate_identifier(message: str | None) -> bool:
     """Stripe's answer to a repeated identifier: an earlier attempt already landed."""
-    message = (err.user_message or str(err) or "").lower()
-    return any(marker in message for marker in _DUPLICATE_MARKERS) and "identifier" in message
+    text = (message or "").lower()
+    return any(marker in text for marker in _DUPLICATE_MARKERS) and "identifier" in text
 
 
-def answer(err: Exception, cancel: bool = False) -> str:
-    """Which row of the table an exception from the stripe SDK (or the network) is."""
-    status = getattr(err, "http_status", None)
-    if isinstance(err, stripe.IdempotencyError):
+def row_of(answer: Answer, cancel: bool = False) -> str:
+    """Which row of the table an answer is (`cancel`: the call was a meter event adjustment)."""
+    status, error_type, code, message, _ = answer
+    if status is not None and 200 <= status < 300:
+        return "ok"
+    invalid_request = status in (400, 404)
+    if invalid_request and error_type == "idempotency_error":
         return "idempotency_error"
-    if isinstance(err, stripe.InvalidRequestError) and is_duplicate_identifier(err):
+    if invalid_request and code != "rate_limit" and is_duplicate_identifier(message):
         return "duplicate_identifier"
-    if isinstance(err, stripe.AuthenticationError | stripe.PermissionError) or status in (401, 403):
+    if status in (401, 403):
         return "auth"
-    if isinstance(err, stripe.RateLimitError) or status == 429:
+    if status == 429 or (status == 400 and code == "rate_limit"):
         return "rate_limited"
     if status == 409:
         return "conflict"
@@ -116,9 +135,9 @@ def answer(err: Exception, cancel: bool = False) -> str:
         return "unavailable"
     if status is not None and status >= 500:
         return "server_error"
-    if isinstance(err, stripe.APIConnectionError) or status is None:
+    if status is None:
         return "no_answer"
-    if cancel and getattr(err, "code", None) == "resource_missing":
+    if cancel and code == "resource_missing":
         return "cancel_too_early"
     return "invalid"
 
@@ -131,7 +150,7 @@ def for_answer(
     http_status: int | None = None,
 ) -> Classified:
     """The classification of the table's row `name` (also for senders and tests that know
-    the answer without an exception)."""
+    the answer without a response)."""
     rule = TABLE[name]
     if rule.verdict is Verdict.ACCEPTED:
         return Classified(Verdict.ACCEPTED, None, None, request_id, http_status)
@@ -141,17 +160,41 @@ def for_answer(
     )
 
 
-def classify_error(err: Exception, cancel: bool = False) -> Classified:
-    """Map an exception to its verdict and what to store (`cancel`: the call was a cancel)."""
+def classify(answer: Answer, cancel: bool = False) -> Classified:
+    """The table (module docstring): one answer to a verdict and what to store."""
     return for_answer(
-        answer(err, cancel),
-        getattr(err, "code", None),
-        _message(err),
-        getattr(err, "request_id", None),
-        getattr(err, "http_status", None),
+        row_of(answer, cancel), answer.code, answer.message, answer.request_id, answer.status
     )
 
 
-def _message(err: Exception) -> str:
+def classify_error(err: Exception, cancel: bool = False) -> Classified:
+    """Map an exception from the stripe SDK (or the network) to its verdict."""
+    return classify(answer_of_error(err), cancel)
+
+
+def answer_of_error(err: Exception) -> Answer:
+    """The table's view of an SDK exception: its status and the error body it parsed.
+
+    A connection error has no status, whatever the SDK put on it.
+    """
+    status = (
+        None if isinstance(err, stripe.APIConnectionError) else getattr(err, "http_status", None)
+    )
+    body = getattr(err, "json_body", None)
+    error = body.get("error") if isinstance(body, dict) else None
+    error = error if isinstance(error, dict) else {}
+    # The SDK tells an idempotency error by its class as well as by the body's type.
+    idempotency = isinstance(err, stripe.IdempotencyError)
+    return Answer(
+        status,
+        "idempotency_error" if idempotency else error.get("type"),
+        error.get("code") or getattr(err, "code", None),
+        error_message(err),
+        getattr(err, "request_id", None),
+    )
+
+
+def error_message(err: Exception) -> str:
+    """What to store on the row: Stripe's own message, else the exception's text."""
     text = getattr(err, "user_message", None) or str(err) or type(err).__name__
     return text[:500]

@@ -36,6 +36,10 @@ class Settings(BaseSettings):
         default=None, description="Point every Stripe host at this base URL (e.g. the emulator)"
     )
     stripe_api_mode: Literal["v1", "v2-stream"] = "v1"
+    stripe_client: Literal["lean", "sdk"] = Field(
+        default="lean",
+        description="lean: meter events on raw aiohttp (relay/wire.py); sdk: the stripe SDK",
+    )
 
     rate_limit: float | None = Field(
         default=None,
@@ -50,7 +54,12 @@ class Settings(BaseSettings):
     concurrency: int | None = Field(
         default=None, ge=1, le=10_000, description="Rows held at once; default: the rate x 0.4 s"
     )
-    batch_size: int = Field(default=100, ge=1, le=10_000)
+    batch_size: int | None = Field(
+        default=None, ge=1, le=10_000, description="Rows per claim; default 100 v1, 1,000 v2"
+    )
+    stream_linger_ms: float = Field(
+        default=20.0, ge=0, le=1000, description="v2 stream: wait this long to fill a call"
+    )
     poll_interval: float = Field(default=1.0, gt=0, le=300)
     poll_only: bool = False
     lease_seconds: float = Field(default=30.0, gt=0, le=3600)
@@ -190,6 +199,13 @@ class Settings(BaseSettings):
             return self.concurrency
         rate = self.effective_rate_limit() if rate is None else rate
         return max(16, min(10_000, round(rate * 0.4)))
+
+    def effective_batch_size(self) -> int:
+        """Rows per claim: configured, else 100 in v1 (one call each) and 1,000 in v2 stream
+        (ten full calls: at 20,000 events/s, 20 claims/s instead of 200)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return 100 if self.stripe_api_mode == "v1" else 1000
 
     def effective_rate_limit(self) -> float:
         """Configured limit, else Stripe's: 1,000/s for live keys, 25/s for test/sandbox keys."""

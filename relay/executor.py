@@ -1,9 +1,10 @@
 """The executor: call Stripe for claimed rows, paced by the rate limiter, and react to verdicts.
 
-One task per call: a v1 call sends one row (`send_v1`), a v2 stream call sends up to 100
-reports of one account (`send_stream`). Every row leaves with exactly one outcome, whatever
-happens to its call; outcomes go to the completer. Verdicts steer pacing (429: slower) and the
-auth gate (401/403: rows of the refused key or account wait, see relay.authgate).
+One task per call: a v1 call sends one row (`send_v1`); v2 stream reports queue per account
+and calls of up to 100 are formed from the queue (relay/streams.py). Every row leaves with
+exactly one outcome, whatever happens to its call; outcomes go to the completer. Verdicts steer
+pacing (429: slower) and the auth gate (401/403: rows of the refused key or account wait, see
+relay.authgate).
 """
 
 import asyncio
@@ -22,10 +23,13 @@ from relay.config import Settings
 from relay.policy import decide, local_refusal
 from relay.ratelimit import RateLimiter
 from relay.rows import Claimed, Outcome
+from relay.streams import StreamBatcher
 
 log = structlog.get_logger("relay")
 
-STREAM_BATCH = 100  # Stripe's maximum events per meter event stream request
+# A queued stream row is sent within this fraction of its lease or released unsent: with the
+# call itself (at most the request timeout, itself at most half the lease) it stays well inside.
+STREAM_MAX_WAIT = 1 / 3
 
 
 class Sender(Protocol):
@@ -60,52 +64,63 @@ class Executor:
         self._record = record
         self._dedup_window = timedelta(hours=settings.dedup_window_hours)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._streams = StreamBatcher(
+            limiter,
+            linger=settings.stream_linger_ms / 1000,
+            max_wait=settings.lease_seconds * STREAM_MAX_WAIT,
+            send=self.send_stream,
+            record=record,
+            spawn=self._spawn,
+        )
 
     def start(self, rows: list[Claimed]) -> None:
-        """Start the calls for freshly claimed rows."""
-        for call in self._calls(rows):
-            task = asyncio.create_task(call)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        """Start the calls for freshly claimed rows. v1: one call per row. v2 stream: reports
+        join their account's stream queue; cancels exist in v1 only."""
+        if self.settings.stripe_api_mode == "v1":
+            for row in rows:
+                self._spawn(self.send_v1(row))
+            return
+        reports = [r for r in rows if r.action == "report"]
+        for row in rows:
+            if row.action != "report":
+                self._spawn(self.send_v1(row))
+        self._streams.add(reports)
+
+    def _spawn(self, call: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(call)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def drain(self, grace: float) -> None:
-        """Let calls in flight finish within `grace` seconds; cancel (release) the rest."""
-        if not self._tasks:
-            return
-        done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        """Let calls in flight (and stream calls still forming) finish within `grace`
+        seconds; cancel (release) the rest."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        finished = 0
+        while self._tasks and (remaining := deadline - loop.time()) > 0:
+            done, _ = await asyncio.wait(set(self._tasks), timeout=remaining)
+            finished += len(done)  # a forming stream call may have started the next one
+        pending = set(self._tasks)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        log.info("drained", finished=len(done), released=len(pending))
-
-    def _calls(self, rows: list[Claimed]) -> list[Coroutine[Any, Any, None]]:
-        """v1: one call per row. v2 stream: reports share calls of up to 100 events; cancels
-        exist in v1 only."""
-        if self.settings.stripe_api_mode == "v1":
-            return [self.send_v1(row) for row in rows]
-        calls = [self.send_v1(r) for r in rows if r.action != "report"]
-        by_account: dict[str | None, list[Claimed]] = {}
-        for r in rows:  # a stream session belongs to one (connected) account
-            if r.action == "report":
-                by_account.setdefault(r.stripe_account, []).append(r)
-        return calls + [
-            self.send_stream(group[i : i + STREAM_BATCH])
-            for group in by_account.values()
-            for i in range(0, len(group), STREAM_BATCH)
-        ]
+        if finished or pending:
+            log.info("drained", finished=finished, released=len(pending))
 
     async def send_v1(self, row: Claimed) -> None:
         """One v1 call (a meter event or a cancellation) for one row."""
         await self._call([row], lambda sendable: self.sender.send(sendable[0]))
 
     async def send_stream(self, rows: list[Claimed]) -> None:
-        """One v2 meter event stream call for up to 100 reports."""
-        await self._call(rows, self.sender.send_stream)
+        """One v2 meter event stream call for up to 100 reports of one account; the stream
+        queue has taken its rate-limiter slot already."""
+        await self._call(rows, self.sender.send_stream, paced=False)
 
     async def _call(
         self,
         rows: list[Claimed],
         send: Callable[[list[Claimed]], Awaitable[tuple[Classified, float]]],
+        paced: bool = True,
     ) -> None:
         """Refuse locally what Stripe would refuse, send the rest in one call, record every
         row's outcome. Cancellation (shutdown) and unexpected errors release the rows as
@@ -122,11 +137,12 @@ class Executor:
                 outcomes.append(outcome)
         try:
             if sendable:
-                await self.limiter.acquire()
+                if paced:
+                    await self.limiter.acquire()
                 result, latency_ms = await send(sendable)
                 self._react(result)
                 metrics.LATENCY.observe(latency_ms / 1000)  # once per call, not per row
-                outcomes += [self._decide(r, result, latency_ms) for r in sendable]
+                outcomes += self._decide(sendable, result, latency_ms)
         except asyncio.CancelledError:
             # Cut off by shutdown: no answer, so not an attempt (issue 9 #5), but it may have
             # reached Stripe.
@@ -158,7 +174,16 @@ class Executor:
             message="Stripe refused the key or account; waiting for a probe to get through",
         )
 
-    def _decide(self, row: Claimed, result: Classified, latency_ms: float) -> Outcome:
+    def _decide(self, rows: list[Claimed], result: Classified, latency_ms: float) -> list[Outcome]:
+        """Each row's outcome. An accepted call with no auth pause to settle decides once: its
+        rows' outcomes differ only in the row (a call carries one action: one v1 row, or a
+        stream call's reports), so one is decided and copied."""
+        if result.verdict is Verdict.ACCEPTED and not self.auth.paused:
+            tail = tuple(decide(rows[0], result, self.settings.max_attempts, latency_ms))[1:]
+            return [tuple.__new__(Outcome, (r, *tail)) for r in rows]
+        return [self._decide_row(r, result, latency_ms) for r in rows]
+
+    def _decide_row(self, row: Claimed, result: Classified, latency_ms: float) -> Outcome:
         outcome = decide(row, result, self.settings.max_attempts, latency_ms)
         wait = self.auth.settle(row, result)
         if wait is None:

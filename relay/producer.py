@@ -14,9 +14,10 @@ import structlog
 
 from relay import metrics
 from relay.config import Settings
-from relay.executor import STREAM_BATCH, RelayState
+from relay.executor import RelayState
 from relay.rows import Claimed, Outcome
 from relay.store import FIRST_LANE, Lane, Store, Walked
+from relay.streams import STREAM_BATCH
 from relay.wakeup import Wakeup
 
 log = structlog.get_logger("relay")

@@ -1,9 +1,13 @@
-"""Calls to Stripe through the official SDK: meter events and cancellations (v1).
+"""Calls to Stripe: meter events (v1 and the v2 stream), cancellations, the auth probe.
 
-The SDK's own retries are off (`max_network_retries=0`): the relay owns retries, because only it
-knows when the idempotency key must stay the same and when it must move on. The aiohttp client
-is used because the SDK's default async client (httpx) cannot reach Stripe's 1,000/s here
-(docs/design.md, Stripe facts: measured here).
+The two hot calls (a v1 meter event, a v2 stream batch) go through the lean client in
+relay/wire.py by default (`OUTBOX_STRIPE_CLIENT=lean`); `sdk` sends them through the stripe
+SDK like everything else (sessions, adjustments, probes), to compare the two.
+
+The SDK's own retries are off (`max_network_retries=0`): the relay owns retries, because only
+it knows when the idempotency key must stay the same and when it must move on. The SDK runs on
+aiohttp, sharing the lean client's session: its default async client (httpx) cannot reach
+Stripe's 1,000 calls/s.
 """
 
 import asyncio
@@ -15,8 +19,9 @@ from typing import Any
 import aiohttp
 import stripe
 
-from relay.classify import Classified, Verdict, classify_error
+from relay.classify import Answer, Classified, Verdict, classify, classify_error
 from relay.rows import Claimed
+from relay.wire import Wire, answer_of_failure, stream_event
 
 
 def base_addresses(api_base: str | None) -> dict[str, str]:
@@ -36,6 +41,7 @@ class StripeSender:
         api_base: str | None = None,
         timeout: float = 10.0,
         max_connections: int = 100,
+        client: str = "lean",
     ) -> None:
         # aiohttp's default pool holds 100 connections: at 150 ms per call that alone caps the
         # relay at ~660 calls/s, so the pool is sized to the relay's concurrency. Must be
@@ -44,12 +50,17 @@ class StripeSender:
             limit=max_connections,
             ssl=ssl.create_default_context(cafile=stripe.ca_bundle_path),
         )
-        self._http = stripe.AIOHTTPClient(timeout=timeout, connector=connector)
+        # One session (and pool) for the SDK and the lean client.
+        self._session_http = aiohttp.ClientSession(connector=connector)
+        self._http = stripe.AIOHTTPClient(timeout=timeout, session=self._session_http)
         self.client = stripe.StripeClient(
             api_key,
             base_addresses=base_addresses(api_base),  # type: ignore[arg-type]
             max_network_retries=0,
             http_client=self._http,
+        )
+        self._wire = (
+            Wire(self._session_http, api_key, api_base, timeout) if client == "lean" else None
         )
         # One meter event session per (connected) account: token and its renewal time.
         self._sessions: dict[str | None, tuple[str, datetime]] = {}
@@ -63,7 +74,24 @@ class StripeSender:
         session token is renewed and the batch resent once.
         """
         started = time.perf_counter()
-        events = [_stream_event(row) for row in rows]
+        if self._wire is None:
+            return await self._send_stream_sdk(rows), _ms(started)
+        stale: str | None = None
+        for attempt in range(2):
+            try:
+                token = await self._session(rows[0].stripe_account, stale)
+            except stripe.StripeError as err:
+                return classify_error(err), _ms(started)
+            except (TimeoutError, OSError, aiohttp.ClientError) as err:
+                return classify(answer_of_failure(err)), _ms(started)
+            answer = await self._wire.meter_event_stream(token, rows)
+            if answer.error_type != "temporary_session_expired" or attempt:
+                return classify(answer), _ms(started)
+            stale = token
+        raise AssertionError("unreachable")
+
+    async def _send_stream_sdk(self, rows: list[Claimed]) -> Classified:
+        events = [stream_event(row) for row in rows]
         stale: str | None = None
         for attempt in range(2):
             try:
@@ -72,15 +100,15 @@ class StripeSender:
                     {"events": events},  # type: ignore[arg-type]
                     {"api_key": token},  # type: ignore[arg-type]
                 )
-                return Classified(Verdict.ACCEPTED), _ms(started)
+                return Classified(Verdict.ACCEPTED)
             except stripe.TemporarySessionExpiredError as err:
                 stale = token
                 if attempt:
-                    return classify_error(err), _ms(started)
+                    return classify_error(err)
             except stripe.StripeError as err:
-                return classify_error(err), _ms(started)
+                return classify_error(err)
             except (TimeoutError, OSError, aiohttp.ClientError) as err:
-                return classify_error(stripe.APIConnectionError(str(err))), _ms(started)
+                return classify(answer_of_failure(err))
         raise AssertionError("unreachable")
 
     async def _session(self, account: str | None, stale: str | None) -> str:
@@ -104,6 +132,9 @@ class StripeSender:
     async def send(self, row: Claimed) -> tuple[Classified, float]:
         """Report (or cancel) one row; returns the classified result and latency in ms."""
         started = time.perf_counter()
+        if self._wire is not None and row.action == "report":
+            answer: Answer = await self._wire.meter_event(row)
+            return classify(answer), _ms(started)
         try:
             if row.action == "cancel":
                 response = await self._cancel(row)
@@ -112,11 +143,9 @@ class StripeSender:
         except stripe.StripeError as err:
             return classify_error(err, cancel=row.action == "cancel"), _ms(started)
         except (TimeoutError, OSError, aiohttp.ClientError) as err:  # not wrapped by the SDK
-            return classify_error(stripe.APIConnectionError(str(err) or type(err).__name__)), _ms(
-                started
-            )
+            return classify(answer_of_failure(err)), _ms(started)
         request_id = response.last_response.request_id if response.last_response else None
-        return Classified(Verdict.ACCEPTED, request_id=request_id), _ms(started)
+        return Classified(Verdict.ACCEPTED, request_id=request_id, http_status=200), _ms(started)
 
     async def _report(self, row: Claimed) -> Any:
         params = {
@@ -149,18 +178,8 @@ class StripeSender:
         return options
 
     async def close(self) -> None:
-        """Close the SDK's aiohttp session (it warns about an unclosed session otherwise)."""
-        await self._http.close_async()
-
-
-def _stream_event(row: Claimed) -> dict[str, Any]:
-    stamp = row.occurred_at.astimezone(UTC).isoformat(timespec="milliseconds")
-    return {
-        "event_name": row.event_name,
-        "payload": row.payload,
-        "identifier": row.identifier,
-        "timestamp": stamp.replace("+00:00", "Z"),
-    }
+        """Close the shared aiohttp session (it warns about an unclosed session otherwise)."""
+        await self._session_http.close()
 
 
 def _ms(started: float) -> float:

@@ -103,7 +103,13 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     await pool.open(wait=True, timeout=30)
     store = Store(pool)
     connections = settings.effective_concurrency() + 4
-    sender = StripeSender(key, settings.stripe_api_base, settings.request_timeout, connections)
+    sender = StripeSender(
+        key,
+        settings.stripe_api_base,
+        settings.request_timeout,
+        connections,
+        client=settings.stripe_client,
+    )
     wakeup = Wakeup(settings.database_url, listen=not settings.poll_only)
     relay = Relay(settings, store, sender, wakeup)
     secret = settings.stripe_webhook_secret

@@ -139,7 +139,9 @@ def _claim_params(
     ids: Sequence[int], fill: int, exclusive: bool, relay_id: str, lease_seconds: float
 ) -> dict[str, Any]:
     return {
-        "ids": list(ids),
+        # The array's text form, cast by the query: psycopg's generic list dumper spent about
+        # a microsecond per id, per claimed row.
+        "ids": "{" + ",".join(map(str, ids)) + "}",
         "fill": fill,
         "exclusive": exclusive,
         "relay_id": relay_id,

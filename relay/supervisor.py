@@ -119,7 +119,7 @@ class Relay:
         self.state = RelayState()
         self.capacity = Capacity(
             lambda: capacity_limit(settings, self.limiter.rate, self.limiter.ceiling),
-            settings.batch_size,
+            settings.effective_batch_size(),
         )
         self.completer = Completer(settings, store, self.capacity, wakeup)
         auth = AuthGate(

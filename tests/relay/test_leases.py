@@ -1,6 +1,7 @@
 """Leases: one short claim transaction, a compare-and-set on every outcome, a lapsed lease
 re-claimed by another relay, each lane's current head claimed once."""
 
+import asyncio
 import uuid
 
 import psycopg
@@ -10,6 +11,7 @@ from relay.emulator import Emulator, Faults, Latency
 from relay.rows import Claimed, Outcome
 from relay.store import FIRST_LANE, SyncStore
 from tests.relay.conftest import (
+    accepted,
     insert_usage,
     make_settings,
     row,
@@ -102,3 +104,45 @@ def test_lease_token_is_required_for_in_flight(db) -> None:
     db.execute(
         "UPDATE meter_event_outbox SET state = 'in_flight', lease_token = %s", (uuid.uuid4(),)
     )
+
+
+async def test_v2_stream_fills_calls_from_a_trickle_and_sends_each_row_early_in_its_lease(
+    database_url: str, emulator: Emulator
+) -> None:
+    """Events trickling in one per commit (up to 100/s) against 2 calls/s: every claim used to
+    become its own call of a few events, the calls queued behind the limiter and rows outlived
+    their lease. Calls are now filled from the account's queue when their slot comes.
+
+    Measured from recorded timestamps, not the test's clock: the emulator's receipt of each
+    event against its row's claim (`first_attempt_at`, set by the claim that sent it)."""
+    settings = make_settings(
+        database_url,
+        emulator,
+        stripe_api_mode="v2-stream",
+        rate_limit=2,
+        lease_seconds=4,
+        request_timeout=2,
+    )
+    n = 300
+    async with running_relay(settings) as relay:
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+            for i in range(n):
+                await conn.execute(
+                    "SELECT outbox_record_usage('api_calls', %s, 1, %s)", (f"cus_{i % 7}", f"t{i}")
+                )
+                await asyncio.sleep(0.01)  # the load: arrivals spread over ~3 s
+        await relay.until(lambda: accepted(database_url, n), timeout=60)
+    calls = emulator.requests("POST /v2/billing/meter_event_stream", 200)
+    assert n / calls >= 5, f"{calls} calls for {n} events"  # a claim was a call of 1-2
+    received = {e.identifier: e.received_at for e in emulator.ledger().events}
+    with psycopg.connect(database_url) as conn:
+        claimed_at = dict(
+            conn.execute(
+                "SELECT identifier, extract(epoch FROM first_attempt_at)::float8"
+                " FROM meter_event_outbox"
+            )
+        )
+    assert sorted(received) == sorted(claimed_at)  # each counted once (the ledger dedups)
+    held = max(received[i] - claimed_at[i] for i in claimed_at)
+    # Queued at most a third of the lease, plus the call's transit on a loaded machine.
+    assert held < settings.lease_seconds / 2, f"a row waited {held:.2f} s for its call"

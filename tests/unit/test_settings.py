@@ -113,7 +113,7 @@ def test_key_file_is_read_and_stripped(monkeypatch: pytest.MonkeyPatch, tmp_path
 
 def test_defaults_are_valid_and_flags_override(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load(rate_limit=40.0, batch_size=None)  # None: flag not given
-    assert settings.rate_limit == 40.0 and settings.batch_size == 100
+    assert settings.rate_limit == 40.0 and settings.effective_batch_size() == 100  # v1
     assert math.isfinite(settings.http_read_timeout) and settings.relay_id
     with pytest.raises(ConfigError, match="OUTBOX_RATE_LIMIT"):
         load(rate_limit=float("nan"))
