@@ -72,10 +72,20 @@ def _walk(driver, base: str, database_url: str, seeded) -> None:
     def text(element_id: str) -> str:
         return driver.find_element(By.ID, element_id).text
 
+    def follow(element) -> None:
+        """Click, then wait for the next page: a click returns before the navigation ends, and
+        on a loaded machine the old page is still there when the next line reads it."""
+        from selenium.webdriver.support import expected_conditions
+        from selenium.webdriver.support.wait import WebDriverWait
+
+        old = driver.find_element(By.TAG_NAME, "html")
+        element.click()
+        WebDriverWait(driver, 30).until(expected_conditions.staleness_of(old))
+
     driver.get(f"{base}/console")
     assert driver.current_url.endswith("/console/login")
     driver.find_element(By.NAME, "token").send_keys(TOKEN)
-    driver.find_element(By.ID, "sign-in").click()
+    follow(driver.find_element(By.ID, "sign-in"))
     assert driver.current_url.endswith("/console")
 
     expected = db_counts(database_url)
@@ -92,12 +102,12 @@ def _walk(driver, base: str, database_url: str, seeded) -> None:
     assert text("hour-calls") == str(calls) and text("hour-error-rate") == "100.0 %"
     _screenshot(driver, "overview")
 
-    driver.find_element(By.LINK_TEXT, seeded.failed[0]).click()
+    follow(driver.find_element(By.LINK_TEXT, seeded.failed[0]))
     assert text("row-state") == "failed"
     assert len(driver.find_elements(By.CSS_SELECTOR, "#attempts tbody tr")) >= 3
     _screenshot(driver, "row")
 
-    driver.find_element(By.ID, "retry").click()
+    follow(driver.find_element(By.ID, "retry"))
     assert "Requeued" in text("notice")
     assert text("row-state") == "pending"
     assert row(database_url, seeded.failed[0])["state"] == "pending"
