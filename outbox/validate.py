@@ -50,16 +50,16 @@ def _string(field: str, value: Any) -> str:
 
 def printable_text(field: str, text: Any, max_length: int = rules.IDENTIFIER_MAX_LENGTH) -> str:
     """Identifier or event name: printable ASCII, as they travel in HTTP headers."""
-    _check(field, rules.text_problem(_string(field, text), max_length))
-    return text
+    checked = _string(field, text)
+    _check(field, rules.text_problem(checked, max_length))
+    return checked
 
 
 def customer_id(customer: Any) -> str:
     """The Stripe customer id."""
-    if not isinstance(customer, str):
-        customer = ""  # same code as a malformed id: callers match on one code
-    _check("customer", rules.customer_problem(customer))
-    return customer
+    text = customer if isinstance(customer, str) else ""  # same code as a malformed id
+    _check("customer", rules.customer_problem(text))
+    return text
 
 
 def whole_value(value: Any) -> Decimal:
@@ -135,8 +135,9 @@ def stripe_account(account: Any) -> str | None:
     """A Connect account id (acct_...), or None for the platform account."""
     if account is None:
         return None
-    _check("stripe_account", rules.account_problem(account if isinstance(account, str) else ""))
-    return account
+    text = account if isinstance(account, str) else ""
+    _check("stripe_account", rules.account_problem(text))
+    return text
 
 
 def usage_fact(

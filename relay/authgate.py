@@ -86,10 +86,8 @@ class AuthGate:
                     self._resume(s)
         if scope is None:
             return None
-        pause = self.paused.get(scope)
-        if pause is None:
-            pause = self._pause(scope, result)
-        return max(pause.probe_at - self._clock(), 0.0) + 0.1
+        held = self.paused.get(scope) or self._pause(scope, result)
+        return max(held.probe_at - self._clock(), 0.0) + 0.1
 
     def release(self, row: Claimed) -> None:
         """The row's call never happened (shutdown, crash): another row may probe."""

@@ -564,6 +564,7 @@ def drift(
     and hour; store the report (the console shows the newest). Exit 3 on drift."""
     from relay import ops, service
     from relay.drift import compare
+    from relay.store import SyncStore
 
     settings = _settings(database_url=database_url, stripe_api_base=stripe_api_base)
     now = datetime.now(UTC)
@@ -573,8 +574,8 @@ def drift(
         raise click.UsageError("--since must be before --until")
     totals = _stripe_totals(service.check(settings), settings.stripe_api_base, rate)
     with ops.connect(_database_url(settings)) as conn:
-        report = compare(ops.SyncStore(conn), totals, since, until).as_dict()
-        report["id"], report["created_at"] = ops.SyncStore(conn).save_drift_report(report)
+        report = compare(SyncStore(conn), totals, since, until).as_dict()
+        report["id"], report["created_at"] = SyncStore(conn).save_drift_report(report)
     _emit(report, as_json, lambda: _render_drift(report))
     if report["differing"]:
         sys.exit(3)
@@ -594,7 +595,7 @@ def _stripe_totals(key: str, api_base: str | None, rate: float) -> Any:
 
     client = stripe.StripeClient(
         key,
-        base_addresses=base_addresses(api_base),  # type: ignore[arg-type]
+        base_addresses=base_addresses(api_base),
         max_network_retries=2,
     )
     return StripeTotals(client, Pacer(rate))

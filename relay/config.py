@@ -9,7 +9,7 @@ never echoes the value (a malformed database URL holds a password).
 import os
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -235,7 +235,9 @@ def describe(error: ValidationError) -> str:
 
 def load(**overrides: object) -> Settings:
     """The environment with the given values (CLI flags) on top; ConfigError on bad input."""
+    # Flags of every type: pydantic validates and coerces each one against its field.
+    values: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        return Settings(**values)
     except ValidationError as err:
         raise ConfigError(describe(err)) from None

@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any, TypedDict
 
 import psycopg
 from rich.console import Console
@@ -29,6 +30,18 @@ from relay.emulator import Emulator, EmulatorConfig, Faults
 KEY = "sk_test_demo"
 SECRET = "whsec_demo"
 CUSTOMERS = [f"cus_demo{i:02d}" for i in range(20)]
+
+
+class _Fact(TypedDict):
+    """One usage fact, recorded again as is when the job queue delivers it twice."""
+
+    event_name: str
+    customer: str
+    value: int
+    identifier: str
+    metadata: dict[str, Any]
+
+
 console = Console()
 
 
@@ -39,14 +52,14 @@ def embedded_database(url: str | None) -> Iterator[str]:
         yield url
         return
     try:
-        import pgserver
+        from pgserver.postgres_server import get_server
     except ImportError:
         raise SystemExit(
             "the demo's embedded database needs the pgserver wheel: "
             "pip install 'outbox-relay[embedded]' (or pass --database-url)"
         ) from None
     with tempfile.TemporaryDirectory(prefix="outbox-demo-") as datadir:
-        server = pgserver.get_server(datadir, cleanup_mode="stop")
+        server = get_server(datadir, cleanup_mode="stop")
         try:
             yield server.get_uri()
         finally:
@@ -61,7 +74,7 @@ def record_application_usage(url: str, events: int, seed: int) -> Counter[str]:
         for i in range(events):
             customer = rng.choice(CUSTOMERS)
             value = rng.randint(1, 9)
-            fact = {
+            fact: _Fact = {
                 "event_name": "api_calls",
                 "customer": customer,
                 "value": value,
@@ -91,7 +104,8 @@ def record_application_usage(url: str, events: int, seed: int) -> Counter[str]:
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 async def relay_until_settled(settings: Settings, url: str, timeout: float) -> float:
@@ -168,7 +182,8 @@ def _migrate(url: str) -> str:
 
 def _customer_of(url: str, identifier: str) -> str:
     with ops.connect(url) as conn:
-        return (ops.inspect(conn, identifier) or {})["customer"]
+        customer: str = (ops.inspect(conn, identifier) or {})["customer"]
+        return customer
 
 
 def _value_of(url: str, identifier: str) -> int:

@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 import stripe
+from stripe.params.billing import MeterEventSummaryListParams, MeterListParams
 
 from relay.store import OurGroup, SyncStore
 
@@ -92,10 +93,10 @@ class StripeTotals:
     def meters(self) -> dict[str, Meter]:
         """Active meters by event name (GET /v1/billing/meters)."""
         found: dict[str, Meter] = {}
-        params: dict[str, Any] = {"limit": 100, "status": "active"}
+        params: MeterListParams = {"limit": 100, "status": "active"}
         while True:
             self.pacer.wait()
-            page = self.client.v1.billing.meters.list(params)  # type: ignore[arg-type]
+            page = self.client.v1.billing.meters.list(params)
             for m in page.data:
                 found[m.event_name] = Meter(m.id, m.event_name, m.default_aggregation.formula)
             if not page.has_more or not page.data:
@@ -106,21 +107,21 @@ class StripeTotals:
         self, meter: Meter, account: str, customer: str, start: datetime, end: datetime
     ) -> dict[datetime, Decimal]:
         """Stripe's hourly totals for one customer (only hours with counted events)."""
-        params: dict[str, Any] = {
+        params: MeterEventSummaryListParams = {
             "customer": customer,
             "start_time": int(start.timestamp()),
             "end_time": int(end.timestamp()),
             "value_grouping_window": "hour",
             "limit": 100,
         }
-        options: dict[str, Any] = {"stripe_account": account} if account else {}
+        options: stripe.RequestOptions = {"stripe_account": account} if account else {}
         totals: dict[datetime, Decimal] = {}
         while True:
             self.pacer.wait()
             page = self.client.v1.billing.meters.event_summaries.list(
                 meter.id,
-                params,  # type: ignore[arg-type]
-                options,  # type: ignore[arg-type]
+                params,
+                options,
             )
             for s in page.data:
                 hour = datetime.fromtimestamp(s.start_time, UTC)

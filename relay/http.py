@@ -18,6 +18,7 @@ from typing import Any
 import stripe
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -109,7 +110,7 @@ def make_app(
 
 
 @web.middleware
-async def _track_requests(request: web.Request, handler: Any) -> web.StreamResponse:
+async def _track_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Marks the connection busy while its request runs (eviction spares it), and turns a
     client that went away mid-request into one log line instead of aiohttp's traceback."""
     busy = request.app[BUSY]
@@ -129,11 +130,12 @@ class _GuardedSite(web.TCPSite):
 
     def __init__(self, runner: web.AppRunner, host: str, port: int, limit: int) -> None:
         super().__init__(runner, host, port)
+        self._app_runner = runner  # the base class keeps it as a BaseRunner, without .app
         self._limit = limit
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with its runner
-        server, busy = self._runner.server, self._runner.app[BUSY]
+        server, busy = self._runner.server, self._app_runner.app[BUSY]
         assert server is not None
 
         def admit() -> RequestHandler:

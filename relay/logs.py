@@ -7,6 +7,7 @@ messages from libraries that might echo a URL or header.
 import logging
 import re
 import sys
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -22,7 +23,7 @@ def scrub(text: str) -> str:
     return _SECRET.sub(lambda m: f"{m.group(4)}:***@" if m.group(4) else "***", text)
 
 
-def _scrub_processor(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _scrub_processor(_: Any, __: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
     return {k: scrub(v) if isinstance(v, str) else v for k, v in event.items()}
 
 

@@ -6,6 +6,7 @@ or a row whose first attempt is so old that Stripe's identifier dedup might have
 
 import random
 from datetime import UTC, datetime, timedelta
+from typing import TypedDict
 
 from outbox.rules import IN_FUTURE, earliest_send, window_problem
 from relay.classify import Classified, Verdict
@@ -16,6 +17,20 @@ from relay.rows import Claimed, Outcome
 CLOCK_MARGIN = timedelta(seconds=60)
 CANCEL_WINDOW = timedelta(hours=24)
 BACKOFF_CAP = 300.0  # seconds
+
+
+class _Called(TypedDict):
+    """The Outcome fields every answered call shares, whatever the verdict."""
+
+    row: Claimed
+    code: str | None
+    message: str | None
+    request_id: str | None
+    latency_ms: float | None
+    http_status: int | None
+    called: bool
+    counted: int
+    reached: bool | None
 
 
 def local_refusal(row: Claimed, now: datetime, dedup_window: timedelta) -> Outcome | None:
@@ -105,7 +120,7 @@ def decide(
     attempt = row.attempts + counted
     # An earlier call, or this one, may have counted the event: a cancel must still be sent.
     may_have_counted = row.previous_first_attempt_at is not None or result.reached
-    common = {
+    common: _Called = {
         "row": row,
         "code": result.code,
         "message": result.message,

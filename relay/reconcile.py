@@ -5,9 +5,12 @@ Webhooks can be lost (endpoint down longer than Stripe's redelivery); listing re
 """
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import stripe
+from stripe.params.v2.core import EventListParams
+from stripe.v2 import ListObject
+from stripe.v2.core import Event
 
 from relay.store import Store
 from relay.webhooks import METER_ERROR_TYPES, apply_event
@@ -16,12 +19,12 @@ from relay.webhooks import METER_ERROR_TYPES, apply_event
 async def reconcile(client: stripe.StripeClient, store: Store, since: timedelta) -> dict[str, Any]:
     """Apply every meter error event created within `since`; returns a summary."""
     created = (datetime.now(UTC) - since).isoformat().replace("+00:00", "Z")
-    params: dict[str, Any] = {
+    params: EventListParams = {
         "types": sorted(METER_ERROR_TYPES),
         "created": {"gte": created},
         "limit": 100,
     }
-    page = await client.v2.core.events.list_async(params)  # type: ignore[arg-type]
+    page = await client.v2.core.events.list_async(params)
     events = rejected = 0
     while True:
         for event in page.data:
@@ -30,6 +33,7 @@ async def reconcile(client: stripe.StripeClient, store: Store, since: timedelta)
         next_url = getattr(page, "next_page_url", None)
         if not next_url:
             break
-        page = await client.raw_request_async("get", next_url)  # pragma: no cover - paging
-        page = client.deserialize(page, api_mode="V2")
+        raw = await client.raw_request_async("get", next_url)  # pragma: no cover - paging
+        # deserialize is typed as returning the base StripeObject; a list URL answers a list.
+        page = cast("ListObject[Event]", client.deserialize(raw, api_mode="V2"))
     return {"events": events, "rejected": rejected}

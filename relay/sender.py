@@ -18,13 +18,15 @@ from typing import Any
 
 import aiohttp
 import stripe
+from stripe._base_address import BaseAddresses  # the type StripeClient's signature names
+from stripe.params.billing import MeterEventAdjustmentCreateParams, MeterEventCreateParams
 
 from relay.classify import Answer, Classified, Verdict, classify, classify_error
 from relay.rows import Claimed
 from relay.wire import Wire, answer_of_failure, stream_event
 
 
-def base_addresses(api_base: str | None) -> dict[str, str]:
+def base_addresses(api_base: str | None) -> BaseAddresses:
     """`OUTBOX_STRIPE_API_BASE` points every Stripe host (meter events too) at one base URL."""
     if not api_base:
         return {}
@@ -55,7 +57,7 @@ class StripeSender:
         self._http = stripe.AIOHTTPClient(timeout=timeout, session=self._session_http)
         self.client = stripe.StripeClient(
             api_key,
-            base_addresses=base_addresses(api_base),  # type: ignore[arg-type]
+            base_addresses=base_addresses(api_base),
             max_network_retries=0,
             http_client=self._http,
         )
@@ -97,8 +99,8 @@ class StripeSender:
             try:
                 token = await self._session(rows[0].stripe_account, stale)
                 await self.client.v2.billing.meter_event_stream.create_async(
-                    {"events": events},  # type: ignore[arg-type]
-                    {"api_key": token},  # type: ignore[arg-type]
+                    {"events": events},
+                    {"api_key": token},
                 )
                 return Classified(Verdict.ACCEPTED)
             except stripe.TemporarySessionExpiredError as err:
@@ -118,12 +120,12 @@ class StripeSender:
         async with self._session_lock:
             token, renew_at = self._sessions.get(account, (None, None))
             if token is None or token == stale or renew_at is None or datetime.now(UTC) > renew_at:
-                options = {"stripe_account": account} if account else {}
+                options: stripe.RequestOptions = {"stripe_account": account} if account else {}
                 session = await self.client.v2.billing.meter_event_session.create_async(
-                    options=options  # type: ignore[arg-type]
+                    options=options
                 )
                 token = session.authentication_token
-                expires = session.expires_at
+                expires: str | datetime = session.expires_at
                 if isinstance(expires, str):
                     expires = datetime.fromisoformat(expires.replace("Z", "+00:00"))
                 self._sessions[account] = (token, expires - timedelta(minutes=1))
@@ -148,31 +150,31 @@ class StripeSender:
         return Classified(Verdict.ACCEPTED, request_id=request_id, http_status=200), _ms(started)
 
     async def _report(self, row: Claimed) -> Any:
-        params = {
+        params: MeterEventCreateParams = {
             "event_name": row.event_name,
             "payload": row.payload,
             "identifier": row.identifier,
             "timestamp": int(row.occurred_at.timestamp()),
         }
         return await self.client.v1.billing.meter_events.create_async(
-            params,  # type: ignore[arg-type]
-            self._options(row),  # type: ignore[arg-type]
+            params,
+            self._options(row),
         )
 
     async def _cancel(self, row: Claimed) -> Any:
-        params = {
+        params: MeterEventAdjustmentCreateParams = {
             "event_name": row.event_name,
             "type": "cancel",
             "cancel": {"identifier": row.identifier},
         }
         return await self.client.v1.billing.meter_event_adjustments.create_async(
-            params,  # type: ignore[arg-type]
-            self._options(row),  # type: ignore[arg-type]
+            params,
+            self._options(row),
         )
 
     @staticmethod
-    def _options(row: Claimed) -> dict[str, str]:
-        options = {"idempotency_key": row.idempotency_key}
+    def _options(row: Claimed) -> stripe.RequestOptions:
+        options: stripe.RequestOptions = {"idempotency_key": row.idempotency_key}
         if row.stripe_account:
             options["stripe_account"] = row.stripe_account
         return options

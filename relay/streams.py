@@ -16,7 +16,8 @@ it while it is still queued here.
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from relay.ratelimit import RateLimiter
 from relay.rows import Claimed, Outcome
@@ -39,7 +40,7 @@ class StreamBatcher:
         max_wait: float,
         send: Callable[[list[Claimed]], Awaitable[None]],
         record: Callable[[Outcome], None],
-        spawn: Callable[[Awaitable[None]], None],
+        spawn: Callable[[Coroutine[Any, Any, None]], None],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._limiter = limiter

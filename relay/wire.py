@@ -22,7 +22,7 @@ import os
 import platform
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote_plus
 
 import aiohttp
@@ -31,6 +31,9 @@ from yarl import URL
 
 from relay.classify import Answer
 from relay.rows import Claimed
+
+if TYPE_CHECKING:
+    from stripe.params.v2.billing import MeterEventStreamCreateParamsEvent
 
 V1_METER_EVENTS = "/v1/billing/meter_events"
 V2_METER_EVENT_STREAM = "/v2/billing/meter_event_stream"
@@ -50,8 +53,9 @@ def _q(value: object) -> str:
     return quote_plus(str(value))
 
 
-def stream_event(row: Claimed) -> dict[str, Any]:
-    """One v2 event: RFC 3339 timestamp in UTC with milliseconds and a Z."""
+def stream_event(row: Claimed) -> "MeterEventStreamCreateParamsEvent":
+    """One v2 event: RFC 3339 timestamp in UTC with milliseconds and a Z (typed as the SDK's
+    own event, which its stream call takes when OUTBOX_STRIPE_CLIENT=sdk)."""
     return {
         "event_name": row.event_name,
         "payload": row.payload,

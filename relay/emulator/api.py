@@ -18,6 +18,7 @@ from relay.emulator.clock import parse_rfc3339
 from relay.emulator.config import DEFAULT_CUSTOMER_KEY, Meter
 from relay.emulator.errors import ApiError
 from relay.emulator.ledger import LedgerEvent, Number, Source
+from relay.emulator.limits import Slot
 from relay.emulator.sessions import MeterEventSession
 from relay.emulator.state import EmulatorState
 from relay.emulator.summaries import check_bounds, summarize
@@ -66,7 +67,7 @@ class StripeApi:
 
     # --- v1 meter events -------------------------------------------------------------
 
-    def meter_event_concurrency_key(self, call: Call) -> Hashable | None:
+    def meter_event_concurrency_key(self, call: Call) -> Slot | None:
         """(account, meter, customer): Stripe allows one call at a time per pair."""
         event_name = call.params.get("event_name")
         payload = call.params.get("payload")

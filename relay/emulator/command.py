@@ -30,6 +30,7 @@ def parse_meter(spec: str) -> Meter:
         if value:
             fields[name] = value
     try:
+        # The aggregation is any text here; Meter itself refuses an unknown one (ValueError).
         return Meter(**fields)  # type: ignore[arg-type]
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
@@ -79,6 +80,7 @@ def build_config(
         faults=faults,
         rate_limit_live=_limit(rate_limit_live, _limit(rate_limit, defaults.rate_limit_live)),
         rate_limit_test=_limit(rate_limit_test, _limit(rate_limit, defaults.rate_limit_test)),
+        # Plain int/str from click.Choice, so one of the Literals; EmulatorConfig checks again.
         concurrency_status=int(concurrency_status),  # type: ignore[arg-type]
         unknown_cancel=unknown_cancel,  # type: ignore[arg-type]
         error_report_delay=error_report_delay,
@@ -170,6 +172,7 @@ async def serve(config: EmulatorConfig) -> None:
 def emulator(**options: object) -> None:
     """Run a local Stripe meter-events emulator (v1 events, adjustments, v2 stream,
     error-report webhooks, summaries) with fault injection and an inspectable ledger."""
+    # click passes every option converted to the type its decorator declares (see above).
     config = build_config(**options)  # type: ignore[arg-type]
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(config))

@@ -49,6 +49,10 @@ class RateLimiter:
         self.rejected = 0
 
 
+# (account, meter, customer as sent): the pair Stripe runs one call at a time for, per account.
+Slot = tuple[str, str, object]
+
+
 @dataclass
 class ConcurrencyGuard:
     """Tracks calls in flight per (account, meter, customer) and refuses overlapping ones.
@@ -58,11 +62,11 @@ class ConcurrencyGuard:
     """
 
     enforce: bool = True
-    _holders: dict[Hashable, int] = field(default_factory=dict)
-    max_observed: dict[Hashable, int] = field(default_factory=dict)
+    _holders: dict[Slot, int] = field(default_factory=dict)
+    max_observed: dict[Slot, int] = field(default_factory=dict)
     conflicts: int = 0
 
-    def try_acquire(self, key: Hashable) -> bool:
+    def try_acquire(self, key: Slot) -> bool:
         holders = self._holders.get(key, 0)
         observed = holders + 1
         if observed > self.max_observed.get(key, 0):
@@ -73,7 +77,7 @@ class ConcurrencyGuard:
         self._holders[key] = observed
         return True
 
-    def release(self, key: Hashable) -> None:
+    def release(self, key: Slot) -> None:
         holders = self._holders.get(key, 0) - 1
         if holders > 0:
             self._holders[key] = holders

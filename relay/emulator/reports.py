@@ -13,6 +13,7 @@ Here a window opens with the first failure and closes `error_report_delay` secon
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,7 +80,7 @@ class EventStore:
             found.append(event)
         return found
 
-    def all(self) -> list[dict[str, Any]]:
+    def all(self) -> builtins.list[dict[str, Any]]:  # `list` here is the method above
         return list(self._events.values())
 
     def reset(self) -> None:
@@ -156,7 +157,8 @@ class ErrorReporter:
         task = asyncio.ensure_future(self.sender.deliver(event["id"], json.dumps(notification)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return event["id"]
+        event_id: str = event["id"]
+        return event_id
 
     def _build_event(self, window: _Window) -> dict[str, Any]:
         now = self.clock.now()

@@ -19,7 +19,7 @@ import json
 import logging
 import socket
 import struct
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -30,6 +30,7 @@ from relay.emulator.api import Call, Result, StripeApi
 from relay.emulator.errors import ApiError
 from relay.emulator.faults import FaultDecision
 from relay.emulator.idempotency import MAX_KEY_LENGTH, IdempotencyRecord, StoredResponse
+from relay.emulator.limits import Slot
 from relay.emulator.state import EmulatorState
 from relay.emulator.wire import (
     JSON_CONTENT_TYPE,
@@ -60,7 +61,7 @@ class Route:
     body: Body = "query"
     v2: bool = False
     rate_limited: bool = False
-    concurrency_key: Callable[[Call], Hashable | None] | None = None
+    concurrency_key: Callable[[Call], Slot | None] | None = None
 
     @property
     def label(self) -> str:
@@ -243,8 +244,8 @@ class Pipeline:
             return exc.status, dumps(exc.body(v2=route.v2)), exc.headers(), exc.executed
         except Exception:
             log.exception("emulator handler failed for %s", route.label)
-            exc = errors.server_error(500)
-            return exc.status, dumps(exc.body(v2=route.v2)), exc.headers(), True
+            failure = errors.server_error(500)
+            return failure.status, dumps(failure.body(v2=route.v2)), failure.headers(), True
 
     def _idempotency_answer(
         self, call: Call, route: Route, claim: str, record: IdempotencyRecord
@@ -406,7 +407,7 @@ def cut_connection(request: web.Request, *, reset: bool) -> None:
     transport.abort()
 
 
-async def not_found(request: web.Request) -> web.Response:
+async def not_found(request: web.Request) -> web.StreamResponse:
     """Stripe's JSON 404 for unknown URLs (aiohttp's default is plain text)."""
     call = Call(new_id("req"), {})
     exc = ApiError(

@@ -104,7 +104,7 @@ class EmulatorState:
         """Request counters plus limiter, concurrency, idempotency and webhook figures."""
         with self.lock:
             result = self.stats_counters.as_dict()
-            per_key = [
+            per_key: list[dict[str, Any]] = [
                 {"account": a, "meter": m, "customer": c, "max_concurrent": n}
                 for (a, m, c), n in self.guard.max_observed.items()
             ]

@@ -50,8 +50,8 @@ def parse_value(raw: object, config: EmulatorConfig, param: str = "payload[value
     if negative and not config.allow_negative_values:
         raise EventProblem(errors.INVALID_VALUE, f"Value {raw} must not be negative.", param)
     if fraction is None:
-        return int(raw)
-    return float(raw)
+        return int(match.string)
+    return float(match.string)
 
 
 def check_timestamp(timestamp: float, now: float, config: EmulatorConfig) -> None:
