@@ -89,7 +89,8 @@ def main() -> None:
 @click.option("--revision", default="head", show_default=True)
 @click.option("--downgrade", "down", is_flag=True, help="Downgrade to --revision instead.")
 @click.option("--sql", "offline", is_flag=True, help="Print the upgrade SQL; touch no database.")
-def migrate(database_url: str | None, revision: str, down: bool, offline: bool) -> None:
+@click.option("--yes", is_flag=True, help="Downgrade without asking (no terminal: required).")
+def migrate(database_url: str | None, revision: str, down: bool, offline: bool, yes: bool) -> None:
     """Create or upgrade the outbox schema (idempotent).
 
     The version is kept in its own table, outbox_alembic_version, beside (never inside) the
@@ -103,6 +104,12 @@ def migrate(database_url: str | None, revision: str, down: bool, offline: bool) 
         return
     url = _database_url(_settings(database_url=database_url))
     if down:
+        migrations.check_downgrade(url, revision)  # unsent rows: refused before any question
+        _confirm(
+            f"Downgrade the outbox schema on {redact(url)} to {revision}? What later revisions "
+            "created is dropped, with its data.",
+            yes,
+        )
         migrations.downgrade(url, revision)
     else:
         migrations.upgrade(url, revision)

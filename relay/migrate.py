@@ -66,16 +66,22 @@ class DowngradeRefused(click.ClickException):
 
 
 def downgrade(database_url: str, revision: str, *, drop_unsent: bool = False) -> None:
-    """Take the schema down to `revision` ('base' removes every outbox object, so it is
-    refused while rows are pending, in flight or failed: that usage was never reported)."""
-    if revision == "base" and not drop_unsent:
+    """Take the schema down to `revision` (see `check_downgrade`)."""
+    if not drop_unsent:
+        check_downgrade(database_url, revision)
+    command.downgrade(alembic_config(database_url), revision)
+
+
+def check_downgrade(database_url: str, revision: str) -> None:
+    """'base' removes every outbox object, so it is refused while rows are pending, in flight
+    or failed: that usage was never reported."""
+    if revision == "base":
         unsent = unsent_rows(database_url)
         if unsent:
             raise DowngradeRefused(
                 f"refusing to downgrade to base: {unsent} row(s) not yet reported to Stripe "
                 "would be dropped; let the relay drain them (or cancel them) first"
             )
-    command.downgrade(alembic_config(database_url), revision)
 
 
 def upgrade_sql(

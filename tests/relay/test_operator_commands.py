@@ -199,9 +199,19 @@ def test_prune_validates_and_refuses_inside_stripes_windows(database_url, db):
 
 def test_downgrade_to_base_refuses_while_rows_are_unsent(database_url):
     insert_usage(database_url, 1)
-    out = cli(database_url, "migrate", "--downgrade", "--revision", "base")
+    out = cli(database_url, "migrate", "--downgrade", "--revision", "base", "--yes")
     assert out.returncode == 1 and "1 row(s) not yet reported" in out.stderr
     assert states(database_url) == {"pending": 1}
+
+
+def test_downgrade_asks_first_and_without_a_terminal_needs_yes(database_url, db):
+    """A downgrade drops tables with their data: with no terminal to ask, refused unless --yes."""
+    head = scalar(db, "SELECT version_num FROM outbox_alembic_version")
+    refused = cli(database_url, "migrate", "--downgrade", "--revision", "outbox_0004")
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    assert scalar(db, "SELECT version_num FROM outbox_alembic_version") == head
+    done = cli(database_url, "migrate", "--downgrade", "--revision", "outbox_0004", "--yes")
+    assert done.returncode == 0 and "schema at outbox_0004" in done.stdout
 
 
 def test_every_setting_has_a_flag_naming_its_environment_variable():
