@@ -538,7 +538,11 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument("--outage", type=float, help="outage seconds (default backoff cap + 30)")
     parser.add_argument("--kills", type=int, default=12, help="SIGKILLs per mode")
     parser.add_argument("--request-timeout", type=float, default=2.0, help="relay's, seconds")
-    parser.add_argument("--drain-timeout", type=float, help="seconds (default 1,200; quick 300)")
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        help="seconds (default 2 x cap + 900; quick: + 60)",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--log-dir", type=Path, help="relay/emulator logs (default: a temp dir)")
     args = parser.parse_args(argv)
@@ -558,7 +562,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         cancel_fraction=0.005,
         race_fraction=0.005,
         rollback_fraction=0.005,
-        drain_timeout=args.drain_timeout or (300.0 if quick else 1200.0),
+        drain_timeout=args.drain_timeout or (2 * backoff_cap() + (60 if quick else 900)),
         seed=args.seed,
         log_dir=args.log_dir or Path(tempfile.mkdtemp(prefix="outbox-chaos-")),
         modes=MODES if args.mode == "both" else (args.mode,),

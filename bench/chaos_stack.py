@@ -101,18 +101,21 @@ class Replicas:
     count: int = 3
     rng: random.Random = field(default_factory=random.Random)
     procs: list[subprocess.Popen | None] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
     generation: int = 0
     kills: int = 0
     unexpected_exits: list[str] = field(default_factory=list)
 
     def start_all(self) -> None:
         self.procs = [None] * self.count
+        self.ids = [""] * self.count
         for slot in range(self.count):
             self.start(slot)
 
     def start(self, slot: int) -> None:
         self.generation += 1
         relay_id = f"chaos-{self.mode}-r{slot}-{self.generation}"
+        self.ids[slot] = relay_id
         env = {
             **os.environ,
             "OUTBOX_DATABASE_URL": self.database_url,
@@ -158,7 +161,9 @@ class Replicas:
         """Restart a replica that exited by itself (it should not: that is a finding)."""
         for slot, proc in enumerate(self.procs):
             if proc is not None and proc.poll() is not None:
-                self.unexpected_exits.append(f"r{slot} exit {proc.returncode}")
+                relay_id = self.ids[slot]
+                last = _last_line(self.log_dir / f"{relay_id}.log")
+                self.unexpected_exits.append(f"{relay_id} exit {proc.returncode}: {last}")
                 self.start(slot)
 
     def stop_all(self) -> None:
@@ -170,3 +175,12 @@ class Replicas:
             if proc is not None:
                 _stop(proc, max(0.1, deadline - time.monotonic()))
         self.procs = [None] * self.count
+
+
+def _last_line(path: Path, limit: int = 160) -> str:
+    """The last non-empty line of a log (why a replica exited), shortened."""
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "?"
+    return lines[-1][:limit] if lines else "(no output)"
