@@ -22,6 +22,8 @@ twice, failed, cancelled-but-counted, counted without being committed, or left u
 """
 
 import argparse
+import heapq
+import itertools
 import json
 import math
 import multiprocessing as mp
@@ -32,7 +34,6 @@ import tempfile
 import time
 import urllib.error
 from collections import Counter
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -45,7 +46,6 @@ from bench.chaos_load import SCHEMA, WriterPlan, WriterResult, cancel_unknown_ou
 from bench.chaos_plan import (
     RATE_429,
     SEND_PATH,
-    Event,
     Plan,
     backoff_cap,
     base_faults,
@@ -60,6 +60,7 @@ MODES = ("v1", "v2-stream")
 STRIPE_RATE_LIMIT = 1000
 TICK_S = 0.2
 PROGRESS_EVERY_S = 15.0
+DEFER_S = 2.0
 SAMPLES = 3
 ADMIN_ERRORS = (OSError, urllib.error.URLError, ValueError)
 ROWS = """
@@ -102,12 +103,16 @@ class ModeResult:
 
 
 class Writers:
-    """The writer processes of one mode and their results (collected as they finish)."""
+    """The writer processes of one mode, the facts committed so far (shared counter) and
+    their results (collected as they finish)."""
 
     def __init__(self, plans: list[WriterPlan]) -> None:
         self.results: list[WriterResult] = []
         self.queue: mp.Queue = mp.Queue()
-        self.procs = [mp.Process(target=_write, args=(p, self.queue)) for p in plans]
+        self.committed = mp.Value("q", 0)
+        self.procs = [
+            mp.Process(target=_write, args=(p, self.queue, self.committed)) for p in plans
+        ]
 
     def start(self) -> None:
         for proc in self.procs:
@@ -129,14 +134,24 @@ class Writers:
             proc.join(10)
 
 
-def _write(plan: WriterPlan, results: mp.Queue) -> None:
+def _write(plan: WriterPlan, results: mp.Queue, committed: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when writers stop
-    results.put(write_facts(plan))
+
+    def count() -> None:
+        with committed.get_lock():
+            committed.value += 1
+
+    results.put(write_facts(plan, count))
+
+
+class Deferred(Exception):
+    """A fault that cannot run now (it would cancel another one): tried again shortly."""
 
 
 class Director:
-    """Plays a plan against the running system from one thread: each tick runs the events
-    that are due, restarts replicas that exited, queues the 429s and races cancels."""
+    """Plays a plan against the running system from one thread: each tick runs the faults
+    due on the progress clock and their follow-ups due on the wall clock, restarts replicas
+    that exited, queues the 429s and races cancels."""
 
     def __init__(
         self,
@@ -147,10 +162,13 @@ class Director:
         url: str,
         admin: EmulatorAdmin,
         replicas: Replicas,
+        writers: Writers,
     ) -> None:
-        self.plan, self.opts, self.mode = plan, opts, mode
+        self.plan, self.opts, self.mode, self.writers = plan, opts, mode, writers
         self.cluster, self.url, self.admin, self.replicas = cluster, url, admin, replicas
         self.t0 = time.monotonic()
+        self.progress_s = 0.0
+        self.writing_done_at: float | None = None
         self.racing_cancels: list[str] = []
         self.done: Counter[str] = Counter()
         self.outage_end = -1.0
@@ -160,6 +178,10 @@ class Director:
         self.carry_429 = 0.0
         self.queued_429 = 0
         self.database_ops = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg")
+        self.database_down = False
+        self.follow_ups: list[tuple[float, int, str]] = []  # (wall time due, order, kind)
+        self.order = itertools.count()
+        self.deferred: set[str] = set()
         ticks = max(1.0, plan.slow_s - opts.request_timeout - 0.5)
         self.race_per_tick = max(1, math.ceil(opts.facts * opts.race_fraction / (3 * ticks)))
 
@@ -167,65 +189,102 @@ class Director:
         return time.monotonic() - self.t0
 
     def say(self, text: str) -> None:
-        print(f"[{self.mode} {self.now():7.1f} s] {text}", flush=True)
+        print(f"[{self.mode} t={self.now():6.1f}s p={self.progress_s:6.1f}s] {text}", flush=True)
 
-    def play(self, writers_done: Callable[[], bool], hard_stop_s: float) -> None:
-        """Run the plan to its end and until the writers are done (at most `hard_stop_s`)."""
-        events = list(self.plan.events)
-        next_429 = next_progress = 0.0
+    def progress(self, finished: bool) -> float:
+        """The progress clock: committed facts / nominal rate, wall time after writing."""
+        if finished and self.writing_done_at is None:
+            self.writing_done_at = self.now()
+            self.progress_s = max(self.progress_s, self.plan.writing_s)
+        if self.writing_done_at is None:
+            clock = self.writers.committed.value / self.opts.rate
+        else:
+            clock = self.plan.writing_s + self.now() - self.writing_done_at
+        self.progress_s = max(self.progress_s, clock)
+        return self.progress_s
+
+    def play(self, hard_stop_s: float) -> None:
+        """Run the plan and its follow-ups, until the writers are done (at most `hard_stop_s`
+        wall seconds)."""
+        faults = list(self.plan.events)
+        next_429 = next_report = 0.0
         while self.now() < hard_stop_s:
-            now = self.now()
-            while events and events[0].at <= now:
-                self._do(events.pop(0))
+            finished = self.writers.done()
+            progress = self.progress(finished)
+            while faults and faults[0].at <= progress:
+                event = faults.pop(0)
+                self._do(event.kind)
+                for delay, kind in event.then:
+                    self.later(delay, kind)
+            while self.follow_ups and self.follow_ups[0][0] <= self.now():
+                self._do(heapq.heappop(self.follow_ups)[2])
             self.replicas.revive_exited()
-            if now >= next_429:
+            if self.now() >= next_429:
                 self._queue_429s()
-                next_429 = now + 0.5
-            if now >= self.next_race:
+                next_429 = self.now() + 0.5
+            if self.now() >= self.next_race:
                 self._race()
-            if now >= next_progress:
-                self.progress()
-                next_progress = now + PROGRESS_EVERY_S
-            if not events and writers_done():
+            if self.now() >= next_report:
+                self.report()
+                next_report = self.now() + PROGRESS_EVERY_S
+            if finished and not faults and not self.follow_ups:
                 break
             time.sleep(TICK_S)
         else:
             self.say("chaos phase hit its time cap")
         self.database_ops.shutdown(wait=True)
 
-    def _do(self, event: Event) -> None:
-        if event.kind.startswith("pg_"):
-            # pg_ctlcluster waits for crash recovery: off the tick thread, in plan order.
-            self.database_ops.submit(self._run, event)
-        else:
-            self._run(event)
+    def later(self, delay: float, kind: str) -> None:
+        heapq.heappush(self.follow_ups, (self.now() + delay, next(self.order), kind))
 
-    def _run(self, event: Event) -> None:
+    def _do(self, kind: str) -> None:
+        if kind.startswith("pg_"):
+            # pg_ctlcluster waits for crash recovery: off the tick thread, in plan order.
+            self.database_ops.submit(self._run, kind)
+        else:
+            self._run(kind)
+
+    def _run(self, kind: str) -> None:
         action = {
             "kill": self._kill,
             "revive": self.replicas.revive_killed,
-            "pg_crash": self.cluster.crash_stop,
+            "pg_crash": self._pg_crash,
             "pg_start": self._pg_start,
-            "pg_restart": self.cluster.restart_fast,
+            "pg_restart": self._pg_restart,
             "outage": self._outage,
             "slow": self._slow,
             "fast": self._fast,
-        }[event.kind]
+        }[kind]
         try:
             action()
-            self.done[event.kind] += 1
-            self.say(event.kind)
+            self.done[kind] += 1
+            self.say(kind)
+        except Deferred as exc:
+            self.later(DEFER_S, kind)
+            if kind not in self.deferred:
+                self.deferred.add(kind)
+                self.say(f"{kind} deferred: {exc}")
         except (subprocess.SubprocessError, *ADMIN_ERRORS) as exc:
-            self.say(f"{event.kind} FAILED: {exc}")
+            self.say(f"{kind} FAILED: {exc}")
 
     def _kill(self) -> None:
         if self.replicas.kill_random() is None:
             raise OSError("no replica running")
 
+    def _pg_crash(self) -> None:
+        self.database_down = True
+        self.cluster.crash_stop()
+
+    def _pg_restart(self) -> None:
+        self.database_down = True
+        self.cluster.restart_fast()
+        self.database_down = False
+
     def _pg_start(self) -> None:
         for attempt in range(5):  # a start right after a crash stop can race its cleanup
             try:
                 self.cluster.start()
+                self.database_down = False
                 return
             except subprocess.CalledProcessError:
                 if attempt == 4:
@@ -233,16 +292,25 @@ class Director:
                 time.sleep(2)
 
     def _outage(self) -> None:
+        if self.slow_until >= 0:
+            self._fast()  # after the outage starts, replacing the faults would end it
         self.admin.start_outage(self.plan.outage_s)
         self.outage_end = self.now() + self.plan.outage_s
 
     def _slow(self) -> None:
-        # Replacing the faults ends an outage in the emulator: never during one.
+        # Replacing the faults ends an outage in the emulator: never during one. Cancels
+        # need the database: not while it is down.
         if self.now() < self.outage_end:
-            raise OSError("skipped: the outage is on")
+            raise Deferred("the outage is on")
+        if self.database_down:
+            raise Deferred("the database is down")
+        if self.slow_until >= 0:
+            raise Deferred("another slow window is on")
+        self.deferred.discard("slow")
         self.admin.set_faults(slow_faults(self.opts.seed, self.mode, self.opts.request_timeout))
         self.slow_until = self.now() + self.plan.slow_s
         self.next_race = self.now() + self.opts.request_timeout + 0.5
+        self.later(self.plan.slow_s, "fast")
 
     def _fast(self) -> None:
         if self.slow_until < 0:
@@ -276,7 +344,7 @@ class Director:
             self.say(f"racing cancel failed: {type(exc).__name__}")
         self.next_race = self.now() + 1.0
 
-    def progress(self) -> None:
+    def report(self) -> None:
         try:
             with psycopg.connect(self.url, connect_timeout=5) as conn:
                 counts = dict(
@@ -334,7 +402,7 @@ def wait_drained(url: str, director: Director, timeout: float) -> float | None:
         if not busy:
             return time.monotonic() - started
         if time.monotonic() >= next_progress:
-            director.progress()
+            director.report()
             next_progress = time.monotonic() + PROGRESS_EVERY_S
         time.sleep(1.0)
     return None
@@ -363,20 +431,20 @@ def run_mode(cluster: PrivateCluster, mode: str, opts: Options) -> ModeResult:
             env={"OUTBOX_REQUEST_TIMEOUT": str(opts.request_timeout)},
         )
         replicas.rng.seed(opts.seed)
-        hard_stop = plan.chaos_end + plan.writing_s + 600
+        # Bounded even when the machine writes at a third of the nominal rate.
+        hard_stop = 3 * (plan.writing_s + plan.outage_s) + 600
         writers = Writers(writer_plans(url, mode, opts, time.time() + hard_stop))
-        director = Director(plan, opts, mode, cluster, url, admin, replicas)
+        director = Director(plan, opts, mode, cluster, url, admin, replicas, writers)
         try:
             replicas.start_all()
             writers.start()
             director.say(
                 f"{opts.facts:,} facts at {opts.rate:g}/s by {opts.writers} writers; "
-                f"outage {plan.outage_s:g} s at {plan.outage_at:.0f} s; "
+                f"outage {plan.outage_s:g} s at p={plan.outage_at:.0f} s; "
                 f"{plan.kills} kills; logs in {log_dir}"
             )
-            director.play(writers.done, hard_stop)
-            writers.done()
-            director.say("writers done; waiting for the drain")
+            director.play(hard_stop)
+            director.say(f"writers done ({writers.committed.value:,} facts); waiting for the drain")
             drain_s = wait_drained(url, director, opts.drain_timeout)
             director.say(f"drained in {drain_s:.1f} s" if drain_s else "NOT drained")
         finally:
@@ -533,7 +601,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument("--facts", type=int, help="facts per mode (default 100,000)")
     parser.add_argument("--mode", choices=(*MODES, "both"), default="both")
     parser.add_argument("--rate", type=float, help="facts/s written (default 500; quick 125)")
-    parser.add_argument("--writers", type=int, default=2, help="writer processes")
+    parser.add_argument("--writers", type=int, default=4, help="writer processes")
     parser.add_argument("--customers", type=int, default=2000)
     parser.add_argument("--outage", type=float, help="outage seconds (default backoff cap + 30)")
     parser.add_argument("--kills", type=int, default=12, help="SIGKILLs per mode")
@@ -557,7 +625,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         customers=args.customers,
         outage_s=outage,
         kills=max(10, args.kills),
-        slow_s=min(10.0, max(4.0, 0.1 * facts / rate)),
+        slow_s=min(12.0, max(8.0, 0.1 * facts / rate)),
         request_timeout=args.request_timeout,
         cancel_fraction=0.005,
         race_fraction=0.005,

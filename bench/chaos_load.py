@@ -137,8 +137,9 @@ def _cancel(identifier: str):
     return work
 
 
-def write_facts(plan: WriterPlan) -> WriterResult:
-    """Commit `plan.count` facts paced at `plan.rate` (runs in its own process)."""
+def write_facts(plan: WriterPlan, on_commit: Callable[[], None] = lambda: None) -> WriterResult:
+    """Commit `plan.count` facts paced at `plan.rate` (runs in its own process); `on_commit`
+    is called after each fact's commit (the director's progress clock)."""
     rng = random.Random(plan.seed)
     result = WriterResult()
     session = Session(plan.url, plan.deadline, result)
@@ -160,6 +161,7 @@ def write_facts(plan: WriterPlan) -> WriterResult:
             session.run(work)
             result.committed.append(identifier)
             result.last_commit = time.time()
+            on_commit()
             if rng.random() < plan.cancel_fraction:
                 session.run(_cancel(identifier))
                 result.cancelled.append(identifier)

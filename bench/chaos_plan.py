@@ -1,11 +1,17 @@
-"""The chaos schedule of one mode, decided before the run starts (seeded, printed).
+"""The chaos schedule of one mode, decided before the run starts (seeded).
 
-Times are seconds from the moment the writers start; W is how long writing takes at the
-configured rate. The Stripe outage sits in the middle of writing, longer than the relay's
-backoff cap by default, so every row waiting for it is at the cap when it ends. The database
-is crashed before the outage and restarted during the backlog that follows it; slow Stripe
-windows (calls time out, so their outcome is unknown) come before, between and after;
-replicas are killed throughout.
+Faults are placed on the *progress clock*: committed facts divided by the nominal rate while
+the writers run (so "in the middle of writing" stays in the middle on a slow machine), then
+wall seconds once they are done. W is the writing time at the nominal rate. What follows a
+fault (the restart after a kill, the database start after a crash stop, what comes after
+the outage; the end of a slow window) runs on the wall clock from that fault, because the
+writers stall while the database is down.
+
+The Stripe outage sits in the middle of writing and outlasts the relay's backoff cap by
+default, so every row waiting for it is at the cap when it ends. The database is crashed at
+20% and restarted during the backlog that follows the outage; slow Stripe windows (calls time
+out, so their outcome is unknown) come at 10%, 30% and after the outage; replicas are killed
+throughout.
 """
 
 import inspect
@@ -26,8 +32,11 @@ def backoff_cap() -> float:
 
 @dataclass(frozen=True)
 class Event:
+    """A fault at `at` on the progress clock, and what follows it: (wall seconds later, kind)."""
+
     at: float
     kind: str  # kill | revive | pg_crash | pg_start | pg_restart | outage | slow | fast
+    then: tuple[tuple[float, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -36,7 +45,6 @@ class Plan:
     outage_at: float
     outage_s: float
     slow_s: float
-    chaos_end: float
     events: tuple[Event, ...]
 
     @property
@@ -47,26 +55,23 @@ class Plan:
 def make_plan(
     *, facts: int, rate: float, outage_s: float, kills: int, slow_s: float, seed: int
 ) -> Plan:
-    """Place every fault on the run's timeline (deterministic for a seed)."""
+    """Place every fault on the run's progress clock (deterministic for a seed)."""
     rng = random.Random(seed)
     w = facts / rate
     outage_at = 0.5 * w
-    outage_end = outage_at + outage_s
-    slow_starts = [0.1 * w, 0.3 * w, outage_end + 15]
-    chaos_end = max(w, outage_end + 15 + slow_s) + 5
+    after_outage = ((outage_s + 5, "pg_restart"), (outage_s + 15, "slow"))
     events = [
-        Event(0.2 * w, "pg_crash"),
-        Event(0.2 * w + 5, "pg_start"),
-        Event(outage_at, "outage"),
-        Event(outage_end + 5, "pg_restart"),
+        Event(0.1 * w, "slow"),
+        Event(0.2 * w, "pg_crash", ((5.0, "pg_start"),)),
+        Event(0.3 * w, "slow"),
+        Event(outage_at, "outage", after_outage),
     ]
-    for start in slow_starts:
-        events += [Event(start, "slow"), Event(start + slow_s, "fast")]
+    kills_until = max(w, outage_at + outage_s + 15 + slow_s)
     for _ in range(kills):
-        at = rng.uniform(0.05 * w, chaos_end - 5)
-        events += [Event(at, "kill"), Event(at + rng.uniform(0.5, 3.0), "revive")]
+        at = rng.uniform(0.05 * w, kills_until)
+        events.append(Event(at, "kill", ((rng.uniform(0.5, 3.0), "revive"),)))
     ordered = tuple(sorted(events, key=lambda e: e.at))
-    return Plan(w, outage_at, outage_s, slow_s, chaos_end, ordered)
+    return Plan(w, outage_at, outage_s, slow_s, ordered)
 
 
 def base_faults(seed: int) -> dict[str, object]:

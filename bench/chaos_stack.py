@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from bench.common import free_port, wait_port
 
 API_KEY = "sk_live_chaos"  # live mode: Stripe's 1,000 calls/s, and the relay's default
 STOP_TIMEOUT_S = 30.0
+EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception|Exit)\b")
 
 
 def outbox_relay(*args: str) -> list[str]:
@@ -177,10 +179,12 @@ class Replicas:
         self.procs = [None] * self.count
 
 
-def _last_line(path: Path, limit: int = 160) -> str:
-    """The last non-empty line of a log (why a replica exited), shortened."""
+def _last_line(path: Path, limit: int = 200) -> str:
+    """Why a replica exited: the last exception line of its log (else its last line)."""
     try:
         lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
         return "?"
-    return lines[-1][:limit] if lines else "(no output)"
+    errors = [line for line in lines if EXCEPTION_LINE.match(line)]
+    chosen = errors[-1] if errors else lines[-1] if lines else "(no output)"
+    return chosen[:limit]
