@@ -292,8 +292,8 @@ class Director:
                 time.sleep(2)
 
     def _outage(self) -> None:
-        if self.slow_until >= 0:
-            self._fast()  # after the outage starts, replacing the faults would end it
+        if self.slow_until >= 0:  # once the outage is on, replacing the faults would end it
+            raise Deferred("a slow window is on")
         self.admin.start_outage(self.plan.outage_s)
         self.outage_end = self.now() + self.plan.outage_s
 
@@ -313,8 +313,6 @@ class Director:
         self.later(self.plan.slow_s, "fast")
 
     def _fast(self) -> None:
-        if self.slow_until < 0:
-            raise OSError("skipped: no slow window")
         self.admin.set_faults(base_faults(self.opts.seed))
         self.slow_until = -1.0
         self.next_race = math.inf
@@ -600,7 +598,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument("--quick", action="store_true", help="5,000 facts, 20 s outage")
     parser.add_argument("--facts", type=int, help="facts per mode (default 100,000)")
     parser.add_argument("--mode", choices=(*MODES, "both"), default="both")
-    parser.add_argument("--rate", type=float, help="facts/s written (default 500; quick 125)")
+    parser.add_argument("--rate", type=float, help="facts/s written (default 500; quick 100)")
     parser.add_argument("--writers", type=int, default=4, help="writer processes")
     parser.add_argument("--customers", type=int, default=2000)
     parser.add_argument("--outage", type=float, help="outage seconds (default backoff cap + 30)")
@@ -616,7 +614,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
     args = parser.parse_args(argv)
     quick = args.quick
     facts = args.facts or (5_000 if quick else 100_000)
-    rate = args.rate or (125.0 if quick else 500.0)
+    rate = args.rate or (100.0 if quick else 500.0)
     outage = args.outage if args.outage is not None else (20.0 if quick else backoff_cap() + 30)
     opts = Options(
         facts=facts,

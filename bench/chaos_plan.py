@@ -10,7 +10,7 @@ writers stall while the database is down.
 The Stripe outage sits in the middle of writing and outlasts the relay's backoff cap by
 default, so every row waiting for it is at the cap when it ends. The database is crashed at
 20% and restarted during the backlog that follows the outage; slow Stripe windows (calls time
-out, so their outcome is unknown) come at 10%, 30% and after the outage; replicas are killed
+out, so their outcome is unknown) come at 5%, 30% and after the outage; replicas are killed
 throughout.
 """
 
@@ -61,7 +61,7 @@ def make_plan(
     outage_at = 0.5 * w
     after_outage = ((outage_s + 5, "pg_restart"), (outage_s + 15, "slow"))
     events = [
-        Event(0.1 * w, "slow"),
+        Event(0.05 * w, "slow"),
         Event(0.2 * w, "pg_crash", ((5.0, "pg_start"),)),
         Event(0.3 * w, "slow"),
         Event(outage_at, "outage", after_outage),
