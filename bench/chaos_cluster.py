@@ -82,13 +82,20 @@ def private_cluster() -> Iterator[PrivateCluster]:
     create = ["pg_createcluster", cluster.version, cluster.name, "-p", str(cluster.port)]
     options = [arg for option in SERVER_OPTIONS for arg in ("-o", option)]
     try:
-        subprocess.run(
-            [*create, "--start-conf=manual", *options, "--", "-A", "trust"],
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
-        cluster.start()
+        try:
+            subprocess.run(
+                [*create, "--start-conf=manual", *options, "--", "-A", "trust"],
+                check=True,
+                capture_output=True,
+                timeout=300,
+            )
+            cluster.start()
+        except subprocess.CalledProcessError as exc:
+            why = (exc.stderr or b"").decode(errors="replace").strip().splitlines()
+            raise SystemExit(
+                f"could not create a private PostgreSQL cluster ({why[-1] if why else exc}); "
+                "run as root or the postgres user"
+            ) from None
         yield cluster
     finally:
         cluster.drop()
