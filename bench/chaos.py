@@ -110,6 +110,7 @@ class Writers:
         self.results: list[WriterResult] = []
         self.queue: mp.Queue = mp.Queue()
         self.committed = mp.Value("q", 0)
+        self.finished = False
         self.procs = [
             mp.Process(target=_write, args=(p, self.queue, self.committed)) for p in plans
         ]
@@ -119,13 +120,22 @@ class Writers:
             proc.start()
 
     def done(self) -> bool:
-        """Collect finished results; True when every writer has reported."""
-        while True:
-            try:
-                self.results.append(self.queue.get_nowait())
+        """Collect finished results; True when every writer has reported or exited."""
+        if self.finished:
+            return True
+        exited = all(not proc.is_alive() for proc in self.procs)
+        while len(self.results) < len(self.procs):
+            try:  # an exited writer's result may still be in the pipe
+                self.results.append(self.queue.get(timeout=1.0 if exited else 0))
             except queue.Empty:
                 break
-        return len(self.results) == len(self.procs)
+        self.finished = exited or len(self.results) == len(self.procs)
+        return self.finished
+
+    @property
+    def crashed(self) -> int:
+        """Writers that exited without a result (an exception the writer does not expect)."""
+        return len(self.procs) - len(self.results)
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -452,7 +462,7 @@ def run_mode(cluster: PrivateCluster, mode: str, opts: Options) -> ModeResult:
         stats = admin.stats()
     rows, acked = read_outbox(url), [i for r in writers.results for i in r.committed]
     verdict = judge(rows, ledger, acked)
-    chaos = chaos_applied(director, replicas, writers.results, stats, plan)
+    chaos = chaos_applied(director, replicas, writers, stats, plan)
     report_mode(mode, url, verdict, chaos, ledger)
     return ModeResult(mode, verdict, drain_s, time.monotonic() - started, chaos)
 
@@ -465,11 +475,12 @@ def read_outbox(url: str) -> list[OutboxRow]:
 def chaos_applied(
     director: Director,
     replicas: Replicas,
-    results: list[WriterResult],
+    writers: Writers,
     stats: dict[str, Any],
     plan: Plan,
 ) -> dict[str, Any]:
     """What was actually done to the system (as opposed to what was planned)."""
+    results, crashed = writers.results, writers.crashed
     return {
         "replica SIGKILLs": replicas.kills,
         "replica exits on their own": replicas.unexpected_exits,
@@ -482,6 +493,7 @@ def chaos_applied(
         "rolled-back facts": sum(len(r.rolled_back) for r in results),
         "writer reconnects": sum(r.reconnects for r in results),
         "writers that gave up": [r.gave_up for r in results if r.gave_up],
+        "writers that crashed (see the output above)": crashed,
         "429s queued": director.queued_429,
         "emulator faults injected": stats.get("faults_injected"),
         "emulator requests": stats.get("total_requests"),
