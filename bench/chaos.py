@@ -179,6 +179,7 @@ class Director:
         self.t0 = time.monotonic()
         self.progress_s = 0.0
         self.writing_done_at: float | None = None
+        self.chaos_over_at = 0.0
         self.racing_cancels: list[str] = []
         self.done: Counter[str] = Counter()
         self.outage_end = -1.0
@@ -452,9 +453,19 @@ def run_mode(cluster: PrivateCluster, mode: str, opts: Options) -> ModeResult:
                 f"{plan.kills} kills; logs in {log_dir}"
             )
             director.play(hard_stop)
-            director.say(f"writers done ({writers.committed.value:,} facts); waiting for the drain")
+            director.chaos_over_at = time.time()
+            director.say(
+                f"chaos over; {writers.committed.value:,} facts committed; waiting for the drain"
+            )
             drain_s = wait_drained(url, director, opts.drain_timeout)
-            director.say(f"drained in {drain_s:.1f} s" if drain_s else "NOT drained")
+            if drain_s is not None:  # measured from the last commit
+                last_commit = max((r.last_commit for r in writers.results), default=time.time())
+                drain_s += director.chaos_over_at - last_commit
+            director.say(
+                "NOT drained"
+                if drain_s is None
+                else f"drained {drain_s:.1f} s after the last commit"
+            )
         finally:
             replicas.stop_all()
             writers.stop()
