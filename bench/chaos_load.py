@@ -138,8 +138,8 @@ def _cancel(identifier: str):
 
 
 def write_facts(plan: WriterPlan, on_commit: Callable[[], None] = lambda: None) -> WriterResult:
-    """Commit `plan.count` facts paced at `plan.rate` (runs in its own process); `on_commit`
-    is called after each fact's commit (the director's progress clock)."""
+    """Commit `plan.count` facts paced at `plan.rate` (runs in its own process), plus a few
+    rolled-back ones; `on_commit` is called after each commit (the director's progress clock)."""
     rng = random.Random(plan.seed)
     result = WriterResult()
     session = Session(plan.url, plan.deadline, result)
@@ -151,14 +151,11 @@ def write_facts(plan: WriterPlan, on_commit: Callable[[], None] = lambda: None) 
                 time.sleep(pause)
             identifier = f"{plan.prefix}-w{plan.writer}-{i}"
             customer = f"cus_chaos{rng.randrange(plan.customers):05d}"
-            work = _record(identifier, customer, rng.randint(1, 9), plan.writer)
-            if rng.random() < plan.rollback_fraction:
-                identifier += ROLLBACK_SUFFIX
-                work = _record(identifier, customer, 1, plan.writer)
-                session.run(_rolled_back(work))
-                result.rolled_back.append(identifier)
-                continue
-            session.run(work)
+            if rng.random() < plan.rollback_fraction:  # on top of the `count` committed
+                rolled_back = identifier + ROLLBACK_SUFFIX
+                session.run(_rolled_back(_record(rolled_back, customer, 1, plan.writer)))
+                result.rolled_back.append(rolled_back)
+            session.run(_record(identifier, customer, rng.randint(1, 9), plan.writer))
             result.committed.append(identifier)
             result.last_commit = time.time()
             on_commit()
