@@ -3,7 +3,7 @@
 Run from the repository root (as root or the postgres user: it creates a PostgreSQL cluster):
 
     python -m bench.chaos              # 100,000 facts per mode, v1 then v2-stream
-    python -m bench.chaos --quick      # 5,000 facts per mode, 20 s outage (a few minutes)
+    python -m bench.chaos --quick      # 5,000 facts per mode, 20 s outage (about 10 minutes)
     python -m bench.chaos --mode v1 --facts 20000 --outage 60
 
 Per mode, on 127.0.0.1 only: a fresh database on a private PostgreSQL cluster (created on a
