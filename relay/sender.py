@@ -1,4 +1,4 @@
-"""Calls to Stripe: meter events (v1 and the v2 stream), cancellations, the auth probe.
+"""Calls to Stripe: meter events (v1 and the v2 stream) and cancellations.
 
 The two hot calls (a v1 meter event, a v2 stream batch) go through the lean client in
 relay/wire.py by default (`OUTBOX_STRIPE_CLIENT=lean`); `sdk` sends them through the stripe
