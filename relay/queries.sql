@@ -104,7 +104,7 @@ SET state = 'in_flight',
     updated_at = now()
 FROM locked
 WHERE o.id = locked.id
-RETURNING o.id, o.lease_token, o.identifier, o.event_name, o.customer, o.payload,
+RETURNING o.id, o.lease_token, o.identifier, o.event_name, o.customer, o.payload::text,
           o.occurred_at, o.stripe_account, o.action, o.attempts, o.key_generation,
           locked.first_attempt_at AS previous_first_attempt_at, o.first_attempt_at,
           o.accepted_at, o.created_at

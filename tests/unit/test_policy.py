@@ -1,11 +1,13 @@
-"""decide() and local_refusal(): the row's next state, without Stripe or PostgreSQL."""
+"""decide(), local_refusal() and its per-call form Refusals: the row's next state, without
+Stripe or PostgreSQL."""
 
 from datetime import timedelta
 
 import pytest
 
+from outbox import rules
 from relay.classify import Classified, Verdict, for_answer
-from relay.policy import decide, local_refusal
+from relay.policy import CLOCK_MARGIN, Refusals, decide, local_refusal
 from tests.unit.rows import NOW, claimed
 
 WINDOW = timedelta(hours=20)
@@ -120,3 +122,24 @@ def test_uncounted_outcomes_restore_the_first_attempt_time() -> None:
     assert auth.first_attempt_at is None
     sent = decide(row, for_answer("no_answer"), 25, 1.0)
     assert sent.first_attempt_at == NOW
+
+
+TICK = timedelta(microseconds=1)
+
+
+def test_refusals_of_a_call_agree_with_local_refusal_at_every_boundary() -> None:
+    """The per-call fast path (bounds computed once) refuses exactly what the rule refuses."""
+    refusals = Refusals(NOW, WINDOW)
+    earliest, latest = rules.window_bounds(NOW, CLOCK_MARGIN)
+    cutoff = NOW - WINDOW
+    cases = [
+        claimed(occurred_at=at, previous_first_attempt_at=first, action=action, accepted_at=acc)
+        for at in (earliest - TICK, earliest, NOW, latest, latest + TICK)
+        for first in (None, cutoff - TICK, cutoff, NOW)
+        for action in ("report", "cancel")
+        for acc in (None, NOW - timedelta(hours=25))
+    ]
+    for row in cases:
+        assert refusals.check(row) == local_refusal(row, NOW, WINDOW), row
+    # Sent: reports inside both bounds and the dedup window; cancels not past 24 h.
+    assert sum(refusals.check(r) is None for r in cases) == 18 + 20
