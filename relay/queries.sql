@@ -110,8 +110,10 @@ RETURNING o.id, o.lease_token, o.identifier, o.event_name, o.customer, o.payload
           o.accepted_at, o.created_at
 
 -- name: record_outcomes
--- Write a batch of outcomes in one statement (River's shape, `UPDATE ... FROM` a set of rows;
--- the set travels as one JSON document, which is cheaper to encode than ten parallel arrays).
+-- Write a batch of outcomes in one statement (River's shape, `UPDATE ... FROM` a set of rows).
+-- The set travels as two JSON documents (cheaper to encode than parallel arrays): the distinct
+-- decisions, and per row its id, lease token, pre-claim first attempt, key generation and the
+-- index of its decision (a stream call's rows share one).
 -- The compare-and-set on lease_token means a relay whose lease expired (and whose row another
 -- relay re-claimed) changes nothing.
 -- A cancel requested while the report was in flight: after a success the row becomes a
@@ -144,7 +146,9 @@ WITH written AS (
                  AND (u.state = 'accepted' OR (u.state = 'failed' AND u.may_have_counted)) THEN 0
             ELSE o.attempts + u.counted END,
         key_generation = o.key_generation + u.new_key,
-        first_attempt_at = u.first_attempt_at,  -- restored when no call may have counted
+        -- Restored when no call may have counted (o.first_attempt_at is what the claim set).
+        first_attempt_at = CASE WHEN u.reached THEN o.first_attempt_at
+                                ELSE u.previous_first_attempt_at END,
         last_error_code = u.code,
         last_error_message = u.message,
         stripe_request_id = coalesce(u.request_id, o.stripe_request_id),
@@ -156,11 +160,17 @@ WITH written AS (
                  AND u.state = 'failed' AND NOT u.may_have_counted THEN now()
             ELSE o.cancelled_at END,
         updated_at = now()
-    FROM jsonb_to_recordset(CAST(:batch AS jsonb))
-         AS u(id bigint, token uuid, state text, delay float8, counted int, new_key int,
-              code text, message text, request_id text, first_attempt_at timestamptz,
-              may_have_counted boolean, called boolean, action text, key_generation int,
-              http_status int, latency_ms real)
+    FROM (
+        SELECT r.id, r.token, r.previous_first_attempt_at, r.key_generation, d.*
+        FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+             AS r(id bigint, token uuid, previous_first_attempt_at timestamptz,
+                  key_generation int, decision int)
+        JOIN jsonb_to_recordset(CAST(:decisions AS jsonb))
+             AS d(n int, state text, delay float8, counted int, new_key int, code text, message text,
+                  request_id text, reached boolean, may_have_counted boolean, called boolean,
+                  action text, http_status int, latency_ms real)
+          ON d.n = r.decision
+    ) u
     WHERE o.id = u.id AND o.lease_token = u.token
     -- o.* here are the values just written; the sent action and key come from the claim.
     RETURNING o.id, o.attempts, o.state, u.called, u.action, u.key_generation, u.http_status,

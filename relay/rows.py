@@ -84,7 +84,8 @@ class Outcome(NamedTuple):
     reached: bool | None = None
 
     @property
-    def first_attempt_at(self) -> datetime | None:
-        """Outcomes of calls that cannot have counted the event restore the pre-claim value."""
-        reached = self.counted > 0 if self.reached is None else self.reached
-        return self.row.first_attempt_at if reached else self.row.previous_first_attempt_at
+    def reached_stripe(self) -> bool:
+        """Whether the call may have counted the event (`reached`, by default `counted`).
+        Only such calls start the dedup clock: `record_outcomes` keeps the claim's
+        first_attempt_at for them and restores the pre-claim value for the others."""
+        return self.counted > 0 if self.reached is None else self.reached

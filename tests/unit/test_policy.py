@@ -45,7 +45,7 @@ def test_each_answer(answer: str, state: str, counted: int, new_key: int, reache
     assert (outcome.state, outcome.counted, outcome.new_key) == (state, counted, new_key)
     assert (outcome.http_status, outcome.called) == (500, True)
     # Only a call that may have counted the event keeps the dedup clock running.
-    assert (outcome.first_attempt_at == NOW) is reached
+    assert outcome.reached_stripe is reached
     assert outcome.may_have_counted is (state == "failed" and reached)
 
 
@@ -117,11 +117,10 @@ def test_a_cancel_after_stripes_24_hours_is_refused() -> None:
 
 
 def test_uncounted_outcomes_restore_the_first_attempt_time() -> None:
+    """`record_outcomes` keeps the claim's first attempt only for calls that reached Stripe."""
     row = claimed(previous_first_attempt_at=None)
-    auth = decide(row, for_answer("auth", "http_401"), 25, 1.0)
-    assert auth.first_attempt_at is None
-    sent = decide(row, for_answer("no_answer"), 25, 1.0)
-    assert sent.first_attempt_at == NOW
+    assert not decide(row, for_answer("auth", "http_401"), 25, 1.0).reached_stripe
+    assert decide(row, for_answer("no_answer"), 25, 1.0).reached_stripe
 
 
 TICK = timedelta(microseconds=1)
