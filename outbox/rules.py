@@ -149,11 +149,18 @@ def window_problem(
     Both ends are inclusive, as in the CHECK. `margin` narrows the window at both ends: the relay
     uses it so a row is not refused by Stripe after clock skew and transit time.
     """
-    if occurred_at < now - MAX_PAST + margin:
+    earliest, latest = window_bounds(now, margin)
+    if occurred_at < earliest:
         return TOO_FAR_IN_PAST
-    if occurred_at > now + MAX_FUTURE - margin:
+    if occurred_at > latest:
         return IN_FUTURE
     return None
+
+
+def window_bounds(now: datetime, margin: timedelta = timedelta(0)) -> tuple[datetime, datetime]:
+    """The earliest and latest valid timestamps at `now` (both inclusive): computed once for
+    a whole call of rows by the relay, once per fact by `window_problem`."""
+    return now - MAX_PAST + margin, now + MAX_FUTURE - margin
 
 
 def earliest_send(occurred_at: datetime, margin: timedelta = timedelta(0)) -> datetime:

@@ -8,7 +8,7 @@ loop, and so the relay (the supervisor stops it): without outcome writes nothing
 """
 
 import asyncio
-from collections import deque
+from collections import Counter, deque
 from datetime import UTC, datetime
 
 import structlog
@@ -110,22 +110,19 @@ class Completer:
 
 def report_batch(batch: list[Outcome], written: set[int]) -> None:
     """One log event per batch, one per failure; outcome counters per batch; the time from
-    commit to acceptance of every accepted report."""
-    by_code: dict[tuple[str, str | None], int] = {}
+    commit to acceptance of every accepted report (observed as one batch)."""
     now = datetime.now(UTC)
-    observe = metrics.COMMIT_TO_ACCEPTED.observe
+    waits: list[float] = []
     for o in batch:
-        key = (o.state, o.code)
-        by_code[key] = by_code.get(key, 0) + 1
-        if o.state == "accepted" and o.row.id in written:  # the hot path
-            observe((now - o.row.created_at).total_seconds())
-        elif o.row.id not in written:
+        if o.row.id not in written:
             log.warning(
                 "lease_lost",
                 identifier=o.row.identifier,
                 state=o.state,
                 detail="row was re-claimed after the lease expired; outcome dropped",
             )
+        elif o.state == "accepted":  # the hot path
+            waits.append((now - o.row.created_at).total_seconds())
         elif o.state == "failed" or (o.state == "pending" and o.code and o.called):
             # Rows put back without a call (held on a 401/403, not due yet, shutdown) are
             # logged by what decided it, once per change, not once per row.
@@ -140,8 +137,9 @@ def report_batch(batch: list[Outcome], written: set[int]) -> None:
                 stripe_request_id=o.request_id,
                 latency_ms=o.latency_ms and round(o.latency_ms, 1),
             )
-    states: dict[str, int] = {}
-    for (state, code), n in by_code.items():
+    metrics.COMMIT_TO_ACCEPTED.observe_many(waits)
+    states: Counter[str] = Counter()
+    for (state, code), n in Counter((o.state, o.code) for o in batch).items():
         metrics.outcome(state, code).inc(n)
-        states[state] = states.get(state, 0) + n
+        states[state] += n
     log.info("outcomes", rows=len(batch), written=len(written), **states)

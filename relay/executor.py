@@ -20,7 +20,7 @@ from relay import metrics
 from relay.authgate import AuthGate
 from relay.classify import Classified, Verdict
 from relay.config import Settings
-from relay.policy import decide, local_refusal
+from relay.policy import Refusals, decide
 from relay.ratelimit import RateLimiter
 from relay.rows import Claimed, Outcome
 from relay.streams import StreamBatcher
@@ -126,11 +126,11 @@ class Executor:
         row's outcome. Cancellation (shutdown) and unexpected errors release the rows as
         "unknown outcome": pending, same idempotency key, so the retry replays whatever Stripe
         did."""
-        now = datetime.now(UTC)
+        refusals = Refusals(datetime.now(UTC), self._dedup_window)
         outcomes: list[Outcome] = []
         sendable: list[Claimed] = []
         for r in rows:
-            outcome = local_refusal(r, now, self._dedup_window) or self._held(r)
+            outcome = refusals.check(r) or self._held(r)
             if outcome is None:
                 sendable.append(r)
             else:

@@ -1,14 +1,18 @@
 """Prometheus metrics of the relay (served on /metrics)."""
 
 import asyncio
+import bisect
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
 from functools import cache
 from typing import Protocol
 
 import structlog
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from relay import __version__
 
@@ -29,7 +33,55 @@ LATENCY = Histogram(
 INFLIGHT = Gauge(
     "outbox_relay_inflight_calls", "Rows held now: claimed, their outcome not written yet"
 )
-COMMIT_TO_ACCEPTED = Histogram(
+
+
+class BatchHistogram(Collector):
+    """A Prometheus histogram observed a batch at a time (`observe_many`).
+
+    prometheus_client's Histogram takes one value per call, walks its buckets in Python and
+    takes a lock per bucket increment: ~0.9 us per value, once per accepted row. Here a
+    value costs a `bisect` and a list increment (~0.2 us). The exposition is the same
+    (`_bucket` with `le`, `_count`, `_sum`). Observed from the event loop only.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        buckets: Sequence[float],
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._bounds = [*sorted(buckets), math.inf]
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        registry.register(self)
+
+    def observe_many(self, values: Iterable[float]) -> None:
+        counts, bounds, where = self._counts, self._bounds, bisect.bisect_left
+        total = self._sum
+        for value in values:
+            counts[where(bounds, value)] += 1  # le: a value on a bound counts in that bucket
+            total += value
+        self._sum = total
+
+    def collect(self) -> Iterator[Metric]:
+        cumulative, buckets = 0, []
+        for bound, count in zip(self._bounds, self._counts, strict=True):
+            cumulative += count
+            buckets.append((_le(bound), cumulative))
+        yield HistogramMetricFamily(
+            self._name, self._documentation, buckets=buckets, sum_value=self._sum
+        )
+
+
+def _le(bound: float) -> str:
+    """The `le` label as Prometheus' own histograms print it: 0.5, 1.0, +Inf."""
+    return "+Inf" if bound == math.inf else repr(float(bound))
+
+
+COMMIT_TO_ACCEPTED = BatchHistogram(
     "outbox_relay_commit_to_accepted_seconds",
     "From the row's commit (created_at) to Stripe's acceptance being written",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),

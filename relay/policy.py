@@ -8,7 +8,7 @@ import random
 from datetime import UTC, datetime, timedelta
 from typing import TypedDict
 
-from outbox.rules import IN_FUTURE, earliest_send, window_problem
+from outbox.rules import IN_FUTURE, earliest_send, window_bounds, window_problem
 from relay.classify import Classified, Verdict
 from relay.rows import Claimed, Outcome
 
@@ -69,6 +69,24 @@ def local_refusal(row: Claimed, now: datetime, dedup_window: timedelta) -> Outco
             may_have_counted=True,  # an earlier attempt's outcome is unknown
         )
     return None
+
+
+class Refusals:
+    """`local_refusal` for the rows of one call, at one `now`: the bounds are computed once,
+    so a sendable report costs two comparisons (the full rule runs only for the others)."""
+
+    def __init__(self, now: datetime, dedup_window: timedelta) -> None:
+        self._now = now
+        self._dedup_window = dedup_window
+        self._earliest, self._latest = window_bounds(now, CLOCK_MARGIN)
+        self._dedup_cutoff = now - dedup_window
+
+    def check(self, row: Claimed) -> Outcome | None:
+        if row.action == "report" and self._earliest <= row.occurred_at <= self._latest:
+            first = row.previous_first_attempt_at
+            if first is None or first >= self._dedup_cutoff:
+                return None
+        return local_refusal(row, self._now, self._dedup_window)
 
 
 def _fail(row: Claimed, code: str, message: str, may_have_counted: bool = False) -> Outcome:

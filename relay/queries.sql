@@ -44,10 +44,13 @@ SELECT (SELECT coalesce(array_agg(id), '{}') FROM walk WHERE taken) AS ids, w.fo
 FROM walk w WHERE w.depth > 0 ORDER BY w.depth DESC LIMIT 1
 
 -- name: claim
--- The claim: one short transaction. For each lane the walk chose, take the lane's head again in
--- this statement's fresh snapshot (a row committed since the walk may have become the head; two
--- walks may have chosen the same lane), check it is due and, with :exclusive, that the lane has
--- no call in flight, and lock it (SKIP LOCKED: another relay may be claiming the same head).
+-- The claim: one short transaction. With :exclusive (v1), for each lane the walk chose, take the
+-- lane's head again in this statement's fresh snapshot (a row committed since the walk may have
+-- become the head; two walks may have chosen the same lane), check it is due and that the lane
+-- has no call in flight, and lock it (SKIP LOCKED: another relay may be claiming the same head).
+-- Without (v2 stream: lanes need no exclusivity), lock the walked heads themselves if still due:
+-- a primary-key probe per row instead of a lane lookup, and a head that changed since the walk
+-- is simply taken on the next pass.
 -- With :fill, top the batch up with the oldest other due rows (v2 stream, where lanes need no
 -- exclusivity: the walk gives every lane a row per pass, the fill keeps a single-tenant backlog
 -- flowing). Then lease them: in_flight, a fresh lease token, a deadline, RETURNING what the
@@ -61,6 +64,7 @@ WITH lanes AS MATERIALIZED (
     FROM unnest(CAST(:ids AS bigint[])) AS c(id)
     CROSS JOIN LATERAL (  -- LIMIT: one primary-key probe per id, never a hash of the table
         SELECT o.customer, o.event_name FROM meter_event_outbox o WHERE o.id = c.id LIMIT 1) l
+    WHERE CAST(:exclusive AS boolean)
 ),
 chosen AS MATERIALIZED (
     SELECT o.id, o.first_attempt_at
@@ -73,12 +77,24 @@ chosen AS MATERIALIZED (
         LIMIT 1) head
     JOIN meter_event_outbox o ON o.id = head.id
     WHERE o.state IN ('pending', 'in_flight') AND o.available_at <= now()
-      AND (NOT CAST(:exclusive AS boolean) OR (
+      AND (
           SELECT b.id FROM meter_event_outbox b
           WHERE b.customer = o.customer AND b.event_name = o.event_name
             AND b.state = 'in_flight' AND b.available_at - now() > interval '0'
-          LIMIT 1) IS NULL)
+          LIMIT 1) IS NULL
     FOR UPDATE OF o SKIP LOCKED
+),
+-- v2 stream: no lane exclusivity, so the walked heads themselves, if still due (planned per
+-- call, so the branch not taken is never run).
+walked AS MATERIALIZED (
+    SELECT w.id, w.first_attempt_at
+    FROM (SELECT DISTINCT id FROM unnest(CAST(:ids AS bigint[])) AS u(id)) c
+    CROSS JOIN LATERAL (  -- one primary-key probe per id
+        SELECT o.id, o.first_attempt_at FROM meter_event_outbox o
+        WHERE o.id = c.id AND o.state IN ('pending', 'in_flight') AND o.available_at <= now()
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED) w
+    WHERE NOT CAST(:exclusive AS boolean)
 ),
 filled AS MATERIALIZED (
     SELECT o.id, o.first_attempt_at
@@ -87,13 +103,13 @@ filled AS MATERIALIZED (
     -- rows (with `available_at <= now()` a stale estimate can pick a bitmap scan and a sort
     -- of every due row).
     WHERE o.state IN ('pending', 'in_flight') AND o.available_at - now() <= interval '0'
-      AND o.id NOT IN (SELECT id FROM chosen)
+      AND o.id NOT IN (SELECT id FROM chosen UNION ALL SELECT id FROM walked)
     ORDER BY o.available_at
     LIMIT :fill
     FOR UPDATE SKIP LOCKED
 ),
 locked AS (
-    SELECT * FROM chosen UNION ALL SELECT * FROM filled
+    SELECT * FROM chosen UNION ALL SELECT * FROM walked UNION ALL SELECT * FROM filled
 )
 UPDATE meter_event_outbox o
 SET state = 'in_flight',
@@ -104,14 +120,16 @@ SET state = 'in_flight',
     updated_at = now()
 FROM locked
 WHERE o.id = locked.id
-RETURNING o.id, o.lease_token, o.identifier, o.event_name, o.customer, o.payload,
+RETURNING o.id, o.lease_token, o.identifier, o.event_name, o.customer, o.payload::text,
           o.occurred_at, o.stripe_account, o.action, o.attempts, o.key_generation,
           locked.first_attempt_at AS previous_first_attempt_at, o.first_attempt_at,
           o.accepted_at, o.created_at
 
 -- name: record_outcomes
--- Write a batch of outcomes in one statement (River's shape, `UPDATE ... FROM` a set of rows;
--- the set travels as one JSON document, which is cheaper to encode than ten parallel arrays).
+-- Write a batch of outcomes in one statement (River's shape, `UPDATE ... FROM` a set of rows).
+-- The set travels as two JSON documents (cheaper to encode than parallel arrays): the distinct
+-- decisions, and per row its id, lease token, pre-claim first attempt, key generation and the
+-- index of its decision (a stream call's rows share one).
 -- The compare-and-set on lease_token means a relay whose lease expired (and whose row another
 -- relay re-claimed) changes nothing.
 -- A cancel requested while the report was in flight: after a success the row becomes a
@@ -144,7 +162,9 @@ WITH written AS (
                  AND (u.state = 'accepted' OR (u.state = 'failed' AND u.may_have_counted)) THEN 0
             ELSE o.attempts + u.counted END,
         key_generation = o.key_generation + u.new_key,
-        first_attempt_at = u.first_attempt_at,  -- restored when no call may have counted
+        -- Restored when no call may have counted (o.first_attempt_at is what the claim set).
+        first_attempt_at = CASE WHEN u.reached THEN o.first_attempt_at
+                                ELSE u.previous_first_attempt_at END,
         last_error_code = u.code,
         last_error_message = u.message,
         stripe_request_id = coalesce(u.request_id, o.stripe_request_id),
@@ -156,11 +176,17 @@ WITH written AS (
                  AND u.state = 'failed' AND NOT u.may_have_counted THEN now()
             ELSE o.cancelled_at END,
         updated_at = now()
-    FROM jsonb_to_recordset(CAST(:batch AS jsonb))
-         AS u(id bigint, token uuid, state text, delay float8, counted int, new_key int,
-              code text, message text, request_id text, first_attempt_at timestamptz,
-              may_have_counted boolean, called boolean, action text, key_generation int,
-              http_status int, latency_ms real)
+    FROM (
+        SELECT r.id, r.token, r.previous_first_attempt_at, r.key_generation, d.*
+        FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+             AS r(id bigint, token uuid, previous_first_attempt_at timestamptz,
+                  key_generation int, decision int)
+        JOIN jsonb_to_recordset(CAST(:decisions AS jsonb))
+             AS d(n int, state text, delay float8, counted int, new_key int, code text, message text,
+                  request_id text, reached boolean, may_have_counted boolean, called boolean,
+                  action text, http_status int, latency_ms real)
+          ON d.n = r.decision
+    ) u
     WHERE o.id = u.id AND o.lease_token = u.token
     -- o.* here are the values just written; the sent action and key come from the claim.
     RETURNING o.id, o.attempts, o.state, u.called, u.action, u.key_generation, u.http_status,

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote_plus
 
 import aiohttp
+import orjson
 import stripe
 from yarl import URL
 
@@ -81,8 +82,37 @@ def rfc3339_ms(when: datetime) -> str:
 
 
 def stream_body(rows: Iterable[Claimed]) -> bytes:
-    """The v2 stream request as the SDK serialises it (`json.dumps` defaults, ASCII)."""
-    return json.dumps({"events": [stream_event(row) for row in rows]}).encode()
+    """The v2 stream request as the SDK serialises it (`json.dumps` defaults, ASCII).
+
+    Spliced from pieces already in that form instead of building dicts for `json.dumps`
+    (about 3 us per event): the payload as PostgreSQL prints the jsonb, identifiers and event
+    names quoted as they are. Each piece is used only when it is plain printable ASCII, where
+    PostgreSQL's text form and `json.dumps` agree byte for byte (same separators, same escapes
+    of quote and backslash); anything else goes through `json.dumps`.
+    """
+    return ('{"events": [' + ", ".join([_event_json(row) for row in rows]) + "]}").encode()
+
+
+def _event_json(row: Claimed) -> str:
+    return '{"event_name": %s, "payload": %s, "identifier": %s, "timestamp": "%s"}' % (  # noqa: UP031
+        _json_string(row.event_name),
+        _json_payload(row.payload_json),
+        _json_string(row.identifier),
+        rfc3339_ms(row.occurred_at),
+    )
+
+
+def _json_string(text: str) -> str:
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return '"' + text + '"'
+    return json.dumps(text)
+
+
+def _json_payload(text: str) -> str:
+    """PostgreSQL prints non-ASCII and DEL raw where `json.dumps` escapes them."""
+    if text.isascii() and text.isprintable():
+        return text
+    return json.dumps(orjson.loads(text))
 
 
 def client_headers(api_mode: str) -> dict[str, str]:

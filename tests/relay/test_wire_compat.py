@@ -10,6 +10,7 @@ match.
 """
 
 import json
+import random
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -17,12 +18,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import psycopg
 import pytest
 from aiohttp import web
 
 from relay.classify import Classified
 from relay.rows import Claimed
 from relay.sender import StripeSender
+from relay.wire import stream_body, stream_event
 
 IGNORED = {"host", "content-length", "x-stripe-client-telemetry"}
 RANDOM_KEY = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -93,7 +96,7 @@ def claimed(
         identifier=identifier,
         event_name="api_calls",
         customer=payload.get("stripe_customer_id", "cus_1"),
-        payload=payload,
+        payload_json=json.dumps(payload, ensure_ascii=False),  # as PostgreSQL prints jsonb
         occurred_at=occurred_at,
         stripe_account=account,
         action="report",
@@ -126,6 +129,11 @@ ROWS = [
         datetime(1999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
         account=None,
         generation=2,
+    ),
+    claimed(  # pieces the v2 body cannot splice as they are: quote, backslash, DEL, control
+        'q"uo\\te',
+        {"stripe_customer_id": "cus_4", "value": "1", "k\x7f": 'tab\tnl\n"\\\x01'},
+        datetime(2026, 6, 1, tzinfo=UTC),
     ),
     claimed(
         "gen-1-acct",
@@ -256,3 +264,26 @@ async def test_no_answer_classifies_the_same() -> None:
     (by_sdk,) = await send_all(base, "sdk", ROWS[:1], stream=False)
     (by_lean,) = await send_all(base, "lean", ROWS[:1], stream=False)
     assert (by_lean.verdict, by_lean.code) == (by_sdk.verdict, by_sdk.code)
+
+
+TRICKY = ["a", "Z", "0", " ", '"', "\\", "/", "\x7f", "\x01", "\n", "\t", "é", "😀", "\u2028", "<"]
+
+
+def test_stream_body_spliced_from_postgresql_text_is_json_dumps(db: psycopg.Connection) -> None:
+    """The v2 body splices the payload as PostgreSQL prints the jsonb (relay/wire.py): for
+    every payload the table can hold, it must be what `json.dumps` writes for the SDK."""
+    rnd = random.Random(7)
+
+    def text(n: int) -> str:
+        return "".join(rnd.choice(TRICKY) for _ in range(rnd.randint(0, n)))
+
+    printable = [chr(c) for c in range(0x20, 0x7F)]
+    for _ in range(300):
+        payload = {text(6) or "k": text(10) for _ in range(rnd.randint(0, 4))}
+        (printed,) = db.execute("SELECT CAST(%s AS jsonb)::text", [json.dumps(payload)]).fetchone()
+        identifier = "".join(rnd.choice(printable) for _ in range(12))
+        row = claimed(identifier, {}, datetime(2026, 1, 1, tzinfo=UTC))._replace(
+            payload_json=printed, event_name=identifier[::-1]
+        )
+        sdk = json.dumps({"events": [stream_event(row)]}).encode()
+        assert stream_body([row]) == sdk

@@ -1,5 +1,6 @@
 """Claimed rows built in memory for the unit tests (no database)."""
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,7 +17,7 @@ def claimed(**overrides: Any) -> Claimed:
         "identifier": "u1",
         "event_name": "api_calls",
         "customer": "cus_1",
-        "payload": {"stripe_customer_id": "cus_1", "value": "1"},
+        "payload_json": '{"value": "1", "stripe_customer_id": "cus_1"}',
         "occurred_at": NOW - timedelta(minutes=1),
         "stripe_account": None,
         "action": "report",
@@ -27,5 +28,7 @@ def claimed(**overrides: Any) -> Claimed:
         "accepted_at": None,
         "created_at": NOW - timedelta(minutes=1),
     }
+    if "payload" in overrides:  # a dict, stored as PostgreSQL prints it (non-ASCII raw)
+        overrides["payload_json"] = json.dumps(overrides.pop("payload"), ensure_ascii=False)
     values.update(overrides)
     return Claimed(**values)

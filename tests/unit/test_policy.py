@@ -1,11 +1,13 @@
-"""decide() and local_refusal(): the row's next state, without Stripe or PostgreSQL."""
+"""decide(), local_refusal() and its per-call form Refusals: the row's next state, without
+Stripe or PostgreSQL."""
 
 from datetime import timedelta
 
 import pytest
 
+from outbox import rules
 from relay.classify import Classified, Verdict, for_answer
-from relay.policy import decide, local_refusal
+from relay.policy import CLOCK_MARGIN, Refusals, decide, local_refusal
 from tests.unit.rows import NOW, claimed
 
 WINDOW = timedelta(hours=20)
@@ -43,7 +45,7 @@ def test_each_answer(answer: str, state: str, counted: int, new_key: int, reache
     assert (outcome.state, outcome.counted, outcome.new_key) == (state, counted, new_key)
     assert (outcome.http_status, outcome.called) == (500, True)
     # Only a call that may have counted the event keeps the dedup clock running.
-    assert (outcome.first_attempt_at == NOW) is reached
+    assert outcome.reached_stripe is reached
     assert outcome.may_have_counted is (state == "failed" and reached)
 
 
@@ -115,8 +117,28 @@ def test_a_cancel_after_stripes_24_hours_is_refused() -> None:
 
 
 def test_uncounted_outcomes_restore_the_first_attempt_time() -> None:
+    """`record_outcomes` keeps the claim's first attempt only for calls that reached Stripe."""
     row = claimed(previous_first_attempt_at=None)
-    auth = decide(row, for_answer("auth", "http_401"), 25, 1.0)
-    assert auth.first_attempt_at is None
-    sent = decide(row, for_answer("no_answer"), 25, 1.0)
-    assert sent.first_attempt_at == NOW
+    assert not decide(row, for_answer("auth", "http_401"), 25, 1.0).reached_stripe
+    assert decide(row, for_answer("no_answer"), 25, 1.0).reached_stripe
+
+
+TICK = timedelta(microseconds=1)
+
+
+def test_refusals_of_a_call_agree_with_local_refusal_at_every_boundary() -> None:
+    """The per-call fast path (bounds computed once) refuses exactly what the rule refuses."""
+    refusals = Refusals(NOW, WINDOW)
+    earliest, latest = rules.window_bounds(NOW, CLOCK_MARGIN)
+    cutoff = NOW - WINDOW
+    cases = [
+        claimed(occurred_at=at, previous_first_attempt_at=first, action=action, accepted_at=acc)
+        for at in (earliest - TICK, earliest, NOW, latest, latest + TICK)
+        for first in (None, cutoff - TICK, cutoff, NOW)
+        for action in ("report", "cancel")
+        for acc in (None, NOW - timedelta(hours=25))
+    ]
+    for row in cases:
+        assert refusals.check(row) == local_refusal(row, NOW, WINDOW), row
+    # Sent: reports inside both bounds and the dedup window; cancels not past 24 h.
+    assert sum(refusals.check(r) is None for r in cases) == 18 + 20

@@ -68,7 +68,7 @@ def _claimed(occurred_at: datetime) -> Claimed:
         identifier="i",
         event_name="e",
         customer="cus_1",
-        payload={},
+        payload_json="{}",
         occurred_at=occurred_at,
         stripe_account=None,
         action="report",
