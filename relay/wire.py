@@ -5,7 +5,7 @@ sessions, adjustments, probes and webhook event fetches stay on the stripe SDK (
 Why: the SDK spends ~0.4 ms of CPU per call around the HTTP request (header assembly, its
 generic form encoder, log formatting, parsing the answer into StripeObjects the relay never
 reads), which capped v1 at ~1,500 calls/s on a core. These calls need none of it, nor
-aiohttp's per-request machinery (~90 µs a call, see relay/http1.py).
+aiohttp's per-request machinery (~80 µs a call, see relay/http1.py).
 
 The requests are the SDK's, byte for byte (tests/relay/test_wire_compat.py compares them):
 same method, path, body encoding and headers: Authorization, Idempotency-Key (v1: the row's
