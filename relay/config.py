@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     stripe_api_mode: Literal["v1", "v2-stream"] = "v1"
     stripe_client: Literal["lean", "sdk"] = Field(
         default="lean",
-        description="lean: meter events on raw aiohttp (relay/wire.py); sdk: the stripe SDK",
+        description="lean: meter events on a minimal HTTP/1.1 client (relay/wire.py); sdk: the SDK",
     )
 
     rate_limit: float | None = Field(

@@ -8,6 +8,7 @@ RELAY_EXTRA = {
     "aiohttp",
     "alembic",
     "click",
+    "httptools",
     "orjson",
     "prometheus_client",
     "psycopg_pool",

@@ -1,13 +1,14 @@
 """Calls to Stripe: meter events (v1 and the v2 stream) and cancellations.
 
 The two hot calls (a v1 meter event, a v2 stream batch) go through the lean client in
-relay/wire.py by default (`OUTBOX_STRIPE_CLIENT=lean`); `sdk` sends them through the stripe
-SDK like everything else (sessions, adjustments, probes), to compare the two.
+relay/wire.py by default (`OUTBOX_STRIPE_CLIENT=lean`), on its own keep-alive client
+(relay/http1.py); `sdk` sends them through the stripe SDK like everything else (sessions,
+adjustments, probes), to compare the two.
 
 The SDK's own retries are off (`max_network_retries=0`): the relay owns retries, because only
 it knows when the idempotency key must stay the same and when it must move on. The SDK runs on
-aiohttp, sharing the lean client's session: its default async client (httpx) cannot reach
-Stripe's 1,000 calls/s.
+aiohttp: its default async client (httpx) cannot reach Stripe's 1,000 calls/s. Both clients
+verify TLS with one SSL context and are bounded by the same `max_connections`.
 """
 
 import asyncio
@@ -21,6 +22,7 @@ import stripe
 from stripe._base_address import BaseAddresses  # the type StripeClient's signature names
 from stripe.params.billing import MeterEventAdjustmentCreateParams, MeterEventCreateParams
 
+from relay import http1
 from relay.classify import Answer, Classified, Verdict, classify, classify_error
 from relay.rows import Claimed
 from relay.wire import Wire, answer_of_failure, stream_event
@@ -46,13 +48,10 @@ class StripeSender:
         client: str = "lean",
     ) -> None:
         # aiohttp's default pool holds 100 connections: at 150 ms per call that alone caps the
-        # relay at ~660 calls/s, so the pool is sized to the relay's concurrency. Must be
+        # relay at ~660 calls/s, so the pools are sized to the relay's concurrency. Must be
         # created inside the running event loop.
-        connector = aiohttp.TCPConnector(
-            limit=max_connections,
-            ssl=ssl.create_default_context(cafile=stripe.ca_bundle_path),
-        )
-        # One session (and pool) for the SDK and the lean client.
+        ssl_context = ssl.create_default_context(cafile=stripe.ca_bundle_path)
+        connector = aiohttp.TCPConnector(limit=max_connections, ssl=ssl_context)
         self._session_http = aiohttp.ClientSession(connector=connector)
         self._http = stripe.AIOHTTPClient(timeout=timeout, session=self._session_http)
         self.client = stripe.StripeClient(
@@ -61,9 +60,8 @@ class StripeSender:
             max_network_retries=0,
             http_client=self._http,
         )
-        self._wire = (
-            Wire(self._session_http, api_key, api_base, timeout) if client == "lean" else None
-        )
+        self._lean = http1.Client(max_connections, ssl_context) if client == "lean" else None
+        self._wire = Wire(self._lean, api_key, api_base, timeout) if self._lean else None
         # One meter event session per (connected) account: token and its renewal time.
         self._sessions: dict[str | None, tuple[str, datetime]] = {}
         self._session_lock = asyncio.Lock()
@@ -180,8 +178,11 @@ class StripeSender:
         return options
 
     async def close(self) -> None:
-        """Close the shared aiohttp session (it warns about an unclosed session otherwise)."""
+        """Close the SDK's aiohttp session (it warns about an unclosed session otherwise) and
+        the lean client's connections."""
         await self._session_http.close()
+        if self._lean is not None:
+            await self._lean.close()
 
 
 def _ms(started: float) -> float:

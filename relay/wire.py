@@ -1,18 +1,20 @@
-"""The two hot Stripe calls on raw aiohttp: `POST /v1/billing/meter_events` and
-`POST /v2/billing/meter_event_stream`. Nothing else: sessions, adjustments, probes and webhook
-event fetches stay on the stripe SDK.
+"""The two hot Stripe calls on relay/http1.py's keep-alive client:
+`POST /v1/billing/meter_events` and `POST /v2/billing/meter_event_stream`. Nothing else:
+sessions, adjustments, probes and webhook event fetches stay on the stripe SDK (on aiohttp).
 
 Why: the SDK spends ~0.4 ms of CPU per call around the HTTP request (header assembly, its
 generic form encoder, log formatting, parsing the answer into StripeObjects the relay never
-reads), which capped v1 at ~1,500 calls/s on a core. These calls need none of it.
+reads), which capped v1 at ~1,500 calls/s on a core. These calls need none of it, nor
+aiohttp's per-request machinery (~80 µs a call, see relay/http1.py).
 
 The requests are the SDK's, byte for byte (tests/relay/test_wire_compat.py compares them):
 same method, path, body encoding and headers: Authorization, Idempotency-Key (v1: the row's
 key; v2: a fresh random key per call, as the SDK sends on every POST), Stripe-Version (the
 SDK's pinned version), Stripe-Account when set, Content-Type, User-Agent and
-X-Stripe-Client-User-Agent (built once, the SDK's values). Not sent: X-Stripe-Client-Telemetry,
-the SDK's optional report of the previous call's duration, which is analytics only and would
-be shared mutable state across concurrent calls.
+X-Stripe-Client-User-Agent (the SDK's values, `"httplib": "aiohttp"` included), and aiohttp's
+own Accept and Accept-Encoding. The constant ones are encoded once per Wire. Not sent:
+X-Stripe-Client-Telemetry, the SDK's optional report of the previous call's duration, which
+is analytics only and would be shared mutable state across concurrent calls.
 
 Answers come back as `classify.Answer`, the view the one classification table reads.
 """
@@ -22,14 +24,13 @@ import os
 import platform
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import quote_plus
 
-import aiohttp
 import orjson
 import stripe
-from yarl import URL
 
+from relay import http1
 from relay.classify import Answer
 from relay.rows import Claimed
 
@@ -144,10 +145,9 @@ def _telemetry_id() -> str | None:
     return get_telemetry_id()
 
 
-def answer_of_response(status: int, headers: Any, body: bytes) -> Answer:
+def answer_of_response(status: int, request_id: str | None, body: bytes) -> Answer:
     """The table's view of an HTTP answer: a 2xx is accepted; otherwise the `error` object
     of the body (type, code, message), read as the SDK reads it."""
-    request_id = headers.get("Request-Id")
     if 200 <= status < 300:
         return Answer(status, request_id=request_id)
     try:
@@ -167,59 +167,54 @@ def answer_of_failure(err: BaseException) -> Answer:
 
 
 class Wire:
-    """Sends the two hot calls on a shared aiohttp session (the SDK's session too)."""
+    """Sends the two hot calls on the lean client's keep-alive pools."""
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        http: http1.Client,
         api_key: str,
         api_base: str | None = None,
         timeout: float = 10.0,
     ) -> None:
         base = api_base.rstrip("/") if api_base else None
-        # Parsed once: aiohttp would parse a string URL on every call.
-        self._v1_url = URL((base or stripe.DEFAULT_API_BASE) + V1_METER_EVENTS)
-        self._v2_url = URL((base or stripe.DEFAULT_METER_EVENTS_API_BASE) + V2_METER_EVENT_STREAM)
-        self._session = session
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._http = http
+        self._timeout = timeout
         version = {"Stripe-Version": stripe.api_version}
-        self._v1_headers = {
-            **client_headers("v1"),
-            "Authorization": f"Bearer {api_key}",
-            "Content-Type": "application/x-www-form-urlencoded",
-            **version,
-        }
-        self._v2_headers = {
-            **client_headers("v2"),
-            "Content-Type": "application/json",
-            **version,
-        }
+        self._v1 = http1.Endpoint(
+            "POST",
+            (base or stripe.DEFAULT_API_BASE) + V1_METER_EVENTS,
+            {
+                **client_headers("v1"),
+                "Authorization": f"Bearer {api_key}",
+                "Content-Type": "application/x-www-form-urlencoded",
+                **version,
+            },
+        )
+        self._v2 = http1.Endpoint(
+            "POST",
+            (base or stripe.DEFAULT_METER_EVENTS_API_BASE) + V2_METER_EVENT_STREAM,
+            {**client_headers("v2"), "Content-Type": "application/json", **version},
+        )
 
     async def meter_event(self, row: Claimed) -> Answer:
         """`POST /v1/billing/meter_events` for one row, under the row's idempotency key."""
-        headers = {**self._v1_headers, "Idempotency-Key": row.idempotency_key}
+        headers = {"Idempotency-Key": row.idempotency_key}
         if row.stripe_account:
             headers["Stripe-Account"] = row.stripe_account
-        return await self._post(self._v1_url, headers, form_body(row))
+        return await self._post(self._v1, headers, form_body(row))
 
     async def meter_event_stream(self, token: str, rows: list[Claimed]) -> Answer:
         """`POST /v2/billing/meter_event_stream` with a session token (it names the account)."""
-        headers = {
-            **self._v2_headers,
-            "Authorization": f"Bearer {token}",
-            "Idempotency-Key": _random_key(),
-        }
-        return await self._post(self._v2_url, headers, stream_body(rows))
+        headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": _random_key()}
+        return await self._post(self._v2, headers, stream_body(rows))
 
-    async def _post(self, url: URL, headers: dict[str, str], body: bytes) -> Answer:
+    async def _post(self, endpoint: http1.Endpoint, headers: dict[str, str], body: bytes) -> Answer:
         try:
-            async with self._session.post(
-                url, data=body, headers=headers, timeout=self._timeout
-            ) as response:
-                content = await response.read()
-                return answer_of_response(response.status, response.headers, content)
-        except (TimeoutError, OSError, aiohttp.ClientError) as err:
+            response = await self._http.send(endpoint, headers, body, self._timeout)
+        except (TimeoutError, OSError, http1.ResponseError) as err:
             return answer_of_failure(err)
+        request_id = response.headers.get("request-id")
+        return answer_of_response(response.status, request_id, response.body)
 
 
 def _random_key() -> str:

@@ -40,20 +40,20 @@ def test_stream_body_is_ascii_json_with_utc_millisecond_stamps() -> None:
 
 def test_answer_reads_the_error_object() -> None:
     body = b'{"error": {"type": "invalid_request_error", "code": "rate_limit", "message": "slow"}}'
-    answer = answer_of_response(400, {"Request-Id": "req_1"}, body)
+    answer = answer_of_response(400, "req_1", body)
     assert answer == Answer(400, "invalid_request_error", "rate_limit", "slow", "req_1")
     assert classify(answer).verdict is Verdict.RETRY_SLOWER
 
 
 def test_unreadable_error_body_still_classifies_by_status() -> None:
-    answer = answer_of_response(502, {}, b"<html>bad gateway</html>")
+    answer = answer_of_response(502, None, b"<html>bad gateway</html>")
     assert answer.status == 502 and answer.code is None
     assert "bad gateway" in (answer.message or "")
     assert classify(answer).verdict is Verdict.RETRY_NEW_KEY
 
 
 def test_success_keeps_only_the_request_id() -> None:
-    result = classify(answer_of_response(200, {"Request-Id": "req_9"}, b"{}"))
+    result = classify(answer_of_response(200, "req_9", b"{}"))
     assert (result.verdict, result.request_id) == (Verdict.ACCEPTED, "req_9")
 
 
