@@ -44,57 +44,37 @@ SELECT (SELECT coalesce(array_agg(id), '{}') FROM walk WHERE taken) AS ids, w.fo
 FROM walk w WHERE w.depth > 0 ORDER BY w.depth DESC LIMIT 1
 
 -- name: claim
--- The claim: one short transaction. With :exclusive (v1), for each lane the walk chose, take the
--- lane's head again in this statement's fresh snapshot (a row committed since the walk may have
--- become the head; two walks may have chosen the same lane), check it is due and that the lane
--- has no call in flight, and lock it (SKIP LOCKED: another relay may be claiming the same head).
--- Without (v2 stream: lanes need no exclusivity), lock the walked heads themselves if still due:
--- a primary-key probe per row instead of a lane lookup, and a head that changed since the walk
--- is simply taken on the next pass.
+-- The claim: one short transaction. Lock the heads the walk chose (one per lane) if they are
+-- still due, in this statement's fresh snapshot (SKIP LOCKED: another relay may be claiming the same head; one
+-- primary-key probe each). A head another relay (or another of our claims) took since the walk
+-- is in flight now, not due, and is left out, so the walk's lane check (v1: no call in flight
+-- in the lane) still holds: a lane's row is leased only while it is that lane's head, and two
+-- relays contend for that one row. A head that changed since the walk is taken on the next
+-- pass. Rarely, a row committed with an earlier available_at between a walk and its claim
+-- becomes a second head; in v1 Stripe then answers 409 and that row retries (same key, attempt
+-- not counted): a conflict costs a retry, never a double count.
 -- With :fill, top the batch up with the oldest other due rows (v2 stream, where lanes need no
 -- exclusivity: the walk gives every lane a row per pass, the fill keeps a single-tenant backlog
 -- flowing). Then lease them: in_flight, a fresh lease token, a deadline, RETURNING what the
 -- sender needs.
--- Every relay picks the same head row of a lane, so racing relays contend for that one row and
--- the re-checks let one win. Rarely, a row committed with an earlier available_at between two
--- racing claims becomes a second head; Stripe then answers 409 and that row retries (same key,
--- attempt not counted): a conflict costs a retry, never a double count.
-WITH lanes AS MATERIALIZED (
-    SELECT DISTINCT l.customer, l.event_name
-    FROM unnest(CAST(:ids AS bigint[])) AS c(id)
-    CROSS JOIN LATERAL (  -- LIMIT: one primary-key probe per id, never a hash of the table
-        SELECT o.customer, o.event_name FROM meter_event_outbox o WHERE o.id = c.id LIMIT 1) l
-    WHERE CAST(:exclusive AS boolean)
+WITH heads AS MATERIALIZED (
+    -- One walked row per lane, the oldest: a walk that wrapped around within one pass may name
+    -- a lane twice, with a row committed in between as its new head.
+    SELECT DISTINCT ON (r.customer, r.event_name) r.id
+    FROM unnest(CAST(:ids AS bigint[])) AS u(id)
+    CROSS JOIN LATERAL (  -- one primary-key probe per id, never a hash of the table
+        SELECT o.id, o.customer, o.event_name, o.available_at
+        FROM meter_event_outbox o WHERE o.id = u.id LIMIT 1) r
+    ORDER BY r.customer, r.event_name, r.available_at, r.id
 ),
 chosen AS MATERIALIZED (
-    SELECT o.id, o.first_attempt_at
-    FROM lanes l
-    CROSS JOIN LATERAL (
-        SELECT h.id FROM meter_event_outbox h
-        WHERE h.customer = l.customer AND h.event_name = l.event_name
-          AND h.state IN ('pending', 'in_flight')
-        ORDER BY h.available_at, h.id
-        LIMIT 1) head
-    JOIN meter_event_outbox o ON o.id = head.id
-    WHERE o.state IN ('pending', 'in_flight') AND o.available_at <= now()
-      AND (
-          SELECT b.id FROM meter_event_outbox b
-          WHERE b.customer = o.customer AND b.event_name = o.event_name
-            AND b.state = 'in_flight' AND b.available_at - now() > interval '0'
-          LIMIT 1) IS NULL
-    FOR UPDATE OF o SKIP LOCKED
-),
--- v2 stream: no lane exclusivity, so the walked heads themselves, if still due (planned per
--- call, so the branch not taken is never run).
-walked AS MATERIALIZED (
     SELECT w.id, w.first_attempt_at
-    FROM (SELECT DISTINCT id FROM unnest(CAST(:ids AS bigint[])) AS u(id)) c
-    CROSS JOIN LATERAL (  -- one primary-key probe per id
+    FROM heads h
+    CROSS JOIN LATERAL (
         SELECT o.id, o.first_attempt_at FROM meter_event_outbox o
-        WHERE o.id = c.id AND o.state IN ('pending', 'in_flight') AND o.available_at <= now()
+        WHERE o.id = h.id AND o.state IN ('pending', 'in_flight') AND o.available_at <= now()
         LIMIT 1
         FOR UPDATE SKIP LOCKED) w
-    WHERE NOT CAST(:exclusive AS boolean)
 ),
 filled AS MATERIALIZED (
     SELECT o.id, o.first_attempt_at
@@ -103,13 +83,13 @@ filled AS MATERIALIZED (
     -- rows (with `available_at <= now()` a stale estimate can pick a bitmap scan and a sort
     -- of every due row).
     WHERE o.state IN ('pending', 'in_flight') AND o.available_at - now() <= interval '0'
-      AND o.id NOT IN (SELECT id FROM chosen UNION ALL SELECT id FROM walked)
+      AND o.id NOT IN (SELECT id FROM chosen)
     ORDER BY o.available_at
     LIMIT :fill
     FOR UPDATE SKIP LOCKED
 ),
 locked AS (
-    SELECT * FROM chosen UNION ALL SELECT * FROM walked UNION ALL SELECT * FROM filled
+    SELECT * FROM chosen UNION ALL SELECT * FROM filled
 )
 UPDATE meter_event_outbox o
 SET state = 'in_flight',

@@ -23,7 +23,7 @@ def claim(conn: psycopg.Connection, relay_id: str, lease: float, n: int = 10) ->
     """The relay's two statements: the read-only walk, then the claim of what it chose."""
     store = SyncStore(conn)
     walked = store.walk(FIRST_LANE, n, exclusive=True)
-    return store.claim(walked.ids, fill=0, exclusive=True, relay_id=relay_id, lease_seconds=lease)
+    return store.claim(walked.ids, fill=0, relay_id=relay_id, lease_seconds=lease)
 
 
 def write(conn: psycopg.Connection, outcomes: list[Outcome]) -> set[int]:
@@ -90,7 +90,7 @@ def test_claim_takes_the_current_head_of_each_lane_once(database_url: str, db) -
     (b0,) = db.execute(LANE_ROW, ("b0", "cus_b", 2)).fetchone()  # older: the new head
     db.commit()
     ids = [*walked.ids, b0]  # what a second, later walk would add
-    claimed = store.claim(ids, fill=0, exclusive=True, relay_id="r", lease_seconds=30)
+    claimed = store.claim(ids, fill=0, relay_id="r", lease_seconds=30)
     db.commit()
     assert sorted(r.identifier for r in claimed) == ["a1", "b0"]  # one head per lane
 
