@@ -38,6 +38,7 @@ import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -213,6 +214,18 @@ def history_database(rows: int) -> contextlib.AbstractContextManager[str]:
 
 
 STATUS_QUERIES = ("status_counts", "oldest_due", "failures_by_code")
+# `outbox-relay list` as operators run it (100 newest rows), by filter.
+LIST_DEFAULTS: dict[str, Any] = dict.fromkeys(
+    ("state", "code", "customer", "event_name", "since"), None
+) | {"limit": 100}
+LIST_FILTERS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("(no filter)", {}),
+    ("--state failed", {"state": "failed"}),
+    ("--state pending", {"state": "pending"}),
+    ("--customer cus_1", {"customer": "cus_1"}),
+    ("--state accepted --customer cus_1", {"state": "accepted", "customer": "cus_1"}),
+    ("--since 1h", {"since": datetime.now(UTC) - timedelta(hours=1)}),
+)
 
 
 def status_timings(url: str) -> list[list[Any]]:
@@ -225,6 +238,12 @@ def status_timings(url: str) -> list[list[Any]]:
                 "EXPLAIN (ANALYZE, FORMAT JSON) " + for_psycopg(QUERIES[name])
             ).fetchone()[0]
             rows.append([name, f"{total:,}", plan[0]["Execution Time"]])
+        for label, filters in LIST_FILTERS:
+            params = {**LIST_DEFAULTS, **filters}
+            plan = conn.execute(
+                "EXPLAIN (ANALYZE, FORMAT JSON) " + for_psycopg(QUERIES["list_rows"]), params
+            ).fetchone()[0]
+            rows.append([f"list {label}", f"{total:,}", plan[0]["Execution Time"]])
     return rows
 
 
@@ -385,7 +404,7 @@ def main() -> None:
         run_rounds(plan(0.1 if args.quick else 1.0, history_url), chosen, rounds)
         if history_url:
             table(
-                "status queries with history (EXPLAIN ANALYZE; target < 50 ms)",
+                "status and list queries with history (EXPLAIN ANALYZE; target < 50 ms)",
                 ["query", "rows in table", "ms"],
                 status_timings(history_url),
             )

@@ -329,17 +329,39 @@ WHERE o.state = 'pending' AND o.last_error_code = :code
 LIMIT 1
 
 -- name: list_rows
--- `outbox-relay list`: newest first, every filter optional. A filter on a hot state reads its
--- partial index; --since reads the created_at block range index; the unfiltered case walks the
--- primary key backwards and stops at :limit.
+-- `outbox-relay list`: newest first, every filter optional. Live rows and settled rows are read
+-- apart, each newest first up to :limit, then merged: a customer's live rows come from the lane
+-- index, its settled ones from the customer history index read backwards, so a filter on one
+-- customer stays fast over millions of rows of history. A filter on a hot state reads its
+-- partial index; --since reads the created_at block range index; unfiltered, each half walks
+-- the primary key backwards and stops at :limit.
 SELECT identifier, state, action, customer, event_name, value, stripe_account, attempts,
        last_error_code, created_at, occurred_at, available_at, accepted_at, updated_at
-FROM meter_event_outbox
-WHERE (CAST(:state AS text) IS NULL OR state = :state)
-  AND (CAST(:code AS text) IS NULL OR last_error_code = :code)
-  AND (CAST(:customer AS text) IS NULL OR customer = :customer)
-  AND (CAST(:event_name AS text) IS NULL OR event_name = :event_name)
-  AND (CAST(:since AS timestamptz) IS NULL OR created_at >= :since)
+FROM (
+    (SELECT id, identifier, state, action, customer, event_name, value, stripe_account, attempts,
+           last_error_code, created_at, occurred_at, available_at, accepted_at, updated_at
+    FROM meter_event_outbox
+    WHERE state IN ('pending', 'in_flight')
+      AND (CAST(:state AS text) IS NULL OR state = :state)
+      AND (CAST(:code AS text) IS NULL OR last_error_code = :code)
+      AND (CAST(:customer AS text) IS NULL OR customer = :customer)
+      AND (CAST(:event_name AS text) IS NULL OR event_name = :event_name)
+      AND (CAST(:since AS timestamptz) IS NULL OR created_at >= :since)
+    ORDER BY id DESC
+    LIMIT :limit)
+    UNION ALL
+    (SELECT id, identifier, state, action, customer, event_name, value, stripe_account, attempts,
+           last_error_code, created_at, occurred_at, available_at, accepted_at, updated_at
+    FROM meter_event_outbox
+    WHERE state IN ('accepted', 'cancelled', 'failed', 'rejected')
+      AND (CAST(:state AS text) IS NULL OR state = :state)
+      AND (CAST(:code AS text) IS NULL OR last_error_code = :code)
+      AND (CAST(:customer AS text) IS NULL OR customer = :customer)
+      AND (CAST(:event_name AS text) IS NULL OR event_name = :event_name)
+      AND (CAST(:since AS timestamptz) IS NULL OR created_at >= :since)
+    ORDER BY id DESC
+    LIMIT :limit)
+) newest
 ORDER BY id DESC
 LIMIT :limit
 

@@ -122,6 +122,32 @@ def test_list_filters_rows_and_exits_3_when_nothing_matches(database_url, db):
     assert cli(database_url, "list", "--event-name", "nothing").returncode == 3
 
 
+def test_list_of_one_customer_merges_live_and_settled_rows_newest_first(database_url, db):
+    """Live rows and settled rows are read apart (lane index, customer history index) and
+    merged: newest first across both, and the limit applies to the merge."""
+    insert_usage(database_url, 8, customers=2)  # cus_11: u1, u3, u5, u7
+    db.execute("UPDATE meter_event_outbox SET state = 'accepted' WHERE identifier IN ('u1', 'u5')")
+    db.commit()
+    rows = SyncStore(db).list_rows(customer="cus_11", limit=3)
+    assert [(r["identifier"], r["state"]) for r in rows] == [
+        ("u7", "pending"),
+        ("u5", "accepted"),
+        ("u3", "pending"),
+    ]
+    assert [r["identifier"] for r in SyncStore(db).list_rows(state="accepted")] == ["u5", "u1"]
+    assert "id" not in rows[0]  # the merge key is not part of what `list` prints
+    db.execute("SET enable_seqscan = off")  # a tiny table: ask which index serves the history
+    plan = "\n".join(
+        line
+        for (line,) in db.execute(
+            "EXPLAIN SELECT id FROM meter_event_outbox WHERE state IN"
+            " ('accepted', 'cancelled', 'failed', 'rejected') AND customer = 'cus_11'"
+            " ORDER BY id DESC LIMIT 100"
+        )
+    )
+    assert "meter_event_outbox_customer_history" in plan
+
+
 async def test_inspect_tells_the_story_of_a_row(database_url, emulator: Emulator, settings, db):
     emulator.fail_next(1, status=503)
     insert_usage(database_url, 2, customers=2)
