@@ -16,7 +16,8 @@ Run from the repository root:  python -m bench.relay_throughput [--rounds 3] [--
 (c-history) with --history N (e.g. 10000000): (c) again, in the same rounds, on a table that
     already holds N accepted rows of history (generated once, dead tuples vacuumed; N rows take
     minutes to generate). Target: within 1.2x of (c) on the empty table. The status queries
-    (what `outbox-relay status` runs) are timed with EXPLAIN ANALYZE on that table: < 50 ms.
+    (what `outbox-relay status` runs) and `outbox-relay list` with each filter are timed with
+    EXPLAIN ANALYZE on that table: < 50 ms.
 (d) side by side with (c), in the same rounds: procrastinate (a PostgreSQL job queue) running
     no-op jobs on the same PostgreSQL server; the ratio of (c) to it.
 (e) v2-stream end to end, 10,000 customers, default settings (live key), at 0 ms (both
