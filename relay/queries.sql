@@ -329,38 +329,36 @@ WHERE o.state = 'pending' AND o.last_error_code = :code
 LIMIT 1
 
 -- name: list_rows
--- `outbox-relay list`: newest first, every filter optional. Live rows and settled rows are read
--- apart, each newest first up to :limit, then merged: a customer's live rows come from the lane
--- index, its settled ones from the customer history index read backwards, so a filter on one
--- customer stays fast over millions of rows of history. A filter on a hot state reads its
--- partial index; --since reads the created_at block range index; unfiltered, each half walks
--- the primary key backwards and stops at :limit.
+-- `outbox-relay list`: newest first, every filter optional. Planned for the values given; the
+-- branches that do not apply get LIMIT 0 and are never run (a false WHERE would still start
+-- the parallel workers of a branch planned as a parallel scan). Without --customer: a filter on a hot
+-- state reads its partial index, --since the created_at block range index, and otherwise the
+-- primary key is walked backwards until :limit rows match. With --customer, its live rows and
+-- its settled rows are read apart, each newest first up to :limit, and merged: the live ones
+-- from the lane index, the settled ones from the customer history index read backwards, so one
+-- customer stays fast over millions of rows of history. NOT MATERIALIZED: each branch is
+-- planned with the filters and its own states, so the partial indexes match.
+WITH matching AS NOT MATERIALIZED (
+    SELECT id, identifier, state, action, customer, event_name, value, stripe_account, attempts,
+           last_error_code, created_at, occurred_at, available_at, accepted_at, updated_at
+    FROM meter_event_outbox
+    WHERE (CAST(:state AS text) IS NULL OR state = :state)
+      AND (CAST(:code AS text) IS NULL OR last_error_code = :code)
+      AND (CAST(:customer AS text) IS NULL OR customer = :customer)
+      AND (CAST(:event_name AS text) IS NULL OR event_name = :event_name)
+      AND (CAST(:since AS timestamptz) IS NULL OR created_at >= :since)
+)
 SELECT identifier, state, action, customer, event_name, value, stripe_account, attempts,
        last_error_code, created_at, occurred_at, available_at, accepted_at, updated_at
 FROM (
-    (SELECT id, identifier, state, action, customer, event_name, value, stripe_account, attempts,
-           last_error_code, created_at, occurred_at, available_at, accepted_at, updated_at
-    FROM meter_event_outbox
-    WHERE state IN ('pending', 'in_flight')
-      AND (CAST(:state AS text) IS NULL OR state = :state)
-      AND (CAST(:code AS text) IS NULL OR last_error_code = :code)
-      AND (CAST(:customer AS text) IS NULL OR customer = :customer)
-      AND (CAST(:event_name AS text) IS NULL OR event_name = :event_name)
-      AND (CAST(:since AS timestamptz) IS NULL OR created_at >= :since)
-    ORDER BY id DESC
-    LIMIT :limit)
+    (SELECT * FROM matching
+     ORDER BY id DESC LIMIT CASE WHEN CAST(:customer AS text) IS NULL THEN :limit ELSE 0 END)
     UNION ALL
-    (SELECT id, identifier, state, action, customer, event_name, value, stripe_account, attempts,
-           last_error_code, created_at, occurred_at, available_at, accepted_at, updated_at
-    FROM meter_event_outbox
-    WHERE state IN ('accepted', 'cancelled', 'failed', 'rejected')
-      AND (CAST(:state AS text) IS NULL OR state = :state)
-      AND (CAST(:code AS text) IS NULL OR last_error_code = :code)
-      AND (CAST(:customer AS text) IS NULL OR customer = :customer)
-      AND (CAST(:event_name AS text) IS NULL OR event_name = :event_name)
-      AND (CAST(:since AS timestamptz) IS NULL OR created_at >= :since)
-    ORDER BY id DESC
-    LIMIT :limit)
+    (SELECT * FROM matching WHERE state IN ('pending', 'in_flight')
+     ORDER BY id DESC LIMIT CASE WHEN CAST(:customer AS text) IS NULL THEN 0 ELSE :limit END)
+    UNION ALL
+    (SELECT * FROM matching WHERE state IN ('accepted', 'cancelled', 'failed', 'rejected')
+     ORDER BY id DESC LIMIT CASE WHEN CAST(:customer AS text) IS NULL THEN 0 ELSE :limit END)
 ) newest
 ORDER BY id DESC
 LIMIT :limit

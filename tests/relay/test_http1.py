@@ -234,20 +234,25 @@ async def test_waiting_callers_are_served_in_arrival_order() -> None:
     assert server.accepted == 1
 
 
-async def test_an_idle_connection_the_server_closed_is_not_reused() -> None:
-    async def once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
-        await read_request(reader)
-        writer.write(answer(headers={"Request-Id": f"req_{n}"}))  # keep-alive, then hangs up
-
-    async with raw_server(once) as server:
+async def two_calls_across_a_hang_up(handler: Script) -> tuple[Answer, Answer]:
+    """A call, then (once the server has hung up that connection) another."""
+    async with raw_server(handler) as server:
         client = lean()
         try:
             sender = wire(client, server.base)
             first = await sender.meter_event(claimed())
             await connections_gone(client)
-            second = await sender.meter_event(claimed())
+            return first, await sender.meter_event(claimed())
         finally:
             await client.close()
+
+
+async def test_an_idle_connection_the_server_closed_is_not_reused() -> None:
+    async def once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(answer(headers={"Request-Id": f"req_{n}"}))  # keep-alive, then hangs up
+
+    first, second = await two_calls_across_a_hang_up(once)
     assert (first.request_id, second.request_id) == ("req_0", "req_1")
 
 
@@ -294,15 +299,7 @@ async def test_a_second_answer_in_the_same_read_is_not_taken_for_the_next_call()
         while await read_request(reader) is not None:
             writer.write(answer(headers={"Request-Id": f"req_{n}"}) + answer(status=500))
 
-    async with raw_server(chatty) as server:
-        client = lean()
-        try:
-            sender = wire(client, server.base)
-            first = await sender.meter_event(claimed())
-            await connections_gone(client)
-            second = await sender.meter_event(claimed())
-        finally:
-            await client.close()
+    first, second = await two_calls_across_a_hang_up(chatty)
     assert (first.status, first.request_id) == (200, "req_0")
     assert (second.status, second.request_id) == (200, "req_1")
 
