@@ -178,6 +178,7 @@ class Producer:
             rows = await self.store.claim(
                 ids,
                 fill=fill,
+                exclusive=self._exclusive,
                 relay_id=self.settings.relay_id,
                 lease_seconds=self.settings.lease_seconds,
             )

@@ -45,12 +45,13 @@ FROM walk w WHERE w.depth > 0 ORDER BY w.depth DESC LIMIT 1
 
 -- name: claim
 -- The claim: one short transaction. Lock the heads the walk chose (one per lane) if they are
--- still due, in this statement's fresh snapshot (SKIP LOCKED: another relay may be claiming the same head; one
--- primary-key probe each). A head another relay (or another of our claims) took since the walk
--- is in flight now, not due, and is left out, so the walk's lane check (v1: no call in flight
--- in the lane) still holds: a lane's row is leased only while it is that lane's head, and two
--- relays contend for that one row. A head that changed since the walk is taken on the next
--- pass. Rarely, a row committed with an earlier available_at between a walk and its claim
+-- still due in this statement's fresh snapshot (SKIP LOCKED: another relay may be claiming the
+-- same head; one primary-key probe each) and, with :exclusive (v1: one call in flight per
+-- lane), only while their lane still has no call in flight: the walk checked that, but a head
+-- can since have been claimed by another relay, failed and come back due while its lane's next
+-- row is in flight. A head another relay (or another of our claims) took since the walk is in
+-- flight now, not due, and is left out; two relays contend for that one row. A head that
+-- changed since the walk is taken on the next pass. Rarely, a row committed with an earlier available_at between a walk and its claim
 -- becomes a second head; in v1 Stripe then answers 409 and that row retries (same key, attempt
 -- not counted): a conflict costs a retry, never a double count.
 -- With :fill, top the batch up with the oldest other due rows (v2 stream, where lanes need no
@@ -73,6 +74,13 @@ chosen AS MATERIALIZED (
     CROSS JOIN LATERAL (
         SELECT o.id, o.first_attempt_at FROM meter_event_outbox o
         WHERE o.id = h.id AND o.state IN ('pending', 'in_flight') AND o.available_at <= now()
+          -- v1: the lane is still free (a correlated scalar probe, not NOT EXISTS, written so
+          -- only the lane-keyed busy index can serve it, as in the walk).
+          AND (NOT CAST(:exclusive AS boolean) OR (
+              SELECT b.id FROM meter_event_outbox b
+              WHERE b.customer = o.customer AND b.event_name = o.event_name
+                AND b.state = 'in_flight' AND b.available_at - now() > interval '0'
+              LIMIT 1) IS NULL)
         LIMIT 1
         FOR UPDATE SKIP LOCKED) w
 ),

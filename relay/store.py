@@ -136,13 +136,14 @@ def _walked(rows: list[tuple[Any, ...]]) -> Walked:
 
 
 def _claim_params(
-    ids: Sequence[int], fill: int, relay_id: str, lease_seconds: float
+    ids: Sequence[int], fill: int, exclusive: bool, relay_id: str, lease_seconds: float
 ) -> dict[str, Any]:
     return {
         # The array's text form, cast by the query: psycopg's generic list dumper spent about
         # a microsecond per id, per claimed row.
         "ids": "{" + ",".join(map(str, ids)) + "}",
         "fill": fill,
+        "exclusive": exclusive,
         "relay_id": relay_id,
         "lease_seconds": lease_seconds,
     }
@@ -240,11 +241,12 @@ class Store:
         ids: Sequence[int],
         *,
         fill: int,
+        exclusive: bool,
         relay_id: str,
         lease_seconds: float,
     ) -> list[Claimed]:
         """Lock and lease the walked heads (plus `fill` oldest due rows)."""
-        params = _claim_params(ids, fill, relay_id, lease_seconds)
+        params = _claim_params(ids, fill, exclusive, relay_id, lease_seconds)
         return [Claimed.from_row(r) for r in await self._run("claim", params)]
 
     async def record_outcomes(self, batch: Sequence[Outcome], relay_id: str) -> set[int]:
@@ -298,10 +300,11 @@ class SyncStore:
         ids: Sequence[int],
         *,
         fill: int,
+        exclusive: bool,
         relay_id: str,
         lease_seconds: float,
     ) -> list[Claimed]:
-        params = _claim_params(ids, fill, relay_id, lease_seconds)
+        params = _claim_params(ids, fill, exclusive, relay_id, lease_seconds)
         return [Claimed.from_row(r) for r in self._run("claim", params)]
 
     def record_outcomes(self, batch: Sequence[Outcome], relay_id: str) -> set[int]:

@@ -39,7 +39,9 @@ def _in_flight_with_cancel_requested(database_url: str, db) -> Claimed:
     insert_usage(database_url, 1)
     store = SyncStore(db)
     walked = store.walk(FIRST_LANE, 1, exclusive=True)
-    (claimed,) = store.claim(walked.ids, fill=0, relay_id="test-relay", lease_seconds=30)
+    (claimed,) = store.claim(
+        walked.ids, fill=0, exclusive=True, relay_id="test-relay", lease_seconds=30
+    )
     assert outbox.cancel_usage(db, identifier="u1").state == "in_flight"
     return claimed
 

@@ -24,7 +24,7 @@ def claim(conn: psycopg.Connection, relay_id: str, lease: float, n: int = 10) ->
     """The relay's two statements: the read-only walk, then the claim of what it chose."""
     store = SyncStore(conn)
     walked = store.walk(FIRST_LANE, n, exclusive=True)
-    return store.claim(walked.ids, fill=0, relay_id=relay_id, lease_seconds=lease)
+    return store.claim(walked.ids, fill=0, exclusive=True, relay_id=relay_id, lease_seconds=lease)
 
 
 def test_one_row_in_flight_per_lane_across_claims(database_url: str, db) -> None:

@@ -23,7 +23,7 @@ def claim(conn: psycopg.Connection, relay_id: str, lease: float, n: int = 10) ->
     """The relay's two statements: the read-only walk, then the claim of what it chose."""
     store = SyncStore(conn)
     walked = store.walk(FIRST_LANE, n, exclusive=True)
-    return store.claim(walked.ids, fill=0, relay_id=relay_id, lease_seconds=lease)
+    return store.claim(walked.ids, fill=0, exclusive=True, relay_id=relay_id, lease_seconds=lease)
 
 
 def write(conn: psycopg.Connection, outcomes: list[Outcome]) -> set[int]:
@@ -90,9 +90,30 @@ def test_claim_takes_the_current_head_of_each_lane_once(database_url: str, db) -
     (b0,) = db.execute(LANE_ROW, ("b0", "cus_b", 2)).fetchone()  # older: the new head
     db.commit()
     ids = [*walked.ids, b0]  # what a second, later walk would add
-    claimed = store.claim(ids, fill=0, relay_id="r", lease_seconds=30)
+    claimed = store.claim(ids, fill=0, exclusive=True, relay_id="r", lease_seconds=30)
     db.commit()
     assert sorted(r.identifier for r in claimed) == ["a1", "b0"]  # one head per lane
+
+
+def test_a_stale_claim_leaves_a_head_whose_lane_got_busy(database_url: str, db) -> None:
+    """v1: relay A walks and picks u1; before A's claim runs, relay B claims u1, its call fails
+    with a short retry delay, and B claims u2. A's late claim must not lease u1 (due again):
+    its lane has a call in flight."""
+    insert_usage(database_url, 3)  # one lane: u1, u2, u3
+    store = SyncStore(db)
+    walked_by_a = store.walk(FIRST_LANE, 10, exclusive=True)
+    (u1,) = claim(db, "relay-b", lease=30)
+    assert u1.id in walked_by_a.ids
+    retry_now = Outcome(u1, "pending", counted=1, new_key=1, code="server_error", called=True)
+    assert write(db, [retry_now]) == {u1.id}
+    (u2,) = claim(db, "relay-b", lease=30)
+    assert u2.identifier == "u2"
+    late = store.claim(
+        walked_by_a.ids, fill=0, exclusive=True, relay_id="relay-a", lease_seconds=30
+    )
+    assert late == []
+    in_flight = db.execute("SELECT identifier FROM meter_event_outbox WHERE state = 'in_flight'")
+    assert [r for (r,) in in_flight] == ["u2"]
 
 
 def test_lease_token_is_required_for_in_flight(db) -> None:
