@@ -107,6 +107,7 @@ class _Connection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._headers_done = False
         self.reusable = False
+        self._aborted = False
         self.closed: asyncio.Future[None] = loop.create_future()
 
     def exchange(self, request: bytes) -> "asyncio.Future[Response]":
@@ -123,6 +124,7 @@ class _Connection(asyncio.Protocol):
         the pool is closing and nothing is owed to the server. An answer still awaited fails
         (were it delimited by the close, what came so far would pass for all of it)."""
         self.reusable = False
+        self._aborted = True  # until asyncio reports it lost, a late answer must not revive it
         self._fail(ResponseError("connection closed by the client before the response"))
         if self._transport is not None:
             self._transport.abort()
@@ -174,7 +176,7 @@ class _Connection(asyncio.Protocol):
             self._reset()
             return
         keep_alive = parser.should_keep_alive() and parser.get_http_version() == "1.1"
-        self.reusable = keep_alive and self._transport is not None
+        self.reusable = keep_alive and self._transport is not None and not self._aborted
         self._complete()
 
     def _reset(self) -> None:

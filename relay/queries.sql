@@ -65,7 +65,8 @@ WITH heads AS MATERIALIZED (
     FROM unnest(CAST(:ids AS bigint[])) AS u(id)
     CROSS JOIN LATERAL (  -- one primary-key probe per id, never a hash of the table
         SELECT o.id, o.customer, o.event_name, o.available_at
-        FROM meter_event_outbox o WHERE o.id = u.id LIMIT 1) r
+        FROM meter_event_outbox o
+        WHERE o.id = u.id AND o.state IN ('pending', 'in_flight') LIMIT 1) r
     ORDER BY r.customer, r.event_name, r.available_at, r.id
 ),
 chosen AS MATERIALIZED (

@@ -304,6 +304,24 @@ async def test_a_second_answer_in_the_same_read_is_not_taken_for_the_next_call()
     assert (second.status, second.request_id) == (200, "req_1")
 
 
+async def test_a_connection_aborted_for_an_unsolicited_answer_is_never_pooled() -> None:
+    """The unsolicited answer aborts the connection; its end must not mark it reusable again
+    in the moment before asyncio reports it lost."""
+
+    async def chatty(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while await read_request(reader) is not None:
+            writer.write(answer(headers={"Request-Id": f"req_{n}"}) + answer(status=500))
+
+    async with raw_server(chatty) as server:
+        client = lean()
+        try:
+            first = await wire(client, server.base).meter_event(claimed())
+            idle = [conn for pool in client._pools.values() for conn in pool._idle]
+            assert first.request_id == "req_0" and not any(conn.reusable for conn in idle)
+        finally:
+            await client.close()
+
+
 # Bodies
 
 

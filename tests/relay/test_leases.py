@@ -95,6 +95,17 @@ def test_claim_takes_the_current_head_of_each_lane_once(database_url: str, db) -
     assert sorted(r.identifier for r in claimed) == ["a1", "b0"]  # one head per lane
 
 
+def test_a_walked_head_settled_since_does_not_cost_its_lane_the_pass(database_url: str, db) -> None:
+    """A wrapped walk names a lane twice: its old head (settled since the walk) and the new
+    one. The lane's live row is claimed, not nothing."""
+    (b1,) = db.execute(LANE_ROW, ("b1", "cus_b", 2)).fetchone()
+    (b2,) = db.execute(LANE_ROW, ("b2", "cus_b", 1)).fetchone()
+    db.execute("UPDATE meter_event_outbox SET state = 'accepted' WHERE id = %s", (b1,))
+    db.commit()
+    claimed = SyncStore(db).claim([b1, b2], fill=0, exclusive=True, relay_id="r", lease_seconds=30)
+    assert [r.identifier for r in claimed] == ["b2"]
+
+
 def test_a_stale_claim_leaves_a_head_whose_lane_got_busy(database_url: str, db) -> None:
     """v1: relay A walks and picks u1; before A's claim runs, relay B claims u1, its call fails
     with a short retry delay, and B claims u2. A's late claim must not lease u1 (due again):
