@@ -20,18 +20,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import psycopg
-from sqlalchemy.engine import make_url
 
-from outbox.dburl import psycopg_url
+from outbox.dburl import psycopg_url, with_database
 from relay import migrate
 
 ADMIN_URL = os.environ.get("OUTBOX_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def with_database(url: str, name: str) -> str:
-    """The same server URL pointing at another database."""
-    rendered = make_url(psycopg_url(url)).set(database=name)
-    return rendered.render_as_string(hide_password=False)
 
 
 def admin_execute(url: str, *statements: str) -> None:

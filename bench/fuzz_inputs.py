@@ -8,37 +8,14 @@ crashes and disagreements (both must be 0). The suite runs the same check bounde
 """
 
 import argparse
-import contextlib
-import os
 import time
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 
 import psycopg
 from hypothesis import HealthCheck, Phase, given, settings
-from sqlalchemy.engine import make_url
 
+from bench.common import ADMIN_URL, scratch_database
 from bench.usage_inputs import ACCEPTED, FACTS, Fact, judge
-from outbox.dburl import psycopg_url
-from relay import migrate
-
-ADMIN_URL = os.environ.get("OUTBOX_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-@contextlib.contextmanager
-def scratch_database(admin_url: str) -> Iterator[str]:
-    """A migrated database of its own, dropped at the end."""
-    name = f"fuzz_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(psycopg_url(admin_url), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = make_url(psycopg_url(admin_url)).set(database=name).render_as_string(hide_password=False)
-    try:
-        migrate.upgrade(url)
-        yield url
-    finally:
-        with psycopg.connect(psycopg_url(admin_url), autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def run(url: str, examples: int) -> tuple[Counter[str], list[str]]:

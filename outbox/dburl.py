@@ -6,6 +6,7 @@ driver spelled out and psycopg needs it absent.
 
 import os
 import re
+from urllib.parse import quote, urlsplit, urlunsplit
 
 ENV_VAR = "OUTBOX_DATABASE_URL"
 
@@ -42,6 +43,13 @@ def psycopg_url(url: str) -> str:
     """The URL without a driver suffix, for psycopg.connect()."""
     _, rest = _split_scheme(url)
     return f"postgresql://{rest}"
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server (user, password, host, parameters) with database `name`: tests and
+    benchmarks make scratch databases next to the one they were given."""
+    parts = urlsplit(psycopg_url(url))
+    return urlunsplit(parts._replace(path="/" + quote(name, safe="")))
 
 
 def redact(url: str) -> str:

@@ -17,8 +17,9 @@ QUERIES = load("relay", "queries.sql")
 
 
 async def _configure(conn: AsyncConnection[TupleRow]) -> None:
-    """Autocommit (every statement its own short transaction) and orjson for jsonb columns
-    (every claimed row carries its payload: the json module was a visible share of the CPU)."""
+    """Autocommit (every statement its own short transaction) and orjson for the jsonb columns
+    still read as jsonb (the console, `inspect`, webhooks); the hot claim reads the payload as
+    text (relay/wire.py splices it)."""
     await conn.set_autocommit(True)
     set_json_loads(orjson.loads, conn)
 

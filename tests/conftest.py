@@ -5,8 +5,9 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from outbox.dburl import with_database
 from relay import migrate
-from tests.pg import admin_execute, server, unique_name, with_database
+from tests.pg import admin_execute, server, unique_name
 
 
 @pytest.fixture(scope="session")

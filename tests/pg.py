@@ -13,15 +13,8 @@ import uuid
 from collections.abc import Iterator
 
 import psycopg
-from sqlalchemy.engine import make_url
 
 from outbox.dburl import psycopg_url
-
-
-def with_database(url: str, name: str) -> str:
-    """The same server URL pointing at another database."""
-    rendered = make_url(psycopg_url(url)).set(database=name)
-    return rendered.render_as_string(hide_password=False)
 
 
 def admin_execute(url: str, *statements: str) -> None:

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from outbox.dburl import with_database
 from tests.helpers import free_port
-from tests.pg import with_database
 from tests.relay.conftest import TEST_KEY
 
 CLI = [sys.executable, "-m", "relay.cli"]

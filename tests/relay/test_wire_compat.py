@@ -163,31 +163,29 @@ def comparable(request: Captured, v2: bool) -> tuple[str, str, dict[str, str], A
     return request.method, request.path, headers, request.body
 
 
-async def test_v1_requests_are_the_sdks(recorder: tuple[Recorder, str]) -> None:
-    rec, base = recorder
-    await send_all(base, "sdk", ROWS, stream=False)
+async def requests_of_both(rec: Recorder, base: str, stream: bool) -> list[Captured]:
+    """The requests the SDK sent for ROWS, after checking the lean client sent the same ones:
+    every compared header, and the body byte for byte."""
+    await send_all(base, "sdk", ROWS, stream=stream)
     sdk = rec.requests[:]
     rec.requests.clear()
-    await send_all(base, "lean", ROWS, stream=False)
+    await send_all(base, "lean", ROWS, stream=stream)
     assert len(sdk) == len(rec.requests) == len(ROWS)
     for by_sdk, by_lean in zip(sdk, rec.requests, strict=True):
-        assert comparable(by_lean, v2=False) == comparable(by_sdk, v2=False)
-        assert by_lean.body == by_sdk.body  # byte for byte
+        assert comparable(by_lean, v2=stream) == comparable(by_sdk, v2=stream)
+        assert by_lean.body == by_sdk.body  # v2: json.dumps of the same events
+    return sdk
+
+
+async def test_v1_requests_are_the_sdks(recorder: tuple[Recorder, str]) -> None:
+    sdk = await requests_of_both(*recorder, stream=False)
     assert sdk[1].headers["stripe-account"] == "acct_1Connected"
     assert "stripe-account" not in sdk[0].headers
     assert sdk[2].headers["idempotency-key"] == "gen-2#g2"
 
 
 async def test_v2_stream_requests_are_the_sdks(recorder: tuple[Recorder, str]) -> None:
-    rec, base = recorder
-    await send_all(base, "sdk", ROWS, stream=True)
-    sdk = rec.requests[:]
-    rec.requests.clear()
-    await send_all(base, "lean", ROWS, stream=True)
-    assert len(sdk) == len(rec.requests) == len(ROWS)
-    for by_sdk, by_lean in zip(sdk, rec.requests, strict=True):
-        assert comparable(by_lean, v2=True) == comparable(by_sdk, v2=True)
-        assert by_lean.body == by_sdk.body  # json.dumps of the same events, byte for byte
+    sdk = await requests_of_both(*recorder, stream=True)
     event = json.loads(sdk[1].body)["events"][0]
     assert event["timestamp"] == "2026-03-04T12:36:07.891Z"
 
