@@ -16,11 +16,19 @@ from outbox.sqlfile import load
 QUERIES = load("relay", "queries.sql")
 
 
+# Timestamps arrive in UTC whatever the server's TimeZone: psycopg then loads them with
+# datetime.timezone.utc, about three times cheaper than with a named zone (the claim returns
+# five per row), and they compare and subtract faster afterwards. PgBouncer keeps the setting
+# per client (TimeZone is one of the parameters it tracks).
+SET_UTC = "SET TIME ZONE 'UTC'"
+
+
 async def _configure(conn: AsyncConnection[TupleRow]) -> None:
-    """Autocommit (every statement its own short transaction) and orjson for the jsonb columns
-    still read as jsonb (the console, `inspect`, webhooks); the hot claim reads the payload as
-    text (relay/wire.py splices it)."""
+    """Autocommit (every statement its own short transaction), UTC (SET_UTC) and orjson for
+    the jsonb columns still read as jsonb (the console, `inspect`, webhooks); the hot claim
+    reads the payload as text (relay/wire.py splices it)."""
     await conn.set_autocommit(True)
+    await conn.execute(SET_UTC)
     set_json_loads(orjson.loads, conn)
 
 

@@ -12,6 +12,7 @@ import psycopg
 import outbox
 from outbox.dburl import psycopg_url
 from relay import authgate
+from relay.db import SET_UTC
 from relay.store import RetryCandidate, SyncStore, UnsentGroup
 
 # Relays seen within this many seconds hold a share (the relay's OUTBOX_RELAY_STALE_AFTER).
@@ -19,7 +20,10 @@ LIVE_SECONDS = 5.0
 
 
 def connect(database_url: str) -> psycopg.Connection:
-    return psycopg.connect(psycopg_url(database_url), autocommit=True)
+    """An autocommit connection that reads timestamps in UTC (as the relay's pool)."""
+    conn = psycopg.connect(psycopg_url(database_url), autocommit=True)
+    conn.execute(SET_UTC)
+    return conn
 
 
 AUTH_STATUSES = (401, 403)

@@ -411,9 +411,11 @@ SELECT count(*) FROM meter_event_outbox WHERE state IN ('pending', 'in_flight', 
 -- rows whose outcome is still open (sent at least once, not yet settled: the group is
 -- compared only once they settle), and a few identifiers to show when the group differs.
 -- The created_at bound lets the block range index skip history: the occurred_at_window CHECK
--- puts occurred_at at most 5 minutes after created_at.
+-- puts occurred_at at most 5 minutes after created_at. Hours are UTC hours, as Stripe's
+-- summaries, whatever the session's TimeZone (an hour in Asia/Kolkata starts half past a UTC
+-- hour).
 SELECT coalesce(stripe_account, '') AS account, customer, event_name,
-       date_trunc('hour', occurred_at) AS hour,
+       date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS hour,
        coalesce(sum(value) FILTER (WHERE state = 'accepted'), 0) AS value,
        count(*) FILTER (WHERE state = 'accepted') AS events,
        count(*) FILTER (WHERE state IN ('pending', 'in_flight')) AS open,
