@@ -1,7 +1,8 @@
 """The executor: call Stripe for claimed rows, paced by the rate limiter, and react to verdicts.
 
-One task per call: a v1 call sends one row (`send_v1`); v2 stream reports queue per account
-and calls of up to 100 are formed from the queue (relay/streams.py). Every row leaves with
+A v1 call sends one row (`send_v1`), on a pool of reusable worker tasks (relay/callpool.py);
+v2 stream reports queue per account and calls of up to 100 are formed from the queue
+(relay/streams.py), a task per call. Every row leaves with
 exactly one outcome, whatever happens to its call; outcomes go to the completer. Verdicts steer
 pacing (429: slower) and the auth gate (401/403: rows of the refused key or account wait, see
 relay.authgate).
@@ -18,12 +19,13 @@ import structlog
 
 from relay import metrics
 from relay.authgate import AuthGate
+from relay.callpool import CallPool
 from relay.classify import Classified, Verdict
 from relay.config import Settings
 from relay.policy import Refusals, decide
 from relay.ratelimit import RateLimiter
 from relay.rows import Claimed, Outcome
-from relay.streams import StreamBatcher
+from relay.streams import StreamBatcher, unsent
 
 log = structlog.get_logger("relay")
 
@@ -64,6 +66,7 @@ class Executor:
         self._record = record
         self._dedup_window = timedelta(hours=settings.dedup_window_hours)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._calls = CallPool(self.send_v1, spawn=self._spawn)
         self._streams = StreamBatcher(
             limiter,
             linger=settings.stream_linger_ms / 1000,
@@ -77,13 +80,11 @@ class Executor:
         """Start the calls for freshly claimed rows. v1: one call per row. v2 stream: reports
         join their account's stream queue; cancels exist in v1 only."""
         if self.settings.stripe_api_mode == "v1":
-            for row in rows:
-                self._spawn(self.send_v1(row))
+            self._calls.add(rows)
             return
         reports = [r for r in rows if r.action == "report"]
-        for row in rows:
-            if row.action != "report":
-                self._spawn(self.send_v1(row))
+        if len(reports) < len(rows):
+            self._calls.add([r for r in rows if r.action != "report"])
         self._streams.add(reports)
 
     def _spawn(self, call: Coroutine[Any, Any, None]) -> None:
@@ -93,7 +94,8 @@ class Executor:
 
     async def drain(self, grace: float) -> None:
         """Let calls in flight (and stream calls still forming) finish within `grace`
-        seconds; cancel (release) the rest."""
+        seconds; cancel (release) the rest, and release the rows no call started."""
+        self._calls.close()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         finished = 0
@@ -104,6 +106,8 @@ class Executor:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        for row in self._calls.take_queued():
+            self._record(unsent(row, "shutdown", "released at shutdown"))
         if finished or pending:
             log.info("drained", finished=finished, released=len(pending))
 
