@@ -146,16 +146,18 @@ class Producer:
         """
         walked = await self.walk(self._cursor, wanted)
         ids, cursor = walked.ids, walked.cursor
+        one_walk = True
         if len(ids) < wanted and cursor is None and self._cursor != FIRST_LANE:
             wrapped = await self.walk(FIRST_LANE, wanted - len(ids))  # wrap around
-            ids, cursor = ids + wrapped.ids, wrapped.cursor  # a head seen twice is claimed once
+            one_walk = not (ids and wrapped.ids)  # else a head seen twice is claimed once
+            ids, cursor = ids + wrapped.ids, wrapped.cursor
         self._cursor = cursor or FIRST_LANE
         if not ids:
             return cursor is not None
         # v2 stream: top up with the oldest other due rows (lanes need no exclusivity there).
         fill = 0 if self._exclusive else wanted - len(ids)
         self.capacity.reserve(len(ids) + fill)
-        task = asyncio.create_task(self.claim(ids, fill), name="claim")
+        task = asyncio.create_task(self.claim(ids, fill, one_walk), name="claim")
         self._claims.add(task)
         task.add_done_callback(self._claims.discard)
         return len(ids) == wanted or cursor is not None or fill > 0
@@ -170,7 +172,7 @@ class Producer:
             await asyncio.sleep(1.0)
             return Walked([], None)
 
-    async def claim(self, ids: list[int], fill: int) -> None:
+    async def claim(self, ids: list[int], fill: int, one_walk: bool = False) -> None:
         """The `claim` query (lock and lease the walked rows), then hand them to the sender."""
         reserved = len(ids) + fill
         rows: list[Claimed] = []
@@ -181,6 +183,7 @@ class Producer:
                 exclusive=self._exclusive,
                 relay_id=self.settings.relay_id,
                 lease_seconds=self.settings.lease_seconds,
+                one_walk=one_walk,
             )
         except Exception as err:  # nothing leased, or leases that expire: nothing is lost
             log.error("claim_failed", error=str(err))

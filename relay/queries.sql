@@ -59,15 +59,20 @@ FROM walk w WHERE w.depth > 0 ORDER BY w.depth DESC LIMIT 1
 -- flowing). Then lease them: in_flight, a fresh lease token, a deadline, RETURNING what the
 -- sender needs.
 WITH heads AS MATERIALIZED (
-    -- One walked row per lane, the oldest: a walk that wrapped around within one pass may name
-    -- a lane twice, with a row committed in between as its new head.
-    SELECT DISTINCT ON (r.customer, r.event_name) r.id
-    FROM unnest(CAST(:ids AS bigint[])) AS u(id)
-    CROSS JOIN LATERAL (  -- one primary-key probe per id, never a hash of the table
-        SELECT o.id, o.customer, o.event_name, o.available_at
-        FROM meter_event_outbox o
-        WHERE o.id = u.id AND o.state IN ('pending', 'in_flight') LIMIT 1) r
-    ORDER BY r.customer, r.event_name, r.available_at, r.id
+    -- The ids of one walk (:one_walk) name each lane once: taken as they are.
+    SELECT u.id FROM unnest(CAST(:ids AS bigint[])) AS u(id) WHERE CAST(:one_walk AS boolean)
+    UNION ALL
+    -- Otherwise one walked row per lane, the oldest: a walk that wrapped around within one
+    -- pass may name a lane twice, with a row committed in between as its new head. (The
+    -- statement is planned with its parameters, so only one of the two branches runs.)
+    (SELECT DISTINCT ON (r.customer, r.event_name) r.id
+     FROM unnest(CAST(:ids AS bigint[])) AS u(id)
+     CROSS JOIN LATERAL (  -- one primary-key probe per id, never a hash of the table
+         SELECT o.id, o.customer, o.event_name, o.available_at
+         FROM meter_event_outbox o
+         WHERE o.id = u.id AND o.state IN ('pending', 'in_flight') LIMIT 1) r
+     WHERE NOT CAST(:one_walk AS boolean)
+     ORDER BY r.customer, r.event_name, r.available_at, r.id)
 ),
 chosen AS MATERIALIZED (
     SELECT w.id, w.first_attempt_at

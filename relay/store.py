@@ -136,12 +136,18 @@ def _walked(rows: list[tuple[Any, ...]]) -> Walked:
 
 
 def _claim_params(
-    ids: Sequence[int], fill: int, exclusive: bool, relay_id: str, lease_seconds: float
+    ids: Sequence[int],
+    fill: int,
+    exclusive: bool,
+    relay_id: str,
+    lease_seconds: float,
+    one_walk: bool,
 ) -> dict[str, Any]:
     return {
         # The array's text form, cast by the query: psycopg's generic list dumper spent about
         # a microsecond per id, per claimed row.
         "ids": "{" + ",".join(map(str, ids)) + "}",
+        "one_walk": one_walk,
         "fill": fill,
         "exclusive": exclusive,
         "relay_id": relay_id,
@@ -244,9 +250,11 @@ class Store:
         exclusive: bool,
         relay_id: str,
         lease_seconds: float,
+        one_walk: bool = False,
     ) -> list[Claimed]:
-        """Lock and lease the walked heads (plus `fill` oldest due rows)."""
-        params = _claim_params(ids, fill, exclusive, relay_id, lease_seconds)
+        """Lock and lease the walked heads (plus `fill` oldest due rows). `one_walk`: the ids
+        come from a single walk, one per lane (a wrapped walk's may name a lane twice)."""
+        params = _claim_params(ids, fill, exclusive, relay_id, lease_seconds, one_walk)
         return [Claimed.from_row(r) for r in await self._run("claim", params)]
 
     async def record_outcomes(self, batch: Sequence[Outcome], relay_id: str) -> set[int]:
@@ -303,8 +311,9 @@ class SyncStore:
         exclusive: bool,
         relay_id: str,
         lease_seconds: float,
+        one_walk: bool = False,
     ) -> list[Claimed]:
-        params = _claim_params(ids, fill, exclusive, relay_id, lease_seconds)
+        params = _claim_params(ids, fill, exclusive, relay_id, lease_seconds, one_walk)
         return [Claimed.from_row(r) for r in self._run("claim", params)]
 
     def record_outcomes(self, batch: Sequence[Outcome], relay_id: str) -> set[int]:

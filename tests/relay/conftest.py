@@ -11,8 +11,9 @@ import pytest
 from relay.config import Settings
 from relay.db import make_pool
 from relay.emulator import Emulator, EmulatorConfig
+from relay.rows import Claimed
 from relay.sender import StripeSender
-from relay.store import Store
+from relay.store import FIRST_LANE, Store, SyncStore
 from relay.supervisor import Relay
 from relay.wakeup import Wakeup
 
@@ -170,3 +171,12 @@ async def state_is(database_url: str, identifier: str, state: str) -> bool:
 
 async def code_is(database_url: str, identifier: str, code: str) -> bool:
     return row(database_url, identifier)["last_error_code"] == code
+
+
+def claim(conn: psycopg.Connection, relay_id: str, lease: float, n: int = 10) -> list[Claimed]:
+    """The relay's two statements: the read-only walk, then the claim of what it chose."""
+    store = SyncStore(conn)
+    walked = store.walk(FIRST_LANE, n, exclusive=True)
+    return store.claim(
+        walked.ids, fill=0, exclusive=True, relay_id=relay_id, lease_seconds=lease, one_walk=True
+    )

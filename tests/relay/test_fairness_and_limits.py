@@ -6,11 +6,10 @@ import pytest
 
 from relay import ops
 from relay.emulator import Emulator, EmulatorConfig, Faults, Latency
-from relay.rows import Claimed
 from relay.share import FENCED_RATE
-from relay.store import FIRST_LANE, SyncStore
 from tests.relay.conftest import (
     accepted,
+    claim,
     insert_usage,
     make_settings,
     max_concurrent_per_lane,
@@ -18,13 +17,6 @@ from tests.relay.conftest import (
     running_relay,
     state_is,
 )
-
-
-def claim(conn: psycopg.Connection, relay_id: str, lease: float, n: int = 10) -> list[Claimed]:
-    """The relay's two statements: the read-only walk, then the claim of what it chose."""
-    store = SyncStore(conn)
-    walked = store.walk(FIRST_LANE, n, exclusive=True)
-    return store.claim(walked.ids, fill=0, exclusive=True, relay_id=relay_id, lease_seconds=lease)
 
 
 def test_one_row_in_flight_per_lane_across_claims(database_url: str, db) -> None:

@@ -7,23 +7,19 @@ import uuid
 import psycopg
 import pytest
 
+from outbox.sqlfile import for_psycopg
+from relay.db import QUERIES
 from relay.emulator import Emulator, Faults, Latency
-from relay.rows import Claimed, Outcome
-from relay.store import FIRST_LANE, SyncStore
+from relay.rows import Outcome
+from relay.store import FIRST_LANE, SyncStore, _claim_params
 from tests.relay.conftest import (
     accepted,
+    claim,
     insert_usage,
     make_settings,
     row,
     running_relay,
 )
-
-
-def claim(conn: psycopg.Connection, relay_id: str, lease: float, n: int = 10) -> list[Claimed]:
-    """The relay's two statements: the read-only walk, then the claim of what it chose."""
-    store = SyncStore(conn)
-    walked = store.walk(FIRST_LANE, n, exclusive=True)
-    return store.claim(walked.ids, fill=0, exclusive=True, relay_id=relay_id, lease_seconds=lease)
 
 
 def write(conn: psycopg.Connection, outcomes: list[Outcome]) -> set[int]:
@@ -178,3 +174,20 @@ async def test_v2_stream_fills_calls_from_a_trickle_and_sends_each_row_early_in_
     held = max(received[i] - claimed_at[i] for i in claimed_at)
     # Queued at most a third of the lease, plus the call's transit on a loaded machine.
     assert held < settings.lease_seconds / 2, f"a row waited {held:.2f} s for its call"
+
+
+def heads_plan(db: psycopg.Connection, one_walk: bool) -> str:
+    """The plan of the claim's `heads` step for three ids."""
+    params = _claim_params([1, 2, 3], 0, True, "r", 30, one_walk)
+    with db.transaction(force_rollback=True):
+        rows = db.execute("EXPLAIN " + for_psycopg(QUERIES["claim"]), params).fetchall()
+    plan = "\n".join(r[0] for r in rows)
+    return plan.split("CTE heads")[1].split("CTE chosen")[0]
+
+
+def test_one_walks_heads_are_not_looked_up_twice(db: psycopg.Connection) -> None:
+    """The ids of one walk name each lane once: the claim locks them with one primary-key
+    probe each. Only a wrapped walk's ids are first looked up and sorted to keep one per
+    lane."""
+    assert "on meter_event_outbox" in heads_plan(db, one_walk=False)
+    assert "on meter_event_outbox" not in heads_plan(db, one_walk=True)
