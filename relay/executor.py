@@ -183,7 +183,10 @@ class Executor:
         rows' outcomes differ only in the row (a call carries one action: one v1 row, or a
         stream call's reports), so one is decided and copied."""
         if result.verdict is Verdict.ACCEPTED and not self.auth.paused:
-            tail = tuple(decide(rows[0], result, self.settings.max_attempts, latency_ms))[1:]
+            first = decide(rows[0], result, self.settings.max_attempts, latency_ms)
+            if len(rows) == 1:  # a v1 call
+                return [first]
+            tail = tuple(first)[1:]
             return [tuple.__new__(Outcome, (r, *tail)) for r in rows]
         return [self._decide_row(r, result, latency_ms) for r in rows]
 

@@ -20,6 +20,7 @@ def test_batch_histogram_matches_prometheus_client_histogram() -> None:
         reference.observe(value)
     batch = BatchHistogram("h_seconds", "doc", BUCKETS, registry=ours)
     batch.observe_many(VALUES[:4])
-    batch.observe_many(VALUES[4:])
+    batch.observe(VALUES[4])
+    batch.observe_many(VALUES[5:])
     assert exposition(ours) == exposition(theirs)
     assert 'h_seconds_bucket{le="0.01"} 2.0' in exposition(ours)  # le: a bound counts in
