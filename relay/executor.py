@@ -87,10 +87,11 @@ class Executor:
             self._calls.add([r for r in rows if r.action != "report"])
         self._streams.add(reports)
 
-    def _spawn(self, call: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, call: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(call)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def drain(self, grace: float) -> None:
         """Let calls in flight (and stream calls still forming) finish within `grace`

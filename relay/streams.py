@@ -40,7 +40,7 @@ class StreamBatcher:
         max_wait: float,
         send: Callable[[list[Claimed]], Awaitable[None]],
         record: Callable[[Outcome], None],
-        spawn: Callable[[Coroutine[Any, Any, None]], None],
+        spawn: Callable[[Coroutine[Any, Any, None]], object],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._limiter = limiter

@@ -25,8 +25,10 @@ class Tasks:
     def __init__(self) -> None:
         self.started: list[asyncio.Task[None]] = []
 
-    def spawn(self, call: Coroutine[Any, Any, None]) -> None:
-        self.started.append(asyncio.create_task(call))
+    def spawn(self, call: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(call)
+        self.started.append(task)
+        return task
 
     async def close(self, pool: CallPool) -> None:
         pool.close()
@@ -45,8 +47,65 @@ async def test_calls_that_never_wait_share_one_worker() -> None:
     pool.add(rows(3))
     await tasks.close(pool)
     assert len(done) == 503
-    # One worker ran everything; at most one more was woken for the queue and found it empty.
-    assert len(tasks.started) <= 2
+    # One worker ran everything; the two it brought in for the queue found it empty.
+    assert len(tasks.started) <= 3
+
+
+async def test_calls_that_wait_are_all_in_flight_within_a_few_loop_rounds() -> None:
+    """A task per call had every call of a claim out in the next round of the event loop.
+    Each starting worker brings in two more: 100 calls are out within log2(100) rounds, not
+    one more per round."""
+    started: list[str] = []
+    gate = asyncio.Event()
+
+    async def call(row: Claimed) -> None:
+        started.append(row.identifier)
+        await gate.wait()
+
+    tasks = Tasks()
+    pool = CallPool(call, tasks.spawn)
+    pool.add(rows(100))
+    for _ in range(10):
+        await asyncio.sleep(0)  # one round of the event loop
+    in_flight = len(started)
+    gate.set()
+    await tasks.close(pool)
+    assert in_flight == 100, f"{in_flight} of 100 calls in flight after 10 rounds"
+
+
+class Recorder:
+    """A call that records rows and lets the test await a given row."""
+
+    def __init__(self) -> None:
+        self.done: list[str] = []
+        self._seen: dict[str, asyncio.Event] = {}
+
+    async def call(self, row: Claimed) -> None:
+        self.done.append(row.identifier)
+        self._seen.setdefault(row.identifier, asyncio.Event()).set()
+
+    async def saw(self, identifier: str) -> None:
+        await asyncio.wait_for(self._seen.setdefault(identifier, asyncio.Event()).wait(), 1)
+
+
+async def test_a_worker_cancelled_right_after_being_woken_does_not_stall_the_pool() -> None:
+    calls, tasks = Recorder(), Tasks()
+    pool = CallPool(calls.call, tasks.spawn)
+    pool.add(rows(1))
+    await calls.saw("u1")  # the worker ran u1 and parked
+    pool.add([claimed(id=2, identifier="u2")])  # wakes the parked worker...
+    tasks.started[0].cancel()  # ...which is cancelled before it runs
+    await calls.saw("u2")  # another worker came instead
+    assert calls.done == ["u1", "u2"]
+
+
+async def test_a_new_worker_cancelled_before_its_first_step_does_not_stall_the_pool() -> None:
+    calls, tasks = Recorder(), Tasks()
+    pool = CallPool(calls.call, tasks.spawn)
+    pool.add(rows(1))  # starts a worker
+    tasks.started[0].cancel()  # cancelled before its first step
+    await calls.saw("u1")
+    assert calls.done == ["u1"]
 
 
 async def test_calls_that_wait_each_get_a_worker_at_once() -> None:

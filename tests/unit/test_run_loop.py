@@ -40,3 +40,20 @@ def test_startup_objects_are_frozen_and_later_cycles_still_collected(restored_gc
     assert frozen, "an object made before run_loop is still scanned by every full collection"
     assert collected, "a cycle made while running was not collected"
     assert threshold[0] == GC_YOUNG_THRESHOLD
+
+
+def test_what_a_run_froze_is_collected_once_dropped_after_it(restored_gc: None) -> None:
+    """A process that runs the loop more than once (the benchmarks, one run per scenario):
+    an object alive during one run and dropped in a cycle after it is still collected."""
+
+    async def main() -> None:
+        return None
+
+    holder = {"x": Node()}
+    watch = weakref.ref(holder["x"])
+    threshold = gc.get_threshold()
+    run_loop(main())
+    holder.clear()  # now cyclic garbage
+    gc.collect()
+    assert watch() is None, "frozen cyclic garbage is never collected: it leaks once per run"
+    assert gc.get_threshold() == threshold
