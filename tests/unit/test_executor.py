@@ -118,3 +118,15 @@ async def test_shutdown_releases_calls_still_out() -> None:
         ("pending", "shutdown", False, 0)
     ]
     assert outcomes[0].reached_stripe  # so the dedup clock keeps running
+
+
+async def test_a_row_the_local_checks_crash_on_waits_and_the_rest_of_its_call_goes() -> None:
+    """A bug in the local checks (here: a row without a timestamp) must not leave the row
+    without an outcome (its capacity held for good) nor sink the rows sharing its call."""
+    broken = claimed(id=2, identifier="u2", occurred_at=None)
+    outcomes, _ = await run([claimed(id=1, identifier="u1"), broken], FakeSender(), "v2-stream")
+    by_row = {o.row.identifier: (o.state, o.code, o.counted, o.reached_stripe) for o in outcomes}
+    assert by_row == {
+        "u1": ("accepted", None, 1, True),
+        "u2": ("pending", "relay_error", 0, False),
+    }
