@@ -107,10 +107,17 @@ class Executor:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        for row in self._calls.take_queued():
+        unstarted = self._calls.take_queued()
+        for row in unstarted:
             self._record(unsent(row, "shutdown", "released at shutdown"))
-        if finished or pending:
-            log.info("drained", finished=finished, released=len(pending))
+        if finished or pending or unstarted:
+            # Tasks are call workers (parked ones included) and stream calls, not rows.
+            log.info(
+                "drained",
+                tasks_finished=finished,
+                tasks_cancelled=len(pending),
+                rows_never_sent=len(unstarted),
+            )
 
     async def send_v1(self, row: Claimed) -> None:
         """One v1 call (a meter event or a cancellation) for one row."""
