@@ -32,7 +32,7 @@ GC_YOUNG_THRESHOLD = 10_000
 
 def run_loop(main: Coroutine[Any, Any, T]) -> T:
     """Run on uvloop where it exists (Linux, macOS): the relay spends much of its CPU in the
-    event loop, one task and a few callbacks per row, and uvloop does that several times
+    event loop, a few callbacks per row, and uvloop does that several times
     faster than the default loop. Elsewhere, asyncio's own loop. The heap is settled first,
     and unsettled after (a process that runs the loop again, as the benchmarks do, would
     otherwise never collect what it froze and later dropped)."""
