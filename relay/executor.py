@@ -146,8 +146,8 @@ class Executor:
                 outcome = refusals.check(r) or self._held(r)
             except Exception as err:  # a bug of ours, about this row: it waits, the rest go
                 log.exception("row_check_crashed", identifier=r.identifier)
-                outcome = _released(r, "relay_error", f"{type(err).__name__}: {err}", 5.0)
-                outcome = outcome._replace(counted=0, reached=False)  # nothing was sent
+                message = f"{type(err).__name__}: {err}"[:500]
+                outcome = unsent(r, "relay_error", message)._replace(delay=5.0)
             if outcome is None:
                 sendable.append(r)
             else:

@@ -172,7 +172,7 @@ class Producer:
             await asyncio.sleep(1.0)
             return Walked([], None)
 
-    async def claim(self, ids: list[int], fill: int, one_walk: bool = False) -> None:
+    async def claim(self, ids: list[int], fill: int, one_walk: bool) -> None:
         """The `claim` query (lock and lease the walked rows), then hand them to the sender."""
         reserved = len(ids) + fill
         rows: list[Claimed] = []
