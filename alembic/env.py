@@ -11,7 +11,7 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 
 from outbox.dburl import database_url_from_env, sqlalchemy_url
-from relay.migrate import VERSION_TABLE, adopt_legacy
+from relay.db.migrate import VERSION_TABLE, adopt_legacy
 
 config = context.config
 

@@ -18,7 +18,7 @@ import inspect
 import random
 from dataclasses import dataclass
 
-from relay.policy import backoff
+from relay.stripe.policy import backoff
 
 FAULT_PATHS = ("/v1/billing/meter_event*", "/v2/billing/meter_event*")
 SEND_PATH = {"v1": "/v1/billing/meter_events", "v2-stream": "/v2/billing/meter_event_stream"}

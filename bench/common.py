@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import psycopg
 
 from outbox.dburl import psycopg_url, with_database
-from relay import migrate
+from relay.db import migrate
 
 ADMIN_URL = os.environ.get("OUTBOX_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 

@@ -16,7 +16,7 @@ import psycopg
 
 from bench.common import scratch_database
 from outbox.sqlfile import for_psycopg
-from relay.db import QUERIES
+from relay.db.pool import QUERIES
 
 HISTORY = """
 INSERT INTO meter_event_outbox (identifier, event_name, customer, value, state, created_at,

@@ -5,7 +5,7 @@ Run from the repository root:  python -m bench.relay_throughput [--rounds 3] [--
 
 (a) v1, 0 ms Stripe latency, 5,000 customers, 128 calls in flight: events/s through the real
     relay process and the emulator process, once with each Stripe client
-    (OUTBOX_STRIPE_CLIENT=sdk, the stripe SDK; lean, relay/wire.py), side by side.
+    (OUTBOX_STRIPE_CLIENT=sdk, the stripe SDK; lean, relay/stripe/calls.py), side by side.
     Target: relay CPU <= 200 us per call.
 (b) v1, 150 ms Stripe latency, 10,000 customers, live key: Stripe's cap is 1,000 calls/s and
     one call in flight per (customer, meter); the emulator enforces both. Target: >= 1,000
@@ -61,15 +61,15 @@ from bench.common import (
     wait_drained,
 )
 from outbox.sqlfile import for_psycopg
-from relay import logs
-from relay.classify import Classified, Verdict
-from relay.config import Settings
-from relay.db import QUERIES, make_pool
-from relay.rows import Claimed
-from relay.service import run_loop
-from relay.store import Store
-from relay.supervisor import Relay
-from relay.wakeup import Wakeup
+from relay.core import logs
+from relay.core.config import Settings
+from relay.core.rows import Claimed
+from relay.daemon import run_loop
+from relay.db.pool import QUERIES, make_pool
+from relay.db.store import Store
+from relay.pipeline.supervisor import Relay
+from relay.pipeline.wakeup import Wakeup
+from relay.stripe.classify import Classified, Verdict
 
 Result = dict[str, float]
 

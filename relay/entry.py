@@ -23,7 +23,7 @@ RELAY_EXTRA = {
 
 def main() -> None:
     try:
-        from relay.cli import main as cli
+        from relay.cli.commands import main as cli
     except ModuleNotFoundError as err:
         if (err.name or "").split(".")[0] not in RELAY_EXTRA:
             raise

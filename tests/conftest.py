@@ -6,7 +6,7 @@ import psycopg
 import pytest
 
 from outbox.dburl import with_database
-from relay import migrate
+from relay.db import migrate
 from tests.pg import admin_execute, server, unique_name
 
 

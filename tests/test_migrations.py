@@ -7,7 +7,7 @@ from pathlib import Path
 
 import psycopg
 
-from relay import migrate
+from relay.db import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 OBJECTS = """

@@ -9,7 +9,7 @@ includes them on purpose (docs/migrations.md). A new migration NNNN is file NNNN
 revision "outbox_NNNN" and down_revision the previous "outbox_..." id.
 """
 
-from relay.sqlmigration import sql_file_steps
+from relay.db.sql_migration import sql_file_steps
 
 revision = "outbox_0001"
 down_revision = None

@@ -17,7 +17,7 @@ Revision ID: outbox_0004
 Revises: outbox_0003
 """
 
-from relay.sqlmigration import sql_file_steps
+from relay.db.sql_migration import sql_file_steps
 
 revision = "outbox_0004"
 down_revision = "outbox_0003"

@@ -5,7 +5,7 @@ Revision ID: outbox_0005
 Revises: outbox_0004
 """
 
-from relay.sqlmigration import sql_file_steps
+from relay.db.sql_migration import sql_file_steps
 
 revision = "outbox_0005"
 down_revision = "outbox_0004"

@@ -4,7 +4,7 @@ Revision ID: outbox_0006
 Revises: outbox_0005
 """
 
-from relay.sqlmigration import sql_file_steps
+from relay.db.sql_migration import sql_file_steps
 
 revision = "outbox_0006"
 down_revision = "outbox_0005"

@@ -4,7 +4,7 @@ Revision ID: outbox_0007
 Revises: outbox_0006
 """
 
-from relay.sqlmigration import sql_file_steps
+from relay.db.sql_migration import sql_file_steps
 
 revision = "outbox_0007"
 down_revision = "outbox_0006"

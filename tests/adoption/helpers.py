@@ -6,7 +6,7 @@ import sys
 
 import psycopg
 
-from relay import migrate
+from relay.db import migrate
 
 CLI = [sys.executable, "-m", "relay.cli"]
 HEAD = migrate.revisions()[0]  # the revision `migrate` brings a database to

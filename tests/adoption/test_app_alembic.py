@@ -12,7 +12,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from relay import migrate, service
+from relay import daemon
+from relay.db import migrate
 from tests.adoption.helpers import CLI, HEAD, run, versions
 
 APP_ENV = """
@@ -86,7 +87,7 @@ def test_recipe_a_outbox_migrate_beside_app_alembic(
     assert f"schema at {HEAD}" in run([*CLI, "migrate"], url).stdout
     app_alembic(ini, url, "upgrade", "head")
     assert "a1b2c3 (head)" in app_alembic(ini, url, "current")
-    service.check_schema(url)
+    daemon.check_schema(url)
 
 
 def test_run_never_reads_the_app_revision_as_the_outbox_schema(empty_database_url: str) -> None:
@@ -95,8 +96,8 @@ def test_run_never_reads_the_app_revision_as_the_outbox_schema(empty_database_ur
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
         conn.execute("INSERT INTO alembic_version VALUES ('a1b2c3')")
-    with pytest.raises(service.SchemaBehind, match="schema is at nothing"):
-        service.check_schema(url)
+    with pytest.raises(daemon.SchemaBehind, match="schema is at nothing"):
+        daemon.check_schema(url)
 
 
 def test_recipe_b_outbox_branch_inside_the_app_alembic_history(
@@ -108,11 +109,11 @@ def test_recipe_b_outbox_branch_inside_the_app_alembic_history(
     assert versions(url, "alembic_version") == ["a1b2c3", HEAD]
     assert versions(url, "outbox_alembic_version") is None
     assert migrate.current(url) == HEAD
-    service.check_schema(url)
+    daemon.check_schema(url)
     # The branch label addresses the outbox alone, e.g. to take it down and up again.
     app_alembic(ini, url, "downgrade", "outbox@base")
     assert versions(url, "alembic_version") == ["a1b2c3"]
-    with pytest.raises(service.SchemaBehind):
-        service.check_schema(url)
+    with pytest.raises(daemon.SchemaBehind):
+        daemon.check_schema(url)
     app_alembic(ini, url, "upgrade", "outbox@head")
     assert versions(url, "alembic_version") == ["a1b2c3", HEAD]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from relay import migrate
+from relay.db import migrate
 from relay.emulator import Emulator, EmulatorConfig
 from tests.adoption.helpers import HEAD, versions
 from tests.relay.conftest import make_settings, running_relay, states

@@ -5,7 +5,8 @@ outbox_alembic_version, the application's rows stay, the data stays."""
 import psycopg
 import pytest
 
-from relay import migrate, service
+from relay import daemon
+from relay.db import migrate
 from tests.adoption.helpers import CLI, HEAD, run, versions
 
 
@@ -29,14 +30,14 @@ def test_migrate_adopts_an_old_scheme_database_holding_only_our_revision(
 ) -> None:
     url = empty_database_url
     make_legacy(url, "0003")
-    with pytest.raises(service.SchemaBehind, match="outbox-relay migrate"):
-        service.check_schema(url)  # `run` before the adoption: told to migrate
+    with pytest.raises(daemon.SchemaBehind, match="outbox-relay migrate"):
+        daemon.check_schema(url)  # `run` before the adoption: told to migrate
     assert f"schema at {HEAD}" in run([*CLI, "migrate"], url).stdout
     assert versions(url, "outbox_alembic_version") == [HEAD]
     assert versions(url, "alembic_version") is None  # it held nothing else: dropped
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT identifier FROM meter_event_outbox").fetchall() == [("kept-1",)]
-    service.check_schema(url)
+    daemon.check_schema(url)
 
 
 def test_migrate_adopts_and_upgrades_leaving_the_app_revision(empty_database_url: str) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psycopg
 
-from relay import service
+from relay import daemon
 from tests.adoption.helpers import CLI, HEAD, catalog, run
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -37,7 +37,7 @@ def test_recipe_d_schema_sql_builds_the_same_schema_as_migrate(
     assert not re.search(r"^(BEGIN|COMMIT);$", sql, re.MULTILINE)
     apply(empty_database_url, sql)
     assert catalog(empty_database_url) == catalog(database_url)
-    service.check_schema(empty_database_url)  # `run` accepts it
+    daemon.check_schema(empty_database_url)  # `run` accepts it
 
 
 def test_schema_sql_in_steps_equals_the_whole(database_url: str, empty_database_url: str) -> None:

@@ -10,14 +10,14 @@ import psycopg
 import pytest
 from aiohttp import web
 
-from relay.config import Settings
-from relay.db import make_pool
+from relay.core.config import Settings
+from relay.db.pool import make_pool
+from relay.db.store import Store
 from relay.emulator import Emulator, EmulatorConfig
-from relay.http import make_app
-from relay.sender import StripeSender
-from relay.store import Store
-from relay.supervisor import Relay
-from relay.wakeup import Wakeup
+from relay.pipeline.supervisor import Relay
+from relay.pipeline.wakeup import Wakeup
+from relay.server.http_server import make_app
+from relay.stripe.sender import StripeSender
 from tests.relay.conftest import insert_usage, make_settings
 
 TOKEN = "console-test-token"

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import psycopg
 
+from relay.db.store import SyncStore
 from relay.emulator import Emulator
-from relay.store import SyncStore
 from tests.console.conftest import TOKEN, seed, served
 from tests.relay.conftest import row
 

@@ -6,8 +6,8 @@ from datetime import timedelta
 from aiohttp.test_utils import make_mocked_request
 from prometheus_client import REGISTRY
 
-from relay import metrics
-from relay.console.auth import COOKIE, SESSION_SECONDS, Guard
+from relay.core import metrics
+from relay.server.console.auth import COOKIE, SESSION_SECONDS, Guard
 
 
 class Clock:

@@ -15,7 +15,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay.emulator import Emulator
-from relay.http import make_app
+from relay.server.http_server import make_app
 from tests.console.conftest import listening, served
 from tests.relay.conftest import insert_usage, make_settings, running_relay, states
 

@@ -8,14 +8,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from relay.config import Settings
-from relay.db import make_pool
+from relay.core.config import Settings
+from relay.core.rows import Claimed
+from relay.db.pool import make_pool
+from relay.db.store import FIRST_LANE, Store, SyncStore
 from relay.emulator import Emulator, EmulatorConfig
-from relay.rows import Claimed
-from relay.sender import StripeSender
-from relay.store import FIRST_LANE, Store, SyncStore
-from relay.supervisor import Relay
-from relay.wakeup import Wakeup
+from relay.pipeline.supervisor import Relay
+from relay.pipeline.wakeup import Wakeup
+from relay.stripe.sender import StripeSender
 
 TEST_KEY = "sk_test_relaysuite"
 

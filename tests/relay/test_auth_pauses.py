@@ -5,7 +5,7 @@ import time
 
 import psycopg
 
-from relay import ops
+from relay.db import operations as ops
 from relay.emulator import Emulator, EmulatorConfig
 from tests.relay.conftest import accepted, make_settings, row, running_relay, states
 

@@ -8,9 +8,9 @@ import pytest
 import stripe
 
 import outbox
+from relay.core.rows import Claimed, Outcome
+from relay.db.store import FIRST_LANE, SyncStore
 from relay.emulator import Emulator, Faults, Latency
-from relay.rows import Claimed, Outcome
-from relay.store import FIRST_LANE, SyncStore
 from tests.relay.conftest import (
     TEST_KEY,
     code_is,

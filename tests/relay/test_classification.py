@@ -1,4 +1,4 @@
-"""Each row of the classification table (relay/classify.py), driven through the emulator."""
+"""Each row of the classification table (relay/stripe/classify.py), driven through the emulator."""
 
 from datetime import UTC, datetime, timedelta
 

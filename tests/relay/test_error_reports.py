@@ -1,9 +1,9 @@
 """Stripe's asynchronous error reports (webhooks and `reconcile`) mark rows rejected."""
 
-from relay.db import make_pool
+from relay.db.pool import make_pool
+from relay.db.store import Store
 from relay.emulator import Emulator, Faults, Latency
-from relay.store import Store
-from relay.webhooks import apply_event
+from relay.stripe.webhooks import apply_event
 from tests.relay.conftest import (
     accepted,
     insert_usage,
@@ -56,8 +56,8 @@ async def test_reconcile_applies_error_events_missed_by_webhooks(database_url):
     """No webhook endpoint configured: `reconcile` pulls the error events and applies them."""
     from datetime import timedelta as hours_ago
 
-    from relay.reconcile import reconcile
-    from relay.sender import StripeSender
+    from relay.stripe.reconcile import reconcile
+    from relay.stripe.sender import StripeSender
 
     async with Emulator(rate_limit_test=None, customers={"cus_real"}) as emulator:
         insert_usage(database_url, 1, customer="cus_ghost", prefix="ghost")

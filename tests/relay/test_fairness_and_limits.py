@@ -4,9 +4,9 @@ rate limit kept (shared by replicas)."""
 import psycopg
 import pytest
 
-from relay import ops
+from relay.db import operations as ops
 from relay.emulator import Emulator, EmulatorConfig, Faults, Latency
-from relay.share import FENCED_RATE
+from relay.stripe.rate_share import FENCED_RATE
 from tests.relay.conftest import (
     accepted,
     claim,

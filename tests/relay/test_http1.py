@@ -1,7 +1,7 @@
-"""The lean client's keep-alive transport (relay/http1.py) against real servers on 127.0.0.1:
-aiohttp.web for ordinary answers, raw asyncio servers for what a well-behaved server never
-sends (hang-ups, resets, silence, HTTP/1.0, garbage). The async tests take no fixtures, so the
-same scenarios run again under uvloop, the relay's event loop (last test).
+"""The lean client's keep-alive transport (relay/stripe/transport.py) against real servers
+on 127.0.0.1: aiohttp.web for ordinary answers, raw asyncio servers for what a well-behaved
+server never sends (hang-ups, resets, silence, HTTP/1.0, garbage). The async tests take no
+fixtures, so the same scenarios run again under uvloop, the relay's event loop (last test).
 """
 
 import asyncio
@@ -22,9 +22,9 @@ import trustme
 import uvloop
 from aiohttp import web
 
-from relay import http1
-from relay.classify import Answer, Verdict, classify
-from relay.wire import Wire
+from relay.stripe import transport as http1
+from relay.stripe.calls import Wire
+from relay.stripe.classify import Answer, Verdict, classify
 from tests.unit.rows import claimed
 
 KEY = "sk_test_transport_secret"

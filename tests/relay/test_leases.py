@@ -8,10 +8,10 @@ import psycopg
 import pytest
 
 from outbox.sqlfile import for_psycopg
-from relay.db import QUERIES
+from relay.core.rows import Outcome
+from relay.db.pool import QUERIES
+from relay.db.store import FIRST_LANE, SyncStore, _claim_params
 from relay.emulator import Emulator, Faults, Latency
-from relay.rows import Outcome
-from relay.store import FIRST_LANE, SyncStore, _claim_params
 from tests.relay.conftest import (
     accepted,
     claim,

@@ -13,12 +13,12 @@ import stripe
 from click.testing import CliRunner
 
 from outbox.sqlfile import for_psycopg
-from relay.cli import main
-from relay.config import Settings
-from relay.db import QUERIES
+from relay.cli.commands import main
+from relay.cli.options import SECRETS, env_name
+from relay.core.config import Settings
+from relay.db.pool import QUERIES
+from relay.db.store import SyncStore
 from relay.emulator import Emulator
-from relay.options import SECRETS, env_name
-from relay.store import SyncStore
 from tests.helpers import scalar
 from tests.relay.conftest import (
     TEST_KEY,
@@ -313,7 +313,7 @@ def test_prune_deletes_the_attempt_history_with_its_rows(database_url, db):
         "UPDATE meter_event_outbox SET state = 'accepted', accepted_at = now(),"
         " updated_at = now() - interval '40 days' WHERE identifier = 'u1'"
     )
-    from relay import ops
+    from relay.db import operations as ops
 
     assert ops.prune(db, older_than_days=35) == 1
     kept = scalar(

@@ -5,9 +5,9 @@ from typing import Any
 import psycopg
 from prometheus_client import REGISTRY
 
+from relay.core.rows import Claimed, Outcome
+from relay.db.store import FIRST_LANE, SyncStore
 from relay.emulator import Emulator
-from relay.rows import Claimed, Outcome
-from relay.store import FIRST_LANE, SyncStore
 from tests.relay.conftest import accepted, insert_usage, running_relay
 
 ATTEMPTS = (

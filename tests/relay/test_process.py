@@ -88,8 +88,8 @@ def test_sigterm_exits_zero_and_logs_no_secrets(database_url: str) -> None:
 
 async def test_error_report_webhook_marks_rows_rejected(database_url: str) -> None:
     """Invariant 3: 200 means accepted for processing; Stripe's later error report -> rejected."""
-    from relay import service
-    from relay.config import Settings
+    from relay import daemon
+    from relay.core.config import Settings
 
     port = free_port()
     secret = "whsec_relaytest"
@@ -119,7 +119,7 @@ async def test_error_report_webhook_marks_rows_rejected(database_url: str) -> No
             poll_interval=0.2,
         )
         stop = asyncio.Event()
-        task = asyncio.create_task(service.serve(settings, stop))
+        task = asyncio.create_task(daemon.serve(settings, stop))
         try:
             await _until(lambda: row(database_url, "id-cus_ghost")["state"] == "rejected")
         finally:
@@ -211,7 +211,7 @@ def test_commands_explain_missing_configuration(args: list[str]) -> None:
 
 def test_run_refuses_a_schema_older_than_the_relay(database_url: str) -> None:
     """The relay needs every table of its migrations (0002: the relays sharing the limit)."""
-    from relay import migrate
+    from relay.db import migrate
 
     migrate.downgrade(database_url, "outbox_0001")
     with Emulator(EmulatorConfig()) as emulator:

@@ -6,7 +6,7 @@ import psycopg
 import pytest
 
 import outbox
-from relay import ops
+from relay.db import operations as ops
 from tests.relay.conftest import (
     accepted,
     code_is,

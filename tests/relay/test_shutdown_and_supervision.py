@@ -7,12 +7,12 @@ from typing import Any
 import pytest
 import structlog.testing
 
-import relay.completer
-import relay.maintenance
-import relay.share
+import relay.pipeline.completer
+import relay.pipeline.maintenance
+import relay.stripe.rate_share
+from relay.core.rows import Claimed
+from relay.db.store import Store
 from relay.emulator import Emulator
-from relay.rows import Claimed
-from relay.store import Store
 from tests.relay.conftest import (
     insert_usage,
     make_settings,
@@ -25,7 +25,7 @@ from tests.relay.conftest import (
 async def test_a_crashing_outcome_write_stops_the_relay(database_url, emulator, monkeypatch):
     """A bug in a flush must stop the relay (the supervisor restarts it), not leave it running
     with outcomes that are never recorded."""
-    real, calls = relay.completer.report_batch, []
+    real, calls = relay.pipeline.completer.report_batch, []
 
     def broken(batch: list[Any], written: set[int]) -> None:
         calls.append(len(batch))
@@ -33,7 +33,7 @@ async def test_a_crashing_outcome_write_stops_the_relay(database_url, emulator, 
             raise RuntimeError("bug while reporting a batch")
         real(batch, written)
 
-    monkeypatch.setattr(relay.completer, "report_batch", broken)
+    monkeypatch.setattr(relay.pipeline.completer, "report_batch", broken)
     insert_usage(database_url, 1)
     async with running_relay(make_settings(database_url, emulator)) as running:
         await asyncio.wait_for(running.stop.wait(), 10)
@@ -76,7 +76,7 @@ async def test_a_service_that_dies_stops_the_relay_with_one_log_line(
     async def broken(store: Any, interval: float) -> None:
         raise RuntimeError("fold bug")
 
-    monkeypatch.setattr(relay.maintenance, "fold_counts", broken)
+    monkeypatch.setattr(relay.pipeline.maintenance, "fold_counts", broken)
     with structlog.testing.capture_logs() as logs:
         async with running_relay(make_settings(database_url, emulator)) as running:
             await asyncio.wait_for(running.stop.wait(), 10)
@@ -94,7 +94,7 @@ async def test_a_failing_startup_step_leaves_no_task_behind(
     async def failing_join(self: Any, stop: asyncio.Event) -> None:
         raise RuntimeError("cannot join")
 
-    monkeypatch.setattr(relay.share.RateShare, "join", failing_join)
+    monkeypatch.setattr(relay.stripe.rate_share.RateShare, "join", failing_join)
     with pytest.raises(RuntimeError, match="cannot join"):
         async with running_relay(make_settings(database_url, emulator)):
             pass

@@ -8,9 +8,9 @@ import psycopg
 import pytest
 
 from outbox.dburl import psycopg_url
-from relay import ops
-from relay.db import make_pool
-from relay.store import SyncStore
+from relay.db import operations as ops
+from relay.db.pool import make_pool
+from relay.db.store import SyncStore
 
 FAR_ZONE = "Asia/Kolkata"  # UTC+05:30: its hours are not UTC hours
 

@@ -1,12 +1,13 @@
-"""The lean client (relay/wire.py) sends what the stripe SDK sends, and its answers classify the
+"""The lean client (relay/stripe/calls.py) sends what the stripe SDK sends, and its answers
+classify the
 same: both senders run against one real local HTTP server that records every request and
 replays a scripted answer.
 
 Headers compared: everything either side sends except Host (the port), Content-Length (follows
-from the body, which is compared), X-Stripe-Client-Telemetry (the SDK's optional report of its
-previous call's duration; the lean client does not send it, see relay/wire.py), and on v2 the
-Idempotency-Key's value: the SDK sends a fresh random key on every POST, so only its shape can
-match.
+from the body, which is compared), X-Stripe-Client-Telemetry (the SDK's optional report of
+its previous call's duration; the lean client does not send it, see relay/stripe/calls.py), and
+on v2 the Idempotency-Key's value: the SDK sends a fresh random key on every POST, so only its
+shape can match.
 """
 
 import json
@@ -22,10 +23,10 @@ import psycopg
 import pytest
 from aiohttp import web
 
-from relay.classify import Classified
-from relay.rows import Claimed
-from relay.sender import StripeSender
-from relay.wire import stream_body, stream_event
+from relay.core.rows import Claimed
+from relay.stripe.calls import stream_body, stream_event
+from relay.stripe.classify import Classified
+from relay.stripe.sender import StripeSender
 
 IGNORED = {"host", "content-length", "x-stripe-client-telemetry"}
 RANDOM_KEY = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -268,7 +269,7 @@ TRICKY = ["a", "Z", "0", " ", '"', "\\", "/", "\x7f", "\x01", "\n", "\t", "é", 
 
 
 def test_stream_body_spliced_from_postgresql_text_is_json_dumps(db: psycopg.Connection) -> None:
-    """The v2 body splices the payload as PostgreSQL prints the jsonb (relay/wire.py): for
+    """The v2 body splices the payload as PostgreSQL prints the jsonb (relay/stripe/calls.py): for
     every payload the table can hold, it must be what `json.dumps` writes for the SDK."""
     rnd = random.Random(7)
 

@@ -5,7 +5,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from relay.rows import Claimed
+from relay.core.rows import Claimed
 
 NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
 

@@ -1,8 +1,8 @@
 """The auth gate with an injected clock: pauses per cause and account, probes with the failing
 rows themselves, backs off up to a cap, one state change per pause (issue 9, finding 2)."""
 
-from relay.authgate import ACCOUNT_REFUSED, KEY_REFUSED, AuthGate
-from relay.classify import for_answer
+from relay.stripe.auth_gate import ACCOUNT_REFUSED, KEY_REFUSED, AuthGate
+from relay.stripe.classify import for_answer
 from tests.unit.rows import claimed
 
 FORBIDDEN = for_answer("auth", "account_invalid", http_status=403)

@@ -5,13 +5,13 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any
 
-from relay.authgate import AuthGate
-from relay.callpool import CallPool
-from relay.classify import Classified
-from relay.config import Settings
-from relay.executor import Executor
-from relay.ratelimit import RateLimiter
-from relay.rows import Claimed, Outcome
+from relay.core.config import Settings
+from relay.core.rows import Claimed, Outcome
+from relay.pipeline.call_pool import CallPool
+from relay.pipeline.executor import Executor
+from relay.stripe.auth_gate import AuthGate
+from relay.stripe.classify import Classified
+from relay.stripe.rate_limit import RateLimiter
 from tests.unit.rows import claimed
 
 

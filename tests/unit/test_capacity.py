@@ -1,7 +1,7 @@
 """The producer's capacity: rows chosen or held, and how many to claim next."""
 
-from relay.config import Settings
-from relay.producer import Capacity, capacity_limit
+from relay.core.config import Settings
+from relay.pipeline.producer import Capacity, capacity_limit
 
 
 def test_an_idle_relay_claims_a_full_batch() -> None:

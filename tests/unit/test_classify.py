@@ -3,7 +3,7 @@
 import pytest
 import stripe
 
-from relay.classify import Verdict, classify_error
+from relay.stripe.classify import Verdict, classify_error
 
 
 def error(

@@ -4,12 +4,12 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from relay.authgate import AuthGate
-from relay.classify import Classified, Verdict, for_answer
-from relay.config import Settings
-from relay.executor import Executor, RelayState
-from relay.ratelimit import RateLimiter
-from relay.rows import Claimed, Outcome
+from relay.core.config import Settings
+from relay.core.rows import Claimed, Outcome
+from relay.pipeline.executor import Executor, RelayState
+from relay.stripe.auth_gate import AuthGate
+from relay.stripe.classify import Classified, Verdict, for_answer
+from relay.stripe.rate_limit import RateLimiter
 from tests.unit.rows import claimed as claimed_at_noon
 
 ACCEPTED = Classified(Verdict.ACCEPTED)

@@ -3,8 +3,8 @@
 import errno
 import socket
 
-from relay.errors import bind_error
-from relay.http import FILES_KEPT, connection_limit
+from relay.core.errors import bind_error
+from relay.server.http_server import FILES_KEPT, connection_limit
 
 
 def test_the_cap_is_the_setting_when_files_allow() -> None:

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from relay import logs
-from relay.logs import scrub
+from relay.core import logs
+from relay.core.logs import scrub
 
 
 @pytest.mark.parametrize(

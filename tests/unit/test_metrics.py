@@ -2,7 +2,7 @@
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from relay.metrics import BatchHistogram
+from relay.core.metrics import BatchHistogram
 
 BUCKETS = (0.01, 0.5, 1, 60)
 VALUES = [0.0, 0.01, 0.010001, 0.5, 0.7, 1.0, 59.9, 60.0, 61.0, 3600.0]

@@ -6,8 +6,8 @@ from datetime import timedelta
 import pytest
 
 from outbox import rules
-from relay.classify import Classified, Verdict, for_answer
-from relay.policy import CLOCK_MARGIN, Refusals, decide, local_refusal
+from relay.stripe.classify import Classified, Verdict, for_answer
+from relay.stripe.policy import CLOCK_MARGIN, Refusals, decide, local_refusal
 from tests.unit.rows import NOW, claimed
 
 WINDOW = timedelta(hours=20)

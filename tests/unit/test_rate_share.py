@@ -5,9 +5,9 @@ import uuid
 
 import pytest
 
-from relay.ratelimit import RateLimiter
-from relay.share import FENCED_RATE, DuplicateRelayId, RateShare
-from relay.store import Beat
+from relay.db.store import Beat
+from relay.stripe.rate_limit import RateLimiter
+from relay.stripe.rate_share import FENCED_RATE, DuplicateRelayId, RateShare
 
 
 class FakeStore:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from relay.ratelimit import RateLimiter
+from relay.stripe.rate_limit import RateLimiter
 
 
 def slots(limiter: RateLimiter, n: int, now: float) -> list[float]:
@@ -37,7 +37,7 @@ def test_a_late_caller_finds_its_slot_already_due() -> None:
 
 def test_a_429_cuts_the_rate_by_a_quarter_once_per_burst(monkeypatch) -> None:
     clock = [1000.0]
-    monkeypatch.setattr("relay.ratelimit.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("relay.stripe.rate_limit.time.monotonic", lambda: clock[0])
     limiter = RateLimiter(100.0)
     limiter.on_rate_limited()
     limiter.on_rate_limited()  # the same burst of 429s: one cut
@@ -49,7 +49,7 @@ def test_a_429_cuts_the_rate_by_a_quarter_once_per_burst(monkeypatch) -> None:
 
 def test_quiet_seconds_restore_the_rate_towards_the_ceiling(monkeypatch) -> None:
     clock = [1000.0]
-    monkeypatch.setattr("relay.ratelimit.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("relay.stripe.rate_limit.time.monotonic", lambda: clock[0])
     limiter = RateLimiter(100.0)
     limiter.on_rate_limited()
     limiter.reserve(now=1000.5)  # within a second of the cut: no recovery yet
@@ -61,7 +61,7 @@ def test_quiet_seconds_restore_the_rate_towards_the_ceiling(monkeypatch) -> None
 
 
 def test_a_lower_share_applies_at_once_a_higher_one_waits_for_a_backoff(monkeypatch) -> None:
-    monkeypatch.setattr("relay.ratelimit.time.monotonic", lambda: 1000.0)
+    monkeypatch.setattr("relay.stripe.rate_limit.time.monotonic", lambda: 1000.0)
     limiter = RateLimiter(100.0)
     limiter.set_ceiling(50.0)
     assert (limiter.ceiling, limiter.rate) == (50.0, 50.0)

@@ -11,8 +11,8 @@ import pytest
 
 import outbox
 from outbox import rules, validate
-from relay.policy import CLOCK_MARGIN, local_refusal
-from relay.rows import Claimed
+from relay.core.rows import Claimed
+from relay.stripe.policy import CLOCK_MARGIN, local_refusal
 
 NOW = datetime(2026, 3, 29, 12, tzinfo=UTC)  # just after a DST change: hours, not days
 SECOND = timedelta(seconds=1)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from relay.service import GC_YOUNG_THRESHOLD, run_loop
+from relay.daemon import GC_YOUNG_THRESHOLD, run_loop
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import contextlib
 
 import structlog.testing
 
-from relay.supervisor import Services
+from relay.pipeline.supervisor import Services
 
 
 async def test_a_service_that_fails_sets_stop_and_logs_service_died() -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.config import load
-from relay.errors import ConfigError, database_error
+from relay.core.config import load
+from relay.core.errors import ConfigError, database_error
 
 PASSWORD = "hunter2-Secret"
 URL = f"postgresql://relay:{PASSWORD}@db:5432/app"

@@ -4,9 +4,9 @@ of the lease goes back unsent."""
 
 import asyncio
 
-from relay.ratelimit import RateLimiter
-from relay.rows import Claimed, Outcome
-from relay.streams import StreamBatcher
+from relay.core.rows import Claimed, Outcome
+from relay.pipeline.streams import StreamBatcher
+from relay.stripe.rate_limit import RateLimiter
 from tests.unit.rows import claimed
 
 

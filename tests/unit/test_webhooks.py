@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from relay.webhooks import (
+from relay.stripe.webhooks import (
     BadDelivery,
     key_fallbacks,
     parse_notification,

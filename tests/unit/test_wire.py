@@ -2,9 +2,9 @@
 
 from datetime import UTC, datetime, timedelta, timezone
 
-from relay.classify import Answer, Verdict, classify
-from relay.rows import Claimed
-from relay.wire import answer_of_failure, answer_of_response, form_body, stream_body
+from relay.core.rows import Claimed
+from relay.stripe.calls import answer_of_failure, answer_of_response, form_body, stream_body
+from relay.stripe.classify import Answer, Verdict, classify
 from tests.unit.rows import claimed
 
 

@@ -1,0 +1,243 @@
+"""Relay settings: environment variables (names in docs/design.md), overridden by CLI flags.
+
+Secrets are `SecretStr`, so printing or logging the settings never shows them. Every number has
+bounds and refuses NaN and infinity: a rate of 0 divided by zero on every send and a negative
+one removed pacing. `load` turns pydantic's errors into one line that names the variable and
+never echoes the value (a malformed database URL holds a password).
+"""
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from psycopg.conninfo import conninfo_to_dict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from outbox.dburl import psycopg_url
+from relay.core.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    """Everything `outbox-relay` reads from its environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="OUTBOX_", extra="ignore", populate_by_name=True, allow_inf_nan=False
+    )
+
+    database_url: str = Field(default="", description="PostgreSQL URL (postgresql://...)")
+    stripe_api_key: SecretStr | None = Field(default=None, validation_alias="STRIPE_API_KEY")
+    stripe_api_key_file: Path | None = Field(default=None, validation_alias="STRIPE_API_KEY_FILE")
+    stripe_webhook_secret: SecretStr | None = Field(
+        default=None, validation_alias="STRIPE_WEBHOOK_SECRET"
+    )
+    stripe_api_base: str | None = Field(
+        default=None, description="Point every Stripe host at this base URL (e.g. the emulator)"
+    )
+    stripe_api_mode: Literal["v1", "v2-stream"] = "v1"
+    stripe_client: Literal["lean", "sdk"] = Field(
+        default="lean",
+        description="lean: meter events on a minimal HTTP/1.1 client; sdk: the stripe SDK",
+    )
+
+    rate_limit: float | None = Field(
+        default=None,
+        gt=0,
+        le=100_000,
+        description="Stripe calls per second; default 1000 live, 25 test keys",
+    )
+    rate_limit_scope: Literal["account", "relay"] = Field(
+        default="account",
+        description="account: the limit is shared by the relays running on this database",
+    )
+    concurrency: int | None = Field(
+        default=None, ge=1, le=10_000, description="Rows held at once; default: the rate x 0.4 s"
+    )
+    batch_size: int | None = Field(
+        default=None, ge=1, le=10_000, description="Rows per claim; default 100 v1, 1,000 v2"
+    )
+    stream_linger_ms: float = Field(
+        default=20.0, ge=0, le=1000, description="v2 stream: wait this long to fill a call"
+    )
+    poll_interval: float = Field(default=1.0, gt=0, le=300)
+    poll_only: bool = False
+    lease_seconds: float = Field(default=30.0, gt=0, le=3600)
+    request_timeout: float = Field(default=10.0, gt=0, le=600)
+    max_attempts: int = Field(default=25, ge=1, le=1000)
+    dedup_window_hours: float = Field(
+        default=20.0, gt=0, lt=24, description="Stop retrying before Stripe's >= 24 h dedup window"
+    )
+    auth_probe_interval: float = Field(
+        default=10.0, gt=0, le=3600, description="After a 401/403, retry one refused row after this"
+    )
+    auth_probe_max_interval: float = Field(
+        default=300.0, gt=0, le=86_400, description="... doubling per refusal up to this"
+    )
+    # Timing of the relay's own loops (seconds). Defaults suit production; tests shorten them
+    # instead of waiting on them.
+    hint_recheck: float = Field(
+        default=0.02,
+        gt=0,
+        le=60,
+        description="After a claim, look again this soon (coalesced hints)",
+    )
+    outcome_flush_delay: float = Field(
+        default=0.005, ge=0, le=10, description="Let an outcome batch fill this long before writing"
+    )
+    upkeep_interval: float = Field(
+        default=10.0, gt=0, le=3600, description="Fold the status counters"
+    )
+    heartbeat_interval: float = Field(
+        default=1.0, gt=0, le=60, description="Announce this relay (rate share) this often"
+    )
+    relay_stale_after: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        description="A relay not seen for this long no longer holds a share",
+    )
+    shutdown_grace: float = Field(default=20.0, ge=0, le=3600)
+    retention_days: float = Field(default=35.0, gt=0, le=36_500)
+    wait_for_schema: float = Field(
+        default=0.0,
+        ge=0,
+        le=86_400,
+        description="Seconds `run` waits for `migrate` before giving up",
+    )
+    http_host: str = Field(default="127.0.0.1", min_length=1, max_length=255)
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    # HTTP server limits (slow or hostile clients must not starve /healthz and /readyz)
+    http_read_timeout: float = Field(
+        default=10.0, gt=0, le=300, description="Seconds a client has for headers, then body"
+    )
+    http_max_connections: int = Field(
+        default=1000, ge=8, le=1_000_000, description="Open HTTP connections at most"
+    )
+    relay_id: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[^\x00-\x20\x7f]+$",  # printable, no spaces: it names leases and logs
+    )
+    console: bool = Field(default=True, description="Serve the web console at /console")
+    console_token: SecretStr | None = Field(
+        default=None, description="Require this token (bearer header or login cookie)"
+    )
+    console_actions: bool = Field(
+        default=False, description="Allow retry/cancel from the console (needs a token)"
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_only(cls, url: str) -> str:
+        if url:
+            psycopg_url(url)  # raises a clear ValueError on a non-PostgreSQL URL
+            try:
+                params = conninfo_to_dict(psycopg_url(url))
+            except Exception:  # libpq's message may quote the URL: never repeat it
+                params = {"port": "invalid"}
+            if not all(p.isdigit() for p in str(params.get("port", "5432")).split(",")):
+                raise ValueError(
+                    "not a valid PostgreSQL URL (postgresql://user:password@host:5432/dbname)"
+                )
+        return url
+
+    @field_validator("stripe_api_key_file")
+    @classmethod
+    def _readable_file(cls, path: Path | None) -> Path | None:
+        if path is not None and not (path.is_file() and os.access(path, os.R_OK)):
+            raise ValueError(f"{path} is not a readable file")
+        return path
+
+    @model_validator(mode="after")
+    def _lease_outlives_call(self) -> "Settings":
+        if self.lease_seconds < 2 * self.request_timeout:
+            raise ValueError(
+                "OUTBOX_LEASE_SECONDS must be at least twice OUTBOX_REQUEST_TIMEOUT: a lease "
+                "that expires while its call is still running lets another relay send too"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _heartbeat_before_stale(self) -> "Settings":
+        if self.relay_stale_after <= self.heartbeat_interval:
+            raise ValueError(
+                "OUTBOX_RELAY_STALE_AFTER must be longer than OUTBOX_HEARTBEAT_INTERVAL: a "
+                "relay must heartbeat before the others count it out"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _actions_need_a_token(self) -> "Settings":
+        if self.console_actions and self.console_token is None:
+            raise ValueError(
+                "OUTBOX_CONSOLE_ACTIONS needs OUTBOX_CONSOLE_TOKEN: console actions are only "
+                "offered to a signed-in operator"
+            )
+        return self
+
+    def api_key(self) -> str | None:
+        """The Stripe secret key, from STRIPE_API_KEY or the file STRIPE_API_KEY_FILE names."""
+        if self.stripe_api_key is not None:
+            return self.stripe_api_key.get_secret_value().strip()
+        if self.stripe_api_key_file is not None:
+            try:
+                return self.stripe_api_key_file.read_text().strip()
+            except (OSError, UnicodeDecodeError) as err:
+                name = type(err).__name__
+                raise ConfigError(
+                    f"STRIPE_API_KEY_FILE: cannot read {self.stripe_api_key_file} ({name})"
+                ) from None
+        return None
+
+    def effective_concurrency(self, rate: float | None = None) -> int:
+        """Configured, else enough calls in flight to keep `rate` (default: the whole limit)
+        busy at 400 ms per call (Stripe answers in ~100-300 ms): 400 for a live key's
+        1,000/s, 16 at the least. The relay passes its current share of the limit."""
+        if self.concurrency is not None:
+            return self.concurrency
+        rate = self.effective_rate_limit() if rate is None else rate
+        return max(16, min(10_000, round(rate * 0.4)))
+
+    def effective_batch_size(self) -> int:
+        """Rows per claim: configured, else 100 in v1 (one call each) and 1,000 in v2 stream
+        (ten full calls: at 20,000 events/s, 20 claims/s instead of 200)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return 100 if self.stripe_api_mode == "v1" else 1000
+
+    def effective_rate_limit(self) -> float:
+        """Configured limit, else Stripe's: 1,000/s for live keys, 25/s for test/sandbox keys."""
+        if self.rate_limit is not None:
+            return self.rate_limit
+        key = self.api_key() or ""
+        return 1000.0 if key.startswith(("sk_live_", "rk_live_")) else 25.0
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets a field (what the operator has to fix)."""
+    alias = Settings.model_fields[field].validation_alias
+    return alias if isinstance(alias, str) else f"OUTBOX_{field.upper()}"
+
+
+def describe(error: ValidationError) -> str:
+    """pydantic's errors as one line: variable and reason, never the value it was given."""
+    problems = []
+    for item in error.errors(include_input=False, include_url=False):
+        field = str(item["loc"][0]) if item["loc"] else ""
+        # a field read by its alias (STRIPE_...) is named by it; "" is the whole model
+        where = env_name(field) if field in Settings.model_fields else field or "settings"
+        reason = item["msg"].removeprefix("Value error, ")
+        problems.append(f"{where}: {reason}")
+    return "invalid configuration: " + "; ".join(problems)
+
+
+def load(**overrides: object) -> Settings:
+    """The environment with the given values (CLI flags) on top; ConfigError on bad input."""
+    # Flags of every type: pydantic validates and coerces each one against its field.
+    values: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**values)
+    except ValidationError as err:
+        raise ConfigError(describe(err)) from None

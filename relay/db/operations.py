@@ -1,0 +1,269 @@
+"""Operator tasks behind `status`, `list`, `inspect`, `retry`, `cancel` and `prune`.
+
+Each is a few short statements from relay/db/queries.sql on a plain psycopg connection; none
+counts history (the status view reads maintained counters and the small partial indexes).
+"""
+
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+import outbox
+from outbox.dburl import psycopg_url
+from relay.core.vocabulary import AUTH_WAIT_CODES
+from relay.db.pool import SET_UTC
+from relay.db.store import RetryCandidate, SyncStore, UnsentGroup
+
+# Relays seen within this many seconds hold a share (the relay's OUTBOX_RELAY_STALE_AFTER).
+LIVE_SECONDS = 5.0
+
+
+def connect(database_url: str) -> psycopg.Connection:
+    """An autocommit connection that reads timestamps in UTC (as the relay's pool)."""
+    conn = psycopg.connect(psycopg_url(database_url), autocommit=True)
+    conn.execute(SET_UTC)
+    return conn
+
+
+AUTH_STATUSES = (401, 403)
+# Codes the relay gives rows it holds back, without a call, while a key or account is refused.
+
+
+def status(conn: psycopg.Connection, stale_seconds: float = LIVE_SECONDS) -> dict[str, Any]:
+    """Counts per state, the true lag, what unsent rows wait for, failures, live relays.
+
+    Lag is measured from the oldest unsent fact's created_at (and occurred_at), never from
+    available_at: a row in backoff or waiting on auth is still unsent, however far its next
+    attempt lies ahead. Rows the relay holds back for a refused key or account are listed by
+    code and account ("waiting").
+    """
+    store = SyncStore(conn)
+    counts = {c.state: c.n for c in store.status_counts()}
+    relays: list[Any] | None
+    try:
+        relays = store.live_relays(stale_seconds)
+    except psycopg.errors.UndefinedTable:  # schema before 0002: `migrate` adds the table
+        relays = None
+    groups = store.unsent_by_group()
+    now = datetime.now(UTC)
+    oldest_created = min((g.oldest_created_at for g in groups), default=None)
+    oldest_occurred = min((g.oldest_occurred_at for g in groups), default=None)
+    return {
+        "counts": counts,
+        "lag": {
+            "oldest_unsent_created_at": oldest_created,
+            "oldest_unsent_occurred_at": oldest_occurred,
+            "created_age_seconds": _age(now, oldest_created),
+            "occurred_age_seconds": _age(now, oldest_occurred),
+        },
+        "unsent": _split(store, groups, now),
+        "failures_by_code": [
+            {"state": f.state, "code": f.code, "count": f.n} for f in store.failures_by_code()
+        ],
+        "waiting": [
+            {"code": w.code, "stripe_account": w.stripe_account, "count": w.n}
+            for w in store.waiting_by_code()
+        ],
+        "relays": None
+        if relays is None
+        else [{"relay_id": r.relay_id, "started_at": r.started_at} for r in relays],
+    }
+
+
+def _age(now: datetime, then: datetime | None) -> float:
+    return max(0.0, (now - then).total_seconds()) if then else 0.0
+
+
+def _split(store: SyncStore, groups: list[UnsentGroup], now: datetime) -> dict[str, Any]:
+    """Unsent rows by what they wait for: a relay (due), a retry (backing off, by code), the
+    auth probe (last call answered 401/403), or a call in flight."""
+    split: dict[str, Any] = {"due": 0, "in_flight": 0, "waiting_on_auth": [], "backing_off": []}
+    auth: dict[str, bool] = {}
+    for g in groups:
+        if g.state == "in_flight":
+            split["in_flight"] += g.n
+            continue
+        if g.code is not None and g.code not in auth:
+            auth[g.code] = (
+                g.code in AUTH_WAIT_CODES or store.last_status_for_code(g.code) in AUTH_STATUSES
+            )
+        if g.code is not None and auth[g.code]:
+            split["waiting_on_auth"].append(_group(g, now))
+        elif g.due:
+            split["due"] += g.n
+        else:
+            split["backing_off"].append(_group(g, now))
+    return split
+
+
+def _group(g: UnsentGroup, now: datetime) -> dict[str, Any]:
+    return {
+        "code": g.code,
+        "rows": g.n,
+        "oldest_created_at": g.oldest_created_at,
+        "next_attempt_in_seconds": max(0.0, (g.next_attempt_at - now).total_seconds()),
+    }
+
+
+def lag_exceeded(data: dict[str, Any], seconds: float | None) -> bool:
+    return seconds is not None and data["lag"]["created_age_seconds"] > seconds
+
+
+def failed_exceeded(data: dict[str, Any], n: int | None) -> bool:
+    return n is not None and data["counts"].get("failed", 0) >= n
+
+
+def list_rows(conn: psycopg.Connection, **filters: Any) -> list[dict[str, Any]]:
+    """Rows matching every given filter, newest first."""
+    return SyncStore(conn).list_rows(**filters)
+
+
+def inspect(conn: psycopg.Connection, identifier: str) -> dict[str, Any] | None:
+    """Everything known about one usage fact, a one-line summary and its attempts, or None."""
+    store = SyncStore(conn)
+    row = store.inspect(identifier)
+    if row is None:
+        return None
+    attempts = store.row_attempts(row["id"])
+    if row["state"] == "rejected":  # accepted for processing, then refused: never billed
+        row["accepted_for_processing_at"] = row.pop("accepted_at")
+    return {**row, "summary": summary(row, attempts, datetime.now(UTC)), "history": attempts}
+
+
+def summary(row: dict[str, Any], attempts: list[dict[str, Any]], now: datetime) -> str:
+    """What an operator needs first: where the fact stands and what happens next."""
+    last = attempts[-1] if attempts else None
+    state, code = row["state"], row["last_error_code"]
+    if state == "accepted":
+        request = f", {row['stripe_request_id']}" if row["stripe_request_id"] else ""
+        return (
+            f"accepted by Stripe at {_iso(row['accepted_at'])}{request}; "
+            "not billed truth until Stripe's validation"
+        )
+    if state == "rejected":
+        return f"rejected by Stripe ({code}): not billed; record a corrected fact anew"
+    if state == "cancelled":
+        return f"cancelled at {_iso(row['cancelled_at'])}"
+    if state == "failed":
+        return f"failed ({code}) after {row['attempts']} attempt(s): retry or cancel it"
+    if state == "in_flight":
+        return f"in flight: a call is running (leased by {row['leased_by']})"
+    wait = max(0.0, (row["available_at"] - now).total_seconds())
+    doing = "cancelling" if row["action"] == "cancel" else "retrying"
+    if last is None and code is None:
+        return f"waiting to be sent (recorded {_iso(row['created_at'])})"
+    status = last["http_status"] if last and last["http_status"] else code
+    return f"{doing}: attempt {row['attempts'] + 1}, next in {wait:.0f} s, last {status}"
+
+
+def _iso(value: datetime | None) -> str:
+    return value.isoformat() if value else "-"
+
+
+def retry_preview(
+    conn: psycopg.Connection,
+    *,
+    identifier: str | None,
+    code: str | None,
+    force: bool,
+    window_hours: float,
+) -> list[RetryCandidate]:
+    """The rows `retry` with these filters would requeue or refuse (changes nothing)."""
+    return SyncStore(conn).retry_preview(
+        identifier=identifier, code=code, force=force, window_hours=window_hours
+    )
+
+
+def not_retryable(conn: psycopg.Connection, identifier: str) -> str | None:
+    """Why `retry IDENTIFIER` cannot apply (unknown, or not failed/rejected), or None."""
+    found = SyncStore(conn).row_state(identifier)
+    if found is None:
+        return f"no usage recorded with identifier {identifier!r} (never recorded, or pruned)"
+    state, action = found
+    if state not in ("failed", "rejected"):
+        return f"{identifier} is {state} ({action}): only failed or rejected rows are retried"
+    return None
+
+
+def retry(
+    conn: psycopg.Connection,
+    *,
+    identifier: str | None,
+    code: str | None,
+    force: bool,
+    window_hours: float,
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """Requeue failed/rejected rows; returns (requeued, refused-as-unsafe)."""
+    store = SyncStore(conn)
+    refused = (
+        []
+        if force
+        else [
+            {
+                "identifier": r.identifier,
+                "state": r.state,
+                "code": r.code,
+                "first_attempt_at": r.first_attempt_at,
+            }
+            for r in store.retry_refused(
+                identifier=identifier, code=code, window_hours=window_hours
+            )
+        ]
+    )
+    requeued = store.retry(identifier=identifier, code=code, force=force, window_hours=window_hours)
+    return requeued, refused
+
+
+def cancel(conn: psycopg.Connection, identifier: str) -> outbox.CancelRequest:
+    """The operator's cancel: the same path applications use (outbox.cancel_usage)."""
+    result = outbox.cancel_usage(conn, identifier=identifier)
+    assert isinstance(result, outbox.CancelRequest)
+    return result
+
+
+# Stripe dedups identifiers over a rolling 24 h and accepts cancellations for 24 h after
+# receipt: a row pruned sooner could be recorded and sent again, or no longer be cancelled.
+PRUNE_FLOOR_DAYS = 1.0
+
+
+def prune_refusal(older_than_days: float, force: bool) -> str | None:
+    """Why a prune with this retention is refused (inside Stripe's windows), or None."""
+    if older_than_days < PRUNE_FLOOR_DAYS and not force:
+        return (
+            f"--older-than-days {older_than_days:g} is inside Stripe's 24 h dedup and cancel "
+            "windows: a pruned row could be recorded again or no longer be cancelled "
+            "(--force to prune anyway)"
+        )
+    return None
+
+
+def prune_preview(conn: psycopg.Connection, *, older_than_days: float) -> dict[str, Any]:
+    """How many rows a prune would delete, and their oldest/newest update time."""
+    return SyncStore(conn).prune_preview(age_seconds=older_than_days * 86400)
+
+
+def prune(
+    conn: psycopg.Connection,
+    *,
+    older_than_days: float,
+    batch_size: int = 1000,
+    max_batches: int | None = None,
+) -> int:
+    """Delete accepted/cancelled rows older than the retention, in bounded batches."""
+    if batch_size < 1 or not older_than_days > 0:  # 0 looped forever; -1 deleted fresh rows
+        raise ValueError("prune needs batch_size >= 1 and older_than_days > 0")
+    store = SyncStore(conn)
+    total = batches = 0
+    while max_batches is None or batches < max_batches:
+        deleted = store.prune(age_seconds=older_than_days * 86400, batch_size=batch_size)
+        total += deleted
+        batches += 1
+        if deleted < batch_size:
+            break
+    return total
+
+
+def unsent_rows(conn: psycopg.Connection) -> int:
+    """Rows not (yet) reported to Stripe: pending, in flight or failed."""
+    return SyncStore(conn).unsent_count()

@@ -1,0 +1,234 @@
+"""The executor: call Stripe for claimed rows, paced by the rate limiter, and react to verdicts.
+
+A v1 call sends one row (`send_v1`), on a pool of reusable worker tasks
+(relay/pipeline/call_pool.py); v2 stream reports queue per account and calls of up to 100 are
+formed from the queue (relay/pipeline/streams.py), a task per call. Every row leaves with
+exactly one outcome, whatever happens to its call; outcomes go to the completer. Verdicts steer
+pacing (429: slower) and the auth gate (401/403: rows of the refused key or account wait, see
+relay.stripe.auth_gate).
+"""
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import structlog
+
+from relay.core import metrics
+from relay.core.config import Settings
+from relay.core.rows import Claimed, Outcome
+from relay.pipeline.call_pool import CallPool
+from relay.pipeline.streams import StreamBatcher, unsent
+from relay.stripe.auth_gate import AuthGate
+from relay.stripe.classify import Classified, Verdict
+from relay.stripe.policy import Refusals, decide
+from relay.stripe.rate_limit import RateLimiter
+
+log = structlog.get_logger("relay")
+
+# A queued stream row is sent within this fraction of its lease or released unsent: with the
+# call itself (at most the request timeout, itself at most half the lease) it stays well inside.
+STREAM_MAX_WAIT = 1 / 3
+
+
+class Sender(Protocol):
+    async def send(self, row: Claimed) -> tuple[Classified, float]: ...
+    async def send_stream(self, rows: list[Claimed]) -> tuple[Classified, float]: ...
+
+
+@dataclass
+class RelayState:
+    """What /readyz and /healthz report about this relay."""
+
+    auth_ok: bool = True
+    started: bool = False
+    last_loop: float = field(default_factory=time.monotonic)
+
+
+class Executor:
+    """Runs the calls of claimed rows; `record` takes each row's outcome."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sender: Sender,
+        limiter: RateLimiter,
+        auth: AuthGate,
+        record: Callable[[Outcome], None],
+    ) -> None:
+        self.settings = settings
+        self.sender = sender
+        self.limiter = limiter
+        self.auth = auth
+        self._record = record
+        self._dedup_window = timedelta(hours=settings.dedup_window_hours)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._calls = CallPool(self.send_v1, spawn=self._spawn)
+        self._streams = StreamBatcher(
+            limiter,
+            linger=settings.stream_linger_ms / 1000,
+            max_wait=settings.lease_seconds * STREAM_MAX_WAIT,
+            send=self.send_stream,
+            record=record,
+            spawn=self._spawn,
+        )
+
+    def start(self, rows: list[Claimed]) -> None:
+        """Start the calls for freshly claimed rows. v1: one call per row. v2 stream: reports
+        join their account's stream queue; cancels exist in v1 only."""
+        if self.settings.stripe_api_mode == "v1":
+            self._calls.add(rows)
+            return
+        reports = [r for r in rows if r.action == "report"]
+        if len(reports) < len(rows):
+            self._calls.add([r for r in rows if r.action != "report"])
+        self._streams.add(reports)
+
+    def _spawn(self, call: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(call)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def drain(self, grace: float) -> None:
+        """Let calls in flight (and stream calls still forming) finish within `grace`
+        seconds; cancel (release) the rest, and release the rows no call started."""
+        self._calls.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        finished = 0
+        while self._tasks and (remaining := deadline - loop.time()) > 0:
+            done, _ = await asyncio.wait(set(self._tasks), timeout=remaining)
+            finished += len(done)  # a forming stream call may have started the next one
+        pending = set(self._tasks)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        unstarted = self._calls.take_queued()
+        for row in unstarted:
+            self._record(unsent(row, "shutdown", "released at shutdown"))
+        if finished or pending or unstarted:
+            # Tasks are call workers (parked ones included) and stream calls, not rows.
+            log.info(
+                "drained",
+                tasks_finished=finished,
+                tasks_cancelled=len(pending),
+                rows_never_sent=len(unstarted),
+            )
+
+    async def send_v1(self, row: Claimed) -> None:
+        """One v1 call (a meter event or a cancellation) for one row."""
+        await self._call([row], lambda sendable: self.sender.send(sendable[0]))
+
+    async def send_stream(self, rows: list[Claimed]) -> None:
+        """One v2 meter event stream call for up to 100 reports of one account; the stream
+        queue has taken its rate-limiter slot already."""
+        await self._call(rows, self.sender.send_stream, paced=False)
+
+    async def _call(
+        self,
+        rows: list[Claimed],
+        send: Callable[[list[Claimed]], Awaitable[tuple[Classified, float]]],
+        paced: bool = True,
+    ) -> None:
+        """Refuse locally what Stripe would refuse, send the rest in one call, record every
+        row's outcome. Cancellation (shutdown) and unexpected errors release the rows as
+        "unknown outcome": pending, same idempotency key, so the retry replays whatever Stripe
+        did."""
+        refusals = Refusals(datetime.now(UTC), self._dedup_window)
+        outcomes: list[Outcome] = []
+        sendable: list[Claimed] = []
+        for r in rows:
+            try:
+                outcome = refusals.check(r) or self._held(r)
+            except Exception as err:  # a bug of ours, about this row: it waits, the rest go
+                log.exception("row_check_crashed", identifier=r.identifier)
+                message = f"{type(err).__name__}: {err}"[:500]
+                outcome = unsent(r, "relay_error", message)._replace(delay=5.0)
+            if outcome is None:
+                sendable.append(r)
+            else:
+                outcomes.append(outcome)
+        try:
+            if sendable:
+                if paced:
+                    await self.limiter.acquire()
+                result, latency_ms = await send(sendable)
+                self._react(result)
+                metrics.LATENCY.observe(latency_ms / 1000)  # once per call, not per row
+                outcomes += self._decide(sendable, result, latency_ms)
+        except asyncio.CancelledError:
+            # Cut off by shutdown: no answer, so not an attempt (issue 9 #5), but it may have
+            # reached Stripe.
+            outcomes += [
+                _released(r, "shutdown", "released at shutdown", 0.0, counted=0) for r in sendable
+            ]
+            raise
+        except Exception as err:  # a bug of ours or an unwrapped library error
+            log.exception("send_crashed", identifiers=[r.identifier for r in sendable][:10])
+            message = f"{type(err).__name__}: {err}"
+            outcomes += [_released(r, "relay_error", message, 5.0, called=True) for r in sendable]
+        finally:
+            for outcome in outcomes:
+                if outcome.code in ("shutdown", "relay_error"):  # no answer: another may probe
+                    self.auth.release(outcome.row)
+                self._record(outcome)
+
+    def _held(self, row: Claimed) -> Outcome | None:
+        """A row of a scope paused on a 401/403 waits (unless it is the scope's probe)."""
+        wait = self.auth.admit(row)
+        if wait is None:
+            return None
+        return Outcome(
+            row,
+            "pending",
+            delay=wait,
+            counted=0,
+            code=self.auth.code_for(row),
+            message="Stripe refused the key or account; waiting for a probe to get through",
+        )
+
+    def _decide(self, rows: list[Claimed], result: Classified, latency_ms: float) -> list[Outcome]:
+        """Each row's outcome. An accepted call with no auth pause to settle decides once: its
+        rows' outcomes differ only in the row (a call carries one action: one v1 row, or a
+        stream call's reports), so one is decided and copied."""
+        if result.verdict is Verdict.ACCEPTED and not self.auth.paused:
+            first = decide(rows[0], result, self.settings.max_attempts, latency_ms)
+            if len(rows) == 1:  # a v1 call
+                return [first]
+            tail = tuple(first)[1:]
+            return [tuple.__new__(Outcome, (r, *tail)) for r in rows]
+        return [self._decide_row(r, result, latency_ms) for r in rows]
+
+    def _decide_row(self, row: Claimed, result: Classified, latency_ms: float) -> Outcome:
+        outcome = decide(row, result, self.settings.max_attempts, latency_ms)
+        wait = self.auth.settle(row, result)
+        if wait is None:
+            return outcome
+        return outcome._replace(delay=wait, code=self.auth.code_for(row))
+
+    def _react(self, result: Classified) -> None:
+        metrics.stripe_call(result.verdict.value).inc()
+        if result.verdict is Verdict.RETRY_SLOWER:
+            self.limiter.on_rate_limited()
+            metrics.RATE.set(self.limiter.rate)
+
+
+def _released(
+    row: Claimed, code: str, message: str, delay: float, called: bool = False, counted: int = 1
+) -> Outcome:
+    """Outcome unknown: back to pending with the same key. `called`: the send had started (it
+    crashed midway), so the attempt is part of the row's history."""
+    return Outcome(
+        row=row,
+        state="pending",
+        delay=delay,
+        code=code,
+        message=message[:500],
+        called=called,
+        counted=counted,
+        reached=True,
+    )

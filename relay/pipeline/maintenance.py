@@ -1,0 +1,34 @@
+"""Maintenance services: small periodic duties beside the send path.
+
+- `fold_counts`: fold the status counters (see outbox_fold_counts()), so `status` reads a few
+  rows, never the history.
+- `heartbeat`: keep this relay's share of the account's rate limit (see
+  relay/stripe/rate_share.py). It runs until the relay has drained: the relay sends until then.
+
+Each runs until cancelled; a failed statement is logged and retried at the next turn.
+"""
+
+import asyncio
+
+import structlog
+
+from relay.db.store import Store
+from relay.stripe.rate_share import RateShare
+
+log = structlog.get_logger("relay")
+
+
+async def fold_counts(store: Store, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await store.fold_counts()
+        except Exception as err:
+            log.warning("fold_counts_failed", error=str(err))
+
+
+async def heartbeat(share: RateShare, interval: float) -> None:
+    """`share.beat()` handles its own failures (it fences the relay)."""
+    while True:
+        await asyncio.sleep(interval)
+        await share.beat()

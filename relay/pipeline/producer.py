@@ -1,0 +1,204 @@
+"""The producer: choose due rows (walk), lease them (claim), hand them to the executor.
+
+One loop: while there is capacity, walk the lanes round robin and claim what the walk chose;
+otherwise wait for a hint, a poke (capacity or a lane was freed), the poll timer or the stop
+signal. The walk is awaited (it is short and sets where the next one starts); the claim runs in
+the background, so the next batch is chosen while the previous one is leased.
+"""
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import structlog
+
+from relay.core import metrics
+from relay.core.config import Settings
+from relay.core.rows import Claimed, Outcome
+from relay.db.store import FIRST_LANE, Lane, Store, Walked
+from relay.pipeline.executor import RelayState
+from relay.pipeline.streams import STREAM_BATCH
+from relay.pipeline.wakeup import Wakeup
+
+log = structlog.get_logger("relay")
+
+# Claim statements running at once: the next batch is chosen while the previous one is leased.
+MAX_CLAIMS = 2
+
+
+class Capacity:
+    """How many rows this relay holds at once, and how many to claim next.
+
+    A row counts from the moment a walk chooses it (`reserve`) until its outcome is written
+    (`release`): a queued outcome's row is still in flight in the database, so counting it stops
+    claims from outrunning the outcome writes. `limit` is read on every decision because the
+    rate share (and so the concurrency) changes while the relay runs.
+    """
+
+    def __init__(self, limit: Callable[[], int], batch_size: int) -> None:
+        self._limit = limit
+        self._batch_size = batch_size
+        self.reserved = 0  # chosen by a walk, claim still running
+        self.held = 0  # claimed, outcome not written yet
+
+    @property
+    def limit(self) -> int:
+        return self._limit()
+
+    def wanted(self) -> int:
+        """Rows to claim now: none while capacity is nearly used up.
+
+        Claiming a few rows after every completion would put one claim per handful of rows on
+        the critical path; waiting until a quarter of the capacity is free (or the relay is
+        idle, for latency) keeps claims large and rare under load.
+        """
+        limit = self._limit()
+        used = self.held + self.reserved
+        free = limit - used
+        threshold = min(self._batch_size, max(1, limit // 4))
+        if free <= 0 or (used and free < threshold):
+            return 0
+        return min(self._batch_size, free)
+
+    def reserve(self, n: int) -> None:
+        self.reserved += n
+
+    def settle(self, reserved: int, claimed: int) -> None:
+        """A claim finished: of the `reserved` rows, `claimed` are now held."""
+        self.reserved -= reserved
+        self.held += claimed
+        metrics.INFLIGHT.set(self.held)
+
+    def release(self, n: int) -> None:
+        """Outcomes of `n` rows were written (or given up): the rows are no longer held."""
+        self.held -= n
+        metrics.INFLIGHT.set(self.held)
+
+
+def capacity_limit(settings: Settings, rate: float, ceiling: float) -> int:
+    """Rows held at once: the concurrency (in v2 stream mode, calls of up to 100 rows each), but
+    never more than the rate limiter can send within a third of the lease (a row queued behind
+    the limiter must not outlive it)."""
+    per_call = 1 if settings.stripe_api_mode == "v1" else STREAM_BATCH
+    paced = int(rate * settings.lease_seconds / 3) + 1
+    concurrency = settings.effective_concurrency(ceiling)  # of the share
+    return max(1, min(concurrency, paced) * per_call)
+
+
+class Producer:
+    """Walks and claims while there is capacity (also while Stripe refuses a key or account:
+    the executor holds those rows back); claimed rows go to
+    `send` (the executor); rows claimed after the stop signal go back unsent via `hand_back`
+    (the completer)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        wakeup: Wakeup,
+        capacity: Capacity,
+        state: RelayState,
+        send: Callable[[list[Claimed]], None],
+        hand_back: Callable[[Outcome], None],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.wakeup = wakeup
+        self.capacity = capacity
+        self.state = state
+        self._send = send
+        self._hand_back = hand_back
+        # v1: one call in flight per (customer, meter), so a lane with a call out is skipped.
+        self._exclusive = settings.stripe_api_mode == "v1"
+        self._cursor: Lane = FIRST_LANE
+        self._recheck_at = 0.0
+        self._claims: set[asyncio.Task[None]] = set()
+        self._stop = asyncio.Event()  # run()'s stop signal
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Walk and claim until `stop` is set."""
+        self._stop = stop
+        while not stop.is_set():
+            self.state.last_loop = time.monotonic()  # /healthz and the watchdog: still turning
+            wanted = self.capacity.wanted() if len(self._claims) < MAX_CLAIMS else 0
+            if wanted and await self._walk_and_claim(wanted):
+                continue  # more may be due right now
+            await self.wakeup.wait(self._wait_timeout(), stop)
+
+    async def finish(self, timeout: float) -> None:
+        """After the stop signal: let running claims end (short statements); whatever they
+        claim goes back unsent."""
+        if self._claims:
+            await asyncio.wait(set(self._claims), timeout=timeout)
+
+    def _wait_timeout(self) -> float:
+        now = time.monotonic()
+        if self._recheck_at > now:
+            return min(self.settings.poll_interval, self._recheck_at - now)
+        return self.settings.poll_interval
+
+    async def _walk_and_claim(self, wanted: int) -> bool:
+        """Walk for up to `wanted` lane heads (round robin) and start claiming them.
+
+        Returns True when more may be due right now: the batch filled up, lanes after the cursor
+        are unseen, or a v2 top-up was asked for (its result is not awaited: the finished claim
+        pokes the wakeup, and a walk that finds nothing due ends the burst).
+        """
+        walked = await self.walk(self._cursor, wanted)
+        ids, cursor = walked.ids, walked.cursor
+        one_walk = True
+        if len(ids) < wanted and cursor is None and self._cursor != FIRST_LANE:
+            wrapped = await self.walk(FIRST_LANE, wanted - len(ids))  # wrap around
+            one_walk = not (ids and wrapped.ids)  # else a head seen twice is claimed once
+            ids, cursor = ids + wrapped.ids, wrapped.cursor
+        self._cursor = cursor or FIRST_LANE
+        if not ids:
+            return cursor is not None
+        # v2 stream: top up with the oldest other due rows (lanes need no exclusivity there).
+        fill = 0 if self._exclusive else wanted - len(ids)
+        self.capacity.reserve(len(ids) + fill)
+        task = asyncio.create_task(self.claim(ids, fill, one_walk), name="claim")
+        self._claims.add(task)
+        task.add_done_callback(self._claims.discard)
+        return len(ids) == wanted or cursor is not None or fill > 0
+
+    async def walk(self, after: Lane, wanted: int) -> Walked:
+        """The `walk` query; on a database error back off and report nothing found."""
+        try:
+            return await self.store.walk(after, wanted, exclusive=self._exclusive)
+        except Exception as err:  # database down: back off, nothing is lost
+            log.error("walk_failed", error=str(err))
+            metrics.DB_ERRORS.inc()
+            await asyncio.sleep(1.0)
+            return Walked([], None)
+
+    async def claim(self, ids: list[int], fill: int, one_walk: bool) -> None:
+        """The `claim` query (lock and lease the walked rows), then hand them to the sender."""
+        reserved = len(ids) + fill
+        rows: list[Claimed] = []
+        try:
+            rows = await self.store.claim(
+                ids,
+                fill=fill,
+                exclusive=self._exclusive,
+                relay_id=self.settings.relay_id,
+                lease_seconds=self.settings.lease_seconds,
+                one_walk=one_walk,
+            )
+        except Exception as err:  # nothing leased, or leases that expire: nothing is lost
+            log.error("claim_failed", error=str(err))
+            metrics.DB_ERRORS.inc()
+        finally:
+            self.capacity.settle(reserved, len(rows))
+        if not rows:
+            return
+        if self._stop.is_set():  # claimed while shutting down: hand back unsent, no attempt counted
+            for row in rows:
+                self._hand_back(
+                    Outcome(row, "pending", counted=0, code="shutdown", message="not sent")
+                )
+            return
+        self._recheck_at = time.monotonic() + self.settings.hint_recheck
+        metrics.CLAIMED.inc(len(rows))
+        self._send(rows)
+        self.wakeup.poke()  # capacity reserved for this claim is settled: look again

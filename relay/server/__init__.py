@@ -1,0 +1,1 @@
+"""The relay's HTTP surface: webhooks, /metrics, /healthz, /readyz, and the console."""

@@ -1,0 +1,260 @@
+"""The console's pages and actions. Handlers only gather data and render; the rules live in
+the store's SQL, the auth guard and (for actions) the operator commands of
+relay/db/operations.py."""
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlencode
+
+import jinja2
+import structlog
+from aiohttp import web
+from markupsafe import Markup
+
+import outbox
+from relay import __version__
+from relay.core.config import Settings
+from relay.db import operations as ops
+from relay.db.store import ConsoleStore
+from relay.server.console.auth import COOKIE, Guard, Viewer, set_session_cookie
+
+log = structlog.get_logger("relay.console")
+TOP_CUSTOMERS = 10
+
+# What an action did, shown after its redirect; only these fixed texts are ever shown.
+NOTICES = {
+    "retried": "Requeued: the relay sends it again with a fresh idempotency key.",
+    "retry_refused": "Not retried: rejected, or first sent before the safe dedup window "
+    "(use `outbox-relay retry --force` after checking Stripe).",
+    "retry_nothing": "Nothing to retry: the row is not failed.",
+    "cancelled": "Cancelled: nothing had reached Stripe.",
+    "cancel_requested": "Cancel requested: the relay sends a meter event adjustment.",
+    "not_found": "No row with this identifier.",
+    "refused": "Refused: sign in, and act from the console's own page.",
+}
+
+_env = jinja2.Environment(
+    loader=jinja2.PackageLoader("relay.server.console", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+)
+
+
+def _age(value: timedelta | None) -> str:
+    """8.2 s, 3 min 05 s, 2 h 10 min, 3 d 4 h: the unit an operator reads at a glance."""
+    if value is None:
+        return "–"
+    seconds = value.total_seconds()
+    sign, seconds = ("-" if seconds < 0 else ""), abs(seconds)
+    if seconds < 60:
+        text = f"{seconds:.1f} s"
+    elif seconds < 3600:
+        text = f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+    elif seconds < 86400:
+        text = f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+    else:
+        text = f"{int(seconds // 86400)} d {int(seconds % 86400 // 3600)} h"
+    return sign + text
+
+
+def _when(value: datetime | None) -> Markup:
+    """UTC to the second, the millisecond in the tooltip (the database's clock, not the
+    browser's: no script converts it)."""
+    if value is None:
+        return Markup("–")
+    utc = value.astimezone(UTC)
+    return Markup('<time datetime="{}" title="{}">{}</time>').format(
+        utc.isoformat(), utc.strftime("%H:%M:%S.%f")[:-3] + "Z", utc.strftime("%Y-%m-%d %H:%M:%SZ")
+    )
+
+
+def _number(value: int | float | Decimal | None) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"{value:,}"
+
+
+_env.filters.update(age=_age, when=_when, number=_number)
+
+
+class Console:
+    """Routes under /console, bound to one relay's settings, store and state."""
+
+    def __init__(self, settings: Settings, store: ConsoleStore, guard: Guard, relay: Any) -> None:
+        self.settings = settings
+        self.store = store
+        self.guard = guard
+        self.relay = relay
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/console", self.overview),
+            web.get("/console/failures", self.failures),
+            web.get("/console/row", self.row),
+            web.get("/console/login", self.login_form),
+            web.post("/console/login", self.login),
+            web.post("/console/logout", self.logout),
+            web.post("/console/row/retry", self.retry),
+            web.post("/console/row/cancel", self.cancel),
+        ]
+
+    # -- rendering -----------------------------------------------------------------------
+
+    def _page(self, template: str, viewer: Viewer, status: int = 200, **data: Any) -> web.Response:
+        html = _env.get_template(template).render(
+            viewer=viewer,
+            protected=self.guard.protected,
+            actions=self.settings.console_actions and viewer.signed_in,
+            version=__version__,
+            relay_id=self.settings.relay_id,
+            **data,
+        )
+        response = web.Response(text=html, content_type="text/html", status=status)
+        # No framing by other sites, no script at all, nothing fetched from elsewhere.
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+            "frame-ancestors 'none'; base-uri 'none'"
+        )
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        # same-origin, not no-referrer: under no-referrer browsers send `Origin: null` with
+        # the console's own forms, which may_act refuses.
+        response.headers["Referrer-Policy"] = "same-origin"
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    def _viewer(self, request: web.Request) -> Viewer:
+        viewer = self.guard.viewer(request)
+        if not viewer.allowed:
+            raise web.HTTPSeeOther("/console/login")
+        return viewer
+
+    # -- pages ---------------------------------------------------------------------------
+
+    async def overview(self, request: web.Request) -> web.Response:
+        viewer = self._viewer(request)
+        relays = await self.store.live_relays()
+        return self._page(
+            "overview.html",
+            viewer,
+            counts=await self.store.state_counts(),
+            lag=await self.store.lag(),
+            hour=await self.store.last_hour(),
+            attempt_errors=await self.store.attempt_errors(),
+            backing_off=await self.store.backing_off(),
+            failures=await self.store.failures_by_code(),
+            customers=await self.store.customer_backlog(TOP_CUSTOMERS),
+            top_n=TOP_CUSTOMERS,
+            relays=relays,
+            share=self._share(len(relays)),
+            auth_ok=self.relay.state.auth_ok,
+            drift=await self.store.latest_drift_report(),
+        )
+
+    def _share(self, live: int) -> dict[str, Any]:
+        """Each live relay's share of the account's rate limit (equal shares, see share.py)."""
+        rate = self.settings.effective_rate_limit()
+        shared = self.settings.rate_limit_scope == "account"
+        return {"account": rate, "shared": shared, "each": rate / live if shared and live else rate}
+
+    async def failures(self, request: web.Request) -> web.Response:
+        viewer = self._viewer(request)
+        code = request.query.get("code", "")
+        rows = await self.store.failed_rows(code)
+        return self._page("failures.html", viewer, code=code, rows=rows, limit=200)
+
+    async def row(self, request: web.Request) -> web.Response:
+        viewer = self._viewer(request)
+        identifier = request.query.get("identifier", "").strip()
+        found = await self.store.row(identifier) if identifier else None
+        attempts = await self.store.attempts(found["id"]) if found else []
+        return self._page(
+            "row.html",
+            viewer,
+            status=200 if found or not identifier else 404,
+            identifier=identifier,
+            row=found,
+            attempts=attempts,
+            notice=NOTICES.get(request.query.get("done", "")),
+        )
+
+    # -- sign-in -------------------------------------------------------------------------
+
+    async def login_form(self, request: web.Request) -> web.Response:
+        return self._page("login.html", self.guard.viewer(request), failed=False)
+
+    async def login(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        token = form.get("token")
+        if not isinstance(token, str) or not self.guard.token_matches(token):
+            log.warning("console_login_refused", remote=request.remote)
+            return self._page("login.html", Viewer(False, False), status=401, failed=True)
+        response = web.HTTPSeeOther("/console")
+        set_session_cookie(response, self.guard.new_session(), secure=request.secure)
+        log.info("console_login", remote=request.remote)
+        raise response
+
+    async def logout(self, request: web.Request) -> web.Response:
+        viewer = self.guard.viewer(request)
+        form = await request.post()
+        if not self.guard.may_act(request, viewer, _text(form.get("csrf"))):
+            raise web.HTTPForbidden(text=NOTICES["refused"])
+        response = web.HTTPSeeOther("/console/login")
+        response.del_cookie(COOKIE, path="/console")
+        raise response
+
+    # -- actions -------------------------------------------------------------------------
+
+    async def _action(self, request: web.Request) -> str:
+        """The identifier of an allowed action's row; refuses anything else."""
+        if not self.settings.console_actions:
+            raise web.HTTPForbidden(text="console actions are off (OUTBOX_CONSOLE_ACTIONS)")
+        form = await request.post()
+        viewer = self.guard.viewer(request)
+        if not self.guard.may_act(request, viewer, _text(form.get("csrf"))):
+            log.warning("console_action_refused", path=request.path, remote=request.remote)
+            raise web.HTTPForbidden(text=NOTICES["refused"])
+        identifier = _text(form.get("identifier"))
+        if not identifier:
+            raise web.HTTPBadRequest(text="identifier missing")
+        return identifier
+
+    async def retry(self, request: web.Request) -> web.Response:
+        identifier = await self._action(request)
+        requeued, refused = await asyncio.to_thread(self._retry, identifier)
+        done = "retried" if requeued else "retry_refused" if refused else "retry_nothing"
+        log.info("console_retry", identifier=identifier, result=done, remote=request.remote)
+        raise web.HTTPSeeOther(_row_url(identifier, done))
+
+    def _retry(self, identifier: str) -> tuple[list[str], list[dict[str, Any]]]:
+        """The operator's `retry` (relay/db/operations.py): the same safety rules, never forced."""
+        with ops.connect(self.settings.database_url) as conn:
+            return ops.retry(
+                conn,
+                identifier=identifier,
+                code=None,
+                force=False,
+                window_hours=self.settings.dedup_window_hours,
+            )
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        identifier = await self._action(request)
+        try:
+            async with self.store.pool.connection() as conn:
+                result = await outbox.cancel_usage(conn, identifier=identifier)
+        except outbox.UnknownIdentifier:
+            raise web.HTTPSeeOther(_row_url(identifier, "not_found")) from None
+        done = "cancelled" if result.state == "cancelled" else "cancel_requested"
+        log.info("console_cancel", identifier=identifier, result=done, remote=request.remote)
+        raise web.HTTPSeeOther(_row_url(identifier, done))
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _row_url(identifier: str, done: str) -> str:
+    return "/console/row?" + urlencode({"identifier": identifier, "done": done})

@@ -1,0 +1,179 @@
+"""Asynchronous error reports from Stripe: mark the events it names as `rejected`.
+
+Stripe validates meter events after answering 200, then sends thin events
+(`v1.billing.meter.error_report_triggered`, `v1.billing.meter.no_meter_found`) whose full body,
+fetched from /v2/core/events/{id}, lists SAMPLES of failed events by `request.identifier`.
+Stripe's reference calls that field "the request idempotency key", leaving open whether it is
+the event identifier or the idempotency key (docs/design.md, Stripe facts); the relay makes the
+two equal (generation 0) and strips its generation suffix otherwise, so either reading finds
+the row.
+
+Verifying and parsing a delivery are pure functions (no database, no network) so they are
+tested with an injected clock. Every delivery that is signed but cannot be used is a
+`BadDelivery` (HTTP 400): it is the sender's problem, not an outage of ours, and must not show
+up as a 5xx in alerts.
+"""
+
+import hashlib
+import hmac
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import stripe
+import structlog
+
+from relay.db.store import Store
+
+METER_ERROR_TYPES = frozenset(
+    {"v1.billing.meter.error_report_triggered", "v1.billing.meter.no_meter_found"}
+)
+_KEY_SUFFIX = re.compile(r"#g\d+$")
+# Stripe's libraries accept a signature up to 5 minutes old. A timestamp further ahead than
+# that is refused too: a signature made "in the future" would stay replayable for longer.
+TOLERANCE_SECONDS = 300
+log = structlog.get_logger("relay.webhooks")
+
+
+class BadDelivery(ValueError):
+    """A delivery the relay refuses with 400; `reason` labels the metric and the log line."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Notification:
+    """The part of a thin event the relay needs before fetching the full event."""
+
+    id: str
+    type: str
+
+
+def parse_signature_header(header: str | None) -> tuple[int, list[str]]:
+    """`t=<unix seconds>,v1=<hex>[,v1=<hex>...]` -> (timestamp, v1 signatures). Several v1
+    entries appear while a secret is being rolled; other schemes (v0) are ignored."""
+    if not header:
+        raise BadDelivery("bad_signature", "no Stripe-Signature header")
+    timestamp, signatures = None, []
+    for part in header.split(","):
+        key, sep, value = part.strip().partition("=")
+        if not sep:
+            continue
+        if key == "t" and value.isascii() and value.isdigit():
+            timestamp = int(value)
+        elif key == "v1" and value:
+            signatures.append(value)
+    if timestamp is None or not signatures:
+        raise BadDelivery("bad_signature", "Stripe-Signature has no timestamp or no v1 signature")
+    return timestamp, signatures
+
+
+def verify_signature(
+    body: bytes,
+    header: str | None,
+    secret: str,
+    now: float,
+    tolerance: float = TOLERANCE_SECONDS,
+) -> None:
+    """Raise BadDelivery unless one v1 signature is HMAC-SHA256(secret, "<t>.<body>") and the
+    timestamp is within `tolerance` of `now`, in either direction."""
+    timestamp, signatures = parse_signature_header(header)
+    expected = hmac.new(secret.encode(), b"%d." % timestamp + body, hashlib.sha256).hexdigest()
+    if not any(hmac.compare_digest(expected, given) for given in signatures):
+        raise BadDelivery("bad_signature", "no signature matches the webhook secret")
+    if abs(now - timestamp) > tolerance:
+        when = "in the future" if timestamp > now else "too old"
+        raise BadDelivery("stale_signature", f"signature timestamp {timestamp} is {when}")
+
+
+def parse_notification(body: bytes) -> Notification:
+    """The thin event's id and type; BadDelivery for anything else (not JSON, not an object,
+    missing or non-string fields)."""
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise BadDelivery("malformed", "the body is not JSON") from None
+    if not isinstance(data, dict):
+        raise BadDelivery("malformed", "the body is not a JSON object")
+    event_id, event_type = data.get("id"), data.get("type")
+    if not (isinstance(event_id, str) and event_id and isinstance(event_type, str)):
+        raise BadDelivery("malformed", "the event has no string id and type")
+    return Notification(event_id, event_type)
+
+
+def key_fallbacks(samples: list[str], matched: list[str]) -> list[str]:
+    """Samples no row matched as an identifier, read as idempotency keys instead: the
+    identifier with the `#gN` suffix removed. A sample that is itself unchanged by the strip
+    was already tried and is left out, so an identifier ending in `#g1` never names another
+    row."""
+    keys = {_KEY_SUFFIX.sub("", s) for s in samples if s not in matched} - set(samples)
+    return sorted(keys)
+
+
+def rejected_identifiers(event_data: dict[str, Any]) -> dict[str, tuple[list[str], str]]:
+    """{error code: ([sample identifiers as sent], sample message)} from an error report."""
+    found: dict[str, tuple[list[str], str]] = {}
+    reason = event_data.get("reason") or {}
+    for error_type in reason.get("error_types") or []:
+        code = error_type.get("code") or "meter_error"
+        identifiers: list[str] = []
+        message = ""
+        for sample in error_type.get("sample_errors") or []:
+            ident = ((sample.get("request") or {}).get("identifier")) or ""
+            if ident:
+                identifiers.append(ident)
+            message = message or sample.get("error_message") or ""
+        if identifiers:
+            found[code] = (identifiers, message or event_data.get("developer_message_summary", ""))
+    return found
+
+
+async def apply_event(store: Store, event: Any) -> list[str]:
+    """Mark the rows a full meter error event names as rejected; returns their identifiers.
+
+    Each sample is matched as the event identifier first; only if no row has it, as one of our
+    idempotency keys (generation suffix `#gN` stripped). An identifier that happens to end in
+    `#g1` is therefore never confused with another row.
+    """
+    data = event.get("data") if isinstance(event, dict) else event.to_dict().get("data")
+    marked: list[str] = []
+    for code, (samples, message) in rejected_identifiers(data or {}).items():
+        hit = await store.reject(samples, code, message[:500])
+        keys = key_fallbacks(samples, hit)
+        if keys:
+            hit += await store.reject(keys, code, message[:500])
+        marked += hit
+    return marked
+
+
+async def handle_delivery(
+    client: stripe.StripeClient,
+    secret: str,
+    store: Store,
+    body: bytes,
+    signature: str | None,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """Verify, fetch and apply one delivery. Raises BadDelivery for what deserves a 400."""
+    verify_signature(body, signature, secret, time.time() if now is None else now)
+    thin = parse_notification(body)
+    if thin.type not in METER_ERROR_TYPES:
+        return {"ignored": thin.type}
+    try:
+        notification = client.parse_event_notification_without_verification(body)
+    except Exception as err:  # valid JSON the SDK cannot read is still the sender's problem
+        raise BadDelivery("malformed", f"unreadable event ({type(err).__name__})") from None
+    event = await notification.fetch_event_async()
+    marked = await apply_event(store, event)
+    log.warning(
+        "error_report_applied",
+        event_id=notification.id,
+        type=notification.type,
+        rejected=len(marked),
+        identifiers=marked[:20],
+    )
+    return {"event": notification.id, "rejected": marked}
