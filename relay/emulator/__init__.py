@@ -12,7 +12,7 @@ error-report webhooks, summaries) with fault injection, a ledger and a controlla
         assert emu.counted("evt-1") == 1
 """
 
-from relay.emulator.config import EmulatorConfig, Meter
+from relay.emulator.config import EmulatorConfig, EventDestination, Meter
 from relay.emulator.emulator import Emulator
 from relay.emulator.faults import Faults, Gate, Latency, Outage
 from relay.emulator.ledger import LedgerEvent, LedgerSnapshot
@@ -21,6 +21,7 @@ from relay.emulator.webhooks import signature_header
 __all__ = [
     "Emulator",
     "EmulatorConfig",
+    "EventDestination",
     "Faults",
     "Gate",
     "Latency",

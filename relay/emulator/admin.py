@@ -11,12 +11,20 @@ from typing import Any
 
 from aiohttp import web
 
-from relay.emulator.config import Meter
+from relay.emulator.config import EventDestination, Meter
 from relay.emulator.faults import Faults
 from relay.emulator.state import EmulatorState
 from relay.emulator.wire import JSON_CONTENT_TYPE, dumps, new_id
 
 PREFIX = "/_emulator"
+
+
+def _destination(raw: dict[str, Any]) -> EventDestination:
+    fields = dict(raw)
+    for name in ("enabled_events", "events_from"):
+        if name in fields:
+            fields[name] = tuple(fields[name])
+    return EventDestination(**fields)
 
 
 def _json(payload: Any, status: int = 200) -> web.Response:
@@ -58,6 +66,10 @@ class AdminApi:
             web.get(f"{PREFIX}/events", self.events),
             web.get(f"{PREFIX}/webhooks", self.webhooks),
             web.post(f"{PREFIX}/meters", self.add_meter),
+            web.post(f"{PREFIX}/meters/{{id}}/deactivate", self.deactivate_meter),
+            web.post(f"{PREFIX}/meters/{{id}}/reactivate", self.reactivate_meter),
+            web.post(f"{PREFIX}/event_destinations", self.set_event_destinations),
+            web.post(f"{PREFIX}/restricted_keys", self.set_restricted_keys),
             web.post(f"{PREFIX}/customers", self.add_customer),
         ]
 
@@ -155,13 +167,51 @@ class AdminApi:
         return _json({"url": self.state.sender.url, "attempts": attempts})
 
     async def add_meter(self, request: web.Request) -> web.Response:
+        """Body: `Meter` fields, plus `account` (default: every account) and `replace`."""
         data = await _body(request)
+        account = data.pop("account", None)
+        replace = bool(data.pop("replace", True))
         try:
             meter = Meter(**data)
         except (TypeError, ValueError) as exc:
             return _json({"error": str(exc)}, status=400)
-        self.state.add_meter(meter)
+        self.state.add_meter(meter, account, replace)
         return _json({"id": meter.id, "event_name": meter.event_name})
+
+    async def deactivate_meter(self, request: web.Request) -> web.Response:
+        return await self._set_active(request, False)
+
+    async def reactivate_meter(self, request: web.Request) -> web.Response:
+        return await self._set_active(request, True)
+
+    async def _set_active(self, request: web.Request, active: bool) -> web.Response:
+        """Body (optional): `{"account": "acct_..."}`; default every account."""
+        data = await _body(request)
+        meter_id = request.match_info["id"]
+        if not self.state.set_meter_active(meter_id, active, data.get("account")):
+            return _json({"error": f"no meter {meter_id}"}, status=404)
+        return _json({"id": meter_id, "active": active})
+
+    async def set_event_destinations(self, request: web.Request) -> web.Response:
+        """Body: `{"destinations": [EventDestination fields...]}` or `{"destinations": null}`
+        for the default (one destination for the webhook URL)."""
+        data = await _body(request)
+        raw = data.get("destinations")
+        try:
+            destinations = None if raw is None else [_destination(d) for d in raw]
+        except (TypeError, ValueError) as exc:
+            return _json({"error": str(exc)}, status=400)
+        with self.state.lock:
+            self.state.event_destinations = destinations
+        return _json({"destinations": len(self.state.destinations())})
+
+    async def set_restricted_keys(self, request: web.Request) -> web.Response:
+        """Body: `{"keys": ["rk_test_..."]}`: these keys get a 403 on meter reads."""
+        data = await _body(request)
+        keys = data.get("keys") or []
+        with self.state.lock:
+            self.state.restricted_keys = {str(k) for k in keys}
+        return _json({"restricted_keys": len(keys)})
 
     async def add_customer(self, request: web.Request) -> web.Response:
         data = await _body(request)

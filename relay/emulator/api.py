@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 from outbox import rules
 from relay.emulator import errors
 from relay.emulator.clock import parse_rfc3339
-from relay.emulator.config import DEFAULT_CUSTOMER_KEY, Meter
+from relay.emulator.config import DEFAULT_CUSTOMER_KEY, EventDestination, Meter
 from relay.emulator.errors import ApiError
 from relay.emulator.ledger import LedgerEvent, Number, Source
 from relay.emulator.limits import Slot
@@ -73,7 +73,7 @@ class StripeApi:
         payload = call.params.get("payload")
         if not isinstance(event_name, str) or not isinstance(payload, dict):
             return None
-        meter = self.state.meter_for(event_name)
+        meter = self.state.meter_for(event_name, call.account)
         customer = payload.get(meter.customer_key if meter else DEFAULT_CUSTOMER_KEY)
         if not customer:
             return None
@@ -89,7 +89,7 @@ class StripeApi:
         identifier = _optional_name(params, "identifier") or str(uuid.uuid4())
         now = self.state.clock.now()
         timestamp = self._v1_timestamp(params.get("timestamp"), now)
-        meter = self.state.meter_for(event_name)
+        meter = self.state.meter_for(event_name, call.account)
         value = self._v1_value(meter, payload)
         self._reject_duplicate(call.account, identifier, now)
         self._record(call, event_name, identifier, payload, value, timestamp, now, "v1")
@@ -160,7 +160,7 @@ class StripeApi:
         problem: EventProblem | None = None,
     ) -> None:
         """Put an accepted event in the ledger; failures are kept apart and reported later."""
-        meter = self.state.meter_for(event_name)
+        meter = self.state.meter_for(event_name, call.account)
         problem = problem or deferred_problem(meter, event_name, payload, self.state.customers)
         customer = payload.get(meter.customer_key if meter else DEFAULT_CUSTOMER_KEY)
         event = LedgerEvent(
@@ -278,7 +278,7 @@ class StripeApi:
             self.state.stream_duplicates_ignored += 1
             return
         when = now if timestamp is None else timestamp
-        meter = self.state.meter_for(event_name)
+        meter = self.state.meter_for(event_name, call.account)
         problem: EventProblem | None = None
         value: Number = 0
         try:
@@ -315,15 +315,77 @@ class StripeApi:
     # --- v1 meters and summaries -----------------------------------------------------
 
     def list_meters(self, call: Call) -> Result:
-        data = [self._meter_object(m, call.livemode) for m in self.state.meters()]
+        """Newest first, cursor paging (`limit` 1..100, default 10), `status` filter."""
+        self._require_read(call, "rak_billing_meter_read")
+        status = call.params.get("status")
+        if status not in (None, "", "active", "inactive"):
+            raise errors.invalid(
+                "Invalid status: must be one of active or inactive.",
+                code=errors.PARAMETER_INVALID,
+                param="status",
+            )
+        meters = [
+            m
+            for m in reversed(self.state.meters(call.account))
+            if not status or (m.active == (status == "active"))
+        ]
+        data = [self._meter_object(m, call.livemode) for m in meters]
+        page, has_more = _paginate(data, call.params)
         return 200, {
             "object": "list",
-            "data": data,
-            "has_more": False,
+            "data": page,
+            "has_more": has_more,
             "url": "/v1/billing/meters",
         }
 
+    def deactivate_meter(self, call: Call) -> Result:
+        return self._set_meter_active(call, False)
+
+    def reactivate_meter(self, call: Call) -> Result:
+        return self._set_meter_active(call, True)
+
+    def _set_meter_active(self, call: Call, active: bool) -> Result:
+        meter = self._meter_or_404(call)
+        self.state.set_meter_active(meter.meter_id, active, call.account)
+        return self.retrieve_meter(call)
+
+    def list_event_destinations(self, call: Call) -> Result:
+        self._require_read(call, "rak_event_destination_read")
+        data = [self._destination_object(d, i) for i, d in enumerate(self.state.destinations())]
+        return 200, {"data": data, "next_page_url": None, "previous_page_url": None}
+
+    def _destination_object(self, destination: EventDestination, index: int) -> dict[str, Any]:
+        webhook = None
+        if destination.type == "webhook_endpoint":
+            webhook = {"signing_secret": None, "url": destination.url}
+        return {
+            "id": destination.id or f"ed_emulator{index}",
+            "object": "v2.core.event_destination",
+            "name": destination.name,
+            "type": destination.type,
+            "status": destination.status,
+            "enabled_events": list(destination.enabled_events),
+            "event_payload": destination.event_payload,
+            "events_from": list(destination.events_from),
+            "snapshot_api_version": None,
+            "webhook_endpoint": webhook,
+            "created": "2026-01-01T00:00:00.000Z",
+            "livemode": False,
+        }
+
+    def _require_read(self, call: Call, permission: str) -> None:
+        """A restricted key without the read permission: Stripe's 403 (never the key)."""
+        if call.api_key in self.state.restricted_keys:
+            raise ApiError(
+                403,
+                f"The provided key '{errors.mask_key(call.api_key or '')}' does not have the "
+                f"required permissions for this endpoint on account '{call.account}'. Having "
+                f"the '{permission}' permission would allow this request to continue.",
+                type_="invalid_request_error",
+            )
+
     def retrieve_meter(self, call: Call) -> Result:
+        self._require_read(call, "rak_billing_meter_read")
         return 200, self._meter_object(self._meter_or_404(call), call.livemode)
 
     def event_summaries(self, call: Call) -> Result:
@@ -353,7 +415,7 @@ class StripeApi:
 
     def _meter_or_404(self, call: Call) -> Meter:
         meter_id = call.match_info["id"]
-        meter = self.state.meter_by_id(meter_id)
+        meter = self.state.meter_by_id(meter_id, call.account)
         if meter is None:
             raise _not_found(f"No such billing meter: '{meter_id}'", "id")
         return meter
@@ -371,7 +433,9 @@ class StripeApi:
             "event_time_window": meter.event_time_window,
             "livemode": livemode,
             "status": "active" if meter.active else "inactive",
-            "status_transitions": {"deactivated_at": None if meter.active else created},
+            "status_transitions": {
+                "deactivated_at": None if meter.active else self.state.clock.now_int()
+            },
             "updated": created,
             "value_settings": {"event_payload_key": meter.value_key},
         }

@@ -57,6 +57,30 @@ class Meter:
         return self.id
 
 
+METER_ERROR_EVENTS = (
+    "v1.billing.meter.error_report_triggered",
+    "v1.billing.meter.no_meter_found",
+)
+
+
+@dataclass(frozen=True)
+class EventDestination:
+    """A v2 event destination (`GET /v2/core/event_destinations`): where Stripe sends events.
+
+    The default is what a correct relay setup has: an enabled webhook endpoint subscribed to
+    the two meter error events, thin payloads, events of this account.
+    """
+
+    url: str | None = "https://relay.example/webhooks/stripe"
+    type: Literal["webhook_endpoint", "amazon_eventbridge"] = "webhook_endpoint"
+    status: Literal["enabled", "disabled"] = "enabled"
+    enabled_events: tuple[str, ...] = METER_ERROR_EVENTS
+    event_payload: Literal["thin", "snapshot"] = "thin"
+    events_from: tuple[str, ...] = ("self",)
+    id: str | None = None
+    name: str = "outbox-relay"
+
+
 def _default_meters() -> tuple[Meter, ...]:
     return (Meter("api_calls"),)
 
@@ -72,6 +96,11 @@ class EmulatorConfig:
     customers: Iterable[str] | None = None
     # None = any `sk_test_...` / `sk_live_...` key is valid; a set = only those keys.
     api_keys: Iterable[str] | None = None
+    # Restricted keys without the meter read permission: 403 on the meter list, a meter and
+    # the event destinations list (meter events still work).
+    restricted_keys: Iterable[str] = ()
+    # None = one destination for `webhook_url` when it is set (see EventDestination).
+    event_destinations: Iterable[EventDestination] | None = None
     # Connected accounts that revoked this platform's access: their requests get a 403.
     revoked_accounts: Iterable[str] = ()
     # The account that owns the API keys (requests without a `Stripe-Account` header).

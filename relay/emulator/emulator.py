@@ -17,7 +17,7 @@ from aiohttp import web
 
 from relay.emulator.admin import AdminApi
 from relay.emulator.api import StripeApi
-from relay.emulator.config import EmulatorConfig, Meter
+from relay.emulator.config import EmulatorConfig, EventDestination, Meter
 from relay.emulator.faults import FaultKind, Faults, Gate, OutageMode
 from relay.emulator.ledger import LedgerSnapshot, Number
 from relay.emulator.server import Pipeline, not_found, stripe_routes
@@ -300,9 +300,31 @@ class Emulator:
         loop.call_soon_threadsafe(run)
         done.result(timeout=30)
 
-    def add_meter(self, meter: Meter) -> Meter:
-        self.state.add_meter(meter)
+    def add_meter(self, meter: Meter, account: str | None = None, replace: bool = True) -> Meter:
+        """Create a meter on `account` (None: every account, present and future). `replace`
+        drops that account's meters of the same event name, as Stripe keeps one per name."""
+        self.state.add_meter(meter, account, replace)
         return meter
+
+    def deactivate_meter(self, meter_id: str, account: str | None = None) -> bool:
+        return self.state.set_meter_active(meter_id, False, account)
+
+    def reactivate_meter(self, meter_id: str, account: str | None = None) -> bool:
+        return self.state.set_meter_active(meter_id, True, account)
+
+    def remove_meter(self, meter_id: str, account: str | None = None) -> None:
+        """Forget a meter (emulator only: Stripe never deletes one)."""
+        self.state.remove_meter(meter_id, account)
+
+    def set_restricted_keys(self, keys: set[str]) -> None:
+        """Keys that get a 403 on the meter list and the event destinations list."""
+        with self.state.lock:
+            self.state.restricted_keys = set(keys)
+
+    def set_event_destinations(self, destinations: list[EventDestination] | None) -> None:
+        """None: one destination for the webhook URL (see EmulatorState.destinations)."""
+        with self.state.lock:
+            self.state.event_destinations = None if destinations is None else list(destinations)
 
     def add_customer(self, customer: str) -> None:
         self.state.add_customer(customer)

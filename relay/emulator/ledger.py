@@ -148,19 +148,19 @@ class Ledger:
         self,
         event_name: str,
         customer: str,
-        meter_for: Callable[[str], Meter | None],
+        meter_for: Callable[[str, str], Meter | None],
         account: str | None = None,
     ) -> Number:
         """Billed value for one customer and event name (summed over accounts if None)."""
         result: Number = 0
         for (acct, name, cust), events in self._by_series.items():
             if name == event_name and cust == customer and (account is None or acct == account):
-                result += _aggregate_for(events, meter_for(name))
+                result += _aggregate_for(events, meter_for(name, acct))
         return result
 
-    def snapshot(self, meter_for: Callable[[str], Meter | None]) -> LedgerSnapshot:
+    def snapshot(self, meter_for: Callable[[str, str], Meter | None]) -> LedgerSnapshot:
         totals = {
-            (acct, name, cust or ""): _aggregate_for(events, meter_for(name))
+            (acct, name, cust or ""): _aggregate_for(events, meter_for(name, acct))
             for (acct, name, cust), events in self._by_series.items()
         }
         return LedgerSnapshot(

@@ -91,6 +91,9 @@ def stripe_routes(api: StripeApi) -> list[Route]:
         ),
         Route("GET", "/v1/billing/meters", api.list_meters),
         Route("GET", "/v1/billing/meters/{id}", api.retrieve_meter),
+        Route("POST", "/v1/billing/meters/{id}/deactivate", api.deactivate_meter, body="form"),
+        Route("POST", "/v1/billing/meters/{id}/reactivate", api.reactivate_meter, body="form"),
+        Route("GET", "/v2/core/event_destinations", api.list_event_destinations, v2=True),
         Route("GET", "/v1/billing/meters/{id}/event_summaries", api.event_summaries),
         Route("POST", "/v2/billing/meter_event_session", api.create_session, body="json", v2=True),
         Route(

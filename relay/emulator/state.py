@@ -11,11 +11,12 @@ import threading
 from typing import Any
 
 from relay.emulator.clock import Clock
-from relay.emulator.config import EmulatorConfig, Meter
+from relay.emulator.config import EmulatorConfig, EventDestination, Meter
 from relay.emulator.faults import FaultInjector, Faults
 from relay.emulator.idempotency import IdempotencyStore
 from relay.emulator.ledger import Ledger, LedgerSnapshot, Number
 from relay.emulator.limits import ConcurrencyGuard, RateLimiter
+from relay.emulator.meters import MeterBook
 from relay.emulator.reports import ErrorReporter, EventStore
 from relay.emulator.sessions import SessionStore
 from relay.emulator.stats import RequestStats
@@ -31,10 +32,11 @@ class EmulatorState:
         self.lock = threading.RLock()
         self.clock = Clock(config.clock_offset_seconds)
         self.started_at = self.clock.now_int()
-        self._meters_by_name: dict[str, Meter] = {}
-        self._meters_by_id: dict[str, Meter] = {}
-        for meter in config.meters:
-            self.add_meter(meter)
+        self.meter_book = MeterBook(config.meters)
+        self.restricted_keys: set[str] = set(config.restricted_keys)
+        self.event_destinations: list[EventDestination] | None = (
+            None if config.event_destinations is None else list(config.event_destinations)
+        )
         self.customers = CustomerDirectory.from_config(config.customers)
         self.api_keys: set[str] | None = None if config.api_keys is None else set(config.api_keys)
         self.revoked_accounts: set[str] = set(config.revoked_accounts)
@@ -64,23 +66,37 @@ class EmulatorState:
             max_samples=config.error_report_max_samples,
         )
 
-    def add_meter(self, meter: Meter) -> None:
-        """Register (or replace) a meter; one meter per event name."""
+    def add_meter(self, meter: Meter, account: str | None = None, replace: bool = True) -> None:
+        """Register a meter on one account (None: every account); by default it replaces the
+        account's meters of the same event name (Stripe: one meter per event name)."""
         with self.lock:
-            previous = self._meters_by_name.get(meter.event_name)
-            if previous is not None:
-                self._meters_by_id.pop(previous.meter_id, None)
-            self._meters_by_name[meter.event_name] = meter
-            self._meters_by_id[meter.meter_id] = meter
+            self.meter_book.add(meter, account, replace)
 
-    def meter_for(self, event_name: str) -> Meter | None:
-        return self._meters_by_name.get(event_name)
+    def set_meter_active(self, meter_id: str, active: bool, account: str | None = None) -> bool:
+        with self.lock:
+            return self.meter_book.set_active(meter_id, active, account)
 
-    def meter_by_id(self, meter_id: str) -> Meter | None:
-        return self._meters_by_id.get(meter_id)
+    def remove_meter(self, meter_id: str, account: str | None = None) -> None:
+        with self.lock:
+            self.meter_book.remove(meter_id, account)
 
-    def meters(self) -> list[Meter]:
-        return list(self._meters_by_id.values())
+    def meter_for(self, event_name: str, account: str) -> Meter | None:
+        return self.meter_book.account(account).for_event(event_name)
+
+    def meter_by_id(self, meter_id: str, account: str) -> Meter | None:
+        return self.meter_book.account(account).by_id.get(meter_id)
+
+    def meters(self, account: str) -> list[Meter]:
+        return list(self.meter_book.account(account).by_id.values())
+
+    def destinations(self) -> list[EventDestination]:
+        """The event destinations: configured, else one webhook endpoint subscribed to the
+        meter error events when a webhook URL is set (what a correct setup has)."""
+        if self.event_destinations is not None:
+            return list(self.event_destinations)
+        if self.sender.url is None:
+            return []
+        return [EventDestination(url=self.sender.url)]
 
     def add_customer(self, customer: str) -> None:
         with self.lock:
@@ -130,7 +146,8 @@ class EmulatorState:
     def reset(self) -> None:
         """Back to the configured start: traffic, keys, sessions, counters, events, faults, clock.
 
-        Meters and customers added at run time are kept (they are configuration).
+        Meters, customers and event destinations set at run time are kept (they are
+        configuration).
         """
         with self.lock:
             self.ledger.reset()

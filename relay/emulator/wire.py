@@ -99,9 +99,10 @@ def bearer_credential(authorization: str | None) -> str | None:
 
 
 def key_mode(api_key: str) -> bool | None:
-    """Livemode of a secret key: True for `sk_live_`, False for `sk_test_`, None otherwise."""
-    if api_key.startswith("sk_live_") and len(api_key) > 8:
+    """Livemode of a secret or restricted key: True for `sk_live_`/`rk_live_`, False for
+    `sk_test_`/`rk_test_`, None otherwise."""
+    if api_key.startswith(("sk_live_", "rk_live_")) and len(api_key) > 8:
         return True
-    if api_key.startswith("sk_test_") and len(api_key) > 8:
+    if api_key.startswith(("sk_test_", "rk_test_")) and len(api_key) > 8:
         return False
     return None
