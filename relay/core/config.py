@@ -105,6 +105,25 @@ class Settings(BaseSettings):
         le=86_400,
         description="Seconds `run` waits for `migrate` before giving up",
     )
+    meter_refresh_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        le=86_400,
+        description="Read the Stripe meters this often (also at start and when a row needs it)",
+    )
+    meter_keys: str | None = Field(
+        default=None,
+        max_length=10_000,
+        description="Payload keys per event name for keys that cannot read meters: "
+        "event_name=customer_key:value_key;...",
+    )
+    read_rate_limit: float | None = Field(
+        default=None,
+        gt=0,
+        le=1000,
+        description="Stripe reads per second (meter lists, summaries); default half of Stripe's "
+        "read limit: 50 live, 12.5 test",
+    )
     http_host: str = Field(default="127.0.0.1", min_length=1, max_length=255)
     http_port: int = Field(default=8080, ge=0, le=65535)
     # HTTP server limits (slow or hostile clients must not starve /healthz and /readyz)
@@ -168,6 +187,12 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("meter_keys")
+    @classmethod
+    def _meter_keys_parse(cls, text: str | None) -> str | None:
+        parse_meter_keys(text)  # a clear ValueError naming the bad entry
+        return text
+
     @model_validator(mode="after")
     def _actions_need_a_token(self) -> "Settings":
         if self.console_actions and self.console_token is None:
@@ -213,6 +238,23 @@ class Settings(BaseSettings):
             return self.rate_limit
         key = self.api_key() or ""
         return 1000.0 if key.startswith(("sk_live_", "rk_live_")) else 25.0
+
+
+def parse_meter_keys(text: str | None) -> dict[str, tuple[str, str]]:
+    """OUTBOX_METER_KEYS: `event_name=customer_key:value_key`, several separated by `;`."""
+    overrides: dict[str, tuple[str, str]] = {}
+    for part in (text or "").split(";"):
+        if not part.strip():
+            continue
+        name, sep, keys = part.partition("=")
+        customer, colon, value = keys.partition(":")
+        name, customer, value = name.strip(), customer.strip(), value.strip()
+        if not (sep and colon and name and customer and value) or customer == value:
+            raise ValueError(
+                f"{part.strip()!r} is not event_name=customer_key:value_key (two different keys)"
+            )
+        overrides[name] = (customer, value)
+    return overrides
 
 
 def env_name(field: str) -> str:

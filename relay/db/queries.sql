@@ -525,3 +525,88 @@ SELECT id, identifier, state, action, event_name, customer, value, dimensions, m
        accepted_at, cancel_requested_at, cancelled_at, updated_at,
        available_at - now() AS due_in
 FROM meter_event_outbox WHERE identifier = :identifier
+
+-- The meter catalogue (alembic/versions/0008_meter_catalogue.up.sql).
+
+-- name: save_meters
+-- Replace one account's catalogue with a fresh read of Stripe (:meters, a JSON array), and
+-- note the read as 'ok', in one statement.
+WITH fresh AS (
+    SELECT * FROM jsonb_to_recordset(CAST(:meters AS jsonb))
+        AS m(meter_id text, event_name text, status text, customer_key text, value_key text,
+             event_time_window text, formula text)
+),
+gone AS (
+    DELETE FROM meter_event_outbox_meters o
+    WHERE o.stripe_account = :account
+      AND o.meter_id NOT IN (SELECT meter_id FROM fresh)
+),
+saved AS (
+    INSERT INTO meter_event_outbox_meters AS o (stripe_account, meter_id, event_name, status,
+        customer_key, value_key, event_time_window, formula, fetched_at)
+    SELECT :account, meter_id, event_name, status, customer_key, value_key, event_time_window,
+           formula, now()
+    FROM fresh
+    ON CONFLICT (stripe_account, meter_id) DO UPDATE
+    SET event_name = excluded.event_name, status = excluded.status,
+        customer_key = excluded.customer_key, value_key = excluded.value_key,
+        event_time_window = excluded.event_time_window, formula = excluded.formula,
+        fetched_at = excluded.fetched_at
+)
+INSERT INTO meter_event_outbox_meter_reads (stripe_account, outcome, detail, read_at, ok_at)
+VALUES (:account, 'ok', NULL, now(), now())
+ON CONFLICT (stripe_account) DO UPDATE
+SET outcome = 'ok', detail = NULL, read_at = now(), ok_at = now()
+
+-- name: note_meter_read
+-- A read of an account's meters that failed: the catalogue stays as it was.
+INSERT INTO meter_event_outbox_meter_reads (stripe_account, outcome, detail, read_at)
+VALUES (:account, :outcome, :detail, now())
+ON CONFLICT (stripe_account) DO UPDATE
+SET outcome = excluded.outcome, detail = excluded.detail, read_at = now()
+
+-- name: load_meters
+-- The whole catalogue (a few rows per account). Bad hand edits that pass the CHECKs are
+-- judged when loaded (relay/stripe/catalogue.py).
+SELECT stripe_account, meter_id, event_name, status, customer_key, value_key,
+       event_time_window, formula, fetched_at
+FROM meter_event_outbox_meters ORDER BY stripe_account, event_name, meter_id
+
+-- name: meter_reads
+SELECT stripe_account, outcome, detail, read_at, ok_at
+FROM meter_event_outbox_meter_reads ORDER BY stripe_account
+
+-- name: note_event_names
+-- Event names claimed since the last refresh (:names, a JSON array of [account, name]).
+INSERT INTO meter_event_outbox_event_names AS n (stripe_account, event_name, last_seen_at)
+SELECT e->>0, e->>1, now() FROM jsonb_array_elements(CAST(:names AS jsonb)) e
+ON CONFLICT (stripe_account, event_name) DO UPDATE SET last_seen_at = now()
+
+-- name: event_names_in_use
+-- Event names per account in unsent rows (the hot part, through the due index) and in
+-- recent history (the few rows of meter_event_outbox_event_names): never a scan of history.
+SELECT coalesce(stripe_account, '') AS account, event_name
+FROM meter_event_outbox WHERE state IN ('pending', 'in_flight') AND available_at > '-infinity'
+UNION
+SELECT stripe_account, event_name FROM meter_event_outbox_event_names
+WHERE last_seen_at > now() - make_interval(days => 35)
+ORDER BY 1, 2
+
+-- name: held_by_meter
+-- Rows held because of their meter, per account, event name and code (pending rows only:
+-- the hot part).
+SELECT coalesce(stripe_account, '') AS account, event_name, last_error_code AS code,
+       count(*) AS n, min(created_at) AS oldest_created_at
+FROM meter_event_outbox
+WHERE state = 'pending' AND available_at > '-infinity'
+  AND last_error_code = ANY(CAST(:codes AS text[]))
+GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+
+-- name: release_held
+-- Rows held for a meter that is now usable: due at once (one write per held row).
+UPDATE meter_event_outbox
+SET available_at = now(), updated_at = now()
+WHERE state = 'pending' AND available_at > now()
+  AND coalesce(stripe_account, '') = :account AND event_name = :event_name
+  AND last_error_code = ANY(CAST(:codes AS text[]))
+RETURNING id

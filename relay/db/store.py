@@ -21,6 +21,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from outbox.sqlfile import for_psycopg
+from relay.core.meters import HELD_CODES, MeterInfo, MeterRead
 from relay.core.rows import Claimed, Outcome
 from relay.db.pool import QUERIES
 
@@ -226,6 +227,33 @@ def _json_number(value: object) -> int | float:
     raise TypeError(type(value).__name__)
 
 
+class HeldGroup(NamedTuple):
+    """Rows held because of their meter, per account ('' platform), event name and code."""
+
+    account: str
+    event_name: str
+    code: str
+    n: int
+    oldest_created_at: datetime
+
+
+def _meters_params(account: str, meters: Sequence[MeterInfo]) -> dict[str, Any]:
+    fields = ("meter_id", "event_name", "status", "customer_key", "value_key")
+    rows = [
+        {
+            **{f: getattr(m, f) for f in fields},
+            "event_time_window": m.event_time_window,
+            "formula": m.formula,
+        }
+        for m in meters
+    ]
+    return {"account": account, "meters": orjson.dumps(rows).decode()}
+
+
+def _meter_info(row: tuple[Any, ...]) -> MeterInfo:
+    return MeterInfo(*row)
+
+
 class Store:
     """The relay's queries on its async pool of autocommit connections."""
 
@@ -288,6 +316,36 @@ class Store:
             return True
         except Exception:
             return False
+
+    # The meter catalogue.
+
+    async def save_meters(self, account: str, meters: Sequence[MeterInfo]) -> None:
+        """Replace `account`'s catalogue with a fresh read and note the read as ok."""
+        await self._run("save_meters", _meters_params(account, meters))
+
+    async def note_meter_read(self, account: str, outcome: str, detail: str | None) -> None:
+        """A failed read (`forbidden`, `failed`): the catalogue stays as it was."""
+        await self._run(
+            "note_meter_read", {"account": account, "outcome": outcome, "detail": detail}
+        )
+
+    async def load_meters(self) -> list[MeterInfo]:
+        return [_meter_info(r) for r in await self._run("load_meters")]
+
+    async def note_event_names(self, names: Iterable[tuple[str, str]]) -> None:
+        await self._run("note_event_names", {"names": orjson.dumps(list(names)).decode()})
+
+    async def event_names_in_use(self) -> list[tuple[str, str]]:
+        return [(a, n) for a, n in await self._run("event_names_in_use")]
+
+    async def held_by_meter(self) -> list[HeldGroup]:
+        found = await self._run("held_by_meter", {"codes": list(HELD_CODES)})
+        return [HeldGroup(*r) for r in found]
+
+    async def release_held(self, account: str, event_name: str) -> int:
+        """Make rows held for this meter due now; returns how many."""
+        params = {"account": account, "event_name": event_name, "codes": list(HELD_CODES)}
+        return len(await self._run("release_held", params))
 
 
 class SyncStore:
@@ -431,6 +489,20 @@ class SyncStore:
         """Delete one bounded batch of old terminal rows; returns how many."""
         params = {"age_seconds": age_seconds, "batch_size": batch_size}
         return len(self._run("prune", params))
+
+    # The meter catalogue (operator commands and tests).
+
+    def load_meters(self) -> list[MeterInfo]:
+        return [_meter_info(r) for r in self._run("load_meters")]
+
+    def meter_reads(self) -> list[MeterRead]:
+        return [MeterRead(*r) for r in self._run("meter_reads")]
+
+    def event_names_in_use(self) -> list[tuple[str, str]]:
+        return [(a, n) for a, n in self._run("event_names_in_use")]
+
+    def held_by_meter(self) -> list[HeldGroup]:
+        return [HeldGroup(*r) for r in self._run("held_by_meter", {"codes": list(HELD_CODES)})]
 
 
 # The web console and /metrics: reads only, rows as dicts for the templates.

@@ -23,6 +23,7 @@ from relay.core.rows import Claimed, Outcome
 from relay.pipeline.call_pool import CallPool
 from relay.pipeline.streams import StreamBatcher, unsent
 from relay.stripe.auth_gate import AuthGate
+from relay.stripe.catalogue import MeterCatalogue
 from relay.stripe.classify import Classified, Verdict
 from relay.stripe.policy import Refusals, decide
 from relay.stripe.rate_limit import RateLimiter
@@ -58,8 +59,10 @@ class Executor:
         limiter: RateLimiter,
         auth: AuthGate,
         record: Callable[[Outcome], None],
+        meters: MeterCatalogue | None = None,
     ) -> None:
         self.settings = settings
+        self.meters = meters
         self.sender = sender
         self.limiter = limiter
         self.auth = auth
@@ -143,7 +146,14 @@ class Executor:
         sendable: list[Claimed] = []
         for r in rows:
             try:
-                outcome = refusals.check(r) or self._held(r)
+                outcome = refusals.check(r)
+                if outcome is None and self.meters is not None:  # before the auth probe
+                    routed = self.meters.check(r)
+                    if isinstance(routed, Outcome):
+                        outcome = routed
+                    else:
+                        r = routed  # the payload under the meter's keys
+                outcome = outcome or self._held(r)
             except Exception as err:  # a bug of ours, about this row: it waits, the rest go
                 log.exception("row_check_crashed", identifier=r.identifier)
                 message = f"{type(err).__name__}: {err}"[:500]

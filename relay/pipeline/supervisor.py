@@ -19,16 +19,20 @@ from typing import Any
 
 import structlog
 
-from relay.core.config import Settings
+from relay.core.config import Settings, parse_meter_keys
 from relay.db.store import Store
 from relay.pipeline import maintenance
 from relay.pipeline.completer import Completer
 from relay.pipeline.executor import Executor, RelayState, Sender
+from relay.pipeline.meter_refresh import Fetch, MeterRefresh, sdk_fetch
 from relay.pipeline.producer import Capacity, Producer, capacity_limit
 from relay.pipeline.wakeup import Wakeup
 from relay.stripe.auth_gate import AuthGate
+from relay.stripe.catalogue import MeterCatalogue
 from relay.stripe.rate_limit import RateLimiter
 from relay.stripe.rate_share import DuplicateRelayId, RateShare
+from relay.stripe.read_budget import ReadBudget, default_read_rate
+from relay.stripe.sender import StripeSender
 
 log = structlog.get_logger("relay")
 
@@ -95,7 +99,14 @@ def _describe(error: BaseException | None) -> str:
 class Relay:
     """One relay process; several can run against the same database."""
 
-    def __init__(self, settings: Settings, store: Store, sender: Sender, wakeup: Wakeup) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        sender: Sender,
+        wakeup: Wakeup,
+        meters_fetch: Fetch | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.sender = sender
@@ -125,7 +136,14 @@ class Relay:
         auth = AuthGate(
             self._set_ready, settings.auth_probe_interval, settings.auth_probe_max_interval
         )
-        self.executor = Executor(settings, sender, self.limiter, auth, self.completer.record)
+        self.auth = auth
+        self.read_budget = ReadBudget(
+            settings.read_rate_limit or default_read_rate(settings.api_key() or "")
+        )
+        self.meters, self.meter_refresh = self._meter_catalogue(meters_fetch)
+        self.executor = Executor(
+            settings, sender, self.limiter, auth, self.completer.record, self.meters
+        )
         self.producer = Producer(
             settings,
             store,
@@ -138,6 +156,29 @@ class Relay:
 
     def _set_ready(self, auth_ok: bool) -> None:
         self.state.auth_ok = auth_ok
+
+    def _meter_catalogue(
+        self, fetch: Fetch | None
+    ) -> tuple[MeterCatalogue | None, MeterRefresh | None]:
+        """The catalogue and its refresh job; none for a sender that cannot read meters (a
+        test double): rows then go with the default keys, as before the catalogue."""
+        if fetch is None and isinstance(self.sender, StripeSender):
+            fetch = sdk_fetch(self.sender.client, self.read_budget)
+        if fetch is None:
+            return None, None
+        settings = self.settings
+        catalogue = MeterCatalogue(
+            settings.meter_refresh_seconds, parse_meter_keys(settings.meter_keys)
+        )
+        refresh = MeterRefresh(
+            self.store,
+            catalogue,
+            fetch,
+            settings.meter_refresh_seconds,
+            on_key_refused=self.auth.refuse_key,
+            on_key_accepted=self.auth.key_accepted,
+        )
+        return catalogue, refresh
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set (or a service dies), then drain within the grace period."""
@@ -155,6 +196,10 @@ class Relay:
                     "heartbeat",
                     maintenance.heartbeat(self.share, self.settings.heartbeat_interval),
                 )
+            if self.meter_refresh is not None:
+                # Before traffic: the read that needs only the key (a 401 makes /readyz fail).
+                await self.meter_refresh.start()
+                services.start("meter_refresh", self.meter_refresh.run())
             self.state.started = True
             log.info(
                 "relay_started",

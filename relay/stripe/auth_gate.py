@@ -88,6 +88,18 @@ class AuthGate:
         held = self.paused.get(scope) or self._pause(scope, result)
         return max(held.probe_at - self._clock(), 0.0) + 0.1
 
+    def refuse_key(self, message: str) -> None:
+        """A read that needs only the key (the meter catalogue at start) got a 401: pause the
+        key before any row is sent, so `/readyz` fails at once; rows then probe as usual."""
+        if KEY not in self.paused:
+            self._pause(KEY, Classified(Verdict.AUTH, code="api_key_invalid", message=message))
+
+    def key_accepted(self) -> None:
+        """A read with the key succeeded: a 401 pause is over (a 403 is per account and
+        stays: a read can pass where a write is refused)."""
+        if KEY in self.paused and self.paused[KEY].probe is None:
+            self._resume(KEY)
+
     def release(self, row: Claimed) -> None:
         """The row's call never happened (shutdown, crash): another row may probe."""
         for pause in self.paused.values():

@@ -97,6 +97,7 @@ async def running_relay(
         settings.stripe_api_base,
         settings.request_timeout,
         settings.effective_concurrency() + 4,
+        client=settings.stripe_client,
     )
     relay = Relay(
         settings, store(pool), sender, Wakeup(settings.database_url, not settings.poll_only)

@@ -1,0 +1,221 @@
+"""Meters as a Stripe account has them: rows are sent with their meter's payload keys, held
+(pending, no attempt, no call) while Stripe would drop them, and released within one refresh
+after the meter becomes usable. Every test runs in v1 and v2-stream."""
+
+import asyncio
+from typing import Any
+
+import psycopg
+import pytest
+
+from relay.core.config import Settings
+from relay.emulator import Emulator, EmulatorConfig, Meter
+from tests.relay.conftest import (
+    RunningRelay,
+    accepted,
+    make_settings,
+    row,
+    running_relay,
+    states,
+)
+
+MODES = ["v1", "v2-stream"]
+CLIENTS = [("v1", "lean"), ("v1", "sdk"), ("v2-stream", "lean"), ("v2-stream", "sdk")]
+
+
+@pytest.fixture
+def emulator_config() -> EmulatorConfig:
+    return EmulatorConfig(
+        rate_limit_test=None,
+        rate_limit_live=None,
+        meters=(
+            Meter("api_calls"),
+            Meter("tokens", customer_key="customer_id", value_key="n"),
+            Meter("gauge", event_time_window="hour"),
+            Meter("retired", active=False),
+        ),
+    )
+
+
+def record(
+    database_url: str,
+    event_name: str,
+    n: int,
+    *,
+    prefix: str = "m",
+    dimensions: dict[str, str] | None = None,
+    account: str | None = None,
+) -> list[str]:
+    """n rows of value g (1..n) for cus_1, through the SQL function."""
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "SELECT outbox_record_usage(%s, 'cus_1', g, %s || g, NULL, %s::jsonb,"
+            " stripe_account => %s) FROM generate_series(1, %s) g",
+            (event_name, prefix, psycopg.types.json.Jsonb(dimensions or {}), account, n),
+        )
+    return [f"{prefix}{g}" for g in range(1, n + 1)]
+
+
+def settings_for(database_url: str, emulator: Emulator, mode: str, **extra: Any) -> Settings:
+    extra.setdefault("meter_refresh_seconds", 60)
+    return make_settings(database_url, emulator, stripe_api_mode=mode, **extra)
+
+
+async def refreshed(relay: RunningRelay, passes: int = 1) -> None:
+    """Wait until the meter refresh completed `passes` more passes."""
+    refresh = relay.relay.meter_refresh
+    assert refresh is not None
+    async with refresh.refreshed:
+        target = refresh.refreshes + passes
+        await asyncio.wait_for(refresh.refreshed.wait_for(lambda: refresh.refreshes >= target), 20)
+
+
+async def refresh_pass(relay: RunningRelay) -> None:
+    """One refresh pass now (the loop runs the same every OUTBOX_METER_REFRESH_SECONDS)."""
+    refresh = relay.relay.meter_refresh
+    assert refresh is not None
+    await refresh.refresh()
+
+
+async def held(database_url: str, identifiers: list[str], code: str) -> bool:
+    return all(row(database_url, i)["last_error_code"] == code for i in identifiers)
+
+
+def meter_event_calls(emulator: Emulator) -> int:
+    return emulator.requests("/v1/billing/meter_events") + emulator.requests(
+        "/v2/billing/meter_event_stream"
+    )
+
+
+@pytest.mark.parametrize(("mode", "client"), CLIENTS)
+async def test_custom_customer_and_value_keys_billed_exactly(
+    database_url: str, emulator: Emulator, mode: str, client: str
+) -> None:
+    identifiers = record(database_url, "tokens", 20, dimensions={"region": "eu"})
+    settings = settings_for(database_url, emulator, mode, stripe_client=client)
+    async with running_relay(settings) as relay:
+        await relay.until(lambda: accepted(database_url, 20))
+    emulator.flush_error_reports()
+    ledger = emulator.ledger()
+    assert ledger.rejected == []
+    assert emulator.total("tokens", "cus_1") == sum(range(1, 21))
+    sent = {e.identifier: e.payload for e in ledger.events}
+    assert sent[identifiers[0]] == {"customer_id": "cus_1", "n": "1", "region": "eu"}
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_event_name_without_meter_held_then_billed_after_creation(
+    database_url: str, emulator: Emulator, mode: str
+) -> None:
+    identifiers = record(database_url, "new_feature", 5)
+    async with running_relay(settings_for(database_url, emulator, mode)) as relay:
+        await relay.until(lambda: held(database_url, identifiers, "meter_missing"))
+        first = row(database_url, identifiers[0])
+        assert (first["state"], first["attempts"], first["first_attempt_at"]) == (
+            "pending",
+            0,
+            None,
+        )
+        assert meter_event_calls(emulator) == 0
+        emulator.add_meter(Meter("new_feature"))
+        await refresh_pass(relay)  # the next one, as the interval (60 s here) would run
+        await relay.until(lambda: accepted(database_url, 5))
+    assert emulator.total("new_feature", "cus_1") == 15
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_inactive_meter_held_until_reactivated(
+    database_url: str, emulator: Emulator, mode: str
+) -> None:
+    identifiers = record(database_url, "retired", 3)
+    async with running_relay(settings_for(database_url, emulator, mode)) as relay:
+        await relay.until(lambda: held(database_url, identifiers, "meter_inactive"))
+        assert meter_event_calls(emulator) == 0
+        emulator.reactivate_meter("mtr_retired")
+        await refresh_pass(relay)
+        await relay.until(lambda: accepted(database_url, 3))
+    assert emulator.total("retired", "cus_1") == 6
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_pre_aggregated_meter_held(database_url: str, emulator: Emulator, mode: str) -> None:
+    identifiers = record(database_url, "gauge", 4)
+    async with running_relay(settings_for(database_url, emulator, mode)) as relay:
+        await relay.until(lambda: held(database_url, identifiers, "meter_pre_aggregated"))
+    assert meter_event_calls(emulator) == 0
+    assert "last event per hour" in row(database_url, identifiers[0])["last_error_message"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_held_row_is_not_claimed_again_before_the_next_refresh(
+    database_url: str, emulator: Emulator, mode: str
+) -> None:
+    [identifier] = record(database_url, "new_feature", 1)
+    async with running_relay(settings_for(database_url, emulator, mode)) as relay:
+        await relay.until(lambda: held(database_url, [identifier], "meter_missing"))
+        with psycopg.connect(database_url) as conn:
+            wait = conn.execute(
+                "SELECT extract(epoch FROM available_at - now()) FROM meter_event_outbox"
+                " WHERE identifier = %s",
+                (identifier,),
+            ).fetchone()
+        assert wait is not None and wait[0] > 50  # one refresh interval (60 s) away
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_dimension_named_like_a_meter_key_is_held(
+    database_url: str, emulator: Emulator, mode: str
+) -> None:
+    identifiers = record(database_url, "tokens", 2, dimensions={"n": "shadow"})
+    async with running_relay(settings_for(database_url, emulator, mode)) as relay:
+        await relay.until(lambda: held(database_url, identifiers, "meter_key_collision"))
+    assert meter_event_calls(emulator) == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_restricted_key_that_cannot_list_meters_keeps_sending(
+    database_url: str, emulator: Emulator, mode: str
+) -> None:
+    key = "rk_test_cannot_read_meters"
+    emulator.set_restricted_keys({key})
+    record(database_url, "api_calls", 5)
+    settings = settings_for(database_url, emulator, mode, stripe_api_key=key)
+    async with running_relay(settings) as relay:
+        await relay.until(lambda: accepted(database_url, 5))
+    assert emulator.total("api_calls", "cus_1") == 15
+    with psycopg.connect(database_url) as conn:
+        outcome = conn.execute(
+            "SELECT outcome FROM meter_event_outbox_meter_reads WHERE stripe_account = ''"
+        ).fetchone()
+    assert outcome == ("forbidden",)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_override_names_the_keys_for_a_key_that_cannot_read_meters(
+    database_url: str, emulator: Emulator, mode: str
+) -> None:
+    key = "rk_test_cannot_read_meters"
+    emulator.set_restricted_keys({key})
+    record(database_url, "tokens", 3)
+    settings = settings_for(
+        database_url, emulator, mode, stripe_api_key=key, meter_keys="tokens=customer_id:n"
+    )
+    async with running_relay(settings) as relay:
+        await relay.until(lambda: accepted(database_url, 3))
+    emulator.flush_error_reports()
+    assert emulator.ledger().rejected == []
+    assert emulator.total("tokens", "cus_1") == 6
+
+
+async def test_readyz_not_ready_with_a_refused_key_before_any_row(
+    database_url: str, emulator: Emulator
+) -> None:
+    emulator.state.api_keys = {"sk_test_the_right_one"}
+    settings = settings_for(database_url, emulator, "v1", stripe_api_key="sk_test_wrong")
+    async with running_relay(settings) as relay:
+        await refreshed(relay, 0)
+        while not relay.relay.state.started:
+            await relay.next_flush(timeout=0.1)
+        assert relay.relay.state.auth_ok is False
+        assert states(database_url) == {}
+    assert meter_event_calls(emulator) == 0
