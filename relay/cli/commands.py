@@ -266,6 +266,25 @@ def _render_status(data: dict[str, Any]) -> None:
         for w in data["waiting"]:
             held.add_row(w["code"], w["stripe_account"] or "(platform)", str(w["count"]))
         console.print(held)
+    if data.get("held_for_meter"):
+        meters = Table(
+            "event name", "stripe account", "reason", "rows", "what to do",
+            title="held, not sent: Stripe would drop them",
+        )
+        for h in data["held_for_meter"]:
+            meters.add_row(
+                h["event_name"],
+                h["stripe_account"] or "(platform)",
+                h["code"],
+                str(h["rows"]),
+                h["what_to_do"],
+            )
+        console.print(meters)
+    for r in data.get("meter_reads", []):
+        console.print(
+            f"meters of {r['stripe_account'] or 'the platform'} not read ({r['outcome']}): "
+            f"{r['detail'] or ''}; the last known catalogue (or the default keys) is used"
+        )
     relays = data["relays"]
     console.print(f"relays running: {'unknown' if relays is None else len(relays)}")
     if data["failures_by_code"]:

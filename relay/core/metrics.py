@@ -15,6 +15,7 @@ from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from relay import __version__
+from relay.core.meters import HELD_CODES
 
 log = structlog.get_logger("relay.metrics")
 
@@ -132,6 +133,17 @@ DRIFT = Gauge(
     "Events of difference between our accepted totals and Stripe's, in the last drift report",
 )
 
+# Rows held because Stripe would drop their events (relay/core/meters.py), per reason.
+HELD = Gauge(
+    "outbox_relay_held_rows",
+    "Rows held, not sent, because of their meter (missing, inactive, pre-aggregated, ...)",
+    ["reason"],
+)
+HELD_OLDEST = Gauge(
+    "outbox_relay_held_oldest_age_seconds",
+    "Age of the oldest held fact (occurred_at): Stripe refuses facts older than 35 days",
+)
+
 
 @cache
 def outcome(state: str, code: str | None) -> Counter:
@@ -151,6 +163,7 @@ class TableReader(Protocol):
     async def oldest_unsent_age(self) -> timedelta | None: ...
     async def live_relay_count(self) -> int: ...
     async def drift_events(self) -> float: ...
+    async def held_by_reason(self) -> dict[str, tuple[int, float]]: ...
 
 
 class ScrapeRefresh:
@@ -196,3 +209,7 @@ class ScrapeRefresh:
         OLDEST_UNSENT.set(age.total_seconds() if age else 0.0)
         LIVE_RELAYS.set(await self.reader.live_relay_count())
         DRIFT.set(await self.reader.drift_events())
+        held = await self.reader.held_by_reason()
+        for reason in HELD_CODES:
+            HELD.labels(reason).set(held.get(reason, (0, 0.0))[0])
+        HELD_OLDEST.set(max((age for _, age in held.values()), default=0.0))

@@ -11,6 +11,7 @@ import psycopg
 
 import outbox
 from outbox.dburl import psycopg_url
+from relay.core.meters import HELD_CODES, WHAT_TO_DO
 from relay.core.vocabulary import AUTH_WAIT_CODES
 from relay.db.pool import SET_UTC
 from relay.db.store import RetryCandidate, SyncStore, UnsentGroup
@@ -27,6 +28,9 @@ def connect(database_url: str) -> psycopg.Connection:
 
 
 AUTH_STATUSES = (401, 403)
+# Stripe's verdicts about the meter, not the fact: the same fact can be sent again once the
+# meter is fixed (a retry keeps the identifier, which Stripe never counted).
+STRIPE_METER_CODES = ("no_meter", "archived_meter", "meter_event_no_customer_defined")
 # Codes the relay gives rows it holds back, without a call, while a key or account is refused.
 
 
@@ -65,10 +69,44 @@ def status(conn: psycopg.Connection, stale_seconds: float = LIVE_SECONDS) -> dic
             {"code": w.code, "stripe_account": w.stripe_account, "count": w.n}
             for w in store.waiting_by_code()
         ],
+        "held_for_meter": _held_for_meter(store),
+        "meter_reads": _meter_problems(store),
         "relays": None
         if relays is None
         else [{"relay_id": r.relay_id, "started_at": r.started_at} for r in relays],
     }
+
+
+def _held_for_meter(store: SyncStore) -> list[dict[str, Any]]:
+    """Rows held because Stripe would drop them, by account, event name and reason."""
+    try:
+        groups = store.held_by_meter()
+    except psycopg.errors.UndefinedTable:  # schema before 0008
+        return []
+    return [
+        {
+            "stripe_account": g.account or None,
+            "event_name": g.event_name,
+            "code": g.code,
+            "rows": g.n,
+            "oldest_occurred_at": g.oldest_occurred_at,
+            "what_to_do": WHAT_TO_DO.get(g.code, ""),
+        }
+        for g in groups
+    ]
+
+
+def _meter_problems(store: SyncStore) -> list[dict[str, Any]]:
+    """Accounts whose meters the relay could not read last time (with why)."""
+    try:
+        reads = store.meter_reads()
+    except psycopg.errors.UndefinedTable:  # schema before 0008
+        return []
+    return [
+        {"stripe_account": r.account or None, "outcome": r.outcome, "detail": r.detail}
+        for r in reads
+        if r.outcome != "ok"
+    ]
 
 
 def _age(now: datetime, then: datetime | None) -> float:
@@ -88,6 +126,8 @@ def _split(store: SyncStore, groups: list[UnsentGroup], now: datetime) -> dict[s
             auth[g.code] = (
                 g.code in AUTH_WAIT_CODES or store.last_status_for_code(g.code) in AUTH_STATUSES
             )
+        if g.code in HELD_CODES:  # listed by event name under "held_for_meter"
+            continue
         if g.code is not None and auth[g.code]:
             split["waiting_on_auth"].append(_group(g, now))
         elif g.due:
@@ -141,6 +181,11 @@ def summary(row: dict[str, Any], attempts: list[dict[str, Any]], now: datetime) 
             f"accepted by Stripe at {_iso(row['accepted_at'])}{request}; "
             "not billed truth until Stripe's validation"
         )
+    if state == "rejected" and code in STRIPE_METER_CODES:
+        return (
+            f"rejected by Stripe ({code}): not billed; the event did not match a meter: fix "
+            "the meter (`outbox-relay doctor`), then `outbox-relay retry` it"
+        )
     if state == "rejected":
         return f"rejected by Stripe ({code}): not billed; record a corrected fact anew"
     if state == "cancelled":
@@ -153,6 +198,8 @@ def summary(row: dict[str, Any], attempts: list[dict[str, Any]], now: datetime) 
     doing = "cancelling" if row["action"] == "cancel" else "retrying"
     if last is None and code is None:
         return f"waiting to be sent (recorded {_iso(row['created_at'])})"
+    if code in HELD_CODES:
+        return f"held, not sent ({code}): {WHAT_TO_DO[code]}; looked at again in {wait:.0f} s"
     status = last["http_status"] if last and last["http_status"] else code
     return f"{doing}: attempt {row['attempts'] + 1}, next in {wait:.0f} s, last {status}"
 

@@ -596,7 +596,7 @@ ORDER BY 1, 2
 -- Rows held because of their meter, per account, event name and code (pending rows only:
 -- the hot part).
 SELECT coalesce(stripe_account, '') AS account, event_name, last_error_code AS code,
-       count(*) AS n, min(created_at) AS oldest_created_at
+       count(*) AS n, min(created_at) AS oldest_created_at, min(occurred_at) AS oldest_occurred_at
 FROM meter_event_outbox
 WHERE state = 'pending' AND available_at > '-infinity'
   AND last_error_code = ANY(CAST(:codes AS text[]))

@@ -10,7 +10,7 @@ plain connection for the CLI and the tests. Each method is one statement in its 
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, NamedTuple, cast
 from uuid import UUID
@@ -21,7 +21,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from outbox.sqlfile import for_psycopg
-from relay.core.meters import HELD_CODES, MeterInfo, MeterRead
+from relay.core.meters import HELD_CODES, WHAT_TO_DO, MeterInfo, MeterRead
 from relay.core.rows import Claimed, Outcome
 from relay.db.pool import QUERIES
 
@@ -235,6 +235,7 @@ class HeldGroup(NamedTuple):
     code: str
     n: int
     oldest_created_at: datetime
+    oldest_occurred_at: datetime  # Stripe's 35-day window counts from here
 
 
 def _meters_params(account: str, meters: Sequence[MeterInfo]) -> dict[str, Any]:
@@ -603,6 +604,21 @@ class ConsoleStore:
 
     async def attempts(self, outbox_id: int, limit: int = 500) -> list[Row]:
         return await self._rows("row_attempts", {"outbox_id": outbox_id, "limit": limit})
+
+    async def held_for_meter(self) -> list[Row]:
+        """Rows held because of their meter, by account, event name and code, with the fix."""
+        rows = await self._rows("held_by_meter", {"codes": list(HELD_CODES)})
+        return [{**r, "what_to_do": WHAT_TO_DO.get(r["code"], "")} for r in rows]
+
+    async def held_by_reason(self) -> dict[str, tuple[int, float]]:
+        """Rows held for their meter per code: (rows, age of the oldest fact in seconds)."""
+        found: dict[str, tuple[int, float]] = {}
+        now = datetime.now(UTC)
+        for r in await self._rows("held_by_meter", {"codes": list(HELD_CODES)}):
+            n, age = found.get(r["code"], (0, 0.0))
+            oldest = (now - r["oldest_occurred_at"]).total_seconds()
+            found[r["code"]] = (n + int(r["n"]), max(age, oldest))
+        return found
 
     async def latest_drift_report(self) -> dict[str, Any] | None:
         """The newest drift report (meter_event_outbox_drift_reports), or None."""

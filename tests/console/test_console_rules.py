@@ -88,6 +88,9 @@ class Reader:
     async def drift_events(self) -> float:
         return 4.0
 
+    async def held_by_reason(self) -> dict[str, tuple[int, float]]:
+        return {"meter_missing": (3, 86_400.0)}
+
 
 def _value(name: str, **labels: str) -> float | None:
     return REGISTRY.get_sample_value(name, labels)
@@ -101,6 +104,9 @@ async def test_scrape_refresh_reuses_a_recent_reading_and_survives_the_database(
     assert _value("outbox_relay_oldest_unsent_age_seconds") == 55
     assert _value("outbox_relay_live_relays") == 2
     assert _value("outbox_relay_drift_events") == 4
+    assert _value("outbox_relay_held_rows", reason="meter_missing") == 3
+    assert _value("outbox_relay_held_rows", reason="meter_inactive") == 0
+    assert _value("outbox_relay_held_oldest_age_seconds") == 86_400
     assert _value("outbox_relay_account_auth_paused", account="platform") == 1
     assert _value("outbox_relay_build_info", version="9.9", mode="v2-stream") == 1
     reader.pending = 4

@@ -5,11 +5,14 @@ after the meter becomes usable. Every test runs in v1 and v2-stream."""
 import asyncio
 from typing import Any
 
+import aiohttp
 import psycopg
 import pytest
 
 from relay.core.config import Settings
+from relay.db import operations as ops
 from relay.emulator import Emulator, EmulatorConfig, Meter
+from tests.console.conftest import served
 from tests.relay.conftest import (
     RunningRelay,
     accepted,
@@ -219,3 +222,35 @@ async def test_readyz_not_ready_with_a_refused_key_before_any_row(
         assert relay.relay.state.auth_ok is False
         assert states(database_url) == {}
     assert meter_event_calls(emulator) == 0
+
+
+async def test_held_rows_visible_in_status_list_inspect_console_and_metrics(
+    database_url: str, emulator: Emulator
+) -> None:
+    identifiers = record(database_url, "new_feature", 3)
+    async with running_relay(settings_for(database_url, emulator, "v1")) as relay:
+        await relay.until(lambda: held(database_url, identifiers, "meter_missing"))
+    with ops.connect(database_url) as conn:
+        data = ops.status(conn)
+        listed = ops.list_rows(conn, code="meter_missing")
+        story = ops.inspect(conn, identifiers[0])
+    [group] = data["held_for_meter"]
+    assert (group["event_name"], group["code"], group["rows"]) == (
+        "new_feature",
+        "meter_missing",
+        3,
+    )
+    assert "create a meter" in group["what_to_do"]
+    assert data["unsent"]["backing_off"] == []  # held rows are not "retrying"
+    assert {r["identifier"] for r in listed} == set(identifiers)
+    assert story is not None and story["summary"].startswith("held, not sent (meter_missing)")
+    async with (
+        served(database_url, emulator) as app,
+        aiohttp.ClientSession() as session,
+    ):
+        async with session.get(f"{app.url}/console") as response:
+            page = await response.text()
+        async with session.get(f"{app.url}/metrics") as response:
+            metrics_text = await response.text()
+    assert "new_feature" in page and "meter_missing" in page and "create a meter" in page
+    assert 'outbox_relay_held_rows{reason="meter_missing"} 3.0' in metrics_text

@@ -145,6 +145,7 @@ class Console:
             hour=await self.store.last_hour(),
             attempt_errors=await self.store.attempt_errors(),
             backing_off=await self.store.backing_off(),
+            held=await self.store.held_for_meter(),
             failures=await self.store.failures_by_code(),
             customers=await self.store.customer_backlog(TOP_CUSTOMERS),
             top_n=TOP_CUSTOMERS,
