@@ -608,6 +608,33 @@ def drift(
         sys.exit(3)
 
 
+@main.command()
+@database_option
+@click.option(
+    "--stripe-api-base", envvar="OUTBOX_STRIPE_API_BASE", help="(env OUTBOX_STRIPE_API_BASE)"
+)
+@click.option("--strict", is_flag=True, help="Treat 'could not check' as a problem (exit 3).")
+@json_option
+def doctor(
+    database_url: str | None, stripe_api_base: str | None, strict: bool, as_json: bool
+) -> None:
+    """Check the setup before going live: database, schema and privileges, the Stripe key,
+    the meters of every event name in use, the webhook destination, the clocks. One line per
+    check with its fix. Exit 0 fine, 3 a problem that would lose or mis-bill usage, 1 could
+    not run (database unreachable)."""
+    from relay.cli.doctor import render, run_doctor
+
+    settings = _settings(database_url=database_url, stripe_api_base=stripe_api_base)
+    _database_url(settings)  # a configuration error (exit 2), not a finding
+    report = run_doctor(settings, settings.api_key())
+    if as_json:
+        click.echo(json.dumps(report.as_dict(strict), indent=2))
+    else:
+        for line in render(report):
+            click.echo(line)
+    sys.exit(report.exit_code(strict))
+
+
 def _utc(value: datetime | None) -> datetime | None:
     if value is None or value.tzinfo is not None:
         return value

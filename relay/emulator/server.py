@@ -21,6 +21,7 @@ import socket
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from email.utils import formatdate
 from typing import Any, Literal
 
 from aiohttp import web
@@ -129,6 +130,8 @@ class Pipeline:
         outcome = "500"
         try:
             response, outcome = await self._run(request, route, call)
+            if self.state.clock.offset:  # Stripe's Date header is Stripe's clock
+                response.headers["Date"] = formatdate(self.state.clock.now(), usegmt=True)
             return response
         finally:
             with self.lock:

@@ -1,0 +1,387 @@
+"""`outbox-relay doctor`: check a setup before going live (and in a deploy pipeline).
+
+One line per check, each problem with its fix: the database (reachable, schema current, the
+role's privileges for `run`), the Stripe key (accepted, live or test, restricted or not), the
+meters of every event name in unsent rows and in recent history (per account), the webhook
+destination for the meter error events, and the clocks of the relay, the database and Stripe.
+
+Exit 0 when nothing would lose or mis-bill usage, 3 when something would (as `drift`), 1 when
+it could not run (database unreachable). "Could not check" (a restricted key that may not read
+meters or destinations) is a warning that leaves the exit code alone unless `--strict`. No
+traceback and no secret is ever printed: errors are reduced to their class and Stripe's message.
+"""
+
+import asyncio
+import ssl
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
+
+import aiohttp
+import psycopg
+import stripe
+
+from relay.core.config import Settings, parse_meter_keys
+from relay.core.meters import DEFAULT_CUSTOMER_KEY, DEFAULT_VALUE_KEY, MeterInfo
+from relay.db import migrate
+from relay.db import operations as ops
+from relay.db.store import SyncStore
+from relay.stripe.classify import error_message
+from relay.stripe.meters import MeterReadError, fetch_meters
+from relay.stripe.read_budget import ReadBudget, default_read_rate
+from relay.stripe.sender import base_addresses
+
+Level = Literal["ok", "warning", "problem", "unknown"]
+ERROR_EVENTS = ("v1.billing.meter.error_report_triggered", "v1.billing.meter.no_meter_found")
+CLOCK_MARGIN_SECONDS = 60.0  # the relay's own margin for Stripe's timestamp window
+# Privileges `run` needs (the tables it writes; reads of the others follow from SELECT).
+NEEDED = (
+    ("meter_event_outbox", "SELECT, UPDATE, DELETE"),
+    ("meter_event_outbox_attempts", "INSERT"),
+    ("meter_event_outbox_relays", "SELECT, INSERT, UPDATE, DELETE"),
+    ("meter_event_outbox_meters", "SELECT, INSERT, UPDATE, DELETE"),
+    ("meter_event_outbox_meter_reads", "INSERT, UPDATE"),
+    ("meter_event_outbox_event_names", "INSERT, UPDATE"),
+)
+
+
+@dataclass
+class Check:
+    area: str
+    level: Level
+    message: str
+    fix: str = ""
+
+
+@dataclass
+class Report:
+    checks: list[Check] = field(default_factory=list)
+    ran: bool = True  # False: the database could not be reached (exit 1)
+
+    def add(self, area: str, level: Level, message: str, fix: str = "") -> None:
+        self.checks.append(Check(area, level, message, fix))
+
+    def exit_code(self, strict: bool) -> int:
+        if not self.ran:
+            return 1
+        bad: tuple[str, ...] = ("problem", "unknown") if strict else ("problem",)
+        return 3 if any(c.level in bad for c in self.checks) else 0
+
+    def as_dict(self, strict: bool) -> dict[str, Any]:
+        return {
+            "checks": [asdict(c) for c in self.checks],
+            "problems": sum(c.level == "problem" for c in self.checks),
+            "could_not_check": sum(c.level == "unknown" for c in self.checks),
+            "warnings": sum(c.level == "warning" for c in self.checks),
+            "exit_code": self.exit_code(strict),
+        }
+
+
+LABELS = {"ok": "ok", "warning": "warning", "problem": "PROBLEM", "unknown": "could not check"}
+
+
+def render(report: Report) -> list[str]:
+    lines = []
+    for c in report.checks:
+        fix = f" -> {c.fix}" if c.fix else ""
+        lines.append(f"{LABELS[c.level]:<15} {c.area}: {c.message}{fix}")
+    return lines
+
+
+def run_doctor(settings: Settings, key: str | None) -> Report:
+    report = Report()
+    names = check_database(report, settings.database_url)
+    if not report.ran:
+        return report
+    asyncio.run(check_stripe(report, settings, key, names))
+    return report
+
+
+# --- the database ---------------------------------------------------------------------
+
+
+def check_database(report: Report, database_url: str) -> list[tuple[str, str]]:
+    """Reachable, schema current, privileges; returns the (account, event name)s in use."""
+    try:
+        conn = ops.connect(database_url)
+    except Exception as err:
+        report.ran = False
+        report.add(
+            "database",
+            "problem",
+            f"unreachable ({type(err).__name__})",
+            "check OUTBOX_DATABASE_URL and that PostgreSQL accepts this role",
+        )
+        return []
+    with conn:
+        report.add("database", "ok", "reachable")
+        _check_schema(report, database_url)
+        _check_privileges(report, conn)
+        now_db = conn.execute("SELECT now()").fetchone()
+        if now_db is not None:
+            _clock(report, "database", now_db[0])
+        try:
+            return SyncStore(conn).event_names_in_use()
+        except psycopg.Error:
+            return []
+
+
+def _check_schema(report: Report, database_url: str) -> None:
+    try:
+        at, known = migrate.current(database_url), migrate.revisions()
+    except Exception as err:
+        report.add("schema", "problem", f"could not be read ({type(err).__name__})")
+        return
+    if at == known[0]:
+        report.add("schema", "ok", f"current ({at})")
+    elif at in known or at is None:
+        report.add(
+            "schema",
+            "problem",
+            f"at {at or 'nothing'}, this relay needs {known[0]}",
+            "run `outbox-relay migrate`",
+        )
+    else:
+        report.add("schema", "warning", f"at {at}, newer than this relay ({known[0]})")
+
+
+def _check_privileges(report: Report, conn: psycopg.Connection) -> None:
+    missing = []
+    for table, privileges in NEEDED:
+        row = conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL AND has_table_privilege(%s, %s)",
+            (table, table, privileges),
+        ).fetchone()
+        if not (row and row[0]):
+            missing.append(f"{privileges} on {table}")
+    if missing:
+        report.add(
+            "privileges",
+            "problem",
+            "the role lacks " + "; ".join(missing),
+            "GRANT them to the relay's role (see docs/operations.md)",
+        )
+    else:
+        report.add("privileges", "ok", "the role can do everything `run` needs")
+
+
+# --- Stripe -----------------------------------------------------------------------------
+
+
+async def check_stripe(
+    report: Report, settings: Settings, key: str | None, names: list[tuple[str, str]]
+) -> None:
+    if not key:
+        report.add("stripe key", "problem", "not set", "set STRIPE_API_KEY or STRIPE_API_KEY_FILE")
+        return
+    mode = "live" if key.startswith(("sk_live_", "rk_live_")) else "test"
+    kind = "restricted" if key.startswith("rk_") else "secret"
+    ssl_context = ssl.create_default_context(cafile=stripe.ca_bundle_path)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_context)) as http:
+        client = stripe.StripeClient(
+            key,
+            base_addresses=base_addresses(settings.stripe_api_base),
+            max_network_retries=1,
+            http_client=stripe.AIOHTTPClient(timeout=settings.request_timeout, session=http),
+        )
+        if not await _check_key(report, client, mode, kind):
+            return
+        budget = ReadBudget(settings.read_rate_limit or default_read_rate(key))
+        await _check_meters(report, client, budget, names, parse_meter_keys(settings.meter_keys))
+        await _check_destinations(report, client, names, settings)
+
+
+async def _check_key(report: Report, client: stripe.StripeClient, mode: str, kind: str) -> bool:
+    """One call that needs only the key; its Date header is Stripe's clock."""
+    try:
+        page = await client.v1.billing.meters.list_async({"limit": 1})
+    except stripe.AuthenticationError as err:
+        report.add(
+            "stripe key",
+            "problem",
+            f"refused by Stripe (401): {error_message(err)}",
+            "set a valid STRIPE_API_KEY",
+        )
+        return False
+    except stripe.PermissionError:
+        report.add("stripe key", "ok", f"accepted ({mode} mode, {kind} key)")
+        return True
+    except Exception as err:
+        report.add("stripe key", "unknown", f"Stripe did not answer ({_why(err)})")
+        return False
+    report.add("stripe key", "ok", f"accepted ({mode} mode, {kind} key)")
+    date = page.last_response.headers.get("Date") if page.last_response else None
+    if date:
+        _clock(report, "stripe", parsedate_to_datetime(date))
+    return True
+
+
+async def _check_meters(
+    report: Report,
+    client: stripe.StripeClient,
+    budget: ReadBudget,
+    names: list[tuple[str, str]],
+    overrides: dict[str, tuple[str, str]],
+) -> None:
+    accounts = sorted({a for a, _ in names} | {""})
+    for account in accounts:
+        used = sorted(n for a, n in names if a == account)
+        where = f"account {account}" if account else "platform account"
+        try:
+            meters = await fetch_meters(client, account, budget)
+        except MeterReadError as err:
+            level: Level = "unknown" if err.outcome in ("forbidden", "refused") else "problem"
+            fix = (
+                "give the key the billing meter read permission, or set OUTBOX_METER_KEYS"
+                if err.outcome == "forbidden"
+                else "try again; the relay keeps its last known meters meanwhile"
+            )
+            report.add("meters", level, f"{where}: meters not readable: {err.detail}", fix)
+            continue
+        if not used:
+            report.add("meters", "ok", f"{where}: {len(meters)} meter(s), no event name in use")
+        for name in used:
+            _judge(report, where, name, [m for m in meters if m.event_name == name], overrides)
+
+
+def _judge(
+    report: Report,
+    where: str,
+    name: str,
+    meters: list[MeterInfo],
+    overrides: dict[str, tuple[str, str]],
+) -> None:
+    """One event name in use against its meters (the catalogue's rules, said for operators)."""
+    subject = f"{where}, event name {name!r}"
+    active = [m for m in meters if m.active]
+    if not meters:
+        report.add(
+            "meters",
+            "problem",
+            f"{subject}: no meter; rows are held (meter_missing)",
+            "create a meter with this event name in Stripe, or fix the event name",
+        )
+        return
+    if not active:
+        report.add(
+            "meters",
+            "problem",
+            f"{subject}: meter {meters[0].meter_id} is inactive; rows are held (meter_inactive)",
+            "reactivate the meter in Stripe",
+        )
+        return
+    if len(active) > 1:
+        report.add(
+            "meters",
+            "problem",
+            f"{subject}: {len(active)} active meters; rows are held",
+            "deactivate all but one",
+        )
+        return
+    meter = active[0]
+    if meter.event_time_window is not None:
+        report.add(
+            "meters",
+            "problem",
+            f"{subject}: meter {meter.meter_id} is pre-aggregated per {meter.event_time_window} "
+            "(only the last event of a window counts); rows are held (meter_pre_aggregated)",
+            "use a meter without event_time_window for per-fact usage",
+        )
+        return
+    keys = (meter.customer_key, meter.value_key)
+    override = overrides.get(name)
+    if override is not None and override != keys:
+        report.add(
+            "meters",
+            "problem",
+            f"{subject}: OUTBOX_METER_KEYS says {override}, the meter says {keys}",
+            "fix or remove the override",
+        )
+        return
+    if meter.formula not in ("sum", "count"):
+        report.add(
+            "meters",
+            "warning",
+            f"{subject}: formula {meter.formula!r}: `drift` cannot compare it by sum",
+        )
+        return
+    custom = (
+        ""
+        if keys == (DEFAULT_CUSTOMER_KEY, DEFAULT_VALUE_KEY)
+        else (f", custom keys {meter.customer_key}/{meter.value_key} (handled)")
+    )
+    report.add("meters", "ok", f"{subject}: meter {meter.meter_id} ({meter.formula}){custom}")
+
+
+async def _check_destinations(
+    report: Report, client: stripe.StripeClient, names: list[tuple[str, str]], settings: Settings
+) -> None:
+    secret = settings.stripe_webhook_secret
+    if secret is None or not secret.get_secret_value():
+        report.add(
+            "webhooks",
+            "problem",
+            "STRIPE_WEBHOOK_SECRET is not set: Stripe's error "
+            "reports cannot be verified, so rejections are never recorded",
+            "set STRIPE_WEBHOOK_SECRET to the destination's signing secret",
+        )
+    try:
+        listed = await client.v2.core.event_destinations.list_async()
+    except stripe.PermissionError:
+        report.add(
+            "webhooks",
+            "unknown",
+            "the key may not read event destinations",
+            "check in the Dashboard that a destination receives " + " and ".join(ERROR_EVENTS),
+        )
+        return
+    except Exception as err:
+        report.add("webhooks", "unknown", f"event destinations not read ({_why(err)})")
+        return
+    connected = any(a for a, _ in names)
+    good = [d for d in listed.data if _receives_errors(d, connected)]
+    if good:
+        report.add("webhooks", "ok", f"destination {good[0].id} receives the meter error events")
+        return
+    where = " from connected accounts (events_from other_accounts)" if connected else ""
+    report.add(
+        "webhooks",
+        "problem",
+        f"no enabled destination receives {' and '.join(ERROR_EVENTS)}{where}: "
+        "rejections would never reach the relay",
+        "add an event destination (webhook endpoint to /webhooks/stripe) for both events",
+    )
+
+
+def _receives_errors(destination: Any, connected: bool) -> bool:
+    events = set(getattr(destination, "enabled_events", None) or ())
+    sources = set(getattr(destination, "events_from", None) or ("self",))
+    return (
+        getattr(destination, "status", None) == "enabled"
+        and set(ERROR_EVENTS) <= events
+        and (not connected or "other_accounts" in sources)
+    )
+
+
+# --- clocks and errors ------------------------------------------------------------------
+
+
+def _clock(report: Report, whose: str, then: datetime) -> None:
+    skew = (then - datetime.now(UTC)).total_seconds()
+    if abs(skew) <= CLOCK_MARGIN_SECONDS:
+        report.add("clocks", "ok", f"{whose} within {abs(skew):.0f} s of this host")
+    else:
+        report.add(
+            "clocks",
+            "problem",
+            f"{whose} is {skew:+.0f} s off this host (margin {CLOCK_MARGIN_SECONDS:.0f} s): "
+            "timestamps near Stripe's window edges would be misjudged",
+            "sync the clocks with NTP",
+        )
+
+
+def _why(err: Exception) -> str:
+    if isinstance(err, stripe.StripeError):
+        return f"{type(err).__name__}: {error_message(err)}"
+    return type(err).__name__
