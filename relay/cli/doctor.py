@@ -160,7 +160,7 @@ def _check_privileges(report: Report, conn: psycopg.Connection) -> None:
             "privileges",
             "problem",
             "the role lacks " + "; ".join(missing),
-            "GRANT them to the relay's role (see docs/operations.md)",
+            "GRANT them to the relay's role (docs/meters.md, doctor)",
         )
     else:
         report.add("privileges", "ok", "the role can do everything `run` needs")

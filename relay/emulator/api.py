@@ -331,6 +331,7 @@ class StripeApi:
         ]
         data = [self._meter_object(m, call.livemode) for m in meters]
         page, has_more = _paginate(data, call.params)
+        page, has_more = _meter_list_fault(self.state.meter_list_fault, data, page, has_more)
         return 200, {
             "object": "list",
             "data": page,
@@ -442,6 +443,19 @@ class StripeApi:
 
 
 # --- parameter helpers ---------------------------------------------------------------
+
+
+def _meter_list_fault(
+    fault: str | None, data: list[Any], page: list[Any], has_more: bool
+) -> tuple[list[Any], bool]:
+    """A bad answer on purpose (EmulatorConfig.meter_list_fault); else the page as is."""
+    if fault == "malformed":
+        return [{"id": "mtr_broken", "object": "billing.meter"}, *page], has_more
+    if fault == "truncated":
+        return [], True
+    if fault == "endless":
+        return data[:1], True
+    return page, has_more
 
 
 def _required_name(params: dict[str, Any], name: str) -> str:

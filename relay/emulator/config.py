@@ -18,6 +18,7 @@ Aggregation = Literal["sum", "count", "last"]
 EventTimeWindow = Literal["hour", "day"]
 ConcurrencyStatus = Literal[409, 429]
 UnknownCancel = Literal["error", "accept"]
+MeterListFault = Literal["malformed", "truncated", "endless"]
 
 DEFAULT_CUSTOMER_KEY = "stripe_customer_id"
 DEFAULT_VALUE_KEY = "value"
@@ -99,6 +100,10 @@ class EmulatorConfig:
     # Restricted keys without the meter read permission: 403 on the meter list, a meter and
     # the event destinations list (meter events still work).
     restricted_keys: Iterable[str] = ()
+    # Bad answers of the meter list, for the relay's bad-input tests: "malformed" (a meter
+    # without event name), "truncated" (has_more with no data), "endless" (the same page,
+    # has_more, whatever the cursor).
+    meter_list_fault: MeterListFault | None = None
     # None = one destination for `webhook_url` when it is set (see EventDestination).
     event_destinations: Iterable[EventDestination] | None = None
     # Connected accounts that revoked this platform's access: their requests get a 403.

@@ -316,6 +316,11 @@ class Emulator:
         """Forget a meter (emulator only: Stripe never deletes one)."""
         self.state.remove_meter(meter_id, account)
 
+    def set_meter_list_fault(self, fault: str | None) -> None:
+        """Answer the meter list badly: "malformed", "truncated", "endless" (None: well)."""
+        with self.state.lock:
+            self.state.meter_list_fault = fault
+
     def set_restricted_keys(self, keys: set[str]) -> None:
         """Keys that get a 403 on the meter list and the event destinations list."""
         with self.state.lock:

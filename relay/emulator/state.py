@@ -34,6 +34,7 @@ class EmulatorState:
         self.started_at = self.clock.now_int()
         self.meter_book = MeterBook(config.meters)
         self.restricted_keys: set[str] = set(config.restricted_keys)
+        self.meter_list_fault: str | None = config.meter_list_fault
         self.event_destinations: list[EventDestination] | None = (
             None if config.event_destinations is None else list(config.event_destinations)
         )

@@ -83,6 +83,9 @@ def make_app(
             result = await handle_delivery(
                 client, secret, db, body, request.headers.get("Stripe-Signature")
             )
+            catalogue = getattr(relay, "meters", None)
+            if catalogue is not None and result.get("meter_problem"):
+                catalogue.request(result["account"])
         except BadDelivery as bad:  # signed or not, nothing we can use: the sender's problem
             metrics.WEBHOOKS.labels(bad.reason).inc()
             log.warning(

@@ -94,7 +94,7 @@ def parse_meter(account: str, item: object) -> MeterInfo:
     if not isinstance(item, Mapping):
         raise MeterReadError("failed", "a meter in the list is not an object")
     meter_id, event_name = item.get("id"), item.get("event_name")
-    if not _text(meter_id) or not _text(event_name):
+    if not _text(meter_id, 255) or not _text(event_name):
         raise MeterReadError("failed", "a meter in the list has no id or event name")
     status = item.get("status")
     if status not in ("active", "inactive"):

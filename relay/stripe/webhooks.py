@@ -132,6 +132,11 @@ def rejected_identifiers(event_data: dict[str, Any]) -> dict[str, tuple[list[str
     return found
 
 
+NO_METER_FOUND = "v1.billing.meter.no_meter_found"
+# Error codes that say the meter, not the fact, is wrong: the catalogue is out of date.
+METER_PROBLEM_CODES = frozenset({"no_meter", "archived_meter", "meter_event_no_customer_defined"})
+
+
 async def apply_event(store: Store, event: Any) -> list[str]:
     """Mark the rows a full meter error event names as rejected; returns their identifiers.
 
@@ -169,6 +174,8 @@ async def handle_delivery(
         raise BadDelivery("malformed", f"unreadable event ({type(err).__name__})") from None
     event = await notification.fetch_event_async()
     marked = await apply_event(store, event)
+    data = event.get("data") if isinstance(event, dict) else event.to_dict().get("data")
+    codes = set(rejected_identifiers(data or {}))
     log.warning(
         "error_report_applied",
         event_id=notification.id,
@@ -176,4 +183,10 @@ async def handle_delivery(
         rejected=len(marked),
         identifiers=marked[:20],
     )
-    return {"event": notification.id, "rejected": marked}
+    return {
+        "event": notification.id,
+        "rejected": marked,
+        # The meter catalogue reads this account's meters again at once (relay.stripe.catalogue)
+        "meter_problem": thin.type == NO_METER_FOUND or bool(codes & METER_PROBLEM_CODES),
+        "account": getattr(notification, "context", None) or "",
+    }
