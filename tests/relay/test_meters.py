@@ -184,6 +184,11 @@ async def test_restricted_key_that_cannot_list_meters_keeps_sending(
     record(database_url, "api_calls", 5)
     settings = settings_for(database_url, emulator, mode, stripe_api_key=key)
     async with running_relay(settings) as relay:
+        await refreshed(relay, 0)
+        while not relay.relay.state.started:
+            await relay.next_flush(timeout=0.1)
+        # A 403 on a read is "may not read meters", never "the key is refused" (a 401).
+        assert relay.relay.auth.paused == {} and relay.relay.state.auth_ok
         await relay.until(lambda: accepted(database_url, 5))
     assert emulator.total("api_calls", "cus_1") == 15
     with psycopg.connect(database_url) as conn:
