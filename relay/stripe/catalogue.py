@@ -74,6 +74,9 @@ class MeterCatalogue:
     seen: set[Group] = field(default_factory=set)
     holding: dict[Group, str] = field(default_factory=dict)
     _requested_at: dict[str, float] = field(default_factory=dict)
+    # verdicts per (account, event name), kept until the catalogue changes: the hot path is
+    # one dictionary lookup per row
+    _verdicts: dict[Group, "Verdict"] = field(default_factory=dict)
 
     # --- keeping it up to date ------------------------------------------------------
 
@@ -84,6 +87,7 @@ class MeterCatalogue:
             by_name.setdefault(meter.event_name, []).append(meter)
         self._meters[account] = by_name
         self.unreadable.pop(account, None)
+        self._verdicts.clear()
 
     def load(self, meters: Iterable[MeterInfo]) -> None:
         """The database's copy (at start, before Stripe answers): per account as stored."""
@@ -97,6 +101,7 @@ class MeterCatalogue:
         """A read failed: the last known meters stay; with none, rows go as before."""
         if account not in self._meters:
             self.unreadable[account] = outcome
+            self._verdicts.clear()
 
     def known(self, account: str) -> bool:
         return account in self._meters
@@ -149,8 +154,10 @@ class MeterCatalogue:
             return row
         account = row.stripe_account or ""
         group = (account, row.event_name)
-        self.seen.add(group)
-        verdict = self.verdict(account, row.event_name)
+        verdict = self._verdicts.get(group)
+        if verdict is None:
+            verdict = self._verdicts[group] = self.verdict(account, row.event_name)
+            self.seen.add(group)
         if verdict.code in (METER_CHECKING, METER_MISSING):
             self.request(account)
         if verdict.keys is not None:
@@ -196,7 +203,10 @@ class MeterCatalogue:
         )
 
     def take_seen(self) -> set[Group]:
+        """The groups judged since the last call (each refresh notes them in the database);
+        the verdicts are forgotten so each group in use is noted again next time."""
         seen, self.seen = self.seen, set()
+        self._verdicts.clear()
         return seen
 
 
