@@ -8,14 +8,18 @@ from typing import Any
 import aiohttp
 import psycopg
 import pytest
+import stripe
 
 from relay.core.config import Settings
 from relay.db import operations as ops
 from relay.emulator import Emulator, EmulatorConfig, Meter
-from tests.console.conftest import served
+from relay.server.http_server import make_app
+from tests.console.conftest import listening, served
 from tests.relay.conftest import (
+    TEST_KEY,
     RunningRelay,
     accepted,
+    count_is,
     make_settings,
     row,
     running_relay,
@@ -59,18 +63,24 @@ def record(
     return [f"{prefix}{g}" for g in range(1, n + 1)]
 
 
+def stripe_client(emulator: Emulator) -> stripe.StripeClient:
+    """The client the relay's webhook endpoint fetches full events with."""
+    return stripe.StripeClient(
+        TEST_KEY, base_addresses={"api": emulator.base_url}, max_network_retries=0
+    )
+
+
 def settings_for(database_url: str, emulator: Emulator, mode: str, **extra: Any) -> Settings:
     extra.setdefault("meter_refresh_seconds", 60)
     return make_settings(database_url, emulator, stripe_api_mode=mode, **extra)
 
 
-async def refreshed(relay: RunningRelay, passes: int = 1) -> None:
-    """Wait until the meter refresh completed `passes` more passes."""
+async def first_read(relay: RunningRelay) -> None:
+    """Wait until the relay's first meter read (at start, before traffic) is done."""
     refresh = relay.relay.meter_refresh
     assert refresh is not None
     async with refresh.refreshed:
-        target = refresh.refreshes + passes
-        await asyncio.wait_for(refresh.refreshed.wait_for(lambda: refresh.refreshes >= target), 20)
+        await asyncio.wait_for(refresh.refreshed.wait_for(lambda: refresh.refreshes >= 1), 20)
 
 
 async def refresh_pass(relay: RunningRelay) -> None:
@@ -184,7 +194,7 @@ async def test_restricted_key_that_cannot_list_meters_keeps_sending(
     record(database_url, "api_calls", 5)
     settings = settings_for(database_url, emulator, mode, stripe_api_key=key)
     async with running_relay(settings) as relay:
-        await refreshed(relay, 0)
+        await first_read(relay)
         while not relay.relay.state.started:
             await relay.next_flush(timeout=0.1)
         # A 403 on a read is "may not read meters", never "the key is refused" (a 401).
@@ -221,7 +231,7 @@ async def test_readyz_not_ready_with_a_refused_key_before_any_row(
     emulator.state.api_keys = {"sk_test_the_right_one"}
     settings = settings_for(database_url, emulator, "v1", stripe_api_key="sk_test_wrong")
     async with running_relay(settings) as relay:
-        await refreshed(relay, 0)
+        await first_read(relay)
         while not relay.relay.state.started:
             await relay.next_flush(timeout=0.1)
         assert relay.relay.state.auth_ok is False
@@ -259,3 +269,35 @@ async def test_held_rows_visible_in_status_list_inspect_console_and_metrics(
             metrics_text = await response.text()
     assert "new_feature" in page and "meter_missing" in page and "create a meter" in page
     assert 'outbox_relay_held_rows{reason="meter_missing"} 3.0' in metrics_text
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_error_report_naming_a_meter_problem_rereads_the_meters_at_once(
+    database_url: str, emulator: Emulator, mode: str
+) -> None:
+    secret = "whsec_meters_suite"
+    settings = settings_for(database_url, emulator, mode, stripe_webhook_secret=secret)
+    async with running_relay(settings) as relay:
+        app = make_app(relay.relay, relay.relay.store, stripe_client(emulator), secret)
+        async with listening(app) as url:
+            await first_read(relay)
+            emulator.set_webhook(url + "/webhooks/stripe", secret)
+            # Behind the relay's back (its next read is 60 s away): the meter is re-keyed.
+            emulator.add_meter(Meter("tokens", id="mtr_tokens2", customer_key="account_ref"))
+            identifiers = record(database_url, "tokens", 2)
+            await relay.until(lambda: accepted(database_url, 2))
+            refresh = relay.relay.meter_refresh
+            assert refresh is not None
+            async with refresh.refreshed:
+                before = refresh.refreshes
+                await asyncio.to_thread(emulator.flush_error_reports)
+                await asyncio.wait_for(
+                    refresh.refreshed.wait_for(lambda: refresh.refreshes > before), 20
+                )
+            await relay.until(lambda: count_is(database_url, "rejected", 2))
+    catalogue = relay.relay.meters
+    assert catalogue is not None
+    assert catalogue.verdict("", "tokens").keys == ("account_ref", "value")
+    assert row(database_url, identifiers[0])["last_error_code"] == (
+        "meter_event_no_customer_defined"
+    )
