@@ -62,9 +62,10 @@ def settle_heap() -> None:
 
     Why: the relay's per-row objects are acyclic and freed by reference counting, but every
     few hundred allocations CPython's collector runs, and every few of those it scans all of
-    the 100,000+ objects imported at startup. In the database-path bench that was a quarter of
-    the relay's CPU per row (issue 12). Frozen objects are never collected, so the garbage of
-    startup is collected once before freezing; cycles made later are still collected.
+    the 100,000+ objects imported at startup. In the database-path bench that was a large share
+    of the relay's CPU per row (figures in docs/benchmarks.md). Frozen objects are never
+    collected, so the garbage of startup is collected once before freezing; cycles made later
+    are still collected.
     """
     gc.collect()
     gc.freeze()

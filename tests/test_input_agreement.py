@@ -1,4 +1,4 @@
-"""Property test (issue 9, finding 4): record_usage, the SQL function outbox_record_usage() and a
+"""Property test (invariant 11): record_usage, the SQL function outbox_record_usage() and a
 plain INSERT accept and refuse the same generated facts; record_usage refuses only with
 InvalidUsage and never leaves the caller's transaction aborted. Bounded for CI; the long run is
 bench/fuzz_inputs.py."""

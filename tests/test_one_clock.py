@@ -1,4 +1,4 @@
-"""One clock (issue 9, finding 3): the timestamp window is judged on the database's clock, at the
+"""One clock (invariant 11): the timestamp window is judged on the database's clock, at the
 instant of the insert (statement_timestamp(), stored as created_at and used by the CHECK).
 
 Before, Python judged against the application's clock and the CHECK against created_at = the

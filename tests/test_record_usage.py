@@ -161,7 +161,7 @@ def _set(sql: str) -> Callable[[psycopg.Connection], None]:
     [
         (_set("SELECT 1"), "cancelled", "report"),  # never attempted: cancelled locally
         (_set(f"UPDATE meter_event_outbox SET state='accepted', {SENT}"), "pending", "cancel"),
-        # Outcome unknown: the report is resolved first (same key), then cancelled (issue 9 #1).
+        # Outcome unknown: the report is resolved first (same key), then cancelled (invariant 10).
         (_set(f"UPDATE meter_event_outbox SET {SENT}"), "pending", "report"),
         # Operator retry resets attempts, but the first attempt may have landed: resolve first.
         (_set("UPDATE meter_event_outbox SET first_attempt_at=now()"), "pending", "report"),
@@ -219,7 +219,7 @@ def test_sqlalchemy_session_sees_its_own_write(database_url: str) -> None:
 @pytest.mark.parametrize("kind", SYNC_KINDS)
 def test_window_refusal_on_every_connection_kind(kind: str, database_url: str, db) -> None:
     """The database's window verdict comes back as InvalidUsage on every driver path, and the
-    caller's transaction goes on (issue 9, finding 3)."""
+    caller's transaction goes on (invariant 11)."""
     from datetime import UTC, datetime, timedelta
 
     with sync_tx(kind, database_url, commit=True) as conn:

@@ -69,7 +69,7 @@ CASES: list[tuple[str, dict[str, Any], str, str | None]] = [
         "dimensions_valid",
     ),
     ("bad account", {"stripe_account": "cus_1"}, "invalid_account", "stripe_account_valid"),
-    # Issue 9, finding 4.
+    # Keys and values PostgreSQL's jsonb cannot store are refused before the insert (invariant 11).
     ("empty dimension key", {"dimensions": {"": "x"}}, "empty_key", "dimensions_valid"),
     ("NUL in dimension key", {"dimensions": {"a\x00": "x"}}, "invalid_character", UNSTORABLE),
     ("NUL in dimension value", {"dimensions": {"a": "\x00"}}, "invalid_character", UNSTORABLE),

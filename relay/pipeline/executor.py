@@ -161,7 +161,7 @@ class Executor:
                 metrics.LATENCY.observe(latency_ms / 1000)  # once per call, not per row
                 outcomes += self._decide(sendable, result, latency_ms)
         except asyncio.CancelledError:
-            # Cut off by shutdown: no answer, so not an attempt (issue 9 #5), but it may have
+            # Cut off by shutdown: no answer, so not an attempt (invariant 12), but it may have
             # reached Stripe.
             outcomes += [
                 _released(r, "shutdown", "released at shutdown", 0.0, counted=0) for r in sendable

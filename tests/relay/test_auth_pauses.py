@@ -1,5 +1,5 @@
-"""401/403: what pauses, what keeps going, how the refused rows are retried (issue 9, findings
-2 and 10)."""
+"""401/403: what pauses, what keeps going, how the refused rows are retried (invariant
+12: failures stay local)."""
 
 import time
 
@@ -67,8 +67,8 @@ async def test_a_revoked_account_waits_without_blocking_the_others(database_url,
 
 
 async def test_liveness_keeps_turning_while_the_key_is_refused(database_url):
-    """Finding 10: while sending waits on a refused key, /readyz fails but the producer's loop
-    (what /healthz and the systemd watchdog watch) keeps turning."""
+    """Liveness is not readiness: while sending waits on a refused key, /readyz fails but the
+    producer's loop (what /healthz and the systemd watchdog watch) keeps turning."""
     _record(database_url, 1)
     config = EmulatorConfig(api_keys={"sk_test_valid"}, rate_limit_test=None)
     with Emulator(config) as emulator:

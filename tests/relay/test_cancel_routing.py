@@ -92,7 +92,7 @@ async def _made_calls(database_url: str, n: int) -> bool:
 
 
 async def test_cancel_after_an_unknown_outcome_resolves_the_report_first(database_url, emulator):
-    """Issue 9, finding 1: the report timed out while Stripe was still processing it; a cancel
+    """Invariant 10: the report timed out while Stripe was still processing it; a cancel
     requested then must not send the adjustment ahead of the event (Stripe would answer
     resource_missing and the event would land and be billed). The report is resolved with the
     same key first, then cancelled."""
@@ -114,7 +114,7 @@ async def test_cancel_after_an_unknown_outcome_resolves_the_report_first(databas
 async def test_a_cancel_answered_resource_missing_is_retried_until_the_event_lands(
     database_url, emulator
 ):
-    """Issue 9, finding 1: Stripe processes events asynchronously, so a cancel may reach it
+    """Invariant 10: Stripe processes events asynchronously, so a cancel may reach it
     before the accepted event is visible; resource_missing then means "not yet", not "never"."""
     with psycopg.connect(database_url) as conn:
         conn.execute(
@@ -141,7 +141,7 @@ async def test_a_cancel_answered_resource_missing_is_retried_until_the_event_lan
 async def test_cancel_of_a_row_only_refused_definitively_ends_cancelled_locally(
     database_url, emulator
 ):
-    """Issue 9, finding 11: a 500 then a 400 (both definitive: nothing counted) leave nothing at
+    """Invariant 10: a 500 then a 400 (both definitive: nothing counted) leave nothing at
     Stripe to cancel; the cancel ends `cancelled` at once, without an adjustment."""
     insert_usage(database_url, 1)
     emulator.fail_next(1, status=500, path="/v1/billing/meter_events")

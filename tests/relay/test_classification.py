@@ -44,7 +44,7 @@ async def test_connection_reset_retries_with_same_key(database_url, emulator: Em
     async with running_relay(settings) as relay:
         await relay.until(lambda: state_is(database_url, "u1", "accepted"))
     r = row(database_url, "u1")
-    # The reset got no answer about the row: it does not use up the budget (finding 5).
+    # The reset got no answer about the row: it does not use up the budget (invariant 12).
     assert (r["attempts"], r["key_generation"], emulator.counted("u1")) == (1, 0, 1)
 
 

@@ -193,8 +193,8 @@ def test_retry_says_why_it_cannot(database_url, db):
 
 
 def test_prune_validates_and_refuses_inside_stripes_windows(database_url, db):
-    """Regression (finding 8): --batch-size 0 looped forever; --older-than-days -1 deleted
-    rows accepted minutes earlier."""
+    """Regression: bounds are checked before any delete (invariant 9): --batch-size 0 looped
+    forever; --older-than-days -1 deleted rows accepted minutes earlier."""
     insert_usage(database_url, 3, customers=3)
     db.execute(
         "UPDATE meter_event_outbox SET state = 'accepted', updated_at = now() - interval '2 hours'"

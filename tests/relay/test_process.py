@@ -231,8 +231,8 @@ def test_run_refuses_a_schema_older_than_the_relay(database_url: str) -> None:
 def test_a_second_relay_with_the_same_id_exits_2_and_the_first_keeps_running(
     database_url: str,
 ) -> None:
-    """Issue 9, finding 13: the newcomer refuses to start with one line naming the id; the
-    running relay keeps its share and goes on sending."""
+    """Two processes with one relay id (invariant 13): the newcomer refuses to start with one
+    line naming the id; the running relay keeps its share and goes on sending."""
     with Emulator(EmulatorConfig(rate_limit_test=None)) as emulator:
         first = start(relay_env(database_url, emulator, OUTBOX_RELAY_ID="replica-1"))
         try:

@@ -86,7 +86,7 @@ async def _calls_at_least(emulator, n: int) -> bool:
 
 @pytest.mark.parametrize("mode", ["503", "reset"])
 async def test_an_outage_longer_than_the_retry_budget_fails_no_row(database_url, emulator, mode):
-    """Issue 9, finding 5: calls that never got an answer about the row (connection resets,
+    """Invariant 12: calls that never got an answer about the row (connection resets,
     503s in front of the API) do not use up its attempts; rows wait out the outage (backoff
     capped, until the dedup window) and are then sent."""
     insert_usage(database_url, 2, customers=2)

@@ -114,9 +114,10 @@ class Unreachable(Store):
 
 
 async def test_shutdown_with_the_database_down_ends_within_the_grace_period(database_url, emulator):
-    """Issue 9, finding 12: an outcome that cannot be written, a share that cannot be given
-    back and a producer stuck in a statement do not hold the relay past OUTBOX_SHUTDOWN_GRACE
-    (the row is safe: its lease expires and the retry replays Stripe's answer)."""
+    """Shutdown is bounded even with the database gone: an outcome that cannot be written, a
+    share that cannot be given back and a producer stuck in a statement do not hold the relay
+    past OUTBOX_SHUTDOWN_GRACE (the row is safe: its lease expires and the retry replays
+    Stripe's answer)."""
     insert_usage(database_url, 1)
     held = emulator.hold("/v1/billing/meter_events")
     grace = 1.0

@@ -112,8 +112,8 @@ async def test_leaving_gives_the_share_back_and_never_raises() -> None:
 
 
 async def test_a_second_process_with_the_same_relay_id_refuses_to_start() -> None:
-    """Issue 9, finding 13: the running relay keeps its row and its share; the newcomer is
-    refused (fenced, and it gives back nothing of the other's)."""
+    """Two processes with one relay id (invariant 4): the running relay keeps its row and its
+    share; the newcomer is refused (fenced, and it gives back nothing of the other's)."""
     store, clock = FakeStore(1), [0.0]
     first = share(store, clock)
     await first.join(asyncio.Event())
