@@ -7,7 +7,8 @@ generic form encoder, log formatting, parsing the answer into StripeObjects the 
 reads), which capped v1 at ~1,500 calls/s on a core. These calls need none of it, nor
 aiohttp's per-request machinery (~80 µs a call, see relay/stripe/transport.py).
 
-The requests are the SDK's, byte for byte (tests/integration/relay/test_wire_compat.py compares them):
+The requests are the SDK's, byte for byte (tests/integration/relay/test_wire_compat.py compares
+them):
 same method, path, body encoding and headers: Authorization, Idempotency-Key (v1: the row's
 key; v2: a fresh random key per call, as the SDK sends on every POST), Stripe-Version (the
 SDK's pinned version), Stripe-Account when set, Content-Type, User-Agent and

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-import pytest
 from aiohttp import web
 
 from relay.core.config import Settings

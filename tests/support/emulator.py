@@ -1,4 +1,4 @@
-"""Plain helpers for the emulator tests (fixtures live in tests/integration/emulator/conftest.py)."""
+"""Plain helpers for the emulator tests (their fixtures: tests/integration/emulator/conftest.py)."""
 
 from __future__ import annotations
 

@@ -7,8 +7,8 @@ import subprocess
 from collections.abc import Iterator
 
 from relay.emulator import Emulator, EmulatorConfig
-from tests.support.adoption import CLI, run
 from tests.acceptance.process.test_process import relay_env
+from tests.support.adoption import CLI, run
 
 
 def lines(process: subprocess.Popen[str]) -> Iterator[str]:
