@@ -34,8 +34,8 @@ class BatchHistogram(Collector):
     """A Prometheus histogram observed a batch at a time (`observe_many`).
 
     prometheus_client's Histogram takes one value per call, walks its buckets in Python and
-    takes a lock per bucket increment: ~0.9 us per value, once per accepted row. Here a
-    value costs a `bisect` and a list increment (~0.2 us). The exposition is the same
+    takes a lock per bucket increment, once per accepted row. Here a value costs a `bisect`
+    and a list increment (a few times cheaper, docs/benchmarks.md). The exposition is the same
     (`_bucket` with `le`, `_count`, `_sum`). Observed from the event loop only; `observe`
     takes a single value.
     """

@@ -37,8 +37,8 @@ class Claimed(NamedTuple):
     @property
     def payload(self) -> dict[str, str]:
         """The payload (flat, string values: the table's CHECK). Claimed as text: psycopg's
-        jsonb loader cost ~2.3 us per row, and the v2 stream body splices the text as is
-        (relay/stripe/calls.py), so it is parsed only where a dict is needed."""
+        jsonb loader is a per-row cost on the hot path, and the v2 stream body splices the text
+        as is (relay/stripe/calls.py), so it is parsed only where a dict is needed."""
         payload: dict[str, str] = orjson.loads(self.payload_json)
         return payload
 

@@ -144,8 +144,8 @@ def _claim_params(
     one_walk: bool,
 ) -> dict[str, Any]:
     return {
-        # The array's text form, cast by the query: psycopg's generic list dumper spent about
-        # a microsecond per id, per claimed row.
+        # The array's text form, cast by the query: psycopg's generic list dumper inspects
+        # every element, a cost paid per claimed row.
         "ids": "{" + ",".join(map(str, ids)) + "}",
         "one_walk": one_walk,
         "fill": fill,

@@ -32,7 +32,7 @@ log = structlog.get_logger("relay.http")
 # After the relay's own shutdown (OUTBOX_SHUTDOWN_GRACE): seconds each for closing the HTTP server
 # and the database pool, so a stop ends below systemd's TimeoutStopSec=30 with the default grace.
 CLOSE_TIMEOUT = 2.0
-STALL_SECONDS = 60.0  # /healthz fails if the dispatcher loop has not turned for this long
+STALL_SECONDS = 60.0  # /healthz fails if the producer loop has not turned for this long
 FILES_KEPT = 64  # descriptors left for the pool, LISTEN, logs and the interpreter itself
 BUSY = web.AppKey("busy", set)  # connections inside a request: not evicted first
 

@@ -1,13 +1,11 @@
 """A minimal HTTP/1.1 keep-alive client for the relay's two hot calls (relay/stripe/calls.py).
 
-Why: aiohttp's `ClientSession.post` cost ~75-92 µs of relay CPU per v1 meter event, a third
-of the relay process (py-spy, 20,000 calls): request and response objects, cookie and header
-processing, timeouts, tracing hooks and connector bookkeeping, general machinery these calls
-never use. Here a call is one `transport.write` of prebuilt bytes and an answer read by llhttp
-(`httptools`, C) into a status, a header dict and a body: ~16 µs a call. Relay CPU per v1 call
-(emulator, lean client, concurrency 128, medians of 3 runs alternating with aiohttp on a
-shared 2-core machine): 199.5 -> 99.0 µs at load ~2.5, 222.5 -> 132 µs at load up to 12. The
-v2 stream sends 100 events a request, so there it moved little (21.9 -> 20.8 µs per event).
+Why: aiohttp's `ClientSession.post` was a third of the relay process's CPU per v1 meter event
+(profiled): request and response objects, cookie and header processing, timeouts, tracing hooks
+and connector bookkeeping, general machinery these calls never use. Here a call is one
+`transport.write` of prebuilt bytes and an answer read by llhttp (`httptools`, C) into a status,
+a header dict and a body. The v2 stream sends 100 events a request, so there it matters little.
+The figures, before and after: docs/benchmarks.md.
 
 What it does: a pool of keep-alive connections per origin (scheme, host, port), at most
 `max_connections` each, callers beyond that waiting in FIFO order; one request per connection
