@@ -27,8 +27,9 @@ def _database_url(settings: Settings) -> str:
 
 
 def _failure(err: BaseException) -> tuple[str, int, bool]:
-    """Any error that ends a command, as (one line, exit code, foreseen); see the README's exit
-    codes. An unforeseen error is a bug: `run` keeps its traceback, as a field of the line."""
+    """Any error that ends a command, as (one line, exit code, foreseen); see the exit codes in
+    docs/configuration.md. An unforeseen error is a bug: `run` keeps its traceback, as a field
+    of the line."""
     import psycopg
     import psycopg_pool
     import sqlalchemy.exc
