@@ -218,7 +218,8 @@ def retry(
 def cancel(conn: psycopg.Connection, identifier: str) -> outbox.CancelRequest:
     """The operator's cancel: the same path applications use (outbox.cancel_usage)."""
     result = outbox.cancel_usage(conn, identifier=identifier)
-    assert isinstance(result, outbox.CancelRequest)
+    if not isinstance(result, outbox.CancelRequest):  # a sync connection answers at once
+        raise TypeError(f"cancel_usage on a sync connection returned {type(result).__name__}")
     return result
 
 

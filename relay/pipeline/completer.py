@@ -65,7 +65,8 @@ class Completer:
                 await slots.acquire()
                 flushes.create_task(self._write(batch, slots), name="flush")
 
-    async def finish(self, timeout: float) -> None:
+    # `timeout` is a share of the shutdown grace: past it, finish returns (it never raises).
+    async def finish(self, timeout: float) -> None:  # noqa: ASYNC109
         """Wait (bounded) until every queued outcome is written."""
         try:
             await asyncio.wait_for(self._all_written.wait(), timeout)

@@ -125,7 +125,8 @@ class Producer:
                 continue  # more may be due right now
             await self.wakeup.wait(self._wait_timeout(), stop)
 
-    async def finish(self, timeout: float) -> None:
+    # `timeout` is a share of the shutdown grace: past it, finish returns (it never raises).
+    async def finish(self, timeout: float) -> None:  # noqa: ASYNC109
         """After the stop signal: let running claims end (short statements); whatever they
         claim goes back unsent."""
         if self._claims:

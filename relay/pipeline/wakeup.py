@@ -27,7 +27,8 @@ class Wakeup:
         """Wake the producer now (used when outcomes free lanes or capacity)."""
         self._event.set()
 
-    async def wait(self, timeout: float, stop: asyncio.Event) -> None:
+    # `timeout` is the poll interval, not a deadline: past it, wait returns normally.
+    async def wait(self, timeout: float, stop: asyncio.Event) -> None:  # noqa: ASYNC109
         """Return on a hint, a poke, the stop signal, or after `timeout` seconds."""
         if self._event.is_set() or stop.is_set():
             self._event.clear()

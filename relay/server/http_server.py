@@ -137,7 +137,8 @@ class _GuardedSite(web.TCPSite):
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with its runner
         server, busy = self._runner.server, self._app_runner.app[BUSY]
-        assert server is not None
+        if server is None:
+            raise RuntimeError("the runner has no server: setup() was not awaited")
 
         def admit() -> RequestHandler:
             open_now = [  # oldest first; those already closing free their descriptor anyway

@@ -102,7 +102,7 @@ def _fail(row: Claimed, code: str, message: str, may_have_counted: bool = False)
 
 def backoff(attempt: int, base: float = 0.5, cap: float = BACKOFF_CAP) -> float:
     """Exponential backoff with full jitter (AWS style): spreads retries of a burst."""
-    return random.uniform(0, min(cap, base * 2 ** max(attempt - 1, 0)))
+    return random.uniform(0, min(cap, base * 2 ** max(attempt - 1, 0)))  # noqa: S311 (jitter)
 
 
 def outage_backoff(row: Claimed, now: datetime, cap: float = BACKOFF_CAP) -> float:
@@ -111,7 +111,7 @@ def outage_backoff(row: Claimed, now: datetime, cap: float = BACKOFF_CAP) -> flo
     reached Stripe does: half of it, at least 0.5 s, capped, with full jitter, so a row makes a
     few dozen calls in an outage of hours instead of one per half second."""
     elapsed = max(0.0, (now - row.first_attempt_at).total_seconds())
-    return random.uniform(0.5, max(0.5, min(cap, elapsed / 2)))
+    return random.uniform(0.5, max(0.5, min(cap, elapsed / 2)))  # noqa: S311 (jitter)
 
 
 def decide(

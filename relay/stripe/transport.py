@@ -110,7 +110,8 @@ class _Connection(asyncio.Protocol):
 
     def exchange(self, request: bytes) -> "asyncio.Future[Response]":
         """Write the whole request at once; the future resolves with the answer."""
-        assert self._transport is not None and self._answer is None
+        if self._transport is None or self._answer is not None:
+            raise RuntimeError("exchange on a connection that is not idle")
         self.reusable = False
         self._reset()
         self._answer = answer = self._loop.create_future()
@@ -273,8 +274,9 @@ class Client:
         self._ssl = ssl_context
         self._pools: dict[Origin, _Pool] = {}
 
+    # One total timeout per request, connect to last byte, as HTTP clients take it.
     async def send(
-        self, endpoint: Endpoint, headers: Mapping[str, str], body: bytes, timeout: float
+        self, endpoint: Endpoint, headers: Mapping[str, str], body: bytes, timeout: float  # noqa: ASYNC109
     ) -> Response:
         """One request: the endpoint's constant head, this call's `headers`, the body. The
         timeout covers waiting for a connection, connecting, writing and reading."""
