@@ -142,9 +142,17 @@ async def test_parked_workers_are_reused() -> None:
     gate.set()
     for _ in range(20):
         pool.add(rows(5))
-        await asyncio.sleep(0.01)
+        await all_parked(pool, tasks)
     await tasks.close(pool)
     assert calls == 100 and len(tasks.started) <= 6
+
+
+async def all_parked(pool: CallPool, tasks: Tasks) -> None:
+    """Until every live worker has run out of calls and parked: rounds of the event loop, so
+    the next `add` meets parked workers however slow the machine is (a timed pause did not).
+    The pool signals no event when a worker parks, so this yields one round at a time."""
+    while len(pool._parked) < sum(not task.done() for task in tasks.started):  # noqa: ASYNC110
+        await asyncio.sleep(0)
 
 
 async def test_shutdown_hands_back_rows_no_call_started() -> None:
