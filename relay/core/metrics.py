@@ -102,7 +102,7 @@ HTTP_EVICTED = Counter(
     "outbox_relay_http_evicted_total", "HTTP connections closed to admit a new one at the cap"
 )
 
-# Read from the database when /metrics is scraped (see relay/scrape.py), so every replica
+# Read from the database when /metrics is scraped (ScrapeRefresh below), so every replica
 # reports the table's state as of the scrape, whatever it was doing.
 BACKLOG = Gauge(
     "outbox_relay_backlog_rows",
