@@ -130,7 +130,8 @@ async def wait_for_schema(database_url: str, seconds: float) -> None:
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Run the relay and its HTTP server until SIGTERM/SIGINT (or `stop`), then drain."""
+    """Run the relay and its HTTP server until SIGTERM, SIGINT, SIGHUP or SIGQUIT (or `stop`),
+    then drain."""
     key = check(settings)
     await wait_for_schema(settings.database_url, settings.wait_for_schema)
     stop = stop or asyncio.Event()
@@ -185,11 +186,25 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         await pool.close(timeout=CLOSE_TIMEOUT)
 
 
+# Signals that stop the relay: each drains as SIGTERM does (a default action would kill the
+# process at once, leaving its rows in flight until their leases expire). SIGHUP has nothing
+# to reload (settings are read at start). The user signals mean nothing here: logged only.
+DRAIN_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")
+IGNORED_SIGNALS = ("SIGUSR1", "SIGUSR2")
+
+
 def _install_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    for names, action in ((DRAIN_SIGNALS, "drain"), (IGNORED_SIGNALS, "ignored")):
+        for sig in (getattr(signal, name) for name in names if hasattr(signal, name)):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, _on_signal, sig, action, stop)
+
+
+def _on_signal(sig: signal.Signals, action: str, stop: asyncio.Event) -> None:
+    log.info("signal_received", signal=sig.name, action=action)
+    if action == "drain":
+        stop.set()
 
 
 async def _watchdog(relay: Relay, stop: asyncio.Event) -> None:
