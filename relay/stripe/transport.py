@@ -77,16 +77,23 @@ class ConnState(enum.Enum):
     DROPPED = "dropped"  # lost while SENT: the server hung up (or the network failed) unanswered
     CLOSED = "closed"  # closed by the client, or lost with (part of) an answer, or idle
 
+    # Members are singletons, so identity is their equality: hashing by identity (in C) keeps
+    # each move a few lookups, where Enum's own hash runs Python code on every call.
+    __hash__ = object.__hash__
 
+
+# The members as module names: looked up on the class, a member costs several times more,
+# and a call makes about ten of these checks.
+FRESH, IDLE, SENT = ConnState.FRESH, ConnState.IDLE, ConnState.SENT
+RECEIVING, DROPPED, CLOSED = ConnState.RECEIVING, ConnState.DROPPED, ConnState.CLOSED
 _MOVES: dict[ConnState, frozenset[ConnState]] = {
-    ConnState.FRESH: frozenset({ConnState.SENT, ConnState.CLOSED}),
-    ConnState.IDLE: frozenset({ConnState.SENT, ConnState.CLOSED}),
-    ConnState.SENT: frozenset({ConnState.RECEIVING, ConnState.DROPPED, ConnState.CLOSED}),
-    ConnState.RECEIVING: frozenset({ConnState.IDLE, ConnState.CLOSED}),
-    ConnState.DROPPED: frozenset(),
-    ConnState.CLOSED: frozenset(),
+    FRESH: frozenset({SENT, CLOSED}),
+    IDLE: frozenset({SENT, CLOSED}),
+    SENT: frozenset({RECEIVING, DROPPED, CLOSED}),
+    RECEIVING: frozenset({IDLE, CLOSED}),
+    DROPPED: frozenset(),
+    CLOSED: frozenset(),
 }
-_ENDED = frozenset({ConnState.DROPPED, ConnState.CLOSED})
 
 
 class _TooLarge(ResponseError):
@@ -158,26 +165,23 @@ class _Connection(asyncio.Protocol):
         self._answer: asyncio.Future[Response] | None = None
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
-        self._head_size = 0  # this answer's headers, as llhttp hands them over
-        self._unfinished = 0  # bytes read while a head was unfinished (an endless header)
+        self._unfinished = 0  # bytes read while the head was unfinished: at least the head
         self._body_size = 0
         self._headers_done = False
-        self.state = ConnState.FRESH
+        self.state = FRESH
         self.closed: asyncio.Future[None] = loop.create_future()
 
-    def _move(self, to: ConnState) -> bool:
-        """Take a legal move; an ended connection stays ended (False: nothing moved)."""
-        if self.state in _ENDED:
-            return False
-        if to not in _MOVES[self.state]:
+    def _move(self, to: ConnState) -> None:
+        """Take a legal move; an ended connection (DROPPED, CLOSED) stays as it is."""
+        if to in _MOVES[self.state]:
+            self.state = to
+        elif _MOVES[self.state]:
             raise RuntimeError(f"connection state {self.state.value} -> {to.value}")
-        self.state = to
-        return True
 
     def exchange(self, request: bytes) -> "asyncio.Future[Response]":
         """Write the whole request at once; the future resolves with the answer."""
         assert self._transport is not None and self._answer is None
-        self._move(ConnState.SENT)
+        self._move(SENT)
         self._reset()
         self._unfinished = 0
         self._answer = answer = self._loop.create_future()
@@ -188,7 +192,7 @@ class _Connection(asyncio.Protocol):
         """Drop the connection now (no flush, no TLS goodbye): its stream is out of step, or
         the pool is closing and nothing is owed to the server. An answer still awaited fails
         (were it delimited by the close, what came so far would pass for all of it)."""
-        self._move(ConnState.CLOSED)
+        self._move(CLOSED)
         self._fail(ResponseError("connection closed by the client before the response"))
         if self._transport is not None:
             self._transport.abort()
@@ -199,16 +203,17 @@ class _Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
 
     def data_received(self, data: bytes) -> None:
-        if self.state is ConnState.SENT:
-            self._move(ConnState.RECEIVING)
-        elif self.state is not ConnState.RECEIVING:  # bytes nobody asked for: never reuse
+        if self.state is SENT:
+            self._move(RECEIVING)
+        elif self.state is not RECEIVING:  # bytes nobody asked for: never reuse
             self.abort()
             return
+        if not self._headers_done:
+            self._unfinished += len(data)
         try:
             self._parser.feed_data(data)
-            if not self._headers_done:
-                self._unfinished += len(data)
-                self._check_head(self._unfinished)
+            if not self._headers_done and self._unfinished > MAX_HEAD:  # an endless head
+                raise _TooLarge(f"answer head over {MAX_HEAD} bytes")
         except (httptools.HttpParserError, httptools.HttpParserUpgrade, _TooLarge) as err:
             cause = err if isinstance(err, _TooLarge) else err.__context__
             if not isinstance(cause, _TooLarge):
@@ -218,11 +223,11 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
-        if self.state is ConnState.SENT:
-            self._move(ConnState.DROPPED)  # nothing of the answer came: see _Pool.exchange
+        if self.state is SENT:
+            self._move(DROPPED)  # nothing of the answer came: see _Pool.exchange
         elif exc is None and self._headers_done and self._until_close():
             self._complete()  # the body was delimited by the server closing
-        self._move(ConnState.CLOSED)
+        self._move(CLOSED)
         self._fail(exc or ResponseError("server closed the connection before the response"))
         self._lost(self)
         self.closed.set_result(None)
@@ -230,17 +235,21 @@ class _Connection(asyncio.Protocol):
     # httptools callbacks
 
     def on_message_begin(self) -> None:
-        if self.state is not ConnState.RECEIVING:  # a second answer in the same read
+        if self.state is not RECEIVING:  # a second answer in the same read
             self.abort()
         self._reset()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_size += len(name) + len(value) + 4  # ": " and CRLF
-        self._check_head(self._head_size)
         self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         self._headers_done = True
+        # Counted only when what was read (head and maybe body) is past the cap: the head
+        # itself may still be under it. (Repeated names are kept once: what is kept counts.)
+        if self._unfinished > MAX_HEAD:
+            size = sum(len(name) + len(value) + 4 for name, value in self._headers.items())
+            if size > MAX_HEAD:
+                raise _TooLarge(f"answer head over {MAX_HEAD} bytes")
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
@@ -249,28 +258,23 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        if self.state is not ConnState.RECEIVING:  # aborted within this read: it stays so
+        if self.state is not RECEIVING:  # aborted within this read: it stays so
             return
         parser = self._parser
         if parser.get_status_code() < 200:  # 100 Continue, 103: the answer follows
             self._reset()
             return
         if parser.should_keep_alive() and parser.get_http_version() == "1.1":
-            self._move(ConnState.IDLE)
+            self._move(IDLE)
             self._complete()
         else:
             self._complete()
             self.abort()  # the server ends it, or HTTP/1.0: not reusable
 
-    @staticmethod
-    def _check_head(size: int) -> None:
-        if size > MAX_HEAD:
-            raise _TooLarge(f"answer head over {MAX_HEAD} bytes")
-
     def _reset(self) -> None:
         self._headers = {}
         self._body = []
-        self._head_size = self._body_size = 0
+        self._body_size = 0
         self._headers_done = False
 
     def _until_close(self) -> bool:
@@ -312,7 +316,7 @@ class _Pool:
                 try:
                     return await self._on(conn, request)
                 except (OSError, ResponseError):
-                    if conn.state is not ConnState.DROPPED:
+                    if conn.state is not DROPPED:
                         raise
             return await self._on(await self._connect(), request)
 
@@ -322,7 +326,7 @@ class _Pool:
         except BaseException:  # cancelled or failed mid-exchange: the stream is unusable
             conn.abort()
             raise
-        if conn.state is ConnState.IDLE:
+        if conn.state is IDLE:
             self._idle.append(conn)
         else:
             conn.abort()
@@ -333,7 +337,7 @@ class _Pool:
         bytes nobody asked for stays listed until asyncio reports it lost)."""
         while self._idle:
             conn = self._idle.pop()
-            if conn.state is ConnState.IDLE:
+            if conn.state is IDLE:
                 return conn
         return None
 
