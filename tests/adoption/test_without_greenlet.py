@@ -3,9 +3,9 @@ through psycopg and sync SQLAlchemy connections from the first call in a process
 telling connections apart imports nothing the caller did not use (`sqlalchemy.ext.asyncio`
 raises ImportError without greenlet).
 
-Run in a fresh venv holding only psycopg and SQLAlchemy (the versions of this environment,
-so pip's cache usually serves them); `-m "not registry"` skips it where no package registry
-is reachable, and it skips itself when pip cannot install.
+The first record_usage runs in a fresh venv holding only psycopg and SQLAlchemy (the versions
+of this environment, so pip's cache usually serves them); `-m "not registry"` skips it where
+no package registry is reachable, and it skips itself when pip cannot install.
 """
 
 import os
@@ -18,8 +18,6 @@ import psycopg
 import pytest
 
 import outbox
-
-pytestmark = pytest.mark.registry
 
 PACKAGES = ("sqlalchemy", "psycopg", "psycopg-binary", "typing_extensions")
 ROOT = Path(outbox.__file__).resolve().parent.parent  # the library from this checkout
@@ -58,6 +56,20 @@ def python_without_greenlet(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return python
 
 
+def test_telling_connections_apart_imports_nothing() -> None:
+    """Here greenlet is installed, so the import would succeed: it must not happen at all."""
+    code = (
+        "import sys, psycopg, sqlalchemy, sqlalchemy.orm\n"
+        "from outbox.connections import _kind\n"
+        "kinds = [_kind(object()), _kind(psycopg.Connection.__new__(psycopg.Connection))]\n"
+        "print(kinds, sorted(m for m in sys.modules if m.startswith('sqlalchemy.ext')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['unsupported', 'psycopg'] []"
+
+
+@pytest.mark.registry
 @pytest.mark.parametrize("how", ["psycopg", "sqlalchemy_connection", "sqlalchemy_session"])
 def test_the_first_record_usage_works_without_greenlet(
     python_without_greenlet: Path, database_url: str, how: str
