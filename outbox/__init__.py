@@ -32,6 +32,7 @@ from outbox.errors import (
 )
 from outbox.recorded import RecordedUsage, stored_differences
 from outbox.sqlfile import load
+from outbox.tracecontext import current_traceparent
 
 if TYPE_CHECKING:  # the application brings whichever of these it uses
     import psycopg
@@ -224,6 +225,7 @@ def _record_steps(fact: validate.UsageFact, notify: bool) -> Steps[RecordedUsage
         "occurred_at": fact.occurred_at,
         "stripe_account": fact.stripe_account,
         "notify": notify,
+        "trace_context": current_traceparent(),
         **validate.WINDOW_PARAMS,
     }
     rows = yield Query(_SQL["record_usage"], params)

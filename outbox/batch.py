@@ -19,6 +19,7 @@ from outbox.connections import Query, Steps
 from outbox.errors import BatchRefused, InvalidUsage, Refusal
 from outbox.recorded import RecordedUsage, stored_differences
 from outbox.sqlfile import load
+from outbox.tracecontext import current_traceparent
 from outbox.validate import UsageFact
 
 _SQL = load("outbox", "queries.sql")
@@ -194,5 +195,6 @@ def _params(facts: list[UsageFact], notify: bool) -> dict[str, Any]:
         ],
         "stripe_accounts": [fact.stripe_account for fact in facts],
         "notify": notify,
+        "trace_context": current_traceparent(),
         **validate.WINDOW_PARAMS,
     }

@@ -20,10 +20,11 @@ WITH judged AS (
 ), inserted AS (
     INSERT INTO meter_event_outbox
         (identifier, event_name, customer, value, dimensions, metadata, occurred_at,
-         stripe_account, created_at)
+         stripe_account, created_at, trace_context)
     SELECT CAST(:identifier AS text), CAST(:event_name AS text), CAST(:customer AS text),
            CAST(:value AS numeric), CAST(:dimensions AS jsonb), CAST(:metadata AS jsonb),
-           j.occurred_at, CAST(:stripe_account AS text), j.recorded_at
+           j.occurred_at, CAST(:stripe_account AS text), j.recorded_at,
+           CAST(:trace_context AS text)
     FROM judged j
     WHERE j.refusal IS NULL
     ON CONFLICT ON CONSTRAINT meter_event_outbox_identifier_key DO NOTHING
@@ -109,9 +110,9 @@ WITH facts AS (
 ), inserted AS (
     INSERT INTO meter_event_outbox
         (identifier, event_name, customer, value, dimensions, metadata, occurred_at,
-         stripe_account, created_at)
+         stripe_account, created_at, trace_context)
     SELECT j.identifier, j.event_name, j.customer, j.value, j.dimensions, j.metadata,
-           j.occurred_at, j.stripe_account, j.recorded_at
+           j.occurred_at, j.stripe_account, j.recorded_at, CAST(:trace_context AS text)
     FROM judged j
     WHERE (SELECT ok FROM accepted) AND j.ord NOT IN (SELECT ord FROM stored)
     ORDER BY j.ord

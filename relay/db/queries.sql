@@ -534,3 +534,9 @@ SELECT id, identifier, state, action, event_name, customer, value, dimensions, m
        accepted_at, cancel_requested_at, cancelled_at, updated_at,
        available_at - now() AS due_in
 FROM meter_event_outbox WHERE identifier = :identifier
+
+-- name: trace_contexts
+-- The recorded trace context of claimed rows, for the relay's spans (only while tracing is on:
+-- the claim itself does not carry the column, so tracing off costs nothing).
+SELECT id, trace_context FROM meter_event_outbox
+WHERE id = ANY(CAST(:ids AS bigint[])) AND trace_context IS NOT NULL

@@ -281,6 +281,11 @@ class Store:
     async def fold_counts(self) -> None:
         await self._run("fold_counts")
 
+    async def trace_contexts(self, ids: list[int]) -> dict[int, str]:
+        """The traceparent stored with each of these rows (rows without one are left out);
+        read only while tracing is on."""
+        return dict(await self._run("trace_contexts", {"ids": ids}))
+
     async def ping(self) -> bool:
         """Readiness: can we run a statement right now?"""
         try:
