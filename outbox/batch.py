@@ -88,9 +88,9 @@ def _first_of_each(facts: list[UsageFact]) -> list[int]:
     seen: dict[str, int] = {}
     first = [seen.setdefault(fact.identifier, index) for index, fact in enumerate(facts)]
     refusals = [
-        _conflict(index, fact.identifier, _differences(fact, facts[first[index]]))
+        _conflict(index, fact.identifier, differences)
         for index, fact in enumerate(facts)
-        if first[index] != index and _differences(fact, facts[first[index]])
+        if first[index] != index and (differences := _differences(fact, facts[first[index]]))
     ]
     if refusals:
         raise BatchRefused(refusals)

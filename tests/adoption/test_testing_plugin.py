@@ -19,6 +19,11 @@ EXAMPLES = ROOT / "docs" / "examples"
 DJANGO_PROJECT = ROOT / "tests" / "django_app"
 
 
+def quiet_ini(pytester: pytest.Pytester) -> None:
+    """pytest-asyncio (installed here) warns in a session that leaves its loop scope unset."""
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+
+
 def copy_example(pytester: pytest.Pytester, name: str) -> None:
     for path in (EXAMPLES / name).glob("*.py"):
         shutil.copy(path, pytester.path / path.name)
@@ -28,6 +33,7 @@ def test_sqlalchemy_example(
     pytester: pytest.Pytester, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     copy_example(pytester, "testing_sqlalchemy")
+    quiet_ini(pytester)
     monkeypatch.setenv("APP_TEST_DATABASE_URL", database_url)
     result = pytester.runpytest_inprocess("-p", "outbox.testing", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
@@ -37,6 +43,7 @@ def test_assert_exactly_names_the_missing_and_the_unexpected_facts(
     pytester: pytest.Pytester, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OUTBOX_DATABASE_URL", database_url)
+    quiet_ini(pytester)
     pytester.makepyfile(
         """
         import psycopg, outbox, os
@@ -72,6 +79,7 @@ def test_without_a_database_the_fixture_says_what_to_set(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("OUTBOX_DATABASE_URL", raising=False)
+    quiet_ini(pytester)
     pytester.makepyfile("def test_facts(outbox_facts):\n    pass\n")
     result = pytester.runpytest_inprocess("-p", "outbox.testing", "-p", "no:cacheprovider")
     result.assert_outcomes(errors=1)
@@ -95,6 +103,7 @@ def test_django_example(
         [pytest]
         DJANGO_SETTINGS_MODULE = project.settings
         pythonpath = {DJANGO_PROJECT}
+        asyncio_default_fixture_loop_scope = function
         """
     )
     try:
