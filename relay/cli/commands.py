@@ -33,7 +33,7 @@ def _failure(err: BaseException) -> tuple[str, int, bool]:
     import psycopg_pool
     import sqlalchemy.exc
 
-    if isinstance(err, errors.ConfigError | errors.StartupError):
+    if isinstance(err, errors.ConfigError | errors.StartupError | errors.ServiceDied):
         return str(err), err.exit_code, True
     if isinstance(err, click.ClickException):
         return errors.one_line(err.format_message()), err.exit_code, True

@@ -169,7 +169,7 @@ def _outcome_params(batch: Iterable[Outcome], relay_id: str) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for o in batch:
         row = o.row
-        key = (o[1:], row.action)  # everything but the row, and what the row's call did
+        key = (o.decision(), row.action)  # all but the row, and what the row's call did
         d = index.get(key)
         if d is None:
             d = index[key] = len(decisions)

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from relay.core.rows import Claimed, Outcome
+from relay.core.vocabulary import SHUTDOWN, STREAM_WAIT_EXPIRED
 from relay.stripe.rate_limit import RateLimiter
 
 STREAM_BATCH = 100  # Stripe's maximum events per meter event stream request
@@ -113,15 +114,12 @@ class StreamBatcher:
 
     def _release_all(self, account: str | None, queue: deque[tuple[float, Claimed]]) -> None:
         while queue:
-            self._record(unsent(queue.popleft()[1], "shutdown", "released at shutdown"))
+            self._record(Outcome.unsent(queue.popleft()[1], SHUTDOWN, "released at shutdown"))
         self._queues.pop(account, None)
         self._full.pop(account, None)
 
 
 def held_too_long(row: Claimed) -> Outcome:
-    return unsent(row, "stream_wait_expired", "waited too long for a stream call; released")
-
-
-def unsent(row: Claimed, code: str, message: str) -> Outcome:
-    """Back to pending, nothing sent: no attempt counted, same identifier."""
-    return Outcome(row, "pending", counted=0, code=code, message=message)
+    return Outcome.unsent(
+        row, STREAM_WAIT_EXPIRED, "waited too long for a stream call; released"
+    )
