@@ -13,6 +13,7 @@ from outbox.dburl import redact
 from relay.cli.options import secrets_help, setting_options
 from relay.core import config, errors
 from relay.core.config import Settings
+from relay.core.vocabulary import STATES
 
 
 def _settings(**overrides: object) -> Settings:
@@ -279,7 +280,7 @@ def _render_status(data: dict[str, Any]) -> None:
 @database_option
 @click.option(
     "--state",
-    type=click.Choice(["pending", "in_flight", "accepted", "failed", "rejected", "cancelled"]),
+    type=click.Choice(STATES),
 )
 @click.option("--code", help="Last error code.")
 @click.option("--customer")

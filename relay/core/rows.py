@@ -1,12 +1,12 @@
 """The relay's view of a claimed row and of the outcome it writes back."""
 
 from datetime import datetime
-from typing import Any, NamedTuple, Self
+from typing import NamedTuple, Self
 from uuid import UUID
 
 import orjson
 
-from relay.core.vocabulary import Action, OutcomeKind, State
+from relay.core.vocabulary import Action, OutcomeKind, RelayCode, State
 
 
 class Claimed(NamedTuple):
@@ -33,7 +33,7 @@ class Claimed(NamedTuple):
     created_at: datetime
 
     @classmethod
-    def from_row(cls, row: tuple[Any, ...]) -> "Claimed":
+    def from_row(cls, row: tuple[object, ...]) -> "Claimed":
         return cls._make(row)
 
     @property
@@ -125,7 +125,7 @@ class Outcome(NamedTuple):
 
     @classmethod
     def refused(
-        cls, row: Claimed, code: str, message: str, *, may_have_counted: bool = False
+        cls, row: Claimed, code: RelayCode, message: str, *, may_have_counted: bool = False
     ) -> Self:
         """Failed without a call: Stripe would refuse the row (invariants 5 and 6)."""
         return cls(
@@ -139,14 +139,21 @@ class Outcome(NamedTuple):
         )
 
     @classmethod
-    def unsent(cls, row: Claimed, code: str, message: str, delay: float = 0.0) -> Self:
+    def unsent(cls, row: Claimed, code: RelayCode, message: str, delay: float = 0.0) -> Self:
         """Back to pending without a call: no attempt counted, same identifier, due again
         after `delay` seconds."""
         return cls(row, "pending", delay, counted=0, code=code, message=message, kind="unsent")
 
     @classmethod
     def released(
-        cls, row: Claimed, code: str, message: str, delay: float, *, called: bool, counted: int
+        cls,
+        row: Claimed,
+        code: RelayCode,
+        message: str,
+        delay: float,
+        *,
+        called: bool,
+        counted: int,
     ) -> Self:
         """Back to pending with the same key after a call that gave no answer: it may have
         reached Stripe, so the retry replays whatever Stripe did. `called`: the send had
@@ -167,7 +174,7 @@ class Outcome(NamedTuple):
         """The same decision for another row (the rows of one answered stream call)."""
         return Outcome._make((row, *self[1:]))  # every field after `row`, in declaration order
 
-    def decision(self) -> tuple[Any, ...]:
+    def decision(self) -> tuple[object, ...]:
         """Everything but the row: outcomes with equal decisions (and equal row actions) are
         written as one decision by `record_outcomes`."""
         return self[1:]

@@ -12,7 +12,6 @@ from typing import Final, Literal, get_args
 State = Literal["pending", "in_flight", "accepted", "failed", "rejected", "cancelled"]
 STATES: Final[tuple[State, ...]] = get_args(State)
 UNSENT_STATES: Final[frozenset[State]] = frozenset({"pending", "in_flight"})
-FINAL_STATES: Final[frozenset[State]] = frozenset({"accepted", "failed", "rejected", "cancelled"})
 
 Action = Literal["report", "cancel"]  # a row reports a fact, or cancels one reported earlier
 
@@ -23,10 +22,6 @@ OutcomeKind = Literal["answered", "refused", "unsent", "released"]
 - unsent: back to pending without a call (held, not due yet, released before its call);
 - released: its call started but gave no answer (cut off at shutdown, or it crashed).
 Only an answered call settles the auth gate's probe; every other kind frees it."""
-
-KEY_REFUSED: Final = "api_key_refused"  # 401: the API key itself is refused, every account waits
-ACCOUNT_REFUSED: Final = "account_access_refused"  # 403: the key may not act for this account
-AUTH_WAIT_CODES: Final = frozenset({KEY_REFUSED, ACCOUNT_REFUSED})
 
 RelayCode = Literal[
     # local refusals and waits (relay.stripe.policy, outbox.rules' window problems)
@@ -54,10 +49,14 @@ RelayCode = Literal[
 (`error.code` of an answer or of an error report): metrics may count those as `other`."""
 RELAY_CODES: Final[frozenset[str]] = frozenset(get_args(RelayCode))
 
+KEY_REFUSED: Final[RelayCode] = "api_key_refused"  # 401: the key itself, every account waits
+ACCOUNT_REFUSED: Final[RelayCode] = "account_access_refused"  # 403: the key, for this account
+AUTH_WAIT_CODES: Final[frozenset[str]] = frozenset({KEY_REFUSED, ACCOUNT_REFUSED})
 SHUTDOWN: Final[RelayCode] = "shutdown"
 RELAY_ERROR: Final[RelayCode] = "relay_error"
 STREAM_WAIT_EXPIRED: Final[RelayCode] = "stream_wait_expired"
 TIMESTAMP_IN_FUTURE: Final[RelayCode] = "timestamp_in_future"
+TIMESTAMP_TOO_FAR_IN_PAST: Final[RelayCode] = "timestamp_too_far_in_past"
 CANCEL_WINDOW_EXPIRED: Final[RelayCode] = "cancel_window_expired"
 DEDUP_WINDOW_EXPIRED: Final[RelayCode] = "dedup_window_expired"
 RETRY_BUDGET_EXHAUSTED: Final[RelayCode] = "retry_budget_exhausted"

@@ -15,6 +15,7 @@ from relay.core.vocabulary import (
     DEDUP_WINDOW_EXPIRED,
     RETRY_BUDGET_EXHAUSTED,
     TIMESTAMP_IN_FUTURE,
+    TIMESTAMP_TOO_FAR_IN_PAST,
     State,
 )
 from relay.stripe.classify import Classified, Verdict
@@ -56,7 +57,7 @@ def local_refusal(row: Claimed, now: datetime, dedup_window: timedelta) -> Outco
         return Outcome.unsent(row, TIMESTAMP_IN_FUTURE, "waiting until Stripe accepts it", wait)
     if problem:
         return Outcome.refused(
-            row, problem.code, "usage is older than Stripe's 35-day window; not sent"
+            row, TIMESTAMP_TOO_FAR_IN_PAST, "usage is older than Stripe's 35-day window; not sent"
         )
     first = row.previous_first_attempt_at
     if first is not None and first < now - dedup_window:
