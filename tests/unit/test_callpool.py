@@ -168,3 +168,19 @@ async def test_shutdown_hands_back_rows_no_call_started() -> None:
         (f"u{i}", "pending", "shutdown", 0) for i in (1, 2, 3)
     ]
     assert not any(o.reached_stripe for o in outcomes)  # nothing sent: the dedup clock stops
+
+
+async def test_a_call_that_crashes_is_reported_and_its_worker_goes_on() -> None:
+    """A bug in a call reaches the executor (which stops the relay); the queue still drains."""
+    done: list[str] = []
+
+    async def call(row: Claimed) -> None:
+        if row.identifier == "u1":
+            raise TypeError("bug")
+        done.append(row.identifier)
+
+    tasks = Tasks()
+    pool = CallPool(call, tasks.spawn, tasks.crashed)
+    pool.add(rows(2))
+    await tasks.close(pool)
+    assert [repr(e) for e in tasks.crashes] == ["TypeError('bug')"] and done == ["u2"]

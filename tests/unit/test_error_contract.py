@@ -249,3 +249,36 @@ def test_a_dead_service_ends_the_process_with_exit_code_1() -> None:
     message, code, foreseen = _failure(ServiceDied("completer", "TypeError('bug')"))
     assert code == 1 and foreseen
     assert message.startswith("the relay's completer service failed (TypeError('bug'))")
+
+
+async def test_a_stream_call_that_crashes_while_forming_releases_its_rows_and_stops_the_relay() -> (
+    None
+):
+    """The crash happens in the stream queue's own task, before any call: its rows go back
+    unsent (not left without an outcome, their capacity held) and the relay stops."""
+
+    class BrokenLimiter(RateLimiter):
+        async def acquire(self) -> None:
+            raise BUG
+
+    outcomes: list[Outcome] = []
+    gate = AuthGate(lambda ok: None, 1.0, 10.0)
+    settings = Settings(stripe_api_mode="v2-stream", stream_linger_ms=0)
+    executor = Executor(settings, Idle(), BrokenLimiter(10**6), gate, outcomes.append)
+    stop = asyncio.Event()
+    now = datetime.now(UTC)
+    with structlog.testing.capture_logs():
+        executor.start([claimed(id=i, identifier=f"u{i}", occurred_at=now) for i in (1, 2)])
+        died = await deaths("executor", executor.watch(), stop)
+    assert died == [("executor", "TypeError('bug')")]
+    assert [(o.state, o.code, o.kind, o.counted) for o in outcomes] == [
+        ("pending", "relay_error", "unsent", 0)
+    ] * 2
+
+
+class Idle:
+    async def send(self, row: Claimed) -> tuple[Classified, float]:
+        raise AssertionError("no call")
+
+    async def send_stream(self, rows: list[Claimed]) -> tuple[Classified, float]:
+        raise AssertionError("no call")
