@@ -1,5 +1,6 @@
 """The relay's view of a claimed row and of the outcome it writes back."""
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import NamedTuple, Self
 from uuid import UUID
@@ -170,13 +171,17 @@ class Outcome(NamedTuple):
             kind="released",
         )
 
-    def for_row(self, row: Claimed) -> "Outcome":
-        """The same decision for another row (the rows of one answered stream call)."""
-        return Outcome._make((row, *self[1:]))  # every field after `row`, in declaration order
+    def for_rows(self, rows: Iterable[Claimed]) -> list["Outcome"]:
+        """The same decision for other rows (the rows of one answered stream call): the
+        decision is taken apart once, each copy costs one tuple."""
+        decision = self.decision()
+        make = Outcome._make
+        return [make((row, *decision)) for row in rows]
 
     def decision(self) -> tuple[object, ...]:
-        """Everything but the row: outcomes with equal decisions (and equal row actions) are
-        written as one decision by `record_outcomes`."""
+        """Everything but the row (the fields after `row`, in declaration order): outcomes
+        with equal decisions (and equal row actions) are written as one decision by
+        `record_outcomes`."""
         return self[1:]
 
     @property

@@ -229,7 +229,7 @@ class Executor:
             first = decide(rows[0], result, self.settings.max_attempts, latency_ms)
             if len(rows) == 1:  # a v1 call
                 return [first]
-            return [first.for_row(r) for r in rows]
+            return first.for_rows(rows)
         return [self._decide_row(r, result, latency_ms) for r in rows]
 
     def _decide_row(self, row: Claimed, result: Classified, latency_ms: float) -> Outcome:

@@ -49,7 +49,7 @@ def test_each_named_outcome_says_how_it_was_decided() -> None:
 def test_a_decision_copied_to_another_row_differs_only_in_the_row() -> None:
     first, other = claimed(id=1), claimed(id=2, identifier="u2")
     decided = Outcome.answered(first, "accepted", request_id="req_1", latency_ms=3.0)
-    copied = decided.for_row(other)
+    (copied,) = decided.for_rows([other])
     assert copied.row is other and copied._replace(row=first) == decided
     assert copied.decision() == decided.decision()
     long = Outcome.released(first, "shutdown", "x" * 600, 0.0, called=False, counted=0)
