@@ -13,6 +13,7 @@ from outbox.dburl import redact
 from relay.cli.options import secrets_help, setting_options
 from relay.core import config, errors
 from relay.core.config import Settings
+from relay.core.vocabulary import STATES
 
 
 def _settings(**overrides: object) -> Settings:
@@ -33,7 +34,7 @@ def _failure(err: BaseException) -> tuple[str, int, bool]:
     import psycopg_pool
     import sqlalchemy.exc
 
-    if isinstance(err, errors.ConfigError | errors.StartupError):
+    if isinstance(err, errors.ConfigError | errors.StartupError | errors.ServiceDied):
         return str(err), err.exit_code, True
     if isinstance(err, click.ClickException):
         return errors.one_line(err.format_message()), err.exit_code, True
@@ -279,7 +280,7 @@ def _render_status(data: dict[str, Any]) -> None:
 @database_option
 @click.option(
     "--state",
-    type=click.Choice(["pending", "in_flight", "accepted", "failed", "rejected", "cancelled"]),
+    type=click.Choice(STATES),
 )
 @click.option("--code", help="Last error code.")
 @click.option("--customer")

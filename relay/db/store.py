@@ -22,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from outbox.sqlfile import for_psycopg
 from relay.core.rows import Claimed, Outcome
+from relay.core.vocabulary import STATES, State
 from relay.db.pool import QUERIES
 
 # Statements whose best plan depends on the parameters: a prepared statement's generic plan
@@ -52,13 +53,13 @@ class LiveRelay(NamedTuple):
 
 
 class StateCount(NamedTuple):
-    state: str
+    state: State
     n: int
     oldest_available_at: datetime | None
 
 
 class FailureCount(NamedTuple):
-    state: str
+    state: State
     code: str
     n: int
 
@@ -66,7 +67,7 @@ class FailureCount(NamedTuple):
 class UnsentGroup(NamedTuple):
     """Unsent rows sharing a state, last code and due-ness (see `unsent_by_group`)."""
 
-    state: str
+    state: State
     code: str | None
     due: bool
     n: int
@@ -79,7 +80,7 @@ class RetryCandidate(NamedTuple):
     """A failed/rejected row a `retry` with given filters matches, and whether it is refused."""
 
     identifier: str
-    state: str
+    state: State
     code: str | None
     first_attempt_at: datetime | None
     refused: bool
@@ -108,7 +109,7 @@ class RefusedRetry(NamedTuple):
     """A row `retry` leaves alone unless forced (see the `retry` query)."""
 
     identifier: str
-    state: str
+    state: State
     code: str | None
     first_attempt_at: datetime | None
 
@@ -169,7 +170,7 @@ def _outcome_params(batch: Iterable[Outcome], relay_id: str) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for o in batch:
         row = o.row
-        key = (o[1:], row.action)  # everything but the row, and what the row's call did
+        key = (o.decision(), row.action)  # all but the row, and what the row's call did
         d = index.get(key)
         if d is None:
             d = index[key] = len(decisions)
@@ -387,7 +388,7 @@ class SyncStore:
     def list_rows(
         self,
         *,
-        state: str | None = None,
+        state: State | None = None,
         code: str | None = None,
         customer: str | None = None,
         event_name: str | None = None,
@@ -464,7 +465,6 @@ class SyncStore:
 # The web console and /metrics: reads only, rows as dicts for the templates.
 
 ATTEMPT_WINDOW_CAP = 100_000  # newest attempts read for "the last hour" (bounded on busy hours)
-STATES = ("pending", "in_flight", "accepted", "failed", "rejected", "cancelled")
 
 
 @dataclass(frozen=True)
