@@ -15,6 +15,7 @@ from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from relay import __version__
+from relay.core.vocabulary import State
 
 log = structlog.get_logger("relay.metrics")
 
@@ -134,7 +135,7 @@ DRIFT = Gauge(
 
 
 @cache
-def outcome(state: str, code: str | None) -> Counter:
+def outcome(state: State, code: str | None) -> Counter:
     """The labelled child, cached: `labels()` is costly on a per-row hot path."""
     return OUTCOMES.labels(state, code or "")
 

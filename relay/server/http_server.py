@@ -13,7 +13,6 @@ them (Kubernetes restarts a pod whose /healthz stops answering):
 import asyncio
 import resource
 import time
-from typing import Any
 
 import stripe
 import structlog
@@ -26,6 +25,7 @@ from relay.core import metrics
 from relay.core.errors import bind_error
 from relay.db.store import ConsoleStore, Store
 from relay.server import console
+from relay.server.relay_view import RelayView
 from relay.stripe.webhooks import BadDelivery, handle_delivery
 
 log = structlog.get_logger("relay.http")
@@ -38,7 +38,7 @@ BUSY = web.AppKey("busy", set)  # connections inside a request: not evicted firs
 
 
 def make_app(
-    relay: Any,
+    relay: RelayView,
     db: Store,
     client: stripe.StripeClient,
     secret: str | None,

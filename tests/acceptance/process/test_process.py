@@ -86,6 +86,50 @@ def test_sigterm_exits_zero_and_logs_no_secrets(database_url: str) -> None:
     assert TEST_KEY not in stderr and "whsec_supersecret" not in stderr
 
 
+def signal_lines(stderr: str) -> list[tuple[str, str]]:
+    events = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    return [(e["signal"], e["action"]) for e in events if e["event"] == "signal_received"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGQUIT], ids=["SIGHUP", "SIGQUIT"])
+def test_sighup_and_sigquit_drain_like_sigterm(database_url: str, sig: signal.Signals) -> None:
+    """Sent while calls are in flight: the relay drains (the calls end, their outcomes are
+    written) and exits 0, leaving no row in flight for its lease to expire."""
+    with Emulator(EmulatorConfig(rate_limit_test=None)) as emulator:
+        emulator.set_faults(Faults(latency=Latency.fixed(1500)))
+        insert_usage(database_url, 3, customers=3)
+        proc = start(relay_env(database_url, emulator))
+        try:
+            wait_for(lambda: emulator.stats()["in_flight"] >= 3)
+        finally:
+            proc.send_signal(sig)
+            _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert "in_flight" not in states(database_url)
+    assert signal_lines(stderr) == [(sig.name, "drain")]
+
+
+def test_sigusr1_and_sigusr2_are_logged_and_ignored(database_url: str) -> None:
+    with Emulator(EmulatorConfig(rate_limit_test=None)) as emulator:
+        insert_usage(database_url, 1, prefix="before")
+        proc = start(relay_env(database_url, emulator))
+        try:
+            wait_for(lambda: states(database_url) == {"accepted": 1})
+            proc.send_signal(signal.SIGUSR1)
+            proc.send_signal(signal.SIGUSR2)
+            insert_usage(database_url, 1, prefix="after")  # still running: sent too
+            wait_for(lambda: states(database_url) == {"accepted": 2})
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert sorted(signal_lines(stderr)) == [
+        ("SIGTERM", "drain"),
+        ("SIGUSR1", "ignored"),
+        ("SIGUSR2", "ignored"),
+    ]
+
+
 async def test_error_report_webhook_marks_rows_rejected(database_url: str) -> None:
     """Invariant 3: 200 means accepted for processing; Stripe's later error report -> rejected."""
     from relay import daemon

@@ -1,11 +1,13 @@
 """The wake-up hint and the cheap status view (invariant 9: the hot part stays small)."""
 
 import re
+from typing import get_args
 
 import psycopg
 import pytest
 
 import outbox
+from relay.core.vocabulary import STATES, Action
 from tests.helpers import rows, scalar
 
 
@@ -98,3 +100,21 @@ def test_status_queries_use_partial_indexes_not_history(query: str, db) -> None:
     plan = "\n".join(r[0] for r in rows(db, "EXPLAIN " + query))
     # The outbox table itself (the small, regularly folded count deltas may be scanned).
     assert not re.search(r"Seq Scan on meter_event_outbox\b(?!_)", plan), plan
+
+
+def _check_values(db: psycopg.Connection, column: str) -> set[str]:
+    """The values a CHECK (column IN (...)) constraint of the outbox table allows."""
+    found = db.execute(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
+        " WHERE conrelid = 'meter_event_outbox'::regclass AND contype = 'c'"
+        " AND pg_get_constraintdef(oid) LIKE %s",
+        (f"CHECK (({column} = ANY (ARRAY[%",),
+    ).fetchone()
+    assert found is not None, column
+    return set(re.findall(r"'([a-z_]+)'::", found[0]))
+
+
+def test_the_relays_states_and_actions_are_the_tables(db: psycopg.Connection) -> None:
+    """relay.core.vocabulary spells what the CHECK constraints allow, no more, no less."""
+    assert _check_values(db, "state") == set(STATES)
+    assert _check_values(db, "action") == set(get_args(Action))

@@ -12,6 +12,7 @@ import re
 import socket
 import ssl
 import struct
+import tracemalloc
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from aiohttp import web
 from relay.stripe import transport as http1
 from relay.stripe.calls import Wire
 from relay.stripe.classify import Answer, Verdict, classify
+from relay.stripe.sender import StripeSender
 from tests.unit.rows import claimed
 
 KEY = "sk_test_transport_secret"
@@ -306,7 +308,7 @@ async def test_a_second_answer_in_the_same_read_is_not_taken_for_the_next_call()
 
 async def test_a_connection_aborted_for_an_unsolicited_answer_is_never_pooled() -> None:
     """The unsolicited answer aborts the connection; its end must not mark it reusable again
-    in the moment before asyncio reports it lost."""
+    in the moment before asyncio reports it lost (a closed connection never moves again)."""
 
     async def chatty(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         while await read_request(reader) is not None:
@@ -316,10 +318,82 @@ async def test_a_connection_aborted_for_an_unsolicited_answer_is_never_pooled() 
         client = lean()
         try:
             first = await wire(client, server.base).meter_event(claimed())
-            idle = [conn for pool in client._pools.values() for conn in pool._idle]
-            assert first.request_id == "req_0" and not any(conn.reusable for conn in idle)
+            conns = [conn for pool in client._pools.values() for conn in pool._open]
+            assert first.request_id == "req_0"
+            assert [conn.state for conn in conns] == [http1.ConnState.CLOSED]
+            assert not any(pool._idle_connection() for pool in client._pools.values())
         finally:
             await client.close()
+
+
+# A reused connection the server had closed: one retry, same request
+
+
+def key_of(request: bytes) -> bytes:
+    found = re.search(rb"\r\nIdempotency-Key: ([^\r]*)\r\n", request)
+    assert found, request
+    return found.group(1)
+
+
+def stale_after_first(drop: Callable[[asyncio.StreamWriter], None], seen: list[bytes]) -> Script:
+    """Connection 0 answers its first request, then drops the next one unanswered (`drop`),
+    as a server that closed an idle connection just as the client wrote on it; later
+    connections answer everything. Every request is recorded in `seen`."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while (request := await read_request(reader)) is not None:
+            seen.append(request)
+            if n == 0 and len(seen) > 1:
+                drop(writer)
+                return
+            writer.write(answer(headers={"Request-Id": f"req_{n}"}))
+
+    return script
+
+
+def hang_up(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+
+
+def reset(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+async def two_calls(
+    script: Script, send: Callable[[Wire, str], Awaitable[Answer]]
+) -> tuple[Server, list[Answer]]:
+    async with raw_server(script) as server:
+        client = lean()
+        try:
+            sender = wire(client, server.base)
+            results = [await send(sender, "u1"), await send(sender, "u2")]
+        finally:
+            await client.close()
+    return server, results
+
+
+async def v1(sender: Wire, identifier: str) -> Answer:
+    return await sender.meter_event(claimed(identifier=identifier))
+
+
+async def v2(sender: Wire, identifier: str) -> Answer:
+    return await sender.meter_event_stream("mes_tok", [claimed(identifier=identifier)])
+
+
+@pytest.mark.parametrize("drop", [hang_up, reset], ids=["closed", "reset"])
+@pytest.mark.parametrize("send", [v1, v2], ids=["v1", "v2"])
+async def test_a_reused_connection_dropped_before_any_answer_is_retried_once_with_the_same_key(
+    drop: Callable[[asyncio.StreamWriter], None],
+    send: Callable[[Wire, str], Awaitable[Answer]],
+) -> None:
+    requests: list[bytes] = []
+    server, results = await two_calls(stale_after_first(drop, requests), send)
+    assert [(r.status, r.request_id) for r in results] == [(200, "req_0"), (200, "req_1")]
+    assert server.accepted == 2  # the retry went out on a fresh connection
+    assert len(requests) == 3 and requests[1] == requests[2]  # byte for byte: same key
+    assert key_of(requests[1]) != key_of(requests[0])
 
 
 # Bodies
@@ -390,6 +464,188 @@ async def test_a_body_delimited_by_the_server_closing_is_read_to_the_end() -> No
     async with raw_server(until_close) as server:
         result = await one_call(server.base)
     assert (result.status, result.code, result.message) == (402, "rate_limit", "slow")
+
+
+async def test_a_reused_connection_dropped_mid_answer_is_not_retried() -> None:
+    """A byte of the answer came: the server was answering, so the relay decides (same key
+    on its next claim), not the transport."""
+    seen: list[bytes] = []
+
+    async def partial(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while (request := await read_request(reader)) is not None:
+            seen.append(request)
+            if len(seen) == 1:
+                writer.write(answer(headers={"Request-Id": f"req_{n}"}))
+            else:
+                writer.write(answer(200, b'{"partial": ')[:-3])
+                await writer.drain()
+                return
+
+    server, results = await two_calls(partial, v1)
+    assert results[0].status == 200 and failed(results[1])
+    assert (len(seen), server.accepted) == (2, 1)
+
+
+async def test_a_fresh_connection_dropped_before_any_answer_is_not_retried() -> None:
+    seen: list[bytes] = []
+
+    async def dropping(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        seen.append(await read_request(reader) or b"")
+
+    async with raw_server(dropping) as server:
+        result = await one_call(server.base)
+    assert failed(result)
+    assert (len(seen), server.accepted) == (1, 1)
+
+
+async def test_a_stale_connection_is_retried_once_only() -> None:
+    """The retry's fresh connection drops the request too: no answer, and the server saw the
+    request twice, no more."""
+    seen: list[bytes] = []
+
+    async def stale_then_down(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> None:
+        while (request := await read_request(reader)) is not None:
+            seen.append(request)
+            if len(seen) > 1:
+                return
+            writer.write(answer(headers={"Request-Id": f"req_{n}"}))
+
+    server, results = await two_calls(stale_then_down, v1)
+    assert results[0].status == 200 and failed(results[1])
+    assert (len(seen), server.accepted) == (3, 2)
+    assert seen[1] == seen[2]
+
+
+async def test_a_stale_connection_is_retried() -> None:
+    """The retry's success, unparametrized for the uvloop run below."""
+    await test_a_reused_connection_dropped_before_any_answer_is_retried_once_with_the_same_key(
+        reset, v1
+    )
+
+
+# Bounds: an answer too large is no answer, read no further
+
+
+HUGE = 300_000_000
+
+
+async def test_a_300_mb_body_is_no_answer_and_is_not_buffered() -> None:
+    """The client stops reading past its body cap: the server gets to push only what the
+    sockets' buffers hold, and the client's memory stays bounded (tracemalloc's peak)."""
+    pushed = 0
+
+    async def huge(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        nonlocal pushed
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % HUGE)
+        chunk = bytes(1 << 16)
+        with contextlib.suppress(ConnectionError):
+            while pushed < HUGE:
+                writer.write(chunk)
+                await writer.drain()
+                pushed += len(chunk)
+
+    tracemalloc.start()
+    try:
+        async with raw_server(huge) as server:
+            result = await one_call(server.base)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert failed(result)
+    assert result.message == f"answer body over {http1.MAX_BODY} bytes"
+    assert pushed < HUGE // 10
+    assert peak < 8 * http1.MAX_BODY
+
+
+async def test_a_head_over_the_cap_is_no_answer() -> None:
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Padding: ")
+        with contextlib.suppress(ConnectionError):
+            while True:  # one header that never ends, until the client hangs up
+                writer.write(b"a" * (1 << 16))
+                await writer.drain()
+
+    async with raw_server(endless) as server:
+        result = await one_call(server.base)
+    assert failed(result)
+    assert result.message == f"answer head over {http1.MAX_HEAD} bytes"
+
+
+async def test_many_headers_over_the_cap_are_no_answer() -> None:
+    headers = {f"X-H{i}": "v" * 100 for i in range(2 * http1.MAX_HEAD // 100)}
+
+    async def chatty(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(answer(headers=headers))
+
+    async with raw_server(chatty) as server:
+        result = await one_call(server.base)
+    assert failed(result)
+    assert result.message == f"answer head over {http1.MAX_HEAD} bytes"
+
+
+async def test_a_gzip_bomb_is_no_answer() -> None:
+    """64 MiB of zeros in 64 KB of gzip: decoding stops at the body cap."""
+    packer = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
+    zeros = bytes(1 << 20)
+    bomb = b"".join(packer.compress(zeros) for _ in range(64)) + packer.flush()
+    assert len(bomb) < http1.MAX_BODY
+
+    async def bombing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(answer(200, bomb, {"Content-Encoding": "gzip"}))
+
+    tracemalloc.start()
+    try:
+        async with raw_server(bombing) as server:
+            result = await one_call(server.base)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert failed(result)
+    assert result.message == f"answer body over {http1.MAX_BODY} bytes once decoded"
+    assert peak < 8 * http1.MAX_BODY
+
+
+# Line endings: bare LF is read, as the SDK (aiohttp) reads it
+
+
+def bare_lf(status: int, body: bytes, chunked: bool) -> bytes:
+    """An answer whose lines end in a bare LF wherever aiohttp's parser takes one: the status
+    line, the headers and after chunk data (chunk sizes keep their CRLF: aiohttp refuses a
+    bare LF there, and so does the lean client, on the same llhttp leniencies)."""
+    framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {len(body)}"
+    head = f"HTTP/1.1 {status} Whatever\nContent-Type: application/json\n{framing}\n"
+    head += "Request-Id: req_lf\n\n"
+    if not chunked:
+        return head.encode() + body
+    pieces = [body[i : i + 7] for i in range(0, len(body), 7)]
+    return head.encode() + b"".join(b"%x\r\n%s\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["length", "chunked"])
+@pytest.mark.parametrize("client", ["lean", "sdk"])
+async def test_a_bare_lf_answer_is_read_as_the_sdk_reads_it(client: str, chunked: bool) -> None:
+    async def lf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while await read_request(reader) is not None:
+            writer.write(bare_lf(429, json.dumps(ERROR).encode(), chunked))
+
+    async with raw_server(lf) as server:
+        sender = StripeSender(KEY, server.base, timeout=5.0, client=client)
+        try:
+            result, _ = await sender.send(claimed())
+        finally:
+            await sender.close()
+    assert (result.verdict, result.code, result.message) == (
+        Verdict.RETRY_SLOWER,
+        "rate_limit",
+        "slow",
+    )
+    assert (result.http_status, result.request_id) == (429, "req_lf")
 
 
 # Failures: the row is retried with the same key
@@ -582,6 +838,11 @@ UVLOOP = [
     test_a_timeout_is_no_answer_and_its_connection_is_not_reused,
     test_cancellation_closes_the_connection,
     test_garbage_is_no_answer,
+    test_a_stale_connection_is_retried,
+    test_a_stale_connection_is_retried_once_only,
+    test_a_reused_connection_dropped_mid_answer_is_not_retried,
+    test_a_300_mb_body_is_no_answer_and_is_not_buffered,
+    test_a_head_over_the_cap_is_no_answer,
     test_https_with_a_trusted_ca_keeps_one_verified_connection,
     test_https_with_an_unknown_ca_is_no_answer,
 ]

@@ -1,11 +1,13 @@
 """Sends that go wrong or must wait: every row leaves with an outcome, retries keep their key."""
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
 
 import outbox
+from relay.core.errors import ServiceDied
 from relay.db import operations as ops
 from tests.support.relay import (
     accepted,
@@ -19,20 +21,24 @@ from tests.support.relay import (
 )
 
 
-async def test_unexpected_send_error_releases_the_row(database_url, emulator, settings):
-    """An exception the sender does not classify must not strand the row in_flight."""
+async def test_unexpected_send_error_releases_the_row_and_stops_the_relay(
+    database_url, emulator, settings
+):
+    """An exception the sender does not classify is a bug: the row is released (not stranded
+    in_flight, same key: its outcome is unknown) and the relay stops (exit 1); the restarted
+    relay sends the row."""
     insert_usage(database_url, 1)
-    async with running_relay(settings) as relay:
-        sender = relay.relay.sender
-        real_send, calls = sender.send, []
+    with pytest.raises(ServiceDied, match="executor"):
+        async with running_relay(settings) as relay:
 
-        async def flaky(row):
-            calls.append(row.identifier)
-            if len(calls) == 1:
+            async def broken(row):
                 raise RuntimeError("payload read failed")
-            return await real_send(row)
 
-        sender.send = flaky
+            relay.relay.sender.send = broken
+            await asyncio.wait_for(relay.stop.wait(), 10)
+    r = row(database_url, "u1")
+    assert (r["state"], r["last_error_code"], r["attempts"]) == ("pending", "relay_error", 1)
+    async with running_relay(settings) as relay:
         await relay.until(lambda: accepted(database_url, 1))
     r = row(database_url, "u1")
     assert (r["attempts"], r["key_generation"]) == (2, 0)  # same key: outcome was unknown

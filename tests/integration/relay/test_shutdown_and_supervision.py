@@ -10,6 +10,7 @@ import structlog.testing
 import relay.pipeline.completer
 import relay.pipeline.maintenance
 import relay.stripe.rate_share
+from relay.core.errors import ServiceDied
 from relay.core.rows import Claimed
 from relay.db.store import Store
 from relay.emulator import Emulator
@@ -35,8 +36,9 @@ async def test_a_crashing_outcome_write_stops_the_relay(database_url, emulator, 
 
     monkeypatch.setattr(relay.pipeline.completer, "report_batch", broken)
     insert_usage(database_url, 1)
-    async with running_relay(make_settings(database_url, emulator)) as running:
-        await asyncio.wait_for(running.stop.wait(), 10)
+    with pytest.raises(ServiceDied, match="completer"):
+        async with running_relay(make_settings(database_url, emulator)) as running:
+            await asyncio.wait_for(running.stop.wait(), 10)
     assert running.relay.capacity.held == 0  # the written batch was accounted for
     assert row(database_url, "u1")["state"] == "accepted"  # written before the crash
 
@@ -77,9 +79,9 @@ async def test_a_service_that_dies_stops_the_relay_with_one_log_line(
         raise RuntimeError("fold bug")
 
     monkeypatch.setattr(relay.pipeline.maintenance, "fold_counts", broken)
-    with structlog.testing.capture_logs() as logs:
+    with structlog.testing.capture_logs() as logs, pytest.raises(ServiceDied, match="fold_counts"):
         async with running_relay(make_settings(database_url, emulator)) as running:
-            await asyncio.wait_for(running.stop.wait(), 10)
+            await asyncio.wait_for(running.stop.wait(), 10)  # then it drains and exits 1
     died = [e for e in logs if e["event"] == "service_died"]
     assert [(e["service"], e["error"]) for e in died] == [
         ("fold_counts", "RuntimeError('fold bug')")
@@ -98,7 +100,7 @@ async def test_a_failing_startup_step_leaves_no_task_behind(
     with pytest.raises(RuntimeError, match="cannot join"):
         async with running_relay(make_settings(database_url, emulator)):
             pass
-    services = {"completer", "fold_counts", "listener", "heartbeat", "producer"}
+    services = {"completer", "executor", "fold_counts", "listener", "heartbeat", "producer"}
     assert [t for t in asyncio.all_tasks() if t.get_name() in services] == []
 
 
