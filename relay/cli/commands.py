@@ -13,6 +13,7 @@ from outbox.dburl import redact
 from relay.cli.options import secrets_help, setting_options
 from relay.core import config, errors
 from relay.core.config import Settings
+from relay.core.vocabulary import STATES
 
 
 def _settings(**overrides: object) -> Settings:
@@ -27,13 +28,14 @@ def _database_url(settings: Settings) -> str:
 
 
 def _failure(err: BaseException) -> tuple[str, int, bool]:
-    """Any error that ends a command, as (one line, exit code, foreseen); see the README's exit
-    codes. An unforeseen error is a bug: `run` keeps its traceback, as a field of the line."""
+    """Any error that ends a command, as (one line, exit code, foreseen); see the exit codes in
+    docs/configuration.md. An unforeseen error is a bug: `run` keeps its traceback, as a field
+    of the line."""
     import psycopg
     import psycopg_pool
     import sqlalchemy.exc
 
-    if isinstance(err, errors.ConfigError | errors.StartupError):
+    if isinstance(err, errors.ConfigError | errors.StartupError | errors.ServiceDied):
         return str(err), err.exit_code, True
     if isinstance(err, click.ClickException):
         return errors.one_line(err.format_message()), err.exit_code, True
@@ -298,7 +300,7 @@ def _render_status(data: dict[str, Any]) -> None:
 @database_option
 @click.option(
     "--state",
-    type=click.Choice(["pending", "in_flight", "accepted", "failed", "rejected", "cancelled"]),
+    type=click.Choice(STATES),
 )
 @click.option("--code", help="Last error code.")
 @click.option("--customer")
@@ -372,7 +374,10 @@ def _render_row(data: dict[str, Any]) -> None:
 @database_option
 @click.argument("identifier", required=False)
 @click.option("--code", help="Retry every failed/rejected row with this error code.")
-@click.option("--all", "all_failed", is_flag=True, help="Retry every failed/rejected row.")
+@click.option("--all", "all_failed", is_flag=True, help="Retry every failed row.")
+@click.option(
+    "--include-rejected", is_flag=True, help="With --all: also rows Stripe rejected (see below)."
+)
 @click.option("--force", is_flag=True, help="Also rows a resend could double-count.")
 @click.option("--dry-run", is_flag=True, help="Show what would be requeued; change nothing.")
 @json_option
@@ -381,11 +386,17 @@ def retry(
     identifier: str | None,
     code: str | None,
     all_failed: bool,
+    include_rejected: bool,
     force: bool,
     dry_run: bool,
     as_json: bool,
 ) -> None:
     """Send failed or rejected rows again (fresh idempotency key, fresh attempt budget).
+
+    `--all` leaves rejected rows out (one line says how many): Stripe rejected them after
+    accepting them, a resend under the same identifier is not billed, and the fix is usually
+    new usage under a new identifier. `--include-rejected` takes them in (still refused as
+    unsafe unless --force).
 
     Exit codes: 0 requeued, 3 some rows refused as unsafe (see stderr), 1 nothing to retry
     (unknown identifier, a row that is not failed/rejected, no row with that code).
@@ -396,25 +407,39 @@ def retry(
         raise click.UsageError("give an IDENTIFIER, --code CODE or --all")
     if identifier and (code or all_failed):
         raise click.UsageError("give an IDENTIFIER or --code/--all, not both")
+    if include_rejected and not all_failed:
+        raise click.UsageError("--include-rejected goes with --all")
     settings = _settings(database_url=database_url)
     window = settings.dedup_window_hours
+    rejected = not all_failed or include_rejected
     with ops.connect(_database_url(settings)) as conn:
         why = identifier and ops.not_retryable(conn, identifier)
         if why:
             raise click.ClickException(why)
         if dry_run:
             preview = ops.retry_preview(
-                conn, identifier=identifier, code=code, force=force, window_hours=window
+                conn,
+                identifier=identifier,
+                code=code,
+                force=force,
+                window_hours=window,
+                rejected=rejected,
             )
             requeued = [c.identifier for c in preview if not c.refused]
             refused = [c._asdict() for c in preview if c.refused]
         else:
             requeued, refused = ops.retry(
-                conn, identifier=identifier, code=code, force=force, window_hours=window
+                conn,
+                identifier=identifier,
+                code=code,
+                force=force,
+                window_hours=window,
+                rejected=rejected,
             )
-    data = {"dry_run": dry_run, "requeued": requeued, "refused": refused}
+        skipped = 0 if rejected else ops.rejected_count(conn, code)
+    data = {"dry_run": dry_run, "requeued": requeued, "refused": refused, "skipped": skipped}
     verb = "would requeue" if dry_run else "requeued"
-    _emit(data, as_json, lambda: _render_retry(verb, requeued, refused))
+    _emit(data, as_json, lambda: _render_retry(verb, requeued, refused, skipped))
     if refused:
         sys.exit(3)
     if not requeued:
@@ -422,8 +447,15 @@ def retry(
         sys.exit(1)
 
 
-def _render_retry(verb: str, requeued: list[str], refused: list[dict[str, Any]]) -> None:
+def _render_retry(
+    verb: str, requeued: list[str], refused: list[dict[str, Any]], skipped: int
+) -> None:
     click.echo(f"{verb} {len(requeued)} row(s)")
+    if skipped:
+        click.echo(
+            f"skipped {skipped} rejected row(s): Stripe will not bill a resend under the same "
+            "identifier; record corrected usage under new identifiers, or add --include-rejected"
+        )
     for identifier in requeued[:50]:
         click.echo(f"  {identifier}")
     for r in refused:

@@ -5,7 +5,9 @@ it sits on the bottom floor.
 """
 
 from datetime import datetime
-from typing import NamedTuple
+from typing import Final, NamedTuple
+
+from relay.core.vocabulary import RelayCode
 
 DEFAULT_CUSTOMER_KEY = "stripe_customer_id"
 DEFAULT_VALUE_KEY = "value"
@@ -13,13 +15,13 @@ DEFAULT_VALUE_KEY = "value"
 # Codes of rows held (pending, no attempt used, no call) because Stripe would drop their
 # events. Our own codes, never Stripe's (`no_meter`, `archived_meter`), so an operator can
 # tell our hold from Stripe's verdict.
-METER_MISSING = "meter_missing"
-METER_INACTIVE = "meter_inactive"
-METER_PRE_AGGREGATED = "meter_pre_aggregated"
-METER_KEY_COLLISION = "meter_key_collision"
-METER_CONFLICT = "meter_conflict"
-METER_CHECKING = "meter_checking"
-HELD_CODES = (
+METER_MISSING: Final[RelayCode] = "meter_missing"
+METER_INACTIVE: Final[RelayCode] = "meter_inactive"
+METER_PRE_AGGREGATED: Final[RelayCode] = "meter_pre_aggregated"
+METER_KEY_COLLISION: Final[RelayCode] = "meter_key_collision"
+METER_CONFLICT: Final[RelayCode] = "meter_conflict"
+METER_CHECKING: Final[RelayCode] = "meter_checking"
+HELD_CODES: Final[tuple[RelayCode, ...]] = (
     METER_MISSING,
     METER_INACTIVE,
     METER_PRE_AGGREGATED,
@@ -29,7 +31,7 @@ HELD_CODES = (
 )
 
 # What to do about each hold: `status`, `inspect`, the console and the log say it.
-WHAT_TO_DO = {
+WHAT_TO_DO: Final[dict[str, str]] = {
     METER_MISSING: "create a meter for this event name in Stripe (or fix the event name); "
     "held rows flow within one refresh after it exists",
     METER_INACTIVE: "reactivate the meter in Stripe; held rows flow within one refresh",

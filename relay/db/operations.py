@@ -12,7 +12,7 @@ import psycopg
 import outbox
 from outbox.dburl import psycopg_url
 from relay.core.meters import HELD_CODES, WHAT_TO_DO
-from relay.core.vocabulary import AUTH_WAIT_CODES
+from relay.core.vocabulary import AUTH_WAIT_CODES, State
 from relay.db.pool import SET_UTC
 from relay.db.store import RetryCandidate, SyncStore, UnsentGroup
 
@@ -174,7 +174,8 @@ def inspect(conn: psycopg.Connection, identifier: str) -> dict[str, Any] | None:
 def summary(row: dict[str, Any], attempts: list[dict[str, Any]], now: datetime) -> str:
     """What an operator needs first: where the fact stands and what happens next."""
     last = attempts[-1] if attempts else None
-    state, code = row["state"], row["last_error_code"]
+    state: State = row["state"]  # typed: mypy checks the spellings below
+    code = row["last_error_code"]
     if state == "accepted":
         request = f", {row['stripe_request_id']}" if row["stripe_request_id"] else ""
         return (
@@ -215,10 +216,11 @@ def retry_preview(
     code: str | None,
     force: bool,
     window_hours: float,
+    rejected: bool = True,
 ) -> list[RetryCandidate]:
     """The rows `retry` with these filters would requeue or refuse (changes nothing)."""
     return SyncStore(conn).retry_preview(
-        identifier=identifier, code=code, force=force, window_hours=window_hours
+        identifier=identifier, code=code, force=force, window_hours=window_hours, rejected=rejected
     )
 
 
@@ -240,8 +242,10 @@ def retry(
     code: str | None,
     force: bool,
     window_hours: float,
+    rejected: bool = True,
 ) -> tuple[list[str], list[dict[str, Any]]]:
-    """Requeue failed/rejected rows; returns (requeued, refused-as-unsafe)."""
+    """Requeue failed rows, and rejected ones unless `rejected` is False; returns (requeued,
+    refused-as-unsafe)."""
     store = SyncStore(conn)
     refused = (
         []
@@ -254,18 +258,26 @@ def retry(
                 "first_attempt_at": r.first_attempt_at,
             }
             for r in store.retry_refused(
-                identifier=identifier, code=code, window_hours=window_hours
+                identifier=identifier, code=code, window_hours=window_hours, rejected=rejected
             )
         ]
     )
-    requeued = store.retry(identifier=identifier, code=code, force=force, window_hours=window_hours)
+    requeued = store.retry(
+        identifier=identifier, code=code, force=force, window_hours=window_hours, rejected=rejected
+    )
     return requeued, refused
+
+
+def rejected_count(conn: psycopg.Connection, code: str | None) -> int:
+    """Rejected rows (with this code): what `retry --all` leaves out unless asked."""
+    return SyncStore(conn).rejected_count(code)
 
 
 def cancel(conn: psycopg.Connection, identifier: str) -> outbox.CancelRequest:
     """The operator's cancel: the same path applications use (outbox.cancel_usage)."""
     result = outbox.cancel_usage(conn, identifier=identifier)
-    assert isinstance(result, outbox.CancelRequest)
+    if not isinstance(result, outbox.CancelRequest):  # a sync connection answers at once
+        raise TypeError(f"cancel_usage on a sync connection returned {type(result).__name__}")
     return result
 
 

@@ -23,6 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 from outbox.sqlfile import for_psycopg
 from relay.core.meters import HELD_CODES, WHAT_TO_DO, MeterInfo, MeterRead
 from relay.core.rows import Claimed, Outcome
+from relay.core.vocabulary import STATES, State
 from relay.db.pool import QUERIES
 
 # Statements whose best plan depends on the parameters: a prepared statement's generic plan
@@ -53,13 +54,13 @@ class LiveRelay(NamedTuple):
 
 
 class StateCount(NamedTuple):
-    state: str
+    state: State
     n: int
     oldest_available_at: datetime | None
 
 
 class FailureCount(NamedTuple):
-    state: str
+    state: State
     code: str
     n: int
 
@@ -67,7 +68,7 @@ class FailureCount(NamedTuple):
 class UnsentGroup(NamedTuple):
     """Unsent rows sharing a state, last code and due-ness (see `unsent_by_group`)."""
 
-    state: str
+    state: State
     code: str | None
     due: bool
     n: int
@@ -80,7 +81,7 @@ class RetryCandidate(NamedTuple):
     """A failed/rejected row a `retry` with given filters matches, and whether it is refused."""
 
     identifier: str
-    state: str
+    state: State
     code: str | None
     first_attempt_at: datetime | None
     refused: bool
@@ -109,7 +110,7 @@ class RefusedRetry(NamedTuple):
     """A row `retry` leaves alone unless forced (see the `retry` query)."""
 
     identifier: str
-    state: str
+    state: State
     code: str | None
     first_attempt_at: datetime | None
 
@@ -145,8 +146,8 @@ def _claim_params(
     one_walk: bool,
 ) -> dict[str, Any]:
     return {
-        # The array's text form, cast by the query: psycopg's generic list dumper spent about
-        # a microsecond per id, per claimed row.
+        # The array's text form, cast by the query: psycopg's generic list dumper inspects
+        # every element, a cost paid per claimed row.
         "ids": "{" + ",".join(map(str, ids)) + "}",
         "one_walk": one_walk,
         "fill": fill,
@@ -170,7 +171,7 @@ def _outcome_params(batch: Iterable[Outcome], relay_id: str) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for o in batch:
         row = o.row
-        key = (o[1:], row.action)  # everything but the row, and what the row's call did
+        key = (o.decision(), row.action)  # all but the row, and what the row's call did
         d = index.get(key)
         if d is None:
             d = index[key] = len(decisions)
@@ -210,13 +211,14 @@ def _decision(o: Outcome) -> dict[str, Any]:
 
 
 def _retry_params(
-    identifier: str | None, code: str | None, force: bool, window_hours: float
+    identifier: str | None, code: str | None, force: bool, window_hours: float, rejected: bool
 ) -> dict[str, Any]:
     return {
         "identifier": identifier,
         "code": code,
         "force": force,
         "window_seconds": window_hours * 3600,
+        "rejected": rejected,
     }
 
 
@@ -308,6 +310,11 @@ class Store:
 
     async def fold_counts(self) -> None:
         await self._run("fold_counts")
+
+    async def trace_contexts(self, ids: list[int]) -> dict[int, str]:
+        """The traceparent stored with each of these rows (rows without one are left out);
+        read only while tracing is on."""
+        return dict(await self._run("trace_contexts", {"ids": ids}))
 
     async def ping(self) -> bool:
         """Readiness: can we run a statement right now?"""
@@ -404,17 +411,29 @@ class SyncStore:
         return dict(zip([c.name for c in cur.description or []], values, strict=True))
 
     def retry(
-        self, *, identifier: str | None, code: str | None, force: bool, window_hours: float
+        self,
+        *,
+        identifier: str | None,
+        code: str | None,
+        force: bool,
+        window_hours: float,
+        rejected: bool = True,
     ) -> list[str]:
-        """Requeue failed/rejected rows (see the query); returns their identifiers."""
-        params = _retry_params(identifier, code, force, window_hours)
+        """Requeue failed (and unless told not to, rejected) rows (see the query); returns
+        their identifiers."""
+        params = _retry_params(identifier, code, force, window_hours, rejected)
         return [i for (i,) in self._run("retry", params)]
 
     def retry_refused(
-        self, *, identifier: str | None, code: str | None, window_hours: float
+        self,
+        *,
+        identifier: str | None,
+        code: str | None,
+        window_hours: float,
+        rejected: bool = True,
     ) -> list[RefusedRetry]:
         """The rows an unforced `retry` with these filters leaves alone."""
-        params = _retry_params(identifier, code, False, window_hours)
+        params = _retry_params(identifier, code, False, window_hours, rejected)
         return [RefusedRetry(*r) for r in self._run("retry_refused", params)]
 
     def unsent_by_group(self) -> list[UnsentGroup]:
@@ -428,7 +447,7 @@ class SyncStore:
     def list_rows(
         self,
         *,
-        state: str | None = None,
+        state: State | None = None,
         code: str | None = None,
         customer: str | None = None,
         event_name: str | None = None,
@@ -454,10 +473,20 @@ class SyncStore:
         return (found[0][0], found[0][1]) if found else None
 
     def retry_preview(
-        self, *, identifier: str | None, code: str | None, force: bool, window_hours: float
+        self,
+        *,
+        identifier: str | None,
+        code: str | None,
+        force: bool,
+        window_hours: float,
+        rejected: bool = True,
     ) -> list[RetryCandidate]:
-        params = _retry_params(identifier, code, force, window_hours)
+        params = _retry_params(identifier, code, force, window_hours, rejected)
         return [RetryCandidate(*r) for r in self._run("retry_preview", params)]
+
+    def rejected_count(self, code: str | None) -> int:
+        ((n,),) = self._run("rejected_count", {"code": code})
+        return int(n)
 
     def prune_preview(self, *, age_seconds: float) -> dict[str, Any]:
         (found,) = self._dicts("prune_preview", {"age_seconds": age_seconds})
@@ -509,7 +538,6 @@ class SyncStore:
 # The web console and /metrics: reads only, rows as dicts for the templates.
 
 ATTEMPT_WINDOW_CAP = 100_000  # newest attempts read for "the last hour" (bounded on busy hours)
-STATES = ("pending", "in_flight", "accepted", "failed", "rejected", "cancelled")
 
 
 @dataclass(frozen=True)

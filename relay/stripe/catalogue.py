@@ -40,6 +40,7 @@ from relay.core.meters import (
     MeterInfo,
 )
 from relay.core.rows import Claimed, Outcome
+from relay.core.vocabulary import RelayCode
 
 log = structlog.get_logger("relay")
 
@@ -56,7 +57,7 @@ class Verdict:
     """What the catalogue says about an (account, event name): the keys, or a hold code."""
 
     keys: Keys | None = None
-    code: str | None = None
+    code: RelayCode | None = None
     detail: str = ""
 
 
@@ -168,19 +169,11 @@ class MeterCatalogue:
                 code=METER_KEY_COLLISION,
                 detail=f"a dimension is named {verdict.keys[0]!r} or {verdict.keys[1]!r}",
             )
-        assert verdict.code is not None
+        code = verdict.code or METER_MISSING  # a verdict has keys or a code
         self._holding(group, verdict)
-        delay = CHECKING_DELAY if verdict.code == METER_CHECKING else self.hold_seconds
-        message = f"held, not sent: {verdict.detail}; {WHAT_TO_DO[verdict.code]}"
-        return Outcome(
-            row,
-            "pending",
-            delay=delay,
-            counted=0,
-            code=verdict.code,
-            message=message[:500],
-            reached=False,
-        )
+        delay = CHECKING_DELAY if code == METER_CHECKING else self.hold_seconds
+        message = f"held, not sent: {verdict.detail}; {WHAT_TO_DO[code]}"
+        return Outcome.unsent(row, code, message[:500], delay)
 
     def _holding(self, group: Group, verdict: Verdict) -> None:
         if verdict.code == METER_CHECKING or self.holding.get(group) == verdict.code:

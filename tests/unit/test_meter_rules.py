@@ -76,7 +76,7 @@ def test_rows_stripe_would_drop_are_held_without_an_attempt(
         0,
         False,
     )
-    assert outcome.delay == delay and outcome.reached is False
+    assert outcome.delay == delay and outcome.kind == "unsent" and not outcome.reached_stripe
 
 
 def test_dimension_named_like_a_meter_key_is_held_not_overwritten() -> None:
