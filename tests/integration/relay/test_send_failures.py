@@ -18,7 +18,6 @@ from tests.support.relay import (
     row,
     running_relay,
     state_is,
-    states,
 )
 
 
