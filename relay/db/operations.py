@@ -39,7 +39,7 @@ def status(conn: psycopg.Connection, stale_seconds: float = LIVE_SECONDS) -> dic
     code and account ("waiting").
     """
     store = SyncStore(conn)
-    counts = {c.state: c.n for c in store.status_counts()}
+    counts = {c.state: c.n for c in store.state_counts()}
     relays: list[Any] | None
     try:
         relays = store.live_relays(stale_seconds)
@@ -122,9 +122,10 @@ def list_rows(conn: psycopg.Connection, **filters: Any) -> list[dict[str, Any]]:
 def inspect(conn: psycopg.Connection, identifier: str) -> dict[str, Any] | None:
     """Everything known about one usage fact, a one-line summary and its attempts, or None."""
     store = SyncStore(conn)
-    row = store.inspect(identifier)
+    row = store.row_story(identifier)
     if row is None:
         return None
+    del row["due_in"]  # the console's; `summary` says when the row is due
     attempts = store.row_attempts(row["id"])
     if row["state"] == "rejected":  # accepted for processing, then refused: never billed
         row["accepted_for_processing_at"] = row.pop("accepted_at")
@@ -170,8 +171,8 @@ def retry_preview(
     window_hours: float,
 ) -> list[RetryCandidate]:
     """The rows `retry` with these filters would requeue or refuse (changes nothing)."""
-    return SyncStore(conn).retry_preview(
-        identifier=identifier, code=code, force=force, window_hours=window_hours
+    return SyncStore(conn).retry(
+        identifier=identifier, code=code, force=force, window_hours=window_hours, dry_run=True
     )
 
 
@@ -180,9 +181,11 @@ def not_retryable(conn: psycopg.Connection, identifier: str) -> str | None:
     found = SyncStore(conn).row_state(identifier)
     if found is None:
         return f"no usage recorded with identifier {identifier!r} (never recorded, or pruned)"
-    state, action = found
-    if state not in ("failed", "rejected"):
-        return f"{identifier} is {state} ({action}): only failed or rejected rows are retried"
+    if found.state not in ("failed", "rejected"):
+        return (
+            f"{identifier} is {found.state} ({found.action}): only failed or rejected rows are "
+            "retried"
+        )
     return None
 
 
@@ -194,24 +197,21 @@ def retry(
     force: bool,
     window_hours: float,
 ) -> tuple[list[str], list[dict[str, Any]]]:
-    """Requeue failed/rejected rows; returns (requeued, refused-as-unsafe)."""
-    store = SyncStore(conn)
-    refused = (
-        []
-        if force
-        else [
-            {
-                "identifier": r.identifier,
-                "state": r.state,
-                "code": r.code,
-                "first_attempt_at": r.first_attempt_at,
-            }
-            for r in store.retry_refused(
-                identifier=identifier, code=code, window_hours=window_hours
-            )
-        ]
+    """Requeue failed/rejected rows; returns (requeued, refused-as-unsafe), from one statement."""
+    matched = SyncStore(conn).retry(
+        identifier=identifier, code=code, force=force, window_hours=window_hours
     )
-    requeued = store.retry(identifier=identifier, code=code, force=force, window_hours=window_hours)
+    requeued = [r.identifier for r in matched if r.refused is None]
+    refused = [
+        {
+            "identifier": r.identifier,
+            "state": r.state,
+            "code": r.code,
+            "first_attempt_at": r.first_attempt_at,
+        }
+        for r in matched
+        if r.refused is not None
+    ]
     return requeued, refused
 
 

@@ -114,10 +114,10 @@ SET state = 'in_flight',
     updated_at = now()
 FROM locked
 WHERE o.id = locked.id
-RETURNING o.id, o.lease_token, o.identifier, o.event_name, o.customer, o.payload::text,
-          o.occurred_at, o.stripe_account, o.action, o.attempts, o.key_generation,
-          locked.first_attempt_at AS previous_first_attempt_at, o.first_attempt_at,
-          o.accepted_at, o.created_at
+RETURNING o.id, o.lease_token, o.identifier, o.event_name, o.customer,
+          o.payload::text AS payload_json, o.occurred_at, o.stripe_account, o.action, o.attempts,
+          o.key_generation, locked.first_attempt_at AS previous_first_attempt_at,
+          o.first_attempt_at, o.accepted_at, o.created_at
 
 -- name: record_outcomes
 -- Write a batch of outcomes in one statement (River's shape, `UPDATE ... FROM` a set of rows).
@@ -126,35 +126,35 @@ RETURNING o.id, o.lease_token, o.identifier, o.event_name, o.customer, o.payload
 -- index of its decision (a stream call's rows share one).
 -- The compare-and-set on lease_token means a relay whose lease expired (and whose row another
 -- relay re-claimed) changes nothing.
--- A cancel requested while the report was in flight: after a success the row becomes a
--- pending cancellation; after a failure that may still have been counted (`may_have_counted`:
--- the last call's outcome is unknown) too; after a definitive refusal nothing was counted and
--- the row is cancelled; after an unknown outcome the report is resolved first (same key), so an
--- adjustment never races the event it cancels.
+-- A cancel requested while the report was in flight decides the row's route, computed once
+-- per row (the sub-select) and switched on for each column:
+-- - `decided`: no cancel waits on this report (or its outcome is unknown and the report is
+--   resolved first, same key, so an adjustment never races the event it cancels): the
+--   decision as it is;
+-- - `cancel_next`: the report succeeded, or failed while it may still have been counted
+--   (`may_have_counted`: the last call's outcome is unknown): the row becomes a pending
+--   cancellation, due now, with a fresh attempt budget;
+-- - `cancelled`: a definitive refusal, nothing was counted: the row is cancelled.
 -- Outcomes of calls to Stripe (`called`) also append one row each to the attempt history, in
 -- the same statement and only for rows whose compare-and-set matched.
 WITH written AS (
     UPDATE meter_event_outbox o
-    SET state = CASE
-            WHEN NOT (o.action = 'report' AND o.cancel_requested_at IS NOT NULL) THEN u.state
-            WHEN u.state = 'accepted' THEN 'pending'                      -- now cancel it
-            WHEN u.state = 'failed' AND u.may_have_counted THEN 'pending' -- cancel it to be sure
-            WHEN u.state = 'failed' THEN 'cancelled'                      -- Stripe refused it
-            ELSE u.state END,                                             -- resolve the report
-        action = CASE
-            WHEN NOT (o.action = 'report' AND o.cancel_requested_at IS NOT NULL) THEN o.action
-            WHEN u.state = 'accepted' THEN 'cancel'
-            WHEN u.state = 'failed' AND u.may_have_counted THEN 'cancel'
-            ELSE o.action END,
-        available_at = CASE
-            WHEN o.action = 'report' AND o.cancel_requested_at IS NOT NULL
-                 AND u.state IN ('accepted', 'failed') THEN now()
-            ELSE now() + make_interval(secs => u.delay) END,
+    SET (state, action, available_at, attempts, cancelled_at) = (
+            SELECT CASE r.route WHEN 'decided' THEN u.state
+                                WHEN 'cancel_next' THEN 'pending' ELSE 'cancelled' END,
+                   CASE r.route WHEN 'cancel_next' THEN 'cancel' ELSE o.action END,
+                   CASE r.route WHEN 'decided' THEN now() + make_interval(secs => u.delay)
+                                ELSE now() END,
+                   CASE r.route WHEN 'cancel_next' THEN 0 ELSE o.attempts + u.counted END,
+                   CASE WHEN r.route = 'cancelled' OR u.state = 'cancelled' THEN now()
+                        ELSE o.cancelled_at END
+            FROM (SELECT CASE
+                    WHEN o.action <> 'report' OR o.cancel_requested_at IS NULL THEN 'decided'
+                    WHEN u.state = 'accepted' THEN 'cancel_next'
+                    WHEN u.state = 'failed' AND u.may_have_counted THEN 'cancel_next'
+                    WHEN u.state = 'failed' THEN 'cancelled'
+                    ELSE 'decided' END AS route) r),
         lease_token = NULL,
-        attempts = CASE  -- a cancel starts with a fresh budget
-            WHEN o.action = 'report' AND o.cancel_requested_at IS NOT NULL
-                 AND (u.state = 'accepted' OR (u.state = 'failed' AND u.may_have_counted)) THEN 0
-            ELSE o.attempts + u.counted END,
         key_generation = o.key_generation + u.new_key,
         -- Restored when no call may have counted (o.first_attempt_at is what the claim set).
         first_attempt_at = CASE WHEN u.reached THEN o.first_attempt_at
@@ -164,11 +164,6 @@ WITH written AS (
         stripe_request_id = coalesce(u.request_id, o.stripe_request_id),
         accepted_at = CASE WHEN u.state = 'accepted' AND o.action = 'report'
                            THEN coalesce(o.accepted_at, now()) ELSE o.accepted_at END,
-        cancelled_at = CASE
-            WHEN u.state = 'cancelled' THEN now()
-            WHEN o.action = 'report' AND o.cancel_requested_at IS NOT NULL
-                 AND u.state = 'failed' AND NOT u.may_have_counted THEN now()
-            ELSE o.cancelled_at END,
         updated_at = now()
     FROM (
         SELECT r.id, r.token, r.previous_first_attempt_at, r.key_generation, d.*
@@ -217,7 +212,7 @@ WITH me AS (
 gone AS (
     DELETE FROM meter_event_outbox_relays WHERE seen_at < now() - interval '1 day'
 )
-SELECT 1 + count(*), (SELECT ours FROM me) FROM meter_event_outbox_relays r
+SELECT 1 + count(*) AS live, (SELECT ours FROM me) AS ours FROM meter_event_outbox_relays r
 WHERE r.seen_at > now() - make_interval(secs => :stale_seconds)
   AND r.relay_id <> (SELECT relay_id FROM me)
 
@@ -231,12 +226,9 @@ ORDER BY relay_id
 -- Only this process's row: a relay refused for a duplicate id must not remove the other's.
 DELETE FROM meter_event_outbox_relays WHERE relay_id = :relay_id AND process_token = :token
 
--- name: status_counts
-SELECT state, n, oldest_available_at FROM meter_event_outbox_status
-
--- name: oldest_due
-SELECT min(available_at) FROM meter_event_outbox
-WHERE state IN ('pending', 'in_flight') AND available_at <= now()
+-- name: state_counts
+-- Rows per state, from the status view's maintained counters (never a count over history).
+SELECT state, n FROM meter_event_outbox_status
 
 -- name: failures_by_code
 SELECT state, coalesce(last_error_code, '(none)') AS code, count(*) AS n
@@ -246,45 +238,61 @@ GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2
 
 -- name: waiting_by_code
 -- Why pending rows wait (e.g. account_access_refused after a 403), by code and account.
-SELECT last_error_code, stripe_account, count(*) AS n
+SELECT last_error_code AS code, stripe_account, count(*) AS n
 FROM meter_event_outbox
 WHERE state = 'pending' AND last_error_code IS NOT NULL
 GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2 LIMIT 50
 
--- name: inspect
+-- name: row_story
+-- Every column of one row an operator may need (`inspect`, the console's row page), and how
+-- long until it is due by the database's clock (the one clock).
 SELECT id, identifier, state, action, event_name, customer, value, payload, dimensions, metadata,
        occurred_at, stripe_account, attempts, key_generation, available_at, leased_by,
        last_error_code, last_error_message, stripe_request_id, created_at, first_attempt_at,
-       accepted_at, cancel_requested_at, cancelled_at, updated_at
+       accepted_at, cancel_requested_at, cancelled_at, updated_at,
+       available_at - now() AS due_in
 FROM meter_event_outbox WHERE identifier = :identifier
 
 -- name: retry
 -- Operator retry of failed rows: a fresh idempotency-key generation (the old key may hold a
--- cached error) and a fresh attempt budget. Refused unless forced: rows whose first attempt is
--- older than the safe dedup window (Stripe may no longer recognise the identifier, so a resend
--- could double-count) and rejected rows (Stripe may answer "duplicate identifier" and the row
--- would look accepted while unbilled: record a corrected fact under a new identifier instead).
--- Forcing asserts "not counted": the dedup clock starts again.
-UPDATE meter_event_outbox o
-SET state = 'pending', available_at = now(), attempts = 0,
-    key_generation = o.key_generation + 1, updated_at = now(),
-    first_attempt_at = CASE WHEN CAST(:force AS boolean) THEN NULL ELSE o.first_attempt_at END
-WHERE o.state IN ('failed', 'rejected')
-  AND (CAST(:identifier AS text) IS NULL OR o.identifier = :identifier)
-  AND (CAST(:code AS text) IS NULL OR o.last_error_code = :code)
-  AND (CAST(:force AS boolean)
-       OR (o.state = 'failed'
-           AND (o.first_attempt_at IS NULL
-                OR o.first_attempt_at > now() - make_interval(secs => :window_seconds))))
-RETURNING o.identifier
-
--- name: retry_refused
-SELECT identifier, state, last_error_code, first_attempt_at FROM meter_event_outbox o
-WHERE o.state IN ('failed', 'rejected')
-  AND (CAST(:identifier AS text) IS NULL OR o.identifier = :identifier)
-  AND (CAST(:code AS text) IS NULL OR o.last_error_code = :code)
-  AND (o.state = 'rejected' OR o.first_attempt_at <= now() - make_interval(secs => :window_seconds))
-ORDER BY o.id LIMIT 1000
+-- cached error) and a fresh attempt budget. Refused unless forced, each with its reason:
+-- `rejected` rows (Stripe may answer "duplicate identifier" and the row would look accepted
+-- while unbilled: record a corrected fact under a new identifier instead) and rows whose first
+-- attempt is older than the safe dedup window, `outside_dedup_window` (Stripe may no longer
+-- recognise the identifier, so a resend could double-count). Forcing asserts "not counted":
+-- the dedup clock starts again. With :dry_run nothing changes (`retry --dry-run`).
+-- One statement: what is requeued and what is refused come from one snapshot. Returns every
+-- matching row, requeued ones with `refused` NULL, and at most 1000 refused ones.
+WITH matched AS MATERIALIZED (
+    SELECT o.id, o.identifier, o.state, o.last_error_code AS code, o.first_attempt_at,
+           CASE WHEN CAST(:force AS boolean) THEN NULL
+                WHEN o.state = 'rejected' THEN 'rejected'
+                WHEN o.first_attempt_at <= now() - make_interval(secs => :window_seconds)
+                    THEN 'outside_dedup_window'
+           END AS refused
+    FROM meter_event_outbox o
+    WHERE o.state IN ('failed', 'rejected')
+      AND (CAST(:identifier AS text) IS NULL OR o.identifier = :identifier)
+      AND (CAST(:code AS text) IS NULL OR o.last_error_code = :code)
+),
+requeued AS (
+    UPDATE meter_event_outbox o
+    SET state = 'pending', available_at = now(), attempts = 0,
+        key_generation = o.key_generation + 1, updated_at = now(),
+        first_attempt_at = CASE WHEN CAST(:force AS boolean) THEN NULL ELSE o.first_attempt_at END
+    FROM matched m
+    WHERE o.id = m.id AND m.refused IS NULL AND NOT CAST(:dry_run AS boolean)
+      AND o.state IN ('failed', 'rejected')
+    RETURNING o.id
+)
+(SELECT m.identifier, m.state, m.code, m.first_attempt_at, m.refused
+ FROM matched m
+ WHERE m.refused IS NULL
+   AND (CAST(:dry_run AS boolean) OR m.id IN (SELECT id FROM requeued))
+ ORDER BY m.id)
+UNION ALL
+(SELECT m.identifier, m.state, m.code, m.first_attempt_at, m.refused
+ FROM matched m WHERE m.refused IS NOT NULL ORDER BY m.id LIMIT 1000)
 
 -- name: reject
 -- An asynchronous error report from Stripe names these identifiers: they were accepted for
@@ -383,19 +391,6 @@ SELECT attempted_at, attempt, key_generation, action, state, http_status, code, 
        stripe_request_id, latency_ms, relay_id
 FROM meter_event_outbox_attempts WHERE outbox_id = :outbox_id
 ORDER BY id LIMIT :limit
-
--- name: retry_preview
--- What `retry` with these filters would do, changing nothing (--dry-run, and the reasons given
--- for an identifier that cannot be retried): each matching failed/rejected row and whether an
--- unforced retry refuses it.
-SELECT identifier, state, last_error_code, first_attempt_at,
-       NOT CAST(:force AS boolean) AND (state = 'rejected'
-           OR first_attempt_at <= now() - make_interval(secs => :window_seconds)) AS refused
-FROM meter_event_outbox o
-WHERE o.state IN ('failed', 'rejected')
-  AND (CAST(:identifier AS text) IS NULL OR o.identifier = :identifier)
-  AND (CAST(:code AS text) IS NULL OR o.last_error_code = :code)
-ORDER BY o.id LIMIT 1000
 
 -- name: row_state
 SELECT state, action FROM meter_event_outbox WHERE identifier = :identifier
@@ -517,11 +512,3 @@ ORDER BY id LIMIT :limit
 SELECT customer, count(*) AS n, min(created_at) AS oldest_created_at
 FROM meter_event_outbox WHERE state IN ('pending', 'in_flight')
 GROUP BY customer ORDER BY 2 DESC, 1 LIMIT :limit
-
--- name: row_story
-SELECT id, identifier, state, action, event_name, customer, value, dimensions, metadata,
-       occurred_at, stripe_account, attempts, key_generation, available_at, leased_by,
-       last_error_code, last_error_message, stripe_request_id, created_at, first_attempt_at,
-       accepted_at, cancel_requested_at, cancelled_at, updated_at,
-       available_at - now() AS due_in
-FROM meter_event_outbox WHERE identifier = :identifier
