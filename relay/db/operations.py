@@ -201,16 +201,17 @@ def retry(
     matched = SyncStore(conn).retry(
         identifier=identifier, code=code, force=force, window_hours=window_hours
     )
-    requeued = [r.identifier for r in matched if r.refused is None]
+    requeued = [r.identifier for r in matched if not r.refused]
     refused = [
         {
             "identifier": r.identifier,
             "state": r.state,
             "code": r.code,
             "first_attempt_at": r.first_attempt_at,
+            "reason": r.reason,
         }
         for r in matched
-        if r.refused is not None
+        if r.refused
     ]
     return requeued, refused
 

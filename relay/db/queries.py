@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Generic, NamedTuple, TypedDict, TypeVar
+from typing import Any, Generic, NamedTuple, NotRequired, TypedDict, TypeVar
 from uuid import UUID
 
 from psycopg.rows import BaseRowFactory, RowMaker, class_row, dict_row, kwargs_row, scalar_row
@@ -94,6 +94,16 @@ class ClaimParams(TypedDict):
     exclusive: bool
     relay_id: str
     lease_seconds: float
+
+
+class ClaimHow(TypedDict):
+    """How a claim leases (the keywords of `Store.claim`, besides the walked ids)."""
+
+    fill: int  # top up with this many oldest due rows (v2)
+    exclusive: bool  # v1: one call in flight per lane
+    relay_id: str
+    lease_seconds: float
+    one_walk: NotRequired[bool]  # the ids come from one walk, one per lane (default False)
 
 
 class OutcomeParams(TypedDict):
@@ -240,14 +250,15 @@ class UnsentGroup(NamedTuple):
 
 
 class RetryCandidate(NamedTuple):
-    """A failed/rejected row a `retry` matched: requeued (`refused` None) or refused, and why
-    (`rejected`, `outside_dedup_window`)."""
+    """A failed/rejected row a `retry` matched: requeued, or refused and why (`reason`:
+    `rejected` or `outside_dedup_window`)."""
 
     identifier: str
     state: State
     code: str | None
     first_attempt_at: datetime | None
-    refused: str | None
+    refused: bool
+    reason: str | None
 
 
 class RowState(NamedTuple):

@@ -262,14 +262,14 @@ FROM meter_event_outbox WHERE identifier = :identifier
 -- recognise the identifier, so a resend could double-count). Forcing asserts "not counted":
 -- the dedup clock starts again. With :dry_run nothing changes (`retry --dry-run`).
 -- One statement: what is requeued and what is refused come from one snapshot. Returns every
--- matching row, requeued ones with `refused` NULL, and at most 1000 refused ones.
+-- row requeued (or, with :dry_run, that would be) and at most 1000 refused, with the reason.
 WITH matched AS MATERIALIZED (
     SELECT o.id, o.identifier, o.state, o.last_error_code AS code, o.first_attempt_at,
            CASE WHEN CAST(:force AS boolean) THEN NULL
                 WHEN o.state = 'rejected' THEN 'rejected'
                 WHEN o.first_attempt_at <= now() - make_interval(secs => :window_seconds)
                     THEN 'outside_dedup_window'
-           END AS refused
+           END AS reason
     FROM meter_event_outbox o
     WHERE o.state IN ('failed', 'rejected')
       AND (CAST(:identifier AS text) IS NULL OR o.identifier = :identifier)
@@ -281,18 +281,18 @@ requeued AS (
         key_generation = o.key_generation + 1, updated_at = now(),
         first_attempt_at = CASE WHEN CAST(:force AS boolean) THEN NULL ELSE o.first_attempt_at END
     FROM matched m
-    WHERE o.id = m.id AND m.refused IS NULL AND NOT CAST(:dry_run AS boolean)
+    WHERE o.id = m.id AND m.reason IS NULL AND NOT CAST(:dry_run AS boolean)
       AND o.state IN ('failed', 'rejected')
     RETURNING o.id
 )
-(SELECT m.identifier, m.state, m.code, m.first_attempt_at, m.refused
+(SELECT m.identifier, m.state, m.code, m.first_attempt_at, false AS refused, m.reason
  FROM matched m
- WHERE m.refused IS NULL
+ WHERE m.reason IS NULL
    AND (CAST(:dry_run AS boolean) OR m.id IN (SELECT id FROM requeued))
  ORDER BY m.id)
 UNION ALL
-(SELECT m.identifier, m.state, m.code, m.first_attempt_at, m.refused
- FROM matched m WHERE m.refused IS NOT NULL ORDER BY m.id LIMIT 1000)
+(SELECT m.identifier, m.state, m.code, m.first_attempt_at, true, m.reason
+ FROM matched m WHERE m.reason IS NOT NULL ORDER BY m.id LIMIT 1000)
 
 -- name: reject
 -- An asynchronous error report from Stripe names these identifiers: they were accepted for

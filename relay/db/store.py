@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 from uuid import UUID
 
 import orjson
@@ -115,27 +115,17 @@ def walk_params(after: Lane, wanted: int, exclusive: bool) -> q.WalkParams:
     }
 
 
-def claim_params(
-    ids: Sequence[int],
-    fill: int,
-    exclusive: bool,
-    relay_id: str,
-    lease_seconds: float,
-    one_walk: bool,
-) -> q.ClaimParams:
+def claim_params(ids: Sequence[int], how: q.ClaimHow) -> q.ClaimParams:
     return {
         # The array's text form, cast by the query: psycopg's generic list dumper spent about
         # a microsecond per id, per claimed row.
         "ids": "{" + ",".join(map(str, ids)) + "}",
-        "one_walk": one_walk,
-        "fill": fill,
-        "exclusive": exclusive,
-        "relay_id": relay_id,
-        "lease_seconds": lease_seconds,
+        "one_walk": how.get("one_walk", False),
+        "fill": how["fill"],
+        "exclusive": how["exclusive"],
+        "relay_id": how["relay_id"],
+        "lease_seconds": how["lease_seconds"],
     }
-
-
-_claim_params = claim_params  # the name tests/relay/test_leases.py plans the claim with
 
 
 def outcome_params(batch: Iterable[Outcome], relay_id: str) -> q.OutcomeParams:
@@ -220,20 +210,10 @@ class Store(AsyncExecutor):
         """Choose up to `wanted` lane heads after `after` (read only, locks nothing)."""
         return await self.first(q.WALK(walk_params(after, wanted, exclusive))) or NOT_WALKED
 
-    async def claim(
-        self,
-        ids: Sequence[int],
-        *,
-        fill: int,
-        exclusive: bool,
-        relay_id: str,
-        lease_seconds: float,
-        one_walk: bool = False,
-    ) -> list[Claimed]:
+    async def claim(self, ids: Sequence[int], **how: Unpack[q.ClaimHow]) -> list[Claimed]:
         """Lock and lease the walked heads (plus `fill` oldest due rows). `one_walk`: the ids
         come from a single walk, one per lane (a wrapped walk's may name a lane twice)."""
-        params = claim_params(ids, fill, exclusive, relay_id, lease_seconds, one_walk)
-        return await self.all(q.CLAIM(params))
+        return await self.all(q.CLAIM(claim_params(ids, how)))
 
     async def record_outcomes(self, batch: Sequence[Outcome], relay_id: str) -> set[int]:
         """Write outcomes (compare-and-set on each lease); returns the ids written."""
@@ -362,18 +342,8 @@ class SyncStore(SyncExecutor):
     def walk(self, after: Lane, wanted: int, *, exclusive: bool) -> Walked:
         return self.first(q.WALK(walk_params(after, wanted, exclusive))) or NOT_WALKED
 
-    def claim(
-        self,
-        ids: Sequence[int],
-        *,
-        fill: int,
-        exclusive: bool,
-        relay_id: str,
-        lease_seconds: float,
-        one_walk: bool = False,
-    ) -> list[Claimed]:
-        params = claim_params(ids, fill, exclusive, relay_id, lease_seconds, one_walk)
-        return self.all(q.CLAIM(params))
+    def claim(self, ids: Sequence[int], **how: Unpack[q.ClaimHow]) -> list[Claimed]:
+        return self.all(q.CLAIM(claim_params(ids, how)))
 
     def record_outcomes(self, batch: Sequence[Outcome], relay_id: str) -> set[int]:
         return set(self.all(q.RECORD_OUTCOMES(outcome_params(batch, relay_id))))
@@ -403,8 +373,8 @@ class SyncStore(SyncExecutor):
         window_hours: float,
         dry_run: bool = False,
     ) -> list[RetryCandidate]:
-        """Requeue failed/rejected rows (see the query): the rows requeued (`refused` None)
-        and those refused with the reason. `dry_run`: what it would do, changing nothing."""
+        """Requeue failed/rejected rows (see the query): the rows requeued and those refused,
+        with the reason. `dry_run`: what it would do, changing nothing."""
         params = retry_params(identifier, code, force, window_hours, dry_run)
         return self.all(q.RETRY(params))
 
