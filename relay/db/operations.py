@@ -5,7 +5,7 @@ counts history (the status view reads maintained counters and the small partial 
 """
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Unpack
 
 import psycopg
 
@@ -13,6 +13,7 @@ import outbox
 from outbox.dburl import psycopg_url
 from relay.core.vocabulary import AUTH_WAIT_CODES
 from relay.db.pool import SET_UTC
+from relay.db.queries import RetryHow
 from relay.db.store import RetryCandidate, SyncStore, UnsentGroup
 
 # Relays seen within this many seconds hold a share (the relay's OUTBOX_RELAY_STALE_AFTER).
@@ -162,18 +163,9 @@ def _iso(value: datetime | None) -> str:
     return value.isoformat() if value else "-"
 
 
-def retry_preview(
-    conn: psycopg.Connection,
-    *,
-    identifier: str | None,
-    code: str | None,
-    force: bool,
-    window_hours: float,
-) -> list[RetryCandidate]:
+def retry_preview(conn: psycopg.Connection, **how: Unpack[RetryHow]) -> list[RetryCandidate]:
     """The rows `retry` with these filters would requeue or refuse (changes nothing)."""
-    return SyncStore(conn).retry(
-        identifier=identifier, code=code, force=force, window_hours=window_hours, dry_run=True
-    )
+    return SyncStore(conn).retry(dry_run=True, **how)
 
 
 def not_retryable(conn: psycopg.Connection, identifier: str) -> str | None:
@@ -190,17 +182,10 @@ def not_retryable(conn: psycopg.Connection, identifier: str) -> str | None:
 
 
 def retry(
-    conn: psycopg.Connection,
-    *,
-    identifier: str | None,
-    code: str | None,
-    force: bool,
-    window_hours: float,
+    conn: psycopg.Connection, **how: Unpack[RetryHow]
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """Requeue failed/rejected rows; returns (requeued, refused-as-unsafe), from one statement."""
-    matched = SyncStore(conn).retry(
-        identifier=identifier, code=code, force=force, window_hours=window_hours
-    )
+    matched = SyncStore(conn).retry(**how)
     requeued = [r.identifier for r in matched if not r.refused]
     refused = [
         {

@@ -129,6 +129,16 @@ class RejectParams(TypedDict):
     message: str
 
 
+class RetryHow(TypedDict):
+    """Which failed/rejected rows a retry takes (the keywords of `retry`), and whether it
+    takes the ones a resend could double-count (`force`)."""
+
+    identifier: str | None
+    code: str | None
+    force: bool
+    window_hours: float  # the safe dedup window
+
+
 class RetryParams(TypedDict):
     identifier: str | None
     code: str | None

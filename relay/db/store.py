@@ -181,14 +181,12 @@ def _decision(o: Outcome) -> dict[str, Any]:
     }
 
 
-def retry_params(
-    identifier: str | None, code: str | None, force: bool, window_hours: float, dry_run: bool
-) -> q.RetryParams:
+def retry_params(how: q.RetryHow, dry_run: bool) -> q.RetryParams:
     return {
-        "identifier": identifier,
-        "code": code,
-        "force": force,
-        "window_seconds": window_hours * 3600,
+        "identifier": how["identifier"],
+        "code": how["code"],
+        "force": how["force"],
+        "window_seconds": how["window_hours"] * 3600,
         "dry_run": dry_run,
     }
 
@@ -364,19 +362,10 @@ class SyncStore(SyncExecutor):
         """Every column of one row (the set shown to operators), or None."""
         return self.first(q.ROW_STORY({"identifier": identifier}))
 
-    def retry(
-        self,
-        *,
-        identifier: str | None,
-        code: str | None,
-        force: bool,
-        window_hours: float,
-        dry_run: bool = False,
-    ) -> list[RetryCandidate]:
+    def retry(self, dry_run: bool = False, **how: Unpack[q.RetryHow]) -> list[RetryCandidate]:
         """Requeue failed/rejected rows (see the query): the rows requeued and those refused,
         with the reason. `dry_run`: what it would do, changing nothing."""
-        params = retry_params(identifier, code, force, window_hours, dry_run)
-        return self.all(q.RETRY(params))
+        return self.all(q.RETRY(retry_params(how, dry_run)))
 
     def unsent_by_group(self) -> list[UnsentGroup]:
         return self.all(q.UNSENT_BY_GROUP({}))
