@@ -126,35 +126,35 @@ RETURNING o.id, o.lease_token, o.identifier, o.event_name, o.customer,
 -- index of its decision (a stream call's rows share one).
 -- The compare-and-set on lease_token means a relay whose lease expired (and whose row another
 -- relay re-claimed) changes nothing.
--- A cancel requested while the report was in flight decides the row's route, computed once
--- per row (the sub-select) and switched on for each column:
--- - `decided`: no cancel waits on this report (or its outcome is unknown and the report is
---   resolved first, same key, so an adjustment never races the event it cancels): the
---   decision as it is;
--- - `cancel_next`: the report succeeded, or failed while it may still have been counted
---   (`may_have_counted`: the last call's outcome is unknown): the row becomes a pending
---   cancellation, due now, with a fresh attempt budget;
--- - `cancelled`: a definitive refusal, nothing was counted: the row is cancelled.
+-- A cancel requested while the report was in flight: after a success the row becomes a
+-- pending cancellation; after a failure that may still have been counted (`may_have_counted`:
+-- the last call's outcome is unknown) too; after a definitive refusal nothing was counted and
+-- the row is cancelled; after an unknown outcome the report is resolved first (same key), so an
+-- adjustment never races the event it cancels.
 -- Outcomes of calls to Stripe (`called`) also append one row each to the attempt history, in
 -- the same statement and only for rows whose compare-and-set matched.
 WITH written AS (
     UPDATE meter_event_outbox o
-    SET (state, action, available_at, attempts, cancelled_at) = (
-            SELECT CASE r.route WHEN 'decided' THEN u.state
-                                WHEN 'cancel_next' THEN 'pending' ELSE 'cancelled' END,
-                   CASE r.route WHEN 'cancel_next' THEN 'cancel' ELSE o.action END,
-                   CASE r.route WHEN 'decided' THEN now() + make_interval(secs => u.delay)
-                                ELSE now() END,
-                   CASE r.route WHEN 'cancel_next' THEN 0 ELSE o.attempts + u.counted END,
-                   CASE WHEN r.route = 'cancelled' OR u.state = 'cancelled' THEN now()
-                        ELSE o.cancelled_at END
-            FROM (SELECT CASE
-                    WHEN o.action <> 'report' OR o.cancel_requested_at IS NULL THEN 'decided'
-                    WHEN u.state = 'accepted' THEN 'cancel_next'
-                    WHEN u.state = 'failed' AND u.may_have_counted THEN 'cancel_next'
-                    WHEN u.state = 'failed' THEN 'cancelled'
-                    ELSE 'decided' END AS route) r),
+    SET state = CASE
+            WHEN NOT (o.action = 'report' AND o.cancel_requested_at IS NOT NULL) THEN u.state
+            WHEN u.state = 'accepted' THEN 'pending'                      -- now cancel it
+            WHEN u.state = 'failed' AND u.may_have_counted THEN 'pending' -- cancel it to be sure
+            WHEN u.state = 'failed' THEN 'cancelled'                      -- Stripe refused it
+            ELSE u.state END,                                             -- resolve the report
+        action = CASE
+            WHEN NOT (o.action = 'report' AND o.cancel_requested_at IS NOT NULL) THEN o.action
+            WHEN u.state = 'accepted' THEN 'cancel'
+            WHEN u.state = 'failed' AND u.may_have_counted THEN 'cancel'
+            ELSE o.action END,
+        available_at = CASE
+            WHEN o.action = 'report' AND o.cancel_requested_at IS NOT NULL
+                 AND u.state IN ('accepted', 'failed') THEN now()
+            ELSE now() + make_interval(secs => u.delay) END,
         lease_token = NULL,
+        attempts = CASE  -- a cancel starts with a fresh budget
+            WHEN o.action = 'report' AND o.cancel_requested_at IS NOT NULL
+                 AND (u.state = 'accepted' OR (u.state = 'failed' AND u.may_have_counted)) THEN 0
+            ELSE o.attempts + u.counted END,
         key_generation = o.key_generation + u.new_key,
         -- Restored when no call may have counted (o.first_attempt_at is what the claim set).
         first_attempt_at = CASE WHEN u.reached THEN o.first_attempt_at
@@ -164,6 +164,11 @@ WITH written AS (
         stripe_request_id = coalesce(u.request_id, o.stripe_request_id),
         accepted_at = CASE WHEN u.state = 'accepted' AND o.action = 'report'
                            THEN coalesce(o.accepted_at, now()) ELSE o.accepted_at END,
+        cancelled_at = CASE
+            WHEN u.state = 'cancelled' THEN now()
+            WHEN o.action = 'report' AND o.cancel_requested_at IS NOT NULL
+                 AND u.state = 'failed' AND NOT u.may_have_counted THEN now()
+            ELSE o.cancelled_at END,
         updated_at = now()
     FROM (
         SELECT r.id, r.token, r.previous_first_attempt_at, r.key_generation, d.*
