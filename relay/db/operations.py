@@ -184,7 +184,8 @@ def not_retryable(conn: psycopg.Connection, identifier: str) -> str | None:
 def retry(
     conn: psycopg.Connection, **how: Unpack[RetryHow]
 ) -> tuple[list[str], list[dict[str, Any]]]:
-    """Requeue failed/rejected rows; returns (requeued, refused-as-unsafe), from one statement."""
+    """Requeue failed rows, and rejected ones unless `rejected` is False; returns (requeued,
+    refused-as-unsafe), from one statement."""
     matched = SyncStore(conn).retry(**how)
     requeued = [r.identifier for r in matched if not r.refused]
     refused = [
@@ -199,6 +200,11 @@ def retry(
         if r.refused
     ]
     return requeued, refused
+
+
+def rejected_count(conn: psycopg.Connection, code: str | None) -> int:
+    """Rejected rows (with this code): what `retry --all` leaves out unless asked."""
+    return SyncStore(conn).rejected_count(code)
 
 
 def cancel(conn: psycopg.Connection, identifier: str) -> outbox.CancelRequest:

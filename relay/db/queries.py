@@ -137,6 +137,7 @@ class RetryHow(TypedDict):
     code: str | None
     force: bool
     window_hours: float  # the safe dedup window
+    rejected: NotRequired[bool]  # False: leave rejected rows out (`retry --all`); default True
 
 
 class RetryParams(TypedDict):
@@ -144,7 +145,16 @@ class RetryParams(TypedDict):
     code: str | None
     force: bool
     window_seconds: float
+    rejected: bool
     dry_run: bool
+
+
+class MaybeCode(TypedDict):
+    code: str | None
+
+
+class Ids(TypedDict):
+    ids: list[int]
 
 
 class PruneParams(TypedDict):
@@ -289,6 +299,11 @@ class OurGroup(NamedTuple):
     identifiers: list[str] | None  # None when the group has no accepted row
 
 
+class TraceContext(NamedTuple):
+    id: int
+    trace_context: str  # a W3C traceparent, as recorded with the row
+
+
 class SavedReport(NamedTuple):
     id: int
     created_at: datetime
@@ -343,6 +358,8 @@ UNSENT_BY_GROUP = Query("unsent_by_group", NoParams, class_row(UnsentGroup))
 LAST_STATUS_FOR_CODE = Query("last_status_for_code", CodeParams, scalar_row)
 ROW_STORY = Query("row_story", Identifier, dict_row)
 ROW_STATE = Query("row_state", Identifier, class_row(RowState))
+REJECTED_COUNT = Query("rejected_count", MaybeCode, scalar_row)
+TRACE_CONTEXTS = Query("trace_contexts", Ids, class_row(TraceContext))
 ROW_ATTEMPTS = Query("row_attempts", AttemptsParams, dict_row)
 LIST_ROWS = Query("list_rows", ListParams, dict_row)
 RETRY = Query("retry", RetryParams, class_row(RetryCandidate))
@@ -369,7 +386,7 @@ REGISTRY: dict[str, Query[Any, Any]] = {
         ROW_STORY, ROW_STATE, ROW_ATTEMPTS, LIST_ROWS, RETRY, PRUNE, PRUNE_PREVIEW, UNSENT_COUNT,
         DRIFT_OURS, SAVE_DRIFT_REPORT, LATEST_DRIFT_REPORT, OLDEST_UNSENT, BACKING_OFF,
         FINISHED_LAST_HOUR, ATTEMPTS_LAST_HOUR, ATTEMPT_ERRORS_LAST_HOUR,
-        FAILURES_WITH_IDENTIFIERS, FAILED_ROWS, CUSTOMER_BACKLOG,
+        FAILURES_WITH_IDENTIFIERS, FAILED_ROWS, CUSTOMER_BACKLOG, REJECTED_COUNT, TRACE_CONTEXTS,
     )
 }  # fmt: skip
 

@@ -265,7 +265,8 @@ FROM meter_event_outbox WHERE identifier = :identifier
 -- while unbilled: record a corrected fact under a new identifier instead) and rows whose first
 -- attempt is older than the safe dedup window, `outside_dedup_window` (Stripe may no longer
 -- recognise the identifier, so a resend could double-count). Forcing asserts "not counted":
--- the dedup clock starts again. With :dry_run nothing changes (`retry --dry-run`).
+-- the dedup clock starts again. `retry --all` leaves rejected rows out altogether (:rejected
+-- false) unless the operator includes them. With :dry_run nothing changes (`retry --dry-run`).
 -- One statement: what is requeued and what is refused come from one snapshot. Returns every
 -- row requeued (or, with :dry_run, that would be) and at most 1000 refused, with the reason.
 WITH matched AS MATERIALIZED (
@@ -279,6 +280,7 @@ WITH matched AS MATERIALIZED (
     WHERE o.state IN ('failed', 'rejected')
       AND (CAST(:identifier AS text) IS NULL OR o.identifier = :identifier)
       AND (CAST(:code AS text) IS NULL OR o.last_error_code = :code)
+      AND (CAST(:rejected AS boolean) OR o.state = 'failed')
 ),
 requeued AS (
     UPDATE meter_event_outbox o
@@ -396,6 +398,11 @@ SELECT attempted_at, attempt, key_generation, action, state, http_status, code, 
        stripe_request_id, latency_ms, relay_id
 FROM meter_event_outbox_attempts WHERE outbox_id = :outbox_id
 ORDER BY id LIMIT :limit
+
+-- name: rejected_count
+-- How many rejected rows (with this code) `retry --all` left out, said in one line.
+SELECT count(*) FROM meter_event_outbox o
+WHERE o.state = 'rejected' AND (CAST(:code AS text) IS NULL OR o.last_error_code = :code)
 
 -- name: row_state
 SELECT state, action FROM meter_event_outbox WHERE identifier = :identifier
@@ -517,3 +524,9 @@ ORDER BY id LIMIT :limit
 SELECT customer, count(*) AS n, min(created_at) AS oldest_created_at
 FROM meter_event_outbox WHERE state IN ('pending', 'in_flight')
 GROUP BY customer ORDER BY 2 DESC, 1 LIMIT :limit
+
+-- name: trace_contexts
+-- The recorded trace context of claimed rows, for the relay's spans (only while tracing is on:
+-- the claim itself does not carry the column, so tracing off costs nothing).
+SELECT id, trace_context FROM meter_event_outbox
+WHERE id = ANY(CAST(:ids AS bigint[])) AND trace_context IS NOT NULL

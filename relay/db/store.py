@@ -187,6 +187,7 @@ def retry_params(how: q.RetryHow, dry_run: bool) -> q.RetryParams:
         "code": how["code"],
         "force": how["force"],
         "window_seconds": how["window_hours"] * 3600,
+        "rejected": how.get("rejected", True),
         "dry_run": dry_run,
     }
 
@@ -237,6 +238,12 @@ class Store(AsyncExecutor):
 
     async def fold_counts(self) -> None:
         await self.all(q.FOLD_COUNTS({}))
+
+    async def trace_contexts(self, ids: list[int]) -> dict[int, str]:
+        """The traceparent stored with each of these rows (rows without one are left out);
+        read only while tracing is on."""
+        found = await self.all(q.TRACE_CONTEXTS({"ids": ids}))
+        return {t.id: t.trace_context for t in found}
 
     async def ping(self) -> bool:
         """Readiness: can we run a statement right now?"""
@@ -401,6 +408,10 @@ class SyncStore(SyncExecutor):
     def row_state(self, identifier: str) -> RowState | None:
         """(state, action) of one row, or None when no row has this identifier."""
         return self.first(q.ROW_STATE({"identifier": identifier}))
+
+    def rejected_count(self, code: str | None) -> int:
+        n: int = self.one(q.REJECTED_COUNT({"code": code}))
+        return n
 
     def prune_preview(self, *, age_seconds: float) -> Row:
         return self.one(q.PRUNE_PREVIEW({"age_seconds": age_seconds}))
