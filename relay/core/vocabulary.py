@@ -1,11 +1,12 @@
-"""The relay's shared words, spelled once: row states, row actions, and the codes that several
-floors read.
+"""The relay's shared words, spelled once: row states, row actions, outcome kinds, and the codes
+the relay itself writes.
 
-States and actions are `Literal` types, not enums: the values are the strings the table's CHECK
-constraints hold and psycopg returns, so a row read from the database is already typed, and the
-hot path compares plain strings. mypy checks every spelling against these lists.
+States, actions and codes are `Literal` types, not enums: the values are the strings the
+table's CHECK constraints hold and psycopg returns, so a row read from the database is already
+typed, and the hot path compares plain strings. mypy checks every spelling against these lists.
 """
 
+import re
 from typing import Final, Literal, get_args
 
 State = Literal["pending", "in_flight", "accepted", "failed", "rejected", "cancelled"]
@@ -14,6 +15,59 @@ UNSENT_STATES: Final[frozenset[State]] = frozenset({"pending", "in_flight"})
 
 Action = Literal["report", "cancel"]  # a row reports a fact, or cancels one reported earlier
 
-KEY_REFUSED: Final = "api_key_refused"  # 401: the API key itself is refused, every account waits
-ACCOUNT_REFUSED: Final = "account_access_refused"  # 403: the key may not act for this account
-AUTH_WAIT_CODES: Final = frozenset({KEY_REFUSED, ACCOUNT_REFUSED})
+OutcomeKind = Literal["answered", "refused", "unsent", "released"]
+"""How an outcome was decided (relay.core.rows.Outcome's named constructors):
+- answered: Stripe answered the row's call (relay.stripe.policy.decide);
+- refused: decided locally, without a call: Stripe would refuse the row (invariants 5 and 6);
+- unsent: back to pending without a call (held, not due yet, released before its call);
+- released: its call started but gave no answer (cut off at shutdown, or it crashed).
+Only an answered call settles the auth gate's probe; every other kind frees it."""
+
+RelayCode = Literal[
+    # local refusals and waits (relay.stripe.policy, outbox.rules' window problems)
+    "timestamp_in_future",
+    "timestamp_too_far_in_past",
+    "cancel_window_expired",
+    "dedup_window_expired",
+    "retry_budget_exhausted",
+    # rows put back without an answer (relay.pipeline)
+    "shutdown",
+    "relay_error",
+    "stream_wait_expired",
+    # the auth gate's holds (relay.stripe.auth_gate)
+    "api_key_refused",
+    "account_access_refused",
+    # the classification table's own codes (relay.stripe.classify)
+    "connection_error",
+    "conflict",
+    "rate_limited",
+    "idempotency_error",
+    # an asynchronous error report without a code (relay.stripe.webhooks)
+    "meter_error",
+]
+"""Every code the relay itself writes on a row. Any other code on a row is Stripe's own
+(`error.code` of an answer or of an error report): metrics may count those as `other`."""
+RELAY_CODES: Final[frozenset[str]] = frozenset(get_args(RelayCode))
+
+KEY_REFUSED: Final[RelayCode] = "api_key_refused"  # 401: the key itself, every account waits
+ACCOUNT_REFUSED: Final[RelayCode] = "account_access_refused"  # 403: the key, for this account
+AUTH_WAIT_CODES: Final[frozenset[str]] = frozenset({KEY_REFUSED, ACCOUNT_REFUSED})
+SHUTDOWN: Final[RelayCode] = "shutdown"
+RELAY_ERROR: Final[RelayCode] = "relay_error"
+STREAM_WAIT_EXPIRED: Final[RelayCode] = "stream_wait_expired"
+TIMESTAMP_IN_FUTURE: Final[RelayCode] = "timestamp_in_future"
+TIMESTAMP_TOO_FAR_IN_PAST: Final[RelayCode] = "timestamp_too_far_in_past"
+CANCEL_WINDOW_EXPIRED: Final[RelayCode] = "cancel_window_expired"
+DEDUP_WINDOW_EXPIRED: Final[RelayCode] = "dedup_window_expired"
+RETRY_BUDGET_EXHAUSTED: Final[RelayCode] = "retry_budget_exhausted"
+
+# classify.py's fallback when Stripe's error body has no code: the HTTP status.
+_HTTP_STATUS_CODE = re.compile(r"http_[1-5][0-9][0-9]")
+
+
+def is_relay_code(code: str | None) -> bool:
+    """Whether the relay wrote this code (a known word or an `http_<status>` fallback), as
+    opposed to a code Stripe sent, which can be anything."""
+    if code is None:
+        return False
+    return code in RELAY_CODES or _HTTP_STATUS_CODE.fullmatch(code) is not None

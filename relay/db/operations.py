@@ -11,7 +11,7 @@ import psycopg
 
 import outbox
 from outbox.dburl import psycopg_url
-from relay.core.vocabulary import AUTH_WAIT_CODES
+from relay.core.vocabulary import AUTH_WAIT_CODES, State
 from relay.db.pool import SET_UTC
 from relay.db.queries import RetryHow
 from relay.db.store import RetryCandidate, SyncStore, UnsentGroup
@@ -136,7 +136,8 @@ def inspect(conn: psycopg.Connection, identifier: str) -> dict[str, Any] | None:
 def summary(row: dict[str, Any], attempts: list[dict[str, Any]], now: datetime) -> str:
     """What an operator needs first: where the fact stands and what happens next."""
     last = attempts[-1] if attempts else None
-    state, code = row["state"], row["last_error_code"]
+    state: State = row["state"]  # typed: mypy checks the spellings below
+    code = row["last_error_code"]
     if state == "accepted":
         request = f", {row['stripe_request_id']}" if row["stripe_request_id"] else ""
         return (
@@ -210,7 +211,8 @@ def rejected_count(conn: psycopg.Connection, code: str | None) -> int:
 def cancel(conn: psycopg.Connection, identifier: str) -> outbox.CancelRequest:
     """The operator's cancel: the same path applications use (outbox.cancel_usage)."""
     result = outbox.cancel_usage(conn, identifier=identifier)
-    assert isinstance(result, outbox.CancelRequest)
+    if not isinstance(result, outbox.CancelRequest):  # a sync connection answers at once
+        raise TypeError(f"cancel_usage on a sync connection returned {type(result).__name__}")
     return result
 
 

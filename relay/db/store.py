@@ -117,8 +117,8 @@ def walk_params(after: Lane, wanted: int, exclusive: bool) -> q.WalkParams:
 
 def claim_params(ids: Sequence[int], how: q.ClaimHow) -> q.ClaimParams:
     return {
-        # The array's text form, cast by the query: psycopg's generic list dumper spent about
-        # a microsecond per id, per claimed row.
+        # The array's text form, cast by the query: psycopg's generic list dumper inspects
+        # every element, a cost paid per claimed row.
         "ids": "{" + ",".join(map(str, ids)) + "}",
         "one_walk": how.get("one_walk", False),
         "fill": how["fill"],
@@ -142,7 +142,7 @@ def outcome_params(batch: Iterable[Outcome], relay_id: str) -> q.OutcomeParams:
     rows: list[dict[str, Any]] = []
     for o in batch:
         row = o.row
-        key = (o[1:], row.action)  # everything but the row, and what the row's call did
+        key = (o.decision(), row.action)  # all but the row, and what the row's call did
         d = index.get(key)
         if d is None:
             d = index[key] = len(decisions)

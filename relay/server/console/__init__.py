@@ -4,8 +4,6 @@ asset. Read-only unless OUTBOX_CONSOLE_ACTIONS is on; see auth.py for who may ac
 requests are protected against cross-site forgery.
 """
 
-from typing import Any
-
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
@@ -13,10 +11,11 @@ from relay.core.config import Settings
 from relay.db.store import ConsoleStore
 from relay.server.console.auth import Guard
 from relay.server.console.views import Console
+from relay.server.relay_view import RelayView
 
 
 def install(
-    app: web.Application, settings: Settings, pool: AsyncConnectionPool, relay: Any
+    app: web.Application, settings: Settings, pool: AsyncConnectionPool, relay: RelayView
 ) -> None:
     """Add the console's routes to the relay's app (nothing when OUTBOX_CONSOLE=false)."""
     if not settings.console:

@@ -19,6 +19,7 @@ from relay.core.config import Settings
 from relay.db import operations as ops
 from relay.db.store import ConsoleStore
 from relay.server.console.auth import COOKIE, Guard, Viewer, set_session_cookie
+from relay.server.relay_view import RelayView
 
 log = structlog.get_logger("relay.console")
 TOP_CUSTOMERS = 10
@@ -84,7 +85,9 @@ _env.filters.update(age=_age, when=_when, number=_number)
 class Console:
     """Routes under /console, bound to one relay's settings, store and state."""
 
-    def __init__(self, settings: Settings, store: ConsoleStore, guard: Guard, relay: Any) -> None:
+    def __init__(
+        self, settings: Settings, store: ConsoleStore, guard: Guard, relay: RelayView
+    ) -> None:
         self.settings = settings
         self.store = store
         self.guard = guard

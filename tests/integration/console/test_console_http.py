@@ -1,0 +1,191 @@
+"""The console over real HTTP: what it shows, who may see it, who may act and how."""
+
+import re
+from datetime import UTC, datetime, timedelta
+
+import aiohttp
+import psycopg
+
+from relay.db.store import SyncStore
+from relay.emulator import Emulator
+from tests.support.console import TOKEN, seed, served
+from tests.support.relay import row
+
+
+async def _get(session: aiohttp.ClientSession, url: str, **kw) -> tuple[int, str]:
+    async with session.get(url, allow_redirects=False, **kw) as response:
+        return response.status, await response.text()
+
+
+async def _post(session: aiohttp.ClientSession, url: str, data: dict, **kw) -> tuple[int, str]:
+    async with session.post(url, data=data, allow_redirects=False, **kw) as response:
+        return response.status, await response.text()
+
+
+async def _signed_in(session: aiohttp.ClientSession, base: str) -> str:
+    """Sign in through the login form; returns the CSRF token rendered into pages."""
+    async with session.post(f"{base}/console/login", data={"token": TOKEN}) as response:
+        assert response.status == 200 and str(response.url).endswith("/console")
+        page = await response.text()
+    (csrf,) = set(re.findall(r'name="csrf" value="([^"]+)"', page))
+    return csrf
+
+
+async def test_overview_shows_the_tables_state(database_url: str, emulator: Emulator) -> None:
+    seeded = seed(database_url)
+    async with (
+        served(database_url, emulator, rate_limit=100) as app,
+        aiohttp.ClientSession() as session,
+    ):
+        status, page = await _get(session, f"{app.url}/console")
+    assert status == 200
+    for state, n in {"pending": 15, "accepted": 10, "failed": 3, "rejected": 2}.items():
+        assert f'id="count-{state}">{n}<' in page
+    assert "http_503" in page and "meter_event_customer_not_found" in page
+    assert all(i in page for i in seeded.failed + seeded.rejected)
+    assert "rate_limited" in page  # retrying rows by code
+    assert "relay-a" in page and "relay-b" in page and ">50/s<" in page  # 100/s shared by 2
+    assert "No drift report yet" in page
+    assert "<b>x</b>" not in page  # messages are escaped (rejected rows' failures page)
+
+
+async def test_row_story_lists_attempts_and_escapes(database_url: str, emulator: Emulator) -> None:
+    seeded = seed(database_url)
+    async with served(database_url, emulator) as app, aiohttp.ClientSession() as session:
+        status, page = await _get(
+            session, f"{app.url}/console/row", params={"identifier": seeded.failed[0]}
+        )
+        _, rejected = await _get(
+            session, f"{app.url}/console/row", params={"identifier": seeded.rejected[0]}
+        )
+        missing, gone = await _get(session, f"{app.url}/console/row", params={"identifier": "nope"})
+        _, failures = await _get(
+            session,
+            f"{app.url}/console/failures",
+            params={"code": "meter_event_customer_not_found"},
+        )
+    assert status == 200
+    assert page.count("req_fail_") == 3 and "Failed after 3 attempt(s)" in page
+    assert "Retry" not in page  # read-only console: no action offered
+    assert "accepted at" not in rejected  # a rejected row shows no acceptance
+    assert "No such customer &lt;b&gt;x&lt;/b&gt;" in failures
+    assert missing == 404 and "pruned" in gone
+
+
+async def test_read_only_console_refuses_actions(database_url: str, emulator: Emulator) -> None:
+    seeded = seed(database_url)
+    async with served(database_url, emulator) as app, aiohttp.ClientSession() as session:
+        retry = f"{app.url}/console/row/retry"
+        status, _ = await _post(session, retry, {"identifier": seeded.failed[0]})
+    assert status == 403
+    assert row(database_url, seeded.failed[0])["state"] == "failed"
+
+
+async def test_token_protects_every_page(database_url: str, emulator: Emulator) -> None:
+    async with (
+        served(database_url, emulator, console_token=TOKEN) as app,
+        aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session,
+    ):
+        for path in ("/console", "/console/row?identifier=u1", "/console/failures?code=x"):
+            status, _ = await _get(session, app.url + path)
+            assert status == 303, path
+        status, _ = await _get(
+            session, f"{app.url}/console", headers={"Authorization": "Bearer no"}
+        )
+        assert status == 303
+        status, _ = await _get(
+            session, f"{app.url}/console", headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        assert status == 200
+        async with session.post(f"{app.url}/console/login", data={"token": "wrong"}) as response:
+            assert response.status == 401
+        status, _ = await _get(session, f"{app.url}/console")
+        assert status == 303
+
+
+async def test_actions_need_token_csrf_and_same_origin(
+    database_url: str, emulator: Emulator
+) -> None:
+    seeded = seed(database_url)
+    target = seeded.failed[0]
+    async with (
+        served(database_url, emulator, console_token=TOKEN, console_actions=True) as app,
+        aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session,
+    ):
+        retry = f"{app.url}/console/row/retry"
+        async with aiohttp.ClientSession() as stranger:
+            assert (await _post(stranger, retry, {"identifier": target}))[0] == 403
+        csrf = await _signed_in(session, app.url)
+        refused = [
+            {"identifier": target},
+            {"identifier": target, "csrf": "0" * 64},
+        ]
+        for form in refused:
+            async with session.post(retry, data=form, allow_redirects=False) as response:
+                assert response.status == 403, form
+        async with session.post(
+            retry,
+            data={"identifier": target, "csrf": csrf},
+            headers={"Origin": "https://evil.example"},
+            allow_redirects=False,
+        ) as response:
+            assert response.status == 403
+        assert row(database_url, target)["state"] == "failed"
+        async with session.post(retry, data={"identifier": target, "csrf": csrf}) as response:
+            assert response.status == 200 and "Requeued" in await response.text()
+        after = row(database_url, target)
+        assert after["state"] == "pending" and after["key_generation"] == 1
+        # A rejected row is not retried from the console (Stripe may call it a duplicate).
+        async with session.post(
+            retry, data={"identifier": seeded.rejected[0], "csrf": csrf}
+        ) as response:
+            assert "Not retried" in await response.text()
+        # Scripts act with the bearer header (no cookie, so no CSRF token needed).
+        async with aiohttp.ClientSession() as script:
+            status, _ = await _post(
+                script,
+                f"{app.url}/console/row/cancel",
+                {"identifier": seeded.fresh[0]},
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            )
+            assert status == 303
+    assert row(database_url, seeded.fresh[0])["state"] == "cancelled"
+    assert row(database_url, seeded.rejected[0])["state"] == "rejected"
+
+
+async def test_latest_drift_report_is_shown(database_url: str, emulator: Emulator) -> None:
+    """The console shows the newest report `outbox-relay drift` stored, with the identifiers."""
+    now = datetime.now(UTC)
+    difference = {
+        "account": None,
+        "customer": "cus_0",
+        "event_name": "api_calls",
+        "meter": "mtr_api_calls",
+        "hour": now.replace(minute=0, second=0, microsecond=0),
+        "ours": 3,
+        "stripe": 8,
+        "difference": 5,
+        "events": 3,
+        "identifiers": ["fact-a", "fact-b"],
+    }
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        store = SyncStore(conn)
+        for differences in ([], [difference]):
+            store.save_drift_report(
+                {
+                    "since": now - timedelta(hours=24),
+                    "until": now,
+                    "groups": 4,
+                    "differing": len(differences),
+                    "unsettled": 0,
+                    "drift_events": 5 * len(differences),
+                    "differences": differences,
+                }
+            )
+    async with served(database_url, emulator) as app, aiohttp.ClientSession() as session:
+        _, page = await _get(session, f"{app.url}/console")
+        _, metrics_text = await _get(session, f"{app.url}/metrics")
+    drift = page.split('id="drift"', 1)[1]
+    assert "1 differ" in drift and "cus_0" in drift and "mtr_api_calls" in drift
+    assert "identifier=fact-a" in drift
+    assert "outbox_relay_drift_events 5.0" in metrics_text
