@@ -28,7 +28,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(parts[0])
 
 
-
 @pytest.fixture(autouse=True)
 def _log_format_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
     """A test that sets up the relay's JSON logs in-process (as `run` does) leaves the format
