@@ -28,6 +28,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(parts[0])
 
 
+@pytest.fixture(autouse=True)
+def _log_format_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test that sets up the relay's JSON logs in-process (as `run` does) leaves the format
+    flag as it found it: otherwise a later in-process CLI call writes its one-line error as a
+    log line on stdout instead of on stderr, and passes or fails by test order."""
+    from relay.core import logs
+
+    monkeypatch.setattr(logs, "_json", logs.is_json())
+
+
 @pytest.fixture(scope="session")
 def pg_admin_url() -> Iterator[str]:
     """URL of a maintenance database on the session's PostgreSQL server."""

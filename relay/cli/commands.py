@@ -270,7 +270,11 @@ def _render_status(data: dict[str, Any]) -> None:
         console.print(held)
     if data.get("held_for_meter"):
         meters = Table(
-            "event name", "stripe account", "reason", "rows", "what to do",
+            "event name",
+            "stripe account",
+            "reason",
+            "rows",
+            "what to do",
             title="held, not sent: Stripe would drop them",
         )
         for h in data["held_for_meter"]:

@@ -122,7 +122,7 @@ def check_database(report: Report, database_url: str) -> list[tuple[str, str]]:
         if now_db is not None:
             _clock(report, "database", now_db[0])
         try:
-            return SyncStore(conn).event_names_in_use()
+            return [(n.account, n.event_name) for n in SyncStore(conn).event_names_in_use()]
         except psycopg.Error:
             return []
 

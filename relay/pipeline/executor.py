@@ -258,4 +258,3 @@ class Executor:
         if result.verdict is Verdict.RETRY_SLOWER:
             self.limiter.on_rate_limited()
             metrics.RATE.set(self.limiter.rate)
-

@@ -129,6 +129,4 @@ class StreamBatcher:
 
 
 def held_too_long(row: Claimed) -> Outcome:
-    return Outcome.unsent(
-        row, STREAM_WAIT_EXPIRED, "waited too long for a stream call; released"
-    )
+    return Outcome.unsent(row, STREAM_WAIT_EXPIRED, "waited too long for a stream call; released")

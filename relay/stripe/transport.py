@@ -379,7 +379,11 @@ class Client:
 
     # One total timeout per request, connect to last byte, as HTTP clients take it.
     async def send(
-        self, endpoint: Endpoint, headers: Mapping[str, str], body: bytes, timeout: float  # noqa: ASYNC109
+        self,
+        endpoint: Endpoint,
+        headers: Mapping[str, str],
+        body: bytes,
+        timeout: float,  # noqa: ASYNC109
     ) -> Response:
         """One request: the endpoint's constant head, this call's `headers`, the body. The
         timeout covers waiting for a connection, connecting, writing and reading."""

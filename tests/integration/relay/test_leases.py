@@ -3,14 +3,17 @@ re-claimed by another relay, each lane's current head claimed once."""
 
 import asyncio
 import uuid
+from typing import Any
 
 import psycopg
 import pytest
 
 from outbox.sqlfile import for_psycopg
 from relay.core.rows import Outcome
+from relay.db import queries
 from relay.db.pool import QUERIES
-from relay.db.store import FIRST_LANE, SyncStore, _claim_params
+from relay.db.queries import Statement
+from relay.db.store import FIRST_LANE, SyncStore, claim_params
 from relay.emulator import Emulator, Faults, Latency
 from tests.support.relay import (
     accepted,
@@ -178,7 +181,10 @@ async def test_v2_stream_fills_calls_from_a_trickle_and_sends_each_row_early_in_
 
 def heads_plan(db: psycopg.Connection, one_walk: bool) -> str:
     """The plan of the claim's `heads` step for three ids."""
-    params = _claim_params([1, 2, 3], 0, True, "r", 30, one_walk)
+    params = claim_params(
+        [1, 2, 3],
+        {"fill": 0, "exclusive": True, "relay_id": "r", "lease_seconds": 30, "one_walk": one_walk},
+    )
     with db.transaction(force_rollback=True):
         rows = db.execute("EXPLAIN " + for_psycopg(QUERIES["claim"]), params).fetchall()
     plan = "\n".join(r[0] for r in rows)
@@ -191,3 +197,16 @@ def test_one_walks_heads_are_not_looked_up_twice(db: psycopg.Connection) -> None
     lane."""
     assert "on meter_event_outbox" in heads_plan(db, one_walk=False)
     assert "on meter_event_outbox" not in heads_plan(db, one_walk=True)
+
+
+def test_a_claim_whose_columns_do_not_name_claimeds_fields_is_refused(database_url, db) -> None:
+    """Claimed rows are built by position (the hot path's cheapest maker), so the claim's
+    RETURNING list is checked against Claimed's fields: a reordered column is an error, never
+    an identifier read as an event name."""
+    insert_usage(database_url, 1)
+    swapped = QUERIES["claim"].replace("o.identifier, o.event_name,", "o.event_name, o.identifier,")
+    assert swapped != QUERIES["claim"]
+    how: Any = {"fill": 1, "exclusive": False, "relay_id": "r", "lease_seconds": 30}
+    statement = Statement(for_psycopg(swapped), claim_params([], how), queries.CLAIM.rows, False)
+    with pytest.raises(TypeError, match="Claimed expects"):
+        SyncStore(db).all(statement)

@@ -192,6 +192,42 @@ def test_retry_says_why_it_cannot(database_url, db):
     assert done["requeued"] == ["u1"] and row(database_url, "u1")["state"] == "pending"
 
 
+def test_retry_is_one_statement_that_returns_what_it_refused_and_why(database_url, db):
+    """What a retry requeues and what it refuses come from one statement (one snapshot), each
+    refusal with its reason; a dry run answers the same and changes nothing."""
+    insert_usage(database_url, 4, customers=4)
+    fail(db, "u1")
+    fail(db, "u2")
+    db.execute(
+        "UPDATE meter_event_outbox SET first_attempt_at = now() - interval '21 hours'"
+        " WHERE identifier = 'u2'"
+    )
+    fail(db, "u3", code="no_meter")
+    db.execute("UPDATE meter_event_outbox SET state = 'rejected' WHERE identifier = 'u3'")
+    store = SyncStore(db)
+    matched = [
+        ("u1", False, None),
+        ("u2", True, "outside_dedup_window"),
+        ("u3", True, "rejected"),
+    ]
+
+    dry = store.retry(identifier=None, code=None, force=False, window_hours=20, dry_run=True)
+    assert [(c.identifier, c.refused, c.reason) for c in dry] == matched
+    assert states(database_url) == {"failed": 2, "rejected": 1, "pending": 1}
+
+    done = json.loads(cli(database_url, "retry", "--all", "--include-rejected", "--json").stdout)
+    assert done["requeued"] == ["u1"]
+    assert [(r["identifier"], r["reason"]) for r in done["refused"]] == [
+        ("u2", "outside_dedup_window"),
+        ("u3", "rejected"),
+    ]
+    assert states(database_url) == {"failed": 1, "rejected": 1, "pending": 2}
+
+    forced = store.retry(identifier="u3", code=None, force=True, window_hours=20)
+    assert [(c.identifier, c.refused, c.reason) for c in forced] == [("u3", False, None)]
+    assert row(database_url, "u3")["state"] == "pending"
+
+
 def test_prune_validates_and_refuses_inside_stripes_windows(database_url, db):
     """Regression: bounds are checked before any delete (invariant 9): --batch-size 0 looped
     forever; --older-than-days -1 deleted rows accepted minutes earlier."""

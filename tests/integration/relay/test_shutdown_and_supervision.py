@@ -12,6 +12,7 @@ import relay.pipeline.maintenance
 import relay.stripe.rate_share
 from relay.core.errors import ServiceDied
 from relay.core.rows import Claimed
+from relay.db.queries import Statement
 from relay.db.store import Store
 from relay.emulator import Emulator
 from tests.support.relay import (
@@ -109,10 +110,10 @@ class Unreachable(Store):
 
     down = False
 
-    async def _run(self, name: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+    async def all(self, statement: Statement[Any]) -> list[Any]:
         if self.down:
             await asyncio.Event().wait()
-        return await super()._run(name, params)
+        return await super().all(statement)
 
 
 async def test_shutdown_with_the_database_down_ends_within_the_grace_period(database_url, emulator):
