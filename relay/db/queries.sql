@@ -288,12 +288,18 @@ ORDER BY o.id LIMIT 1000
 
 -- name: reject
 -- An asynchronous error report from Stripe names these identifiers: they were accepted for
--- processing but will not be billed.
+-- processing but will not be billed. Identifiers are chosen by applications and unique only
+-- per account, so a report acts on rows of its own account alone (:account NULL is the platform,
+-- rows with stripe_account NULL); and only on rows Stripe can have counted: accepted, or a
+-- report in flight whose call may already have landed (its late outcome then loses the
+-- compare-and-set on the lease). A pending, failed, rejected or cancelled row is never touched:
+-- a report naming it is a guess or a replay, and marking it would invite recording it again.
 UPDATE meter_event_outbox o
 SET state = 'rejected', last_error_code = :code, last_error_message = :message,
     lease_token = NULL, updated_at = now()
 WHERE o.identifier = ANY(CAST(:identifiers AS text[]))
-  AND o.state IN ('accepted', 'pending', 'in_flight', 'failed')
+  AND o.stripe_account IS NOT DISTINCT FROM CAST(:account AS text)
+  AND (o.state = 'accepted' OR (o.state = 'in_flight' AND o.action = 'report'))
 RETURNING o.identifier
 
 -- name: fold_counts

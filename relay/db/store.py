@@ -272,9 +272,12 @@ class Store:
     async def leave(self, relay_id: str, token: UUID) -> None:
         await self._run("leave", {"relay_id": relay_id, "token": token})
 
-    async def reject(self, identifiers: list[str], code: str, message: str) -> list[str]:
-        """Mark rows Stripe reported as not billed; returns the identifiers marked."""
-        params = {"identifiers": identifiers, "code": code, "message": message}
+    async def reject(
+        self, identifiers: list[str], account: str | None, code: str, message: str
+    ) -> list[str]:
+        """Mark rows of `account` (None: the platform) that Stripe reported as not billed;
+        returns the identifiers marked."""
+        params = {"identifiers": identifiers, "account": account, "code": code, "message": message}
         return [identifier for (identifier,) in await self._run("reject", params)]
 
     async def fold_counts(self) -> None:

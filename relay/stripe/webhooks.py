@@ -132,20 +132,37 @@ def rejected_identifiers(event_data: dict[str, Any]) -> dict[str, tuple[list[str
     return found
 
 
+def event_account(event: dict[str, Any]) -> str | None:
+    """The connected account an event belongs to (its `context`), None for the platform.
+
+    Identifiers are unique per account only, so every row match keys on this: a connected
+    account must not be able to mark another account's rows by naming their identifiers.
+    Anything but an `acct_` string is not an account a row can hold, and is refused.
+    """
+    context = event.get("context")
+    if context is None:
+        return None
+    if not (isinstance(context, str) and context.startswith("acct_")):
+        raise BadDelivery("malformed", "the event's context is not an account id")
+    return context
+
+
 async def apply_event(store: Store, event: Any) -> list[str]:
     """Mark the rows a full meter error event names as rejected; returns their identifiers.
 
-    Each sample is matched as the event identifier first; only if no row has it, as one of our
-    idempotency keys (generation suffix `#gN` stripped). An identifier that happens to end in
-    `#g1` is therefore never confused with another row.
+    Only rows of the event's own account that Stripe can have counted are marked (the `reject`
+    query says which states). Each sample is matched as the event identifier first; only if no
+    row has it, as one of our idempotency keys (generation suffix `#gN` stripped). An identifier
+    that happens to end in `#g1` is therefore never confused with another row.
     """
-    data = event.get("data") if isinstance(event, dict) else event.to_dict().get("data")
+    body = event if isinstance(event, dict) else event.to_dict()
+    account = event_account(body)
     marked: list[str] = []
-    for code, (samples, message) in rejected_identifiers(data or {}).items():
-        hit = await store.reject(samples, code, message[:500])
+    for code, (samples, message) in rejected_identifiers(body.get("data") or {}).items():
+        hit = await store.reject(samples, account, code, message[:500])
         keys = key_fallbacks(samples, hit)
         if keys:
-            hit += await store.reject(keys, code, message[:500])
+            hit += await store.reject(keys, account, code, message[:500])
         marked += hit
     return marked
 
