@@ -55,7 +55,8 @@ class Notification:
 
 def parse_signature_header(header: str | None) -> tuple[int, list[str]]:
     """`t=<unix seconds>,v1=<hex>[,v1=<hex>...]` -> (timestamp, v1 signatures). Several v1
-    entries appear while a secret is being rolled; other schemes (v0) are ignored."""
+    entries appear while a secret is being rolled; other schemes (v0) and non-ASCII values (no
+    hex digest) are ignored."""
     if not header:
         raise BadDelivery("bad_signature", "no Stripe-Signature header")
     timestamp, signatures = None, []
@@ -65,7 +66,8 @@ def parse_signature_header(header: str | None) -> tuple[int, list[str]]:
             continue
         if key == "t" and value.isascii() and value.isdigit():
             timestamp = int(value)
-        elif key == "v1" and value:
+        elif key == "v1" and value and value.isascii():
+            # compare_digest raises on non-ASCII text: such a value is no signature of ours.
             signatures.append(value)
     if timestamp is None or not signatures:
         raise BadDelivery("bad_signature", "Stripe-Signature has no timestamp or no v1 signature")
