@@ -20,7 +20,7 @@ from relay.server.http_server import make_app
 from relay.stripe.sender import StripeSender
 from tests.relay.conftest import insert_usage, make_settings
 
-TOKEN = "console-test-token"
+TOKEN = "console-test-token-0123456789abcdef"
 
 
 @pytest.fixture

@@ -44,7 +44,9 @@ class Guard:
     """Checks requests against the console token (None: read-only console, no sign-in)."""
 
     def __init__(self, token: str | None, clock: Callable[[], float] = time.time) -> None:
-        self._key = token.encode() if token else None
+        if token is not None and not token:  # the settings refuse it; never read it as "open"
+            raise ValueError("an empty console token")
+        self._key = token.encode() if token is not None else None
         self._now = clock
 
     @property
