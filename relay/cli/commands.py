@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from outbox.dburl import redact
+from relay.cli import show
 from relay.cli.options import secrets_help, setting_options
 from relay.core import config, errors
 from relay.core.config import Settings
@@ -66,7 +67,7 @@ class _Main(click.Group):
             if logs.is_json():
                 logs.fatal(message, code, None if foreseen else err)
             else:
-                click.echo(f"outbox-relay: error: {message}", err=True)
+                show.echo(f"outbox-relay: error: {message}", err=True)
             sys.exit(code)
         if isinstance(result, int) and result:  # --help, --version: click's own exit code
             sys.exit(result)
@@ -235,7 +236,7 @@ def _render_status(data: dict[str, Any]) -> None:
     console = Console()
     table = Table("state", "rows", title="meter_event_outbox")
     for state, n in data["counts"].items():
-        table.add_row(state, str(n))
+        table.add_row(show.cell(state), str(n))
     console.print(table)
     lag, unsent = data["lag"], data["unsent"]
     if lag["oldest_unsent_created_at"] is None:
@@ -255,7 +256,7 @@ def _render_status(data: dict[str, Any]) -> None:
             waiting = Table("code", "rows", "oldest recorded", "next attempt in", title=title)
             for g in groups:
                 waiting.add_row(
-                    g["code"] or "(scheduled)",
+                    show.cell(g["code"] or "(scheduled)"),
                     str(g["rows"]),
                     g["oldest_created_at"].isoformat(),
                     f"{g['next_attempt_in_seconds']:.0f} s",
@@ -264,14 +265,15 @@ def _render_status(data: dict[str, Any]) -> None:
     if data["waiting"]:
         held = Table("code", "stripe account", "rows", title="held back: key or account refused")
         for w in data["waiting"]:
-            held.add_row(w["code"], w["stripe_account"] or "(platform)", str(w["count"]))
+            account = w["stripe_account"] or "(platform)"
+            held.add_row(show.cell(w["code"]), show.cell(account), str(w["count"]))
         console.print(held)
     relays = data["relays"]
     console.print(f"relays running: {'unknown' if relays is None else len(relays)}")
     if data["failures_by_code"]:
         failures = Table("state", "code", "rows", title="needs a decision")
         for f in data["failures_by_code"]:
-            failures.add_row(f["state"], f["code"], str(f["count"]))
+            failures.add_row(show.cell(f["state"]), show.cell(f["code"]), str(f["count"]))
         console.print(failures)
 
 
@@ -303,7 +305,7 @@ def list_rows(database_url: str | None, as_json: bool, **filters: Any) -> None:
     def render() -> None:
         for r in found:
             code = f" {r['last_error_code']}" if r["last_error_code"] else ""
-            click.echo(
+            show.echo(
                 f"{r['identifier']}  {r['state']}{code}  {r['customer']}  {r['event_name']}  "
                 f"value={r['value']}  attempts={r['attempts']}  "
                 f"recorded={r['created_at'].isoformat()}"
@@ -335,14 +337,14 @@ def inspect(database_url: str | None, identifier: str, as_json: bool) -> None:
 
 
 def _render_row(data: dict[str, Any]) -> None:
-    click.echo(data["summary"])
+    show.echo(data["summary"])
     for key, value in data.items():
         if key not in ("summary", "history"):
             shown = value.isoformat() if isinstance(value, datetime) else value
-            click.echo(f"{key:>26}: {'-' if shown is None else shown}")
-    click.echo(f"attempts ({len(data['history'])}):")
+            show.echo(f"{key:>26}: {'-' if shown is None else shown}")
+    show.echo(f"attempts ({len(data['history'])}):")
     for a in data["history"]:
-        click.echo(
+        show.echo(
             f"  {a['attempted_at'].isoformat()}  #{a['attempt']} key {a['key_generation']} "
             f"{a['action']} -> {a['state']} {a['http_status'] or '-'} {a['code'] or ''} "
             f"{a['stripe_request_id'] or ''} {a['latency_ms'] or 0:.0f} ms {a['relay_id'] or ''}"
@@ -404,9 +406,9 @@ def retry(
 
 
 def _render_retry(verb: str, requeued: list[str], refused: list[dict[str, Any]]) -> None:
-    click.echo(f"{verb} {len(requeued)} row(s)")
+    show.echo(f"{verb} {len(requeued)} row(s)")
     for identifier in requeued[:50]:
-        click.echo(f"  {identifier}")
+        show.echo(f"  {identifier}")
     for r in refused:
         if r["state"] == "rejected":
             why = (
@@ -419,7 +421,7 @@ def _render_retry(verb: str, requeued: list[str], refused: list[dict[str, Any]])
                 "a resend could double-count. Check the meter's event summaries, then "
                 "--force if it was not counted"
             )
-        click.echo(f"refused {r['identifier']} ({r['code']}): {why}", err=True)
+        show.echo(f"refused {r['identifier']} ({r['code']}): {why}", err=True)
 
 
 @main.command()
@@ -440,7 +442,7 @@ def cancel(database_url: str | None, identifier: str, as_json: bool) -> None:
     _emit(
         data,
         as_json,
-        lambda: click.echo(f"{identifier}: state={result.state} action={result.action}"),
+        lambda: show.echo(f"{identifier}: state={result.state} action={result.action}"),
     )
 
 
@@ -610,19 +612,19 @@ def _stripe_totals(key: str, api_base: str | None, rate: float) -> Any:
 
 
 def _render_drift(report: dict[str, Any]) -> None:
-    click.echo(
+    show.echo(
         f"drift report {report['id']}: {report['since'].isoformat()} .. "
         f"{report['until'].isoformat()}: {report['groups']} group(s) compared, "
         f"{report['differing']} differ, {report['unsettled']} unsettled (sends still open)"
     )
     for d in report["differences"]:
-        click.echo(
+        show.echo(
             f"  {d['customer']} {d['event_name']} ({d['meter']}) {d['hour'].isoformat()}: "
             f"ours {d['ours']}, Stripe {d['stripe']} (difference {d['difference']}); "
             f"{d['events']} accepted fact(s): {', '.join(d['identifiers']) or '-'}"
         )
     if report["skipped_meters"]:
-        click.echo(
+        show.echo(
             f"  not compared (no active sum/count meter): {', '.join(report['skipped_meters'])}"
         )
 

@@ -16,6 +16,7 @@ from markupsafe import Markup
 import outbox
 from relay import __version__
 from relay.core.config import Settings
+from relay.core.visible import visible
 from relay.db import operations as ops
 from relay.db.store import ConsoleStore
 from relay.server.console.auth import COOKIE, Guard, Viewer, set_session_cookie
@@ -35,10 +36,18 @@ NOTICES = {
     "refused": "Refused: sign in, and act from the console's own page.",
 }
 
+def _shown(value: Any) -> Any:
+    """Every plain string a template prints shows controls and bidi characters as escapes
+    (autoescaping then makes it HTML): a U+202E in an identifier or a Stripe message must not
+    reverse what the operator reads. Markup built by this module is left alone."""
+    return visible(value) if type(value) is str else value
+
+
 _env = jinja2.Environment(
     loader=jinja2.PackageLoader("relay.server.console", "templates"),
     autoescape=True,
     undefined=jinja2.StrictUndefined,
+    finalize=_shown,
 )
 
 
