@@ -3,6 +3,7 @@
 import asyncio
 import bisect
 import math
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
@@ -15,6 +16,7 @@ from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from relay import __version__
+from relay.core.vocabulary import METRIC_CODES, OTHER_CODE
 
 log = structlog.get_logger("relay.metrics")
 
@@ -133,10 +135,28 @@ DRIFT = Gauge(
 )
 
 
-@cache
+_HTTP_CODE = re.compile(r"http_[1-5][0-9][0-9]")
+
+
+def code_label(code: str | None) -> str:
+    """A code as a metric label: known codes as they are, anything else `other` (see
+    METRIC_CODES: upstream must not grow our series or put raw text into /metrics)."""
+    if not code:
+        return ""
+    if code in METRIC_CODES or _HTTP_CODE.fullmatch(code):
+        return code
+    return OTHER_CODE
+
+
 def outcome(state: str, code: str | None) -> Counter:
-    """The labelled child, cached: `labels()` is costly on a per-row hot path."""
-    return OUTCOMES.labels(state, code or "")
+    """The labelled child for an outcome; the code bounded first, so the cache is too."""
+    return _outcome(state, code_label(code))
+
+
+@cache
+def _outcome(state: str, label: str) -> Counter:
+    """Cached: `labels()` is costly on a per-row hot path."""
+    return OUTCOMES.labels(state, label)
 
 
 @cache
