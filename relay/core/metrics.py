@@ -100,6 +100,14 @@ WEBHOOKS = Counter("outbox_relay_webhooks_total", "Webhook deliveries by result"
 HTTP_DISCONNECTED = Counter(
     "outbox_relay_http_disconnected_total", "HTTP clients gone before their request was read"
 )
+CONSOLE_SIGNIN_FAILURES = Counter(
+    "outbox_relay_console_signin_failures_total",
+    "Wrong console tokens presented (sign-in form or bearer header)",
+)
+CONSOLE_SIGNIN_BRAKED = Counter(
+    "outbox_relay_console_signin_braked_total",
+    "Console sign-ins refused unseen (429) because the client failed too often",
+)
 HTTP_EVICTED = Counter(
     "outbox_relay_http_evicted_total", "HTTP connections closed to admit a new one at the cap"
 )

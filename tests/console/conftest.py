@@ -36,6 +36,7 @@ class Served:
     url: str
     relay: Relay
     settings: Settings
+    app: web.Application
 
 
 @contextlib.asynccontextmanager
@@ -60,8 +61,9 @@ async def served(database_url: str, emulator: Emulator, **overrides: Any) -> Asy
     sender = StripeSender(settings.api_key() or "", settings.stripe_api_base, 5, 4)
     relay = Relay(settings, Store(pool), sender, Wakeup(database_url, listen=False))
     try:
-        async with listening(make_app(relay, Store(pool), sender.client, None)) as url:
-            yield Served(url, relay, settings)
+        app = make_app(relay, Store(pool), sender.client, None)
+        async with listening(app) as url:
+            yield Served(url, relay, settings, app)
     finally:
         await sender.close()
         await pool.close()

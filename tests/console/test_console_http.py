@@ -189,3 +189,57 @@ async def test_latest_drift_report_is_shown(database_url: str, emulator: Emulato
     assert "1 differ" in drift and "cus_0" in drift and "mtr_api_calls" in drift
     assert "identifier=fact-a" in drift
     assert "outbox_relay_drift_events 5.0" in metrics_text
+
+
+class FrozenClock:
+    """The brake's clock, moved by the test (no waiting on real seconds)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_wrong_tokens_are_braked_logged_without_the_attempt_and_counted(
+    database_url: str, emulator: Emulator
+) -> None:
+    from prometheus_client import REGISTRY
+    from structlog.testing import capture_logs
+
+    from relay.server.console import CONSOLE
+    from relay.server.console.brake import FREE_FAILURES, SignInBrake
+
+    def failures() -> float:
+        return REGISTRY.get_sample_value("outbox_relay_console_signin_failures_total") or 0.0
+
+    clock = FrozenClock()
+    before = failures()
+    async with (
+        served(database_url, emulator, console_token=TOKEN) as app,
+        aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session,
+    ):
+        app.app[CONSOLE].brake = SignInBrake(clock)
+        login = f"{app.url}/console/login"
+        with capture_logs() as logs:
+            for n in range(FREE_FAILURES + 1):
+                guess = f"guess-{n}-" + "x" * 32
+                async with session.post(login, data={"token": guess}) as response:
+                    assert response.status == 401
+            # Braked: even the right token is not looked at, by form or by bearer header.
+            async with session.post(login, data={"token": TOKEN}) as response:
+                assert response.status == 429 and response.headers["Retry-After"] == "1"
+            bearer = {"Authorization": f"Bearer {TOKEN}"}
+            status, _ = await _get(session, f"{app.url}/console", headers=bearer)
+            assert status == 429
+            clock.now += 1.0
+            status, _ = await _get(session, f"{app.url}/console", headers=bearer)
+            assert status == 200
+        async with session.post(login, data={"token": "wrong-again-" + "y" * 32}) as response:
+            assert response.status == 401  # the right token cleared the record
+    refused = [e for e in logs if e["event"] == "console_login_refused"]
+    assert [e["failures"] for e in refused] == list(range(1, FREE_FAILURES + 2))
+    assert [e["braked_for"] for e in refused][-1] == 1.0
+    assert any(e["event"] == "console_login_braked" for e in logs)
+    assert "guess-" not in repr(logs) and TOKEN not in repr(logs)
+    assert failures() - before == FREE_FAILURES + 2

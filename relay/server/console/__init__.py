@@ -14,6 +14,8 @@ from relay.db.store import ConsoleStore
 from relay.server.console.auth import Guard
 from relay.server.console.views import Console
 
+CONSOLE = web.AppKey("console", Console)  # the installed console (tests reach its brake)
+
 
 def install(
     app: web.Application, settings: Settings, pool: AsyncConnectionPool, relay: Any
@@ -23,4 +25,5 @@ def install(
         return
     token = settings.console_token.get_secret_value() if settings.console_token else None
     console = Console(settings, ConsoleStore(pool, settings.relay_stale_after), Guard(token), relay)
+    app[CONSOLE] = console
     app.add_routes(console.routes())

@@ -38,6 +38,7 @@ class Viewer:
     signed_in: bool
     csrf: str = ""
     by_bearer: bool = False
+    bad_bearer: bool = False  # a bearer token was presented and it is wrong
 
 
 class Guard:
@@ -79,12 +80,15 @@ class Guard:
         if self._key is None:
             return Viewer(allowed=True, signed_in=False)
         header = request.headers.get("Authorization", "")
-        if header.startswith("Bearer ") and self.token_matches(header[7:].strip()):
+        bearer = header.startswith("Bearer ")
+        if bearer and self.token_matches(header[7:].strip()):
             return Viewer(allowed=True, signed_in=True, by_bearer=True)
         session = self._session(request.cookies.get(COOKIE))
         if session is None:
-            return Viewer(allowed=False, signed_in=False)
-        return Viewer(allowed=True, signed_in=True, csrf=self._sign("csrf", session))
+            return Viewer(allowed=False, signed_in=False, bad_bearer=bearer)
+        return Viewer(
+            allowed=True, signed_in=True, csrf=self._sign("csrf", session), bad_bearer=bearer
+        )
 
     def may_act(self, request: web.Request, viewer: Viewer, form_csrf: str | None) -> bool:
         """A signed-in viewer's POST from this site, with the session's CSRF token."""

@@ -3,6 +3,7 @@ the store's SQL, the auth guard and (for actions) the operator commands of
 relay/db/operations.py."""
 
 import asyncio
+import math
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -15,11 +16,13 @@ from markupsafe import Markup
 
 import outbox
 from relay import __version__
+from relay.core import metrics
 from relay.core.config import Settings
 from relay.core.visible import visible
 from relay.db import operations as ops
 from relay.db.store import ConsoleStore
 from relay.server.console.auth import COOKIE, Guard, Viewer, set_session_cookie
+from relay.server.console.brake import SignInBrake
 
 log = structlog.get_logger("relay.console")
 TOP_CUSTOMERS = 10
@@ -98,6 +101,7 @@ class Console:
         self.store = store
         self.guard = guard
         self.relay = relay
+        self.brake = SignInBrake()
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -136,10 +140,43 @@ class Console:
         return response
 
     def _viewer(self, request: web.Request) -> Viewer:
+        client = self._client(request)
+        if self.guard.protected and "Authorization" in request.headers:
+            self._check_brake(request, client)
         viewer = self.guard.viewer(request)
+        if viewer.bad_bearer:
+            self._wrong_token(request, client)
+        elif viewer.by_bearer:
+            self.brake.succeeded(client)
         if not viewer.allowed:
             raise web.HTTPSeeOther("/console/login")
         return viewer
+
+    def _client(self, request: web.Request) -> str:
+        return request.remote or "unknown"
+
+    def _check_brake(self, request: web.Request, client: str) -> None:
+        """429 without looking at the token while this client is braked (brake.py)."""
+        wait = self.brake.wait(client)
+        if wait > 0:
+            metrics.CONSOLE_SIGNIN_BRAKED.inc()
+            log.warning("console_login_braked", remote=client, retry_after=math.ceil(wait))
+            raise web.HTTPTooManyRequests(
+                text=f"too many wrong tokens from this address: try again in {math.ceil(wait)} s",
+                headers={"Retry-After": str(math.ceil(wait))},
+            )
+
+    def _wrong_token(self, request: web.Request, client: str) -> None:
+        """Count and log a wrong token: who and how often, never what was tried."""
+        failures, wait = self.brake.failed(client)
+        metrics.CONSOLE_SIGNIN_FAILURES.inc()
+        log.warning(
+            "console_login_refused",
+            remote=client,
+            path=request.path,
+            failures=failures,
+            braked_for=wait,
+        )
 
     # -- pages ---------------------------------------------------------------------------
 
@@ -196,14 +233,17 @@ class Console:
         return self._page("login.html", self.guard.viewer(request), failed=False)
 
     async def login(self, request: web.Request) -> web.Response:
+        client = self._client(request)
+        self._check_brake(request, client)
         form = await request.post()
         token = form.get("token")
         if not isinstance(token, str) or not self.guard.token_matches(token):
-            log.warning("console_login_refused", remote=request.remote)
+            self._wrong_token(request, client)
             return self._page("login.html", Viewer(False, False), status=401, failed=True)
+        self.brake.succeeded(client)
         response = web.HTTPSeeOther("/console")
         set_session_cookie(response, self.guard.new_session(), secure=request.secure)
-        log.info("console_login", remote=request.remote)
+        log.info("console_login", remote=client)
         raise response
 
     async def logout(self, request: web.Request) -> web.Response:
