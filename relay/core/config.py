@@ -6,6 +6,7 @@ one removed pacing. `load` turns pydantic's errors into one line that names the 
 never echoes the value (a malformed database URL holds a password).
 """
 
+import ipaddress
 import os
 import socket
 from pathlib import Path
@@ -37,6 +38,27 @@ def token_problem(token: str) -> str | None:
     if not token.isprintable() or token != token.strip():
         return "has control characters or surrounding spaces"
     return None
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOOPBACK_HOSTS = "localhost,127.0.0.1,[::1]"
+
+
+def ip_networks(spec: str) -> list[Network]:
+    """`10.0.0.0/8, 192.168.1.7` -> networks; ValueError naming the bad entry."""
+    networks = []
+    for entry in (part.strip() for part in spec.split(",")):
+        if entry:
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network") from None
+    return networks
+
+
+def host_names(spec: str) -> frozenset[str]:
+    """`localhost, console.example.com` -> lower-case names (ports are not part of them)."""
+    return frozenset(name.strip().lower() for name in spec.split(",") if name.strip())
 
 
 def read_secret(path: Path, variable: str) -> str:
@@ -179,6 +201,21 @@ class Settings(BaseSettings):
     console_actions: bool = Field(
         default=False, description="Allow retry/cancel from the console (needs a token)"
     )
+    console_trusted_proxies: str = Field(
+        default="",
+        description="Believe X-Forwarded-Proto/-For from these IPs or networks (comma-separated)",
+    )
+    console_allowed_hosts: str = Field(
+        default=LOOPBACK_HOSTS,
+        min_length=1,
+        description="Host header names the console answers (comma-separated; DNS rebinding)",
+    )
+
+    @field_validator("console_trusted_proxies")
+    @classmethod
+    def _networks(cls, spec: str) -> str:
+        ip_networks(spec)
+        return spec
 
     @field_validator("database_url")
     @classmethod

@@ -531,3 +531,17 @@ SELECT id, identifier, state, action, event_name, customer, value, dimensions, m
        accepted_at, cancel_requested_at, cancelled_at, updated_at,
        available_at - now() AS due_in
 FROM meter_event_outbox WHERE identifier = :identifier
+
+-- Console sessions (outbox_console_sessions): a signed cookie counts only while its row exists.
+-- name: console_session_open
+-- A new session; expired ones go in the same statement, so the table never grows.
+WITH gone AS (DELETE FROM outbox_console_sessions WHERE expires_at < now())
+INSERT INTO outbox_console_sessions (id, expires_at)
+VALUES (:id, now() + make_interval(secs => :seconds))
+RETURNING id
+
+-- name: console_session_alive
+SELECT id FROM outbox_console_sessions WHERE id = :id AND expires_at > now()
+
+-- name: console_session_close
+DELETE FROM outbox_console_sessions WHERE id = :id RETURNING id

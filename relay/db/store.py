@@ -544,3 +544,13 @@ class ConsoleStore:
         """The difference found by the newest drift report (0 before the first)."""
         report = await self.latest_drift_report()
         return float(report["drift_events"]) if report else 0.0
+
+    async def open_session(self, session_id: str, seconds: float) -> None:
+        """Record a signed-in console session (ids are hashes; see the migration)."""
+        await self._rows("console_session_open", {"id": session_id, "seconds": seconds})
+
+    async def session_alive(self, session_id: str) -> bool:
+        return bool(await self._rows("console_session_alive", {"id": session_id}))
+
+    async def close_session(self, session_id: str) -> None:
+        await self._rows("console_session_close", {"id": session_id})

@@ -243,3 +243,87 @@ async def test_wrong_tokens_are_braked_logged_without_the_attempt_and_counted(
     assert any(e["event"] == "console_login_braked" for e in logs)
     assert "guess-" not in repr(logs) and TOKEN not in repr(logs)
     assert failures() - before == FREE_FAILURES + 2
+
+
+async def test_sign_out_revokes_the_session_everywhere(database_url: str, emulator: Emulator):
+    """A copied cookie dies with the sign-out, whoever holds it (server-side sessions)."""
+    from relay.server.console.auth import COOKIE
+
+    async with (
+        served(database_url, emulator, console_token=TOKEN) as app,
+        aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session,
+    ):
+        csrf = await _signed_in(session, app.url)
+        (stolen,) = [c.value for c in session.cookie_jar if c.key == COOKIE]
+        thief = {"Cookie": f"{COOKIE}={stolen}"}
+        async with aiohttp.ClientSession() as other:
+            assert (await _get(other, f"{app.url}/console", headers=thief))[0] == 200
+            assert (await _post(session, f"{app.url}/console/logout", {"csrf": csrf}))[0] == 303
+            assert (await _get(other, f"{app.url}/console", headers=thief))[0] == 303
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM outbox_console_sessions").fetchone() == (0,)
+
+
+async def _login_cookie(base: str, **headers: str) -> str:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{base}/console/login", data={"token": TOKEN}, headers=headers, allow_redirects=False
+        ) as response,
+    ):
+        assert response.status == 303
+        return response.headers["Set-Cookie"]
+
+
+async def test_secure_cookie_behind_a_trusted_tls_proxy_only(
+    database_url: str, emulator: Emulator
+) -> None:
+    https = {"X-Forwarded-Proto": "https"}
+    async with served(database_url, emulator, console_token=TOKEN) as app:
+        assert "Secure" not in await _login_cookie(app.url, **https)  # not a trusted proxy
+    async with served(
+        database_url, emulator, console_token=TOKEN, console_trusted_proxies="127.0.0.0/8"
+    ) as app:
+        assert "Secure" in await _login_cookie(app.url, **https)
+        assert "Secure" not in await _login_cookie(app.url)
+
+
+async def test_origin_check_includes_the_scheme(database_url: str, emulator: Emulator) -> None:
+    seeded = seed(database_url)
+    target = seeded.failed[0]
+    async with (
+        served(database_url, emulator, console_token=TOKEN, console_actions=True) as app,
+        aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session,
+    ):
+        csrf = await _signed_in(session, app.url)
+        retry = f"{app.url}/console/row/retry"
+        other_scheme = {"Origin": app.url.replace("http://", "https://")}
+        status, _ = await _post(
+            session, retry, {"identifier": target, "csrf": csrf}, headers=other_scheme
+        )
+        assert status == 403
+        assert row(database_url, target)["state"] == "failed"
+        status, _ = await _post(
+            session, retry, {"identifier": target, "csrf": csrf}, headers={"Origin": app.url}
+        )
+        assert status == 303 and row(database_url, target)["state"] == "pending"
+
+
+async def test_host_header_must_be_an_allowed_name(database_url: str, emulator: Emulator) -> None:
+    """DNS rebinding: a page on rebound.example reaching 127.0.0.1 keeps its own Host name."""
+    async with served(database_url, emulator) as app, aiohttp.ClientSession() as session:
+        port = app.url.rsplit(":", 1)[1]
+        for host in (f"rebound.example:{port}", "rebound.example", f"127.0.0.1.nip.io:{port}"):
+            status, _ = await _get(session, f"{app.url}/console", headers={"Host": host})
+            assert status == 421, host
+        for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"LOCALHOST:{port}"):
+            status, _ = await _get(session, f"{app.url}/console", headers={"Host": host})
+            assert status == 200, host
+        assert (await _get(session, f"{app.url}/metrics", headers={"Host": "x.example"}))[0] == 200
+    async with (
+        served(database_url, emulator, console_allowed_hosts="console.example.com") as app,
+        aiohttp.ClientSession() as session,
+    ):
+        headers = {"Host": "console.example.com"}
+        assert (await _get(session, f"{app.url}/console", headers=headers))[0] == 200
+        assert (await _get(session, f"{app.url}/console"))[0] == 421

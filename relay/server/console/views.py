@@ -4,6 +4,7 @@ relay/db/operations.py."""
 
 import asyncio
 import math
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -17,14 +18,23 @@ from markupsafe import Markup
 import outbox
 from relay import __version__
 from relay.core import metrics
-from relay.core.config import Settings
+from relay.core.config import Settings, host_names, ip_networks
 from relay.core.visible import visible
 from relay.db import operations as ops
 from relay.db.store import ConsoleStore
-from relay.server.console.auth import COOKIE, Guard, Viewer, set_session_cookie
+from relay.server.console.auth import (
+    COOKIE,
+    SESSION_SECONDS,
+    Guard,
+    Viewer,
+    set_session_cookie,
+    signed_out,
+)
 from relay.server.console.brake import SignInBrake
+from relay.server.console.proxy import Proxies, host_name
 
 log = structlog.get_logger("relay.console")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TOP_CUSTOMERS = 10
 
 # What an action did, shown after its redirect; only these fixed texts are ever shown.
@@ -102,18 +112,40 @@ class Console:
         self.guard = guard
         self.relay = relay
         self.brake = SignInBrake()
+        self.proxies = Proxies(ip_networks(settings.console_trusted_proxies))
+        self.hosts = host_names(settings.console_allowed_hosts)
 
     def routes(self) -> list[web.RouteDef]:
-        return [
-            web.get("/console", self.overview),
-            web.get("/console/failures", self.failures),
-            web.get("/console/row", self.row),
-            web.get("/console/login", self.login_form),
-            web.post("/console/login", self.login),
-            web.post("/console/logout", self.logout),
-            web.post("/console/row/retry", self.retry),
-            web.post("/console/row/cancel", self.cancel),
+        pages = {
+            "/console": self.overview,
+            "/console/failures": self.failures,
+            "/console/row": self.row,
+            "/console/login": self.login_form,
+        }
+        actions = {
+            "/console/login": self.login,
+            "/console/logout": self.logout,
+            "/console/row/retry": self.retry,
+            "/console/row/cancel": self.cancel,
+        }
+        return [web.get(path, self._host_checked(h)) for path, h in pages.items()] + [
+            web.post(path, self._host_checked(h)) for path, h in actions.items()
         ]
+
+    def _host_checked(self, handler: Handler) -> Handler:
+        """Refuse a Host header the console does not answer to (OUTBOX_CONSOLE_ALLOWED_HOSTS):
+        a page on attacker.example that rebinds its DNS name to 127.0.0.1 (or to the end of
+        a port-forward) reaches us with its own name, which is not in the list."""
+
+        async def checked(request: web.Request) -> web.StreamResponse:
+            if host_name(request.host) not in self.hosts:
+                log.warning("console_host_refused", remote=request.remote)
+                raise web.HTTPMisdirectedRequest(
+                    text="this host name is not in OUTBOX_CONSOLE_ALLOWED_HOSTS"
+                )
+            return await handler(request)
+
+        return checked
 
     # -- rendering -----------------------------------------------------------------------
 
@@ -139,7 +171,15 @@ class Console:
         response.headers["Cache-Control"] = "no-store"
         return response
 
-    def _viewer(self, request: web.Request) -> Viewer:
+    async def _viewer(self, request: web.Request) -> Viewer:
+        """Who is asking; redirected to the sign-in page if they may not see the console."""
+        viewer = await self._who(request)
+        if not viewer.allowed:
+            raise web.HTTPSeeOther("/console/login")
+        return viewer
+
+    async def _who(self, request: web.Request) -> Viewer:
+        """The requester, bearer tokens braked and counted, cookie sessions looked up."""
         client = self._client(request)
         if self.guard.protected and "Authorization" in request.headers:
             self._check_brake(request, client)
@@ -148,12 +188,15 @@ class Console:
             self._wrong_token(request, client)
         elif viewer.by_bearer:
             self.brake.succeeded(client)
-        if not viewer.allowed:
-            raise web.HTTPSeeOther("/console/login")
+        if viewer.session_id and not await self.store.session_alive(viewer.session_id):
+            return signed_out(viewer)
         return viewer
 
     def _client(self, request: web.Request) -> str:
-        return request.remote or "unknown"
+        return self.proxies.client(request)
+
+    def _may_act(self, request: web.Request, viewer: Viewer, form_csrf: str | None) -> bool:
+        return self.guard.may_act(request, viewer, form_csrf, self.proxies.scheme(request))
 
     def _check_brake(self, request: web.Request, client: str) -> None:
         """429 without looking at the token while this client is braked (brake.py)."""
@@ -181,7 +224,7 @@ class Console:
     # -- pages ---------------------------------------------------------------------------
 
     async def overview(self, request: web.Request) -> web.Response:
-        viewer = self._viewer(request)
+        viewer = await self._viewer(request)
         relays = await self.store.live_relays()
         return self._page(
             "overview.html",
@@ -207,13 +250,13 @@ class Console:
         return {"account": rate, "shared": shared, "each": rate / live if shared and live else rate}
 
     async def failures(self, request: web.Request) -> web.Response:
-        viewer = self._viewer(request)
+        viewer = await self._viewer(request)
         code = request.query.get("code", "")
         rows = await self.store.failed_rows(code)
         return self._page("failures.html", viewer, code=code, rows=rows, limit=200)
 
     async def row(self, request: web.Request) -> web.Response:
-        viewer = self._viewer(request)
+        viewer = await self._viewer(request)
         identifier = request.query.get("identifier", "").strip()
         found = await self.store.row(identifier) if identifier else None
         attempts = await self.store.attempts(found["id"]) if found else []
@@ -230,7 +273,7 @@ class Console:
     # -- sign-in -------------------------------------------------------------------------
 
     async def login_form(self, request: web.Request) -> web.Response:
-        return self._page("login.html", self.guard.viewer(request), failed=False)
+        return self._page("login.html", await self._who(request), failed=False)
 
     async def login(self, request: web.Request) -> web.Response:
         client = self._client(request)
@@ -241,16 +284,22 @@ class Console:
             self._wrong_token(request, client)
             return self._page("login.html", Viewer(False, False), status=401, failed=True)
         self.brake.succeeded(client)
+        cookie, session = self.guard.new_session()
+        await self.store.open_session(session, SESSION_SECONDS)
         response = web.HTTPSeeOther("/console")
-        set_session_cookie(response, self.guard.new_session(), secure=request.secure)
+        secure = self.proxies.scheme(request) == "https"
+        set_session_cookie(response, cookie, secure=secure)
         log.info("console_login", remote=client)
         raise response
 
     async def logout(self, request: web.Request) -> web.Response:
-        viewer = self.guard.viewer(request)
+        viewer = await self._who(request)
         form = await request.post()
-        if not self.guard.may_act(request, viewer, _text(form.get("csrf"))):
+        if not self._may_act(request, viewer, _text(form.get("csrf"))):
             raise web.HTTPForbidden(text=NOTICES["refused"])
+        if viewer.session_id:  # ends the session everywhere, not only in this browser
+            await self.store.close_session(viewer.session_id)
+        log.info("console_logout", remote=self._client(request))
         response = web.HTTPSeeOther("/console/login")
         response.del_cookie(COOKIE, path="/console")
         raise response
@@ -262,8 +311,8 @@ class Console:
         if not self.settings.console_actions:
             raise web.HTTPForbidden(text="console actions are off (OUTBOX_CONSOLE_ACTIONS)")
         form = await request.post()
-        viewer = self.guard.viewer(request)
-        if not self.guard.may_act(request, viewer, _text(form.get("csrf"))):
+        viewer = await self._who(request)
+        if not self._may_act(request, viewer, _text(form.get("csrf"))):
             log.warning("console_action_refused", path=request.path, remote=request.remote)
             raise web.HTTPForbidden(text=NOTICES["refused"])
         identifier = _text(form.get("identifier"))
