@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import psycopg
+import pytest
 
 from relay.db.store import SyncStore
 from relay.emulator import Emulator
@@ -327,3 +328,36 @@ async def test_host_header_must_be_an_allowed_name(database_url: str, emulator: 
         headers = {"Host": "console.example.com"}
         assert (await _get(session, f"{app.url}/console", headers=headers))[0] == 200
         assert (await _get(session, f"{app.url}/console"))[0] == 421
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "relay.internal"])
+async def test_console_is_off_on_a_shared_address_without_a_token(
+    database_url: str, emulator: Emulator, host: str
+) -> None:
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        async with (
+            served(database_url, emulator, http_host=host) as app,
+            aiohttp.ClientSession() as session,
+        ):
+            assert (await _get(session, f"{app.url}/console"))[0] == 404
+            assert (await _get(session, f"{app.url}/metrics"))[0] == 200
+    (line,) = [e for e in logs if e["event"] == "console_disabled"]
+    assert line["log_level"] == "error" and "OUTBOX_CONSOLE_TOKEN" in line["fix"]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
+async def test_console_stays_on_for_loopback_or_with_a_token(
+    database_url: str, emulator: Emulator, host: str
+) -> None:
+    async with (
+        served(database_url, emulator, http_host=host) as app,
+        aiohttp.ClientSession() as session,
+    ):
+        assert (await _get(session, f"{app.url}/console"))[0] == 200
+    async with (
+        served(database_url, emulator, http_host="0.0.0.0", console_token=TOKEN) as app,
+        aiohttp.ClientSession() as session,
+    ):
+        assert (await _get(session, f"{app.url}/console"))[0] == 303  # sign in first
