@@ -74,8 +74,26 @@ class _Main(click.Group):
         return result
 
 
+def _warn_password_flag(ctx: click.Context, param: click.Parameter, url: str | None) -> str | None:
+    """A password on the command line is visible to every user in `ps`: say so (the value
+    itself is never printed)."""
+    from click.core import ParameterSource
+
+    source = ctx.get_parameter_source(param.name or "")
+    if url and source is ParameterSource.COMMANDLINE and redact(url) != url:
+        show.echo(
+            "outbox-relay: warning: --database-url holds a password, which other users of this "
+            "machine can read in `ps`: use OUTBOX_DATABASE_URL_FILE or a libpq passfile instead",
+            err=True,
+        )
+    return url
+
+
 database_option = click.option(
-    "--database-url", envvar="OUTBOX_DATABASE_URL", help="PostgreSQL URL (env OUTBOX_DATABASE_URL)"
+    "--database-url",
+    envvar="OUTBOX_DATABASE_URL",
+    help="PostgreSQL URL (env OUTBOX_DATABASE_URL; OUTBOX_DATABASE_URL_FILE keeps it out of ps)",
+    callback=_warn_password_flag,
 )
 
 
@@ -153,6 +171,9 @@ def run(log_format: str, log_level: str, **flags: object) -> None:
     from relay.core import logs
 
     logs.configure(level=log_level, json=log_format == "json")
+    from relay.core.hardening import no_core_dumps
+
+    no_core_dumps()  # before any secret is read
     settings = _settings(**flags)
     from relay import daemon  # after the settings: a bad value is refused without the wait
 
@@ -630,7 +651,11 @@ def _render_drift(report: dict[str, Any]) -> None:
 
 
 @main.command()
-@click.option("--database-url", help="Use this PostgreSQL instead of an embedded one.")
+@click.option(
+    "--database-url",
+    help="Use this PostgreSQL instead of an embedded one.",
+    callback=_warn_password_flag,
+)
 @click.option("--events", type=int, default=1000, show_default=True)
 @click.option("--seed", type=int, default=7, show_default=True)
 def demo(database_url: str | None, events: int, seed: int) -> None:
