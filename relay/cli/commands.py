@@ -154,6 +154,25 @@ def schema(as_sql: bool, start: str | None, revision: str) -> None:
         click.echo(rev)
 
 
+@main.command()
+@database_option
+@click.option("--sql", "as_sql", is_flag=True, help="Print the SQL; touch no database.")
+def roles(database_url: str | None, as_sql: bool) -> None:
+    """Create the roles outbox_writer, outbox_relay and outbox_reader and grant each what its
+    job needs, on every outbox table (run as the owner after each migrate; idempotent).
+
+    Give logins a role with `CREATE ROLE app LOGIN ... IN ROLE outbox_writer`. The migrations
+    keep running as the owner; `run` as outbox_relay; status, list, inspect as outbox_reader."""
+    from relay.db import roles as db_roles
+
+    if as_sql:
+        click.echo(db_roles.roles_sql(), nl=False)
+        return
+    url = _database_url(_settings(database_url=database_url))
+    db_roles.apply(url)
+    click.echo(f"roles {', '.join(db_roles.ROLES)} granted on {redact(url)}")
+
+
 @main.command(epilog=secrets_help())
 @database_option
 @setting_options("database_url")
