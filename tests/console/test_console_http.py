@@ -1,5 +1,6 @@
 """The console over real HTTP: what it shows, who may see it, who may act and how."""
 
+import asyncio
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -361,3 +362,49 @@ async def test_console_stays_on_for_loopback_or_with_a_token(
         aiohttp.ClientSession() as session,
     ):
         assert (await _get(session, f"{app.url}/console"))[0] == 303  # sign in first
+
+
+async def test_console_load_cannot_take_the_relays_connections(
+    database_url: str, emulator: Emulator
+) -> None:
+    """Ten clients whose console statements hang (a lock held here) occupy the console's own
+    small pool, not the relay's: /readyz's database check still gets a connection. (Pages that
+    are not shared readings: the overview is read once for everyone, see shared.py.)"""
+    async with (
+        served(database_url, emulator, console_trusted_proxies="127.0.0.0/8") as app,
+        aiohttp.ClientSession() as session,
+    ):
+        with psycopg.connect(database_url) as lock:
+            lock.execute("LOCK TABLE meter_event_outbox IN ACCESS EXCLUSIVE MODE")
+            page = f"{app.url}/console/failures?code=x"
+            viewers = [
+                asyncio.create_task(_get(session, page, headers={"X-Forwarded-For": f"10.0.0.{i}"}))
+                for i in range(10)
+            ]
+            await _until_lock_waiters(database_url, 2)
+            assert await app.relay.store.ping()  # what /readyz asks of the relay's pool
+            same_client = [
+                asyncio.create_task(_get(session, page, headers={"X-Forwarded-For": "10.9.9.9"}))
+                for _ in range(6)
+            ]
+            refused = await asyncio.wait_for(
+                asyncio.shield(asyncio.gather(*same_client[4:])), timeout=30
+            )
+            assert [status for status, _ in refused] == [429, 429]  # over the per-client cap
+            lock.rollback()
+        answers = await asyncio.gather(*viewers, *same_client[:4])
+    assert {status for status, _ in answers} <= {200, 500}
+
+
+async def _until_lock_waiters(database_url: str, n: int) -> None:
+    """Until `n` sessions wait on a lock (the console's statements behind the test's lock)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for _ in range(600):
+            (waiting,) = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            ).fetchone()
+            if waiting >= n:
+                return
+            await asyncio.sleep(0.05)
+    raise TimeoutError(f"{n} lock waiters")

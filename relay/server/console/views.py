@@ -32,6 +32,7 @@ from relay.server.console.auth import (
 )
 from relay.server.console.brake import SignInBrake
 from relay.server.console.proxy import Proxies, host_name
+from relay.server.console.shared import ClientLimit, SharedReading
 
 log = structlog.get_logger("relay.console")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -114,6 +115,8 @@ class Console:
         self.brake = SignInBrake()
         self.proxies = Proxies(ip_networks(settings.console_trusted_proxies))
         self.hosts = host_names(settings.console_allowed_hosts)
+        self.limit = ClientLimit()
+        self.overview_data: SharedReading[dict[str, Any]] = SharedReading()
 
     def routes(self) -> list[web.RouteDef]:
         pages = {
@@ -143,7 +146,16 @@ class Console:
                 raise web.HTTPMisdirectedRequest(
                     text="this host name is not in OUTBOX_CONSOLE_ALLOWED_HOSTS"
                 )
-            return await handler(request)
+            client = self._client(request)
+            if not self.limit.enter(client):
+                raise web.HTTPTooManyRequests(
+                    text="too many console requests at once from this address",
+                    headers={"Retry-After": "1"},
+                )
+            try:
+                return await handler(request)
+            finally:
+                self.limit.leave(client)
 
         return checked
 
@@ -225,23 +237,26 @@ class Console:
 
     async def overview(self, request: web.Request) -> web.Response:
         viewer = await self._viewer(request)
+        data = await self.overview_data.get(self._read_overview)
+        return self._page("overview.html", viewer, auth_ok=self.relay.state.auth_ok, **data)
+
+    async def _read_overview(self) -> dict[str, Any]:
+        """The overview's statements, one after the other on the console's pool (shared by
+        every viewer for a few seconds: shared.py)."""
         relays = await self.store.live_relays()
-        return self._page(
-            "overview.html",
-            viewer,
-            counts=await self.store.state_counts(),
-            lag=await self.store.lag(),
-            hour=await self.store.last_hour(),
-            attempt_errors=await self.store.attempt_errors(),
-            backing_off=await self.store.backing_off(),
-            failures=await self.store.failures_by_code(),
-            customers=await self.store.customer_backlog(TOP_CUSTOMERS),
-            top_n=TOP_CUSTOMERS,
-            relays=relays,
-            share=self._share(len(relays)),
-            auth_ok=self.relay.state.auth_ok,
-            drift=await self.store.latest_drift_report(),
-        )
+        return {
+            "counts": await self.store.state_counts(),
+            "lag": await self.store.lag(),
+            "hour": await self.store.last_hour(),
+            "attempt_errors": await self.store.attempt_errors(),
+            "backing_off": await self.store.backing_off(),
+            "failures": await self.store.failures_by_code(),
+            "customers": await self.store.customer_backlog(TOP_CUSTOMERS),
+            "top_n": TOP_CUSTOMERS,
+            "relays": relays,
+            "share": self._share(len(relays)),
+            "drift": await self.store.latest_drift_report(),
+        }
 
     def _share(self, live: int) -> dict[str, Any]:
         """Each live relay's share of the account's rate limit (equal shares, see share.py)."""
