@@ -506,16 +506,24 @@ FROM (SELECT state, coalesce(last_error_code, '') AS code, count(*) AS n
       GROUP BY 1, 2) f,
      LATERAL (SELECT array_agg(identifier ORDER BY id) AS identifiers
               FROM (SELECT o.identifier, o.id FROM meter_event_outbox o
-                    WHERE o.state = f.state AND coalesce(o.last_error_code, '') = f.code
+                    -- the IN list lets the planner use the partial index attention_by_code
+                    WHERE o.state IN ('failed', 'rejected') AND o.state = f.state
+                      AND coalesce(o.last_error_code, '') = f.code
                     ORDER BY o.id LIMIT :per_code) s) ids
 ORDER BY f.n DESC, f.state, f.code
 
 -- name: failed_rows
--- One code's failed or rejected rows, oldest first ('' stands for rows without a code).
+-- One code's failed or rejected rows, oldest first ('' stands for rows without a code): the
+-- first entries of each state under that code in meter_event_outbox_attention_by_code.
 SELECT identifier, state, customer, event_name, value, attempts, last_error_message,
        created_at, updated_at
-FROM meter_event_outbox
-WHERE state IN ('failed', 'rejected') AND coalesce(last_error_code, '') = :code
+FROM (
+    (SELECT * FROM meter_event_outbox
+     WHERE state = 'failed' AND coalesce(last_error_code, '') = :code ORDER BY id LIMIT :limit)
+    UNION ALL
+    (SELECT * FROM meter_event_outbox
+     WHERE state = 'rejected' AND coalesce(last_error_code, '') = :code ORDER BY id LIMIT :limit)
+) o
 ORDER BY id LIMIT :limit
 
 -- name: customer_backlog
