@@ -13,7 +13,12 @@ adds CLIENTS loops fetching /console and a failures page. Nothing is asserted: r
 
 import argparse
 import asyncio
+import contextlib
+import os
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -23,17 +28,17 @@ from bench.common import (
     emulator_process,
     free_port,
     percentile,
-    relay_process,
     scratch_database,
     table,
+    wait_port,
 )
 
 SEED = """
 INSERT INTO meter_event_outbox (identifier, event_name, customer, value, state, last_error_code,
     available_at, accepted_at)
-SELECT 'seed' || g, 'api_calls', 'cus_' || (g % 5000), 1,
-       CASE WHEN g % 10 < 7 THEN 'accepted' WHEN g % 10 < 9 THEN 'rejected' ELSE 'pending' END,
-       CASE WHEN g % 10 < 7 THEN NULL WHEN g % 10 < 9 THEN 'code_' || (g % 20) ELSE 'http_503' END,
+SELECT 'seed' || g, 'api_calls', 'cus_' || (g %% 5000), 1,
+       CASE WHEN g %% 10 < 7 THEN 'accepted' WHEN g %% 10 < 9 THEN 'rejected' ELSE 'pending' END,
+       CASE WHEN g %% 10 < 7 THEN NULL WHEN g %% 10 < 9 THEN 'code_' || (g %% 20) ELSE 'http_503' END,
        now() + interval '1 day', now()
 FROM generate_series(1, %(rows)s) g
 """
@@ -98,6 +103,27 @@ async def phase(url: str, base: str, seconds: float, clients: int, tag: str) -> 
     }
 
 
+@contextlib.contextmanager
+def relay(url: str, api_base: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """`outbox-relay run` on `port`, once it answers; stopped with SIGTERM."""
+    env = {
+        **os.environ,
+        "OUTBOX_DATABASE_URL": url,
+        "OUTBOX_STRIPE_API_BASE": api_base,
+        "STRIPE_API_KEY": "sk_test_bench",
+        "OUTBOX_HTTP_PORT": str(port),
+        "OUTBOX_RATE_LIMIT": "1000",
+    }
+    cmd = [sys.executable, "-m", "relay.cli", "run", "--log-level", "WARNING"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, timeout=60)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -109,10 +135,7 @@ def main() -> None:
             conn.execute(SEED, {"rows": args.rows})
             conn.execute("VACUUM ANALYZE meter_event_outbox")
         port = free_port()
-        with (
-            emulator_process() as emulator,
-            relay_process(url, emulator.url, OUTBOX_HTTP_PORT=str(port), OUTBOX_RATE_LIMIT="1000"),
-        ):
+        with emulator_process() as emulator, relay(url, emulator.url, port):
             base = f"http://127.0.0.1:{port}"
             idle = asyncio.run(phase(url, base, args.seconds, 0, "idle"))
             loaded = asyncio.run(phase(url, base, args.seconds, args.clients, "load"))
