@@ -173,6 +173,7 @@ async def _db_path(url: str, mode: str, n: int, out: Result) -> None:
     pool = make_pool(url)
     await pool.open(wait=True)
     relay = Relay(settings, Store(pool), NoopSender(), Wakeup(url, listen=False))
+    telemetry = _in_memory_telemetry(settings, Store(pool)) if OTEL else None
     stop = asyncio.Event()
     pg_before, cpu_before = postgres_cpu_seconds(url), self_cpu_seconds()
     task = asyncio.create_task(relay.run(stop))
@@ -181,7 +182,24 @@ async def _db_path(url: str, mode: str, n: int, out: Result) -> None:
     out["pg us"] = 1e6 * postgres_cpu_between(pg_before, postgres_cpu_seconds(url)) / n
     stop.set()
     await task
+    if telemetry is not None:
+        await telemetry.stop()
     await pool.close()
+
+
+# --otel: (c) with OpenTelemetry on, spans kept in memory (the SDK's cost, no network).
+OTEL = False
+
+
+def _in_memory_telemetry(settings: Settings, store: Store) -> Any:
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from relay.pipeline import telemetry
+
+    processor = SimpleSpanProcessor(InMemorySpanExporter())
+    return telemetry.start(settings, store, lambda: True, processor, InMemoryMetricReader())
 
 
 def scenario_c(n: int, mode: str, history_url: str | None = None) -> Result:
@@ -387,7 +405,10 @@ def main() -> None:
         default=0,
         help="accepted rows of history for (c-history), e.g. 10000000 (takes minutes)",
     )
+    parser.add_argument("--otel", action="store_true", help="(c) with OpenTelemetry spans on")
     args = parser.parse_args()
+    global OTEL
+    OTEL = args.otel
     logs.configure(level="WARNING", json=True)  # the in-process relay of (c): failures only
     rounds = 1 if args.quick else args.rounds
     chosen = [key for group in args.only.split(",") for key in GROUPS[group.strip()]]

@@ -13,22 +13,26 @@ connections return an awaitable: `await outbox.record_usage(async_session, ...)`
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, overload
 
-from outbox import validate
+from outbox import batch, validate
 from outbox.connections import Query, Steps, run
 from outbox.errors import (
+    BatchRefused,
     IdentifierConflict,
     InvalidUsage,
     OutboxError,
+    Refusal,
     UnknownIdentifier,
     UnsupportedConnection,
 )
+from outbox.recorded import RecordedUsage, stored_differences
 from outbox.sqlfile import load
+from outbox.tracecontext import current_traceparent
 
 if TYPE_CHECKING:  # the application brings whichever of these it uses
     import psycopg
@@ -38,17 +42,20 @@ if TYPE_CHECKING:  # the application brings whichever of these it uses
 
 __all__ = [
     "AsyncConnection",
+    "BatchRefused",
     "CancelRequest",
     "DBAPICursor",
     "IdentifierConflict",
     "InvalidUsage",
     "OutboxError",
     "RecordedUsage",
+    "Refusal",
     "SyncConnection",
     "UnknownIdentifier",
     "UnsupportedConnection",
     "cancel_usage",
     "record_usage",
+    "record_usage_many",
 ]
 
 _SQL = load("outbox", "queries.sql")
@@ -72,15 +79,6 @@ AsyncConnection: TypeAlias = (
     "sqlalchemy.ext.asyncio.AsyncSession | sqlalchemy.ext.asyncio.AsyncConnection"
     " | psycopg.AsyncConnection[Any] | psycopg.AsyncCursor[Any]"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class RecordedUsage:
-    """The outbox row holding a usage fact; `created` is False for a replay."""
-
-    id: int
-    identifier: str
-    created: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +164,37 @@ def record_usage(
 
 
 @overload
+def record_usage_many(
+    conn: SyncConnection, facts: Iterable[Mapping[str, Any]], *, notify: bool = True
+) -> list[RecordedUsage]: ...
+
+
+@overload
+def record_usage_many(
+    conn: AsyncConnection, facts: Iterable[Mapping[str, Any]], *, notify: bool = True
+) -> Awaitable[list[RecordedUsage]]: ...
+
+
+def record_usage_many(
+    conn: SyncConnection | AsyncConnection,
+    facts: Iterable[Mapping[str, Any]],
+    *,
+    notify: bool = True,
+) -> list[RecordedUsage] | Awaitable[list[RecordedUsage]]:
+    """Write many usage facts inside the caller's transaction in one round trip (never commits).
+
+    Each fact is a mapping of record_usage's keyword arguments (event_name, customer, value,
+    identifier, and optionally timestamp, dimensions, metadata, stripe_account), under the same
+    rules. Returns one RecordedUsage per fact, in order (`created` False for a replay, also of
+    an earlier fact of the same batch). All or nothing: if any fact is refused, BatchRefused
+    lists every refused fact (index, field, code), nothing is written and the caller's
+    transaction stays usable.
+    """
+    checked = batch.validate_batch(facts)
+    return run(conn, batch.record_steps(checked, notify))
+
+
+@overload
 def cancel_usage(conn: SyncConnection, *, identifier: str) -> CancelRequest: ...
 
 
@@ -196,6 +225,7 @@ def _record_steps(fact: validate.UsageFact, notify: bool) -> Steps[RecordedUsage
         "occurred_at": fact.occurred_at,
         "stripe_account": fact.stripe_account,
         "notify": notify,
+        "trace_context": current_traceparent(),
         **validate.WINDOW_PARAMS,
     }
     rows = yield Query(_SQL["record_usage"], params)
@@ -207,26 +237,10 @@ def _record_steps(fact: validate.UsageFact, notify: bool) -> Steps[RecordedUsage
     rows = yield Query(_SQL["recorded_usage"], {"identifier": fact.identifier})
     if not rows:  # deleted concurrently between the two statements: let the caller retry
         raise IdentifierConflict(fact.identifier, ["state (row vanished concurrently)"])
-    differences = _differences(fact, rows[0])
+    differences = stored_differences(fact, rows[0])
     if differences:
         raise IdentifierConflict(fact.identifier, differences)
     return RecordedUsage(id=rows[0][0], identifier=fact.identifier, created=False)
-
-
-def _differences(fact: validate.UsageFact, row: tuple[Any, ...]) -> list[str]:
-    """Fields of `fact` that differ from the stored row; an omitted timestamp matches any."""
-    _, event_name, customer, value, dimensions, occurred_at, account = row
-    if isinstance(dimensions, str):  # drivers that do not decode jsonb (asyncpg)
-        dimensions = json.loads(dimensions)
-    checks = {
-        "event_name": event_name == fact.event_name,
-        "customer": customer == fact.customer,
-        "value": Decimal(value) == fact.value,
-        "dimensions": dimensions == fact.dimensions,
-        "timestamp": fact.occurred_at is None or occurred_at == fact.occurred_at,
-        "stripe_account": account == fact.stripe_account,
-    }
-    return [name for name, same in checks.items() if not same]
 
 
 def _cancel_steps(identifier: str) -> Steps[CancelRequest]:

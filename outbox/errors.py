@@ -1,5 +1,7 @@
 """Exceptions raised by the outbox library: one base class so callers can catch them all."""
 
+from dataclasses import dataclass
+
 
 class OutboxError(Exception):
     """Base class of everything `outbox` raises on purpose."""
@@ -42,3 +44,28 @@ class UnknownIdentifier(OutboxError, LookupError):
 
 class UnsupportedConnection(OutboxError, TypeError):
     """`conn` is not a SQLAlchemy session/connection or a psycopg 3 connection/cursor."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why one fact of a batch was refused: its position in the batch, the offending field and
+    the same stable code InvalidUsage carries (or `identifier_conflict`)."""
+
+    index: int
+    field: str
+    code: str
+    message: str
+
+
+class BatchRefused(OutboxError, ValueError):
+    """record_usage_many wrote nothing: `refusals` lists every refused fact of the batch.
+
+    A batch is all or nothing; the caller's transaction stays usable, so it may fix the facts
+    and call again, or record the good ones alone.
+    """
+
+    def __init__(self, refusals: list[Refusal]) -> None:
+        shown = "; ".join(f"#{r.index} {r.field}: {r.code}" for r in refusals[:10])
+        more = f"; and {len(refusals) - 10} more" if len(refusals) > 10 else ""
+        super().__init__(f"{len(refusals)} fact(s) refused, nothing written: {shown}{more}")
+        self.refusals = refusals

@@ -132,6 +132,7 @@ async def wait_for_schema(database_url: str, seconds: float) -> None:
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run the relay and its HTTP server until SIGTERM/SIGINT (or `stop`), then drain."""
     key = check(settings)
+    otel = _telemetry_module() if settings.otel else None
     await wait_for_schema(settings.database_url, settings.wait_for_schema)
     stop = stop or asyncio.Event()
     _install_signals(stop)
@@ -171,6 +172,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         port=settings.http_port,
         database=redact(settings.database_url),
     )
+    telemetry = otel.start(settings, store, lambda: relay.state.auth_ok) if otel else None
     watchdog = asyncio.create_task(_watchdog(relay, stop))
     systemd.notify("READY=1")
     try:
@@ -180,9 +182,22 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     finally:
         systemd.notify("STOPPING=1")
         watchdog.cancel()
+        if telemetry is not None:
+            await telemetry.stop()
         await runner.cleanup()
         await sender.close()
         await pool.close(timeout=CLOSE_TIMEOUT)
+
+
+def _telemetry_module() -> Any:
+    """OpenTelemetry, imported only here and only when asked for (relay/core/tracing.py)."""
+    try:
+        from relay.pipeline import telemetry
+    except ImportError:
+        raise ConfigError(
+            "OUTBOX_OTEL=true needs OpenTelemetry: pip install 'outbox-relay[otel]'"
+        ) from None
+    return telemetry
 
 
 def _install_signals(stop: asyncio.Event) -> None:

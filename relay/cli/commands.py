@@ -395,7 +395,10 @@ def _render_row(data: dict[str, Any]) -> None:
 @database_option
 @click.argument("identifier", required=False)
 @click.option("--code", help="Retry every failed/rejected row with this error code.")
-@click.option("--all", "all_failed", is_flag=True, help="Retry every failed/rejected row.")
+@click.option("--all", "all_failed", is_flag=True, help="Retry every failed row.")
+@click.option(
+    "--include-rejected", is_flag=True, help="With --all: also rows Stripe rejected (see below)."
+)
 @click.option("--force", is_flag=True, help="Also rows a resend could double-count.")
 @click.option("--dry-run", is_flag=True, help="Show what would be requeued; change nothing.")
 @json_option
@@ -404,11 +407,17 @@ def retry(
     identifier: str | None,
     code: str | None,
     all_failed: bool,
+    include_rejected: bool,
     force: bool,
     dry_run: bool,
     as_json: bool,
 ) -> None:
     """Send failed or rejected rows again (fresh idempotency key, fresh attempt budget).
+
+    `--all` leaves rejected rows out (one line says how many): Stripe rejected them after
+    accepting them, a resend under the same identifier is not billed, and the fix is usually
+    new usage under a new identifier. `--include-rejected` takes them in (still refused as
+    unsafe unless --force).
 
     Exit codes: 0 requeued, 3 some rows refused as unsafe (see stderr), 1 nothing to retry
     (unknown identifier, a row that is not failed/rejected, no row with that code).
@@ -419,25 +428,39 @@ def retry(
         raise click.UsageError("give an IDENTIFIER, --code CODE or --all")
     if identifier and (code or all_failed):
         raise click.UsageError("give an IDENTIFIER or --code/--all, not both")
+    if include_rejected and not all_failed:
+        raise click.UsageError("--include-rejected goes with --all")
     settings = _settings(database_url=database_url)
     window = settings.dedup_window_hours
+    rejected = not all_failed or include_rejected
     with ops.connect(_database_url(settings)) as conn:
         why = identifier and ops.not_retryable(conn, identifier)
         if why:
             raise click.ClickException(why)
         if dry_run:
             preview = ops.retry_preview(
-                conn, identifier=identifier, code=code, force=force, window_hours=window
+                conn,
+                identifier=identifier,
+                code=code,
+                force=force,
+                window_hours=window,
+                rejected=rejected,
             )
             requeued = [c.identifier for c in preview if not c.refused]
             refused = [c._asdict() for c in preview if c.refused]
         else:
             requeued, refused = ops.retry(
-                conn, identifier=identifier, code=code, force=force, window_hours=window
+                conn,
+                identifier=identifier,
+                code=code,
+                force=force,
+                window_hours=window,
+                rejected=rejected,
             )
-    data = {"dry_run": dry_run, "requeued": requeued, "refused": refused}
+        skipped = 0 if rejected else ops.rejected_count(conn, code)
+    data = {"dry_run": dry_run, "requeued": requeued, "refused": refused, "skipped": skipped}
     verb = "would requeue" if dry_run else "requeued"
-    _emit(data, as_json, lambda: _render_retry(verb, requeued, refused))
+    _emit(data, as_json, lambda: _render_retry(verb, requeued, refused, skipped))
     if refused:
         sys.exit(3)
     if not requeued:
@@ -445,8 +468,15 @@ def retry(
         sys.exit(1)
 
 
-def _render_retry(verb: str, requeued: list[str], refused: list[dict[str, Any]]) -> None:
+def _render_retry(
+    verb: str, requeued: list[str], refused: list[dict[str, Any]], skipped: int
+) -> None:
     show.echo(f"{verb} {len(requeued)} row(s)")
+    if skipped:
+        show.echo(
+            f"skipped {skipped} rejected row(s): Stripe will not bill a resend under the same "
+            "identifier; record corrected usage under new identifiers, or add --include-rejected"
+        )
     for identifier in requeued[:50]:
         show.echo(f"  {identifier}")
     for r in refused:

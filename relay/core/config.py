@@ -191,6 +191,10 @@ class Settings(BaseSettings):
         max_length=200,
         pattern=r"^[^\x00-\x20\x7f]+$",  # printable, no spaces: it names leases and logs
     )
+    otel: bool = Field(
+        default=False,
+        description="Spans and metrics by OTLP (the otel extra; OTEL_* variables set the exporter)",
+    )
     console: bool = Field(default=True, description="Serve the web console at /console")
     console_token: SecretStr | None = Field(
         default=None, description="Require this token (bearer header or login cookie)"

@@ -168,10 +168,11 @@ def retry_preview(
     code: str | None,
     force: bool,
     window_hours: float,
+    rejected: bool = True,
 ) -> list[RetryCandidate]:
     """The rows `retry` with these filters would requeue or refuse (changes nothing)."""
     return SyncStore(conn).retry_preview(
-        identifier=identifier, code=code, force=force, window_hours=window_hours
+        identifier=identifier, code=code, force=force, window_hours=window_hours, rejected=rejected
     )
 
 
@@ -193,8 +194,10 @@ def retry(
     code: str | None,
     force: bool,
     window_hours: float,
+    rejected: bool = True,
 ) -> tuple[list[str], list[dict[str, Any]]]:
-    """Requeue failed/rejected rows; returns (requeued, refused-as-unsafe)."""
+    """Requeue failed rows, and rejected ones unless `rejected` is False; returns (requeued,
+    refused-as-unsafe)."""
     store = SyncStore(conn)
     refused = (
         []
@@ -207,12 +210,19 @@ def retry(
                 "first_attempt_at": r.first_attempt_at,
             }
             for r in store.retry_refused(
-                identifier=identifier, code=code, window_hours=window_hours
+                identifier=identifier, code=code, window_hours=window_hours, rejected=rejected
             )
         ]
     )
-    requeued = store.retry(identifier=identifier, code=code, force=force, window_hours=window_hours)
+    requeued = store.retry(
+        identifier=identifier, code=code, force=force, window_hours=window_hours, rejected=rejected
+    )
     return requeued, refused
+
+
+def rejected_count(conn: psycopg.Connection, code: str | None) -> int:
+    """Rejected rows (with this code): what `retry --all` leaves out unless asked."""
+    return SyncStore(conn).rejected_count(code)
 
 
 def cancel(conn: psycopg.Connection, identifier: str) -> outbox.CancelRequest:

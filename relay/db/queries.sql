@@ -264,7 +264,8 @@ FROM meter_event_outbox WHERE identifier = :identifier
 -- older than the safe dedup window (Stripe may no longer recognise the identifier, so a resend
 -- could double-count) and rejected rows (Stripe may answer "duplicate identifier" and the row
 -- would look accepted while unbilled: record a corrected fact under a new identifier instead).
--- Forcing asserts "not counted": the dedup clock starts again.
+-- Forcing asserts "not counted": the dedup clock starts again. `retry --all` leaves rejected
+-- rows out altogether (:rejected false) unless the operator includes them.
 UPDATE meter_event_outbox o
 SET state = 'pending', available_at = now(), attempts = 0,
     key_generation = o.key_generation + 1, updated_at = now(),
@@ -272,6 +273,7 @@ SET state = 'pending', available_at = now(), attempts = 0,
 WHERE o.state IN ('failed', 'rejected')
   AND (CAST(:identifier AS text) IS NULL OR o.identifier = :identifier)
   AND (CAST(:code AS text) IS NULL OR o.last_error_code = :code)
+  AND (CAST(:rejected AS boolean) OR o.state = 'failed')
   AND (CAST(:force AS boolean)
        OR (o.state = 'failed'
            AND (o.first_attempt_at IS NULL
@@ -283,6 +285,7 @@ SELECT identifier, state, last_error_code, first_attempt_at FROM meter_event_out
 WHERE o.state IN ('failed', 'rejected')
   AND (CAST(:identifier AS text) IS NULL OR o.identifier = :identifier)
   AND (CAST(:code AS text) IS NULL OR o.last_error_code = :code)
+  AND (CAST(:rejected AS boolean) OR o.state = 'failed')
   AND (o.state = 'rejected' OR o.first_attempt_at <= now() - make_interval(secs => :window_seconds))
 ORDER BY o.id LIMIT 1000
 
@@ -401,7 +404,13 @@ FROM meter_event_outbox o
 WHERE o.state IN ('failed', 'rejected')
   AND (CAST(:identifier AS text) IS NULL OR o.identifier = :identifier)
   AND (CAST(:code AS text) IS NULL OR o.last_error_code = :code)
+  AND (CAST(:rejected AS boolean) OR o.state = 'failed')
 ORDER BY o.id LIMIT 1000
+
+-- name: rejected_count
+-- How many rejected rows (with this code) `retry --all` left out, said in one line.
+SELECT count(*) FROM meter_event_outbox o
+WHERE o.state = 'rejected' AND (CAST(:code AS text) IS NULL OR o.last_error_code = :code)
 
 -- name: row_state
 SELECT state, action FROM meter_event_outbox WHERE identifier = :identifier
@@ -539,6 +548,12 @@ SELECT id, identifier, state, action, event_name, customer, value, dimensions, m
        accepted_at, cancel_requested_at, cancelled_at, updated_at,
        available_at - now() AS due_in
 FROM meter_event_outbox WHERE identifier = :identifier
+
+-- name: trace_contexts
+-- The recorded trace context of claimed rows, for the relay's spans (only while tracing is on:
+-- the claim itself does not carry the column, so tracing off costs nothing).
+SELECT id, trace_context FROM meter_event_outbox
+WHERE id = ANY(CAST(:ids AS bigint[])) AND trace_context IS NOT NULL
 
 -- Console sessions (outbox_console_sessions): a signed cookie counts only while its row exists.
 -- name: console_session_open

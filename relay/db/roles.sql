@@ -57,6 +57,10 @@ BEGIN
     EXECUTE format('GRANT INSERT (identifier, event_name, customer, value, dimensions, metadata,'
                    ' occurred_at, stripe_account, created_at) ON %I.meter_event_outbox'
                    ' TO outbox_writer', s);
+    IF EXISTS (SELECT FROM pg_attribute WHERE attrelid = format('%I.meter_event_outbox', s)::regclass
+               AND attname = 'trace_context' AND NOT attisdropped) THEN
+        EXECUTE format('GRANT INSERT (trace_context) ON %I.meter_event_outbox TO outbox_writer', s);
+    END IF;
     EXECUTE format('GRANT SELECT (id, identifier, event_name, customer, value, dimensions,'
                    ' occurred_at, stripe_account) ON %I.meter_event_outbox TO outbox_writer', s);
     -- The reader signs in to the console.

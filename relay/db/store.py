@@ -209,13 +209,14 @@ def _decision(o: Outcome) -> dict[str, Any]:
 
 
 def _retry_params(
-    identifier: str | None, code: str | None, force: bool, window_hours: float
+    identifier: str | None, code: str | None, force: bool, window_hours: float, rejected: bool
 ) -> dict[str, Any]:
     return {
         "identifier": identifier,
         "code": code,
         "force": force,
         "window_seconds": window_hours * 3600,
+        "rejected": rejected,
     }
 
 
@@ -283,6 +284,11 @@ class Store:
     async def fold_counts(self) -> None:
         await self._run("fold_counts")
 
+    async def trace_contexts(self, ids: list[int]) -> dict[int, str]:
+        """The traceparent stored with each of these rows (rows without one are left out);
+        read only while tracing is on."""
+        return dict(await self._run("trace_contexts", {"ids": ids}))
+
     async def ping(self) -> bool:
         """Readiness: can we run a statement right now?"""
         try:
@@ -348,17 +354,29 @@ class SyncStore:
         return dict(zip([c.name for c in cur.description or []], values, strict=True))
 
     def retry(
-        self, *, identifier: str | None, code: str | None, force: bool, window_hours: float
+        self,
+        *,
+        identifier: str | None,
+        code: str | None,
+        force: bool,
+        window_hours: float,
+        rejected: bool = True,
     ) -> list[str]:
-        """Requeue failed/rejected rows (see the query); returns their identifiers."""
-        params = _retry_params(identifier, code, force, window_hours)
+        """Requeue failed (and unless told not to, rejected) rows (see the query); returns
+        their identifiers."""
+        params = _retry_params(identifier, code, force, window_hours, rejected)
         return [i for (i,) in self._run("retry", params)]
 
     def retry_refused(
-        self, *, identifier: str | None, code: str | None, window_hours: float
+        self,
+        *,
+        identifier: str | None,
+        code: str | None,
+        window_hours: float,
+        rejected: bool = True,
     ) -> list[RefusedRetry]:
         """The rows an unforced `retry` with these filters leaves alone."""
-        params = _retry_params(identifier, code, False, window_hours)
+        params = _retry_params(identifier, code, False, window_hours, rejected)
         return [RefusedRetry(*r) for r in self._run("retry_refused", params)]
 
     def unsent_by_group(self) -> list[UnsentGroup]:
@@ -398,10 +416,20 @@ class SyncStore:
         return (found[0][0], found[0][1]) if found else None
 
     def retry_preview(
-        self, *, identifier: str | None, code: str | None, force: bool, window_hours: float
+        self,
+        *,
+        identifier: str | None,
+        code: str | None,
+        force: bool,
+        window_hours: float,
+        rejected: bool = True,
     ) -> list[RetryCandidate]:
-        params = _retry_params(identifier, code, force, window_hours)
+        params = _retry_params(identifier, code, force, window_hours, rejected)
         return [RetryCandidate(*r) for r in self._run("retry_preview", params)]
+
+    def rejected_count(self, code: str | None) -> int:
+        ((n,),) = self._run("rejected_count", {"code": code})
+        return int(n)
 
     def prune_preview(self, *, age_seconds: float) -> dict[str, Any]:
         (found,) = self._dicts("prune_preview", {"age_seconds": age_seconds})

@@ -110,7 +110,10 @@ class AdminApi:
             return _json({"error": str(exc)}, status=400)
 
     async def start_outage(self, request: web.Request) -> web.Response:
+        """`{"duration_s": 30, "mode": "503"|"reset", "start_in_s": 0}`."""
         data = await _body(request)
+        if "duration_s" not in data:
+            return _json({"error": "duration_s (seconds) is required"}, status=400)
         try:
             with self.state.lock:
                 self.state.faults.start_outage(

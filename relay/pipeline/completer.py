@@ -8,12 +8,13 @@ loop, and so the relay (the supervisor stops it): without outcome writes nothing
 """
 
 import asyncio
+import time
 from collections import Counter, deque
 from datetime import UTC, datetime
 
 import structlog
 
-from relay.core import metrics
+from relay.core import metrics, tracing
 from relay.core.config import Settings
 from relay.core.rows import Outcome
 from relay.db.store import Store
@@ -83,7 +84,11 @@ class Completer:
 
     async def _write(self, batch: list[Outcome], slots: asyncio.Semaphore) -> None:
         try:
+            tracer = tracing.active
+            start_ns = time.time_ns() if tracer else 0
             written = await self._record_outcomes(batch)
+            if tracer:
+                tracer.written(batch, start_ns)
             report_batch(batch, written)
             self.wakeup.poke()  # lanes and capacity were freed
             async with self.flushed:

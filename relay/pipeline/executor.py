@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from relay.core import metrics
+from relay.core import metrics, tracing
 from relay.core.config import Settings
 from relay.core.rows import Claimed, Outcome
 from relay.pipeline.call_pool import CallPool
@@ -156,10 +156,14 @@ class Executor:
             if sendable:
                 if paced:
                     await self.limiter.acquire()
+                start_ns = time.time_ns() if tracing.active else 0
                 result, latency_ms = await send(sendable)
                 self._react(result)
                 metrics.LATENCY.observe(latency_ms / 1000)  # once per call, not per row
-                outcomes += self._decide(sendable, result, latency_ms)
+                decided = self._decide(sendable, result, latency_ms)
+                if tracing.active:
+                    tracing.active.called(decided, start_ns)
+                outcomes += decided
         except asyncio.CancelledError:
             # Cut off by shutdown: no answer, so not an attempt (issue 9 #5), but it may have
             # reached Stripe.

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import structlog
 
-from relay.core import metrics
+from relay.core import metrics, tracing
 from relay.core.config import Settings
 from relay.core.rows import Claimed, Outcome
 from relay.db.store import FIRST_LANE, Lane, Store, Walked
@@ -176,6 +176,8 @@ class Producer:
         """The `claim` query (lock and lease the walked rows), then hand them to the sender."""
         reserved = len(ids) + fill
         rows: list[Claimed] = []
+        tracer = tracing.active
+        start_ns = time.time_ns() if tracer else 0
         try:
             rows = await self.store.claim(
                 ids,
@@ -192,6 +194,8 @@ class Producer:
             self.capacity.settle(reserved, len(rows))
         if not rows:
             return
+        if tracer:
+            await tracer.claimed(rows, start_ns)
         if self._stop.is_set():  # claimed while shutting down: hand back unsent, no attempt counted
             for row in rows:
                 self._hand_back(

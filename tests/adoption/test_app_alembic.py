@@ -4,14 +4,18 @@
     sees the other's revisions, in either order.
 (b) the outbox migrations inside the app's history (version_locations + the "outbox" branch):
     one `alembic upgrade heads` migrates both, and `run` finds the outbox's revision there.
+With (a), the app's `alembic revision --autogenerate` proposes nothing for the outbox's tables
+once env.py passes outbox.alembic's hooks.
 """
 
+import re
 import sys
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from outbox.alembic import is_outbox_table
 from relay import daemon
 from relay.db import migrate
 from tests.adoption.helpers import CLI, HEAD, run, versions
@@ -46,6 +50,31 @@ def upgrade():
 def downgrade():
     op.execute("DROP TABLE app_orders")
 '''
+
+
+# The app's env.py with models and the outbox's hooks, for autogenerate.
+AUTOGENERATE_ENV = """
+import os
+from alembic import context
+from sqlalchemy import BigInteger, Column, MetaData, Table, create_engine, pool
+{hooks_import}
+
+metadata = MetaData()
+Table("app_orders", metadata, Column("id", BigInteger, primary_key=True, autoincrement=False))
+
+url = os.environ["OUTBOX_DATABASE_URL"].replace("postgresql://", "postgresql+psycopg://", 1)
+engine = create_engine(url, poolclass=pool.NullPool)
+with engine.connect() as connection:
+    context.configure(connection=connection, target_metadata=metadata{hooks})
+    with context.begin_transaction():
+        context.run_migrations()
+"""
+
+HOOKS = {
+    "include_object": ", include_object=include_object",
+    "include_name": ", include_name=include_name",
+    "none": "",
+}
 
 
 def app_project(root: Path, include_outbox: bool) -> Path:
@@ -117,3 +146,44 @@ def test_recipe_b_outbox_branch_inside_the_app_alembic_history(
         daemon.check_schema(url)
     app_alembic(ini, url, "upgrade", "outbox@head")
     assert versions(url, "alembic_version") == ["a1b2c3", HEAD]
+
+
+@pytest.mark.parametrize("hook", ["include_object", "include_name", "none"])
+def test_recipe_a_autogenerate_leaves_the_outbox_alone(
+    empty_database_url: str, tmp_path: Path, hook: str
+) -> None:
+    url = empty_database_url
+    root = tmp_path / "app"
+    ini = app_project(root, include_outbox=False)
+    app_alembic(ini, url, "upgrade", "head")
+    run([*CLI, "migrate"], url)
+    imports = "" if hook == "none" else f"from outbox.alembic import {hook}"
+    (root / "env.py").write_text(AUTOGENERATE_ENV.format(hooks_import=imports, hooks=HOOKS[hook]))
+    (root / "script.py.mako").write_text(
+        (Path(migrate.script_location()) / "script.py.mako").read_text()
+    )
+    app_alembic(ini, url, "revision", "--autogenerate", "-m", "models", "--rev-id", "b2c3d4")
+    generated = (root / "versions" / "b2c3d4_models.py").read_text()
+    upgrade = re.search(r"def upgrade\(\) -> None:\n(.*?)\n\n", generated, re.S)
+    assert upgrade is not None
+    if hook == "none":  # what the hooks are for: without them, the outbox would be dropped
+        assert "op.drop_table('meter_event_outbox')" in upgrade.group(1)
+        assert "op.drop_table('outbox_alembic_version')" in upgrade.group(1)
+    else:
+        lines = [line.strip() for line in upgrade.group(1).splitlines()]
+        statements = [line for line in lines if not line.startswith("#")]
+        assert statements == ["pass"], generated
+
+
+def test_every_outbox_table_is_matched_by_name(database_url: str) -> None:
+    """A table a later migration adds is covered only if its name carries an outbox prefix."""
+    with psycopg.connect(database_url) as conn:
+        tables = [
+            name
+            for (name,) in conn.execute(
+                "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace"
+                " AND relkind IN ('r', 'v', 'm', 'p', 'f')"
+            )
+        ]
+    assert "meter_event_outbox" in tables and "outbox_alembic_version" in tables
+    assert [name for name in tables if not is_outbox_table(name)] == []

@@ -19,7 +19,11 @@ from relay.server.http_server import make_app
 from tests.console.conftest import listening, served
 from tests.relay.conftest import insert_usage, make_settings, running_relay, states
 
-MONITORING = Path(__file__).resolve().parents[2] / "deploy" / "monitoring"
+ROOT = Path(__file__).resolve().parents[2]
+MONITORING = ROOT / "deploy" / "monitoring"
+RUNBOOKS = ROOT / "docs" / "operations.md"
+GROUPING = ("cluster", "namespace", "job")
+AGGREGATION = re.compile(r"\b(max|min|sum|avg|count)\s*(?:by\s*\(([^)]*)\))?\s*\(")
 METRIC = re.compile(r"\boutbox_relay_[a-z0-9_]+")
 SUFFIXES = ("_bucket", "_count", "_sum")
 
@@ -70,6 +74,67 @@ def test_manifests_parse_and_name_the_relay() -> None:
     for rule in _rules():
         assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
         assert rule["annotations"]["summary"], rule["alert"]
+
+
+def test_every_aggregation_keeps_the_deployment_apart() -> None:
+    """No global max()/sum(): staging and production on one Prometheus must not merge."""
+    for expr in [r["expr"] for r in _rules()] + _dashboard_exprs():
+        for match in AGGREGATION.finditer(expr):
+            by = [label.strip() for label in (match.group(2) or "").split(",")]
+            assert all(label in by for label in GROUPING), (match.group(0), expr)
+    dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert set(GROUPING) <= variables
+    for expr in _dashboard_exprs():
+        assert 'namespace=~"$namespace"' in expr, expr
+
+
+def test_every_alert_has_a_runbook_and_a_promtool_case() -> None:
+    headings = set(re.findall(r"^### (\w+)$", RUNBOOKS.read_text(), re.MULTILINE))
+    cases = yaml.safe_load((MONITORING / "rules-test.yaml").read_text())["tests"]
+    firing = {
+        case["alertname"]
+        for test in cases
+        for case in test["alert_rule_test"]
+        if case.get("exp_alerts")
+    }
+    for rule in _rules():
+        alert = rule["alert"]
+        assert rule["annotations"]["runbook_url"].endswith(f"docs/operations.md#{alert.lower()}")
+        assert alert in headings, f"no '### {alert}' runbook in docs/operations.md"
+        assert alert in firing, f"no promtool case where {alert} fires"
+    assert "OutboxRelayWebhookBadSignature" in firing
+
+
+def test_kustomize_labels_the_monitors_for_kube_prometheus_stack(tmp_path: Path) -> None:
+    """`release: kube-prometheus-stack` on the rule and the monitor (not their pod selectors),
+    and an overlay changes it."""
+    kustomization = yaml.safe_load((MONITORING / "kustomization.yaml").read_text())
+    assert kustomization["labels"] == [
+        {"pairs": {"release": "kube-prometheus-stack"}, "includeSelectors": False}
+    ]
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not installed: the rendering half needs `kubectl kustomize`")
+    shutil.copytree(MONITORING, tmp_path / "base")
+    (tmp_path / "kustomization.yaml").write_text(
+        "resources: [base]\nlabels:\n  - pairs: {release: my-prometheus}\n"
+        "    includeSelectors: false\n"
+    )
+    for where, release in (
+        (tmp_path / "base", "kube-prometheus-stack"),
+        (tmp_path, "my-prometheus"),
+    ):
+        rendered = subprocess.run(
+            [kubectl, "kustomize", str(where)], capture_output=True, text=True, check=True
+        ).stdout
+        docs = {doc["kind"]: doc for doc in yaml.safe_load_all(rendered)}
+        assert {"PrometheusRule", "PodMonitor"} == docs.keys()
+        for doc in docs.values():
+            assert doc["metadata"]["labels"]["release"] == release
+            assert doc["metadata"]["namespace"] == "outbox-relay"
+        selector = docs["PodMonitor"]["spec"]["selector"]["matchLabels"]
+        assert "release" not in selector
 
 
 def test_rules_pass_promtool_check_and_their_unit_tests(tmp_path: Path) -> None:

@@ -137,3 +137,28 @@ def test_stream_answers_an_empty_object(emu: Emulator, client: stripe.StripeClie
     )
     assert bad.status_code == 401
     assert set(bad.json()["error"]) == {"type", "code", "message"}
+
+
+def test_every_admin_example_in_the_readme_works(emu: Emulator) -> None:
+    """The README's curl lines against /_emulator/ are run as written (method, path, body):
+    each must be answered 200 without an error, so the examples keep matching the endpoints."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    readme = Path(__file__).parents[2] / "relay" / "emulator" / "README.md"
+    examples = [
+        shlex.split(line)
+        for line in readme.read_text().splitlines()
+        if line.startswith("curl ") and "/_emulator/" in line
+    ]
+    assert len(examples) >= 6
+    for words in examples:
+        method = next((w[2:] for w in words if w.startswith("-X")), None)
+        body = words[words.index("-d") + 1] if "-d" in words else None
+        url = next(w for w in words if "/_emulator/" in w)
+        path = re.sub(r"^.*?/_emulator", "", url)
+        answer = requests.request(
+            method or ("POST" if body else "GET"), f"{emu.base_url}/_emulator{path}", data=body
+        )
+        assert answer.status_code == 200 and "error" not in answer.json(), (words, answer.text)

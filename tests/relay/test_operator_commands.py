@@ -323,3 +323,32 @@ def test_prune_deletes_the_attempt_history_with_its_rows(database_url, db):
     )
     assert kept == ["u2"]
     assert scalar(db, "SELECT count(*) FROM meter_event_outbox_attempts") == 1
+
+
+def test_retry_all_skips_rejected_rows_in_one_line(database_url, db):
+    """Rejected rows are not billed on a resend: `retry --all` leaves them out and says how
+    many in one line, instead of one "refused" line per rejected row."""
+    insert_usage(database_url, 62, customers=3)
+    db.execute(
+        "UPDATE meter_event_outbox SET state = 'rejected', last_error_code = 'no_meter',"
+        " first_attempt_at = now() WHERE identifier NOT IN ('u1', 'u2')"
+    )
+    fail(db, "u1")
+    fail(db, "u2")
+    done = cli(database_url, "retry", "--all")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[:2] == [
+        "requeued 2 row(s)",
+        "skipped 60 rejected row(s): Stripe will not bill a resend under the same identifier;"
+        " record corrected usage under new identifiers, or add --include-rejected",
+    ]
+    assert done.stderr == ""
+    assert states(database_url) == {"pending": 2, "rejected": 60}
+
+    asked = cli(database_url, "retry", "--all", "--include-rejected", "--dry-run", "--json")
+    assert asked.returncode == 3 and len(json.loads(asked.stdout)["refused"]) == 60
+    forced = cli(database_url, "retry", "--all", "--include-rejected", "--force", "--json")
+    assert len(json.loads(forced.stdout)["requeued"]) == 60
+    assert states(database_url) == {"pending": 62}
+    alone = cli(database_url, "retry", "--code", "x", "--include-rejected")
+    assert alone.returncode == 2 and "goes with --all" in alone.stderr

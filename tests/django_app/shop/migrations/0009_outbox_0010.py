@@ -1,5 +1,4 @@
-"""The outbox schema's revision outbox_0010 (failures by code index) as its own Django
-migration."""
+"""The outbox schema's revision outbox_0010 (least privilege) as its own Django migration."""
 
 from django.db import migrations
 

@@ -2,14 +2,14 @@
 list and its first identifiers per code read a few index entries instead of walking the
 primary key past every other row.
 
-Revision ID: outbox_0010
-Revises: outbox_0009
+Revision ID: outbox_0011
+Revises: outbox_0010
 """
 
 from relay.db.sql_migration import sql_file_steps
 
-revision = "outbox_0010"
-down_revision = "outbox_0009"
+revision = "outbox_0011"
+down_revision = "outbox_0010"
 branch_labels = None
 depends_on = None
 
