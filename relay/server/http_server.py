@@ -201,4 +201,5 @@ async def serve_http(
     except OSError as err:
         await runner.cleanup()
         raise bind_error(host, port, err) from None
+    console.announce(app)
     return runner

@@ -337,6 +337,8 @@ async def test_console_is_off_on_a_shared_address_without_a_token(
 ) -> None:
     from structlog.testing import capture_logs
 
+    from relay.server import console
+
     with capture_logs() as logs:
         async with (
             served(database_url, emulator, http_host=host) as app,
@@ -344,6 +346,7 @@ async def test_console_is_off_on_a_shared_address_without_a_token(
         ):
             assert (await _get(session, f"{app.url}/console"))[0] == 404
             assert (await _get(session, f"{app.url}/metrics"))[0] == 200
+            console.announce(app.app)  # what serve_http does once it listens
     (line,) = [e for e in logs if e["event"] == "console_disabled"]
     assert line["log_level"] == "error" and "OUTBOX_CONSOLE_TOKEN" in line["fix"]
 

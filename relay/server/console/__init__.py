@@ -18,6 +18,19 @@ from relay.server.console.views import Console
 
 log = structlog.get_logger("relay.console")
 CONSOLE = web.AppKey("console", Console)  # the installed console (tests reach its brake)
+CONSOLE_OFF = web.AppKey("console_off", str)  # why the console was not installed
+
+
+def announce(app: web.Application) -> None:
+    """One loud line when the console is off for want of a token (after the server listens)."""
+    reason = app.get(CONSOLE_OFF)
+    if reason:
+        log.error(
+            "console_disabled",
+            reason=reason,
+            fix="set OUTBOX_CONSOLE_TOKEN_FILE (or OUTBOX_CONSOLE_TOKEN) to enable the console, "
+            "or OUTBOX_CONSOLE=false to silence this",
+        )
 
 
 def is_loopback(host: str) -> bool:
@@ -38,13 +51,11 @@ def install(
         return
     token = settings.console_token.get_secret_value() if settings.console_token else None
     if token is None and not is_loopback(settings.http_host):
-        # Customer ids and metadata must not be one request away for every neighbour.
-        log.error(
-            "console_disabled",
-            reason=f"OUTBOX_HTTP_HOST={settings.http_host} is reachable from other machines "
-            "and no console token is set",
-            fix="set OUTBOX_CONSOLE_TOKEN_FILE (or OUTBOX_CONSOLE_TOKEN) to enable the console, "
-            "or OUTBOX_CONSOLE=false to silence this",
+        # Customer ids and metadata must not be one request away for every neighbour. Said once
+        # the server listens (announce): a start that fails says only why it failed.
+        app[CONSOLE_OFF] = (
+            f"OUTBOX_HTTP_HOST={settings.http_host} is reachable from other machines and no "
+            "console token is set"
         )
         return
     console = Console(settings, ConsoleStore(pool, settings.relay_stale_after), Guard(token), relay)
