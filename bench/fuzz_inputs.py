@@ -1,7 +1,7 @@
 """Long fuzz run: generated usage facts recorded three ways (record_usage, outbox_record_usage(),
 plain INSERT) on a scratch database; prints how many were tried, accepted, refused, and the
 crashes and disagreements (both must be 0). The suite runs the same check bounded
-(tests/test_input_agreement.py).
+(tests/integration/library/test_input_agreement.py).
 
     python -m bench.fuzz_inputs                    # 5,000 examples
     python -m bench.fuzz_inputs --examples 50000 --database-url postgresql://postgres@host/postgres

@@ -49,8 +49,14 @@ def cases(now: datetime) -> list[tuple[str, str, dict[str, Any]]]:
         ("list --customer (1 of 5,000)", "list_rows", {**none, "customer": "cus_7", "limit": 100}),
         (
             "retry --code --dry-run",
-            "retry_preview",
-            {"identifier": None, "code": "http_503", "force": False, "window_seconds": 72000},
+            "retry",
+            {
+                "identifier": None,
+                "code": "http_503",
+                "force": False,
+                "window_seconds": 72000,
+                "dry_run": True,
+            },
         ),
         ("prune --dry-run (10 days)", "prune_preview", {"age_seconds": 864000}),
         ("drift: our side, 24 h", "drift_ours", {"since": now - timedelta(hours=24), "until": now}),

@@ -232,7 +232,7 @@ def history_database(rows: int) -> contextlib.AbstractContextManager[str]:
     return scratch_database(setup_sql=fill)
 
 
-STATUS_QUERIES = ("status_counts", "oldest_due", "failures_by_code")
+STATUS_QUERIES = ("state_counts", "unsent_by_group", "failures_by_code")
 # `outbox-relay list` as operators run it (100 newest rows), by filter.
 LIST_DEFAULTS: dict[str, Any] = dict.fromkeys(
     ("state", "code", "customer", "event_name", "since"), None

@@ -3,7 +3,8 @@
 The three ways: outbox.record_usage (Python), the SQL function outbox_record_usage() and a plain
 INSERT (the table's CHECKs). They must accept and refuse the same facts, and record_usage must
 refuse only with InvalidUsage and leave the caller's transaction usable. Shared by the bounded
-property test (tests/test_input_agreement.py) and the long run (bench/fuzz_inputs.py).
+property test (tests/integration/library/test_input_agreement.py) and the long run
+(bench/fuzz_inputs.py).
 
 The strategies aim at the edges of outbox.rules: lengths around each limit, odd characters (NUL,
 lone surrogates, non-ASCII digits, control characters), values around 15 digits, timestamps

@@ -41,26 +41,33 @@ _KINDS: dict[type, str] = {}
 
 
 def _classify(conn: Any) -> str:
-    # A SQLAlchemy object means SQLAlchemy is imported: an application without it (the
-    # library's base install) never pays for, nor fails on, importing it here.
-    if "sqlalchemy" in sys.modules:
-        from sqlalchemy.engine import Connection
-        from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-        from sqlalchemy.orm import Session
+    """Which driver `conn` belongs to, asking only modules already imported.
 
-        if isinstance(conn, Session | Connection):
-            return "sa"
-        if isinstance(conn, AsyncSession | AsyncConnection):
-            return "sa_async"
-    import psycopg
-
-    if isinstance(conn, psycopg.Connection):
+    An object of a driver's type means the caller imported that driver's module, so a module
+    not yet imported cannot be the answer and is never imported here: importing what the
+    caller did not use costs time and can fail (`sqlalchemy.ext.asyncio` raises ImportError
+    where greenlet is missing, which would fail a plain psycopg or sync SQLAlchemy caller's
+    transaction).
+    """
+    if _is(conn, "sqlalchemy.orm", "Session") or _is(conn, "sqlalchemy.engine", "Connection"):
+        return "sa"
+    if _is(conn, "sqlalchemy.ext.asyncio", "AsyncSession", "AsyncConnection"):
+        return "sa_async"
+    if _is(conn, "psycopg", "Connection"):
         return "psycopg"
-    if isinstance(conn, psycopg.AsyncConnection | psycopg.AsyncCursor):
+    if _is(conn, "psycopg", "AsyncConnection", "AsyncCursor"):
         return "psycopg_async"
-    if isinstance(conn, psycopg.Cursor) or _is_dbapi(conn):
+    if _is(conn, "psycopg", "Cursor") or _is_dbapi(conn):
         return "dbapi"
     return "unsupported"
+
+
+def _is(conn: Any, module: str, *names: str) -> bool:
+    """`isinstance(conn, module.name)` for any of `names`, False if `module` is not imported
+    (or is only partly: a failed import can leave a module without its names)."""
+    loaded = sys.modules.get(module)
+    types = tuple(t for t in (getattr(loaded, name, None) for name in names) if t is not None)
+    return bool(types) and isinstance(conn, types)
 
 
 def run(conn: Any, steps: Steps[T]) -> T | Awaitable[T]:

@@ -2,8 +2,9 @@
 
 The library (outbox.validate), the relay's pre-send check (relay.stripe.policy) and the Stripe
 emulator import these constants and predicates; the table's CHECK constraints (migrations
-0001 and 0004) spell the same numbers in SQL and tests/test_rules_schema.py proves, boundary by
-boundary, that both sides agree. Change a rule here and that test tells you which CHECK to move.
+0001 and 0004) spell the same numbers in SQL and
+tests/integration/library/test_rules_schema.py proves, boundary by boundary, that both sides
+agree. Change a rule here and that test tells you which CHECK to move.
 
 Two kinds of rules live here:
 - Stripe's (what a meter event must look like): the time window, whole values of at most 15

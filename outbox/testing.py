@@ -50,7 +50,7 @@ ORDER BY id
 UNSENT_SQL = "SELECT count(*) FROM meter_event_outbox WHERE state IN ('pending', 'in_flight')"
 EVENT_NAMES_SQL = "SELECT DISTINCT event_name FROM meter_event_outbox WHERE state = 'pending'"
 TEST_KEY = "sk_test_outbox_testing"
-WEBHOOK_SECRET = "whsec_outbox_testing"
+WEBHOOK_SECRET = "whsec_outbox_testing"  # noqa: S105 (the test emulator's, public)
 # How often drain() looks at the outbox while the relay works (a test's waiting granularity).
 DRAIN_POLL_SECONDS = 0.05
 

@@ -62,9 +62,10 @@ def settle_heap() -> None:
 
     Why: the relay's per-row objects are acyclic and freed by reference counting, but every
     few hundred allocations CPython's collector runs, and every few of those it scans all of
-    the 100,000+ objects imported at startup. In the database-path bench that was a quarter of
-    the relay's CPU per row (issue 12). Frozen objects are never collected, so the garbage of
-    startup is collected once before freezing; cycles made later are still collected.
+    the 100,000+ objects imported at startup. In the database-path bench that was a large share
+    of the relay's CPU per row (figures in docs/benchmarks.md). Frozen objects are never
+    collected, so the garbage of startup is collected once before freezing; cycles made later
+    are still collected.
     """
     gc.collect()
     gc.freeze()
@@ -130,7 +131,8 @@ async def wait_for_schema(database_url: str, seconds: float) -> None:
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Run the relay and its HTTP server until SIGTERM/SIGINT (or `stop`), then drain."""
+    """Run the relay and its HTTP server until SIGTERM, SIGINT, SIGHUP or SIGQUIT (or `stop`),
+    then drain."""
     key = check(settings)
     otel = _telemetry_module() if settings.otel else None
     await wait_for_schema(settings.database_url, settings.wait_for_schema)
@@ -200,11 +202,25 @@ def _telemetry_module() -> Any:
     return telemetry
 
 
+# Signals that stop the relay: each drains as SIGTERM does (a default action would kill the
+# process at once, leaving its rows in flight until their leases expire). SIGHUP has nothing
+# to reload (settings are read at start). The user signals mean nothing here: logged only.
+DRAIN_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")
+IGNORED_SIGNALS = ("SIGUSR1", "SIGUSR2")
+
+
 def _install_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    for names, action in ((DRAIN_SIGNALS, "drain"), (IGNORED_SIGNALS, "ignored")):
+        for sig in (getattr(signal, name) for name in names if hasattr(signal, name)):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, _on_signal, sig, action, stop)
+
+
+def _on_signal(sig: signal.Signals, action: str, stop: asyncio.Event) -> None:
+    log.info("signal_received", signal=sig.name, action=action)
+    if action == "drain":
+        stop.set()
 
 
 async def _watchdog(relay: Relay, stop: asyncio.Event) -> None:

@@ -1,6 +1,12 @@
-"""Shared fixtures: a real PostgreSQL for every test, isolated by database."""
+"""Shared fixtures: a real PostgreSQL for every test, isolated by database; markers by folder.
+
+The layer a test belongs to is its folder (tests/unit, tests/integration, tests/acceptance), and
+the marker of the same name is applied here, so `pytest -m unit` runs the fast layer and a test
+never carries a marker that disagrees with where it lives.
+"""
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -8,6 +14,28 @@ import pytest
 from outbox.dburl import with_database
 from relay.db import migrate
 from tests.pg import admin_execute, server, unique_name
+
+pytest_plugins = ["tests.support.relay"]
+
+TESTS = Path(__file__).resolve().parent
+LAYERS = ("unit", "integration", "acceptance")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = item.path.resolve().relative_to(TESTS).parts
+        if parts and parts[0] in LAYERS:
+            item.add_marker(parts[0])
+
+
+@pytest.fixture(autouse=True)
+def _log_format_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test that sets up the relay's JSON logs in-process (as `run` does) leaves the format
+    flag as it found it: otherwise a later in-process CLI call writes its one-line error as a
+    log line on stdout instead of on stderr, and passes or fails by test order."""
+    from relay.core import logs
+
+    monkeypatch.setattr(logs, "_json", logs.is_json())
 
 
 @pytest.fixture(scope="session")

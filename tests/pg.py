@@ -11,6 +11,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 
@@ -48,14 +49,48 @@ def server() -> Iterator[tuple[str, str]]:
         with PostgresContainer("postgres:16-alpine", driver=None) as container:
             yield container.get_connection_url(), "testcontainers postgres:16"
         return
-    import pgserver
+    with _embedded_server() as url:
+        yield url, "embedded pgserver"
 
-    with tempfile.TemporaryDirectory(prefix="outbox-pg-") as datadir:
-        pg = pgserver.get_server(datadir, cleanup_mode="stop")
-        try:
-            yield pg.get_uri(), "embedded pgserver"
-        finally:
-            pg.cleanup()
+
+# pgserver waits 10 s for `pg_ctl start`; on a loaded 2-core machine (two xdist workers, CI
+# beside other work) the start itself can take longer, which failed a whole worker's tests.
+PG_CTL_TIMEOUT = 120
+
+
+@contextlib.contextmanager
+def _embedded_server() -> Iterator[str]:
+    """One embedded server per test run: xdist workers share it (pgserver counts the processes
+    holding a data directory and stops the server with the last one), so a run starts one
+    server, not one per worker."""
+    import pgserver
+    import pgserver.postgres_server as pg_module
+
+    strict_pg_ctl = pg_module.pg_ctl
+
+    def patient_pg_ctl(args: list[str], **kwargs: object) -> str:
+        if "timeout" in kwargs:
+            kwargs["timeout"] = PG_CTL_TIMEOUT
+        result: str = strict_pg_ctl(args, **kwargs)
+        return result
+
+    pg_module.pg_ctl = patient_pg_ctl
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if run_id is None:
+        with tempfile.TemporaryDirectory(prefix="outbox-pg-") as datadir:
+            pg = pgserver.get_server(datadir, cleanup_mode="stop")
+            try:
+                yield pg.get_uri()
+            finally:
+                pg.cleanup()
+        return
+    shared = Path(tempfile.gettempdir()) / f"outbox-pg-{run_id}"
+    shared.mkdir(exist_ok=True)
+    pg = pgserver.get_server(shared, cleanup_mode="delete")  # the last worker removes it
+    try:
+        yield pg.get_uri()
+    finally:
+        pg.cleanup()
 
 
 def unique_name(prefix: str) -> str:

@@ -1,4 +1,4 @@
--- The rules of outbox/rules.py in SQL. tests/test_rules_schema.py tries each boundary against
+-- The rules of outbox/rules.py in SQL. tests/integration/library/test_rules_schema.py tries each boundary against
 -- the Python constants, so the two cannot drift apart silently.
 
 -- One ALTER TABLE: existing rows are checked against all new constraints in one scan.

@@ -14,6 +14,7 @@ from relay.cli import show
 from relay.cli.options import secrets_help, setting_options
 from relay.core import config, errors
 from relay.core.config import Settings
+from relay.core.vocabulary import STATES
 
 
 def _settings(**overrides: object) -> Settings:
@@ -28,13 +29,14 @@ def _database_url(settings: Settings) -> str:
 
 
 def _failure(err: BaseException) -> tuple[str, int, bool]:
-    """Any error that ends a command, as (one line, exit code, foreseen); see the README's exit
-    codes. An unforeseen error is a bug: `run` keeps its traceback, as a field of the line."""
+    """Any error that ends a command, as (one line, exit code, foreseen); see the exit codes in
+    docs/configuration.md. An unforeseen error is a bug: `run` keeps its traceback, as a field
+    of the line."""
     import psycopg
     import psycopg_pool
     import sqlalchemy.exc
 
-    if isinstance(err, errors.ConfigError | errors.StartupError):
+    if isinstance(err, errors.ConfigError | errors.StartupError | errors.ServiceDied):
         return str(err), err.exit_code, True
     if isinstance(err, click.ClickException):
         return errors.one_line(err.format_message()), err.exit_code, True
@@ -321,7 +323,7 @@ def _render_status(data: dict[str, Any]) -> None:
 @database_option
 @click.option(
     "--state",
-    type=click.Choice(["pending", "in_flight", "accepted", "failed", "rejected", "cancelled"]),
+    type=click.Choice(STATES),
 )
 @click.option("--code", help="Last error code.")
 @click.option("--customer")

@@ -29,8 +29,9 @@ from relay.db import migrate
 from relay.db import operations as ops
 from relay.emulator import Emulator, EmulatorConfig, Faults
 
+# The emulator's own test key and webhook secret: no Stripe account behind them.
 KEY = "sk_test_demo"
-SECRET = "whsec_demo"
+SECRET = "whsec_demo"  # noqa: S105
 CUSTOMERS = [f"cus_demo{i:02d}" for i in range(20)]
 
 
@@ -70,7 +71,7 @@ def embedded_database(url: str | None) -> Iterator[str]:
 
 def record_application_usage(url: str, events: int, seed: int) -> Counter[str]:
     """Write usage the way an application does; returns what should be billed per customer."""
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 (seeded sample usage, nothing secret)
     expected: Counter[str] = Counter()
     with psycopg.connect(url) as conn:
         for i in range(events):
@@ -110,7 +111,8 @@ def free_port() -> int:
         return port
 
 
-async def relay_until_settled(settings: Settings, url: str, timeout: float) -> float:
+# `timeout` bounds the demo's wait and is part of its verdict (a report, not a cancellation).
+async def relay_until_settled(settings: Settings, url: str, timeout: float) -> float:  # noqa: ASYNC109
     """Run the relay until nothing is pending, in flight or awaiting its error report."""
     stop = asyncio.Event()
     task = asyncio.create_task(daemon.serve(settings, stop))

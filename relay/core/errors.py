@@ -27,6 +27,21 @@ class StartupError(RuntimeError):
     exit_code = RUNTIME_EXIT
 
 
+class ServiceDied(RuntimeError):
+    """A relay service met an error it does not retry (a bug): the relay drained and the
+    process exits 1 so its supervisor restarts it (docs/design.md, "Errors: who retries
+    what")."""
+
+    exit_code = RUNTIME_EXIT
+
+    def __init__(self, service: str, error: str) -> None:
+        super().__init__(
+            f"the relay's {service} service failed ({one_line(error)}) and the relay stopped: "
+            "restart it (systemd and Kubernetes do); if it fails again, report the "
+            "service_died log line"
+        )
+
+
 def one_line(text: str) -> str:
     """Collapse a library's multi-line message and mask anything secret-shaped."""
     return scrub(" ".join(part.strip() for part in text.splitlines() if part.strip()))

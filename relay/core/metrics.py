@@ -3,7 +3,6 @@
 import asyncio
 import bisect
 import math
-import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
@@ -16,7 +15,7 @@ from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from relay import __version__
-from relay.core.vocabulary import METRIC_CODES, OTHER_CODE
+from relay.core.vocabulary import State, metric_code
 
 log = structlog.get_logger("relay.metrics")
 
@@ -36,8 +35,8 @@ class BatchHistogram(Collector):
     """A Prometheus histogram observed a batch at a time (`observe_many`).
 
     prometheus_client's Histogram takes one value per call, walks its buckets in Python and
-    takes a lock per bucket increment: ~0.9 us per value, once per accepted row. Here a
-    value costs a `bisect` and a list increment (~0.2 us). The exposition is the same
+    takes a lock per bucket increment, once per accepted row. Here a value costs a `bisect`
+    and a list increment (a few times cheaper, docs/benchmarks.md). The exposition is the same
     (`_bucket` with `le`, `_count`, `_sum`). Observed from the event loop only; `observe`
     takes a single value.
     """
@@ -112,7 +111,7 @@ HTTP_EVICTED = Counter(
     "outbox_relay_http_evicted_total", "HTTP connections closed to admit a new one at the cap"
 )
 
-# Read from the database when /metrics is scraped (see relay/scrape.py), so every replica
+# Read from the database when /metrics is scraped (ScrapeRefresh below), so every replica
 # reports the table's state as of the scrape, whatever it was doing.
 BACKLOG = Gauge(
     "outbox_relay_backlog_rows",
@@ -143,26 +142,14 @@ DRIFT = Gauge(
 )
 
 
-_HTTP_CODE = re.compile(r"http_[1-5][0-9][0-9]")
-
-
-def code_label(code: str | None) -> str:
-    """A code as a metric label: known codes as they are, anything else `other` (see
-    METRIC_CODES: upstream must not grow our series or put raw text into /metrics)."""
-    if not code:
-        return ""
-    if code in METRIC_CODES or _HTTP_CODE.fullmatch(code):
-        return code
-    return OTHER_CODE
-
-
-def outcome(state: str, code: str | None) -> Counter:
-    """The labelled child for an outcome; the code bounded first, so the cache is too."""
-    return _outcome(state, code_label(code))
+def outcome(state: State, code: str | None) -> Counter:
+    """The labelled child for an outcome; the code bounded first (metric_code), so the
+    cache is bounded too."""
+    return _outcome(state, metric_code(code))
 
 
 @cache
-def _outcome(state: str, label: str) -> Counter:
+def _outcome(state: State, label: str) -> Counter:
     """Cached: `labels()` is costly on a per-row hot path."""
     return OUTCOMES.labels(state, label)
 

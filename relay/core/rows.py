@@ -1,10 +1,13 @@
 """The relay's view of a claimed row and of the outcome it writes back."""
 
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import NamedTuple, Self
 from uuid import UUID
 
 import orjson
+
+from relay.core.vocabulary import Action, OutcomeKind, RelayCode, State
 
 
 class Claimed(NamedTuple):
@@ -22,7 +25,7 @@ class Claimed(NamedTuple):
     payload_json: str  # the jsonb payload as PostgreSQL prints it (see `payload`)
     occurred_at: datetime
     stripe_account: str | None
-    action: str
+    action: Action
     attempts: int
     key_generation: int
     previous_first_attempt_at: datetime | None
@@ -31,14 +34,14 @@ class Claimed(NamedTuple):
     created_at: datetime
 
     @classmethod
-    def from_row(cls, row: tuple[Any, ...]) -> "Claimed":
+    def from_row(cls, row: tuple[object, ...]) -> "Claimed":
         return cls._make(row)
 
     @property
     def payload(self) -> dict[str, str]:
         """The payload (flat, string values: the table's CHECK). Claimed as text: psycopg's
-        jsonb loader cost ~2.3 us per row, and the v2 stream body splices the text as is
-        (relay/stripe/calls.py), so it is parsed only where a dict is needed."""
+        jsonb loader is a per-row cost on the hot path, and the v2 stream body splices the text
+        as is (relay/stripe/calls.py), so it is parsed only where a dict is needed."""
         payload: dict[str, str] = orjson.loads(self.payload_json)
         return payload
 
@@ -56,7 +59,9 @@ class Claimed(NamedTuple):
 class Outcome(NamedTuple):
     """What to write back for one claimed row (one element of `record_outcomes`).
 
-    The outcome carries every decision the SQL needs, so the statement never matches on our
+    Built with the named constructors (`answered`, `refused`, `unsent`, `released`), which
+    say how the outcome was decided (`kind`) and fill in the fields that follow from it. The
+    outcome carries every decision the SQL needs, so the statement never matches on our
     error codes:
     - `may_have_counted`: a failed report whose event Stripe may still have counted (the
       outcome of its last call is unknown). A cancel requested meanwhile must then be sent;
@@ -70,7 +75,7 @@ class Outcome(NamedTuple):
     """
 
     row: Claimed
-    state: str
+    state: State
     delay: float = 0.0
     counted: int = 1
     new_key: int = 0
@@ -82,6 +87,102 @@ class Outcome(NamedTuple):
     may_have_counted: bool = False
     called: bool = False
     reached: bool | None = None
+    kind: OutcomeKind = "answered"
+
+    @classmethod
+    def answered(
+        cls,
+        row: Claimed,
+        state: State,
+        *,
+        delay: float = 0.0,
+        counted: int = 1,
+        new_key: int = 0,
+        code: str | None = None,
+        message: str | None = None,
+        request_id: str | None = None,
+        latency_ms: float | None = None,
+        http_status: int | None = None,
+        may_have_counted: bool = False,
+        reached: bool | None = None,
+    ) -> Self:
+        """Stripe answered the row's call: one entry of its attempt history."""
+        return cls(
+            row,
+            state,
+            delay,
+            counted,
+            new_key,
+            code,
+            message,
+            request_id,
+            latency_ms,
+            http_status,
+            may_have_counted,
+            True,
+            reached,
+            "answered",
+        )
+
+    @classmethod
+    def refused(
+        cls, row: Claimed, code: RelayCode, message: str, *, may_have_counted: bool = False
+    ) -> Self:
+        """Failed without a call: Stripe would refuse the row (invariants 5 and 6)."""
+        return cls(
+            row,
+            "failed",
+            counted=0,
+            code=code,
+            message=message,
+            may_have_counted=may_have_counted,
+            kind="refused",
+        )
+
+    @classmethod
+    def unsent(cls, row: Claimed, code: RelayCode, message: str, delay: float = 0.0) -> Self:
+        """Back to pending without a call: no attempt counted, same identifier, due again
+        after `delay` seconds."""
+        return cls(row, "pending", delay, counted=0, code=code, message=message, kind="unsent")
+
+    @classmethod
+    def released(
+        cls,
+        row: Claimed,
+        code: RelayCode,
+        message: str,
+        delay: float,
+        *,
+        called: bool,
+        counted: int,
+    ) -> Self:
+        """Back to pending with the same key after a call that gave no answer: it may have
+        reached Stripe, so the retry replays whatever Stripe did. `called`: the send had
+        started (it crashed midway), so the attempt is part of the row's history."""
+        return cls(
+            row,
+            "pending",
+            delay,
+            counted,
+            code=code,
+            message=message[:500],
+            called=called,
+            reached=True,
+            kind="released",
+        )
+
+    def for_rows(self, rows: Iterable[Claimed]) -> list["Outcome"]:
+        """The same decision for other rows (the rows of one answered stream call): the
+        decision is taken apart once, each copy costs one tuple."""
+        decision = self.decision()
+        make = Outcome._make
+        return [make((row, *decision)) for row in rows]
+
+    def decision(self) -> tuple[object, ...]:
+        """Everything but the row (the fields after `row`, in declaration order): outcomes
+        with equal decisions (and equal row actions) are written as one decision by
+        `record_outcomes`."""
+        return self[1:]
 
     @property
     def reached_stripe(self) -> bool:

@@ -1,11 +1,12 @@
-"""The relay's shared words, spelled once: row states, row actions, and the codes that several
-floors read.
+"""The relay's shared words, spelled once: row states, row actions, outcome kinds, and the codes
+the relay itself writes.
 
-States and actions are `Literal` types, not enums: the values are the strings the table's CHECK
-constraints hold and psycopg returns, so a row read from the database is already typed, and the
-hot path compares plain strings. mypy checks every spelling against these lists.
+States, actions and codes are `Literal` types, not enums: the values are the strings the
+table's CHECK constraints hold and psycopg returns, so a row read from the database is already
+typed, and the hot path compares plain strings. mypy checks every spelling against these lists.
 """
 
+import re
 from typing import Final, Literal, get_args
 
 State = Literal["pending", "in_flight", "accepted", "failed", "rejected", "cancelled"]
@@ -14,20 +15,71 @@ UNSENT_STATES: Final[frozenset[State]] = frozenset({"pending", "in_flight"})
 
 Action = Literal["report", "cancel"]  # a row reports a fact, or cancels one reported earlier
 
-KEY_REFUSED: Final = "api_key_refused"  # 401: the API key itself is refused, every account waits
-ACCOUNT_REFUSED: Final = "account_access_refused"  # 403: the key may not act for this account
-AUTH_WAIT_CODES: Final = frozenset({KEY_REFUSED, ACCOUNT_REFUSED})
+OutcomeKind = Literal["answered", "refused", "unsent", "released"]
+"""How an outcome was decided (relay.core.rows.Outcome's named constructors):
+- answered: Stripe answered the row's call (relay.stripe.policy.decide);
+- refused: decided locally, without a call: Stripe would refuse the row (invariants 5 and 6);
+- unsent: back to pending without a call (held, not due yet, released before its call);
+- released: its call started but gave no answer (cut off at shutdown, or it crashed).
+Only an answered call settles the auth gate's probe; every other kind frees it."""
 
-# Error codes a metric may carry as a label. Codes come from upstream (any string a server at
-# the configured Stripe base answers), so `outbox_relay_outcomes_total{code}` counts any other
-# code as `other`: the series stay bounded and no raw text reaches /metrics. The row and the
-# log keep the exact code. Stripe's documented meter codes, the classification table's own
-# codes (relay/stripe/classify.py), the local refusals (outbox/rules.py, relay/stripe/policy.py)
-# and the relay's own; `http_NNN` codes (a status without a body code) are bounded by HTTP.
-OTHER_CODE: Final = "other"
-METRIC_CODES: Final = frozenset(
+RelayCode = Literal[
+    # local refusals and waits (relay.stripe.policy, outbox.rules' window problems)
+    "timestamp_in_future",
+    "timestamp_too_far_in_past",
+    "cancel_window_expired",
+    "dedup_window_expired",
+    "retry_budget_exhausted",
+    # rows put back without an answer (relay.pipeline)
+    "shutdown",
+    "relay_error",
+    "stream_wait_expired",
+    # the auth gate's holds (relay.stripe.auth_gate)
+    "api_key_refused",
+    "account_access_refused",
+    # the classification table's own codes (relay.stripe.classify)
+    "connection_error",
+    "conflict",
+    "rate_limited",
+    "idempotency_error",
+    # an asynchronous error report without a code (relay.stripe.webhooks)
+    "meter_error",
+]
+"""Every code the relay itself writes on a row. Any other code on a row is Stripe's own
+(`error.code` of an answer or of an error report): metrics may count those as `other`."""
+RELAY_CODES: Final[frozenset[str]] = frozenset(get_args(RelayCode))
+
+KEY_REFUSED: Final[RelayCode] = "api_key_refused"  # 401: the key itself, every account waits
+ACCOUNT_REFUSED: Final[RelayCode] = "account_access_refused"  # 403: the key, for this account
+AUTH_WAIT_CODES: Final[frozenset[str]] = frozenset({KEY_REFUSED, ACCOUNT_REFUSED})
+SHUTDOWN: Final[RelayCode] = "shutdown"
+RELAY_ERROR: Final[RelayCode] = "relay_error"
+STREAM_WAIT_EXPIRED: Final[RelayCode] = "stream_wait_expired"
+TIMESTAMP_IN_FUTURE: Final[RelayCode] = "timestamp_in_future"
+TIMESTAMP_TOO_FAR_IN_PAST: Final[RelayCode] = "timestamp_too_far_in_past"
+CANCEL_WINDOW_EXPIRED: Final[RelayCode] = "cancel_window_expired"
+DEDUP_WINDOW_EXPIRED: Final[RelayCode] = "dedup_window_expired"
+RETRY_BUDGET_EXHAUSTED: Final[RelayCode] = "retry_budget_exhausted"
+
+# classify.py's fallback when Stripe's error body has no code: the HTTP status.
+_HTTP_STATUS_CODE = re.compile(r"http_[1-5][0-9][0-9]")
+
+
+def is_relay_code(code: str | None) -> bool:
+    """Whether the relay wrote this code (a known word or an `http_<status>` fallback), as
+    opposed to a code Stripe sent, which can be anything."""
+    if code is None:
+        return False
+    return code in RELAY_CODES or _HTTP_STATUS_CODE.fullmatch(code) is not None
+
+
+# Codes `outbox_relay_outcomes_total{code}` carries as they are. Stripe's codes come from
+# upstream (any string a server at the configured Stripe base answers), so any code outside this
+# set is counted as `other`: the series stay bounded and no raw text reaches /metrics (the row
+# and the log keep the exact code). Stripe's documented meter and request codes, the library's
+# refusal codes (outbox/rules.py) and every code the relay writes (RelayCode, http_<status>).
+STRIPE_CODES: Final[frozenset[str]] = frozenset(
     {
-        # Stripe, synchronous answers and asynchronous error reports
         "parameter_missing",
         "parameter_unknown",
         "parameter_invalid",
@@ -52,30 +104,14 @@ METRIC_CODES: Final = frozenset(
         "billing_meter_event_session_expired",
         "too_many_events",
         "account_invalid",
-        # the classification table's codes
-        "conflict",
-        "rate_limited",
-        "connection_error",
-        "idempotency_error",
-        # local refusals and the relay's own
-        KEY_REFUSED,
-        ACCOUNT_REFUSED,
-        "dedup_window_expired",
-        "retry_budget_exhausted",
-        "relay_error",
-        "shutdown",
-        "invalid_text",
-        "invalid_account",
-        "invalid_number",
-        "not_whole",
-        "negative",
-        "too_many_digits",
-        "invalid_character",
-        "invalid_type",
-        "empty_key",
-        "reserved_key",
-        "too_large",
-        "too_deep",
-        "not_json",
     }
 )
+OTHER_CODE: Final = "other"
+
+
+def metric_code(code: str | None) -> str:
+    """A code as a metric label: the relay's and Stripe's known codes as they are, "" for none,
+    anything else `other`."""
+    if not code:
+        return ""
+    return code if code in STRIPE_CODES or is_relay_code(code) else OTHER_CODE

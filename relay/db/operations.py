@@ -5,14 +5,15 @@ counts history (the status view reads maintained counters and the small partial 
 """
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Unpack
 
 import psycopg
 
 import outbox
 from outbox.dburl import psycopg_url
-from relay.core.vocabulary import AUTH_WAIT_CODES
+from relay.core.vocabulary import AUTH_WAIT_CODES, State
 from relay.db.pool import SET_UTC
+from relay.db.queries import RetryHow
 from relay.db.store import RetryCandidate, SyncStore, UnsentGroup
 
 # Relays seen within this many seconds hold a share (the relay's OUTBOX_RELAY_STALE_AFTER).
@@ -39,7 +40,7 @@ def status(conn: psycopg.Connection, stale_seconds: float = LIVE_SECONDS) -> dic
     code and account ("waiting").
     """
     store = SyncStore(conn)
-    counts = {c.state: c.n for c in store.status_counts()}
+    counts = {c.state: c.n for c in store.state_counts()}
     relays: list[Any] | None
     try:
         relays = store.live_relays(stale_seconds)
@@ -122,9 +123,10 @@ def list_rows(conn: psycopg.Connection, **filters: Any) -> list[dict[str, Any]]:
 def inspect(conn: psycopg.Connection, identifier: str) -> dict[str, Any] | None:
     """Everything known about one usage fact, a one-line summary and its attempts, or None."""
     store = SyncStore(conn)
-    row = store.inspect(identifier)
+    row = store.row_story(identifier)
     if row is None:
         return None
+    del row["due_in"]  # the console's; `summary` says when the row is due
     attempts = store.row_attempts(row["id"])
     if row["state"] == "rejected":  # accepted for processing, then refused: never billed
         row["accepted_for_processing_at"] = row.pop("accepted_at")
@@ -134,7 +136,8 @@ def inspect(conn: psycopg.Connection, identifier: str) -> dict[str, Any] | None:
 def summary(row: dict[str, Any], attempts: list[dict[str, Any]], now: datetime) -> str:
     """What an operator needs first: where the fact stands and what happens next."""
     last = attempts[-1] if attempts else None
-    state, code = row["state"], row["last_error_code"]
+    state: State = row["state"]  # typed: mypy checks the spellings below
+    code = row["last_error_code"]
     if state == "accepted":
         request = f", {row['stripe_request_id']}" if row["stripe_request_id"] else ""
         return (
@@ -161,19 +164,9 @@ def _iso(value: datetime | None) -> str:
     return value.isoformat() if value else "-"
 
 
-def retry_preview(
-    conn: psycopg.Connection,
-    *,
-    identifier: str | None,
-    code: str | None,
-    force: bool,
-    window_hours: float,
-    rejected: bool = True,
-) -> list[RetryCandidate]:
+def retry_preview(conn: psycopg.Connection, **how: Unpack[RetryHow]) -> list[RetryCandidate]:
     """The rows `retry` with these filters would requeue or refuse (changes nothing)."""
-    return SyncStore(conn).retry_preview(
-        identifier=identifier, code=code, force=force, window_hours=window_hours, rejected=rejected
-    )
+    return SyncStore(conn).retry(dry_run=True, **how)
 
 
 def not_retryable(conn: psycopg.Connection, identifier: str) -> str | None:
@@ -181,42 +174,32 @@ def not_retryable(conn: psycopg.Connection, identifier: str) -> str | None:
     found = SyncStore(conn).row_state(identifier)
     if found is None:
         return f"no usage recorded with identifier {identifier!r} (never recorded, or pruned)"
-    state, action = found
-    if state not in ("failed", "rejected"):
-        return f"{identifier} is {state} ({action}): only failed or rejected rows are retried"
+    if found.state not in ("failed", "rejected"):
+        return (
+            f"{identifier} is {found.state} ({found.action}): only failed or rejected rows are "
+            "retried"
+        )
     return None
 
 
 def retry(
-    conn: psycopg.Connection,
-    *,
-    identifier: str | None,
-    code: str | None,
-    force: bool,
-    window_hours: float,
-    rejected: bool = True,
+    conn: psycopg.Connection, **how: Unpack[RetryHow]
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """Requeue failed rows, and rejected ones unless `rejected` is False; returns (requeued,
-    refused-as-unsafe)."""
-    store = SyncStore(conn)
-    refused = (
-        []
-        if force
-        else [
-            {
-                "identifier": r.identifier,
-                "state": r.state,
-                "code": r.code,
-                "first_attempt_at": r.first_attempt_at,
-            }
-            for r in store.retry_refused(
-                identifier=identifier, code=code, window_hours=window_hours, rejected=rejected
-            )
-        ]
-    )
-    requeued = store.retry(
-        identifier=identifier, code=code, force=force, window_hours=window_hours, rejected=rejected
-    )
+    refused-as-unsafe), from one statement."""
+    matched = SyncStore(conn).retry(**how)
+    requeued = [r.identifier for r in matched if not r.refused]
+    refused = [
+        {
+            "identifier": r.identifier,
+            "state": r.state,
+            "code": r.code,
+            "first_attempt_at": r.first_attempt_at,
+            "reason": r.reason,
+        }
+        for r in matched
+        if r.refused
+    ]
     return requeued, refused
 
 
@@ -228,7 +211,8 @@ def rejected_count(conn: psycopg.Connection, code: str | None) -> int:
 def cancel(conn: psycopg.Connection, identifier: str) -> outbox.CancelRequest:
     """The operator's cancel: the same path applications use (outbox.cancel_usage)."""
     result = outbox.cancel_usage(conn, identifier=identifier)
-    assert isinstance(result, outbox.CancelRequest)
+    if not isinstance(result, outbox.CancelRequest):  # a sync connection answers at once
+        raise TypeError(f"cancel_usage on a sync connection returned {type(result).__name__}")
     return result
 
 

@@ -114,10 +114,10 @@ SET state = 'in_flight',
     updated_at = now()
 FROM locked
 WHERE o.id = locked.id
-RETURNING o.id, o.lease_token, o.identifier, o.event_name, o.customer, o.payload::text,
-          o.occurred_at, o.stripe_account, o.action, o.attempts, o.key_generation,
-          locked.first_attempt_at AS previous_first_attempt_at, o.first_attempt_at,
-          o.accepted_at, o.created_at
+RETURNING o.id, o.lease_token, o.identifier, o.event_name, o.customer,
+          o.payload::text AS payload_json, o.occurred_at, o.stripe_account, o.action, o.attempts,
+          o.key_generation, locked.first_attempt_at AS previous_first_attempt_at,
+          o.first_attempt_at, o.accepted_at, o.created_at
 
 -- name: record_outcomes
 -- Write a batch of outcomes in one statement (River's shape, `UPDATE ... FROM` a set of rows).
@@ -217,7 +217,7 @@ WITH me AS (
 gone AS (
     DELETE FROM meter_event_outbox_relays WHERE seen_at < now() - interval '1 day'
 )
-SELECT 1 + count(*), (SELECT ours FROM me) FROM meter_event_outbox_relays r
+SELECT 1 + count(*) AS live, (SELECT ours FROM me) AS ours FROM meter_event_outbox_relays r
 WHERE r.seen_at > now() - make_interval(secs => :stale_seconds)
   AND r.relay_id <> (SELECT relay_id FROM me)
 
@@ -231,12 +231,9 @@ ORDER BY relay_id
 -- Only this process's row: a relay refused for a duplicate id must not remove the other's.
 DELETE FROM meter_event_outbox_relays WHERE relay_id = :relay_id AND process_token = :token
 
--- name: status_counts
-SELECT state, n, oldest_available_at FROM meter_event_outbox_status
-
--- name: oldest_due
-SELECT min(available_at) FROM meter_event_outbox
-WHERE state IN ('pending', 'in_flight') AND available_at <= now()
+-- name: state_counts
+-- Rows per state, from the status view's maintained counters (never a count over history).
+SELECT state, n FROM meter_event_outbox_status
 
 -- name: failures_by_code
 SELECT state, coalesce(last_error_code, '(none)') AS code, count(*) AS n
@@ -246,48 +243,63 @@ GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2
 
 -- name: waiting_by_code
 -- Why pending rows wait (e.g. account_access_refused after a 403), by code and account.
-SELECT last_error_code, stripe_account, count(*) AS n
+SELECT last_error_code AS code, stripe_account, count(*) AS n
 FROM meter_event_outbox
 WHERE state = 'pending' AND last_error_code IS NOT NULL
 GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2 LIMIT 50
 
--- name: inspect
+-- name: row_story
+-- Every column of one row an operator may need (`inspect`, the console's row page), and how
+-- long until it is due by the database's clock (the one clock).
 SELECT id, identifier, state, action, event_name, customer, value, payload, dimensions, metadata,
        occurred_at, stripe_account, attempts, key_generation, available_at, leased_by,
        last_error_code, last_error_message, stripe_request_id, created_at, first_attempt_at,
-       accepted_at, cancel_requested_at, cancelled_at, updated_at
+       accepted_at, cancel_requested_at, cancelled_at, updated_at,
+       available_at - now() AS due_in
 FROM meter_event_outbox WHERE identifier = :identifier
 
 -- name: retry
 -- Operator retry of failed rows: a fresh idempotency-key generation (the old key may hold a
--- cached error) and a fresh attempt budget. Refused unless forced: rows whose first attempt is
--- older than the safe dedup window (Stripe may no longer recognise the identifier, so a resend
--- could double-count) and rejected rows (Stripe may answer "duplicate identifier" and the row
--- would look accepted while unbilled: record a corrected fact under a new identifier instead).
--- Forcing asserts "not counted": the dedup clock starts again. `retry --all` leaves rejected
--- rows out altogether (:rejected false) unless the operator includes them.
-UPDATE meter_event_outbox o
-SET state = 'pending', available_at = now(), attempts = 0,
-    key_generation = o.key_generation + 1, updated_at = now(),
-    first_attempt_at = CASE WHEN CAST(:force AS boolean) THEN NULL ELSE o.first_attempt_at END
-WHERE o.state IN ('failed', 'rejected')
-  AND (CAST(:identifier AS text) IS NULL OR o.identifier = :identifier)
-  AND (CAST(:code AS text) IS NULL OR o.last_error_code = :code)
-  AND (CAST(:rejected AS boolean) OR o.state = 'failed')
-  AND (CAST(:force AS boolean)
-       OR (o.state = 'failed'
-           AND (o.first_attempt_at IS NULL
-                OR o.first_attempt_at > now() - make_interval(secs => :window_seconds))))
-RETURNING o.identifier
-
--- name: retry_refused
-SELECT identifier, state, last_error_code, first_attempt_at FROM meter_event_outbox o
-WHERE o.state IN ('failed', 'rejected')
-  AND (CAST(:identifier AS text) IS NULL OR o.identifier = :identifier)
-  AND (CAST(:code AS text) IS NULL OR o.last_error_code = :code)
-  AND (CAST(:rejected AS boolean) OR o.state = 'failed')
-  AND (o.state = 'rejected' OR o.first_attempt_at <= now() - make_interval(secs => :window_seconds))
-ORDER BY o.id LIMIT 1000
+-- cached error) and a fresh attempt budget. Refused unless forced, each with its reason:
+-- `rejected` rows (Stripe may answer "duplicate identifier" and the row would look accepted
+-- while unbilled: record a corrected fact under a new identifier instead) and rows whose first
+-- attempt is older than the safe dedup window, `outside_dedup_window` (Stripe may no longer
+-- recognise the identifier, so a resend could double-count). Forcing asserts "not counted":
+-- the dedup clock starts again. `retry --all` leaves rejected rows out altogether (:rejected
+-- false) unless the operator includes them. With :dry_run nothing changes (`retry --dry-run`).
+-- One statement: what is requeued and what is refused come from one snapshot. Returns every
+-- row requeued (or, with :dry_run, that would be) and at most 1000 refused, with the reason.
+WITH matched AS MATERIALIZED (
+    SELECT o.id, o.identifier, o.state, o.last_error_code AS code, o.first_attempt_at,
+           CASE WHEN CAST(:force AS boolean) THEN NULL
+                WHEN o.state = 'rejected' THEN 'rejected'
+                WHEN o.first_attempt_at <= now() - make_interval(secs => :window_seconds)
+                    THEN 'outside_dedup_window'
+           END AS reason
+    FROM meter_event_outbox o
+    WHERE o.state IN ('failed', 'rejected')
+      AND (CAST(:identifier AS text) IS NULL OR o.identifier = :identifier)
+      AND (CAST(:code AS text) IS NULL OR o.last_error_code = :code)
+      AND (CAST(:rejected AS boolean) OR o.state = 'failed')
+),
+requeued AS (
+    UPDATE meter_event_outbox o
+    SET state = 'pending', available_at = now(), attempts = 0,
+        key_generation = o.key_generation + 1, updated_at = now(),
+        first_attempt_at = CASE WHEN CAST(:force AS boolean) THEN NULL ELSE o.first_attempt_at END
+    FROM matched m
+    WHERE o.id = m.id AND m.reason IS NULL AND NOT CAST(:dry_run AS boolean)
+      AND o.state IN ('failed', 'rejected')
+    RETURNING o.id
+)
+(SELECT m.identifier, m.state, m.code, m.first_attempt_at, false AS refused, m.reason
+ FROM matched m
+ WHERE m.reason IS NULL
+   AND (CAST(:dry_run AS boolean) OR m.id IN (SELECT id FROM requeued))
+ ORDER BY m.id)
+UNION ALL
+(SELECT m.identifier, m.state, m.code, m.first_attempt_at, true, m.reason
+ FROM matched m WHERE m.reason IS NOT NULL ORDER BY m.id LIMIT 1000)
 
 -- name: reject
 -- An asynchronous error report from Stripe names these identifiers: they were accepted for
@@ -392,20 +404,6 @@ SELECT attempted_at, attempt, key_generation, action, state, http_status, code, 
        stripe_request_id, latency_ms, relay_id
 FROM meter_event_outbox_attempts WHERE outbox_id = :outbox_id
 ORDER BY id LIMIT :limit
-
--- name: retry_preview
--- What `retry` with these filters would do, changing nothing (--dry-run, and the reasons given
--- for an identifier that cannot be retried): each matching failed/rejected row and whether an
--- unforced retry refuses it.
-SELECT identifier, state, last_error_code, first_attempt_at,
-       NOT CAST(:force AS boolean) AND (state = 'rejected'
-           OR first_attempt_at <= now() - make_interval(secs => :window_seconds)) AS refused
-FROM meter_event_outbox o
-WHERE o.state IN ('failed', 'rejected')
-  AND (CAST(:identifier AS text) IS NULL OR o.identifier = :identifier)
-  AND (CAST(:code AS text) IS NULL OR o.last_error_code = :code)
-  AND (CAST(:rejected AS boolean) OR o.state = 'failed')
-ORDER BY o.id LIMIT 1000
 
 -- name: rejected_count
 -- How many rejected rows (with this code) `retry --all` left out, said in one line.
@@ -540,14 +538,6 @@ ORDER BY id LIMIT :limit
 SELECT customer, count(*) AS n, min(created_at) AS oldest_created_at
 FROM meter_event_outbox WHERE state IN ('pending', 'in_flight')
 GROUP BY customer ORDER BY 2 DESC, 1 LIMIT :limit
-
--- name: row_story
-SELECT id, identifier, state, action, event_name, customer, value, dimensions, metadata,
-       occurred_at, stripe_account, attempts, key_generation, available_at, leased_by,
-       last_error_code, last_error_message, stripe_request_id, created_at, first_attempt_at,
-       accepted_at, cancel_requested_at, cancelled_at, updated_at,
-       available_at - now() AS due_in
-FROM meter_event_outbox WHERE identifier = :identifier
 
 -- name: trace_contexts
 -- The recorded trace context of claimed rows, for the relay's spans (only while tracing is on:

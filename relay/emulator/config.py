@@ -53,7 +53,8 @@ class Meter:
     @property
     def meter_id(self) -> str:
         """The id as a plain `str` (never None after construction)."""
-        assert self.id is not None
+        if self.id is None:
+            raise ValueError("a meter has an id once constructed")
         return self.id
 
 
@@ -78,7 +79,7 @@ class EmulatorConfig:
     platform_account: str = "acct_emulator"
 
     webhook_url: str | None = None
-    webhook_secret: str = "whsec_test_emulator"
+    webhook_secret: str = "whsec_test_emulator"  # noqa: S105 (the emulator's default, public)
     # Extra secrets that also sign every delivery (extra `v1=` entries, as during rotation).
     webhook_additional_secrets: tuple[str, ...] = ()
     webhook_max_attempts: int = 5

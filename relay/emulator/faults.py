@@ -199,7 +199,7 @@ class FaultInjector:
         self.faults = faults or Faults()
         self._directives = deque(d for d in self._directives if not d.from_faults)
         seed = self.faults.seed if self.faults.seed is not None else self.seed
-        self._rng = random.Random(seed)
+        self._rng = random.Random(seed)  # noqa: S311 (seeded fault schedule, nothing secret)
         self._outage = None
         if self.faults.outage is not None:
             self.start_outage(
@@ -429,7 +429,8 @@ class Gate:
             if not self._cond.wait_for(lambda: self.arrived >= n, timeout):
                 raise TimeoutError(f"only {self.arrived} of {n} requests arrived at the gate")
 
-    async def wait_arrived_async(self, n: int = 1, timeout: float = 10.0) -> None:
+    # Mirrors wait_arrived (a thread-side wait that needs its own bound).
+    async def wait_arrived_async(self, n: int = 1, timeout: float = 10.0) -> None:  # noqa: ASYNC109
         await asyncio.to_thread(self.wait_arrived, n, timeout)
 
     def release(self) -> None:

@@ -78,7 +78,8 @@ def _summary(
     livemode: bool,
 ) -> dict[str, Any]:
     value = aggregate(events, meter.aggregation, meter.event_time_window)
-    digest = hashlib.sha1(f"{meter.id}|{customer}|{start}|{end}".encode()).hexdigest()[:24]
+    key = f"{meter.id}|{customer}|{start}|{end}".encode()
+    digest = hashlib.sha1(key, usedforsecurity=False).hexdigest()[:24]  # a stable id
     return {
         "id": f"mtrusg_{digest}",
         "object": "billing.meter_event_summary",

@@ -66,7 +66,8 @@ class WebhookSender:
         return False
 
     async def _attempt(self, event_id: str, body: str, attempt: int) -> bool:
-        assert self.url is not None
+        if self.url is None:
+            raise ValueError("deliveries need a webhook_url")
         headers = {
             "Content-Type": "application/json; charset=utf-8",
             "User-Agent": USER_AGENT,

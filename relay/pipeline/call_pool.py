@@ -39,9 +39,11 @@ class CallPool:
         self,
         call: Callable[[Claimed], Awaitable[None]],
         spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
+        crashed: Callable[[Exception], None],
     ) -> None:
         self._call = call
         self._spawn = spawn
+        self._crashed = crashed  # a bug of ours: the relay stops (docs/design.md, "Errors")
         self._queue: deque[Claimed] = deque()
         self._parked: list[asyncio.Future[None]] = []
         self._coming = 0  # workers woken or started for the queue, not running yet
@@ -114,8 +116,9 @@ class CallPool:
                 starting = False
                 try:
                     await self._call(row)
-                except Exception:  # a bug of ours: this row's call only, as a task per call was
+                except Exception as err:  # a bug of ours: the worker lives on to drain the queue
                     log.exception("call_crashed", identifier=row.identifier)
+                    self._crashed(err)
             if self._closed:
                 return
             waker = asyncio.get_running_loop().create_future()

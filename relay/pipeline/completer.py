@@ -3,8 +3,9 @@
 One loop: take the queued outcomes (up to OUTCOME_BATCH, after a short pause that lets a batch
 fill), write them in one `record_outcomes` statement, up to MAX_FLUSHES batches at once (they
 hold disjoint rows). A row stays held (counted against the capacity) until its outcome is
-written. A database error is retried until the database is back; any other error ends the
-loop, and so the relay (the supervisor stops it): without outcome writes nothing is recorded.
+written. A database error (relay.core.retryable) is retried until the database is back; any
+other error ends the loop, and so the relay (the supervisor stops it): without outcome writes
+nothing is recorded.
 """
 
 import asyncio
@@ -16,6 +17,7 @@ import structlog
 
 from relay.core import metrics, tracing
 from relay.core.config import Settings
+from relay.core.retryable import RETRYABLE
 from relay.core.rows import Outcome
 from relay.db.store import Store
 from relay.pipeline.producer import Capacity
@@ -66,7 +68,8 @@ class Completer:
                 await slots.acquire()
                 flushes.create_task(self._write(batch, slots), name="flush")
 
-    async def finish(self, timeout: float) -> None:
+    # `timeout` is a share of the shutdown grace: past it, finish returns (it never raises).
+    async def finish(self, timeout: float) -> None:  # noqa: ASYNC109
         """Wait (bounded) until every queued outcome is written."""
         try:
             await asyncio.wait_for(self._all_written.wait(), timeout)
@@ -106,7 +109,7 @@ class Completer:
         while True:
             try:
                 return await self.store.record_outcomes(batch, self.settings.relay_id)
-            except Exception as err:
+            except RETRYABLE as err:
                 log.error("outcome_write_failed", error=str(err), rows=len(batch), retry_in_s=delay)
                 metrics.DB_ERRORS.inc()
                 await asyncio.sleep(delay)

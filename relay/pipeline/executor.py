@@ -3,7 +3,8 @@
 A v1 call sends one row (`send_v1`), on a pool of reusable worker tasks
 (relay/pipeline/call_pool.py); v2 stream reports queue per account and calls of up to 100 are
 formed from the queue (relay/pipeline/streams.py), a task per call. Every row leaves with
-exactly one outcome, whatever happens to its call; outcomes go to the completer. Verdicts steer
+exactly one outcome, whatever happens to its call; outcomes go to the completer, and a call that
+crashes (a bug) then stops the relay (`Executor.watch`). Verdicts steer
 pacing (429: slower) and the auth gate (401/403: rows of the refused key or account wait, see
 relay.stripe.auth_gate).
 """
@@ -20,8 +21,9 @@ import structlog
 from relay.core import metrics, tracing
 from relay.core.config import Settings
 from relay.core.rows import Claimed, Outcome
+from relay.core.vocabulary import RELAY_ERROR, SHUTDOWN
 from relay.pipeline.call_pool import CallPool
-from relay.pipeline.streams import StreamBatcher, unsent
+from relay.pipeline.streams import StreamBatcher
 from relay.stripe.auth_gate import AuthGate
 from relay.stripe.classify import Classified, Verdict
 from relay.stripe.policy import Refusals, decide
@@ -66,7 +68,9 @@ class Executor:
         self._record = record
         self._dedup_window = timedelta(hours=settings.dedup_window_hours)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._calls = CallPool(self.send_v1, spawn=self._spawn)
+        self.crash: Exception | None = None  # the first bug a call ran into (see `watch`)
+        self._crashed = asyncio.Event()
+        self._calls = CallPool(self.send_v1, spawn=self._spawn, crashed=self._crash)
         self._streams = StreamBatcher(
             limiter,
             linger=settings.stream_linger_ms / 1000,
@@ -90,8 +94,28 @@ class Executor:
     def _spawn(self, call: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(call)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._ended)
         return task
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and isinstance(error := task.exception(), Exception):
+            log.error("call_task_crashed", error=repr(error))
+            self._crash(error)
+
+    def _crash(self, err: Exception) -> None:
+        """A bug of ours in a call (its rows have their outcome already): stop the relay."""
+        if self.crash is None:
+            self.crash = err
+            self._crashed.set()
+
+    async def watch(self) -> None:
+        """The executor as a supervised service: it ends with the first call's crash, so a bug
+        stops the relay (docs/design.md, "Errors: who retries what") instead of releasing
+        rows into the same crash forever."""
+        await self._crashed.wait()
+        if self.crash is not None:
+            raise self.crash
 
     async def drain(self, grace: float) -> None:
         """Let calls in flight (and stream calls still forming) finish within `grace`
@@ -109,7 +133,7 @@ class Executor:
         await asyncio.gather(*pending, return_exceptions=True)
         unstarted = self._calls.take_queued()
         for row in unstarted:
-            self._record(unsent(row, "shutdown", "released at shutdown"))
+            self._record(Outcome.unsent(row, SHUTDOWN, "released at shutdown"))
         if finished or pending or unstarted:
             # Tasks are call workers (parked ones included) and stream calls, not rows.
             log.info(
@@ -137,17 +161,20 @@ class Executor:
         """Refuse locally what Stripe would refuse, send the rest in one call, record every
         row's outcome. Cancellation (shutdown) and unexpected errors release the rows as
         "unknown outcome": pending, same idempotency key, so the retry replays whatever Stripe
-        did."""
+        did. An unexpected error is a bug: once the rows have their outcome, it stops the relay
+        (`watch`)."""
         refusals = Refusals(datetime.now(UTC), self._dedup_window)
         outcomes: list[Outcome] = []
         sendable: list[Claimed] = []
         for r in rows:
             try:
                 outcome = refusals.check(r) or self._held(r)
-            except Exception as err:  # a bug of ours, about this row: it waits, the rest go
+            except Exception as err:  # a bug of ours, about this row: it waits, the rest go,
+                # then the relay stops
                 log.exception("row_check_crashed", identifier=r.identifier)
                 message = f"{type(err).__name__}: {err}"[:500]
-                outcome = unsent(r, "relay_error", message)._replace(delay=5.0)
+                outcome = Outcome.unsent(r, RELAY_ERROR, message, delay=5.0)
+                self._crash(err)
             if outcome is None:
                 sendable.append(r)
             else:
@@ -165,19 +192,24 @@ class Executor:
                     tracing.active.called(decided, start_ns)
                 outcomes += decided
         except asyncio.CancelledError:
-            # Cut off by shutdown: no answer, so not an attempt (issue 9 #5), but it may have
+            # Cut off by shutdown: no answer, so not an attempt (invariant 12), but it may have
             # reached Stripe.
             outcomes += [
-                _released(r, "shutdown", "released at shutdown", 0.0, counted=0) for r in sendable
+                Outcome.released(r, SHUTDOWN, "released at shutdown", 0.0, called=False, counted=0)
+                for r in sendable
             ]
             raise
         except Exception as err:  # a bug of ours or an unwrapped library error
             log.exception("send_crashed", identifiers=[r.identifier for r in sendable][:10])
+            self._crash(err)
             message = f"{type(err).__name__}: {err}"
-            outcomes += [_released(r, "relay_error", message, 5.0, called=True) for r in sendable]
+            outcomes += [
+                Outcome.released(r, RELAY_ERROR, message, 5.0, called=True, counted=1)
+                for r in sendable
+            ]
         finally:
             for outcome in outcomes:
-                if outcome.code in ("shutdown", "relay_error"):  # no answer: another may probe
+                if outcome.kind != "answered":  # no answer: another row may probe
                     self.auth.release(outcome.row)
                 self._record(outcome)
 
@@ -186,13 +218,11 @@ class Executor:
         wait = self.auth.admit(row)
         if wait is None:
             return None
-        return Outcome(
+        return Outcome.unsent(
             row,
-            "pending",
+            self.auth.code_for(row),
+            "Stripe refused the key or account; waiting for a probe to get through",
             delay=wait,
-            counted=0,
-            code=self.auth.code_for(row),
-            message="Stripe refused the key or account; waiting for a probe to get through",
         )
 
     def _decide(self, rows: list[Claimed], result: Classified, latency_ms: float) -> list[Outcome]:
@@ -203,8 +233,7 @@ class Executor:
             first = decide(rows[0], result, self.settings.max_attempts, latency_ms)
             if len(rows) == 1:  # a v1 call
                 return [first]
-            tail = tuple(first)[1:]
-            return [tuple.__new__(Outcome, (r, *tail)) for r in rows]
+            return first.for_rows(rows)
         return [self._decide_row(r, result, latency_ms) for r in rows]
 
     def _decide_row(self, row: Claimed, result: Classified, latency_ms: float) -> Outcome:
@@ -219,20 +248,3 @@ class Executor:
         if result.verdict is Verdict.RETRY_SLOWER:
             self.limiter.on_rate_limited()
             metrics.RATE.set(self.limiter.rate)
-
-
-def _released(
-    row: Claimed, code: str, message: str, delay: float, called: bool = False, counted: int = 1
-) -> Outcome:
-    """Outcome unknown: back to pending with the same key. `called`: the send had started (it
-    crashed midway), so the attempt is part of the row's history."""
-    return Outcome(
-        row=row,
-        state="pending",
-        delay=delay,
-        code=code,
-        message=message[:500],
-        called=called,
-        counted=counted,
-        reached=True,
-    )

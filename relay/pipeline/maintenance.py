@@ -5,13 +5,15 @@
 - `heartbeat`: keep this relay's share of the account's rate limit (see
   relay/stripe/rate_share.py). It runs until the relay has drained: the relay sends until then.
 
-Each runs until cancelled; a failed statement is logged and retried at the next turn.
+Each runs until cancelled; a statement the database failed (relay.core.retryable) is logged and
+retried at the next turn, any other error ends the service and so the relay.
 """
 
 import asyncio
 
 import structlog
 
+from relay.core.retryable import RETRYABLE
 from relay.db.store import Store
 from relay.stripe.rate_share import RateShare
 
@@ -23,7 +25,7 @@ async def fold_counts(store: Store, interval: float) -> None:
         await asyncio.sleep(interval)
         try:
             await store.fold_counts()
-        except Exception as err:
+        except RETRYABLE as err:
             log.warning("fold_counts_failed", error=str(err))
 
 

@@ -14,7 +14,9 @@ import structlog
 
 from relay.core import metrics, tracing
 from relay.core.config import Settings
+from relay.core.retryable import RETRYABLE
 from relay.core.rows import Claimed, Outcome
+from relay.core.vocabulary import SHUTDOWN
 from relay.db.store import FIRST_LANE, Lane, Store, Walked
 from relay.pipeline.executor import RelayState
 from relay.pipeline.streams import STREAM_BATCH
@@ -113,19 +115,24 @@ class Producer:
         self._cursor: Lane = FIRST_LANE
         self._recheck_at = 0.0
         self._claims: set[asyncio.Task[None]] = set()
+        self._claim_crash: BaseException | None = None  # raised by run() (a bug, not the db)
         self._stop = asyncio.Event()  # run()'s stop signal
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Walk and claim until `stop` is set."""
+        """Walk and claim until `stop` is set; a claim that crashed ends the loop with its
+        error (claims run in the background, the supervisor watches this loop)."""
         self._stop = stop
         while not stop.is_set():
+            if self._claim_crash is not None:
+                raise self._claim_crash
             self.state.last_loop = time.monotonic()  # /healthz and the watchdog: still turning
             wanted = self.capacity.wanted() if len(self._claims) < MAX_CLAIMS else 0
             if wanted and await self._walk_and_claim(wanted):
                 continue  # more may be due right now
             await self.wakeup.wait(self._wait_timeout(), stop)
 
-    async def finish(self, timeout: float) -> None:
+    # `timeout` is a share of the shutdown grace: past it, finish returns (it never raises).
+    async def finish(self, timeout: float) -> None:  # noqa: ASYNC109
         """After the stop signal: let running claims end (short statements); whatever they
         claim goes back unsent."""
         if self._claims:
@@ -159,14 +166,20 @@ class Producer:
         self.capacity.reserve(len(ids) + fill)
         task = asyncio.create_task(self.claim(ids, fill, one_walk), name="claim")
         self._claims.add(task)
-        task.add_done_callback(self._claims.discard)
+        task.add_done_callback(self._claimed)
         return len(ids) == wanted or cursor is not None or fill > 0
+
+    def _claimed(self, task: asyncio.Task[None]) -> None:
+        self._claims.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            self._claim_crash = self._claim_crash or error
+            self.wakeup.poke()  # run() raises it at once
 
     async def walk(self, after: Lane, wanted: int) -> Walked:
         """The `walk` query; on a database error back off and report nothing found."""
         try:
             return await self.store.walk(after, wanted, exclusive=self._exclusive)
-        except Exception as err:  # database down: back off, nothing is lost
+        except RETRYABLE as err:  # database down: back off, nothing is lost
             log.error("walk_failed", error=str(err))
             metrics.DB_ERRORS.inc()
             await asyncio.sleep(1.0)
@@ -187,7 +200,7 @@ class Producer:
                 lease_seconds=self.settings.lease_seconds,
                 one_walk=one_walk,
             )
-        except Exception as err:  # nothing leased, or leases that expire: nothing is lost
+        except RETRYABLE as err:  # nothing leased, or leases that expire: nothing is lost
             log.error("claim_failed", error=str(err))
             metrics.DB_ERRORS.inc()
         finally:
@@ -198,9 +211,7 @@ class Producer:
             await tracer.claimed(rows, start_ns)
         if self._stop.is_set():  # claimed while shutting down: hand back unsent, no attempt counted
             for row in rows:
-                self._hand_back(
-                    Outcome(row, "pending", counted=0, code="shutdown", message="not sent")
-                )
+                self._hand_back(Outcome.unsent(row, SHUTDOWN, "not sent"))
             return
         self._recheck_at = time.monotonic() + self.settings.hint_recheck
         metrics.CLAIMED.inc(len(rows))

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from relay.core.rows import Claimed, Outcome
+from relay.core.vocabulary import RELAY_ERROR, SHUTDOWN, STREAM_WAIT_EXPIRED, RelayCode
 from relay.stripe.rate_limit import RateLimiter
 
 STREAM_BATCH = 100  # Stripe's maximum events per meter event stream request
@@ -80,7 +81,10 @@ class StreamBatcher:
             await self._linger_on(account, queue)
             await self._limiter.acquire()
         except asyncio.CancelledError:  # shutdown before the call formed: nothing was sent
-            self._release_all(account, queue)
+            self._release_all(account, queue, SHUTDOWN, "released at shutdown")
+            raise
+        except Exception as err:  # a bug of ours: nothing was sent; the executor stops the relay
+            self._release_all(account, queue, RELAY_ERROR, f"{type(err).__name__}: {err}"[:500])
             raise
         batch = self._take(queue)
         if queue:
@@ -111,17 +115,18 @@ class StreamBatcher:
             self._record(held_too_long(queue.popleft()[1]))
         return [queue.popleft()[1] for _ in range(min(STREAM_BATCH, len(queue)))]
 
-    def _release_all(self, account: str | None, queue: deque[tuple[float, Claimed]]) -> None:
+    def _release_all(
+        self,
+        account: str | None,
+        queue: deque[tuple[float, Claimed]],
+        code: RelayCode,
+        message: str,
+    ) -> None:
         while queue:
-            self._record(unsent(queue.popleft()[1], "shutdown", "released at shutdown"))
+            self._record(Outcome.unsent(queue.popleft()[1], code, message))
         self._queues.pop(account, None)
         self._full.pop(account, None)
 
 
 def held_too_long(row: Claimed) -> Outcome:
-    return unsent(row, "stream_wait_expired", "waited too long for a stream call; released")
-
-
-def unsent(row: Claimed, code: str, message: str) -> Outcome:
-    """Back to pending, nothing sent: no attempt counted, same identifier."""
-    return Outcome(row, "pending", counted=0, code=code, message=message)
+    return Outcome.unsent(row, STREAM_WAIT_EXPIRED, "waited too long for a stream call; released")

@@ -6,8 +6,10 @@
     maintenance: fold_counts, heartbeat (rate share); listener: NOTIFY hints
 
 Every service runs as one task under `Services`: any that fails (or returns before the stop
-signal) logs `service_died` and stops the relay, which then drains as on SIGTERM (the process
-supervisor restarts it). Shutdown order: stop claiming, let calls finish within the grace
+signal) logs `service_died` and stops the relay, which then drains as on SIGTERM and raises
+`ServiceDied` (exit 1: the process supervisor restarts it). Services retry only the errors of
+the resource they wait on (relay.core.retryable); see docs/design.md, "Errors: who retries
+what". Shutdown order: stop claiming, let calls finish within the grace
 period, give the rate share back, write the last outcomes, stop the rest.
 """
 
@@ -20,6 +22,7 @@ from typing import Any
 import structlog
 
 from relay.core.config import Settings
+from relay.core.errors import ServiceDied
 from relay.db.store import Store
 from relay.pipeline import maintenance
 from relay.pipeline.completer import Completer
@@ -46,6 +49,7 @@ class Services:
         self._stop = stop
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.fatal: DuplicateRelayId | None = None  # ends the process with a config error
+        self.died: ServiceDied | None = None  # the first service that died (exit 1)
 
     def start(self, name: str, service: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(service, name=name)
@@ -66,7 +70,10 @@ class Services:
             self.fatal = error
             log.error("duplicate_relay_id", service=name, error=str(error))
         else:
-            log.error("service_died", service=name, error=_describe(error))
+            described = _describe(error)
+            log.error("service_died", service=name, error=described)
+            if self.died is None:
+                self.died = ServiceDied(name, described)
         self._stop.set()
 
     async def stop(self, name: str) -> None:
@@ -144,6 +151,7 @@ class Relay:
         services = Services(stop)
         try:
             services.start("completer", self.completer.run())
+            services.start("executor", self.executor.watch())
             services.start(
                 "fold_counts", maintenance.fold_counts(self.store, self.settings.upkeep_interval)
             )
@@ -171,6 +179,8 @@ class Relay:
             await self._shutdown(services)
         if services.fatal is not None:
             raise services.fatal
+        if services.died is not None:
+            raise services.died
 
     async def _shutdown(self, services: Services) -> None:
         """Everything within OUTBOX_SHUTDOWN_GRACE (plus at most LEAVE_TIMEOUT and

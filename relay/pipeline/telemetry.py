@@ -32,13 +32,15 @@ from prometheus_client import REGISTRY
 from relay import __version__
 from relay.core import metrics, tracing
 from relay.core.config import Settings
+from relay.core.retryable import RETRYABLE
 from relay.core.rows import Claimed, Outcome
+from relay.core.vocabulary import State
 from relay.db.store import ConsoleStore, Store
 
 log = structlog.get_logger()
 
 # Outcome states that mean the call did not do what it was for.
-_ERROR_STATES = frozenset({"failed", "rejected"})
+_ERROR_STATES: frozenset[State] = frozenset({"failed", "rejected"})
 # Identifiers listed on one span at most (a v2 stream call carries up to 100 rows).
 _MAX_LISTED = 100
 # How often the table gauges are read for OTLP when nothing scrapes /metrics.
@@ -76,7 +78,7 @@ class OtelTracer:
         )
         try:
             stored = await self.store.trace_contexts([row.id for row in rows])
-        except Exception as err:  # tracing never stops the sending: the calls go unlinked
+        except RETRYABLE as err:  # the database's error never stops the sending: calls go unlinked
             log.warning("trace_contexts_failed", error=str(err))
             stored = {}
         for row_id, text in stored.items():

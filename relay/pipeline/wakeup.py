@@ -10,6 +10,7 @@ import psycopg
 import structlog
 
 from outbox.dburl import psycopg_url
+from relay.core.retryable import RETRYABLE
 
 CHANNEL = "meter_event_outbox"
 log = structlog.get_logger("relay.wakeup")
@@ -27,7 +28,8 @@ class Wakeup:
         """Wake the producer now (used when outcomes free lanes or capacity)."""
         self._event.set()
 
-    async def wait(self, timeout: float, stop: asyncio.Event) -> None:
+    # `timeout` is the poll interval, not a deadline: past it, wait returns normally.
+    async def wait(self, timeout: float, stop: asyncio.Event) -> None:  # noqa: ASYNC109
         """Return on a hint, a poke, the stop signal, or after `timeout` seconds."""
         if self._event.is_set() or stop.is_set():
             self._event.clear()
@@ -54,7 +56,7 @@ class Wakeup:
                     self._event.set()  # catch up on anything committed while we were away
                     async for _ in conn.notifies():
                         self._event.set()
-            except (psycopg.Error, OSError) as err:
+            except RETRYABLE as err:
                 log.warning("listen_connection_lost", error=str(err), retry_in_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)

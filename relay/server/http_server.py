@@ -13,7 +13,6 @@ them (Kubernetes restarts a pod whose /healthz stops answering):
 import asyncio
 import resource
 import time
-from typing import Any
 
 import stripe
 import structlog
@@ -27,19 +26,20 @@ from relay.core.errors import bind_error
 from relay.db.pool import make_reader_pool
 from relay.db.store import ConsoleStore, Store
 from relay.server import console
+from relay.server.relay_view import RelayView
 from relay.stripe.webhooks import BadDelivery, handle_delivery
 
 log = structlog.get_logger("relay.http")
 # After the relay's own shutdown (OUTBOX_SHUTDOWN_GRACE): seconds each for closing the HTTP server
 # and the database pool, so a stop ends below systemd's TimeoutStopSec=30 with the default grace.
 CLOSE_TIMEOUT = 2.0
-STALL_SECONDS = 60.0  # /healthz fails if the dispatcher loop has not turned for this long
+STALL_SECONDS = 60.0  # /healthz fails if the producer loop has not turned for this long
 FILES_KEPT = 64  # descriptors left for the pool, LISTEN, logs and the interpreter itself
 BUSY = web.AppKey("busy", set)  # connections inside a request: not evicted first
 
 
 def make_app(
-    relay: Any,
+    relay: RelayView,
     db: Store,
     client: stripe.StripeClient,
     secret: str | None,
@@ -149,7 +149,8 @@ class _GuardedSite(web.TCPSite):
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with its runner
         server, busy = self._runner.server, self._app_runner.app[BUSY]
-        assert server is not None
+        if server is None:
+            raise RuntimeError("the runner has no server: setup() was not awaited")
 
         def admit() -> RequestHandler:
             open_now = [  # oldest first; those already closing free their descriptor anyway

@@ -23,7 +23,7 @@ import structlog
 
 from relay.core import metrics
 from relay.core.rows import Claimed
-from relay.core.vocabulary import ACCOUNT_REFUSED, KEY_REFUSED
+from relay.core.vocabulary import ACCOUNT_REFUSED, KEY_REFUSED, RelayCode
 from relay.stripe.classify import Classified, Verdict
 
 log = structlog.get_logger("relay")
@@ -34,7 +34,7 @@ KEY: Scope = ("key", None)
 
 @dataclass
 class Pause:
-    code: str
+    code: RelayCode
     interval: float  # current backoff between probes
     probe_at: float  # monotonic time the next probe row may go
     probe: int | None = None  # id of the row out as the probe
@@ -68,7 +68,7 @@ class AuthGate:
             return None
         return max(pause.probe_at - now, pause.interval)
 
-    def code_for(self, row: Claimed) -> str:
+    def code_for(self, row: Claimed) -> RelayCode:
         return KEY_REFUSED if KEY in self.paused else ACCOUNT_REFUSED
 
     def settle(self, row: Claimed, result: Classified) -> float | None:

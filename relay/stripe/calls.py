@@ -2,12 +2,13 @@
 `POST /v1/billing/meter_events` and `POST /v2/billing/meter_event_stream`. Nothing else:
 sessions, adjustments, probes and webhook event fetches stay on the stripe SDK (on aiohttp).
 
-Why: the SDK spends ~0.4 ms of CPU per call around the HTTP request (header assembly, its
+Why: the SDK spends most of a v1 call's CPU around the HTTP request (header assembly, its
 generic form encoder, log formatting, parsing the answer into StripeObjects the relay never
-reads), which capped v1 at ~1,500 calls/s on a core. These calls need none of it, nor
-aiohttp's per-request machinery (~80 µs a call, see relay/stripe/transport.py).
+reads), enough to cap v1 on one core near Stripe's live limit (docs/benchmarks.md). These calls
+need none of it, nor aiohttp's per-request machinery (see relay/stripe/transport.py).
 
-The requests are the SDK's, byte for byte (tests/relay/test_wire_compat.py compares them):
+The requests are the SDK's, byte for byte (tests/integration/relay/test_wire_compat.py compares
+them):
 same method, path, body encoding and headers: Authorization, Idempotency-Key (v1: the row's
 key; v2: a fresh random key per call, as the SDK sends on every POST), Stripe-Version (the
 SDK's pinned version), Stripe-Account when set, Content-Type, User-Agent and
@@ -86,10 +87,10 @@ def stream_body(rows: Iterable[Claimed]) -> bytes:
     """The v2 stream request as the SDK serialises it (`json.dumps` defaults, ASCII).
 
     Spliced from pieces already in that form instead of building dicts for `json.dumps`
-    (about 3 us per event): the payload as PostgreSQL prints the jsonb, identifiers and event
-    names quoted as they are. Each piece is used only when it is plain printable ASCII, where
-    PostgreSQL's text form and `json.dumps` agree byte for byte (same separators, same escapes
-    of quote and backslash); anything else goes through `json.dumps`.
+    (a per-event cost on the hot path): the payload as PostgreSQL prints the jsonb, identifiers
+    and event names quoted as they are. Each piece is used only when it is plain printable
+    ASCII, where PostgreSQL's text form and `json.dumps` agree byte for byte (same separators,
+    same escapes of quote and backslash); anything else goes through `json.dumps`.
     """
     return ('{"events": [' + ", ".join([_event_json(row) for row in rows]) + "]}").encode()
 

@@ -34,6 +34,8 @@ from typing import NamedTuple
 
 import stripe
 
+from relay.core.vocabulary import RelayCode
+
 
 class Verdict(enum.Enum):
     ACCEPTED = "accepted"
@@ -53,8 +55,8 @@ class Rule:
     verdict: Verdict
     counts: bool  # uses up one of the row's attempts (OUTBOX_MAX_ATTEMPTS)
     reached: bool  # the event may have been counted by this call (starts the dedup clock)
-    code: str | None = None  # the row's code (replaces Stripe's)
-    fallback: str | None = None  # the row's code when Stripe gave none (else http_<status>)
+    code: RelayCode | None = None  # the row's code (replaces Stripe's)
+    fallback: RelayCode | None = None  # the row's code when Stripe gave none (else http_<status>)
 
 
 TABLE: dict[str, Rule] = {

@@ -10,6 +10,14 @@ from typing import TypedDict
 
 from outbox.rules import IN_FUTURE, earliest_send, window_bounds, window_problem
 from relay.core.rows import Claimed, Outcome
+from relay.core.vocabulary import (
+    CANCEL_WINDOW_EXPIRED,
+    DEDUP_WINDOW_EXPIRED,
+    RETRY_BUDGET_EXHAUSTED,
+    TIMESTAMP_IN_FUTURE,
+    TIMESTAMP_TOO_FAR_IN_PAST,
+    State,
+)
 from relay.stripe.classify import Classified, Verdict
 
 # Margin so a row refused at neither end by us is not refused by Stripe after clock skew and
@@ -20,15 +28,13 @@ BACKOFF_CAP = 300.0  # seconds
 
 
 class _Called(TypedDict):
-    """The Outcome fields every answered call shares, whatever the verdict."""
+    """The fields of `Outcome.answered` every answered call shares, whatever the verdict."""
 
-    row: Claimed
     code: str | None
     message: str | None
     request_id: str | None
     latency_ms: float | None
     http_status: int | None
-    called: bool
     counted: int
     reached: bool | None
 
@@ -37,9 +43,9 @@ def local_refusal(row: Claimed, now: datetime, dedup_window: timedelta) -> Outco
     """An outcome decided without calling Stripe, or None when the row may be sent."""
     if row.action == "cancel":
         if row.accepted_at is not None and row.accepted_at < now - CANCEL_WINDOW:
-            return _fail(
+            return Outcome.refused(
                 row,
-                "cancel_window_expired",
+                CANCEL_WINDOW_EXPIRED,
                 "Stripe accepts cancellations only within 24 h of receipt",
             )
         return None
@@ -48,21 +54,16 @@ def local_refusal(row: Claimed, now: datetime, dedup_window: timedelta) -> Outco
     problem = window_problem(row.occurred_at, now, CLOCK_MARGIN)
     if problem is IN_FUTURE:  # valid a little later (the outbox accepts up to 5 minutes ahead)
         wait = (earliest_send(row.occurred_at, CLOCK_MARGIN) - now).total_seconds() + 1
-        return Outcome(
-            row=row,
-            state="pending",
-            delay=wait,
-            counted=0,
-            code="timestamp_in_future",
-            message="waiting until Stripe accepts it",
-        )
+        return Outcome.unsent(row, TIMESTAMP_IN_FUTURE, "waiting until Stripe accepts it", wait)
     if problem:
-        return _fail(row, problem.code, "usage is older than Stripe's 35-day window; not sent")
+        return Outcome.refused(
+            row, TIMESTAMP_TOO_FAR_IN_PAST, "usage is older than Stripe's 35-day window; not sent"
+        )
     first = row.previous_first_attempt_at
     if first is not None and first < now - dedup_window:
-        return _fail(
+        return Outcome.refused(
             row,
-            "dedup_window_expired",
+            DEDUP_WINDOW_EXPIRED,
             "unconfirmed since the first attempt at "
             f"{first.isoformat()}; Stripe may have forgotten the identifier, so a resend could "
             "double-count. Check the meter's event summaries, then retry --force or cancel.",
@@ -89,20 +90,9 @@ class Refusals:
         return local_refusal(row, self._now, self._dedup_window)
 
 
-def _fail(row: Claimed, code: str, message: str, may_have_counted: bool = False) -> Outcome:
-    return Outcome(
-        row=row,
-        state="failed",
-        counted=0,
-        code=code,
-        message=message,
-        may_have_counted=may_have_counted,
-    )
-
-
 def backoff(attempt: int, base: float = 0.5, cap: float = BACKOFF_CAP) -> float:
     """Exponential backoff with full jitter (AWS style): spreads retries of a burst."""
-    return random.uniform(0, min(cap, base * 2 ** max(attempt - 1, 0)))
+    return random.uniform(0, min(cap, base * 2 ** max(attempt - 1, 0)))  # noqa: S311 (jitter)
 
 
 def outage_backoff(row: Claimed, now: datetime, cap: float = BACKOFF_CAP) -> float:
@@ -111,7 +101,7 @@ def outage_backoff(row: Claimed, now: datetime, cap: float = BACKOFF_CAP) -> flo
     reached Stripe does: half of it, at least 0.5 s, capped, with full jitter, so a row makes a
     few dozen calls in an outage of hours instead of one per half second."""
     elapsed = max(0.0, (now - row.first_attempt_at).total_seconds())
-    return random.uniform(0.5, max(0.5, min(cap, elapsed / 2)))
+    return random.uniform(0.5, max(0.5, min(cap, elapsed / 2)))  # noqa: S311 (jitter)
 
 
 def decide(
@@ -122,51 +112,45 @@ def decide(
     now: datetime | None = None,
 ) -> Outcome:
     """The row's next state after one call to Stripe (see the table in relay.stripe.classify)."""
-    done = "cancelled" if row.action == "cancel" else "accepted"
+    done: State = "cancelled" if row.action == "cancel" else "accepted"
     if result.verdict is Verdict.ACCEPTED:  # the hot path: no error fields
         # A sender's plain success carries no status: it was a 200.
         status = result.http_status or 200
-        return Outcome(
-            row,
-            done,
-            request_id=result.request_id,
-            latency_ms=latency_ms,
-            http_status=status,
-            called=True,
+        return Outcome.answered(
+            row, done, request_id=result.request_id, latency_ms=latency_ms, http_status=status
         )
     counted = 1 if result.counts else 0
     attempt = row.attempts + counted
     # An earlier call, or this one, may have counted the event: a cancel must still be sent.
     may_have_counted = row.previous_first_attempt_at is not None or result.reached
     common: _Called = {
-        "row": row,
         "code": result.code,
         "message": result.message,
         "request_id": result.request_id,
         "latency_ms": latency_ms,
         "http_status": result.http_status,
-        "called": True,
         "counted": counted,
         "reached": result.reached,
     }
     match result.verdict:
         case Verdict.FAILED | Verdict.FAILED_BUG:
-            return Outcome(state="failed", may_have_counted=may_have_counted, **common)
+            return Outcome.answered(row, "failed", may_have_counted=may_have_counted, **common)
         case Verdict.AUTH:
             # Not the row's fault: keep it pending, do not burn its attempts. No delay of its
             # own: the auth gate holds the account's rows until its probe succeeds.
-            return Outcome(state="pending", **common)
+            return Outcome.answered(row, "pending", **common)
         case Verdict.RETRY_SOON:
             # 409: the lane or the key is busy at Stripe (e.g. our earlier request after a
             # timeout is still executing). Nothing of this call executed: not an attempt.
-            return Outcome(state="pending", delay=max(0.5, backoff(attempt)), **common)
+            return Outcome.answered(row, "pending", delay=max(0.5, backoff(attempt)), **common)
     if counted and attempt >= max_attempts:
-        return Outcome(
-            state="failed",
+        return Outcome.answered(
+            row,
+            "failed",
             may_have_counted=may_have_counted,
             **common
             | {
-                "code": "retry_budget_exhausted",
+                "code": RETRY_BUDGET_EXHAUSTED,
                 "message": f"gave up after {attempt} attempts; last: {result.code}: "
                 f"{result.message}",
             },
@@ -178,4 +162,4 @@ def decide(
     else:  # no answer about the row: retried until the dedup window (local_refusal)
         delay = outage_backoff(row, now or datetime.now(UTC))
     new_key = 1 if result.verdict is Verdict.RETRY_NEW_KEY else 0
-    return Outcome(state="pending", delay=delay, new_key=new_key, **common)
+    return Outcome.answered(row, "pending", delay=delay, new_key=new_key, **common)

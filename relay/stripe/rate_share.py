@@ -31,6 +31,7 @@ from typing import Protocol
 import structlog
 
 from relay.core import metrics
+from relay.core.retryable import RETRYABLE
 from relay.core.stopping import sleep_unless_stopped
 from relay.db.store import Beat
 from relay.stripe.rate_limit import RateLimiter
@@ -116,7 +117,7 @@ class RateShare:
         DuplicateRelayId when another live process holds this relay_id."""
         try:
             live, ours = await self.store.heartbeat(self.relay_id, self.token, self.stale_after)
-        except Exception as err:
+        except RETRYABLE as err:
             stale = (
                 self._last_ok is None
                 or self._clock() - self._last_ok > self.stale_after - self.interval
@@ -135,7 +136,7 @@ class RateShare:
 
     async def leave(self) -> None:
         """Give the share back now rather than when this relay's row goes stale."""
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(*RETRYABLE):
             await self.store.leave(self.relay_id, self.token)
 
     def _take(self, live: int) -> None:

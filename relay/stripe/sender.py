@@ -15,7 +15,6 @@ import asyncio
 import ssl
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import aiohttp
 import stripe
@@ -147,7 +146,7 @@ class StripeSender:
         request_id = response.last_response.request_id if response.last_response else None
         return Classified(Verdict.ACCEPTED, request_id=request_id, http_status=200), _ms(started)
 
-    async def _report(self, row: Claimed) -> Any:
+    async def _report(self, row: Claimed) -> stripe.StripeObject:
         params: MeterEventCreateParams = {
             "event_name": row.event_name,
             "payload": row.payload,
@@ -159,7 +158,7 @@ class StripeSender:
             self._options(row),
         )
 
-    async def _cancel(self, row: Claimed) -> Any:
+    async def _cancel(self, row: Claimed) -> stripe.StripeObject:
         params: MeterEventAdjustmentCreateParams = {
             "event_name": row.event_name,
             "type": "cancel",

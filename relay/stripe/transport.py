@@ -1,13 +1,11 @@
 """A minimal HTTP/1.1 keep-alive client for the relay's two hot calls (relay/stripe/calls.py).
 
-Why: aiohttp's `ClientSession.post` cost ~75-92 µs of relay CPU per v1 meter event, a third
-of the relay process (py-spy, 20,000 calls): request and response objects, cookie and header
-processing, timeouts, tracing hooks and connector bookkeeping, general machinery these calls
-never use. Here a call is one `transport.write` of prebuilt bytes and an answer read by llhttp
-(`httptools`, C) into a status, a header dict and a body: ~16 µs a call. Relay CPU per v1 call
-(emulator, lean client, concurrency 128, medians of 3 runs alternating with aiohttp on a
-shared 2-core machine): 199.5 -> 99.0 µs at load ~2.5, 222.5 -> 132 µs at load up to 12. The
-v2 stream sends 100 events a request, so there it moved little (21.9 -> 20.8 µs per event).
+Why: aiohttp's `ClientSession.post` was a third of the relay process's CPU per v1 meter event
+(profiled): request and response objects, cookie and header processing, timeouts, tracing hooks
+and connector bookkeeping, general machinery these calls never use. Here a call is one
+`transport.write` of prebuilt bytes and an answer read by llhttp (`httptools`, C) into a status,
+a header dict and a body. The v2 stream sends 100 events a request, so there it matters little.
+The figures, before and after: docs/benchmarks.md.
 
 What it does: a pool of keep-alive connections per origin (scheme, host, port), at most
 `max_connections` each, callers beyond that waiting in FIFO order; one request per connection
@@ -15,17 +13,32 @@ at a time; HTTPS verified with the caller's SSL context; bodies delimited by Con
 chunked encoding or the server closing; gzip and deflate bodies decoded (the request
 advertises them, as aiohttp does); one total timeout per request, connect to last byte.
 
-What it deliberately does not do: proxies, redirects, cookies, HTTP/2, pipelining, retries
-(the relay owns retries: only it knows when an idempotency key may be reused), request
-streaming or `Expect: 100-continue`. A connection is reused only after a complete HTTP/1.1
-keep-alive answer; one whose answer was not read to the end (timeout, error, cancellation)
-is closed, since its stream may be out of step.
+What it deliberately does not do: proxies, redirects, cookies, HTTP/2, pipelining, request
+streaming or `Expect: 100-continue`, and retries but one: the relay owns retries (only it
+knows when an idempotency key may be reused). The one retry is of a stale keep-alive
+connection: a server may close an idle connection just as a request goes out on it, and
+then nothing of the request was answered. So a request that a REUSED connection loses before
+any byte of its answer arrives is written again, once, byte for byte (same idempotency key),
+on a fresh connection. Never once a byte of the answer came (the server was answering: the
+relay decides), and never on a fresh connection (the server is failing, not stale).
+
+A connection's life is an explicit `ConnState` with legal moves only (`_MOVES`): reused only
+from IDLE, reached only by an HTTP/1.1 keep-alive answer read to its end; one whose answer was
+not read to the end (timeout, error, cancellation) is closed, since its stream may be out of
+step, and a closed connection never moves again (nothing can mark it reusable).
+
+Answers are bounded, as aiohttp bounds the SDK's: a head over `MAX_HEAD` bytes or a body over
+`MAX_BODY` bytes (before or after decoding) ends the read and the connection, so a hostile or
+broken server cannot make the relay buffer it. Line endings are read as aiohttp reads them
+(llhttp with aiohttp's leniencies: a bare LF ends a status or header line).
 
 Failures surface as `OSError` (refused, reset, DNS, TLS), `TimeoutError` or `ResponseError`
-(the server hung up early, or sent something that is not HTTP); none carries a header.
+(the server hung up early, sent something that is not HTTP, or too much of it); none carries
+a header. Each is no answer to the relay: the row keeps its idempotency key for the next call.
 """
 
 import asyncio
+import enum
 import re
 import ssl
 import zlib
@@ -41,10 +54,48 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 DEFAULT_HEADERS = {"Accept": "*/*", "Accept-Encoding": "gzip, deflate"}
 # What aiohttp refuses in a header (header injection): control characters but the tab.
 _FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Stripe's answers to these calls are a few hundred bytes of head and of body. The caps are
+# far above that and far below what would hurt: a server past them is broken or hostile.
+MAX_HEAD = 64 * 1024  # the headers (aiohttp takes 128 of 8190 bytes at most)
+MAX_BODY = 1024 * 1024  # the body as received, and again once decoded (gzip, deflate)
 
 
 class ResponseError(Exception):
-    """No usable answer: the server hung up before its end, or what came back is not HTTP."""
+    """No usable answer: the server hung up before its end, or what came back is not HTTP or
+    is over a cap."""
+
+
+class ConnState(enum.Enum):
+    """Where a connection is in its life; `_MOVES` lists the legal moves."""
+
+    FRESH = "fresh"  # connected, nothing sent yet
+    IDLE = "idle"  # a keep-alive answer read to its end: may carry the next request
+    SENT = "sent"  # a request written, no byte of its answer yet
+    RECEIVING = "receiving"  # the answer is arriving
+    DROPPED = "dropped"  # lost while SENT: the server hung up (or the network failed) unanswered
+    CLOSED = "closed"  # closed by the client, or lost with (part of) an answer, or idle
+
+    # Members are singletons, so identity is their equality: hashing by identity (in C) keeps
+    # each move a few lookups, where Enum's own hash runs Python code on every call.
+    __hash__ = object.__hash__
+
+
+# The members as module names: looked up on the class, a member costs several times more,
+# and a call makes about ten of these checks.
+FRESH, IDLE, SENT = ConnState.FRESH, ConnState.IDLE, ConnState.SENT
+RECEIVING, DROPPED, CLOSED = ConnState.RECEIVING, ConnState.DROPPED, ConnState.CLOSED
+_MOVES: dict[ConnState, frozenset[ConnState]] = {
+    FRESH: frozenset({SENT, CLOSED}),
+    IDLE: frozenset({SENT, CLOSED}),
+    SENT: frozenset({RECEIVING, DROPPED, CLOSED}),
+    RECEIVING: frozenset({IDLE, CLOSED}),
+    DROPPED: frozenset(),
+    CLOSED: frozenset(),
+}
+
+
+class _TooLarge(ResponseError):
+    """An answer past a cap (raised inside llhttp's callbacks to stop the parse)."""
 
 
 class Origin(NamedTuple):
@@ -101,20 +152,37 @@ class _Connection(asyncio.Protocol):
         self._loop = loop
         self._lost = lost
         self._parser = httptools.HttpResponseParser(self)
+        # aiohttp's leniencies for answers (its parser is llhttp too), so the lean client
+        # reads what the SDK reads: bare LF line endings above all.
+        self._parser.set_dangerous_leniencies(
+            lenient_headers=True,
+            lenient_optional_cr_before_lf=True,
+            lenient_spaces_after_chunk_size=True,
+        )
         self._transport: asyncio.Transport | None = None
         self._answer: asyncio.Future[Response] | None = None
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
+        self._unfinished = 0  # bytes read while the head was unfinished: at least the head
+        self._body_size = 0
         self._headers_done = False
-        self.reusable = False
-        self._aborted = False
+        self.state = FRESH
         self.closed: asyncio.Future[None] = loop.create_future()
+
+    def _move(self, to: ConnState) -> None:
+        """Take a legal move; an ended connection (DROPPED, CLOSED) stays as it is."""
+        if to in _MOVES[self.state]:
+            self.state = to
+        elif _MOVES[self.state]:
+            raise RuntimeError(f"connection state {self.state.value} -> {to.value}")
 
     def exchange(self, request: bytes) -> "asyncio.Future[Response]":
         """Write the whole request at once; the future resolves with the answer."""
-        assert self._transport is not None and self._answer is None
-        self.reusable = False
+        if self._transport is None or self._answer is not None:
+            raise RuntimeError("exchange on a connection that is not idle")
+        self._move(SENT)
         self._reset()
+        self._unfinished = 0
         self._answer = answer = self._loop.create_future()
         self._transport.write(request)
         return answer
@@ -123,8 +191,7 @@ class _Connection(asyncio.Protocol):
         """Drop the connection now (no flush, no TLS goodbye): its stream is out of step, or
         the pool is closing and nothing is owed to the server. An answer still awaited fails
         (were it delimited by the close, what came so far would pass for all of it)."""
-        self.reusable = False
-        self._aborted = True  # until asyncio reports it lost, a late answer must not revive it
+        self._move(CLOSED)
         self._fail(ResponseError("connection closed by the client before the response"))
         if self._transport is not None:
             self._transport.abort()
@@ -135,29 +202,39 @@ class _Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
 
     def data_received(self, data: bytes) -> None:
-        if self._answer is None:  # bytes nobody asked for: never reuse this stream
+        if self.state is SENT:
+            self._move(RECEIVING)
+        elif self.state is not RECEIVING:  # bytes nobody asked for: never reuse
             self.abort()
             return
+        if not self._headers_done:
+            self._unfinished += len(data)
         try:
             self._parser.feed_data(data)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as err:
-            self._fail(ResponseError(f"malformed HTTP response: {err}"))
+            if not self._headers_done and self._unfinished > MAX_HEAD:  # an endless head
+                raise _TooLarge(f"answer head over {MAX_HEAD} bytes")
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade, _TooLarge) as err:
+            cause = err if isinstance(err, _TooLarge) else err.__context__
+            if not isinstance(cause, _TooLarge):
+                cause = ResponseError(f"malformed HTTP response: {err}")
+            self._fail(cause)
             self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
-        self.reusable = False
-        if exc is None and self._headers_done and self._until_close():
+        if self.state is SENT:
+            self._move(DROPPED)  # nothing of the answer came: see _Pool.exchange
+        elif exc is None and self._headers_done and self._until_close():
             self._complete()  # the body was delimited by the server closing
-        else:
-            self._fail(exc or ResponseError("server closed the connection before the response"))
+        self._move(CLOSED)
+        self._fail(exc or ResponseError("server closed the connection before the response"))
         self._lost(self)
         self.closed.set_result(None)
 
     # httptools callbacks
 
     def on_message_begin(self) -> None:
-        if self._answer is None:  # a second answer in the same read: out of step
+        if self.state is not RECEIVING:  # a second answer in the same read
             self.abort()
         self._reset()
 
@@ -166,22 +243,37 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._headers_done = True
+        # Counted only when what was read (head and maybe body) is past the cap: the head
+        # itself may still be under it. (Repeated names are kept once: what is kept counts.)
+        if self._unfinished > MAX_HEAD:
+            size = sum(len(name) + len(value) + 4 for name, value in self._headers.items())
+            if size > MAX_HEAD:
+                raise _TooLarge(f"answer head over {MAX_HEAD} bytes")
 
     def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > MAX_BODY:
+            raise _TooLarge(f"answer body over {MAX_BODY} bytes")
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        if self.state is not RECEIVING:  # aborted within this read: it stays so
+            return
         parser = self._parser
         if parser.get_status_code() < 200:  # 100 Continue, 103: the answer follows
             self._reset()
             return
-        keep_alive = parser.should_keep_alive() and parser.get_http_version() == "1.1"
-        self.reusable = keep_alive and self._transport is not None and not self._aborted
-        self._complete()
+        if parser.should_keep_alive() and parser.get_http_version() == "1.1":
+            self._move(IDLE)
+            self._complete()
+        else:
+            self._complete()
+            self.abort()  # the server ends it, or HTTP/1.0: not reusable
 
     def _reset(self) -> None:
         self._headers = {}
         self._body = []
+        self._body_size = 0
         self._headers_done = False
 
     def _until_close(self) -> bool:
@@ -215,26 +307,36 @@ class _Pool:
         self._open: set[_Connection] = set()
 
     async def exchange(self, request: bytes) -> Response:
-        """Send one request on an idle connection (or a new one) and read its answer."""
+        """Send one request on an idle connection (or a new one) and read its answer; once
+        more on a new connection if the idle one was stale (module docstring)."""
         async with self._slots:
-            conn = self._idle_connection() or await self._connect()
-            try:
-                response = await conn.exchange(request)
-            except BaseException:  # cancelled or failed mid-exchange: the stream is unusable
-                conn.abort()
-                raise
-            if conn.reusable:
-                self._idle.append(conn)
-            else:
-                conn.abort()
-            return response
+            conn = self._idle_connection()
+            if conn is not None:
+                try:
+                    return await self._on(conn, request)
+                except (OSError, ResponseError):
+                    if conn.state is not DROPPED:
+                        raise
+            return await self._on(await self._connect(), request)
+
+    async def _on(self, conn: _Connection, request: bytes) -> Response:
+        try:
+            response = await conn.exchange(request)
+        except BaseException:  # cancelled or failed mid-exchange: the stream is unusable
+            conn.abort()
+            raise
+        if conn.state is IDLE:
+            self._idle.append(conn)
+        else:
+            conn.abort()
+        return response
 
     def _idle_connection(self) -> _Connection | None:
         """The most recently used idle connection still fit for use (an idle one aborted for
         bytes nobody asked for stays listed until asyncio reports it lost)."""
         while self._idle:
             conn = self._idle.pop()
-            if conn.reusable:
+            if conn.state is IDLE:
                 return conn
         return None
 
@@ -275,8 +377,13 @@ class Client:
         self._ssl = ssl_context
         self._pools: dict[Origin, _Pool] = {}
 
+    # One total timeout per request, connect to last byte, as HTTP clients take it.
     async def send(
-        self, endpoint: Endpoint, headers: Mapping[str, str], body: bytes, timeout: float
+        self,
+        endpoint: Endpoint,
+        headers: Mapping[str, str],
+        body: bytes,
+        timeout: float,  # noqa: ASYNC109
     ) -> Response:
         """One request: the endpoint's constant head, this call's `headers`, the body. The
         timeout covers waiting for a connection, connecting, writing and reading."""
@@ -309,7 +416,13 @@ def _decoded(response: Response) -> Response:
         wbits = 16 + zlib.MAX_WBITS
     else:
         wbits = zlib.MAX_WBITS if body[0] & 0x0F == 8 else -zlib.MAX_WBITS
+    decoder = zlib.decompressobj(wbits)
     try:
-        return response._replace(body=zlib.decompress(body, wbits))
+        decoded = decoder.decompress(body, MAX_BODY + 1)  # a bomb stops here, not in memory
     except zlib.error as err:
         raise ResponseError(f"undecodable {encoding} body: {err}") from None
+    if len(decoded) > MAX_BODY:
+        raise ResponseError(f"answer body over {MAX_BODY} bytes once decoded")
+    if not decoder.eof:
+        raise ResponseError(f"undecodable {encoding} body: incomplete or truncated stream")
+    return response._replace(body=decoded)

@@ -1,5 +1,6 @@
 """A sample application using outbox-relay as a typed library, checked by `mypy --strict`
-(tests/test_library.py): sync callers get RecordedUsage, async callers an awaitable."""
+(tests/acceptance/adoption/test_library.py): sync callers get RecordedUsage, async callers an
+awaitable."""
 
 import psycopg
 from sqlalchemy import create_engine

@@ -1,5 +1,5 @@
 """The auth gate with an injected clock: pauses per cause and account, probes with the failing
-rows themselves, backs off up to a cap, one state change per pause (issue 9, finding 2)."""
+rows themselves, backs off up to a cap, one state change per pause (invariant 12)."""
 
 from relay.stripe.auth_gate import ACCOUNT_REFUSED, KEY_REFUSED, AuthGate
 from relay.stripe.classify import for_answer

@@ -24,6 +24,10 @@ class Tasks:
 
     def __init__(self) -> None:
         self.started: list[asyncio.Task[None]] = []
+        self.crashes: list[Exception] = []
+
+    def crashed(self, err: Exception) -> None:
+        self.crashes.append(err)
 
     def spawn(self, call: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(call)
@@ -42,7 +46,7 @@ async def test_calls_that_never_wait_share_one_worker() -> None:
         done.append(row.identifier)
 
     tasks = Tasks()
-    pool = CallPool(call, tasks.spawn)
+    pool = CallPool(call, tasks.spawn, tasks.crashed)
     pool.add(rows(500))
     pool.add(rows(3))
     await tasks.close(pool)
@@ -63,7 +67,7 @@ async def test_calls_that_wait_are_all_in_flight_within_a_few_loop_rounds() -> N
         await gate.wait()
 
     tasks = Tasks()
-    pool = CallPool(call, tasks.spawn)
+    pool = CallPool(call, tasks.spawn, tasks.crashed)
     pool.add(rows(100))
     for _ in range(10):
         await asyncio.sleep(0)  # one round of the event loop
@@ -90,7 +94,7 @@ class Recorder:
 
 async def test_a_worker_cancelled_right_after_being_woken_does_not_stall_the_pool() -> None:
     calls, tasks = Recorder(), Tasks()
-    pool = CallPool(calls.call, tasks.spawn)
+    pool = CallPool(calls.call, tasks.spawn, tasks.crashed)
     pool.add(rows(1))
     await calls.saw("u1")  # the worker ran u1 and parked
     pool.add([claimed(id=2, identifier="u2")])  # wakes the parked worker...
@@ -101,7 +105,7 @@ async def test_a_worker_cancelled_right_after_being_woken_does_not_stall_the_poo
 
 async def test_a_new_worker_cancelled_before_its_first_step_does_not_stall_the_pool() -> None:
     calls, tasks = Recorder(), Tasks()
-    pool = CallPool(calls.call, tasks.spawn)
+    pool = CallPool(calls.call, tasks.spawn, tasks.crashed)
     pool.add(rows(1))  # starts a worker
     tasks.started[0].cancel()  # cancelled before its first step
     await calls.saw("u1")
@@ -120,7 +124,7 @@ async def test_calls_that_wait_each_get_a_worker_at_once() -> None:
         await release.wait()
 
     tasks = Tasks()
-    pool = CallPool(call, tasks.spawn)
+    pool = CallPool(call, tasks.spawn, tasks.crashed)
     pool.add(rows(50))
     await asyncio.wait_for(everyone_out.wait(), 1)  # all 50 calls out before any returns
     release.set()
@@ -138,13 +142,21 @@ async def test_parked_workers_are_reused() -> None:
         await gate.wait()
 
     tasks = Tasks()
-    pool = CallPool(call, tasks.spawn)
+    pool = CallPool(call, tasks.spawn, tasks.crashed)
     gate.set()
     for _ in range(20):
         pool.add(rows(5))
-        await asyncio.sleep(0.01)
+        await all_parked(pool, tasks)
     await tasks.close(pool)
     assert calls == 100 and len(tasks.started) <= 6
+
+
+async def all_parked(pool: CallPool, tasks: Tasks) -> None:
+    """Until every live worker has run out of calls and parked: rounds of the event loop, so
+    the next `add` meets parked workers however slow the machine is (a timed pause did not).
+    The pool signals no event when a worker parks, so this yields one round at a time."""
+    while len(pool._parked) < sum(not task.done() for task in tasks.started):  # noqa: ASYNC110
+        await asyncio.sleep(0)
 
 
 async def test_shutdown_hands_back_rows_no_call_started() -> None:
@@ -164,3 +176,19 @@ async def test_shutdown_hands_back_rows_no_call_started() -> None:
         (f"u{i}", "pending", "shutdown", 0) for i in (1, 2, 3)
     ]
     assert not any(o.reached_stripe for o in outcomes)  # nothing sent: the dedup clock stops
+
+
+async def test_a_call_that_crashes_is_reported_and_its_worker_goes_on() -> None:
+    """A bug in a call reaches the executor (which stops the relay); the queue still drains."""
+    done: list[str] = []
+
+    async def call(row: Claimed) -> None:
+        if row.identifier == "u1":
+            raise TypeError("bug")
+        done.append(row.identifier)
+
+    tasks = Tasks()
+    pool = CallPool(call, tasks.spawn, tasks.crashed)
+    pool.add(rows(2))
+    await tasks.close(pool)
+    assert [repr(e) for e in tasks.crashes] == ["TypeError('bug')"] and done == ["u2"]

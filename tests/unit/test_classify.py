@@ -67,12 +67,12 @@ def test_messages_are_bounded() -> None:
     ],
 )
 def test_only_definitive_answers_count_against_the_budget(err: stripe.StripeError, counts: bool):
-    """Issue 9, finding 5: the table's `counts` column."""
+    """Only definitive answers use up the retry budget (invariant 12): the `counts` column."""
     assert classify_error(err).counts is counts
 
 
 def test_resource_missing_on_a_cancel_is_retried_and_on_a_report_fails() -> None:
-    """Issue 9, finding 1: the cancel may have overtaken its event."""
+    """The cancel may have overtaken its event, still being processed (invariant 10)."""
     missing = error(stripe.InvalidRequestError, 400, "No meter event", code="resource_missing")
     assert classify_error(missing, cancel=True).verdict is Verdict.RETRY_NEW_KEY
     assert classify_error(missing).verdict is Verdict.FAILED

@@ -113,7 +113,7 @@ async def test_shutdown_releases_calls_still_out() -> None:
     executor.start(rows(1))
     await asyncio.sleep(0)
     await executor.drain(0)
-    # No answer: not an attempt (issue 9 #5), but the call may have reached Stripe.
+    # No answer: not an attempt (invariant 12), but the call may have reached Stripe.
     assert [(o.state, o.code, o.called, o.counted) for o in outcomes] == [
         ("pending", "shutdown", False, 0)
     ]

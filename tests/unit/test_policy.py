@@ -65,7 +65,7 @@ def test_the_last_allowed_attempt_fails_and_may_have_been_counted() -> None:
 
 
 def test_an_outage_does_not_use_up_the_budget() -> None:
-    """Finding 5: calls that got no answer about the row never exhaust its attempts; their
+    """Invariant 12: calls that got no answer about the row never exhaust its attempts; their
     backoff grows with the time since the first call instead, up to the cap."""
     row = claimed(attempts=24, first_attempt_at=NOW - timedelta(hours=3))
     for name in ("no_answer", "unavailable"):

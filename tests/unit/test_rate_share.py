@@ -19,9 +19,11 @@ class FakeStore:
         self.beats: list[tuple[str, float]] = []
         self.left: list[str] = []
         self.owners: dict[str, uuid.UUID] = {}  # relay_id -> process token (never stale here)
+        self.refused = asyncio.Event()  # a heartbeat found the database away
 
     async def heartbeat(self, relay_id: str, token: uuid.UUID, stale_seconds: float) -> Beat:
         if self.down:
+            self.refused.set()
             raise ConnectionError("database away")
         self.beats.append((relay_id, stale_seconds))
         owner = self.owners.setdefault(relay_id, token)
@@ -88,7 +90,7 @@ async def test_a_relay_starts_fenced_until_it_has_counted() -> None:
     rate_share = share(store, clock)
     stop = asyncio.Event()
     joining = asyncio.create_task(rate_share.join(stop))
-    await asyncio.sleep(0.01)
+    await store.refused.wait()  # the first heartbeat failed: the relay has not counted yet
     assert rate_share.limiter.ceiling == FENCED_RATE
     store.down = False
     await joining
@@ -112,8 +114,8 @@ async def test_leaving_gives_the_share_back_and_never_raises() -> None:
 
 
 async def test_a_second_process_with_the_same_relay_id_refuses_to_start() -> None:
-    """Issue 9, finding 13: the running relay keeps its row and its share; the newcomer is
-    refused (fenced, and it gives back nothing of the other's)."""
+    """Two processes with one relay id (invariant 4): the running relay keeps its row and its
+    share; the newcomer is refused (fenced, and it gives back nothing of the other's)."""
     store, clock = FakeStore(1), [0.0]
     first = share(store, clock)
     await first.join(asyncio.Event())

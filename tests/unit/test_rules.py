@@ -49,7 +49,7 @@ def test_margin_narrows_both_ends() -> None:
 
 
 def test_library_judges_no_window_on_the_app_clock() -> None:
-    """One clock (issue 9, finding 3): the window is the database's to judge, at insert time.
+    """One clock (invariant 11): the window is the database's to judge, at insert time.
 
     A timestamp a year away passes Python validation; the insert refuses it (see
     test_one_clock.py). The library's own clock never decides.

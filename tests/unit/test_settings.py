@@ -167,9 +167,7 @@ def test_one_trailing_newline_is_stripped_from_a_token(monkeypatch: pytest.Monke
     assert token is not None and token.get_secret_value() == STRONG
 
 
-def test_every_secret_can_come_from_a_file(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_every_secret_can_come_from_a_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     files = {"url": URL, "webhook": "whsec_fromfile", "token": STRONG}
     for name, value in files.items():
         (tmp_path / name).write_text(value + "\n")  # as `echo value > file` writes it

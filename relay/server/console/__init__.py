@@ -5,7 +5,6 @@ requests are protected against cross-site forgery.
 """
 
 import ipaddress
-from typing import Any
 
 import structlog
 from aiohttp import web
@@ -15,6 +14,7 @@ from relay.core.config import Settings
 from relay.db.store import ConsoleStore
 from relay.server.console.auth import Guard
 from relay.server.console.views import Console
+from relay.server.relay_view import RelayView
 
 log = structlog.get_logger("relay.console")
 CONSOLE = web.AppKey("console", Console)  # the installed console (tests reach its brake)
@@ -44,7 +44,7 @@ def is_loopback(host: str) -> bool:
 
 
 def install(
-    app: web.Application, settings: Settings, pool: AsyncConnectionPool, relay: Any
+    app: web.Application, settings: Settings, pool: AsyncConnectionPool, relay: RelayView
 ) -> None:
     """Add the console's routes to the relay's app (nothing when OUTBOX_CONSOLE=false)."""
     if not settings.console:

@@ -59,7 +59,8 @@ class Guard:
         return self._key is not None
 
     def _sign(self, purpose: str, value: str) -> str:
-        assert self._key is not None
+        if self._key is None:
+            raise RuntimeError("signing needs OUTBOX_CONSOLE_TOKEN")
         return hmac.new(self._key, f"{purpose}:{value}".encode(), hashlib.sha256).hexdigest()
 
     def token_matches(self, candidate: str) -> bool:

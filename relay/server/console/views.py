@@ -33,6 +33,7 @@ from relay.server.console.auth import (
 from relay.server.console.brake import SignInBrake
 from relay.server.console.proxy import Proxies, host_name
 from relay.server.console.shared import ClientLimit, SharedReading
+from relay.server.relay_view import RelayView
 
 log = structlog.get_logger("relay.console")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -49,6 +50,7 @@ NOTICES = {
     "not_found": "No row with this identifier.",
     "refused": "Refused: sign in, and act from the console's own page.",
 }
+
 
 def _shown(value: Any) -> Any:
     """Every plain string a template prints shows controls and bidi characters as escapes
@@ -107,7 +109,9 @@ _env.filters.update(age=_age, when=_when, number=_number)
 class Console:
     """Routes under /console, bound to one relay's settings, store and state."""
 
-    def __init__(self, settings: Settings, store: ConsoleStore, guard: Guard, relay: Any) -> None:
+    def __init__(
+        self, settings: Settings, store: ConsoleStore, guard: Guard, relay: RelayView
+    ) -> None:
         self.settings = settings
         self.store = store
         self.guard = guard

@@ -1,0 +1,423 @@
+"""The registry: each named query of relay/db/queries.sql with its parameters and its row type.
+
+A `Query` names its SQL, the shape of its parameters (a TypedDict, so mypy checks every caller's
+keys and types) and the psycopg row factory that turns each result row into its type. Rows are
+built by name (`class_row`), never by position, except the claim's: its maker is
+`Claimed._make`, the cheapest way to build a named tuple, and the claim is the hot path.
+`check()` holds the registry to the file: every query registered, every parameter declared.
+"""
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, Generic, NamedTuple, NotRequired, TypedDict, TypeVar
+from uuid import UUID
+
+from psycopg.rows import BaseRowFactory, RowMaker, class_row, dict_row, kwargs_row, scalar_row
+
+from outbox.sqlfile import for_psycopg
+from relay.core.rows import Claimed
+from relay.core.vocabulary import Action, State
+from relay.db.pool import QUERIES
+
+P = TypeVar("P", bound=Mapping[str, object])
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Query(Generic[P, R]):
+    """One named query: its SQL, its parameters' shape and its row type."""
+
+    name: str
+    params: type[P]
+    rows: BaseRowFactory[R]
+    # False for statements whose best plan depends on the parameters: a prepared statement's
+    # generic plan must guess the size of `claim`'s batch and top-up, and a guess of a
+    # thousand rows turned its final join into a scan of the whole table. Planned afresh
+    # each time (about a millisecond).
+    prepare: bool = True
+
+    @property
+    def sql(self) -> str:
+        return for_psycopg(QUERIES[self.name])
+
+    def __call__(self, params: P) -> "Statement[R]":
+        """The query with its parameters, ready for an executor (relay/db/store.py)."""
+        return Statement(self.sql, params, self.rows, self.prepare)
+
+
+@dataclass(frozen=True, slots=True)
+class Statement(Generic[R]):
+    sql: str
+    params: Mapping[str, object]
+    rows: BaseRowFactory[R]
+    prepare: bool
+
+
+# -- parameter shapes -------------------------------------------------------------------------
+
+
+class NoParams(TypedDict):
+    pass
+
+
+class Identifier(TypedDict):
+    identifier: str
+
+
+class Limit(TypedDict):
+    limit: int
+
+
+class StaleSeconds(TypedDict):
+    stale_seconds: float
+
+
+class AgeSeconds(TypedDict):
+    age_seconds: float
+
+
+class WalkParams(TypedDict):
+    after_customer: str
+    after_event_name: str
+    max_lanes: int
+    batch_size: int
+    exclusive: bool
+
+
+class ClaimParams(TypedDict):
+    ids: str  # a bigint[] in its text form, cast by the query
+    one_walk: bool
+    fill: int
+    exclusive: bool
+    relay_id: str
+    lease_seconds: float
+
+
+class ClaimHow(TypedDict):
+    """How a claim leases (the keywords of `Store.claim`, besides the walked ids)."""
+
+    fill: int  # top up with this many oldest due rows (v2)
+    exclusive: bool  # v1: one call in flight per lane
+    relay_id: str
+    lease_seconds: float
+    one_walk: NotRequired[bool]  # the ids come from one walk, one per lane (default False)
+
+
+class OutcomeParams(TypedDict):
+    rows: str  # JSON documents, see relay.db.store.outcome_params
+    decisions: str
+    relay_id: str
+
+
+class HeartbeatParams(TypedDict):
+    relay_id: str
+    token: UUID
+    stale_seconds: float
+
+
+class LeaveParams(TypedDict):
+    relay_id: str
+    token: UUID
+
+
+class RejectParams(TypedDict):
+    identifiers: list[str]
+    account: str | None  # the error report's account (its `context`); None: the platform
+    code: str
+    message: str
+
+
+class SessionParams(TypedDict):
+    id: str
+    seconds: float
+
+
+class SessionId(TypedDict):
+    id: str
+
+
+class RetryHow(TypedDict):
+    """Which failed/rejected rows a retry takes (the keywords of `retry`), and whether it
+    takes the ones a resend could double-count (`force`)."""
+
+    identifier: str | None
+    code: str | None
+    force: bool
+    window_hours: float  # the safe dedup window
+    rejected: NotRequired[bool]  # False: leave rejected rows out (`retry --all`); default True
+
+
+class RetryParams(TypedDict):
+    identifier: str | None
+    code: str | None
+    force: bool
+    window_seconds: float
+    rejected: bool
+    dry_run: bool
+
+
+class MaybeCode(TypedDict):
+    code: str | None
+
+
+class Ids(TypedDict):
+    ids: list[int]
+
+
+class PruneParams(TypedDict):
+    age_seconds: float
+    batch_size: int
+
+
+class CodeParams(TypedDict):
+    code: str
+
+
+class CodeLimit(TypedDict):
+    code: str
+    limit: int
+
+
+class ListParams(TypedDict):
+    state: State | None
+    code: str | None
+    customer: str | None
+    event_name: str | None
+    since: datetime | None
+    limit: int
+
+
+class AttemptsParams(TypedDict):
+    outbox_id: int
+    limit: int
+
+
+class Window(TypedDict):
+    since: datetime
+    until: datetime
+
+
+class DriftReportParams(TypedDict):
+    since: datetime
+    until: datetime
+    groups: int
+    differing: int
+    unsettled: int
+    drift_events: float
+    differences: str  # JSON
+
+
+class Cap(TypedDict):
+    cap: int
+
+
+class CapLimit(TypedDict):
+    cap: int
+    limit: int
+
+
+class PerCode(TypedDict):
+    per_code: int
+
+
+# -- row types --------------------------------------------------------------------------------
+
+Lane = tuple[str, str]  # (customer, event name): the walk's cursor
+
+
+class Walked(NamedTuple):
+    """What a walk chose: lane heads to claim, and where the next walk starts."""
+
+    ids: list[int]
+    cursor: Lane | None  # None: the walk reached the last lane (start again from the first)
+
+
+def _walked(ids: list[int], found: int, customer: str, event_name: str, wrap: bool) -> Walked:
+    return Walked(ids, None if wrap else (customer, event_name))
+
+
+class Beat(NamedTuple):
+    live: int  # relays seen within the stale time, this one included
+    ours: bool  # False: another live process holds this relay_id
+
+
+class LiveRelay(NamedTuple):
+    relay_id: str
+    started_at: datetime
+    seen_at: datetime
+
+
+class StateCount(NamedTuple):
+    state: State
+    n: int
+
+
+class FailureCount(NamedTuple):
+    state: State
+    code: str
+    n: int
+
+
+class WaitingCount(NamedTuple):
+    code: str
+    stripe_account: str | None
+    n: int
+
+
+class UnsentGroup(NamedTuple):
+    """Unsent rows sharing a state, last code and due-ness (see `unsent_by_group`)."""
+
+    state: State
+    code: str | None
+    due: bool
+    n: int
+    oldest_created_at: datetime
+    oldest_occurred_at: datetime
+    next_attempt_at: datetime
+
+
+class RetryCandidate(NamedTuple):
+    """A failed/rejected row a `retry` matched: requeued, or refused and why (`reason`:
+    `rejected` or `outside_dedup_window`)."""
+
+    identifier: str
+    state: State
+    code: str | None
+    first_attempt_at: datetime | None
+    refused: bool
+    reason: str | None
+
+
+class RowState(NamedTuple):
+    state: State
+    action: Action
+
+
+class OurGroup(NamedTuple):
+    """Our side of one drift group: accepted totals per (account, customer, meter, hour)."""
+
+    account: str  # '' for the platform account
+    customer: str
+    event_name: str
+    hour: datetime
+    value: Decimal  # numeric
+    events: int
+    open: int  # rows sent but not settled: the group is not compared yet
+    identifiers: list[str] | None  # None when the group has no accepted row
+
+
+class TraceContext(NamedTuple):
+    id: int
+    trace_context: str  # a W3C traceparent, as recorded with the row
+
+
+class SavedReport(NamedTuple):
+    id: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Lag:
+    """The oldest unsent fact, measured from when it was recorded and from when it happened."""
+
+    created_at: datetime | None
+    occurred_at: datetime | None
+    created_age: timedelta | None
+    occurred_age: timedelta | None
+
+
+class Finished(NamedTuple):
+    accepted: int
+    cancelled: int
+
+
+class Calls(NamedTuple):
+    calls: int
+    errors: int
+    since: datetime | None
+    capped: bool
+
+
+def _claimed(cursor: Any) -> RowMaker[Claimed]:  # a psycopg cursor, sync or async
+    """The claim's rows, built as the named tuple straight from psycopg's values (no
+    intermediate tuple, no name lookup per row). The RETURNING list must name `Claimed`'s
+    fields in order: checked once per claim, not once per row."""
+    names = tuple(column.name for column in cursor.description or ())
+    if names != Claimed._fields:
+        raise TypeError(f"claim returns {names}, Claimed expects {Claimed._fields}")
+    return Claimed._make
+
+
+# -- the registry -----------------------------------------------------------------------------
+
+WALK = Query("walk", WalkParams, kwargs_row(_walked))
+CLAIM = Query("claim", ClaimParams, _claimed, prepare=False)
+RECORD_OUTCOMES = Query("record_outcomes", OutcomeParams, scalar_row)
+HEARTBEAT = Query("heartbeat", HeartbeatParams, class_row(Beat))
+LEAVE = Query("leave", LeaveParams, scalar_row)
+LIVE_RELAYS = Query("live_relays", StaleSeconds, class_row(LiveRelay))
+REJECT = Query("reject", RejectParams, scalar_row)
+FOLD_COUNTS = Query("fold_counts", NoParams, scalar_row)
+STATE_COUNTS = Query("state_counts", NoParams, class_row(StateCount))
+FAILURES_BY_CODE = Query("failures_by_code", NoParams, class_row(FailureCount))
+WAITING_BY_CODE = Query("waiting_by_code", NoParams, class_row(WaitingCount))
+UNSENT_BY_GROUP = Query("unsent_by_group", NoParams, class_row(UnsentGroup))
+LAST_STATUS_FOR_CODE = Query("last_status_for_code", CodeParams, scalar_row)
+ROW_STORY = Query("row_story", Identifier, dict_row)
+ROW_STATE = Query("row_state", Identifier, class_row(RowState))
+REJECTED_COUNT = Query("rejected_count", MaybeCode, scalar_row)
+TRACE_CONTEXTS = Query("trace_contexts", Ids, class_row(TraceContext))
+ROW_ATTEMPTS = Query("row_attempts", AttemptsParams, dict_row)
+LIST_ROWS = Query("list_rows", ListParams, dict_row)
+RETRY = Query("retry", RetryParams, class_row(RetryCandidate))
+PRUNE = Query("prune", PruneParams, scalar_row)
+PRUNE_PREVIEW = Query("prune_preview", AgeSeconds, dict_row)
+UNSENT_COUNT = Query("unsent_count", NoParams, scalar_row)
+DRIFT_OURS = Query("drift_ours", Window, class_row(OurGroup))
+SAVE_DRIFT_REPORT = Query("save_drift_report", DriftReportParams, class_row(SavedReport))
+LATEST_DRIFT_REPORT = Query("latest_drift_report", NoParams, dict_row)
+CONSOLE_SESSION_OPEN = Query("console_session_open", SessionParams, scalar_row)
+CONSOLE_SESSION_ALIVE = Query("console_session_alive", SessionId, scalar_row)
+CONSOLE_SESSION_CLOSE = Query("console_session_close", SessionId, scalar_row)
+OLDEST_UNSENT = Query("oldest_unsent", NoParams, class_row(Lag))
+BACKING_OFF = Query("backing_off", Limit, dict_row)
+FINISHED_LAST_HOUR = Query("finished_last_hour", NoParams, class_row(Finished))
+ATTEMPTS_LAST_HOUR = Query("attempts_last_hour", Cap, class_row(Calls))
+ATTEMPT_ERRORS_LAST_HOUR = Query("attempt_errors_last_hour", CapLimit, dict_row)
+FAILURES_WITH_IDENTIFIERS = Query("failures_with_identifiers", PerCode, dict_row)
+FAILED_ROWS = Query("failed_rows", CodeLimit, dict_row)
+CUSTOMER_BACKLOG = Query("customer_backlog", Limit, dict_row)
+
+REGISTRY: dict[str, Query[Any, Any]] = {
+    q.name: q
+    for q in (
+        WALK, CLAIM, RECORD_OUTCOMES, HEARTBEAT, LEAVE, LIVE_RELAYS, REJECT, FOLD_COUNTS,
+        STATE_COUNTS, FAILURES_BY_CODE, WAITING_BY_CODE, UNSENT_BY_GROUP, LAST_STATUS_FOR_CODE,
+        ROW_STORY, ROW_STATE, ROW_ATTEMPTS, LIST_ROWS, RETRY, PRUNE, PRUNE_PREVIEW, UNSENT_COUNT,
+        DRIFT_OURS, SAVE_DRIFT_REPORT, LATEST_DRIFT_REPORT, OLDEST_UNSENT, BACKING_OFF,
+        FINISHED_LAST_HOUR, ATTEMPTS_LAST_HOUR, ATTEMPT_ERRORS_LAST_HOUR,
+        FAILURES_WITH_IDENTIFIERS, FAILED_ROWS, CUSTOMER_BACKLOG, REJECTED_COUNT, TRACE_CONTEXTS,
+    )
+}  # fmt: skip
+
+_PARAMETER = re.compile(r"(?<![:\w]):(\w+)")  # as outbox.sqlfile rewrites them
+_COMMENT = re.compile(r"--[^\n]*")
+
+
+def parameters(name: str) -> frozenset[str]:
+    """The `:name` parameters the SQL of one named query uses (comments left out)."""
+    return frozenset(_PARAMETER.findall(_COMMENT.sub("", QUERIES[name])))
+
+
+def check() -> list[str]:
+    """What disagrees between the registry and queries.sql (nothing, when they agree)."""
+    problems = [f"{name}: in queries.sql, not registered" for name in QUERIES.keys() - REGISTRY]
+    problems += [f"{name}: registered, not in queries.sql" for name in REGISTRY.keys() - QUERIES]
+    for name, query in REGISTRY.items():
+        declared = frozenset(query.params.__annotations__)
+        if name in QUERIES and declared != parameters(name):
+            problems.append(f"{name}: declares {sorted(declared)}, uses {sorted(parameters(name))}")
+    return problems

@@ -1,0 +1,82 @@
+"""Outcome writes: the attempt history written with each outcome, the metrics they drive."""
+
+from typing import Any
+
+import psycopg
+from prometheus_client import REGISTRY
+
+from relay.core.rows import Claimed, Outcome
+from relay.db.store import FIRST_LANE, SyncStore
+from relay.emulator import Emulator
+from tests.support.relay import accepted, insert_usage, running_relay
+
+ATTEMPTS = (
+    "SELECT attempt, key_generation, action, state, http_status, stripe_request_id IS NOT NULL,"
+    " latency_ms IS NOT NULL, relay_id FROM meter_event_outbox_attempts ORDER BY id"
+)
+
+
+def attempts(database_url: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(database_url) as conn:
+        return conn.execute(ATTEMPTS).fetchall()
+
+
+def claim_one(db: psycopg.Connection) -> Claimed:
+    store = SyncStore(db)
+    walked = store.walk(FIRST_LANE, 1, exclusive=True)
+    (claimed,) = store.claim(
+        walked.ids, fill=0, exclusive=True, relay_id="test-relay", lease_seconds=30
+    )
+    return claimed
+
+
+async def test_each_stripe_call_leaves_one_attempt_row(database_url, emulator: Emulator, settings):
+    """A cached 500, then a success under the next key: two calls, two rows of history."""
+    insert_usage(database_url, 1)
+    emulator.fail_next(1, status=500, path="/v1/billing/meter_events")
+    async with running_relay(settings) as relay:
+        await relay.until(lambda: accepted(database_url, 1))
+    assert attempts(database_url) == [
+        (1, 0, "report", "pending", 500, True, True, "test-relay"),
+        (2, 1, "report", "accepted", 200, True, True, "test-relay"),
+    ]
+
+
+def test_outcomes_without_a_call_leave_no_attempt_row(database_url: str, db) -> None:
+    """A local refusal or a shutdown release made no call: the row changes, the history not."""
+    insert_usage(database_url, 1)
+    claimed = claim_one(db)
+    refused = Outcome(claimed, "pending", counted=0, code="timestamp_in_future", delay=60)
+    assert SyncStore(db).record_outcomes([refused], "test-relay") == {claimed.id}
+    assert attempts(database_url) == []
+
+
+def test_an_outcome_whose_lease_was_lost_leaves_no_attempt_row(database_url: str, db) -> None:
+    insert_usage(database_url, 1)
+    claimed = claim_one(db)
+    db.execute("UPDATE meter_event_outbox SET lease_token = gen_random_uuid()")  # re-claimed
+    late = Outcome(claimed, "accepted", http_status=200, called=True, latency_ms=5.0)
+    assert SyncStore(db).record_outcomes([late], "test-relay") == set()
+    assert attempts(database_url) == []
+
+
+async def test_rows_held_gauge_returns_to_zero_when_the_relay_is_idle(database_url, settings):
+    """The gauge follows the rows held (claimed, outcome not written), not the calls started."""
+    insert_usage(database_url, 3, customers=3)
+    async with running_relay(settings) as relay:
+        await relay.until(lambda: accepted(database_url, 3))
+        await relay.until(_nothing_held)
+        assert relay.relay.capacity.held == 0
+
+
+async def _nothing_held() -> bool:
+    return REGISTRY.get_sample_value("outbox_relay_inflight_calls") == 0
+
+
+async def test_commit_to_accepted_time_is_observed_per_accepted_row(database_url, settings):
+    before = REGISTRY.get_sample_value("outbox_relay_commit_to_accepted_seconds_count") or 0
+    insert_usage(database_url, 4, customers=4)
+    async with running_relay(settings) as relay:
+        await relay.until(lambda: accepted(database_url, 4))
+    after = REGISTRY.get_sample_value("outbox_relay_commit_to_accepted_seconds_count")
+    assert after == before + 4
