@@ -1,4 +1,4 @@
-"""Relay settings: environment variables (names in docs/design.md), overridden by CLI flags.
+"""Relay settings: environment variables (names in docs/configuration.md), overridden by CLI flags.
 
 Secrets are `SecretStr`, so printing or logging the settings never shows them. Every number has
 bounds and refuses NaN and infinity: a rate of 0 divided by zero on every send and a negative
