@@ -135,25 +135,21 @@ RETURNING o.id, o.lease_token, o.identifier, o.event_name, o.customer,
 -- the same statement and only for rows whose compare-and-set matched.
 WITH written AS (
     UPDATE meter_event_outbox o
-    SET state = CASE
-            WHEN NOT (o.action = 'report' AND o.cancel_requested_at IS NOT NULL) THEN u.state
-            WHEN u.state = 'accepted' THEN 'pending'                      -- now cancel it
-            WHEN u.state = 'failed' AND u.may_have_counted THEN 'pending' -- cancel it to be sure
-            WHEN u.state = 'failed' THEN 'cancelled'                      -- Stripe refused it
-            ELSE u.state END,                                             -- resolve the report
-        action = CASE
-            WHEN NOT (o.action = 'report' AND o.cancel_requested_at IS NOT NULL) THEN o.action
-            WHEN u.state = 'accepted' THEN 'cancel'
-            WHEN u.state = 'failed' AND u.may_have_counted THEN 'cancel'
-            ELSE o.action END,
-        available_at = CASE
-            WHEN o.action = 'report' AND o.cancel_requested_at IS NOT NULL
-                 AND u.state IN ('accepted', 'failed') THEN now()
-            ELSE now() + make_interval(secs => u.delay) END,
+    -- The route of a report whose cancel was requested meanwhile is decided once per decision
+    -- (store.cancel_route): u.cancel_now = cancel it now (fresh budget); u.cancel_state = the
+    -- state it takes ('cancelled' when Stripe refused it: nothing to cancel). Each column below
+    -- only switches on the row's cancel request and that route.
+    SET state = CASE WHEN o.action = 'report' AND o.cancel_requested_at IS NOT NULL
+                     THEN u.cancel_state ELSE u.state END,
+        action = CASE WHEN o.action = 'report' AND o.cancel_requested_at IS NOT NULL
+                           AND u.cancel_now THEN 'cancel' ELSE o.action END,
+        available_at = CASE WHEN o.action = 'report' AND o.cancel_requested_at IS NOT NULL
+                                 AND u.state IN ('accepted', 'failed') THEN now()
+                            ELSE now() + make_interval(secs => u.delay) END,
         lease_token = NULL,
         attempts = CASE  -- a cancel starts with a fresh budget
             WHEN o.action = 'report' AND o.cancel_requested_at IS NOT NULL
-                 AND (u.state = 'accepted' OR (u.state = 'failed' AND u.may_have_counted)) THEN 0
+                 AND u.cancel_now THEN 0
             ELSE o.attempts + u.counted END,
         key_generation = o.key_generation + u.new_key,
         -- Restored when no call may have counted (o.first_attempt_at is what the claim set).
@@ -167,7 +163,7 @@ WITH written AS (
         cancelled_at = CASE
             WHEN u.state = 'cancelled' THEN now()
             WHEN o.action = 'report' AND o.cancel_requested_at IS NOT NULL
-                 AND u.state = 'failed' AND NOT u.may_have_counted THEN now()
+                 AND u.cancel_state = 'cancelled' THEN now()
             ELSE o.cancelled_at END,
         updated_at = now()
     FROM (
@@ -177,7 +173,8 @@ WITH written AS (
                   key_generation int, decision int)
         JOIN jsonb_to_recordset(CAST(:decisions AS jsonb))
              AS d(n int, state text, delay float8, counted int, new_key int, code text, message text,
-                  request_id text, reached boolean, may_have_counted boolean, called boolean,
+                  request_id text, reached boolean, may_have_counted boolean, cancel_state text,
+                  cancel_now boolean, called boolean,
                   action text, http_status int, latency_ms real)
           ON d.n = r.decision
     ) u

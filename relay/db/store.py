@@ -163,6 +163,22 @@ def outcome_params(batch: Iterable[Outcome], relay_id: str) -> q.OutcomeParams:
     }
 
 
+def cancel_route(state: State, may_have_counted: bool) -> dict[str, State | bool]:
+    """Where a report goes when a cancel was requested while it was in flight: the one place
+    this route is decided, once per decision (record_outcomes only switches on it).
+
+    Accepted, or failed but maybe counted: cancel it now (a pending cancellation, fresh
+    budget). Failed for sure: nothing was counted, so it is cancelled without a call. Any
+    other outcome (unknown, retry): resolve the report first with the same key, so an
+    adjustment never races the event it cancels (invariant 10).
+    """
+    if state == "accepted" or (state == "failed" and may_have_counted):
+        return {"cancel_state": "pending", "cancel_now": True}
+    if state == "failed":
+        return {"cancel_state": "cancelled", "cancel_now": False}
+    return {"cancel_state": state, "cancel_now": False}
+
+
 def _decision(o: Outcome) -> dict[str, Any]:
     return {
         "state": o.state,
@@ -174,6 +190,7 @@ def _decision(o: Outcome) -> dict[str, Any]:
         "request_id": o.request_id,
         "reached": o.reached_stripe,
         "may_have_counted": o.may_have_counted,
+        **cancel_route(o.state, o.may_have_counted),
         "called": o.called,
         "action": o.row.action,
         "http_status": o.http_status,
