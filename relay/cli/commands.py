@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from outbox.dburl import redact
+from relay.cli import show
 from relay.cli.options import secrets_help, setting_options
 from relay.core import config, errors
 from relay.core.config import Settings
@@ -68,15 +69,33 @@ class _Main(click.Group):
             if logs.is_json():
                 logs.fatal(message, code, None if foreseen else err)
             else:
-                click.echo(f"outbox-relay: error: {message}", err=True)
+                show.echo(f"outbox-relay: error: {message}", err=True)
             sys.exit(code)
         if isinstance(result, int) and result:  # --help, --version: click's own exit code
             sys.exit(result)
         return result
 
 
+def _warn_password_flag(ctx: click.Context, param: click.Parameter, url: str | None) -> str | None:
+    """A password on the command line is visible to every user in `ps`: say so (the value
+    itself is never printed)."""
+    from click.core import ParameterSource
+
+    source = ctx.get_parameter_source(param.name or "")
+    if url and source is ParameterSource.COMMANDLINE and redact(url) != url:
+        show.echo(
+            "outbox-relay: warning: --database-url holds a password, which other users of this "
+            "machine can read in `ps`: use OUTBOX_DATABASE_URL_FILE or a libpq passfile instead",
+            err=True,
+        )
+    return url
+
+
 database_option = click.option(
-    "--database-url", envvar="OUTBOX_DATABASE_URL", help="PostgreSQL URL (env OUTBOX_DATABASE_URL)"
+    "--database-url",
+    envvar="OUTBOX_DATABASE_URL",
+    help="PostgreSQL URL (env OUTBOX_DATABASE_URL; OUTBOX_DATABASE_URL_FILE keeps it out of ps)",
+    callback=_warn_password_flag,
 )
 
 
@@ -137,6 +156,25 @@ def schema(as_sql: bool, start: str | None, revision: str) -> None:
         click.echo(rev)
 
 
+@main.command()
+@database_option
+@click.option("--sql", "as_sql", is_flag=True, help="Print the SQL; touch no database.")
+def roles(database_url: str | None, as_sql: bool) -> None:
+    """Create the roles outbox_writer, outbox_relay and outbox_reader and grant each what its
+    job needs, on every outbox table (run as the owner after each migrate; idempotent).
+
+    Give logins a role with `CREATE ROLE app LOGIN ... IN ROLE outbox_writer`. The migrations
+    keep running as the owner; `run` as outbox_relay; status, list, inspect as outbox_reader."""
+    from relay.db import roles as db_roles
+
+    if as_sql:
+        click.echo(db_roles.roles_sql(), nl=False)
+        return
+    url = _database_url(_settings(database_url=database_url))
+    db_roles.apply(url)
+    click.echo(f"roles {', '.join(db_roles.ROLES)} granted on {redact(url)}")
+
+
 @main.command(epilog=secrets_help())
 @database_option
 @setting_options("database_url")
@@ -154,6 +192,9 @@ def run(log_format: str, log_level: str, **flags: object) -> None:
     from relay.core import logs
 
     logs.configure(level=log_level, json=log_format == "json")
+    from relay.core.hardening import no_core_dumps
+
+    no_core_dumps()  # before any secret is read
     settings = _settings(**flags)
     from relay import daemon  # after the settings: a bad value is refused without the wait
 
@@ -237,7 +278,7 @@ def _render_status(data: dict[str, Any]) -> None:
     console = Console()
     table = Table("state", "rows", title="meter_event_outbox")
     for state, n in data["counts"].items():
-        table.add_row(state, str(n))
+        table.add_row(show.cell(state), str(n))
     console.print(table)
     lag, unsent = data["lag"], data["unsent"]
     if lag["oldest_unsent_created_at"] is None:
@@ -257,7 +298,7 @@ def _render_status(data: dict[str, Any]) -> None:
             waiting = Table("code", "rows", "oldest recorded", "next attempt in", title=title)
             for g in groups:
                 waiting.add_row(
-                    g["code"] or "(scheduled)",
+                    show.cell(g["code"] or "(scheduled)"),
                     str(g["rows"]),
                     g["oldest_created_at"].isoformat(),
                     f"{g['next_attempt_in_seconds']:.0f} s",
@@ -266,7 +307,8 @@ def _render_status(data: dict[str, Any]) -> None:
     if data["waiting"]:
         held = Table("code", "stripe account", "rows", title="held back: key or account refused")
         for w in data["waiting"]:
-            held.add_row(w["code"], w["stripe_account"] or "(platform)", str(w["count"]))
+            account = w["stripe_account"] or "(platform)"
+            held.add_row(show.cell(w["code"]), show.cell(account), str(w["count"]))
         console.print(held)
     if data.get("held_for_meter"):
         meters = Table(
@@ -296,7 +338,7 @@ def _render_status(data: dict[str, Any]) -> None:
     if data["failures_by_code"]:
         failures = Table("state", "code", "rows", title="needs a decision")
         for f in data["failures_by_code"]:
-            failures.add_row(f["state"], f["code"], str(f["count"]))
+            failures.add_row(show.cell(f["state"]), show.cell(f["code"]), str(f["count"]))
         console.print(failures)
 
 
@@ -328,7 +370,7 @@ def list_rows(database_url: str | None, as_json: bool, **filters: Any) -> None:
     def render() -> None:
         for r in found:
             code = f" {r['last_error_code']}" if r["last_error_code"] else ""
-            click.echo(
+            show.echo(
                 f"{r['identifier']}  {r['state']}{code}  {r['customer']}  {r['event_name']}  "
                 f"value={r['value']}  attempts={r['attempts']}  "
                 f"recorded={r['created_at'].isoformat()}"
@@ -360,14 +402,14 @@ def inspect(database_url: str | None, identifier: str, as_json: bool) -> None:
 
 
 def _render_row(data: dict[str, Any]) -> None:
-    click.echo(data["summary"])
+    show.echo(data["summary"])
     for key, value in data.items():
         if key not in ("summary", "history"):
             shown = value.isoformat() if isinstance(value, datetime) else value
-            click.echo(f"{key:>26}: {'-' if shown is None else shown}")
-    click.echo(f"attempts ({len(data['history'])}):")
+            show.echo(f"{key:>26}: {'-' if shown is None else shown}")
+    show.echo(f"attempts ({len(data['history'])}):")
     for a in data["history"]:
-        click.echo(
+        show.echo(
             f"  {a['attempted_at'].isoformat()}  #{a['attempt']} key {a['key_generation']} "
             f"{a['action']} -> {a['state']} {a['http_status'] or '-'} {a['code'] or ''} "
             f"{a['stripe_request_id'] or ''} {a['latency_ms'] or 0:.0f} ms {a['relay_id'] or ''}"
@@ -454,14 +496,14 @@ def retry(
 def _render_retry(
     verb: str, requeued: list[str], refused: list[dict[str, Any]], skipped: int
 ) -> None:
-    click.echo(f"{verb} {len(requeued)} row(s)")
+    show.echo(f"{verb} {len(requeued)} row(s)")
     if skipped:
-        click.echo(
+        show.echo(
             f"skipped {skipped} rejected row(s): Stripe will not bill a resend under the same "
             "identifier; record corrected usage under new identifiers, or add --include-rejected"
         )
     for identifier in requeued[:50]:
-        click.echo(f"  {identifier}")
+        show.echo(f"  {identifier}")
     for r in refused:
         if r["state"] == "rejected":
             why = (
@@ -474,7 +516,7 @@ def _render_retry(
                 "a resend could double-count. Check the meter's event summaries, then "
                 "--force if it was not counted"
             )
-        click.echo(f"refused {r['identifier']} ({r['code']}): {why}", err=True)
+        show.echo(f"refused {r['identifier']} ({r['code']}): {why}", err=True)
 
 
 @main.command()
@@ -495,7 +537,7 @@ def cancel(database_url: str | None, identifier: str, as_json: bool) -> None:
     _emit(
         data,
         as_json,
-        lambda: click.echo(f"{identifier}: state={result.state} action={result.action}"),
+        lambda: show.echo(f"{identifier}: state={result.state} action={result.action}"),
     )
 
 
@@ -692,25 +734,29 @@ def _stripe_totals(key: str, api_base: str | None, rate: float) -> Any:
 
 
 def _render_drift(report: dict[str, Any]) -> None:
-    click.echo(
+    show.echo(
         f"drift report {report['id']}: {report['since'].isoformat()} .. "
         f"{report['until'].isoformat()}: {report['groups']} group(s) compared, "
         f"{report['differing']} differ, {report['unsettled']} unsettled (sends still open)"
     )
     for d in report["differences"]:
-        click.echo(
+        show.echo(
             f"  {d['customer']} {d['event_name']} ({d['meter']}) {d['hour'].isoformat()}: "
             f"ours {d['ours']}, Stripe {d['stripe']} (difference {d['difference']}); "
             f"{d['events']} accepted fact(s): {', '.join(d['identifiers']) or '-'}"
         )
     if report["skipped_meters"]:
-        click.echo(
+        show.echo(
             f"  not compared (no active sum/count meter): {', '.join(report['skipped_meters'])}"
         )
 
 
 @main.command()
-@click.option("--database-url", help="Use this PostgreSQL instead of an embedded one.")
+@click.option(
+    "--database-url",
+    help="Use this PostgreSQL instead of an embedded one.",
+    callback=_warn_password_flag,
+)
 @click.option("--events", type=int, default=1000, show_default=True)
 @click.option("--seed", type=int, default=7, show_default=True)
 def demo(database_url: str | None, events: int, seed: int) -> None:

@@ -1,4 +1,4 @@
-"""Relay settings: environment variables (names in docs/design.md), overridden by CLI flags.
+"""Relay settings: environment variables (names in docs/configuration.md), overridden by CLI flags.
 
 Secrets are `SecretStr`, so printing or logging the settings never shows them. Every number has
 bounds and refuses NaN and infinity: a rate of 0 divided by zero on every send and a negative
@@ -6,6 +6,7 @@ one removed pacing. `load` turns pydantic's errors into one line that names the 
 never echoes the value (a malformed database URL holds a password).
 """
 
+import ipaddress
 import os
 import socket
 from pathlib import Path
@@ -18,6 +19,70 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from outbox.dburl import psycopg_url
 from relay.core.errors import ConfigError
 
+CONSOLE_TOKEN_MIN = 32
+
+
+def strip_newline(value: str) -> str:
+    """One trailing line break removed: what `echo secret > file` and editors add."""
+    return value.removesuffix("\n").removesuffix("\r")
+
+
+def token_problem(token: str) -> str | None:
+    """Why a console token is refused (never quoting it), or None."""
+    if not token:
+        return "is empty"
+    if len(token) < CONSOLE_TOKEN_MIN:
+        return f"is shorter than {CONSOLE_TOKEN_MIN} characters"
+    if len(set(token)) == 1:
+        return "is one repeated character"
+    if not token.isprintable() or token != token.strip():
+        return "has control characters or surrounding spaces"
+    return None
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOOPBACK_HOSTS = "localhost,127.0.0.1,[::1]"
+
+
+def ip_networks(spec: str) -> list[Network]:
+    """`10.0.0.0/8, 192.168.1.7` -> networks; ValueError naming the bad entry."""
+    networks = []
+    for entry in (part.strip() for part in spec.split(",")):
+        if entry:
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network") from None
+    return networks
+
+
+def host_names(spec: str) -> frozenset[str]:
+    """`localhost, console.example.com` -> lower-case names (ports are not part of them)."""
+    return frozenset(name.strip().lower() for name in spec.split(",") if name.strip())
+
+
+def read_secret(path: Path, variable: str) -> str:
+    """A secret file's content, without its trailing line break; never quoted in errors."""
+    try:
+        return strip_newline(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{variable}: cannot read {path} ({type(err).__name__})") from None
+
+
+def postgres_only(url: str) -> str:
+    """The URL unchanged if it is a PostgreSQL URL; a ValueError that never quotes it else."""
+    if url:
+        psycopg_url(url)  # raises a clear ValueError on a non-PostgreSQL URL
+        try:
+            params = conninfo_to_dict(psycopg_url(url))
+        except Exception:  # libpq's message may quote the URL: never repeat it
+            params = {"port": "invalid"}
+        if not all(p.isdigit() for p in str(params.get("port", "5432")).split(",")):
+            raise ValueError(
+                "not a valid PostgreSQL URL (postgresql://user:password@host:5432/dbname)"
+            )
+    return url
+
 
 class Settings(BaseSettings):
     """Everything `outbox-relay` reads from its environment."""
@@ -27,10 +92,16 @@ class Settings(BaseSettings):
     )
 
     database_url: str = Field(default="", description="PostgreSQL URL (postgresql://...)")
+    database_url_file: Path | None = Field(
+        default=None, description="Read the PostgreSQL URL from this file (keeps it out of ps)"
+    )
     stripe_api_key: SecretStr | None = Field(default=None, validation_alias="STRIPE_API_KEY")
     stripe_api_key_file: Path | None = Field(default=None, validation_alias="STRIPE_API_KEY_FILE")
     stripe_webhook_secret: SecretStr | None = Field(
         default=None, validation_alias="STRIPE_WEBHOOK_SECRET"
+    )
+    stripe_webhook_secret_file: Path | None = Field(
+        default=None, validation_alias="STRIPE_WEBHOOK_SECRET_FILE"
     )
     stripe_api_base: str | None = Field(
         default=None, description="Point every Stripe host at this base URL (e.g. the emulator)"
@@ -147,31 +218,79 @@ class Settings(BaseSettings):
     console_token: SecretStr | None = Field(
         default=None, description="Require this token (bearer header or login cookie)"
     )
+    console_token_file: Path | None = Field(
+        default=None, description="Read the console token from this file"
+    )
     console_actions: bool = Field(
         default=False, description="Allow retry/cancel from the console (needs a token)"
     )
+    console_trusted_proxies: str = Field(
+        default="",
+        description="Believe X-Forwarded-Proto/-For from these IPs or networks (comma-separated)",
+    )
+    console_allowed_hosts: str = Field(
+        default=LOOPBACK_HOSTS,
+        min_length=1,
+        description="Host header names the console answers (comma-separated; DNS rebinding)",
+    )
+
+    @field_validator("console_trusted_proxies")
+    @classmethod
+    def _networks(cls, spec: str) -> str:
+        ip_networks(spec)
+        return spec
 
     @field_validator("database_url")
     @classmethod
     def _postgres_only(cls, url: str) -> str:
-        if url:
-            psycopg_url(url)  # raises a clear ValueError on a non-PostgreSQL URL
-            try:
-                params = conninfo_to_dict(psycopg_url(url))
-            except Exception:  # libpq's message may quote the URL: never repeat it
-                params = {"port": "invalid"}
-            if not all(p.isdigit() for p in str(params.get("port", "5432")).split(",")):
-                raise ValueError(
-                    "not a valid PostgreSQL URL (postgresql://user:password@host:5432/dbname)"
-                )
-        return url
+        return postgres_only(url)
 
-    @field_validator("stripe_api_key_file")
+    @field_validator(
+        "stripe_api_key_file",
+        "database_url_file",
+        "stripe_webhook_secret_file",
+        "console_token_file",
+    )
     @classmethod
     def _readable_file(cls, path: Path | None) -> Path | None:
         if path is not None and not (path.is_file() and os.access(path, os.R_OK)):
             raise ValueError(f"{path} is not a readable file")
         return path
+
+    @model_validator(mode="after")
+    def _secrets_from_files(self) -> "Settings":
+        """`X_FILE` fills X when X itself is unset (Kubernetes and systemd credentials mount
+        secrets as files: nothing in the environment, nothing in `ps`)."""
+        if not self.database_url and self.database_url_file is not None:
+            url = read_secret(self.database_url_file, "OUTBOX_DATABASE_URL_FILE")
+            try:
+                self.database_url = postgres_only(url)
+            except ValueError as err:
+                raise ValueError(f"OUTBOX_DATABASE_URL_FILE: {err}") from None
+        if self.stripe_webhook_secret is None and self.stripe_webhook_secret_file is not None:
+            self.stripe_webhook_secret = SecretStr(
+                read_secret(self.stripe_webhook_secret_file, "STRIPE_WEBHOOK_SECRET_FILE")
+            )
+        if self.console_token is None and self.console_token_file is not None:
+            self.console_token = SecretStr(
+                read_secret(self.console_token_file, "OUTBOX_CONSOLE_TOKEN_FILE")
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _strong_console_token(self) -> "Settings":
+        """A console token is a password guarded only by the sign-in brake: refuse one that is
+        guessable, and an empty one (which would otherwise mean "no sign-in at all")."""
+        if self.console_token is not None:
+            token = strip_newline(self.console_token.get_secret_value())
+            problem = token_problem(token)
+            if problem:
+                raise ValueError(
+                    f"OUTBOX_CONSOLE_TOKEN {problem}: use {CONSOLE_TOKEN_MIN} characters or more "
+                    "(e.g. `openssl rand -hex 32`), or unset it"
+                )
+            self.console_token = SecretStr(token)
+        return self
 
     @model_validator(mode="after")
     def _lease_outlives_call(self) -> "Settings":
@@ -273,8 +392,11 @@ def describe(error: ValidationError) -> str:
     for item in error.errors(include_input=False, include_url=False):
         field = str(item["loc"][0]) if item["loc"] else ""
         # a field read by its alias (STRIPE_...) is named by it; "" is the whole model
-        where = env_name(field) if field in Settings.model_fields else field or "settings"
         reason = item["msg"].removeprefix("Value error, ")
+        if not field:  # a check across settings names its variables itself
+            problems.append(reason)
+            continue
+        where = env_name(field) if field in Settings.model_fields else field
         problems.append(f"{where}: {reason}")
     return "invalid configuration: " + "; ".join(problems)
 

@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 
 from relay import __version__
 from relay.core.meters import HELD_CODES
-from relay.core.vocabulary import State
+from relay.core.vocabulary import State, metric_code
 
 log = structlog.get_logger("relay.metrics")
 
@@ -100,6 +100,14 @@ WEBHOOKS = Counter("outbox_relay_webhooks_total", "Webhook deliveries by result"
 HTTP_DISCONNECTED = Counter(
     "outbox_relay_http_disconnected_total", "HTTP clients gone before their request was read"
 )
+CONSOLE_SIGNIN_FAILURES = Counter(
+    "outbox_relay_console_signin_failures_total",
+    "Wrong console tokens presented (sign-in form or bearer header)",
+)
+CONSOLE_SIGNIN_BRAKED = Counter(
+    "outbox_relay_console_signin_braked_total",
+    "Console sign-ins refused unseen (429) because the client failed too often",
+)
 HTTP_EVICTED = Counter(
     "outbox_relay_http_evicted_total", "HTTP connections closed to admit a new one at the cap"
 )
@@ -146,10 +154,16 @@ HELD_OLDEST = Gauge(
 )
 
 
-@cache
 def outcome(state: State, code: str | None) -> Counter:
-    """The labelled child, cached: `labels()` is costly on a per-row hot path."""
-    return OUTCOMES.labels(state, code or "")
+    """The labelled child for an outcome; the code bounded first (metric_code), so the
+    cache is bounded too."""
+    return _outcome(state, metric_code(code))
+
+
+@cache
+def _outcome(state: State, label: str) -> Counter:
+    """Cached: `labels()` is costly on a per-row hot path."""
+    return OUTCOMES.labels(state, label)
 
 
 @cache

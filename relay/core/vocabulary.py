@@ -78,3 +78,47 @@ def is_relay_code(code: str | None) -> bool:
     if code is None:
         return False
     return code in RELAY_CODES or _HTTP_STATUS_CODE.fullmatch(code) is not None
+
+
+# Codes `outbox_relay_outcomes_total{code}` carries as they are. Stripe's codes come from
+# upstream (any string a server at the configured Stripe base answers), so any code outside this
+# set is counted as `other`: the series stay bounded and no raw text reaches /metrics (the row
+# and the log keep the exact code). Stripe's documented meter and request codes, the library's
+# refusal codes (outbox/rules.py) and every code the relay writes (RelayCode, http_<status>).
+STRIPE_CODES: Final[frozenset[str]] = frozenset(
+    {
+        "parameter_missing",
+        "parameter_unknown",
+        "parameter_invalid",
+        "parameter_invalid_integer",
+        "resource_missing",
+        "resource_already_exists",
+        "timestamp_too_far_in_past",
+        "timestamp_in_future",
+        "meter_event_invalid_value",
+        "meter_event_value_too_many_digits",
+        "meter_event_customer_not_found",
+        "meter_event_no_customer_defined",
+        "meter_event_value_not_found",
+        "meter_event_dimension_count_too_high",
+        "no_meter",
+        "archived_meter",
+        "meter_event_adjustment_window_expired",
+        "rate_limit",
+        "too_many_concurrent_requests",
+        "lock_timeout",
+        "idempotency_key_in_use",
+        "billing_meter_event_session_expired",
+        "too_many_events",
+        "account_invalid",
+    }
+)
+OTHER_CODE: Final = "other"
+
+
+def metric_code(code: str | None) -> str:
+    """A code as a metric label: the relay's and Stripe's known codes as they are, "" for none,
+    anything else `other`."""
+    if not code:
+        return ""
+    return code if code in STRIPE_CODES or is_relay_code(code) else OTHER_CODE

@@ -47,3 +47,33 @@ def make_pool(database_url: str, max_size: int = 8) -> AsyncConnectionPool:
         open=False,
         name="outbox-relay",
     )
+
+
+# The console and /metrics read through a pool of their own: however many people load the
+# console, or however slow one of its statements gets on a large table, the relay's pool (claims,
+# outcome writes, /readyz) keeps its connections. Each statement is cut off after this long.
+READER_POOL_SIZE = 2
+READER_STATEMENT_TIMEOUT_MS = 2000
+
+
+def make_reader_pool(
+    database_url: str,
+    max_size: int = READER_POOL_SIZE,
+    statement_timeout_ms: int = READER_STATEMENT_TIMEOUT_MS,
+) -> AsyncConnectionPool:
+    """The console's and /metrics' own small pool, with a statement timeout (not opened yet)."""
+
+    async def configure(conn: AsyncConnection[TupleRow]) -> None:
+        await _configure(conn)
+        await conn.execute(f"SET statement_timeout = {int(statement_timeout_ms)}")
+
+    return AsyncConnectionPool(
+        psycopg_url(database_url),
+        min_size=1,
+        max_size=max_size,
+        configure=configure,
+        open=False,
+        name="outbox-relay-console",
+        kwargs={"application_name": "outbox-relay-console"},
+        timeout=5.0,
+    )

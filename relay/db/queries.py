@@ -126,8 +126,18 @@ class LeaveParams(TypedDict):
 
 class RejectParams(TypedDict):
     identifiers: list[str]
+    account: str | None  # the error report's account (its `context`); None: the platform
     code: str
     message: str
+
+
+class SessionParams(TypedDict):
+    id: str
+    seconds: float
+
+
+class SessionId(TypedDict):
+    id: str
 
 
 class RetryHow(TypedDict):
@@ -370,6 +380,9 @@ UNSENT_COUNT = Query("unsent_count", NoParams, scalar_row)
 DRIFT_OURS = Query("drift_ours", Window, class_row(OurGroup))
 SAVE_DRIFT_REPORT = Query("save_drift_report", DriftReportParams, class_row(SavedReport))
 LATEST_DRIFT_REPORT = Query("latest_drift_report", NoParams, dict_row)
+CONSOLE_SESSION_OPEN = Query("console_session_open", SessionParams, scalar_row)
+CONSOLE_SESSION_ALIVE = Query("console_session_alive", SessionId, scalar_row)
+CONSOLE_SESSION_CLOSE = Query("console_session_close", SessionId, scalar_row)
 OLDEST_UNSENT = Query("oldest_unsent", NoParams, class_row(Lag))
 BACKING_OFF = Query("backing_off", Limit, dict_row)
 FINISHED_LAST_HOUR = Query("finished_last_hour", NoParams, class_row(Finished))
@@ -379,7 +392,7 @@ FAILURES_WITH_IDENTIFIERS = Query("failures_with_identifiers", PerCode, dict_row
 FAILED_ROWS = Query("failed_rows", CodeLimit, dict_row)
 CUSTOMER_BACKLOG = Query("customer_backlog", Limit, dict_row)
 
-# -- the meter catalogue (alembic/versions/0009_meter_catalogue.up.sql) -----------------------
+# -- the meter catalogue (alembic/versions/0012_meter_catalogue.up.sql) -----------------------
 
 
 class SaveMetersParams(TypedDict):
@@ -445,6 +458,7 @@ REGISTRY: dict[str, Query[Any, Any]] = {
         DRIFT_OURS, SAVE_DRIFT_REPORT, LATEST_DRIFT_REPORT, OLDEST_UNSENT, BACKING_OFF,
         FINISHED_LAST_HOUR, ATTEMPTS_LAST_HOUR, ATTEMPT_ERRORS_LAST_HOUR,
         FAILURES_WITH_IDENTIFIERS, FAILED_ROWS, CUSTOMER_BACKLOG, REJECTED_COUNT, TRACE_CONTEXTS,
+        CONSOLE_SESSION_OPEN, CONSOLE_SESSION_ALIVE, CONSOLE_SESSION_CLOSE,
         *METER_QUERIES,
     )
 }  # fmt: skip

@@ -135,25 +135,21 @@ RETURNING o.id, o.lease_token, o.identifier, o.event_name, o.customer,
 -- the same statement and only for rows whose compare-and-set matched.
 WITH written AS (
     UPDATE meter_event_outbox o
-    SET state = CASE
-            WHEN NOT (o.action = 'report' AND o.cancel_requested_at IS NOT NULL) THEN u.state
-            WHEN u.state = 'accepted' THEN 'pending'                      -- now cancel it
-            WHEN u.state = 'failed' AND u.may_have_counted THEN 'pending' -- cancel it to be sure
-            WHEN u.state = 'failed' THEN 'cancelled'                      -- Stripe refused it
-            ELSE u.state END,                                             -- resolve the report
-        action = CASE
-            WHEN NOT (o.action = 'report' AND o.cancel_requested_at IS NOT NULL) THEN o.action
-            WHEN u.state = 'accepted' THEN 'cancel'
-            WHEN u.state = 'failed' AND u.may_have_counted THEN 'cancel'
-            ELSE o.action END,
-        available_at = CASE
-            WHEN o.action = 'report' AND o.cancel_requested_at IS NOT NULL
-                 AND u.state IN ('accepted', 'failed') THEN now()
-            ELSE now() + make_interval(secs => u.delay) END,
+    -- The route of a report whose cancel was requested meanwhile is decided once per decision
+    -- (store.cancel_route): u.cancel_now = cancel it now (fresh budget); u.cancel_state = the
+    -- state it takes ('cancelled' when Stripe refused it: nothing to cancel). Each column below
+    -- only switches on the row's cancel request and that route.
+    SET state = CASE WHEN o.action = 'report' AND o.cancel_requested_at IS NOT NULL
+                     THEN u.cancel_state ELSE u.state END,
+        action = CASE WHEN o.action = 'report' AND o.cancel_requested_at IS NOT NULL
+                           AND u.cancel_now THEN 'cancel' ELSE o.action END,
+        available_at = CASE WHEN o.action = 'report' AND o.cancel_requested_at IS NOT NULL
+                                 AND u.state IN ('accepted', 'failed') THEN now()
+                            ELSE now() + make_interval(secs => u.delay) END,
         lease_token = NULL,
         attempts = CASE  -- a cancel starts with a fresh budget
             WHEN o.action = 'report' AND o.cancel_requested_at IS NOT NULL
-                 AND (u.state = 'accepted' OR (u.state = 'failed' AND u.may_have_counted)) THEN 0
+                 AND u.cancel_now THEN 0
             ELSE o.attempts + u.counted END,
         key_generation = o.key_generation + u.new_key,
         -- Restored when no call may have counted (o.first_attempt_at is what the claim set).
@@ -167,7 +163,7 @@ WITH written AS (
         cancelled_at = CASE
             WHEN u.state = 'cancelled' THEN now()
             WHEN o.action = 'report' AND o.cancel_requested_at IS NOT NULL
-                 AND u.state = 'failed' AND NOT u.may_have_counted THEN now()
+                 AND u.cancel_state = 'cancelled' THEN now()
             ELSE o.cancelled_at END,
         updated_at = now()
     FROM (
@@ -177,7 +173,8 @@ WITH written AS (
                   key_generation int, decision int)
         JOIN jsonb_to_recordset(CAST(:decisions AS jsonb))
              AS d(n int, state text, delay float8, counted int, new_key int, code text, message text,
-                  request_id text, reached boolean, may_have_counted boolean, called boolean,
+                  request_id text, reached boolean, may_have_counted boolean, cancel_state text,
+                  cancel_now boolean, called boolean,
                   action text, http_status int, latency_ms real)
           ON d.n = r.decision
     ) u
@@ -303,12 +300,18 @@ UNION ALL
 
 -- name: reject
 -- An asynchronous error report from Stripe names these identifiers: they were accepted for
--- processing but will not be billed.
+-- processing but will not be billed. Identifiers are chosen by applications and unique only
+-- per account, so a report acts on rows of its own account alone (:account NULL is the platform,
+-- rows with stripe_account NULL); and only on rows Stripe can have counted: accepted, or a
+-- report in flight whose call may already have landed (its late outcome then loses the
+-- compare-and-set on the lease). A pending, failed, rejected or cancelled row is never touched:
+-- a report naming it is a guess or a replay, and marking it would invite recording it again.
 UPDATE meter_event_outbox o
 SET state = 'rejected', last_error_code = :code, last_error_message = :message,
     lease_token = NULL, updated_at = now()
 WHERE o.identifier = ANY(CAST(:identifiers AS text[]))
-  AND o.state IN ('accepted', 'pending', 'in_flight', 'failed')
+  AND o.stripe_account IS NOT DISTINCT FROM CAST(:account AS text)
+  AND (o.state = 'accepted' OR (o.state = 'in_flight' AND o.action = 'report'))
 RETURNING o.identifier
 
 -- name: fold_counts
@@ -507,16 +510,24 @@ FROM (SELECT state, coalesce(last_error_code, '') AS code, count(*) AS n
       GROUP BY 1, 2) f,
      LATERAL (SELECT array_agg(identifier ORDER BY id) AS identifiers
               FROM (SELECT o.identifier, o.id FROM meter_event_outbox o
-                    WHERE o.state = f.state AND coalesce(o.last_error_code, '') = f.code
+                    -- the IN list lets the planner use the partial index attention_by_code
+                    WHERE o.state IN ('failed', 'rejected') AND o.state = f.state
+                      AND coalesce(o.last_error_code, '') = f.code
                     ORDER BY o.id LIMIT :per_code) s) ids
 ORDER BY f.n DESC, f.state, f.code
 
 -- name: failed_rows
--- One code's failed or rejected rows, oldest first ('' stands for rows without a code).
+-- One code's failed or rejected rows, oldest first ('' stands for rows without a code): the
+-- first entries of each state under that code in meter_event_outbox_attention_by_code.
 SELECT identifier, state, customer, event_name, value, attempts, last_error_message,
        created_at, updated_at
-FROM meter_event_outbox
-WHERE state IN ('failed', 'rejected') AND coalesce(last_error_code, '') = :code
+FROM (
+    (SELECT * FROM meter_event_outbox
+     WHERE state = 'failed' AND coalesce(last_error_code, '') = :code ORDER BY id LIMIT :limit)
+    UNION ALL
+    (SELECT * FROM meter_event_outbox
+     WHERE state = 'rejected' AND coalesce(last_error_code, '') = :code ORDER BY id LIMIT :limit)
+) o
 ORDER BY id LIMIT :limit
 
 -- name: customer_backlog
@@ -531,7 +542,21 @@ GROUP BY customer ORDER BY 2 DESC, 1 LIMIT :limit
 SELECT id, trace_context FROM meter_event_outbox
 WHERE id = ANY(CAST(:ids AS bigint[])) AND trace_context IS NOT NULL
 
--- The meter catalogue (alembic/versions/0009_meter_catalogue.up.sql).
+-- Console sessions (outbox_console_sessions): a signed cookie counts only while its row exists.
+-- name: console_session_open
+-- A new session; expired ones go in the same statement, so the table never grows.
+WITH gone AS (DELETE FROM outbox_console_sessions WHERE expires_at < now())
+INSERT INTO outbox_console_sessions (id, expires_at)
+VALUES (:id, now() + make_interval(secs => :seconds))
+RETURNING id
+
+-- name: console_session_alive
+SELECT id FROM outbox_console_sessions WHERE id = :id AND expires_at > now()
+
+-- name: console_session_close
+DELETE FROM outbox_console_sessions WHERE id = :id RETURNING id
+
+-- The meter catalogue (alembic/versions/0012_meter_catalogue.up.sql).
 
 -- name: save_meters
 -- Replace one account's catalogue with a fresh read of Stripe (:meters, a JSON array), and

@@ -164,6 +164,22 @@ def outcome_params(batch: Iterable[Outcome], relay_id: str) -> q.OutcomeParams:
     }
 
 
+def cancel_route(state: State, may_have_counted: bool) -> dict[str, State | bool]:
+    """Where a report goes when a cancel was requested while it was in flight: the one place
+    this route is decided, once per decision (record_outcomes only switches on it).
+
+    Accepted, or failed but maybe counted: cancel it now (a pending cancellation, fresh
+    budget). Failed for sure: nothing was counted, so it is cancelled without a call. Any
+    other outcome (unknown, retry): resolve the report first with the same key, so an
+    adjustment never races the event it cancels (invariant 10).
+    """
+    if state == "accepted" or (state == "failed" and may_have_counted):
+        return {"cancel_state": "pending", "cancel_now": True}
+    if state == "failed":
+        return {"cancel_state": "cancelled", "cancel_now": False}
+    return {"cancel_state": state, "cancel_now": False}
+
+
 def _decision(o: Outcome) -> dict[str, Any]:
     return {
         "state": o.state,
@@ -175,6 +191,7 @@ def _decision(o: Outcome) -> dict[str, Any]:
         "request_id": o.request_id,
         "reached": o.reached_stripe,
         "may_have_counted": o.may_have_counted,
+        **cancel_route(o.state, o.may_have_counted),
         "called": o.called,
         "action": o.row.action,
         "http_status": o.http_status,
@@ -232,9 +249,17 @@ class Store(AsyncExecutor):
     async def leave(self, relay_id: str, token: UUID) -> None:
         await self.all(q.LEAVE({"relay_id": relay_id, "token": token}))
 
-    async def reject(self, identifiers: list[str], code: str, message: str) -> list[str]:
-        """Mark rows Stripe reported as not billed; returns the identifiers marked."""
-        params: q.RejectParams = {"identifiers": identifiers, "code": code, "message": message}
+    async def reject(
+        self, identifiers: list[str], account: str | None, code: str, message: str
+    ) -> list[str]:
+        """Mark rows of `account` (None: the platform) that Stripe reported as not billed;
+        returns the identifiers marked."""
+        params: q.RejectParams = {
+            "identifiers": identifiers,
+            "account": account,
+            "code": code,
+            "message": message,
+        }
         return await self.all(q.REJECT(params))
 
     async def fold_counts(self) -> None:
@@ -378,6 +403,16 @@ class ConsoleStore(AsyncExecutor):
     async def latest_drift_report(self) -> Row | None:
         """The newest drift report (meter_event_outbox_drift_reports), or None."""
         return await self.first(q.LATEST_DRIFT_REPORT({}))
+
+    async def open_session(self, session_id: str, seconds: float) -> None:
+        """Record a signed-in console session (ids are hashes; see the migration)."""
+        await self.all(q.CONSOLE_SESSION_OPEN({"id": session_id, "seconds": seconds}))
+
+    async def session_alive(self, session_id: str) -> bool:
+        return bool(await self.all(q.CONSOLE_SESSION_ALIVE({"id": session_id})))
+
+    async def close_session(self, session_id: str) -> None:
+        await self.all(q.CONSOLE_SESSION_CLOSE({"id": session_id}))
 
     async def drift_events(self) -> float:
         """The difference found by the newest drift report (0 before the first)."""

@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from relay.core import metrics
 from relay.core.errors import bind_error
+from relay.db.pool import make_reader_pool
 from relay.db.store import ConsoleStore, Store
 from relay.server import console
 from relay.server.relay_view import RelayView
@@ -44,9 +45,11 @@ def make_app(
     secret: str | None,
     read_timeout: float = 10.0,
 ) -> web.Application:
-    """Routes bound to a running relay (its state drives /healthz and /readyz)."""
+    """Routes bound to a running relay (its state drives /healthz and /readyz). The console
+    and /metrics read through their own pool (make_reader_pool), opened with the app."""
+    reader = make_reader_pool(relay.settings.database_url)
     refresh = metrics.ScrapeRefresh(
-        ConsoleStore(db.pool, relay.settings.relay_stale_after), relay.settings.stripe_api_mode
+        ConsoleStore(reader, relay.settings.relay_stale_after), relay.settings.stripe_api_mode
     )
 
     async def healthz(_: web.Request) -> web.Response:
@@ -109,7 +112,16 @@ def make_app(
             web.post("/webhooks/stripe", webhook),
         ]
     )
-    console.install(app, relay.settings, db.pool, relay)
+    console.install(app, relay.settings, reader, relay)
+
+    async def open_reader(_: web.Application) -> None:
+        await reader.open(wait=False)
+
+    async def close_reader(_: web.Application) -> None:
+        await reader.close()
+
+    app.on_startup.append(open_reader)
+    app.on_cleanup.append(close_reader)
     return app
 
 
@@ -193,4 +205,5 @@ async def serve_http(
     except OSError as err:
         await runner.cleanup()
         raise bind_error(host, port, err) from None
+    console.announce(app)
     return runner

@@ -55,7 +55,8 @@ class Notification:
 
 def parse_signature_header(header: str | None) -> tuple[int, list[str]]:
     """`t=<unix seconds>,v1=<hex>[,v1=<hex>...]` -> (timestamp, v1 signatures). Several v1
-    entries appear while a secret is being rolled; other schemes (v0) are ignored."""
+    entries appear while a secret is being rolled; other schemes (v0) and non-ASCII values (no
+    hex digest) are ignored."""
     if not header:
         raise BadDelivery("bad_signature", "no Stripe-Signature header")
     timestamp, signatures = None, []
@@ -65,7 +66,8 @@ def parse_signature_header(header: str | None) -> tuple[int, list[str]]:
             continue
         if key == "t" and value.isascii() and value.isdigit():
             timestamp = int(value)
-        elif key == "v1" and value:
+        elif key == "v1" and value and value.isascii():
+            # compare_digest raises on non-ASCII text: such a value is no signature of ours.
             signatures.append(value)
     if timestamp is None or not signatures:
         raise BadDelivery("bad_signature", "Stripe-Signature has no timestamp or no v1 signature")
@@ -137,20 +139,37 @@ NO_METER_FOUND = "v1.billing.meter.no_meter_found"
 METER_PROBLEM_CODES = frozenset({"no_meter", "archived_meter", "meter_event_no_customer_defined"})
 
 
+def event_account(event: dict[str, Any]) -> str | None:
+    """The connected account an event belongs to (its `context`), None for the platform.
+
+    Identifiers are unique per account only, so every row match keys on this: a connected
+    account must not be able to mark another account's rows by naming their identifiers.
+    Anything but an `acct_` string is not an account a row can hold, and is refused.
+    """
+    context = event.get("context")
+    if context is None:
+        return None
+    if not (isinstance(context, str) and context.startswith("acct_")):
+        raise BadDelivery("malformed", "the event's context is not an account id")
+    return context
+
+
 async def apply_event(store: Store, event: Any) -> list[str]:
     """Mark the rows a full meter error event names as rejected; returns their identifiers.
 
-    Each sample is matched as the event identifier first; only if no row has it, as one of our
-    idempotency keys (generation suffix `#gN` stripped). An identifier that happens to end in
-    `#g1` is therefore never confused with another row.
+    Only rows of the event's own account that Stripe can have counted are marked (the `reject`
+    query says which states). Each sample is matched as the event identifier first; only if no
+    row has it, as one of our idempotency keys (generation suffix `#gN` stripped). An identifier
+    that happens to end in `#g1` is therefore never confused with another row.
     """
-    data = event.get("data") if isinstance(event, dict) else event.to_dict().get("data")
+    body = event if isinstance(event, dict) else event.to_dict()
+    account = event_account(body)
     marked: list[str] = []
-    for code, (samples, message) in rejected_identifiers(data or {}).items():
-        hit = await store.reject(samples, code, message[:500])
+    for code, (samples, message) in rejected_identifiers(body.get("data") or {}).items():
+        hit = await store.reject(samples, account, code, message[:500])
         keys = key_fallbacks(samples, hit)
         if keys:
-            hit += await store.reject(keys, code, message[:500])
+            hit += await store.reject(keys, account, code, message[:500])
         marked += hit
     return marked
 

@@ -20,7 +20,7 @@ from relay.server.http_server import make_app
 from relay.stripe.sender import StripeSender
 from tests.support.relay import insert_usage, make_settings
 
-TOKEN = "console-test-token"
+TOKEN = "console-test-token-0123456789abcdef"
 
 
 @dataclass
@@ -30,6 +30,7 @@ class Served:
     url: str
     relay: Relay
     settings: Settings
+    app: web.Application
 
 
 @contextlib.asynccontextmanager
@@ -54,8 +55,9 @@ async def served(database_url: str, emulator: Emulator, **overrides: Any) -> Asy
     sender = StripeSender(settings.api_key() or "", settings.stripe_api_base, 5, 4)
     relay = Relay(settings, Store(pool), sender, Wakeup(database_url, listen=False))
     try:
-        async with listening(make_app(relay, Store(pool), sender.client, None)) as url:
-            yield Served(url, relay, settings)
+        app = make_app(relay, Store(pool), sender.client, None)
+        async with listening(app) as url:
+            yield Served(url, relay, settings, app)
     finally:
         await sender.close()
         await pool.close()

@@ -9,6 +9,8 @@ from prometheus_client import REGISTRY
 from relay.core import metrics
 from relay.server.console.auth import COOKIE, SESSION_SECONDS, Guard
 
+SECRET = "console-rules-secret-0123456789abcdef"
+
 
 class Clock:
     def __init__(self, now: float = 1_000_000.0) -> None:
@@ -26,42 +28,52 @@ def _request(cookie: str | None = None, **headers: str):
 
 def test_session_cookie_is_signed_and_expires() -> None:
     clock = Clock()
-    guard = Guard("secret", clock=clock)
-    cookie = guard.new_session()
-    assert guard.viewer(_request(cookie)).signed_in
+    guard = Guard(SECRET, clock=clock)
+    cookie, session = guard.new_session()
+    assert guard.viewer(_request(cookie)).session_id == session
     forged = cookie[:-1] + ("0" if cookie[-1] != "0" else "1")
     assert not guard.viewer(_request(forged)).allowed
-    assert not Guard("rotated", clock=clock).viewer(_request(cookie)).allowed
+    assert not Guard(SECRET[::-1], clock=clock).viewer(_request(cookie)).allowed
     clock.now += SESSION_SECONDS + 1
     assert not guard.viewer(_request(cookie)).allowed
 
 
 def test_cookie_post_needs_the_sessions_csrf_token_and_same_origin() -> None:
-    guard = Guard("secret", clock=Clock())
-    cookie = guard.new_session()
+    guard = Guard(SECRET, clock=Clock())
+    cookie, _ = guard.new_session()
     viewer = guard.viewer(_request(cookie))
-    other = guard.viewer(_request(guard.new_session()))
+    other = guard.viewer(_request(guard.new_session()[0]))
     assert viewer.csrf and viewer.csrf != other.csrf
-    assert guard.may_act(_request(cookie), viewer, viewer.csrf)
-    assert guard.may_act(_request(cookie, Origin="http://h:1"), viewer, viewer.csrf)
-    assert not guard.may_act(_request(cookie), viewer, None)
-    assert not guard.may_act(_request(cookie), viewer, other.csrf)
-    assert not guard.may_act(_request(cookie, Origin="https://evil"), viewer, viewer.csrf)
-    assert not guard.may_act(_request(cookie, Origin="null"), viewer, viewer.csrf)
+    assert guard.may_act(_request(cookie), viewer, viewer.csrf, "http")
+    assert guard.may_act(_request(cookie, Origin="http://h:1"), viewer, viewer.csrf, "http")
+    assert guard.may_act(_request(cookie, Origin="https://h:1"), viewer, viewer.csrf, "https")
+    assert not guard.may_act(_request(cookie), viewer, None, "http")
+    assert not guard.may_act(_request(cookie), viewer, other.csrf, "http")
+    assert not guard.may_act(_request(cookie, Origin="https://evil"), viewer, viewer.csrf, "http")
+    assert not guard.may_act(_request(cookie, Origin="null"), viewer, viewer.csrf, "http")
     cross = _request(cookie, **{"Sec-Fetch-Site": "cross-site"})
-    assert not guard.may_act(cross, viewer, viewer.csrf)
+    assert not guard.may_act(cross, viewer, viewer.csrf, "http")
+
+
+def test_the_origin_check_includes_the_scheme() -> None:
+    """A plain-HTTP page on the same host and port must not act on the HTTPS console."""
+    guard = Guard(SECRET, clock=Clock())
+    cookie, _ = guard.new_session()
+    viewer = guard.viewer(_request(cookie))
+    assert not guard.may_act(_request(cookie, Origin="http://h:1"), viewer, viewer.csrf, "https")
+    assert not guard.may_act(_request(cookie, Origin="https://h:1"), viewer, viewer.csrf, "http")
 
 
 def test_bearer_token_acts_without_csrf_and_no_token_means_read_only() -> None:
-    guard = Guard("secret")
-    bearer = _request(Authorization="Bearer secret")
-    assert guard.may_act(bearer, guard.viewer(bearer), None)
-    wrong = _request(Authorization="Bearer secreT")
+    guard = Guard(SECRET)
+    bearer = _request(Authorization=f"Bearer {SECRET}")
+    assert guard.may_act(bearer, guard.viewer(bearer), None, "http")
+    wrong = _request(Authorization=f"Bearer {SECRET[:-1]}X")
     assert not guard.viewer(wrong).allowed
     open_console = Guard(None)
     viewer = open_console.viewer(_request())
     assert viewer.allowed and not viewer.signed_in
-    assert not open_console.may_act(_request(), viewer, "")
+    assert not open_console.may_act(_request(), viewer, "", "http")
     assert not open_console.token_matches("")
 
 

@@ -24,3 +24,27 @@ def test_batch_histogram_matches_prometheus_client_histogram() -> None:
     batch.observe_many(VALUES[5:])
     assert exposition(ours) == exposition(theirs)
     assert 'h_seconds_bucket{le="0.01"} 2.0' in exposition(ours)  # le: a bound counts in
+
+
+def test_outcome_codes_outside_the_known_set_are_counted_as_other() -> None:
+    """Codes come from upstream: unknown ones must not grow the series or reach /metrics raw."""
+    from prometheus_client import REGISTRY, generate_latest
+
+    from relay.core import metrics
+
+    def other() -> float:
+        labels = {"state": "failed", "code": "other"}
+        return REGISTRY.get_sample_value("outbox_relay_outcomes_total", labels) or 0.0
+
+    before = other()
+    hostile = [f"\x1b]0;owned\x07code_{i}" for i in range(50)] + ["http_9999", "made_up"]
+    for code in hostile:
+        metrics.outcome("failed", code).inc()
+    metrics.outcome("failed", "meter_event_customer_not_found").inc()
+    metrics.outcome("pending", "http_503").inc()
+    metrics.outcome("accepted", None).inc()
+    text = generate_latest().decode()
+    assert "\x1b" not in text and "owned" not in text and "made_up" not in text
+    assert other() - before == 52
+    assert 'code="meter_event_customer_not_found",state="failed"' in text
+    assert 'code="http_503",state="pending"' in text

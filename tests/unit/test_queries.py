@@ -2,7 +2,11 @@
 is registered with the parameters its SQL uses, so a caller's parameters are checked by mypy
 against what the statement really takes."""
 
+import pytest
+
+from relay.core.vocabulary import State
 from relay.db import queries
+from relay.db.store import cancel_route
 
 
 def test_every_query_is_registered_with_the_parameters_its_sql_uses() -> None:
@@ -23,3 +27,21 @@ def test_parameters_in_comments_and_casts_are_not_parameters() -> None:
         "batch_size",
         "exclusive",
     }
+
+
+@pytest.mark.parametrize(
+    ("state", "may_have_counted", "route"),
+    [
+        ("accepted", False, {"cancel_state": "pending", "cancel_now": True}),
+        ("failed", True, {"cancel_state": "pending", "cancel_now": True}),
+        ("failed", False, {"cancel_state": "cancelled", "cancel_now": False}),
+        ("pending", True, {"cancel_state": "pending", "cancel_now": False}),
+        ("pending", False, {"cancel_state": "pending", "cancel_now": False}),
+    ],
+)
+def test_the_route_of_a_report_cancelled_in_flight_is_decided_once(
+    state: State, may_have_counted: bool, route: dict[str, object]
+) -> None:
+    """Invariant 10: counted or maybe counted -> cancel it now; refused -> cancelled without a
+    call; not known yet (a retry) -> the report is resolved first, never a cancel beside it."""
+    assert cancel_route(state, may_have_counted) == route

@@ -134,3 +134,59 @@ def test_database_failures_split_into_fix_the_url_and_try_again(
     failure = database_error(OSError(f"{libpq_says} postgresql://relay:{PASSWORD}@db/app"))
     assert failure.exit_code == exit_code
     assert "\n" not in str(failure) and PASSWORD not in str(failure)
+
+
+STRONG = "0123456789abcdef0123456789abcdef"
+
+
+@pytest.mark.parametrize(
+    ("token", "problem"),
+    [
+        ("", "is empty"),
+        ("\n", "is empty"),
+        ("   ", "shorter than 32"),
+        ("x", "shorter than 32"),
+        (STRONG[:31], "shorter than 32"),
+        ("z" * 32, "one repeated character"),
+        (" " + STRONG, "surrounding spaces"),
+        (STRONG + "\t", "control characters"),
+    ],
+)
+def test_a_guessable_console_token_is_refused(
+    monkeypatch: pytest.MonkeyPatch, token: str, problem: str
+) -> None:
+    message = refusal(monkeypatch, OUTBOX_CONSOLE_TOKEN=token)
+    assert message.startswith("invalid configuration: OUTBOX_CONSOLE_TOKEN ")
+    assert problem in message and "openssl rand -hex 32" in message
+    assert len(token.strip()) < 2 or token.strip() not in message
+
+
+def test_one_trailing_newline_is_stripped_from_a_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OUTBOX_CONSOLE_TOKEN", STRONG + "\n")
+    token = load().console_token
+    assert token is not None and token.get_secret_value() == STRONG
+
+
+def test_every_secret_can_come_from_a_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    files = {"url": URL, "webhook": "whsec_fromfile", "token": STRONG}
+    for name, value in files.items():
+        (tmp_path / name).write_text(value + "\n")  # as `echo value > file` writes it
+    monkeypatch.delenv("OUTBOX_DATABASE_URL")
+    monkeypatch.setenv("OUTBOX_DATABASE_URL_FILE", str(tmp_path / "url"))
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET_FILE", str(tmp_path / "webhook"))
+    monkeypatch.setenv("OUTBOX_CONSOLE_TOKEN_FILE", str(tmp_path / "token"))
+    settings = load()
+    assert settings.database_url == URL
+    assert settings.stripe_webhook_secret is not None
+    assert settings.stripe_webhook_secret.get_secret_value() == "whsec_fromfile"
+    assert settings.console_token is not None
+    assert settings.console_token.get_secret_value() == STRONG
+
+
+def test_a_secret_file_that_holds_a_bad_url_is_named_not_quoted(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "url").write_text(f"mysql://relay:{PASSWORD}@db/app")
+    monkeypatch.delenv("OUTBOX_DATABASE_URL")
+    message = refusal(monkeypatch, OUTBOX_DATABASE_URL_FILE=str(tmp_path / "url"))
+    assert "OUTBOX_DATABASE_URL_FILE" in message

@@ -136,3 +136,9 @@ def test_a_sample_that_matched_or_has_no_suffix_is_not_retried() -> None:
     assert key_fallbacks(["x#g1"], matched=["x#g1"]) == []  # an identifier ending in #g1
     assert key_fallbacks(["plain"], matched=[]) == []
     assert key_fallbacks(["d#g2", "d#g3"], matched=[]) == ["d"]
+
+
+def test_a_non_ascii_v1_value_is_a_bad_signature_not_a_crash() -> None:
+    assert reason(BODY, f"t={int(NOW)},v1=\u00e9\u00e9") == "bad_signature"
+    good = signed(BODY, NOW)
+    verify_signature(BODY, good + ",v1=\u00e9", SECRET, NOW)  # a rolled secret's odd sibling

@@ -6,15 +6,18 @@ either `Authorization: Bearer <token>` (scripts) or a session cookie obtained by
 token into the login form (browsers).
 
 The cookie holds no secret: `expiry.nonce.signature`, signed with an HMAC keyed by the token,
-so any replica sharing the token accepts it and changing the token signs everyone out. It is
-HttpOnly, SameSite=Strict and scoped to /console.
+so changing the token signs everyone out. It is HttpOnly, SameSite=Strict, scoped to /console,
+and Secure when the browser reached us over HTTPS (directly, or through a proxy listed in
+OUTBOX_CONSOLE_TRUSTED_PROXIES). A signature alone is not enough: the session must also be in
+the database (outbox_console_sessions, by a hash of its nonce), so signing out ends it on
+every replica at once and a copied cookie dies with it.
 
 Actions (POST) are CSRF-safe twice over: the SameSite=Strict cookie is not sent with requests
 started by another site, and a cookie-authenticated POST must also carry the session's CSRF
 token (an HMAC of the session nonce, rendered into the page's forms), which another site cannot
 read. A bearer-authenticated POST needs no CSRF token: browsers never add that header on their
-own. A POST whose Origin header names another host, or that the browser marks as cross-site
-(Sec-Fetch-Site), is refused whatever it carries.
+own. A POST whose Origin header names another origin (scheme, host and port), or that the
+browser marks as cross-site (Sec-Fetch-Site), is refused whatever it carries.
 """
 
 import hashlib
@@ -38,13 +41,17 @@ class Viewer:
     signed_in: bool
     csrf: str = ""
     by_bearer: bool = False
+    bad_bearer: bool = False  # a bearer token was presented and it is wrong
+    session_id: str = ""  # a cookie session, still to be found in the database
 
 
 class Guard:
     """Checks requests against the console token (None: read-only console, no sign-in)."""
 
     def __init__(self, token: str | None, clock: Callable[[], float] = time.time) -> None:
-        self._key = token.encode() if token else None
+        if token is not None and not token:  # the settings refuse it; never read it as "open"
+            raise ValueError("an empty console token")
+        self._key = token.encode() if token is not None else None
         self._now = clock
 
     @property
@@ -59,10 +66,10 @@ class Guard:
     def token_matches(self, candidate: str) -> bool:
         return self._key is not None and hmac.compare_digest(candidate.encode(), self._key)
 
-    def new_session(self) -> str:
-        """A cookie value for a freshly signed-in browser."""
+    def new_session(self) -> tuple[str, str]:
+        """(cookie value, session id) for a freshly signed-in browser."""
         session = f"{int(self._now()) + SESSION_SECONDS}.{secrets.token_urlsafe(16)}"
-        return f"{session}.{self._sign('session', session)}"
+        return f"{session}.{self._sign('session', session)}", session_id(session)
 
     def _session(self, cookie: str | None) -> str | None:
         """The session part of a valid, unexpired cookie."""
@@ -78,17 +85,27 @@ class Guard:
         if self._key is None:
             return Viewer(allowed=True, signed_in=False)
         header = request.headers.get("Authorization", "")
-        if header.startswith("Bearer ") and self.token_matches(header[7:].strip()):
+        bearer = header.startswith("Bearer ")
+        if bearer and self.token_matches(header[7:].strip()):
             return Viewer(allowed=True, signed_in=True, by_bearer=True)
         session = self._session(request.cookies.get(COOKIE))
         if session is None:
-            return Viewer(allowed=False, signed_in=False)
-        return Viewer(allowed=True, signed_in=True, csrf=self._sign("csrf", session))
+            return Viewer(allowed=False, signed_in=False, bad_bearer=bearer)
+        return Viewer(
+            allowed=True,
+            signed_in=True,
+            csrf=self._sign("csrf", session),
+            bad_bearer=bearer,
+            session_id=session_id(session),
+        )
 
-    def may_act(self, request: web.Request, viewer: Viewer, form_csrf: str | None) -> bool:
-        """A signed-in viewer's POST from this site, with the session's CSRF token."""
+    def may_act(
+        self, request: web.Request, viewer: Viewer, form_csrf: str | None, scheme: str
+    ) -> bool:
+        """A signed-in viewer's POST from this origin, with the session's CSRF token. `scheme`
+        is the one the browser used (see proxy.py): an http:// page must not act on https://."""
         origin = request.headers.get("Origin")
-        if origin and origin.split("://", 1)[-1] != request.host:  # "null" is refused too
+        if origin and origin != f"{scheme}://{request.host}":  # "null" is refused too
             return False
         if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
             return False
@@ -97,6 +114,16 @@ class Guard:
         if viewer.by_bearer:
             return True
         return bool(form_csrf) and hmac.compare_digest(form_csrf or "", viewer.csrf)
+
+
+def session_id(session: str) -> str:
+    """What the database holds for a session: a hash, so reading the table forges nothing."""
+    return hashlib.sha256(session.encode()).hexdigest()
+
+
+def signed_out(viewer: Viewer) -> Viewer:
+    """The viewer whose cookie session is no longer in the database."""
+    return Viewer(allowed=False, signed_in=False, bad_bearer=viewer.bad_bearer)
 
 
 def set_session_cookie(response: web.StreamResponse, value: str, secure: bool) -> None:

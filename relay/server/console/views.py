@@ -3,6 +3,8 @@ the store's SQL, the auth guard and (for actions) the operator commands of
 relay/db/operations.py."""
 
 import asyncio
+import math
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -15,13 +17,26 @@ from markupsafe import Markup
 
 import outbox
 from relay import __version__
-from relay.core.config import Settings
+from relay.core import metrics
+from relay.core.config import Settings, host_names, ip_networks
+from relay.core.visible import visible
 from relay.db import operations as ops
 from relay.db.store import ConsoleStore
-from relay.server.console.auth import COOKIE, Guard, Viewer, set_session_cookie
+from relay.server.console.auth import (
+    COOKIE,
+    SESSION_SECONDS,
+    Guard,
+    Viewer,
+    set_session_cookie,
+    signed_out,
+)
+from relay.server.console.brake import SignInBrake
+from relay.server.console.proxy import Proxies, host_name
+from relay.server.console.shared import ClientLimit, SharedReading
 from relay.server.relay_view import RelayView
 
 log = structlog.get_logger("relay.console")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TOP_CUSTOMERS = 10
 
 # What an action did, shown after its redirect; only these fixed texts are ever shown.
@@ -36,10 +51,19 @@ NOTICES = {
     "refused": "Refused: sign in, and act from the console's own page.",
 }
 
+
+def _shown(value: Any) -> Any:
+    """Every plain string a template prints shows controls and bidi characters as escapes
+    (autoescaping then makes it HTML): a U+202E in an identifier or a Stripe message must not
+    reverse what the operator reads. Markup built by this module is left alone."""
+    return visible(value) if type(value) is str else value
+
+
 _env = jinja2.Environment(
     loader=jinja2.PackageLoader("relay.server.console", "templates"),
     autoescape=True,
     undefined=jinja2.StrictUndefined,
+    finalize=_shown,
 )
 
 
@@ -92,18 +116,52 @@ class Console:
         self.store = store
         self.guard = guard
         self.relay = relay
+        self.brake = SignInBrake()
+        self.proxies = Proxies(ip_networks(settings.console_trusted_proxies))
+        self.hosts = host_names(settings.console_allowed_hosts)
+        self.limit = ClientLimit()
+        self.overview_data: SharedReading[dict[str, Any]] = SharedReading()
 
     def routes(self) -> list[web.RouteDef]:
-        return [
-            web.get("/console", self.overview),
-            web.get("/console/failures", self.failures),
-            web.get("/console/row", self.row),
-            web.get("/console/login", self.login_form),
-            web.post("/console/login", self.login),
-            web.post("/console/logout", self.logout),
-            web.post("/console/row/retry", self.retry),
-            web.post("/console/row/cancel", self.cancel),
+        pages = {
+            "/console": self.overview,
+            "/console/failures": self.failures,
+            "/console/row": self.row,
+            "/console/login": self.login_form,
+        }
+        actions = {
+            "/console/login": self.login,
+            "/console/logout": self.logout,
+            "/console/row/retry": self.retry,
+            "/console/row/cancel": self.cancel,
+        }
+        return [web.get(path, self._host_checked(h)) for path, h in pages.items()] + [
+            web.post(path, self._host_checked(h)) for path, h in actions.items()
         ]
+
+    def _host_checked(self, handler: Handler) -> Handler:
+        """Refuse a Host header the console does not answer to (OUTBOX_CONSOLE_ALLOWED_HOSTS):
+        a page on attacker.example that rebinds its DNS name to 127.0.0.1 (or to the end of
+        a port-forward) reaches us with its own name, which is not in the list."""
+
+        async def checked(request: web.Request) -> web.StreamResponse:
+            if host_name(request.host) not in self.hosts:
+                log.warning("console_host_refused", remote=request.remote)
+                raise web.HTTPMisdirectedRequest(
+                    text="this host name is not in OUTBOX_CONSOLE_ALLOWED_HOSTS"
+                )
+            client = self._client(request)
+            if not self.limit.enter(client):
+                raise web.HTTPTooManyRequests(
+                    text="too many console requests at once from this address",
+                    headers={"Retry-After": "1"},
+                )
+            try:
+                return await handler(request)
+            finally:
+                self.limit.leave(client)
+
+        return checked
 
     # -- rendering -----------------------------------------------------------------------
 
@@ -129,34 +187,81 @@ class Console:
         response.headers["Cache-Control"] = "no-store"
         return response
 
-    def _viewer(self, request: web.Request) -> Viewer:
-        viewer = self.guard.viewer(request)
+    async def _viewer(self, request: web.Request) -> Viewer:
+        """Who is asking; redirected to the sign-in page if they may not see the console."""
+        viewer = await self._who(request)
         if not viewer.allowed:
             raise web.HTTPSeeOther("/console/login")
         return viewer
 
+    async def _who(self, request: web.Request) -> Viewer:
+        """The requester, bearer tokens braked and counted, cookie sessions looked up."""
+        client = self._client(request)
+        if self.guard.protected and "Authorization" in request.headers:
+            self._check_brake(request, client)
+        viewer = self.guard.viewer(request)
+        if viewer.bad_bearer:
+            self._wrong_token(request, client)
+        elif viewer.by_bearer:
+            self.brake.succeeded(client)
+        if viewer.session_id and not await self.store.session_alive(viewer.session_id):
+            return signed_out(viewer)
+        return viewer
+
+    def _client(self, request: web.Request) -> str:
+        return self.proxies.client(request)
+
+    def _may_act(self, request: web.Request, viewer: Viewer, form_csrf: str | None) -> bool:
+        return self.guard.may_act(request, viewer, form_csrf, self.proxies.scheme(request))
+
+    def _check_brake(self, request: web.Request, client: str) -> None:
+        """429 without looking at the token while this client is braked (brake.py)."""
+        wait = self.brake.wait(client)
+        if wait > 0:
+            metrics.CONSOLE_SIGNIN_BRAKED.inc()
+            log.warning("console_login_braked", remote=client, retry_after=math.ceil(wait))
+            raise web.HTTPTooManyRequests(
+                text=f"too many wrong tokens from this address: try again in {math.ceil(wait)} s",
+                headers={"Retry-After": str(math.ceil(wait))},
+            )
+
+    def _wrong_token(self, request: web.Request, client: str) -> None:
+        """Count and log a wrong token: who and how often, never what was tried."""
+        failures, wait = self.brake.failed(client)
+        metrics.CONSOLE_SIGNIN_FAILURES.inc()
+        log.warning(
+            "console_login_refused",
+            remote=client,
+            path=request.path,
+            failures=failures,
+            braked_for=wait,
+        )
+
     # -- pages ---------------------------------------------------------------------------
 
     async def overview(self, request: web.Request) -> web.Response:
-        viewer = self._viewer(request)
+        viewer = await self._viewer(request)
+        data = await self.overview_data.get(self._read_overview)
+        return self._page("overview.html", viewer, auth_ok=self.relay.state.auth_ok, **data)
+
+    async def _read_overview(self) -> dict[str, Any]:
+        """The overview's statements, one after the other on the console's pool (shared by
+        every viewer for a few seconds: shared.py)."""
         relays = await self.store.live_relays()
-        return self._page(
-            "overview.html",
-            viewer,
-            counts=await self.store.state_counts(),
-            lag=await self.store.lag(),
-            hour=await self.store.last_hour(),
-            attempt_errors=await self.store.attempt_errors(),
-            backing_off=await self.store.backing_off(),
-            held=await self.store.held_for_meter(),
-            failures=await self.store.failures_by_code(),
-            customers=await self.store.customer_backlog(TOP_CUSTOMERS),
-            top_n=TOP_CUSTOMERS,
-            relays=relays,
-            share=self._share(len(relays)),
-            auth_ok=self.relay.state.auth_ok,
-            drift=await self.store.latest_drift_report(),
-        )
+        return {
+            "counts": await self.store.state_counts(),
+            "lag": await self.store.lag(),
+            "hour": await self.store.last_hour(),
+            "attempt_errors": await self.store.attempt_errors(),
+            "backing_off": await self.store.backing_off(),
+            "held": await self.store.held_for_meter(),
+            "failures": await self.store.failures_by_code(),
+            "customers": await self.store.customer_backlog(TOP_CUSTOMERS),
+            "top_n": TOP_CUSTOMERS,
+            "relays": relays,
+            "share": self._share(len(relays)),
+            "drift": await self.store.latest_drift_report(),
+        }
 
     def _share(self, live: int) -> dict[str, Any]:
         """Each live relay's share of the account's rate limit (equal shares, see share.py)."""
@@ -165,13 +270,13 @@ class Console:
         return {"account": rate, "shared": shared, "each": rate / live if shared and live else rate}
 
     async def failures(self, request: web.Request) -> web.Response:
-        viewer = self._viewer(request)
+        viewer = await self._viewer(request)
         code = request.query.get("code", "")
         rows = await self.store.failed_rows(code)
         return self._page("failures.html", viewer, code=code, rows=rows, limit=200)
 
     async def row(self, request: web.Request) -> web.Response:
-        viewer = self._viewer(request)
+        viewer = await self._viewer(request)
         identifier = request.query.get("identifier", "").strip()
         found = await self.store.row(identifier) if identifier else None
         attempts = await self.store.attempts(found["id"]) if found else []
@@ -188,24 +293,33 @@ class Console:
     # -- sign-in -------------------------------------------------------------------------
 
     async def login_form(self, request: web.Request) -> web.Response:
-        return self._page("login.html", self.guard.viewer(request), failed=False)
+        return self._page("login.html", await self._who(request), failed=False)
 
     async def login(self, request: web.Request) -> web.Response:
+        client = self._client(request)
+        self._check_brake(request, client)
         form = await request.post()
         token = form.get("token")
         if not isinstance(token, str) or not self.guard.token_matches(token):
-            log.warning("console_login_refused", remote=request.remote)
+            self._wrong_token(request, client)
             return self._page("login.html", Viewer(False, False), status=401, failed=True)
+        self.brake.succeeded(client)
+        cookie, session = self.guard.new_session()
+        await self.store.open_session(session, SESSION_SECONDS)
         response = web.HTTPSeeOther("/console")
-        set_session_cookie(response, self.guard.new_session(), secure=request.secure)
-        log.info("console_login", remote=request.remote)
+        secure = self.proxies.scheme(request) == "https"
+        set_session_cookie(response, cookie, secure=secure)
+        log.info("console_login", remote=client)
         raise response
 
     async def logout(self, request: web.Request) -> web.Response:
-        viewer = self.guard.viewer(request)
+        viewer = await self._who(request)
         form = await request.post()
-        if not self.guard.may_act(request, viewer, _text(form.get("csrf"))):
+        if not self._may_act(request, viewer, _text(form.get("csrf"))):
             raise web.HTTPForbidden(text=NOTICES["refused"])
+        if viewer.session_id:  # ends the session everywhere, not only in this browser
+            await self.store.close_session(viewer.session_id)
+        log.info("console_logout", remote=self._client(request))
         response = web.HTTPSeeOther("/console/login")
         response.del_cookie(COOKIE, path="/console")
         raise response
@@ -217,8 +331,8 @@ class Console:
         if not self.settings.console_actions:
             raise web.HTTPForbidden(text="console actions are off (OUTBOX_CONSOLE_ACTIONS)")
         form = await request.post()
-        viewer = self.guard.viewer(request)
-        if not self.guard.may_act(request, viewer, _text(form.get("csrf"))):
+        viewer = await self._who(request)
+        if not self._may_act(request, viewer, _text(form.get("csrf"))):
             log.warning("console_action_refused", path=request.path, remote=request.remote)
             raise web.HTTPForbidden(text=NOTICES["refused"])
         identifier = _text(form.get("identifier"))

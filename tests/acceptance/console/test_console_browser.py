@@ -118,3 +118,41 @@ async def test_console_in_chromium(browser, database_url: str, emulator: Emulato
     seeded = seed(database_url)
     async with served(database_url, emulator, console_token=TOKEN, console_actions=True) as app:
         await asyncio.to_thread(_walk, browser, app.url, database_url, seeded)
+
+
+def _hostile_walk(driver, base: str, identifier: str, hostile_shown: str) -> None:
+    """Overview, failures of the code, the row: each shows the escapes, none the raw text."""
+    from selenium.webdriver.common.by import By
+
+    def check(name: str) -> None:
+        page = driver.page_source
+        assert "\u202e" not in page and "\x1b" not in page and "\x07" not in page, name
+        assert hostile_shown in driver.find_element(By.TAG_NAME, "body").text, name
+        _screenshot(driver, f"hostile-{name}")
+
+    driver.get(f"{base}/console")
+    check("overview")
+    driver.find_element(By.PARTIAL_LINK_TEXT, "gnp.exe").click()
+    driver.find_element(By.LINK_TEXT, identifier)  # waits for the failures page to load
+    check("failures")
+    driver.find_element(By.LINK_TEXT, identifier).click()
+    driver.find_element(By.ID, "row-state")
+    check("row")
+
+
+async def test_console_shows_bidi_and_control_characters_visibly(
+    browser, database_url: str, emulator: Emulator
+) -> None:
+    """A code and message from Stripe holding ESC, BEL, an OSC title, U+202E and markup."""
+    hostile = "x\x1b]0;owned\x07\u202egnp.exe <b>[/]</b>"
+    identifier = "order-[/]-1"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO meter_event_outbox (identifier, event_name, customer, value, state,"
+            " attempts, last_error_code, last_error_message, first_attempt_at)"
+            " VALUES (%s, 'api_calls', 'cus_1', 1, 'failed', 1, %s, %s, now())",
+            (identifier, hostile, hostile),
+        )
+    shown = "x\\x1b]0;owned\\x07\\u202egnp.exe <b>[/]</b>"
+    async with served(database_url, emulator) as app:
+        await asyncio.to_thread(_hostile_walk, browser, app.url, identifier, shown)

@@ -164,8 +164,14 @@ async def test_signed_but_unusable_webhooks_answer_400(
                     base + "/webhooks/stripe", data=body.encode(), headers=headers
                 ) as answer:
                     statuses[name] = answer.status
+            # A v1 value that is not ASCII (sent as raw UTF-8 bytes) is a bad signature, not a 500.
+            headers = {"Stripe-Signature": f"t={now},v1=\u00e9\u00e9"}
+            async with session.post(
+                base + "/webhooks/stripe", data=thin.encode(), headers=headers
+            ) as answer:
+                statuses["non-ascii v1"] = answer.status
     finally:
         lines = stop(relay)
-    assert statuses == dict.fromkeys(deliveries, 400)
+    assert statuses == dict.fromkeys([*deliveries, "non-ascii v1"], 400)
     refused = [line["reason"] for line in lines if line["event"] == "webhook_refused"]
-    assert sorted(refused) == ["malformed"] * 3 + ["stale_signature"] * 2
+    assert sorted(refused) == ["bad_signature"] + ["malformed"] * 3 + ["stale_signature"] * 2

@@ -119,3 +119,23 @@ def test_a_port_in_use_is_a_runtime_error(database_url: str) -> None:
 
 def test_an_address_of_another_machine_is_a_configuration_error(database_url: str) -> None:
     run_fails(2, "OUTBOX_HTTP_HOST", OUTBOX_DATABASE_URL=database_url, OUTBOX_HTTP_HOST="192.0.2.1")
+
+
+def test_a_guessable_or_empty_console_token_is_refused_at_start(tmp_path: Path) -> None:
+    """Refused before anything listens: an empty token would mean no sign-in at all."""
+    one_char = tmp_path / "one-char"
+    one_char.write_text("x" * 40 + "\n")
+    cases = [
+        {"OUTBOX_CONSOLE_TOKEN": ""},
+        {"OUTBOX_CONSOLE_TOKEN": " "},
+        {"OUTBOX_CONSOLE_TOKEN": "short-token"},
+        {"OUTBOX_CONSOLE_TOKEN": "a" * 64},
+        {"OUTBOX_CONSOLE_TOKEN": "", "OUTBOX_CONSOLE_ACTIONS": "true"},
+        {"OUTBOX_CONSOLE_TOKEN_FILE": str(one_char)},
+    ]
+
+    def refused(**env: str) -> None:
+        error = run_fails(2, "OUTBOX_CONSOLE_TOKEN", OUTBOX_DATABASE_URL=UNREACHABLE, **env)
+        assert "openssl rand" in error
+
+    each(refused, cases)

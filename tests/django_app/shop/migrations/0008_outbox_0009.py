@@ -1,4 +1,4 @@
-"""The outbox schema's revision outbox_0009 (meter catalogue) as its own Django migration."""
+"""The outbox schema's revision outbox_0009 (console sessions) as its own Django migration."""
 
 from django.db import migrations
 

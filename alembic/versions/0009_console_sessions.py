@@ -1,5 +1,5 @@
-"""The meter catalogue: each Stripe account's meters as last read from Stripe, the outcome of
-the last read per account, and the event names the relay has seen per account.
+"""Console sessions held server-side, so signing out (or a stolen cookie's revocation) ends a
+session on every replica before its cookie expires.
 
 Revision ID: outbox_0009
 Revises: outbox_0008

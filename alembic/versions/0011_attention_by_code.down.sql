@@ -1,0 +1,1 @@
+DROP INDEX meter_event_outbox_attention_by_code;

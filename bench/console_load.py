@@ -1,0 +1,150 @@
+"""Does loading the web console slow the relay down? Fresh rows' commit-to-accepted time,
+`/readyz` and the sending rate, idle and while 20 clients load the console.
+
+    python -m bench.console_load                       # 1,000,000 rows
+    PYTHONPATH=/path/to/other/checkout python /path/to/bench/console_load.py   # another version
+
+The table holds ROWS rows: 70 % accepted history, 30 % rejected under 20 codes (rejected rows
+are never pruned; their pages are the console's heaviest). The relay runs as its own process against
+the emulator (process), with no console token (loopback: read-only console). Each phase
+inserts a fresh row every 20 ms for SECONDS and probes /readyz every 100 ms; the load phase
+adds CLIENTS loops fetching /console and a failures page. Nothing is asserted: read the table.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import psycopg
+
+from bench.common import (
+    emulator_process,
+    free_port,
+    percentile,
+    scratch_database,
+    table,
+    wait_port,
+)
+
+SEED = """
+INSERT INTO meter_event_outbox (identifier, event_name, customer, value, state, last_error_code,
+    accepted_at)
+SELECT 'seed' || g, 'api_calls', 'cus_' || (g %% 5000), 1,
+       CASE WHEN g %% 10 < 7 THEN 'accepted' ELSE 'rejected' END,
+       CASE WHEN g %% 10 >= 7 THEN 'code_' || (g %% 20) END, now()
+FROM generate_series(1, %(rows)s) g
+"""
+
+
+async def phase(url: str, base: str, seconds: float, clients: int, tag: str) -> dict[str, Any]:
+    stop = time.monotonic() + seconds
+    ready: list[int] = []
+    pages = 0
+
+    async def inserter() -> None:
+        n = 0
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            while time.monotonic() < stop:
+                n += 1
+                await conn.execute(
+                    "SELECT outbox_record_usage('api_calls', 'cus_fresh', 1, %s)", (f"{tag}{n}",)
+                )
+                await asyncio.sleep(0.02)
+
+    async def prober(session: aiohttp.ClientSession) -> None:
+        while time.monotonic() < stop:
+            try:
+                async with session.get(f"{base}/readyz") as answer:
+                    ready.append(answer.status)
+            except aiohttp.ClientError:
+                ready.append(0)
+            await asyncio.sleep(0.1)
+
+    async def viewer(session: aiohttp.ClientSession, i: int) -> None:
+        nonlocal pages
+        paths = ["/console", f"/console/failures?code=code_{i % 20}"]
+        while time.monotonic() < stop:
+            try:
+                async with session.get(base + paths[pages % 2]) as answer:
+                    await answer.read()
+                    pages += answer.status == 200
+            except aiohttp.ClientError:
+                pass
+
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        await asyncio.gather(
+            inserter(), prober(session), *(viewer(session, i) for i in range(clients))
+        )
+    await asyncio.sleep(5)  # let the last fresh rows be sent
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT extract(epoch FROM accepted_at - created_at) * 1000, accepted_at"
+            " FROM meter_event_outbox WHERE identifier LIKE %s",
+            (f"{tag}%",),
+        ).fetchall()
+    latencies = [float(ms) for ms, at in rows if at is not None]
+    return {
+        "fresh rows": len(rows),
+        "accepted": len(latencies),
+        "p50 ms": percentile(latencies, 0.5) if latencies else None,
+        "p99 ms": percentile(latencies, 0.99) if latencies else None,
+        "readyz non-200": sum(1 for s in ready if s != 200),
+        "readyz probes": len(ready),
+        "console pages 200": pages,
+    }
+
+
+@contextlib.contextmanager
+def relay(url: str, api_base: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """`outbox-relay run` on `port`, once it answers; stopped with SIGTERM."""
+    env = {
+        **os.environ,
+        "OUTBOX_DATABASE_URL": url,
+        "OUTBOX_STRIPE_API_BASE": api_base,
+        "STRIPE_API_KEY": "sk_test_bench",
+        "OUTBOX_HTTP_PORT": str(port),
+        "OUTBOX_RATE_LIMIT": "1000",
+    }
+    cmd = [sys.executable, "-m", "relay.cli", "run", "--log-level", "WARNING"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, timeout=60)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    args = parser.parse_args()
+    with scratch_database() as url:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(SEED, {"rows": args.rows})
+            conn.execute("VACUUM ANALYZE meter_event_outbox")
+        port = free_port()
+        with emulator_process() as emulator, relay(url, emulator.url, port):
+            base = f"http://127.0.0.1:{port}"
+            idle = asyncio.run(phase(url, base, args.seconds, 0, "idle"))
+            loaded = asyncio.run(phase(url, base, args.seconds, args.clients, "load"))
+    header = ["phase", *idle]
+    table(
+        f"{args.rows:,} rows; {args.clients} console clients; {args.seconds:g} s per phase",
+        header,
+        [["idle", *idle.values()], [f"{args.clients} clients", *loaded.values()]],
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Every statement behind the console's overview, /metrics and `outbox-relay status`, on a
+large table: EXPLAIN ANALYZE time and access paths of each, and the total per surface.
+
+    python -m bench.console_queries                                   # 1M pending + 1M history
+    python -m bench.console_queries --pending 1000000 --history 10000000 --rejected 200000
+
+Builds a scratch database: HISTORY accepted rows (one a second back in time, 5,000 customers),
+PENDING unsent rows over 5,000 customers (a third of them backing off after a 503), REJECTED
+rejected rows under 20 codes, and 100,000 attempts. Nothing is asserted: read the table.
+"""
+
+import argparse
+from typing import Any
+
+import psycopg
+
+from bench.common import scratch_database
+from bench.operator_queries import HISTORY, explain
+from relay.db.store import ATTEMPT_WINDOW_CAP
+
+PENDING = """
+INSERT INTO meter_event_outbox (identifier, event_name, customer, value, state, last_error_code,
+    attempts, first_attempt_at)
+SELECT 'p' || g, 'api_calls', 'cus_' || (g %% 5000), 1, 'pending',
+       CASE WHEN g %% 3 = 0 THEN 'http_503' END, (g %% 3 = 0)::int,
+       CASE WHEN g %% 3 = 0 THEN now() END
+FROM generate_series(1, %(rows)s) g
+"""
+REJECTED = """
+INSERT INTO meter_event_outbox (identifier, event_name, customer, value, state, last_error_code,
+    last_error_message, accepted_at)
+SELECT 'r' || g, 'api_calls', 'cus_' || (g %% 5000), 1, 'rejected', 'code_' || (g %% 20),
+       'rejected by Stripe', now()
+FROM generate_series(1, %(rows)s) g
+"""
+ATTEMPTS = """
+INSERT INTO meter_event_outbox_attempts (outbox_id, attempted_at, attempt, key_generation,
+    action, state, http_status, code)
+SELECT g, now() - make_interval(secs => g % 7200), 1, 0, 'report', 'accepted', 200,
+       CASE WHEN g % 10 = 0 THEN 'http_503' END
+FROM generate_series(1, 100000) g
+"""
+
+SURFACES: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
+    "console overview": [
+        ("live relays", "live_relays", {"stale_seconds": 5}),
+        ("state counts (status view)", "state_counts", {}),
+        ("oldest unsent", "oldest_unsent", {}),
+        ("finished last hour", "finished_last_hour", {}),
+        ("attempts last hour", "attempts_last_hour", {"cap": ATTEMPT_WINDOW_CAP}),
+        (
+            "attempt errors last hour",
+            "attempt_errors_last_hour",
+            {"cap": ATTEMPT_WINDOW_CAP, "limit": 10},
+        ),
+        ("backing off by code", "backing_off", {"limit": 20}),
+        ("failures with identifiers", "failures_with_identifiers", {"per_code": 5}),
+        ("customers with most unsent", "customer_backlog", {"limit": 10}),
+        ("latest drift report", "latest_drift_report", {}),
+    ],
+    "console failures page": [("one code's rows", "failed_rows", {"code": "code_7", "limit": 200})],
+    "/metrics": [
+        ("state counts (status view)", "state_counts", {}),
+        ("oldest unsent", "oldest_unsent", {}),
+        ("live relays", "live_relays", {"stale_seconds": 5}),
+        ("latest drift report", "latest_drift_report", {}),
+    ],
+    "outbox-relay status": [
+        ("status counts (status view)", "status_counts", {}),
+        ("oldest due", "oldest_due", {}),
+        ("failures by code", "failures_by_code", {}),
+        ("unsent by group", "unsent_by_group", {}),
+        ("live relays", "live_relays", {"stale_seconds": 5}),
+    ],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--pending", type=int, default=1_000_000)
+    parser.add_argument("--history", type=int, default=1_000_000)
+    parser.add_argument("--rejected", type=int, default=200_000)
+    args = parser.parse_args()
+    with scratch_database() as url, psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SET synchronous_commit = off")
+        conn.execute(HISTORY, {"rows": args.history})
+        conn.execute(PENDING, {"rows": args.pending})
+        conn.execute(REJECTED, {"rows": args.rejected})
+        conn.execute(ATTEMPTS)
+        conn.execute("SELECT outbox_fold_counts()")
+        conn.execute("VACUUM ANALYZE")
+        print(
+            f"{args.pending:,} pending, {args.history:,} accepted history, "
+            f"{args.rejected:,} rejected (median of 3 runs, EXPLAIN ANALYZE execution time)\n"
+        )
+        print("| surface | statement | ms | access paths |")
+        print("|---|---|---:|---|")
+        for surface, statements in SURFACES.items():
+            total = 0.0
+            for label, name, params in statements:
+                runs = sorted(explain(conn, name, params) for _ in range(3))
+                ms, paths = runs[1]
+                total += ms
+                print(f"| {surface} | {label} | {ms:.1f} | {paths} |")
+            print(f"| **{surface}** | **total** | **{total:.1f}** | |")
+
+
+if __name__ == "__main__":
+    main()
