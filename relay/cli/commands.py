@@ -5,7 +5,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -15,6 +15,9 @@ from relay.cli.options import secrets_help, setting_options
 from relay.core import config, errors
 from relay.core.config import Settings
 from relay.core.vocabulary import STATES
+
+if TYPE_CHECKING:  # the database modules load only when a command needs them
+    from relay.db.queries import RetryHow
 
 
 def _settings(**overrides: object) -> Settings:
@@ -462,26 +465,19 @@ def retry(
         why = identifier and ops.not_retryable(conn, identifier)
         if why:
             raise click.ClickException(why)
+        how: RetryHow = {
+            "identifier": identifier,
+            "code": code,
+            "force": force,
+            "window_hours": window,
+            "rejected": rejected,
+        }
         if dry_run:
-            preview = ops.retry_preview(
-                conn,
-                identifier=identifier,
-                code=code,
-                force=force,
-                window_hours=window,
-                rejected=rejected,
-            )
+            preview = ops.retry_preview(conn, **how)
             requeued = [c.identifier for c in preview if not c.refused]
             refused = [c._asdict() for c in preview if c.refused]
         else:
-            requeued, refused = ops.retry(
-                conn,
-                identifier=identifier,
-                code=code,
-                force=force,
-                window_hours=window,
-                rejected=rejected,
-            )
+            requeued, refused = ops.retry(conn, **how)
         skipped = 0 if rejected else ops.rejected_count(conn, code)
     data = {"dry_run": dry_run, "requeued": requeued, "refused": refused, "skipped": skipped}
     verb = "would requeue" if dry_run else "requeued"

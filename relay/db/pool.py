@@ -5,6 +5,9 @@ Connections are autocommit: every statement is one short transaction, so the rel
 holds a transaction open while it talks to Stripe.
 """
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 import orjson
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
@@ -39,13 +42,25 @@ def make_pool(database_url: str, max_size: int = 8) -> AsyncConnectionPool:
     Eight by default: a walk, two claims, two outcome writes, upkeep, a webhook and a readiness
     probe can all run at once.
     """
+    return _pool(database_url, max_size, _configure, "outbox-relay")
+
+
+def _pool(
+    database_url: str,
+    max_size: int,
+    configure: Callable[[AsyncConnection[TupleRow]], Awaitable[None]],
+    name: str,
+    **options: Any,
+) -> AsyncConnectionPool:
+    """Not opened yet: `await pool.open()` (inside the event loop that will use it)."""
     return AsyncConnectionPool(
         psycopg_url(database_url),
         min_size=1,
         max_size=max_size,
-        configure=_configure,
+        configure=configure,
         open=False,
-        name="outbox-relay",
+        name=name,
+        **options,
     )
 
 
@@ -67,13 +82,11 @@ def make_reader_pool(
         await _configure(conn)
         await conn.execute(f"SET statement_timeout = {int(statement_timeout_ms)}")
 
-    return AsyncConnectionPool(
-        psycopg_url(database_url),
-        min_size=1,
-        max_size=max_size,
-        configure=configure,
-        open=False,
-        name="outbox-relay-console",
+    return _pool(
+        database_url,
+        max_size,
+        configure,
+        "outbox-relay-console",
         kwargs={"application_name": "outbox-relay-console"},
         timeout=5.0,
     )
