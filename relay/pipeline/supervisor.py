@@ -46,6 +46,12 @@ LEAVE_TIMEOUT = 0.5
 OUTCOME_WRITE_MIN = 1.0
 
 
+# A held row costs two writes each time it is looked at (its claim and its outcome), so it is
+# held for two refresh intervals: at most one write per held row per interval. Its meter
+# becoming usable does not wait for that: the refresh releases the row at once.
+HOLD_REFRESHES = 2
+
+
 class Services:
     """Tasks started together and stopped together; the first to die sets `stop`."""
 
@@ -175,7 +181,7 @@ class Relay:
             return None, None
         settings = self.settings
         catalogue = MeterCatalogue(
-            settings.meter_refresh_seconds, parse_meter_keys(settings.meter_keys)
+            HOLD_REFRESHES * settings.meter_refresh_seconds, parse_meter_keys(settings.meter_keys)
         )
         refresh = MeterRefresh(
             self.store,
