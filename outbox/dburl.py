@@ -52,6 +52,16 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit(parts._replace(path="/" + quote(name, safe="")))
 
 
+def has_password(url: str) -> bool:
+    """Whether the URL carries a non-empty password (userinfo or `password=` parameter). An
+    empty one (`user:@host`, as embedded servers print it) is no secret."""
+    rest = url.partition("://")[2]
+    creds, at, _ = rest.rpartition("@")
+    if at and creds.partition(":")[2]:
+        return True
+    return re.search(r"(?i)password=[^&]", rest) is not None
+
+
 def redact(url: str) -> str:
     """The URL with any password (userinfo or `password=` parameter) masked, for logs."""
     scheme, sep, rest = url.partition("://")

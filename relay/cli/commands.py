@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from outbox.dburl import redact
+from outbox.dburl import has_password, redact
 from relay.cli import show
 from relay.cli.options import secrets_help, setting_options
 from relay.core import config, errors
@@ -85,7 +85,7 @@ def _warn_password_flag(ctx: click.Context, param: click.Parameter, url: str | N
     from click.core import ParameterSource
 
     source = ctx.get_parameter_source(param.name or "")
-    if url and source is ParameterSource.COMMANDLINE and redact(url) != url:
+    if url and source is ParameterSource.COMMANDLINE and has_password(url):
         show.echo(
             "outbox-relay: warning: --database-url holds a password, which other users of this "
             "machine can read in `ps`: use OUTBOX_DATABASE_URL_FILE or a libpq passfile instead",

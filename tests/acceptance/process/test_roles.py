@@ -5,6 +5,7 @@ assertion (allowed / refused)."""
 
 import subprocess
 import sys
+import urllib.parse
 from collections.abc import Iterator
 
 import psycopg
@@ -85,10 +86,18 @@ def logins(database_url: str, pg_admin_url: str) -> Iterator[dict[str, str]]:
     names = {role: unique_name(f"t_{role}") for role in ("writer", "relay", "reader")}
     for role, name in names.items():
         admin_execute(pg_admin_url, f'CREATE ROLE "{name}" LOGIN IN ROLE outbox_{role}')
-    user = psycopg.conninfo.conninfo_to_dict(database_url).get("user", "postgres")
-    yield {role: database_url.replace(f"{user}@", f"{name}@", 1) for role, name in names.items()}
+    yield {role: _as_user(database_url, name) for role, name in names.items()}
     for name in names.values():
         admin_execute(pg_admin_url, f'DROP ROLE IF EXISTS "{name}"')
+
+
+def _as_user(url: str, user: str) -> str:
+    """The URL with `user` and no password, whatever its form (`postgres@host`, or the embedded
+    server's `postgres:@/db?host=/socket/dir`)."""
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(
+        parts._replace(netloc=f"{user}@{parts.netloc.rpartition('@')[2]}")
+    )
 
 
 def _sql_allowed(url: str, statement: str) -> bool:

@@ -4,6 +4,7 @@ echoed), and `run` makes itself non-dumpable with no core file limit."""
 import resource
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -14,7 +15,11 @@ PASSWORD = "hunter2-Secret"
 
 
 def test_a_password_in_a_flag_is_warned_about_an_env_url_is_not(database_url: str) -> None:
-    with_password = database_url.replace("postgres@", f"postgres:{PASSWORD}@")
+    parts = urllib.parse.urlsplit(database_url)  # also the embedded server's `postgres:@/db?host=`
+    user, _, host = parts.netloc.rpartition("@")
+    with_password = urllib.parse.urlunsplit(
+        parts._replace(netloc=f"{user.partition(':')[0]}:{PASSWORD}@{host}")
+    )
     flagged = cli(database_url, "status", "--database-url", with_password)
     assert flagged.returncode == 0, flagged.stderr
     assert "warning: --database-url holds a password" in flagged.stderr
