@@ -6,12 +6,14 @@ import gc
 import signal
 import time
 from collections.abc import Coroutine
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import structlog
 
 from outbox.dburl import redact
 from relay.core import systemd
+from relay.core.clock import Clocks
 from relay.core.config import Settings
 from relay.core.errors import ConfigError, StartupError
 from relay.db import migrate
@@ -142,15 +144,18 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     await pool.open(wait=True, timeout=30)
     store = Store(pool)
     connections = settings.effective_concurrency() + 4
+    # One clock (relay/core/clock.py): the database's, corrected by the Date of Stripe's answers.
+    clocks = Clocks(timedelta(seconds=settings.clock_margin))
     sender = StripeSender(
         key,
         settings.stripe_api_base,
         settings.request_timeout,
         connections,
         client=settings.stripe_client,
+        clocks=clocks,
     )
     wakeup = Wakeup(settings.database_url, listen=not settings.poll_only)
-    relay = Relay(settings, store, sender, wakeup)
+    relay = Relay(settings, store, sender, wakeup, clocks=clocks)
     secret = settings.stripe_webhook_secret
     app = make_app(
         relay,

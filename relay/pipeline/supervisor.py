@@ -17,15 +17,18 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Coroutine
+from datetime import timedelta
 from typing import Any
 
 import structlog
 
+from relay.core.clock import Clocks
 from relay.core.config import Settings, parse_meter_keys
 from relay.core.errors import ServiceDied
 from relay.db.store import Store
 from relay.pipeline import maintenance
 from relay.pipeline.completer import Completer
+from relay.pipeline.database_watch import DatabaseWatch
 from relay.pipeline.executor import Executor, RelayState, Sender
 from relay.pipeline.meter_refresh import Fetch, MeterRefresh, sdk_fetch
 from relay.pipeline.producer import Capacity, Producer, capacity_limit
@@ -119,8 +122,10 @@ class Relay:
         sender: Sender,
         wakeup: Wakeup,
         meters_fetch: Fetch | None = None,
+        clocks: Clocks | None = None,
     ) -> None:
         self.settings = settings
+        self.clocks = clocks or Clocks(timedelta(seconds=settings.clock_margin))
         self.store = store
         self.sender = sender
         self.wakeup = wakeup
@@ -141,6 +146,7 @@ class Relay:
             else None
         )
         self.state = RelayState()
+        self.database = DatabaseWatch(store, self.clocks, self.state, settings.upkeep_interval)
         self.capacity = Capacity(
             lambda: capacity_limit(settings, self.limiter.rate, self.limiter.ceiling),
             settings.effective_batch_size(),
@@ -155,7 +161,7 @@ class Relay:
         )
         self.meters, self.meter_refresh = self._meter_catalogue(meters_fetch)
         self.executor = Executor(
-            settings, sender, self.limiter, auth, self.completer.record, self.meters
+            settings, sender, self.limiter, auth, self.completer.record, self.meters, self.clocks
         )
         self.producer = Producer(
             settings,
@@ -196,11 +202,14 @@ class Relay:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set (or a service dies), then drain within the grace period."""
         services = Services(stop)
+        await self.database.first()  # before anything: a read-only database stops the start
         try:
             services.start("completer", self.completer.run())
+            services.start("database_watch", self.database.run())
             services.start("executor", self.executor.watch())
             services.start(
-                "fold_counts", maintenance.fold_counts(self.store, self.settings.upkeep_interval)
+                "fold_counts",
+                maintenance.fold_counts(self.store, self.settings.upkeep_interval, self.state),
             )
             if self.wakeup.listens:
                 services.start("listener", self.wakeup.listen())
