@@ -166,6 +166,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     )
     limit = connection_limit(settings.http_max_connections, open_file_budget(), connections)
     try:
+        await relay.database.first()  # a read-only database: one line, exit 1
         runner = await serve_http(
             app, settings.http_host, settings.http_port, settings.http_read_timeout, limit
         )

@@ -37,7 +37,8 @@ log = structlog.get_logger("relay")
 
 
 class DatabaseWatch:
-    """Probes the database at start (`first`) and then every `interval` seconds (`run`)."""
+    """Probes the database at start (`first`, by `outbox-relay run` before it listens) and then
+    every `interval` seconds (`run`, a service of the relay)."""
 
     def __init__(self, store: Store, clocks: Clocks, state: RelayState, interval: float) -> None:
         self.store = store
@@ -56,8 +57,8 @@ class DatabaseWatch:
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval)
             await self.turn()
+            await asyncio.sleep(self.interval)
 
     async def turn(self) -> None:
         """One probe; a database that does not answer is logged and probed again next turn

@@ -202,7 +202,6 @@ class Relay:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set (or a service dies), then drain within the grace period."""
         services = Services(stop)
-        await self.database.first()  # before anything: a read-only database stops the start
         try:
             services.start("completer", self.completer.run())
             services.start("database_watch", self.database.run())
