@@ -52,6 +52,11 @@ class Clocks:
         offset = self._offsets.get(STRIPE, self._offsets.get(DATABASE))
         return self._host() if offset is None else self._host() + offset
 
+    def database_now(self) -> datetime:
+        """The database's clock (the one that wrote `created_at`), as far as known."""
+        offset = self._offsets.get(DATABASE)
+        return self._host() if offset is None else self._host() + offset
+
     def offset(self, clock: str) -> timedelta | None:
         """`clock` (DATABASE or STRIPE) minus this host's clock, when measured."""
         return self._offsets.get(clock)

@@ -151,7 +151,9 @@ class Relay:
             lambda: capacity_limit(settings, self.limiter.rate, self.limiter.ceiling),
             settings.effective_batch_size(),
         )
-        self.completer = Completer(settings, store, self.capacity, wakeup)
+        self.completer = Completer(
+            settings, store, self.capacity, wakeup, database_now=self.clocks.database_now
+        )
         auth = AuthGate(
             self._set_ready, settings.auth_probe_interval, settings.auth_probe_max_interval
         )
