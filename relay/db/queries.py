@@ -449,6 +449,82 @@ METER_QUERIES = (
     EVENT_NAMES_IN_USE, HELD_BY_METER, RELEASE_HELD,
 )  # fmt: skip
 
+# -- the outage breaker (alembic/versions/0013_outage_breaker.up.sql) -------------------------
+
+
+class Scope(TypedDict):
+    scope: str
+
+
+class OutageSyncParams(TypedDict):
+    scope: str
+    calls: int
+    failed: int
+    status: int | None  # of the last failed call: 502/503/504, None for no answer
+
+
+class OutageOpenParams(TypedDict):
+    scope: str
+    relay_id: str
+    failed: int
+    status: int | None
+    streak_seconds: float
+    interval: float
+
+
+class OutageProbeParams(TypedDict):
+    scope: str
+    relay_id: str
+    lease_seconds: float
+
+
+class OutageProbeFailedParams(TypedDict):
+    scope: str
+    relay_id: str
+    status: int | None
+    cap: float
+
+
+class OutageCloseParams(TypedDict):
+    scope: str
+    relay_id: str
+    horizon: float
+
+
+class OutageState(NamedTuple):
+    """The outage breaker as every replica sees it (meter_event_outbox_outage).
+
+    `since`: the first failed call of the run that opened it; `calls`/`failed_calls`: the calls
+    made since then and how many got no answer or a 502/503/504; `last_status` None: no answer;
+    `probe_in_seconds`: until the next probe may go (negative: due); `probe_holder`: the relay
+    whose probe is out; `now`: the database's clock, for ages."""
+
+    state: str  # 'closed' | 'open'
+    since: datetime | None
+    opened_at: datetime | None
+    opened_by: str | None
+    closed_at: datetime | None
+    closed_by: str | None
+    last_status: int | None
+    calls: int
+    failed_calls: int
+    probes: int
+    probe_interval: float
+    probe_in_seconds: float | None
+    probe_holder: str | None
+    now: datetime
+
+
+OUTAGE_STATE = Query("outage_state", Scope, class_row(OutageState))
+OUTAGE_SYNC = Query("outage_sync", OutageSyncParams, class_row(OutageState))
+OUTAGE_OPEN = Query("outage_open", OutageOpenParams, scalar_row)
+OUTAGE_PROBE = Query("outage_probe", OutageProbeParams, scalar_row)
+OUTAGE_PROBE_FAILED = Query("outage_probe_failed", OutageProbeFailedParams, scalar_row)
+OUTAGE_CLOSE = Query("outage_close", OutageCloseParams, scalar_row)
+OUTAGE_QUERIES = (
+    OUTAGE_STATE, OUTAGE_SYNC, OUTAGE_OPEN, OUTAGE_PROBE, OUTAGE_PROBE_FAILED, OUTAGE_CLOSE,
+)  # fmt: skip
+
 REGISTRY: dict[str, Query[Any, Any]] = {
     q.name: q
     for q in (
@@ -459,7 +535,7 @@ REGISTRY: dict[str, Query[Any, Any]] = {
         FINISHED_LAST_HOUR, ATTEMPTS_LAST_HOUR, ATTEMPT_ERRORS_LAST_HOUR,
         FAILURES_WITH_IDENTIFIERS, FAILED_ROWS, CUSTOMER_BACKLOG, REJECTED_COUNT, TRACE_CONTEXTS,
         CONSOLE_SESSION_OPEN, CONSOLE_SESSION_ALIVE, CONSOLE_SESSION_CLOSE,
-        *METER_QUERIES,
+        *METER_QUERIES, *OUTAGE_QUERIES,
     )
 }  # fmt: skip
 

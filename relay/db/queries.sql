@@ -640,3 +640,94 @@ WHERE state = 'pending' AND available_at > now()
   AND coalesce(stripe_account, '') = :account AND event_name = :event_name
   AND last_error_code = ANY(CAST(:codes AS text[]))
 RETURNING id
+
+-- The outage breaker (alembic/versions/0013_outage_breaker.up.sql, relay/stripe/outage.py).
+-- One small row per scope; every statement touches that row only (and `outage_close` the
+-- rows the breaker held back).
+
+-- name: outage_state
+-- The breaker as every replica, `status` and the console see it, with the database's clock
+-- (`now`): `probe_in_seconds` is how long until the next probe may go (negative: due).
+SELECT state, since, opened_at, opened_by, closed_at, closed_by, last_status, calls,
+       failed_calls, probes, probe_interval,
+       extract(epoch FROM probe_at - now())::float8 AS probe_in_seconds,
+       CASE WHEN probe_until > now() THEN probe_holder END AS probe_holder, now() AS now
+FROM meter_event_outbox_outage WHERE scope = :scope
+
+-- name: outage_sync
+-- A relay's periodic look at the breaker, adding the calls it made (and how many failed) since
+-- its last look while the breaker is open; then the state as `outage_state` reads it.
+WITH noted AS (
+    UPDATE meter_event_outbox_outage
+    SET calls = calls + :calls, failed_calls = failed_calls + :failed,
+        last_status = CASE WHEN :failed > 0 THEN :status ELSE last_status END
+    WHERE scope = :scope AND state = 'open' AND :calls > 0
+    RETURNING 1
+)  -- a data-modifying CTE runs whether read or not; the SELECT sees the row before it
+SELECT state, since, opened_at, opened_by, closed_at, closed_by, last_status, calls,
+       failed_calls, probes, probe_interval,
+       extract(epoch FROM probe_at - now())::float8 AS probe_in_seconds,
+       CASE WHEN probe_until > now() THEN probe_holder END AS probe_holder, now() AS now
+FROM meter_event_outbox_outage WHERE scope = :scope
+
+-- name: outage_open
+-- Open the breaker after a run of :failed failed calls that began :streak_seconds ago; the
+-- first probe may go after :interval seconds. Returns true when this relay opened it, nothing
+-- when it was open already (another replica was first).
+INSERT INTO meter_event_outbox_outage AS o (
+    scope, state, since, opened_at, opened_by, last_status, calls, failed_calls,
+    probe_interval, probe_at
+) VALUES (
+    :scope, 'open', now() - make_interval(secs => :streak_seconds), now(), :relay_id, :status,
+    :failed, :failed, :interval, now() + make_interval(secs => :interval)
+)
+ON CONFLICT (scope) DO UPDATE SET
+    state = 'open', since = EXCLUDED.since, opened_at = EXCLUDED.opened_at,
+    opened_by = EXCLUDED.opened_by, closed_at = NULL, closed_by = NULL,
+    last_status = EXCLUDED.last_status, calls = EXCLUDED.calls,
+    failed_calls = EXCLUDED.failed_calls, probes = 0, probe_interval = EXCLUDED.probe_interval,
+    probe_at = EXCLUDED.probe_at, probe_holder = NULL, probe_until = NULL, changed_at = now()
+WHERE o.state = 'closed'
+RETURNING true
+
+-- name: outage_probe
+-- Take the probe: one call for all replicas while the breaker is open, once the probe is
+-- due, leased for :lease_seconds (a relay that dies with it does not block the next one).
+-- Returns the current interval when this relay got it, nothing otherwise.
+UPDATE meter_event_outbox_outage
+SET probe_holder = :relay_id, probe_until = now() + make_interval(secs => :lease_seconds)
+WHERE scope = :scope AND state = 'open' AND probe_at <= now()
+  AND (probe_holder IS NULL OR probe_until < now() OR probe_holder = :relay_id)
+RETURNING probe_interval
+
+-- name: outage_probe_failed
+-- The probe got no answer either: the next one waits twice as long, up to :cap seconds.
+UPDATE meter_event_outbox_outage
+SET probes = probes + 1, calls = calls + 1, failed_calls = failed_calls + 1,
+    last_status = :status, probe_interval = least(:cap, probe_interval * 2),
+    probe_at = now() + make_interval(secs => least(:cap, probe_interval * 2)),
+    probe_holder = NULL, probe_until = NULL
+WHERE scope = :scope AND state = 'open' AND probe_holder = :relay_id
+RETURNING probe_interval
+
+-- name: outage_close
+-- Stripe answered: close the breaker for every replica, and make the rows it held back due
+-- at once (they were put back with code stripe_outage, at most :horizon seconds ahead, so the
+-- due index bounds the search). Returns the rows released, nothing when it was closed already.
+WITH closed AS (
+    UPDATE meter_event_outbox_outage
+    SET state = 'closed', closed_at = now(), closed_by = :relay_id, calls = calls + 1,
+        probes = probes + CASE WHEN probe_holder = :relay_id THEN 1 ELSE 0 END,
+        probe_holder = NULL, probe_until = NULL, probe_at = NULL, changed_at = now()
+    WHERE scope = :scope AND state = 'open'
+    RETURNING 1
+),
+released AS (
+    UPDATE meter_event_outbox
+    SET available_at = now(), updated_at = now()
+    WHERE EXISTS (SELECT FROM closed) AND state = 'pending'
+      AND available_at > now() AND available_at <= now() + make_interval(secs => :horizon)
+      AND last_error_code = 'stripe_outage'
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM released) FROM closed

@@ -31,6 +31,7 @@ from relay.db.queries import (
     Lane,
     LiveRelay,
     OurGroup,
+    OutageState,
     RetryCandidate,
     RowState,
     StateCount,
@@ -46,6 +47,7 @@ __all__ = [
     "Lag",
     "Lane",
     "OurGroup",
+    "OutageState",
     "RetryCandidate",
     "Store",
     "SyncStore",
@@ -56,6 +58,7 @@ __all__ = [
 R = TypeVar("R")
 
 FIRST_LANE: Lane = ("", "")
+OUTAGE_SCOPE = "stripe"  # the breaker's one row: an outage is of Stripe, not of an account
 NOT_WALKED = Walked([], None)  # no lane after the cursor: start again from the first
 
 
@@ -280,6 +283,62 @@ class Store(AsyncExecutor):
         except Exception:
             return False
 
+    # the outage breaker (relay/stripe/outage.py)
+
+    async def outage_sync(self, calls: int, failed: int, status: int | None) -> OutageState:
+        """Add this relay's calls since its last look (while open); the breaker's state."""
+        params: q.OutageSyncParams = {
+            "scope": OUTAGE_SCOPE,
+            "calls": calls,
+            "failed": failed,
+            "status": status,
+        }
+        return await self.one(q.OUTAGE_SYNC(params))
+
+    async def outage_open(
+        self, relay_id: str, failed: int, status: int | None, streak: float, interval: float
+    ) -> bool:
+        """Open the breaker; False when another replica opened it first."""
+        params: q.OutageOpenParams = {
+            "scope": OUTAGE_SCOPE,
+            "relay_id": relay_id,
+            "failed": failed,
+            "status": status,
+            "streak_seconds": streak,
+            "interval": interval,
+        }
+        return bool(await self.first(q.OUTAGE_OPEN(params)))
+
+    async def outage_probe(self, relay_id: str, lease_seconds: float) -> float | None:
+        """Take the probe if it is due and free; the current probe interval when taken."""
+        params: q.OutageProbeParams = {
+            "scope": OUTAGE_SCOPE,
+            "relay_id": relay_id,
+            "lease_seconds": lease_seconds,
+        }
+        return await self.first(q.OUTAGE_PROBE(params))
+
+    async def outage_probe_failed(
+        self, relay_id: str, status: int | None, cap: float
+    ) -> float | None:
+        """This relay's probe failed: the next interval (None: the probe was not ours)."""
+        params: q.OutageProbeFailedParams = {
+            "scope": OUTAGE_SCOPE,
+            "relay_id": relay_id,
+            "status": status,
+            "cap": cap,
+        }
+        return await self.first(q.OUTAGE_PROBE_FAILED(params))
+
+    async def outage_close(self, relay_id: str, horizon: float) -> int | None:
+        """Close the breaker; the held rows released, None when it was closed already."""
+        params: q.OutageCloseParams = {
+            "scope": OUTAGE_SCOPE,
+            "relay_id": relay_id,
+            "horizon": horizon,
+        }
+        return await self.first(q.OUTAGE_CLOSE(params))
+
     # the meter catalogue
 
     async def save_meters(self, account: str, meters: Sequence[MeterInfo]) -> None:
@@ -434,6 +493,13 @@ class ConsoleStore(AsyncExecutor):
             found[g.code] = (n + g.n, max(age, oldest))
         return found
 
+    async def outage_state(self) -> OutageState | None:
+        """The outage breaker as every replica sees it (None: a schema before outbox_0013)."""
+        try:
+            return await self.first(q.OUTAGE_STATE({"scope": OUTAGE_SCOPE}))
+        except psycopg.errors.UndefinedTable:
+            return None
+
 
 # -- the CLI and the tests: the same queries on one connection -------------------------------
 
@@ -449,6 +515,13 @@ class SyncStore(SyncExecutor):
 
     def record_outcomes(self, batch: Sequence[Outcome], relay_id: str) -> set[int]:
         return set(self.all(q.RECORD_OUTCOMES(outcome_params(batch, relay_id))))
+
+    def outage_state(self) -> OutageState | None:
+        """The outage breaker as every replica sees it (None: a schema before outbox_0013)."""
+        try:
+            return self.first(q.OUTAGE_STATE({"scope": OUTAGE_SCOPE}))
+        except psycopg.errors.UndefinedTable:
+            return None
 
     def state_counts(self) -> list[StateCount]:
         return self.all(q.STATE_COUNTS({}))

@@ -1,0 +1,85 @@
+"""The outage breaker: two relays during a 503 outage make a bounded number of calls (a few
+before the breaker opens, then one probe at a time on a doubling schedule), no row fails or
+uses an attempt on a held-back call, and every row is accepted once Stripe answers again."""
+
+import contextlib
+
+import psycopg
+
+from relay.db import operations as ops
+from relay.db import outage as outage_text
+from relay.db.store import SyncStore
+from tests.support.relay import accepted, insert_usage, make_settings, running_relay, states
+
+THRESHOLD = 5
+CONCURRENCY = 8
+PROBE, PROBE_CAP = 0.3, 1.2
+OUTAGE_SECONDS = 8.0
+ROWS = 200
+EVENTS = "/v1/billing/meter_events"
+
+
+def probe_bound(base: float, cap: float, seconds: float) -> int:
+    """The most probes that can fail within `seconds`: the k-th probe waits for the sum of the
+    first k intervals of the schedule (base, doubling, capped), counted from the opening."""
+    probes, elapsed, interval = 0, 0.0, base
+    while elapsed + interval <= seconds:
+        elapsed += interval
+        probes += 1
+        interval = min(cap, interval * 2)
+    return probes
+
+
+def outage(database_url: str):
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        return SyncStore(conn).outage_state()
+
+
+def test_the_probe_bound_follows_the_schedule():
+    assert probe_bound(0.3, 1.2, 8.0) == 7  # 0.3 0.6 1.2 1.2 1.2 1.2 1.2 (6.9 s)
+    assert probe_bound(2, 30, 150) == 8  # 2 4 8 16 30 30 30 (120 s), the defaults
+
+
+async def test_two_relays_probe_one_at_a_time_through_an_outage(database_url, emulator):
+    insert_usage(database_url, ROWS, customers=50)
+    emulator.start_outage(OUTAGE_SECONDS, mode="503")
+    relays = [
+        make_settings(
+            database_url,
+            emulator,
+            relay_id=name,
+            rate_limit=200,
+            concurrency=CONCURRENCY,
+            outage_threshold=THRESHOLD,
+            outage_probe_interval=PROBE,
+            outage_probe_max_interval=PROBE_CAP,
+        )
+        for name in ("relay-a", "relay-b")
+    ]
+    async with contextlib.AsyncExitStack() as stack:
+        a, _ = [await stack.enter_async_context(running_relay(s)) for s in relays]
+        await a.until(lambda: _is(database_url, "open"), timeout=30)
+        seen = outage(database_url)
+        assert seen is not None and seen.last_status == 503 and seen.failed_calls >= THRESHOLD
+        # Every replica's status reads the one state (and says so in a line).
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            line = outage_text.line(ops.status(conn)["outage"])
+        assert line is not None and "503" in line and "rows wait, none fail" in line
+        await a.until(lambda: accepted(database_url, ROWS), timeout=60)
+    # Before opening each relay sends at most THRESHOLD calls in a row plus what it had in
+    # flight; then only probes, one at a time, on the schedule.
+    bound = 2 * (THRESHOLD + CONCURRENCY) + probe_bound(PROBE, PROBE_CAP, OUTAGE_SECONDS)
+    failed_calls = emulator.requests(EVENTS, 503)
+    assert failed_calls <= bound, (failed_calls, bound)
+    assert states(database_url) == {"accepted": ROWS}
+    closed = outage(database_url)
+    assert closed is not None and closed.state == "closed" and closed.closed_by is not None
+    assert closed.failed_calls <= closed.calls
+    with psycopg.connect(database_url) as conn:
+        attempts = conn.execute("SELECT max(attempts) FROM meter_event_outbox").fetchone()
+    assert attempts == (1,)  # held-back and gateway-refused calls used no attempt
+
+
+async def _is(database_url: str, state: str) -> bool:
+    seen = outage(database_url)
+    return seen is not None and seen.state == state
