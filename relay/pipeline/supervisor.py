@@ -274,6 +274,10 @@ class Relay:
         await services.stop("producer")
         await self.producer.finish(left(deadline - reserve))  # claims hand rows back unsent
         await self.executor.drain(left(deadline - reserve))
+        if self.outage is not None:  # the last calls count in the shared figures
+            await services.stop("outage_watch")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.outage.sync(), max(left(), LEAVE_TIMEOUT))
         if self.share:  # sent the last call: give the share back
             await services.stop("heartbeat")
             with contextlib.suppress(TimeoutError):  # a restart under this id need not wait

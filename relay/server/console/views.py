@@ -21,6 +21,7 @@ from relay.core import metrics
 from relay.core.config import Settings, host_names, ip_networks
 from relay.core.visible import visible
 from relay.db import operations as ops
+from relay.db import outage
 from relay.db.store import ConsoleStore
 from relay.server.console.auth import (
     COOKIE,
@@ -261,7 +262,14 @@ class Console:
             "relays": relays,
             "share": self._share(len(relays)),
             "drift": await self.store.latest_drift_report(),
+            **await self._outage(),
         }
+
+    async def _outage(self) -> dict[str, Any]:
+        """The outage breaker from the database (every replica's console shows the same) and
+        its banner line while Stripe is out."""
+        shared = outage.report(await self.store.outage_state())
+        return {"outage": shared, "outage_line": outage.line(shared)}
 
     def _share(self, live: int) -> dict[str, Any]:
         """Each live relay's share of the account's rate limit (equal shares, see share.py)."""
