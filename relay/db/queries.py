@@ -489,6 +489,7 @@ class OutageCloseParams(TypedDict):
     scope: str
     relay_id: str
     horizon: float
+    codes: list[str]
 
 
 class OutageState(NamedTuple):

@@ -711,9 +711,10 @@ WHERE scope = :scope AND state = 'open' AND probe_holder = :relay_id
 RETURNING probe_interval
 
 -- name: outage_close
--- Stripe answered: close the breaker for every replica, and make the rows it held back due
--- at once (they were put back with code stripe_outage, at most :horizon seconds ahead, so the
--- due index bounds the search). Returns the rows released, nothing when it was closed already.
+-- Stripe answered: close the breaker for every replica, and make the rows that waited for it
+-- due at once: those it held back and those whose call got no answer (:codes), at most
+-- :horizon seconds ahead (the longest outage backoff), so the due index bounds the search.
+-- Returns the rows released, nothing when it was closed already.
 WITH closed AS (
     UPDATE meter_event_outbox_outage
     SET state = 'closed', closed_at = now(), closed_by = :relay_id, calls = calls + 1,
@@ -727,7 +728,7 @@ released AS (
     SET available_at = now(), updated_at = now()
     WHERE EXISTS (SELECT FROM closed) AND state = 'pending'
       AND available_at > now() AND available_at <= now() + make_interval(secs => :horizon)
-      AND last_error_code = 'stripe_outage'
+      AND last_error_code = ANY(CAST(:codes AS text[]))
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM released) FROM closed

@@ -330,12 +330,14 @@ class Store(AsyncExecutor):
         }
         return await self.first(q.OUTAGE_PROBE_FAILED(params))
 
-    async def outage_close(self, relay_id: str, horizon: float) -> int | None:
-        """Close the breaker; the held rows released, None when it was closed already."""
+    async def outage_close(self, relay_id: str, horizon: float, codes: Sequence[str]) -> int | None:
+        """Close the breaker and make the rows that waited with these codes, due within
+        `horizon` seconds, due now; how many, None when it was closed already."""
         params: q.OutageCloseParams = {
             "scope": OUTAGE_SCOPE,
             "relay_id": relay_id,
             "horizon": horizon,
+            "codes": list(codes),
         }
         return await self.first(q.OUTAGE_CLOSE(params))
 

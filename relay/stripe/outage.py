@@ -26,19 +26,28 @@ own calls alone.
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import structlog
 
 from relay.core import metrics
 from relay.core.retryable import RETRYABLE
+from relay.core.vocabulary import STRIPE_OUTAGE
 from relay.db.store import OutageState
-from relay.stripe.classify import GATEWAY_STATUSES, Classified, Verdict
+from relay.stripe.classify import GATEWAY_STATUSES, TABLE, Classified, Verdict
+from relay.stripe.policy import BACKOFF_CAP
 
 log = structlog.get_logger("relay")
 
 HELD_MESSAGE = "Stripe is not answering (outage); waiting for a probe call to get through"
+# The codes of rows that waited on the outage, released when it ends: held back by the breaker,
+# or their own call got no answer (in backoff up to BACKOFF_CAP).
+WAITED_CODES = (
+    STRIPE_OUTAGE,
+    TABLE["no_answer"].code or "connection_error",
+    *(f"http_{status}" for status in GATEWAY_STATUSES),
+)
 
 
 class OutageStore(Protocol):
@@ -52,7 +61,9 @@ class OutageStore(Protocol):
     async def outage_probe_failed(
         self, relay_id: str, status: int | None, cap: float
     ) -> float | None: ...
-    async def outage_close(self, relay_id: str, horizon: float) -> int | None: ...
+    async def outage_close(
+        self, relay_id: str, horizon: float, codes: Sequence[str]
+    ) -> int | None: ...
 
 
 def no_answer(result: Classified) -> bool:
@@ -99,7 +110,7 @@ class OutageBreaker:
     @property
     def horizon(self) -> float:
         """How far ahead a held row can be due: `outage_close` releases rows within it."""
-        return 2 * self.cap + 1
+        return max(2 * self.cap + 1, BACKOFF_CAP + 1)
 
     def claim_limit(self, limit: int) -> int:
         """Rows the producer may hold: none while open, one when a probe is due."""
@@ -140,7 +151,7 @@ class OutageBreaker:
         back do not all come due at once (the close releases them anyway)."""
         ahead = max(self._probe_due - self._clock(), self.interval)
         jitter = random.uniform(0, self.interval)  # noqa: S311 (jitter)
-        return min(ahead + jitter, self.horizon - 1)
+        return min(ahead + jitter, 2 * self.cap)  # within `horizon`: the close releases it
 
     def release(self, call: int) -> None:
         """The call never got a result (shutdown, crash): its probe lease just expires."""
@@ -204,7 +215,7 @@ class OutageBreaker:
         metrics.STRIPE_OUTAGE_PROBES.labels("answered").inc()
         self._busy = True
         try:
-            released = await self.store.outage_close(self.relay_id, self.horizon)
+            released = await self.store.outage_close(self.relay_id, self.horizon, WAITED_CODES)
         except RETRYABLE:  # the next sync closes the shared row's view, or the next probe does
             released = None
         finally:
