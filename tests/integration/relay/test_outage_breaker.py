@@ -2,13 +2,17 @@
 before the breaker opens, then one probe at a time on a doubling schedule), no row fails or
 uses an attempt on a held-back call, and every row is accepted once Stripe answers again."""
 
+import asyncio
 import contextlib
 
 import psycopg
 
 from relay.db import operations as ops
 from relay.db import outage as outage_text
-from relay.db.store import SyncStore
+from relay.db.pool import make_pool
+from relay.db.store import Store, SyncStore
+from relay.stripe.classify import for_answer
+from relay.stripe.outage import OutageBreaker
 from tests.support.relay import accepted, insert_usage, make_settings, running_relay, states
 
 THRESHOLD = 5
@@ -83,3 +87,37 @@ async def test_two_relays_probe_one_at_a_time_through_an_outage(database_url, em
 async def _is(database_url: str, state: str) -> bool:
     seen = outage(database_url)
     return seen is not None and seen.state == state
+
+
+async def test_replicas_take_the_probe_one_at_a_time(database_url):
+    """The probe's lease is one row in the database: of replicas that all find the probe due
+    at once (a millisecond after opening), one sends it; its failure doubles the interval for
+    all; an answer closes it for all."""
+    pool = make_pool(database_url)
+    await pool.open(wait=True)
+    try:
+        store = Store(pool)
+        breakers = [
+            OutageBreaker(
+                store, f"relay-{i}", threshold=1, interval=0.001, cap=60.0, lease_seconds=30
+            )
+            for i in range(4)
+        ]
+        await breakers[0].settle(1, for_answer("unavailable", http_status=503))
+        for b in breakers[1:]:
+            await b.sync()
+        assert all(b.open for b in breakers)
+        waits = await asyncio.gather(*(b.admit(10 + i) for i, b in enumerate(breakers)))
+        probes = [i for i, wait in enumerate(waits) if wait is None]
+        assert len(probes) == 1, waits
+        prober = breakers[probes[0]]
+        await prober.settle(10 + probes[0], for_answer("unavailable", http_status=503))
+        shared = outage(database_url)
+        assert shared is not None and shared.probes == 1 and shared.probe_holder is None
+        assert shared.probe_interval == 0.002  # the next probe waits twice as long
+        await prober.settle(99, for_answer("ok", http_status=200))  # a late answer closes it
+        for b in breakers:
+            await b.sync()
+        assert not any(b.open for b in breakers)
+    finally:
+        await pool.close()
