@@ -4,6 +4,7 @@ uses an attempt on a held-back call, and every row is accepted once Stripe answe
 
 import asyncio
 import contextlib
+import json
 
 import psycopg
 
@@ -121,3 +122,30 @@ async def test_replicas_take_the_probe_one_at_a_time(database_url):
         assert not any(b.open for b in breakers)
     finally:
         await pool.close()
+
+
+def test_status_says_it_first_and_in_json(database_url):
+    """`status` prints the shared state's line first (the console's banner text) and
+    `status --json` carries the state."""
+    from click.testing import CliRunner
+
+    from relay.cli.commands import main
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE meter_event_outbox_outage SET state = 'open', last_status = 503,"
+            " since = date_trunc('minute', now()) - interval '4 minutes', opened_at = now(),"
+            " calls = 200, failed_calls = 194, probe_interval = 8,"
+            " probe_at = now() + interval '8 seconds'"
+        )
+        (since,) = conn.execute(
+            "SELECT to_char(since AT TIME ZONE 'UTC', 'HH24:MI') FROM meter_event_outbox_outage"
+        ).fetchone()
+    env = {"OUTBOX_DATABASE_URL": database_url, "COLUMNS": "200"}
+    text = CliRunner().invoke(main, ["status"], env=env)
+    assert text.exit_code == 0, text.output
+    first = text.stdout.splitlines()[0]
+    assert first == f"Stripe answers 503 for 97% of calls since {since} UTC; rows wait, none fail"
+    data = json.loads(CliRunner().invoke(main, ["status", "--json"], env=env).stdout)
+    assert data["outage"]["state"] == "open"
+    assert (data["outage"]["calls"], data["outage"]["failed_calls"]) == (200, 194)
