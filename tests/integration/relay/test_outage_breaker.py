@@ -7,6 +7,7 @@ import contextlib
 import json
 
 import psycopg
+import pytest
 
 from relay.db import operations as ops
 from relay.db import outage as outage_text
@@ -21,7 +22,7 @@ CONCURRENCY = 8
 PROBE, PROBE_CAP = 0.3, 1.2
 OUTAGE_SECONDS = 8.0
 ROWS = 200
-EVENTS = "/v1/billing/meter_events"
+EVENTS = {"v1": "/v1/billing/meter_events", "v2-stream": "POST /v2/billing/meter_event_stream"}
 
 
 def probe_bound(base: float, cap: float, seconds: float) -> int:
@@ -45,7 +46,8 @@ def test_the_probe_bound_follows_the_schedule():
     assert probe_bound(2, 30, 150) == 8  # 2 4 8 16 30 30 30 (120 s), the defaults
 
 
-async def test_two_relays_probe_one_at_a_time_through_an_outage(database_url, emulator):
+@pytest.mark.parametrize("mode", ["v1", "v2-stream"])
+async def test_two_relays_probe_one_at_a_time_through_an_outage(database_url, emulator, mode):
     insert_usage(database_url, ROWS, customers=50)
     emulator.start_outage(OUTAGE_SECONDS, mode="503")
     relays = [
@@ -53,6 +55,7 @@ async def test_two_relays_probe_one_at_a_time_through_an_outage(database_url, em
             database_url,
             emulator,
             relay_id=name,
+            stripe_api_mode=mode,
             rate_limit=200,
             concurrency=CONCURRENCY,
             outage_threshold=THRESHOLD,
@@ -74,7 +77,7 @@ async def test_two_relays_probe_one_at_a_time_through_an_outage(database_url, em
     # Before opening each relay sends at most THRESHOLD calls in a row plus what it had in
     # flight; then only probes, one at a time, on the schedule.
     bound = 2 * (THRESHOLD + CONCURRENCY) + probe_bound(PROBE, PROBE_CAP, OUTAGE_SECONDS)
-    failed_calls = emulator.requests(EVENTS, 503)
+    failed_calls = emulator.requests(EVENTS[mode], 503)
     assert failed_calls <= bound, (failed_calls, bound)
     assert states(database_url) == {"accepted": ROWS}
     closed = outage(database_url)
