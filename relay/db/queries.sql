@@ -470,12 +470,14 @@ SELECT min(created_at) AS created_at, min(occurred_at) AS occurred_at,
 FROM meter_event_outbox WHERE state IN ('pending', 'in_flight')
 
 -- name: backing_off
--- Pending rows that failed at least once, by their last code: retrying, not yet given up.
-SELECT last_error_code AS code, count(*) AS n, min(created_at) AS oldest_created_at,
-       min(available_at) AS next_attempt_at
+-- Pending rows that carry an error code, by that code: retrying (not yet given up), or held
+-- (`held`: a code of :held, a refused key or account, or a meter Stripe would drop them for;
+-- no call is made for them, so they are not retrying).
+SELECT last_error_code AS code, last_error_code = ANY(CAST(:held AS text[])) AS held,
+       count(*) AS n, min(created_at) AS oldest_created_at, min(available_at) AS next_attempt_at
 FROM meter_event_outbox
 WHERE state = 'pending' AND last_error_code IS NOT NULL
-GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT :limit
+GROUP BY 1 ORDER BY 3 DESC, 1 LIMIT :limit
 
 -- name: finished_last_hour
 -- Rows that reached accepted or cancelled in the last hour (terminal-age index, one hour of it).
@@ -516,19 +518,76 @@ FROM (SELECT state, coalesce(last_error_code, '') AS code, count(*) AS n
                     ORDER BY o.id LIMIT :per_code) s) ids
 ORDER BY f.n DESC, f.state, f.code
 
--- name: failed_rows
--- One code's failed or rejected rows, oldest first ('' stands for rows without a code): the
--- first entries of each state under that code in meter_event_outbox_attention_by_code.
-SELECT identifier, state, customer, event_name, value, attempts, last_error_message,
-       created_at, updated_at
-FROM (
-    (SELECT * FROM meter_event_outbox
-     WHERE state = 'failed' AND coalesce(last_error_code, '') = :code ORDER BY id LIMIT :limit)
-    UNION ALL
-    (SELECT * FROM meter_event_outbox
-     WHERE state = 'rejected' AND coalesce(last_error_code, '') = :code ORDER BY id LIMIT :limit)
-) o
-ORDER BY id LIMIT :limit
+-- name: look_rows
+-- The console's list of rows that need a look, filtered and paged forward by id (keyset: rows
+-- after :after; :upto, when set, caps the set a bulk action confirmed). The kinds: failed,
+-- rejected, retrying (pending after an error) and held (pending with a code of :held: waiting
+-- for a refused key or account, or for its meter). One branch per state, each the first
+-- :scan entries past :after of one index (look_by_state, look_by_customer, attention_by_code,
+-- look_pending_by_code: the planner picks by the filters given; a branch that does not apply
+-- gets LIMIT 0 and is never run). The meter filter is no index's: it narrows the first :scan
+-- rows of the merged branches, so a page reads at most 3 x :scan index entries whatever the
+-- filters. `scanned` and `last_scanned` say how far the page looked (the next page starts
+-- there even when no row of this stretch matched); a page that found nothing is one row of
+-- NULLs with those two columns.
+WITH scanned AS MATERIALIZED (
+    SELECT * FROM (
+        (SELECT id FROM meter_event_outbox
+         WHERE state = 'failed' AND id > :after AND id <= coalesce(CAST(:upto AS bigint), 9223372036854775807)
+           AND (CAST(:code AS text) IS NULL OR coalesce(last_error_code, '') = :code)
+           AND (CAST(:customer AS text) IS NULL OR customer = :customer)
+         ORDER BY id
+         LIMIT CASE WHEN coalesce(CAST(:kind AS text), 'failed') = 'failed' THEN :scan ELSE 0 END)
+        UNION ALL
+        (SELECT id FROM meter_event_outbox
+         WHERE state = 'rejected' AND id > :after AND id <= coalesce(CAST(:upto AS bigint), 9223372036854775807)
+           AND (CAST(:code AS text) IS NULL OR coalesce(last_error_code, '') = :code)
+           AND (CAST(:customer AS text) IS NULL OR customer = :customer)
+         ORDER BY id
+         LIMIT CASE WHEN coalesce(CAST(:kind AS text), 'rejected') = 'rejected' THEN :scan ELSE 0 END)
+        UNION ALL
+        (SELECT id FROM meter_event_outbox
+         WHERE state = 'pending' AND last_error_code IS NOT NULL
+           AND id > :after AND id <= coalesce(CAST(:upto AS bigint), 9223372036854775807)
+           AND (CAST(:code AS text) IS NULL OR coalesce(last_error_code, '') = :code)
+           AND (CAST(:customer AS text) IS NULL OR customer = :customer)
+           AND (CAST(:kind AS text) IS NULL
+                OR (CAST(:kind AS text) = 'held') = (last_error_code = ANY(CAST(:held AS text[]))))
+         ORDER BY id
+         LIMIT CASE WHEN coalesce(CAST(:kind AS text), 'retrying') IN ('retrying', 'held') THEN :scan ELSE 0 END)
+    ) branches
+    ORDER BY id LIMIT :scan
+),
+stretch AS (SELECT count(*) AS scanned, max(id) AS last_scanned FROM scanned)
+SELECT o.id, o.identifier, o.state, o.customer, o.event_name, o.value, o.attempts,
+       o.last_error_code, o.last_error_message, o.stripe_account, o.created_at, o.updated_at,
+       o.available_at, o.first_attempt_at,
+       o.state = 'pending' AND o.last_error_code = ANY(CAST(:held AS text[])) AS held,
+       s.scanned, s.last_scanned
+FROM stretch s
+LEFT JOIN LATERAL (
+    SELECT m.* FROM meter_event_outbox m JOIN scanned USING (id)
+    WHERE CAST(:event_name AS text) IS NULL OR m.event_name = :event_name
+    ORDER BY m.id LIMIT :limit
+) o ON true
+ORDER BY o.id
+
+-- name: calls_per_minute
+-- The overview's chart: Stripe calls per minute of the last :seconds, from the newest :cap
+-- attempts at most (a backward walk of the attempt table's primary key, as attempts_last_hour),
+-- so a busy stretch costs a bounded read; `capped` says the oldest minutes may be missing.
+WITH newest AS MATERIALIZED (
+    SELECT attempted_at, action, state, code FROM meter_event_outbox_attempts
+    ORDER BY id DESC LIMIT :cap
+)
+SELECT date_trunc('minute', attempted_at) AS minute,
+       count(*) FILTER (WHERE action = 'report' AND state = 'accepted') AS accepted,
+       count(*) FILTER (WHERE code IS NOT NULL) AS errors,
+       count(*) AS calls,
+       (SELECT count(*) FROM newest) = :cap AS capped
+FROM newest
+WHERE attempted_at > now() - make_interval(secs => :seconds)
+GROUP BY 1 ORDER BY 1
 
 -- name: customer_backlog
 -- Customers with the most unsent rows (the lane index leads with customer).
