@@ -43,10 +43,12 @@ FROM generate_series(1, 100000) g
 
 
 def look(limit: int = 50, scan: int = LOOK_SCAN, after: int = 0, **filters: Any) -> dict[str, Any]:
-    """look_rows' parameters: the console's list with these filters (the rest "any")."""
+    """look_rows' parameters as ConsoleStore.look passes them for these filters (the rest
+    "any"): `scan` rows read only when a filter no index serves is given."""
     given = {"kind": None, "code": None, "customer": None, "event_name": None, **filters}
-    return {**given, "held": list(HOLD_CODES), "after": after, "upto": None, "scan": scan,
-            "limit": limit}  # fmt: skip
+    narrowed = given["event_name"] is not None or given["kind"] in ("retrying", "held")
+    return {**given, "held": list(HOLD_CODES), "after": after, "upto": None,
+            "scan": scan if narrowed else limit, "limit": limit}  # fmt: skip
 
 
 SURFACES: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
@@ -86,7 +88,7 @@ SURFACES: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
             "look_rows",
             look(code="http_503", after=1_900_000),
         ),
-        ("held (none held)", "look_rows", look(kind="held")),
+        ("held (none held: reads the whole bound)", "look_rows", look(kind="held")),
         ("one customer", "look_rows", look(customer="cus_42")),
         ("one customer, rejected", "look_rows", look(customer="cus_42", kind="rejected")),
         ("a meter no row has (reads the whole bound)", "look_rows", look(event_name="none")),

@@ -29,6 +29,7 @@ class Chart:
     accepted: int
     calls: int
     errors: int
+    capped_since: datetime | None  # the chart read its cap of calls: it starts here
 
 
 def draw(points: Sequence[Minute], now: datetime, minutes: int) -> Chart:
@@ -75,6 +76,9 @@ def draw(points: Sequence[Minute], now: datetime, minutes: int) -> Chart:
         accepted=sum(p.accepted for p in present),
         calls=sum(p.calls for p in present),
         errors=sum(p.errors for p in present),
+        capped_since=min((p.minute for p in points), default=None)
+        if any(p.capped for p in points)
+        else None,
     )
 
 

@@ -22,7 +22,7 @@ from relay.core.config import Settings, host_names, ip_networks
 from relay.core.visible import visible
 from relay.db import operations as ops
 from relay.db.queries import RetryHow
-from relay.db.store import HOLD_CODES, LOOK_KINDS, ConsoleStore, Look, LookPage
+from relay.db.store import CHART_CAP, HOLD_CODES, LOOK_KINDS, ConsoleStore, Look, LookPage
 from relay.server.console import chart
 from relay.server.console.auth import (
     COOKIE,
@@ -265,6 +265,7 @@ class Console:
             viewer,
             auth_ok=self.relay.state.auth_ok,
             refresh=_refresh(request),
+            chart_cap=CHART_CAP,
             **data,
         )
 

@@ -69,7 +69,8 @@ def _expected(db: psycopg.Connection, where: str) -> list[str]:
 
 
 LOOKS = {
-    Look(): "state IN ('failed', 'rejected') OR (state = 'pending' AND last_error_code IS NOT NULL)",
+    Look(): "state IN ('failed', 'rejected') OR (state = 'pending' AND last_error_code "
+    "IS NOT NULL)",
     Look(kind="failed"): "state = 'failed'",
     Look(kind="rejected", code="code_7"): "state = 'rejected'",
     Look(kind="retrying"): "state = 'pending' AND last_error_code = 'http_503'",
@@ -111,6 +112,11 @@ def _session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
 
 
+async def _fetch(url: str) -> str:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return await response.text()
+
+
 async def _signed_in(session: aiohttp.ClientSession, base: str) -> str:
     async with session.post(f"{base}/console/login", data={"token": TOKEN}) as response:
         assert response.status == 200
@@ -124,9 +130,8 @@ async def test_readme_example_lists_rows_retrying_with_the_code(
 ) -> None:
     """`/console/failures?code=http_503` during an outage: the rows wait, none failed."""
     _add(db, "p", 3, "pending", "http_503", attempts=0)
-    async with served(database_url, emulator) as app, aiohttp.ClientSession() as session:
-        async with session.get(f"{app.url}/console/failures?code=http_503") as response:
-            page = await response.text()
+    async with served(database_url, emulator) as app:
+        page = await _fetch(f"{app.url}/console/failures?code=http_503")
     assert "No row" not in page and all(f">p{i}<" in page for i in (1, 2, 3))
     assert page.count(">retrying</span>") == 3
 
@@ -137,9 +142,8 @@ async def test_retrying_card_leaves_held_rows_out(
     _add(db, "k", 2, "pending", "api_key_refused", attempts=0)
     _add(db, "m", 1, "pending", "meter_missing", attempts=0)
     _add(db, "p", 1, "pending", "rate_limited")
-    async with served(database_url, emulator) as app, aiohttp.ClientSession() as session:
-        async with session.get(f"{app.url}/console") as response:
-            page = await response.text()
+    async with served(database_url, emulator) as app:
+        page = await _fetch(f"{app.url}/console")
     retrying = page.split('id="retrying"')[1].split("</section>")[0]
     table, held_line = retrying.split('id="held-codes"')
     assert "rate_limited" in table
