@@ -238,8 +238,8 @@ class LookParams(TypedDict):
     limit: int
 
 
-class CapSeconds(TypedDict):
-    cap: int
+class SamplesSeconds(TypedDict):
+    samples: int
     seconds: float
 
 
@@ -250,7 +250,7 @@ class Minute(NamedTuple):
     accepted: int
     errors: int
     calls: int
-    capped: bool
+    stride: int  # one call of every `stride` was read; the counts are scaled (1: exact)
 
 
 # -- row types --------------------------------------------------------------------------------
@@ -419,7 +419,7 @@ ATTEMPTS_LAST_HOUR = Query("attempts_last_hour", Cap, class_row(Calls))
 ATTEMPT_ERRORS_LAST_HOUR = Query("attempt_errors_last_hour", CapLimit, dict_row)
 FAILURES_WITH_IDENTIFIERS = Query("failures_with_identifiers", PerCode, dict_row)
 LOOK_ROWS = Query("look_rows", LookParams, dict_row, prepare=False)  # planned for its filters
-CALLS_PER_MINUTE = Query("calls_per_minute", CapSeconds, class_row(Minute))
+CALLS_PER_MINUTE = Query("calls_per_minute", SamplesSeconds, class_row(Minute))
 CUSTOMER_BACKLOG = Query("customer_backlog", Limit, dict_row)
 
 # -- the meter catalogue (alembic/versions/0012_meter_catalogue.up.sql) -----------------------

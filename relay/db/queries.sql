@@ -587,21 +587,52 @@ LEFT JOIN LATERAL (
 ORDER BY o.id
 
 -- name: calls_per_minute
--- The overview's chart: Stripe calls per minute of the last :seconds, from the newest :cap
--- attempts at most (a backward walk of the attempt table's primary key, as attempts_last_hour),
--- so a busy stretch costs a bounded read; `capped`: the chart starts at its oldest minute.
-WITH newest AS MATERIALIZED (
-    SELECT attempted_at, action, state, code FROM meter_event_outbox_attempts
-    ORDER BY id DESC LIMIT :cap
+-- The overview's chart: Stripe calls per minute of the last :seconds, read from at most
+-- :samples attempts whatever the traffic. Attempt ids grow with time, so a binary search over
+-- the primary key (at most 64 probes) finds the first attempt of the span; then one id of
+-- every `stride` ids of the span is read (one probe each) and each minute's counts are scaled
+-- by the stride. A quiet span has stride 1: every call is read and the counts are exact. Ids
+-- missing from the span (rows pruned with their history) are missed samples, not errors.
+WITH RECURSIVE span AS (
+    SELECT (SELECT id FROM meter_event_outbox_attempts ORDER BY id LIMIT 1) AS lo,
+           (SELECT id FROM meter_event_outbox_attempts ORDER BY id DESC LIMIT 1) AS hi
+),
+search (lo, hi, steps) AS (
+    SELECT lo, hi, 0 FROM span WHERE hi IS NOT NULL
+    UNION ALL
+    SELECT CASE WHEN b.before THEN m.mid + 1 ELSE s.lo END,
+           CASE WHEN b.before THEN s.hi ELSE m.mid END,
+           s.steps + 1
+    FROM search s
+    CROSS JOIN LATERAL (SELECT s.lo + (s.hi - s.lo) / 2 AS mid) m
+    CROSS JOIN LATERAL (
+        SELECT coalesce((SELECT a.attempted_at <= now() - make_interval(secs => :seconds)
+                         FROM meter_event_outbox_attempts a
+                         WHERE a.id >= m.mid ORDER BY a.id LIMIT 1), false) AS before
+    ) b
+    WHERE s.lo < s.hi AND s.steps < 64
+),
+stride AS (
+    SELECT f.lo AS first, sp.hi AS last,
+           greatest(1, ceil((sp.hi - f.lo + 1) / CAST(:samples AS numeric)))::bigint AS k
+    FROM (SELECT lo FROM search ORDER BY steps DESC LIMIT 1) f, span sp
+),
+sampled AS (
+    SELECT a.attempted_at, a.action, a.state, a.code, st.k
+    FROM stride st
+    CROSS JOIN LATERAL generate_series(0, (st.last - st.first) / st.k) i(n)
+    -- the n-th stretch of k ids, at an offset that varies (a fixed one would alias with any
+    -- pattern of period dividing k)
+    JOIN meter_event_outbox_attempts a ON a.id = st.first + i.n * st.k + (i.n * 7919) % st.k
+    WHERE a.attempted_at > now() - make_interval(secs => :seconds)
 )
 SELECT date_trunc('minute', attempted_at) AS minute,
-       count(*) FILTER (WHERE action = 'report' AND state = 'accepted') AS accepted,
-       count(*) FILTER (WHERE code IS NOT NULL) AS errors,
-       count(*) AS calls,
-       (SELECT count(*) FROM newest) = :cap AS capped
-FROM newest
-WHERE attempted_at > now() - make_interval(secs => :seconds)
-GROUP BY 1 ORDER BY 1
+       count(*) FILTER (WHERE action = 'report' AND state = 'accepted') * k AS accepted,
+       count(*) FILTER (WHERE code IS NOT NULL) * k AS errors,
+       count(*) * k AS calls,
+       k AS stride
+FROM sampled
+GROUP BY 1, k ORDER BY 1
 
 -- name: customer_backlog
 -- Customers with the most unsent rows (the lane index leads with customer).

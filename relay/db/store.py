@@ -355,7 +355,7 @@ HOLD_CODES: tuple[str, ...] = (*sorted(AUTH_WAIT_CODES), *HELD_CODES)
 LOOK_KINDS = ("failed", "rejected", "retrying", "held")
 LOOK_SCAN = 2000  # index entries a console page reads at most per state
 CHART_SECONDS = 3 * 3600  # the overview chart's span
-CHART_CAP = 20_000  # newest calls the chart reads at most (about 30 ms on a loaded machine)
+CHART_SAMPLES = 4000  # calls the chart reads at most, whatever the traffic
 
 
 @dataclass(frozen=True)
@@ -444,9 +444,12 @@ class ConsoleStore(AsyncExecutor):
         scanned, last = (found[0]["scanned"], found[0]["last_scanned"]) if found else (0, None)
         return LookPage(rows, last if scanned == scan else None)
 
-    async def calls_per_minute(self, seconds: float = CHART_SECONDS) -> list[q.Minute]:
-        """The chart's minutes (from the newest CHART_CAP calls at most)."""
-        return await self.all(q.CALLS_PER_MINUTE({"cap": CHART_CAP, "seconds": seconds}))
+    async def calls_per_minute(
+        self, seconds: float = CHART_SECONDS, samples: int = CHART_SAMPLES
+    ) -> list[q.Minute]:
+        """The chart's minutes (from `samples` calls of the span at most)."""
+        params: q.SamplesSeconds = {"samples": samples, "seconds": seconds}
+        return await self.all(q.CALLS_PER_MINUTE(params))
 
     async def customer_backlog(self, limit: int = 10) -> list[Row]:
         return await self.all(q.CUSTOMER_BACKLOG({"limit": limit}))

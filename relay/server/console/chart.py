@@ -29,7 +29,7 @@ class Chart:
     accepted: int
     calls: int
     errors: int
-    capped_since: datetime | None  # the chart read its cap of calls: it starts here
+    stride: int  # 1: every call was read; n: one in n, the counts are estimates
 
 
 def draw(points: Sequence[Minute], now: datetime, minutes: int) -> Chart:
@@ -76,9 +76,7 @@ def draw(points: Sequence[Minute], now: datetime, minutes: int) -> Chart:
         accepted=sum(p.accepted for p in present),
         calls=sum(p.calls for p in present),
         errors=sum(p.errors for p in present),
-        capped_since=min((p.minute for p in points), default=None)
-        if any(p.capped for p in points)
-        else None,
+        stride=max((p.stride for p in points), default=1),
     )
 
 

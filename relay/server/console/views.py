@@ -22,7 +22,7 @@ from relay.core.config import Settings, host_names, ip_networks
 from relay.core.visible import visible
 from relay.db import operations as ops
 from relay.db.queries import RetryHow
-from relay.db.store import CHART_CAP, HOLD_CODES, LOOK_KINDS, ConsoleStore, Look, LookPage
+from relay.db.store import HOLD_CODES, LOOK_KINDS, ConsoleStore, Look, LookPage
 from relay.server.console import chart
 from relay.server.console.auth import (
     COOKIE,
@@ -45,6 +45,7 @@ BULK_MAX = 1000  # rows one bulk action takes (the oldest of the set; repeat for
 BULK_SCAN = 5 * BULK_MAX  # index entries per state a bulk action reads at most
 REFRESH_SECONDS = 15  # auto-refresh of the overview and the list, unless paused
 CHART_MINUTES = 180
+ATTEMPTS_SHOWN = 500  # a row's first calls shown on its page ("500+" calls when there are more)
 
 # What an action did, shown after its redirect; only these fixed texts are ever shown.
 NOTICES = {
@@ -60,7 +61,7 @@ NOTICES = {
 # What a bulk action did: fixed texts with the counts it returned.
 BULK_NOTICES = {
     "retry": "Requeued {done:,} row(s); {refused:,} refused (rejected, or first sent before the "
-    "safe dedup window: `outbox-relay retry --force` after checking Stripe); {skipped:,} not "
+    "safe dedup window: outbox-relay retry --force after checking Stripe); {skipped:,} not "
     "failed, left alone.",
     "cancel": "Cancelled {done:,} row(s) at once; cancellation requested for {refused:,} that "
     "Stripe may have counted (the relay sends adjustments).",
@@ -265,7 +266,6 @@ class Console:
             viewer,
             auth_ok=self.relay.state.auth_ok,
             refresh=_refresh(request),
-            chart_cap=CHART_CAP,
             **data,
         )
 
@@ -385,7 +385,7 @@ class Console:
         viewer = await self._viewer(request)
         identifier = request.query.get("identifier", "").strip()
         found = await self.store.row(identifier) if identifier else None
-        attempts = await self.store.attempts(found["id"]) if found else []
+        attempts = await self.store.attempts(found["id"], ATTEMPTS_SHOWN) if found else []
         return self._page(
             "row.html",
             viewer,
@@ -393,7 +393,7 @@ class Console:
             identifier=identifier,
             row=found,
             attempts=attempts,
-            calls=len(attempts),
+            calls=f"{len(attempts)}+" if len(attempts) >= ATTEMPTS_SHOWN else len(attempts),
             held=_held(found),
             notice=NOTICES.get(request.query.get("done", "")),
         )
