@@ -621,9 +621,13 @@ sampled AS (
     SELECT a.attempted_at, a.action, a.state, a.code, st.k
     FROM stride st
     CROSS JOIN LATERAL generate_series(0, (st.last - st.first) / st.k) i(n)
-    -- the n-th stretch of k ids, at an offset that varies (a fixed one would alias with any
-    -- pattern of period dividing k)
-    JOIN meter_event_outbox_attempts a ON a.id = st.first + i.n * st.k + (i.n * 7919) % st.k
+    -- one probe of the primary key per sample (LIMIT keeps the planner from turning the probes
+    -- into a hash join over the whole table): the n-th stretch of k ids, at an offset that
+    -- varies (a fixed one would alias with any pattern of period dividing k)
+    CROSS JOIN LATERAL (
+        SELECT attempted_at, action, state, code FROM meter_event_outbox_attempts
+        WHERE id = st.first + i.n * st.k + (i.n * 7919) % st.k LIMIT 1
+    ) a
     WHERE a.attempted_at > now() - make_interval(secs => :seconds)
 )
 SELECT date_trunc('minute', attempted_at) AS minute,

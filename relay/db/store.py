@@ -355,7 +355,7 @@ HOLD_CODES: tuple[str, ...] = (*sorted(AUTH_WAIT_CODES), *HELD_CODES)
 LOOK_KINDS = ("failed", "rejected", "retrying", "held")
 LOOK_SCAN = 2000  # index entries a console page reads at most per state
 CHART_SECONDS = 3 * 3600  # the overview chart's span
-CHART_SAMPLES = 4000  # calls the chart reads at most, whatever the traffic
+CHART_SAMPLES = 2500  # calls the chart reads at most, whatever the traffic
 
 
 @dataclass(frozen=True)
