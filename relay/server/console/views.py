@@ -572,17 +572,26 @@ def _bulk_notice(action: str, query: Any) -> str:
     )
 
 
+NOT_KEPT = ("refresh", "done", "n", "refused", "skipped")  # what _refresh's links leave out
+
+
 def _refresh(request: web.Request) -> dict[str, Any]:
     """Auto-refresh (a meta refresh: no script) unless paused with ?refresh=off; the link
     toggles it and keeps the rest of the query."""
     paused = request.query.get("refresh") == "off"
-    query = {k: v for k, v in request.query.items() if k not in ("refresh", "done")}
+    # An action's notice (done=...) is said once: the refresh and the toggle leave it out.
+    query = {k: v for k, v in request.query.items() if k not in NOT_KEPT}
     toggled = {**query, **({} if paused else {"refresh": "off"})}
-    encoded = urlencode(toggled)
     return {
         "seconds": None if paused else REFRESH_SECONDS,
-        "toggle": request.path + (f"?{encoded}" if encoded else ""),
+        "url": _url(request.path, query),
+        "toggle": _url(request.path, toggled),
     }
+
+
+def _url(path: str, query: dict[str, str]) -> str:
+    encoded = urlencode(query)
+    return path + (f"?{encoded}" if encoded else "")
 
 
 def _text(value: object) -> str | None:

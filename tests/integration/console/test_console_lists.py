@@ -181,6 +181,8 @@ async def test_bulk_retry_confirms_the_count_and_follows_the_cli_rules(
             done = await response.text()
             assert response.status == 200 and "done=retry" in str(response.url)
     assert "Requeued 3 row(s); 4 refused" in done and "2 not failed" in done
+    # the list refreshes without the notice (said once)
+    assert 'content="15; url=/console/failures?code=http_500"' in done
     states = {i: row(database_url, i)["state"] for i in ("fresh1", "old1", "rej1", "late1")}
     assert states == {"fresh1": "pending", "old1": "failed", "rej1": "rejected", "late1": "failed"}
 
@@ -236,7 +238,8 @@ async def test_overview_draws_the_chart_and_refreshes_until_paused(
     assert csp.startswith("default-src 'none';") and "script" not in csp
     assert "<svg" in page and 'id="error-line"' in page and "<script" not in page
     assert "300 accepted" in page and "400 Stripe calls, 100 with an error (25.0 %)" in page
-    assert '<meta http-equiv="refresh" content="15">' in page and "?refresh=off" in page
+    assert '<meta http-equiv="refresh" content="15; url=/console">' in page
+    assert 'href="/console?refresh=off"' in page
     assert 'http-equiv="refresh"' not in paused and "auto-refresh paused" in paused
 
 
