@@ -19,6 +19,7 @@ from bench.common import scratch_database
 from bench.operator_queries import HISTORY, explain
 from relay.db.store import (
     ATTEMPT_WINDOW_CAP,
+    CHART_EXACT,
     CHART_SAMPLES,
     CHART_SECONDS,
     HOLD_CODES,
@@ -77,7 +78,7 @@ SURFACES: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
         (
             "chart: calls per minute",
             "calls_per_minute",
-            {"samples": CHART_SAMPLES, "seconds": CHART_SECONDS},
+            {"exact": CHART_EXACT, "samples": CHART_SAMPLES, "seconds": CHART_SECONDS},
         ),
     ],
     "console list (keyset, 50 a page)": [

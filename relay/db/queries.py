@@ -238,8 +238,9 @@ class LookParams(TypedDict):
     limit: int
 
 
-class SamplesSeconds(TypedDict):
-    samples: int
+class ChartParams(TypedDict):
+    exact: int  # a span of at most this many calls is read whole
+    samples: int  # a busier one is sampled: this many calls read at most
     seconds: float
 
 
@@ -419,7 +420,7 @@ ATTEMPTS_LAST_HOUR = Query("attempts_last_hour", Cap, class_row(Calls))
 ATTEMPT_ERRORS_LAST_HOUR = Query("attempt_errors_last_hour", CapLimit, dict_row)
 FAILURES_WITH_IDENTIFIERS = Query("failures_with_identifiers", PerCode, dict_row)
 LOOK_ROWS = Query("look_rows", LookParams, dict_row, prepare=False)  # planned for its filters
-CALLS_PER_MINUTE = Query("calls_per_minute", SamplesSeconds, class_row(Minute))
+CALLS_PER_MINUTE = Query("calls_per_minute", ChartParams, class_row(Minute))
 CUSTOMER_BACKLOG = Query("customer_backlog", Limit, dict_row)
 
 # -- the meter catalogue (alembic/versions/0012_meter_catalogue.up.sql) -----------------------

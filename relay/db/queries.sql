@@ -587,12 +587,12 @@ LEFT JOIN LATERAL (
 ORDER BY o.id
 
 -- name: calls_per_minute
--- The overview's chart: Stripe calls per minute of the last :seconds, read from at most
--- :samples attempts whatever the traffic. Attempt ids grow with time, so a binary search over
--- the primary key (at most 64 probes) finds the first attempt of the span; then one id of
--- every `stride` ids of the span is read (one probe each) and each minute's counts are scaled
--- by the stride. A quiet span has stride 1: every call is read and the counts are exact. Ids
--- missing from the span (rows pruned with their history) are missed samples, not errors.
+-- The overview's chart: Stripe calls per minute of the last :seconds, a bounded read whatever
+-- the traffic. Attempt ids grow with time, so a binary search over the primary key (at most 64
+-- probes) finds the first attempt of the span. A span of at most :exact ids is read whole (one
+-- range of the primary key; stride 1, exact counts); a busier one is sampled: one id of every
+-- `stride` ids (one probe each, :samples at most), each minute's counts scaled by the stride.
+-- Ids missing from the span (rows pruned with their history) are missed samples.
 WITH RECURSIVE span AS (
     SELECT (SELECT id FROM meter_event_outbox_attempts ORDER BY id LIMIT 1) AS lo,
            (SELECT id FROM meter_event_outbox_attempts ORDER BY id DESC LIMIT 1) AS hi
@@ -614,10 +614,19 @@ search (lo, hi, steps) AS (
 ),
 stride AS (
     SELECT f.lo AS first, sp.hi AS last,
-           greatest(1, ceil((sp.hi - f.lo + 1) / CAST(:samples AS numeric)))::bigint AS k
+           CASE WHEN sp.hi - f.lo < :exact THEN 1
+                ELSE ceil((sp.hi - f.lo + 1) / CAST(:samples AS numeric))::bigint END AS k
     FROM (SELECT lo FROM search ORDER BY steps DESC LIMIT 1) f, span sp
 ),
 sampled AS (
+    SELECT a.attempted_at, a.action, a.state, a.code, st.k
+    FROM stride st
+    CROSS JOIN LATERAL (
+        SELECT attempted_at, action, state, code FROM meter_event_outbox_attempts
+        WHERE id >= st.first AND id <= st.last AND st.k = 1 ORDER BY id LIMIT :exact
+    ) a
+    WHERE a.attempted_at > now() - make_interval(secs => :seconds)
+    UNION ALL
     SELECT a.attempted_at, a.action, a.state, a.code, st.k
     FROM stride st
     CROSS JOIN LATERAL generate_series(0, (st.last - st.first) / st.k) i(n)
@@ -628,7 +637,7 @@ sampled AS (
         SELECT attempted_at, action, state, code FROM meter_event_outbox_attempts
         WHERE id = st.first + i.n * st.k + (i.n * 7919) % st.k LIMIT 1
     ) a
-    WHERE a.attempted_at > now() - make_interval(secs => :seconds)
+    WHERE st.k > 1 AND a.attempted_at > now() - make_interval(secs => :seconds)
 )
 SELECT date_trunc('minute', attempted_at) AS minute,
        count(*) FILTER (WHERE action = 'report' AND state = 'accepted') * k AS accepted,

@@ -355,7 +355,8 @@ HOLD_CODES: tuple[str, ...] = (*sorted(AUTH_WAIT_CODES), *HELD_CODES)
 LOOK_KINDS = ("failed", "rejected", "retrying", "held")
 LOOK_SCAN = 2000  # index entries a console page reads at most per state
 CHART_SECONDS = 3 * 3600  # the overview chart's span
-CHART_SAMPLES = 2500  # calls the chart reads at most, whatever the traffic
+CHART_EXACT = 20_000  # a chart span of up to this many calls is read whole (exact counts)
+CHART_SAMPLES = 2500  # a busier span: calls sampled (counts scaled), whatever the traffic
 
 
 @dataclass(frozen=True)
@@ -445,10 +446,10 @@ class ConsoleStore(AsyncExecutor):
         return LookPage(rows, last if scanned == scan else None)
 
     async def calls_per_minute(
-        self, seconds: float = CHART_SECONDS, samples: int = CHART_SAMPLES
+        self, seconds: float = CHART_SECONDS, exact: int = CHART_EXACT, samples: int = CHART_SAMPLES
     ) -> list[q.Minute]:
-        """The chart's minutes (from `samples` calls of the span at most)."""
-        params: q.SamplesSeconds = {"samples": samples, "seconds": seconds}
+        """The chart's minutes: every call of a quiet span, a bounded sample of a busy one."""
+        params: q.ChartParams = {"exact": exact, "samples": samples, "seconds": seconds}
         return await self.all(q.CALLS_PER_MINUTE(params))
 
     async def customer_backlog(self, limit: int = 10) -> list[Row]:

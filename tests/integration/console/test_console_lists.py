@@ -269,8 +269,8 @@ async def test_chart_reads_a_bounded_sample_and_scales_it(
     store: ConsoleStore, db: psycopg.Connection
 ) -> None:
     """20,000 calls in the last hour, one in four an error (ids growing with time, as the relay
-    writes them), 10,000 more before the span: read exactly when the sample bound allows, and
-    estimated from one call in 20 when it is 1,000."""
+    writes them), 10,000 more before the span: read whole when the span is within the exact
+    bound, and estimated from one call in 20 when the bounds are 1,000."""
     db.execute(
         "INSERT INTO meter_event_outbox_attempts (outbox_id, attempted_at, attempt,"
         " key_generation, action, state, http_status, code)"
@@ -278,12 +278,12 @@ async def test_chart_reads_a_bounded_sample_and_scales_it(
         " CASE WHEN g % 4 = 0 THEN 'pending' ELSE 'accepted' END, 200,"
         " CASE WHEN g % 4 = 0 THEN 'http_503' END FROM generate_series(1, 30000) g"
     )
-    exact = await store.calls_per_minute(3600, samples=100_000)
+    exact = await store.calls_per_minute(3600, exact=30_000)
     assert {m.stride for m in exact} == {1}
     calls = sum(m.calls for m in exact)
     assert 19_990 <= calls <= 20_000  # the span starts within a second of the 10,000th call
     assert sum(m.errors for m in exact) * 4 == pytest.approx(calls, abs=8)
-    sampled = await store.calls_per_minute(3600, samples=1000)
+    sampled = await store.calls_per_minute(3600, exact=1000, samples=1000)
     assert {m.stride for m in sampled} == {20}
     assert sum(m.calls for m in sampled) == pytest.approx(calls, rel=0.05)
     errors = sum(m.errors for m in sampled) / sum(m.calls for m in sampled)
