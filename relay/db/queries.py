@@ -177,11 +177,6 @@ class CodeParams(TypedDict):
     code: str
 
 
-class CodeLimit(TypedDict):
-    code: str
-    limit: int
-
-
 class ListParams(TypedDict):
     state: State | None
     code: str | None
@@ -222,6 +217,41 @@ class CapLimit(TypedDict):
 
 class PerCode(TypedDict):
     per_code: int
+
+
+class HeldLimit(TypedDict):
+    held: list[str]
+    limit: int
+
+
+class LookParams(TypedDict):
+    """The console's filters (each optional) and where its page starts (keyset)."""
+
+    kind: str | None  # failed, rejected, retrying, held (None: all four)
+    code: str | None  # '' for rows without a code
+    customer: str | None
+    event_name: str | None
+    held: list[str]  # the codes of held rows
+    after: int  # ids after this one
+    upto: int | None  # ids up to this one (the set a bulk action confirmed)
+    scan: int  # index entries read per page, at most
+    limit: int
+
+
+class ChartParams(TypedDict):
+    exact: int  # a span of at most this many calls is read whole
+    samples: int  # a busier one is sampled: this many calls read at most
+    seconds: float
+
+
+class Minute(NamedTuple):
+    """One minute of the overview's chart."""
+
+    minute: datetime
+    accepted: int
+    errors: int
+    calls: int
+    stride: int  # one call of every `stride` was read; the counts are scaled (1: exact)
 
 
 # -- row types --------------------------------------------------------------------------------
@@ -384,12 +414,13 @@ CONSOLE_SESSION_OPEN = Query("console_session_open", SessionParams, scalar_row)
 CONSOLE_SESSION_ALIVE = Query("console_session_alive", SessionId, scalar_row)
 CONSOLE_SESSION_CLOSE = Query("console_session_close", SessionId, scalar_row)
 OLDEST_UNSENT = Query("oldest_unsent", NoParams, class_row(Lag))
-BACKING_OFF = Query("backing_off", Limit, dict_row)
+BACKING_OFF = Query("backing_off", HeldLimit, dict_row)
 FINISHED_LAST_HOUR = Query("finished_last_hour", NoParams, class_row(Finished))
 ATTEMPTS_LAST_HOUR = Query("attempts_last_hour", Cap, class_row(Calls))
 ATTEMPT_ERRORS_LAST_HOUR = Query("attempt_errors_last_hour", CapLimit, dict_row)
 FAILURES_WITH_IDENTIFIERS = Query("failures_with_identifiers", PerCode, dict_row)
-FAILED_ROWS = Query("failed_rows", CodeLimit, dict_row)
+LOOK_ROWS = Query("look_rows", LookParams, dict_row, prepare=False)  # planned for its filters
+CALLS_PER_MINUTE = Query("calls_per_minute", ChartParams, class_row(Minute))
 CUSTOMER_BACKLOG = Query("customer_backlog", Limit, dict_row)
 
 # -- the meter catalogue (alembic/versions/0012_meter_catalogue.up.sql) -----------------------
@@ -534,7 +565,8 @@ REGISTRY: dict[str, Query[Any, Any]] = {
         ROW_STORY, ROW_STATE, ROW_ATTEMPTS, LIST_ROWS, RETRY, PRUNE, PRUNE_PREVIEW, UNSENT_COUNT,
         DRIFT_OURS, SAVE_DRIFT_REPORT, LATEST_DRIFT_REPORT, OLDEST_UNSENT, BACKING_OFF,
         FINISHED_LAST_HOUR, ATTEMPTS_LAST_HOUR, ATTEMPT_ERRORS_LAST_HOUR,
-        FAILURES_WITH_IDENTIFIERS, FAILED_ROWS, CUSTOMER_BACKLOG, REJECTED_COUNT, TRACE_CONTEXTS,
+        FAILURES_WITH_IDENTIFIERS, LOOK_ROWS, CALLS_PER_MINUTE, CUSTOMER_BACKLOG, REJECTED_COUNT,
+        TRACE_CONTEXTS,
         CONSOLE_SESSION_OPEN, CONSOLE_SESSION_ALIVE, CONSOLE_SESSION_CLOSE,
         *METER_QUERIES, *OUTAGE_QUERIES,
     )
