@@ -158,6 +158,18 @@ class Settings(BaseSettings):
         le=3600,
         description="A database read-only this long fails /healthz (s), so the relay restarts",
     )
+    outage_threshold: int = Field(
+        default=10,
+        ge=0,
+        le=10_000,
+        description="After N calls in a row got no answer or a 502/503/504, only probe (0: off)",
+    )
+    outage_probe_interval: float = Field(
+        default=2.0, gt=0, le=3600, description="While Stripe is out, one probe call after this"
+    )
+    outage_probe_max_interval: float = Field(
+        default=30.0, gt=0, le=3600, description="... doubling per failed probe up to this"
+    )
     # Timing of the relay's own loops (seconds). Defaults suit production; tests shorten them
     # instead of waiting on them.
     hint_recheck: float = Field(
