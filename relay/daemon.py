@@ -230,11 +230,13 @@ def _on_signal(sig: signal.Signals, action: str, stop: asyncio.Event) -> None:
 
 
 async def _watchdog(relay: Relay, stop: asyncio.Event) -> None:
-    """Pet systemd's watchdog while the producer loop keeps turning."""
+    """Pet systemd's watchdog while the producer loop keeps turning and the database has not
+    been read-only past OUTBOX_READ_ONLY_GRACE (as /healthz)."""
     interval = systemd.watchdog_interval()
     if interval is None:
         return
     while not stop.is_set():
-        if time.monotonic() - relay.state.last_loop < relay.settings.poll_interval + 60:
+        turning = time.monotonic() - relay.state.last_loop < relay.settings.poll_interval + 60
+        if turning and not relay.state.read_only_past(relay.settings.read_only_grace):
             systemd.notify("WATCHDOG=1")
         await asyncio.sleep(interval)

@@ -54,6 +54,13 @@ class RelayState:
     last_loop: float = field(default_factory=time.monotonic)
     read_only_since: float | None = None  # monotonic time the database was found read-only
 
+    def read_only_past(self, grace: float) -> bool:
+        """The database has been read-only for more than `grace` seconds: /healthz fails and
+        systemd's watchdog goes unpetted, so the relay is restarted (and, at start, a read-only
+        database is exit 1 until the primary is back)."""
+        since = self.read_only_since
+        return since is not None and time.monotonic() - since > grace
+
 
 class Executor:
     """Runs the calls of claimed rows; `record` takes each row's outcome."""

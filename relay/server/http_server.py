@@ -57,8 +57,7 @@ def make_app(
         stalled = now - relay.state.last_loop > STALL_SECONDS + relay.settings.poll_interval
         # A relay pointed at a replica is alive but useless: past the grace, a restart may
         # reach the primary (and a read-only database stops it at start, exit 1).
-        since = relay.state.read_only_since
-        read_only = since is not None and now - since > relay.settings.read_only_grace
+        read_only = relay.state.read_only_past(relay.settings.read_only_grace)
         ok = not (stalled or read_only)
         return web.json_response(
             {"ok": ok, "stalled": stalled, "database_read_only": read_only},
