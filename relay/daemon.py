@@ -138,7 +138,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     await wait_for_schema(settings.database_url, settings.wait_for_schema)
     stop = stop or asyncio.Event()
     _install_signals(stop)
-    pool = make_pool(settings.database_url)
+    pool = make_pool(settings.database_url, prepare=settings.database_prepare)
     await pool.open(wait=True, timeout=30)
     store = Store(pool)
     connections = settings.effective_concurrency() + 4

@@ -611,7 +611,7 @@ def reconcile(
 
     async def go() -> dict[str, object]:
         sender = StripeSender(daemon.check(settings), settings.stripe_api_base)
-        pool = make_pool(settings.database_url, max_size=1)
+        pool = make_pool(settings.database_url, max_size=1, prepare=settings.database_prepare)
         await pool.open(wait=True)
         try:
             return await run_reconcile(sender.client, Store(pool), timedelta(hours=hours))

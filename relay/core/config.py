@@ -133,6 +133,11 @@ class Settings(BaseSettings):
     )
     poll_interval: float = Field(default=1.0, gt=0, le=300)
     poll_only: bool = False
+    database_prepare: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Server-side prepared statements: auto turns them off behind a pooler "
+        "(PgBouncer), on/off force them",
+    )
     lease_seconds: float = Field(default=30.0, gt=0, le=3600)
     request_timeout: float = Field(default=10.0, gt=0, le=600)
     max_attempts: int = Field(default=25, ge=1, le=1000)

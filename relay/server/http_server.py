@@ -47,7 +47,7 @@ def make_app(
 ) -> web.Application:
     """Routes bound to a running relay (its state drives /healthz and /readyz). The console
     and /metrics read through their own pool (make_reader_pool), opened with the app."""
-    reader = make_reader_pool(relay.settings.database_url)
+    reader = make_reader_pool(relay.settings.database_url, prepare=relay.settings.database_prepare)
     refresh = metrics.ScrapeRefresh(
         ConsoleStore(reader, relay.settings.relay_stale_after), relay.settings.stripe_api_mode
     )

@@ -94,7 +94,7 @@ async def running_relay(
 ) -> AsyncIterator[RunningRelay]:
     """Start a relay; on exit, stop it gracefully and wait for it to finish. `store` may be
     a subclass that delays statements (to hold the relay at a chosen point)."""
-    pool = make_pool(settings.database_url)
+    pool = make_pool(settings.database_url, prepare=settings.database_prepare)
     await pool.open(wait=True)
     sender = StripeSender(
         settings.api_key() or "",
