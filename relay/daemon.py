@@ -26,6 +26,7 @@ from relay.server.http_server import (
     open_file_budget,
     serve_http,
 )
+from relay.stripe.egress import Egress
 from relay.stripe.rate_share import DuplicateRelayId
 from relay.stripe.sender import StripeSender
 
@@ -84,6 +85,7 @@ def check(settings: Settings) -> str:
         raise ConfigError("set STRIPE_API_KEY or STRIPE_API_KEY_FILE")
     if not key.startswith(("sk_", "rk_")):
         raise ConfigError("STRIPE_API_KEY must be a secret (sk_...) or restricted (rk_...) key")
+    Egress.from_settings(settings).ssl_context()  # a bad proxy URL or CA file: one line, exit 2
     return key
 
 
@@ -142,12 +144,16 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     await pool.open(wait=True, timeout=30)
     store = Store(pool)
     connections = settings.effective_concurrency() + 4
+    egress = Egress.from_settings(settings)
+    proxy, trust = egress.describe()
+    log.info("stripe_egress", proxy=proxy, trust=trust)
     sender = StripeSender(
         key,
         settings.stripe_api_base,
         settings.request_timeout,
         connections,
         client=settings.stripe_client,
+        egress=egress,
     )
     wakeup = Wakeup(settings.database_url, listen=not settings.poll_only)
     relay = Relay(settings, store, sender, wakeup)

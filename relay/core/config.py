@@ -111,6 +111,18 @@ class Settings(BaseSettings):
         default="lean",
         description="lean: meter events on a minimal HTTP/1.1 client; sdk: the stripe SDK",
     )
+    stripe_proxy: SecretStr | None = Field(
+        default=None,
+        description="HTTP proxy for Stripe (http://[user:pass@]host:port, CONNECT); "
+        "default HTTPS_PROXY; NO_PROXY applies",
+    )
+    stripe_ca_file: Path | None = Field(
+        default=None, description="PEM CA certificates to trust for Stripe (an egress proxy's)"
+    )
+    stripe_ca_mode: Literal["add", "replace"] = Field(
+        default="add",
+        description="add: OUTBOX_STRIPE_CA_FILE beside stripe's bundle; replace: it alone",
+    )
 
     rate_limit: float | None = Field(
         default=None,
@@ -343,6 +355,10 @@ class Settings(BaseSettings):
                     f"STRIPE_API_KEY_FILE: cannot read {self.stripe_api_key_file} ({name})"
                 ) from None
         return None
+
+    def egress_proxy(self) -> str | None:
+        """OUTBOX_STRIPE_PROXY's value (None: not set, so HTTPS_PROXY applies)."""
+        return self.stripe_proxy.get_secret_value() if self.stripe_proxy is not None else None
 
     def effective_concurrency(self, rate: float | None = None) -> int:
         """Configured, else enough calls in flight to keep `rate` (default: the whole limit)

@@ -95,6 +95,9 @@ COMMIT_TO_ACCEPTED = BatchHistogram(
 )
 RATE = Gauge("outbox_relay_rate_limit_per_second", "Current adaptive client-side rate limit")
 AUTH_PAUSED = Gauge("outbox_relay_auth_paused", "1 while sending is paused on a 401/403")
+STRIPE_REACHABLE = Gauge(
+    "outbox_relay_stripe_reachable", "1 while Stripe answers this relay's calls, 0 while not"
+)
 DB_ERRORS = Counter("outbox_relay_database_errors_total", "Failed database statements")
 WEBHOOKS = Counter("outbox_relay_webhooks_total", "Webhook deliveries by result", ["result"])
 HTTP_DISCONNECTED = Counter(

@@ -62,6 +62,8 @@ def make_app(
         checks = {
             "database": await db.ping(),
             "stripe_auth": relay.state.auth_ok,
+            # Stripe answered once (relay/stripe/reachability.py): later outages keep it ready.
+            "stripe_reached": relay.reachability.reached,
             "started": relay.state.started,
         }
         ok = all(checks.values())

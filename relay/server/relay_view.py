@@ -20,6 +20,13 @@ class RelayHealth(Protocol):
     def last_loop(self) -> float: ...  # monotonic time the producer's loop last turned
 
 
+class StripeReach(Protocol):
+    """/readyz's view of relay.stripe.reachability.Reachability."""
+
+    @property
+    def reached(self) -> bool: ...  # Stripe answered at least once
+
+
 class RelayView(Protocol):
     """A running relay as its HTTP surface sees it (relay.pipeline.supervisor.Relay)."""
 
@@ -27,3 +34,5 @@ class RelayView(Protocol):
     def settings(self) -> Settings: ...
     @property
     def state(self) -> RelayHealth: ...
+    @property
+    def reachability(self) -> StripeReach: ...
