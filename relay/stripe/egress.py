@@ -42,7 +42,7 @@ class Proxy:
 
     host: str
     port: int
-    authorization: str | None  # the Proxy-Authorization header's value, from the URL
+    authorization: str | None = field(default=None, repr=False)  # Proxy-Authorization, from the URL
     given: str = field(default="", repr=False)  # the URL as given (aiohttp reads its user:pass)
 
     @property
