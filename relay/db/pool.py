@@ -37,9 +37,12 @@ Prepare = Literal["auto", "on", "off"]
 PID_SQL = "SELECT pg_backend_pid()"
 
 
-async def _set_prepare(conn: AsyncConnection[TupleRow], prepare: Prepare) -> None:
-    if prepare == "off" or (prepare == "auto" and await _behind_pooler(conn)):
+async def _set_prepare(conn: AsyncConnection[TupleRow], prepare: Prepare) -> bool:
+    """Prepares as `prepare` says; True when the connection is pooled (looked at unless "on")."""
+    pooled = prepare != "on" and await _behind_pooler(conn)
+    if prepare == "off" or pooled:
         conn.prepare_threshold = None
+    return pooled
 
 
 async def _behind_pooler(conn: AsyncConnection[TupleRow]) -> bool:
@@ -63,14 +66,16 @@ def _configurer(
     """Autocommit (every statement its own short transaction), UTC (SET_UTC), prepares as
     `prepare` says, and orjson for the jsonb columns still read as jsonb (the console,
     `inspect`, webhooks); the hot claim reads the payload as text (relay/stripe/calls.py
-    splices it). Then `statements`, in that order."""
+    splices it). Then `statements` (session settings), in that order, on a direct connection
+    only: behind a transaction pooler a SET lands on whichever server connection ran it, and
+    stays there for the next client (PgBouncer restores only the parameters it tracks)."""
 
     async def configure(conn: AsyncConnection[TupleRow]) -> None:
         await conn.set_autocommit(True)
         await conn.execute(SET_UTC, prepare=False)
-        await _set_prepare(conn, prepare)
+        pooled = await _set_prepare(conn, prepare)
         set_json_loads(orjson.loads, conn)
-        for statement in statements:
+        for statement in () if pooled else statements:
             await conn.execute(statement, prepare=False)
 
     return configure
