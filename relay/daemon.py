@@ -145,8 +145,6 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     store = Store(pool)
     connections = settings.effective_concurrency() + 4
     egress = Egress.from_settings(settings)
-    proxy, trust = egress.describe()
-    log.info("stripe_egress", proxy=proxy, trust=trust)
     sender = StripeSender(
         key,
         settings.stripe_api_base,
@@ -179,6 +177,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         host=settings.http_host,
         port=settings.http_port,
         database=redact(settings.database_url),
+        stripe_proxy=egress.describe()[0],
+        stripe_trust=egress.describe()[1],
     )
     telemetry = otel.start(settings, store, lambda: relay.state.auth_ok) if otel else None
     watchdog = asyncio.create_task(_watchdog(relay, stop))

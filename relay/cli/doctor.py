@@ -116,7 +116,15 @@ def check_database(report: Report, database_url: str) -> list[tuple[str, str]]:
         )
         return []
     with conn:
-        report.add("database", "ok", "reachable")
+        pooled = conn.prepare_threshold is None  # ops.connect found a pooler in between
+        report.add(
+            "database",
+            "ok",
+            "reachable through a pooler: the relay prepares no statement through it "
+            "(OUTBOX_DATABASE_PREPARE=auto); in transaction pooling set OUTBOX_POLL_ONLY=true"
+            if pooled
+            else "reachable",
+        )
         _check_schema(report, database_url)
         _check_privileges(report, conn)
         now_db = conn.execute("SELECT now()").fetchone()

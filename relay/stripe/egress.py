@@ -18,6 +18,7 @@ holds.
 """
 
 import base64
+import functools
 import os
 import ssl
 import urllib.request
@@ -157,7 +158,7 @@ def _context(*files: tuple[str, str]) -> ssl.SSLContext:
     (first_name, first), *more = files
     context = _load(first_name, lambda: ssl.create_default_context(cafile=first))
     for name, path in more:
-        _load(name, lambda path=path: context.load_verify_locations(cafile=path))  # type: ignore[misc]
+        _load(name, functools.partial(context.load_verify_locations, cafile=path))
     return context
 
 
@@ -183,7 +184,7 @@ def failure(err: BaseException) -> str:
         if known:
             return known
         cause = cause.__cause__
-    return (str(err) or type(err).__name__)[:500]
+    return one_line(str(err) or type(err).__name__)[:500]
 
 
 def _egress_failure(err: BaseException) -> str | None:
@@ -192,14 +193,19 @@ def _egress_failure(err: BaseException) -> str | None:
             "Stripe's TLS certificate is not trusted (certificate verify failed): if an egress "
             "proxy inspects TLS, set OUTBOX_STRIPE_CA_FILE to its CA"
         )
-    if isinstance(
-        err, ProxyRefused | aiohttp.ClientProxyConnectionError | aiohttp.ClientHttpProxyError
-    ):
-        return (
-            f"the proxy refused or failed the tunnel to Stripe ({one_line(str(err))}): "
-            "check OUTBOX_STRIPE_PROXY or HTTPS_PROXY"
-        )
-    return None
+    # aiohttp's messages may quote the proxy URL (credentials and all): only its status is said.
+    if isinstance(err, ProxyRefused):
+        what = one_line(str(err))
+    elif isinstance(err, aiohttp.ClientHttpProxyError):
+        what = f"CONNECT answered {err.status}"
+    elif isinstance(err, aiohttp.ClientProxyConnectionError):
+        what = "cannot connect to the proxy"
+    else:
+        return None
+    return (
+        f"the proxy refused or failed the tunnel to Stripe ({what}): "
+        "check OUTBOX_STRIPE_PROXY or HTTPS_PROXY"
+    )
 
 
 class ProxyRefused(OSError):

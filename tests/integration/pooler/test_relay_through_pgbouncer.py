@@ -9,6 +9,7 @@ from structlog.testing import capture_logs
 from relay.db.pool import make_pool
 from relay.db.store import Store
 from relay.emulator import Emulator
+from tests.integration.relay.test_doctor import doctor
 from tests.support.pgbouncer import Bouncer
 from tests.support.relay import accepted, insert_usage, make_settings, running_relay, states
 
@@ -63,3 +64,11 @@ async def test_forced_prepares_setting(database_url: str) -> None:
                 assert conn.prepare_threshold == threshold
         finally:
             await pool.close()
+
+
+def test_doctor_says_the_database_is_reached_through_a_pooler(
+    database_url: str, emulator: Emulator, pgbouncer: Bouncer
+) -> None:
+    result = doctor(pgbouncer.url(database_url), emulator)
+    assert "database: reachable through a pooler" in result.output, result.output
+    assert "database: reachable through a pooler" not in doctor(database_url, emulator).output
