@@ -177,6 +177,10 @@ class CodeParams(TypedDict):
     code: str
 
 
+class CodeList(TypedDict):
+    codes: list[str]
+
+
 class CodeLimit(TypedDict):
     code: str
     limit: int
@@ -262,21 +266,17 @@ class FailureCount(NamedTuple):
     n: int
 
 
-class WaitingCount(NamedTuple):
-    code: str
-    stripe_account: str | None
-    n: int
-
-
-class UnsentGroup(NamedTuple):
-    """Unsent rows sharing a state, last code and due-ness (see `unsent_by_group`)."""
+class Tally(NamedTuple):
+    """Rows of one state, code and account (`status_tally`; '' = no code, the platform)."""
 
     state: State
-    code: str | None
-    due: bool
+    code: str
+    stripe_account: str
     n: int
-    oldest_created_at: datetime
-    oldest_occurred_at: datetime
+
+
+class NextAttempt(NamedTuple):
+    code: str
     next_attempt_at: datetime
 
 
@@ -364,8 +364,8 @@ REJECT = Query("reject", RejectParams, scalar_row)
 FOLD_COUNTS = Query("fold_counts", NoParams, scalar_row)
 STATE_COUNTS = Query("state_counts", NoParams, class_row(StateCount))
 FAILURES_BY_CODE = Query("failures_by_code", NoParams, class_row(FailureCount))
-WAITING_BY_CODE = Query("waiting_by_code", NoParams, class_row(WaitingCount))
-UNSENT_BY_GROUP = Query("unsent_by_group", NoParams, class_row(UnsentGroup))
+STATUS_TALLY = Query("status_tally", NoParams, class_row(Tally))
+NEXT_ATTEMPTS = Query("next_attempts", CodeList, class_row(NextAttempt))
 LAST_STATUS_FOR_CODE = Query("last_status_for_code", CodeParams, scalar_row)
 ROW_STORY = Query("row_story", Identifier, dict_row)
 ROW_STATE = Query("row_state", Identifier, class_row(RowState))
@@ -384,7 +384,6 @@ CONSOLE_SESSION_OPEN = Query("console_session_open", SessionParams, scalar_row)
 CONSOLE_SESSION_ALIVE = Query("console_session_alive", SessionId, scalar_row)
 CONSOLE_SESSION_CLOSE = Query("console_session_close", SessionId, scalar_row)
 OLDEST_UNSENT = Query("oldest_unsent", NoParams, class_row(Lag))
-BACKING_OFF = Query("backing_off", Limit, dict_row)
 FINISHED_LAST_HOUR = Query("finished_last_hour", NoParams, class_row(Finished))
 ATTEMPTS_LAST_HOUR = Query("attempts_last_hour", Cap, class_row(Calls))
 ATTEMPT_ERRORS_LAST_HOUR = Query("attempt_errors_last_hour", CapLimit, dict_row)
@@ -453,9 +452,9 @@ REGISTRY: dict[str, Query[Any, Any]] = {
     q.name: q
     for q in (
         WALK, CLAIM, RECORD_OUTCOMES, HEARTBEAT, LEAVE, LIVE_RELAYS, REJECT, FOLD_COUNTS,
-        STATE_COUNTS, FAILURES_BY_CODE, WAITING_BY_CODE, UNSENT_BY_GROUP, LAST_STATUS_FOR_CODE,
+        STATE_COUNTS, FAILURES_BY_CODE, STATUS_TALLY, NEXT_ATTEMPTS, LAST_STATUS_FOR_CODE,
         ROW_STORY, ROW_STATE, ROW_ATTEMPTS, LIST_ROWS, RETRY, PRUNE, PRUNE_PREVIEW, UNSENT_COUNT,
-        DRIFT_OURS, SAVE_DRIFT_REPORT, LATEST_DRIFT_REPORT, OLDEST_UNSENT, BACKING_OFF,
+        DRIFT_OURS, SAVE_DRIFT_REPORT, LATEST_DRIFT_REPORT, OLDEST_UNSENT,
         FINISHED_LAST_HOUR, ATTEMPTS_LAST_HOUR, ATTEMPT_ERRORS_LAST_HOUR,
         FAILURES_WITH_IDENTIFIERS, FAILED_ROWS, CUSTOMER_BACKLOG, REJECTED_COUNT, TRACE_CONTEXTS,
         CONSOLE_SESSION_OPEN, CONSOLE_SESSION_ALIVE, CONSOLE_SESSION_CLOSE,

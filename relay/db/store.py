@@ -23,6 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from relay.core.meters import HELD_CODES, WHAT_TO_DO, MeterInfo, MeterRead
 from relay.core.rows import Claimed, Outcome
+from relay.core.unsent import needs_status, split
 from relay.core.vocabulary import STATES, State
 from relay.db import queries as q
 from relay.db.queries import (
@@ -34,7 +35,7 @@ from relay.db.queries import (
     RetryCandidate,
     RowState,
     StateCount,
-    UnsentGroup,
+    Tally,
     Walked,
 )
 
@@ -49,7 +50,7 @@ __all__ = [
     "RetryCandidate",
     "Store",
     "SyncStore",
-    "UnsentGroup",
+    "Tally",
     "Walked",
 ]
 
@@ -327,6 +328,11 @@ def meters_params(account: str, meters: Sequence[MeterInfo]) -> q.SaveMetersPara
     return {"account": account, "meters": orjson.dumps(rows).decode()}
 
 
+def pending_codes(tallies: list[Tally]) -> list[str]:
+    """The codes pending rows carry ('' = none left out)."""
+    return sorted({t.code for t in tallies if t.state == "pending" and t.code})
+
+
 # -- the web console and /metrics: reads, on the pool they are given ---------------------------
 
 ATTEMPT_WINDOW_CAP = 100_000  # newest attempts read for "the last hour" (bounded on busy hours)
@@ -370,8 +376,18 @@ class ConsoleStore(AsyncExecutor):
     async def live_relay_count(self) -> int:
         return len(await self.live_relays())
 
-    async def backing_off(self, limit: int = 20) -> list[Row]:
-        return await self.all(q.BACKING_OFF({"limit": limit}))
+    async def unsent(self) -> dict[str, Any]:
+        """The unsent rows by bucket, as `status` shows them (SyncStore.unsent)."""
+        tallies = await self.all(q.STATUS_TALLY({}))
+        codes = pending_codes(tallies)
+        attempts = await self.all(q.NEXT_ATTEMPTS({"codes": codes}))
+        statuses = {
+            c: await self.first(q.LAST_STATUS_FOR_CODE({"code": c}))
+            for c in codes
+            if needs_status(c)
+        }
+        nexts = {a.code: a.next_attempt_at for a in attempts}
+        return split(tallies, nexts, statuses, datetime.now(UTC))
 
     async def last_hour(self) -> HourActivity:
         done = await self.one(q.FINISHED_LAST_HOUR({}))
@@ -459,8 +475,19 @@ class SyncStore(SyncExecutor):
     def failures_by_code(self) -> list[q.FailureCount]:
         return self.all(q.FAILURES_BY_CODE({}))
 
-    def waiting_by_code(self) -> list[q.WaitingCount]:
-        return self.all(q.WAITING_BY_CODE({}))
+    def oldest_unsent(self) -> Lag:
+        return self.one(q.OLDEST_UNSENT({}))
+
+    def status_tally(self) -> list[Tally]:
+        return self.all(q.STATUS_TALLY({}))
+
+    def unsent(self, tallies: list[Tally], now: datetime) -> dict[str, Any]:
+        """The unsent rows by bucket (relay.core.unsent), from the tallies and one index probe
+        per code: its next attempt, and for a code of Stripe's the last answer's status."""
+        codes = pending_codes(tallies)
+        nexts = {a.code: a.next_attempt_at for a in self.all(q.NEXT_ATTEMPTS({"codes": codes}))}
+        statuses = {c: self.last_status_for_code(c) for c in codes if needs_status(c)}
+        return split(tallies, nexts, statuses, now)
 
     def row_story(self, identifier: str) -> Row | None:
         """Every column of one row (the set shown to operators), or None."""
@@ -470,9 +497,6 @@ class SyncStore(SyncExecutor):
         """Requeue failed/rejected rows (see the query): the rows requeued and those refused,
         with the reason. `dry_run`: what it would do, changing nothing."""
         return self.all(q.RETRY(retry_params(how, dry_run)))
-
-    def unsent_by_group(self) -> list[UnsentGroup]:
-        return self.all(q.UNSENT_BY_GROUP({}))
 
     def last_status_for_code(self, code: str) -> int | None:
         """HTTP status of the latest attempt of a pending row with `code` (None: no attempt)."""

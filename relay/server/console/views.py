@@ -253,7 +253,8 @@ class Console:
             "lag": await self.store.lag(),
             "hour": await self.store.last_hour(),
             "attempt_errors": await self.store.attempt_errors(),
-            "backing_off": await self.store.backing_off(),
+            "unsent": await self.store.unsent(),
+            "outage": None,  # the breaker's state, once kept (relay.db.operations.stripe_outage)
             "held": await self.store.held_for_meter(),
             "failures": await self.store.failures_by_code(),
             "customers": await self.store.customer_backlog(TOP_CUSTOMERS),
