@@ -349,13 +349,14 @@ history AS (
 SELECT id FROM gone
 
 -- name: last_status_for_code
--- The HTTP status of the latest attempt of one pending row with this code: 401/403 mean the row
--- waits for the auth probe rather than backing off.
-SELECT a.http_status
+-- The HTTP status of the latest attempt of the pending row with this code put back last
+-- (the waiting index's last entry of the code, then its newest attempt): 401/403 mean the row
+-- waits for the auth probe rather than backing off. NULL when that row has no attempt.
+SELECT (SELECT a.http_status FROM meter_event_outbox_attempts a
+        WHERE a.outbox_id = o.id ORDER BY a.id DESC LIMIT 1)
 FROM meter_event_outbox o
-JOIN LATERAL (SELECT http_status FROM meter_event_outbox_attempts
-              WHERE outbox_id = o.id ORDER BY id DESC LIMIT 1) a ON true
-WHERE o.state = 'pending' AND o.last_error_code = :code
+WHERE o.state = 'pending' AND o.last_error_code IS NOT NULL AND o.last_error_code = :code
+ORDER BY o.available_at DESC
 LIMIT 1
 
 -- name: list_rows
@@ -503,16 +504,23 @@ WHERE a.attempted_at > now() - interval '1 hour' AND a.code IS NOT NULL
 GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT :limit
 
 -- name: failures_with_identifiers
--- Rows waiting for an operator's decision, by code, each with its first few identifiers.
+-- Rows waiting for an operator's decision, by code (from the tallies), each with its first few
+-- identifiers: the first :per_code entries of the attention_by_code index from the code's
+-- position on, those of another code dropped. Written as a position in the index (a row
+-- comparison) rather than an equality: with an equality on a code from the tallies the planner
+-- guessed a few rows and read every row of the code through a bitmap (a code can have 200,000
+-- rejected rows).
 SELECT f.state, f.code, f.n, ids.identifiers
 FROM (SELECT state, code, n FROM meter_event_outbox_tally
       WHERE state IN ('failed', 'rejected')) f,
-     LATERAL (SELECT array_agg(identifier ORDER BY id) AS identifiers
-              FROM (SELECT o.identifier, o.id FROM meter_event_outbox o
-                    -- the IN list lets the planner use the partial index attention_by_code
-                    WHERE o.state IN ('failed', 'rejected') AND o.state = f.state
-                      AND coalesce(o.last_error_code, '') = f.code
-                    ORDER BY o.id LIMIT :per_code) s) ids
+     LATERAL (SELECT array_agg(s.identifier ORDER BY s.id) AS identifiers
+              FROM (SELECT o.identifier, o.id, o.state, coalesce(o.last_error_code, '') AS code
+                    FROM meter_event_outbox o
+                    WHERE o.state IN ('failed', 'rejected')
+                      AND (o.state, coalesce(o.last_error_code, ''), o.id) > (f.state, f.code, 0)
+                    ORDER BY o.state, coalesce(o.last_error_code, ''), o.id
+                    LIMIT :per_code) s
+              WHERE s.state = f.state AND s.code = f.code) ids
 ORDER BY f.n DESC, f.state, f.code
 
 -- name: failed_rows
