@@ -161,7 +161,8 @@ def main() -> None:
             loaded = asyncio.run(phase(url, base, args.seconds, args.clients, "load"))
     header = ["phase", *idle]
     table(
-        f"{args.rows:,} rows + {args.pending:,} pending; {args.clients} console clients; {args.seconds:g} s per phase",
+        f"{args.rows:,} rows + {args.pending:,} pending; {args.clients} console clients; "
+        f"{args.seconds:g} s per phase",
         header,
         [["idle", *idle.values()], [f"{args.clients} clients", *loaded.values()]],
     )

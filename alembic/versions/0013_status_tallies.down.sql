@@ -20,6 +20,7 @@ SELECT s.state, coalesce((SELECT sum(t.n) FROM meter_event_outbox_tally t WHERE 
 FROM unnest(ARRAY['accepted', 'cancelled']) AS s(state);
 
 DROP VIEW meter_event_outbox_tally;
+DROP VIEW meter_event_outbox_tally_delta_keys;
 DROP FUNCTION outbox_tally_keys(text, text, text, text);
 DROP TABLE meter_event_outbox_tally_deltas;
 DROP TABLE meter_event_outbox_tallies;

@@ -19,6 +19,7 @@ from relay.core.vocabulary import (
     KEY_REFUSED,
     RELAY_ERROR,
     SHUTDOWN,
+    STATES,
     STREAM_WAIT_EXPIRED,
     TIMESTAMP_IN_FUTURE,
 )
@@ -128,3 +129,12 @@ def _group(
         if next_at is None
         else max(0.0, (next_at - now).total_seconds()),
     }
+
+
+def state_counts(tallies: Iterable[tuple[str, str, str, int]]) -> dict[str, int]:
+    """Rows per state (every state, in order), from the same tallies as the buckets."""
+    counts: dict[str, int] = dict.fromkeys(STATES, 0)
+    for state, _, _, n in tallies:
+        if state in counts:
+            counts[state] += n
+    return counts

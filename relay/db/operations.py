@@ -12,10 +12,11 @@ import psycopg
 import outbox
 from outbox.dburl import psycopg_url
 from relay.core.meters import HELD_CODES, WHAT_TO_DO
-from relay.core.vocabulary import STATES, State
+from relay.core.unsent import state_counts
+from relay.core.vocabulary import State
 from relay.db.pool import SET_UTC
 from relay.db.queries import RetryHow
-from relay.db.store import RetryCandidate, SyncStore, Tally
+from relay.db.store import RetryCandidate, SyncStore
 
 # Relays seen within this many seconds hold a share (the relay's OUTBOX_RELAY_STALE_AFTER).
 LIVE_SECONDS = 5.0
@@ -53,7 +54,7 @@ def status(conn: psycopg.Connection, stale_seconds: float = LIVE_SECONDS) -> dic
     lag = store.oldest_unsent()
     now = datetime.now(UTC)
     return {
-        "counts": _counts(tallies),
+        "counts": state_counts(tallies),
         "lag": {
             "oldest_unsent_created_at": lag.created_at,
             "oldest_unsent_occurred_at": lag.occurred_at,
@@ -73,13 +74,6 @@ def status(conn: psycopg.Connection, stale_seconds: float = LIVE_SECONDS) -> dic
         if relays is None
         else [{"relay_id": r.relay_id, "started_at": r.started_at} for r in relays],
     }
-
-
-def _counts(tallies: list[Tally]) -> dict[str, int]:
-    counts: dict[str, int] = dict.fromkeys(STATES, 0)
-    for t in tallies:
-        counts[t.state] += t.n
-    return counts
 
 
 def stripe_outage(conn: psycopg.Connection) -> dict[str, Any] | None:

@@ -23,7 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from relay.core.meters import HELD_CODES, WHAT_TO_DO, MeterInfo, MeterRead
 from relay.core.rows import Claimed, Outcome
-from relay.core.unsent import needs_status, split
+from relay.core.unsent import needs_status, split, state_counts
 from relay.core.vocabulary import STATES, State
 from relay.db import queries as q
 from relay.db.queries import (
@@ -376,8 +376,9 @@ class ConsoleStore(AsyncExecutor):
     async def live_relay_count(self) -> int:
         return len(await self.live_relays())
 
-    async def unsent(self) -> dict[str, Any]:
-        """The unsent rows by bucket, as `status` shows them (SyncStore.unsent)."""
+    async def counts_and_unsent(self) -> tuple[dict[str, int], dict[str, Any]]:
+        """Rows per state and the unsent rows by bucket, as `status` shows them
+        (SyncStore.unsent), from one read of the tallies."""
         tallies = await self.all(q.STATUS_TALLY({}))
         codes = pending_codes(tallies)
         attempts = await self.all(q.NEXT_ATTEMPTS({"codes": codes}))
@@ -387,7 +388,7 @@ class ConsoleStore(AsyncExecutor):
             if needs_status(c)
         }
         nexts = {a.code: a.next_attempt_at for a in attempts}
-        return split(tallies, nexts, statuses, datetime.now(UTC))
+        return state_counts(tallies), split(tallies, nexts, statuses, datetime.now(UTC))
 
     async def last_hour(self) -> HourActivity:
         done = await self.one(q.FINISHED_LAST_HOUR({}))
