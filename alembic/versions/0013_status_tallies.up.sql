@@ -171,7 +171,9 @@ LANGUAGE plpgsql AS $$
 DECLARE
     folded bigint;
 BEGIN
-    IF NOT pg_try_advisory_xact_lock(hashtext('outbox_fold_counts')) THEN
+    -- keyed by this schema's delta table: outboxes in other schemas fold on their own
+    IF NOT pg_try_advisory_xact_lock(hashtext('outbox_fold_counts'),
+                                     'meter_event_outbox_tally_deltas'::regclass::oid::int) THEN
         RETURN 0;
     END IF;
     WITH moved AS (

@@ -12,6 +12,7 @@ import psycopg
 
 from outbox.sqlfile import for_psycopg
 from relay.core.meters import HELD_CODES
+from relay.db import migrate
 from relay.db.pool import QUERIES
 from relay.db.store import ATTEMPT_WINDOW_CAP
 from tests.helpers import rows
@@ -81,6 +82,7 @@ def test_tallies_stay_exact_under_concurrent_writers_relays_and_folds(database_u
         (60, _relay),
         (60, _relay),
         (150, lambda c, i: c.execute("SELECT outbox_fold_counts()")),
+        (150, lambda c, i: c.execute("SELECT outbox_fold_counts()")),  # folds overlap too
     ]
     threads = [threading.Thread(target=_repeat, args=(database_url, n, s)) for n, s in steps]
     for t in threads:
@@ -160,3 +162,31 @@ def test_status_console_and_metrics_statements_read_bounded_rows(database_url, d
         plan = plan[0] if isinstance(plan, list) else json.loads(plan)[0]
         most = _most_rows(plan["Plan"])
         assert most <= bounds.get(name, BOUND), (name, most, json.dumps(plan, indent=1))
+
+
+def test_the_migration_seeds_the_tallies_from_the_rows_and_the_old_counters(database_url, db):
+    """At 0012 (history counted by the old counters, some deltas not folded), then 0013."""
+    migrate.downgrade(database_url, "outbox_0012")
+    db.execute(
+        "INSERT INTO meter_event_outbox (identifier, event_name, customer, value, state,"
+        " last_error_code, stripe_account, lease_token)"
+        " SELECT 'm' || g, 'api_calls', 'cus_' || (g % 4), 1,"
+        " (ARRAY['pending', 'pending', 'in_flight', 'failed', 'rejected'])[g % 5 + 1],"
+        " CASE WHEN g % 5 = 1 THEN 'http_503' WHEN g % 5 >= 3 THEN 'boom' END,"
+        " CASE WHEN g % 2 = 0 THEN 'acct_m' END,"
+        " CASE WHEN g % 5 = 2 THEN gen_random_uuid() END"
+        " FROM generate_series(1, 100) g"
+    )
+    db.execute(
+        "UPDATE meter_event_outbox SET state = 'accepted', last_error_code = NULL"
+        " WHERE identifier IN ('m5', 'm10', 'm15')"
+    )  # folded below
+    db.execute("SELECT outbox_fold_counts()")
+    db.execute(
+        "UPDATE meter_event_outbox SET state = 'cancelled', last_error_code = NULL"
+        " WHERE identifier = 'm20'"
+    )  # a delta not folded
+    migrate.upgrade(database_url)
+    assert {tuple(k): n for *k, n in rows(db, TALLY)} == {
+        tuple(k): n for *k, n in rows(db, REAL) if n
+    }
