@@ -231,7 +231,7 @@ def history_database(rows: int) -> contextlib.AbstractContextManager[str]:
     return scratch_database(setup_sql=fill)
 
 
-STATUS_QUERIES = ("state_counts", "status_tally", "failures_by_code")
+STATUS_QUERIES = ("state_counts", "status_tally", "oldest_unsent")
 # `outbox-relay list` as operators run it (100 newest rows), by filter.
 LIST_DEFAULTS: dict[str, Any] = dict.fromkeys(
     ("state", "code", "customer", "event_name", "since"), None

@@ -260,12 +260,6 @@ class StateCount(NamedTuple):
     n: int
 
 
-class FailureCount(NamedTuple):
-    state: State
-    code: str
-    n: int
-
-
 class Tally(NamedTuple):
     """Rows of one state, code and account (`status_tally`; '' = no code, the platform)."""
 
@@ -363,7 +357,6 @@ LIVE_RELAYS = Query("live_relays", StaleSeconds, class_row(LiveRelay))
 REJECT = Query("reject", RejectParams, scalar_row)
 FOLD_COUNTS = Query("fold_counts", NoParams, scalar_row)
 STATE_COUNTS = Query("state_counts", NoParams, class_row(StateCount))
-FAILURES_BY_CODE = Query("failures_by_code", NoParams, class_row(FailureCount))
 STATUS_TALLY = Query("status_tally", NoParams, class_row(Tally))
 NEXT_ATTEMPTS = Query("next_attempts", CodeList, class_row(NextAttempt))
 LAST_STATUS_FOR_CODE = Query("last_status_for_code", CodeParams, scalar_row)
@@ -452,7 +445,7 @@ REGISTRY: dict[str, Query[Any, Any]] = {
     q.name: q
     for q in (
         WALK, CLAIM, RECORD_OUTCOMES, HEARTBEAT, LEAVE, LIVE_RELAYS, REJECT, FOLD_COUNTS,
-        STATE_COUNTS, FAILURES_BY_CODE, STATUS_TALLY, NEXT_ATTEMPTS, LAST_STATUS_FOR_CODE,
+        STATE_COUNTS, STATUS_TALLY, NEXT_ATTEMPTS, LAST_STATUS_FOR_CODE,
         ROW_STORY, ROW_STATE, ROW_ATTEMPTS, LIST_ROWS, RETRY, PRUNE, PRUNE_PREVIEW, UNSENT_COUNT,
         DRIFT_OURS, SAVE_DRIFT_REPORT, LATEST_DRIFT_REPORT, OLDEST_UNSENT,
         FINISHED_LAST_HOUR, ATTEMPTS_LAST_HOUR, ATTEMPT_ERRORS_LAST_HOUR,

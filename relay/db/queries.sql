@@ -232,13 +232,6 @@ DELETE FROM meter_event_outbox_relays WHERE relay_id = :relay_id AND process_tok
 -- Rows per state, from the status view's maintained counters (never a count over history).
 SELECT state, n FROM meter_event_outbox_status
 
--- name: failures_by_code
--- Failed and rejected rows per code, from the tallies (rejected rows are never pruned).
-SELECT state, CASE WHEN code = '' THEN '(none)' ELSE code END AS code, n
-FROM meter_event_outbox_tally
-WHERE state IN ('failed', 'rejected')
-ORDER BY 3 DESC, 1, 2
-
 -- name: status_tally
 -- Rows per state, and per code and account where the tallies keep them (pending, failed,
 -- rejected; see alembic/versions/0013_status_tallies.up.sql): what `status` and the console's

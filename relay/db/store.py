@@ -34,7 +34,6 @@ from relay.db.queries import (
     OurGroup,
     RetryCandidate,
     RowState,
-    StateCount,
     Tally,
     Walked,
 )
@@ -467,14 +466,8 @@ class SyncStore(SyncExecutor):
     def record_outcomes(self, batch: Sequence[Outcome], relay_id: str) -> set[int]:
         return set(self.all(q.RECORD_OUTCOMES(outcome_params(batch, relay_id))))
 
-    def state_counts(self) -> list[StateCount]:
-        return self.all(q.STATE_COUNTS({}))
-
     def live_relays(self, stale_seconds: float) -> list[LiveRelay]:
         return self.all(q.LIVE_RELAYS({"stale_seconds": stale_seconds}))
-
-    def failures_by_code(self) -> list[q.FailureCount]:
-        return self.all(q.FAILURES_BY_CODE({}))
 
     def oldest_unsent(self) -> Lag:
         return self.one(q.OLDEST_UNSENT({}))

@@ -114,7 +114,6 @@ SURFACE: dict[str, dict[str, Any]] = {
     "oldest_unsent": {},
     "next_attempts": {"codes": ["http_503", "connection_error", "meter_missing"]},
     "last_status_for_code": {"code": "http_503"},
-    "failures_by_code": {},
     "failures_with_identifiers": {"per_code": 5},
     "customer_backlog": {"limit": 10},
     "held_by_meter": {"codes": list(HELD_CODES)},
