@@ -6,7 +6,7 @@ large table: EXPLAIN ANALYZE time and access paths of each, and the total per su
 
 Builds a scratch database: HISTORY accepted rows (one a second back in time, 5,000 customers),
 PENDING unsent rows over 5,000 customers (a third of them backing off after a 503 for an hour,
-one in fifty held for its meter), REJECTED rejected rows under 20 codes, and 100,000 attempts;
+one in HELD (50) held for its meter), REJECTED rejected rows under 20 codes, and 100,000 attempts;
 then folds the tallies and records UNFOLDED facts one statement each (the deltas a reader adds
 up between two folds). History goes in by statements of a million rows (generate_series). Nothing
 is asserted: read the table.
@@ -30,7 +30,8 @@ PENDING = """
 INSERT INTO meter_event_outbox (identifier, event_name, customer, value, state, last_error_code,
     attempts, first_attempt_at)
 SELECT 'p' || g, 'api_calls', 'cus_' || (g %% 5000), 1, 'pending',
-       CASE WHEN g %% 3 = 0 THEN 'http_503' WHEN g %% 50 = 1 THEN 'meter_missing' END,
+       CASE WHEN g %% 3 = 0 THEN 'http_503'
+            WHEN %(held)s > 0 AND g %% greatest(%(held)s, 1) = 1 THEN 'meter_missing' END,
        (g %% 3 = 0)::int, CASE WHEN g %% 3 = 0 THEN now() END
 FROM generate_series(1, %(rows)s) g
 """
@@ -113,7 +114,7 @@ def seed(conn: psycopg.Connection, args: argparse.Namespace) -> None:
         conn.execute(HISTORY_CHUNK, {"rows": rows, "offset": args.history - done - rows})
         done += rows
         print(f"history: {done:,} rows", file=sys.stderr, flush=True)
-    conn.execute(PENDING, {"rows": args.pending})
+    conn.execute(PENDING, {"rows": args.pending, "held": args.held})
     conn.execute(BACKING_OFF)
     conn.execute(REJECTED, {"rows": args.rejected})
     conn.execute(ATTEMPTS)
@@ -129,6 +130,7 @@ def main() -> None:
     parser.add_argument("--history", type=int, default=1_000_000)
     parser.add_argument("--rejected", type=int, default=200_000)
     parser.add_argument("--unfolded", type=int, default=0)
+    parser.add_argument("--held", type=int, default=50, help="1 pending row in HELD held (0: none)")
     parser.add_argument("--plans", action="store_true", help="print EXPLAIN (ANALYZE, BUFFERS)")
     args = parser.parse_args()
     with scratch_database() as url, psycopg.connect(url, autocommit=True) as conn:
@@ -136,8 +138,8 @@ def main() -> None:
         started = time.monotonic()
         seed(conn, args)
         print(
-            f"{args.pending:,} pending (a third backing off after a 503, 1/50 held for their "
-            f"meter), {args.history:,} accepted history, {args.rejected:,} rejected, "
+            f"{args.pending:,} pending (a third backing off after a 503, 1/{args.held} held for "
+            f"their meter), {args.history:,} accepted history, {args.rejected:,} rejected, "
             f"{args.unfolded:,} facts not yet folded; seeded in {time.monotonic() - started:.0f} s "
             "(median of 3 runs, EXPLAIN ANALYZE execution time)\n"
         )

@@ -201,33 +201,35 @@ END $$;
 
 -- Every tally, folded or not: what status, the console and /metrics read. Pending rows without
 -- a code are derived: the unsent rows (the customers' keys) less those in flight and those
--- pending with a code.
+-- pending with a code, summed without grouping the customers. A filter on the state (`state
+-- <> ''`, `state = ''`) reaches the scans below the grouping, so reading the states never
+-- groups the customers' keys and reading the customers never groups the rest.
 CREATE VIEW meter_event_outbox_tally AS
-WITH keyed AS (
-    SELECT state, code, stripe_account, customer, sum(n)::bigint AS n
-    FROM (SELECT state, code, stripe_account, customer, n FROM meter_event_outbox_tallies
-          UNION ALL
-          SELECT state, code, stripe_account, customer, delta
-          FROM meter_event_outbox_tally_delta_keys) t
-    GROUP BY 1, 2, 3, 4
-)
-SELECT state, code, stripe_account, customer, n FROM keyed WHERE n <> 0
+SELECT state, code, stripe_account, customer, sum(n)::bigint AS n
+FROM (SELECT state, code, stripe_account, customer, n FROM meter_event_outbox_tallies
+      UNION ALL
+      SELECT state, code, stripe_account, customer, delta
+      FROM meter_event_outbox_tally_delta_keys) t
+GROUP BY 1, 2, 3, 4
+HAVING sum(n) <> 0
 UNION ALL
 SELECT 'pending', '', '', '', p.n
-FROM (SELECT coalesce(sum(CASE WHEN state = '' THEN n
-                               WHEN state IN ('in_flight', 'pending') THEN -n END), 0)::bigint
-             AS n
-      FROM keyed) p
+FROM (SELECT coalesce(sum(CASE WHEN t.state = '' THEN t.n ELSE -t.n END), 0)::bigint AS n
+      FROM (SELECT state, n FROM meter_event_outbox_tallies
+            WHERE state IN ('', 'in_flight', 'pending')
+            UNION ALL
+            SELECT state, delta FROM meter_event_outbox_tally_delta_keys
+            WHERE state IN ('', 'in_flight', 'pending')) t) p
 WHERE p.n <> 0;
 
 -- Rows per state (the view older relays and scripts read; oldest_available_at is no longer
 -- computed: `status` reports the oldest unsent fact instead).
 CREATE VIEW meter_event_outbox_status AS
-SELECT s.state, coalesce(sum(t.n), 0)::bigint AS n, NULL::timestamptz AS oldest_available_at
+SELECT s.state, coalesce(t.n, 0)::bigint AS n, NULL::timestamptz AS oldest_available_at
 FROM unnest(ARRAY['pending', 'in_flight', 'accepted', 'failed', 'rejected', 'cancelled'])
          WITH ORDINALITY AS s(state, ord)
-LEFT JOIN meter_event_outbox_tally t ON t.state = s.state
-GROUP BY s.state, s.ord
+LEFT JOIN (SELECT state, sum(n) AS n FROM meter_event_outbox_tally WHERE state <> ''
+           GROUP BY state) t ON t.state = s.state
 ORDER BY s.ord;
 
 -- The oldest pending fact (the lag), one index probe. In-flight rows are few (the relays'

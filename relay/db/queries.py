@@ -358,6 +358,7 @@ REJECT = Query("reject", RejectParams, scalar_row)
 FOLD_COUNTS = Query("fold_counts", NoParams, scalar_row)
 STATE_COUNTS = Query("state_counts", NoParams, class_row(StateCount))
 STATUS_TALLY = Query("status_tally", NoParams, class_row(Tally))
+STATUS_TALLY_COUNTED = Query("status_tally_counted", NoParams, class_row(Tally))
 NEXT_ATTEMPTS = Query("next_attempts", CodeList, class_row(NextAttempt))
 LAST_STATUS_FOR_CODE = Query("last_status_for_code", CodeParams, scalar_row)
 ROW_STORY = Query("row_story", Identifier, dict_row)
@@ -445,7 +446,7 @@ REGISTRY: dict[str, Query[Any, Any]] = {
     q.name: q
     for q in (
         WALK, CLAIM, RECORD_OUTCOMES, HEARTBEAT, LEAVE, LIVE_RELAYS, REJECT, FOLD_COUNTS,
-        STATE_COUNTS, STATUS_TALLY, NEXT_ATTEMPTS, LAST_STATUS_FOR_CODE,
+        STATE_COUNTS, STATUS_TALLY, STATUS_TALLY_COUNTED, NEXT_ATTEMPTS, LAST_STATUS_FOR_CODE,
         ROW_STORY, ROW_STATE, ROW_ATTEMPTS, LIST_ROWS, RETRY, PRUNE, PRUNE_PREVIEW, UNSENT_COUNT,
         DRIFT_OURS, SAVE_DRIFT_REPORT, LATEST_DRIFT_REPORT, OLDEST_UNSENT,
         FINISHED_LAST_HOUR, ATTEMPTS_LAST_HOUR, ATTEMPT_ERRORS_LAST_HOUR,

@@ -240,6 +240,21 @@ SELECT state, code, stripe_account, n FROM meter_event_outbox_tally
 WHERE state <> ''
 ORDER BY state, code, stripe_account
 
+-- name: status_tally_counted
+-- status_tally on a schema older than the tallies (outbox_0013): the same rows, counted through
+-- the partial indexes of the hot states and the old folded counters (`status` of a newer CLI
+-- during an upgrade; run `outbox-relay migrate` for the cheap read).
+SELECT state, CASE WHEN state = 'pending' AND last_error_code IS NULL THEN ''
+                   WHEN state IN ('pending', 'failed', 'rejected')
+                   THEN coalesce(last_error_code, '') ELSE '' END AS code,
+       CASE WHEN state = 'pending' AND last_error_code IS NOT NULL
+            THEN coalesce(stripe_account, '') ELSE '' END AS stripe_account,
+       count(*) AS n
+FROM meter_event_outbox WHERE state IN ('pending', 'in_flight', 'failed', 'rejected')
+GROUP BY 1, 2, 3
+UNION ALL
+SELECT state, '', '', n FROM meter_event_outbox_status WHERE state IN ('accepted', 'cancelled')
+
 -- name: next_attempts
 -- Per code of pending rows, when the next of them is due: the first entry of each code in the
 -- waiting index (one probe per code).

@@ -473,7 +473,10 @@ class SyncStore(SyncExecutor):
         return self.one(q.OLDEST_UNSENT({}))
 
     def status_tally(self) -> list[Tally]:
-        return self.all(q.STATUS_TALLY({}))
+        try:
+            return self.all(q.STATUS_TALLY({}))
+        except psycopg.errors.UndefinedTable:  # schema before 0013: counted, as it was then
+            return self.all(q.STATUS_TALLY_COUNTED({}))
 
     def unsent(self, tallies: list[Tally], now: datetime) -> dict[str, Any]:
         """The unsent rows by bucket (relay.core.unsent), from the tallies and one index probe

@@ -64,8 +64,8 @@ SQL = {
     "SELECT metadata of other rows": "SELECT metadata FROM meter_event_outbox",
     "SELECT attempts": "SELECT * FROM meter_event_outbox_attempts",
     "INSERT a tally delta": (
-        "INSERT INTO meter_event_outbox_tally_deltas VALUES"
-        " ('{accepted}', '{\"\"}', '{\"\"}', '{\"\"}', '{1000}')"
+        "INSERT INTO meter_event_outbox_tally_deltas (state, code, stripe_account, customer,"
+        " delta) VALUES ('accepted', '', '', '', 1000)"
     ),
     "UPDATE the tallies": "UPDATE meter_event_outbox_tallies SET n = n + 1000 RETURNING n",
     "CREATE TABLE": "CREATE TABLE evil (id int)",
