@@ -6,9 +6,9 @@
     PYTHONPATH=/path/to/other/checkout python /path/to/bench/console_load.py   # another version
 
 The table holds ROWS rows: 70 % accepted history, 30 % rejected under 20 codes (rejected rows
-are never pruned; their pages are the console's heaviest). The relay runs as its own process against
-the emulator (process), with no console token (loopback: read-only console). Each phase
-inserts a fresh row every 20 ms for SECONDS and probes /readyz every 100 ms; the load phase
+are never pruned; their pages are the console's heaviest). The relay runs as its own process
+against the emulator (process, a live-mode key: 1,000 calls/s), with no console token (loopback:
+read-only console). Each phase inserts a fresh row every 20 ms for SECONDS and probes /readyz every 100 ms; the load phase
 adds CLIENTS loops fetching /console and a failures page. With --pending, PENDING unsent rows
 over 5,000 customers are added (a backlog the relay sends during both phases): "sent/s" is the
 rows the relay accepted per second of the phase, by the database's clock. Nothing is asserted:
@@ -127,7 +127,9 @@ def relay(url: str, api_base: str, port: int) -> Iterator[subprocess.Popen[bytes
         **os.environ,
         "OUTBOX_DATABASE_URL": url,
         "OUTBOX_STRIPE_API_BASE": api_base,
-        "STRIPE_API_KEY": "sk_test_bench",
+        # A live-mode key: the emulator allows 1,000 calls/s (25/s in test mode, which would
+        # be the sending rate of a backlog)
+        "STRIPE_API_KEY": "sk_live_bench",
         "OUTBOX_HTTP_PORT": str(port),
         "OUTBOX_RATE_LIMIT": "1000",
     }
