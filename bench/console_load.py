@@ -9,10 +9,10 @@ The table holds ROWS rows: 70 % accepted history, 30 % rejected under 20 codes (
 are never pruned; their pages are the console's heaviest). The relay runs as its own process
 against the emulator (process, a live-mode key: 1,000 calls/s), with no console token (loopback:
 read-only console). Each phase inserts a fresh row every 20 ms for SECONDS and probes /readyz
-every 100 ms; the load phase adds CLIENTS loops fetching /console and a failures page. With --pending, PENDING unsent rows
-over 5,000 customers are added (a backlog the relay sends during both phases): "sent/s" is the
-rows the relay accepted per second of the phase, by the database's clock. Nothing is asserted:
-read the table.
+every 100 ms; the load phase adds CLIENTS loops fetching /console and a failures page. With
+--pending, PENDING unsent rows over 5,000 customers are added (a backlog the relay sends during
+both phases): "sent/s" is the rows the relay accepted per second of the phase, by the
+database's clock. Nothing is asserted: read the table.
 """
 
 import argparse
