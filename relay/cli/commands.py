@@ -274,11 +274,21 @@ def status(
         sys.exit(5)
 
 
+def _render_outage(console: Any, data: dict[str, Any]) -> None:
+    """One line first while the outage breaker is open (the same text as the console's)."""
+    from relay.db import outage
+
+    text = outage.line(data.get("outage"))
+    if text:
+        console.print(show.cell(text), style="bold red")
+
+
 def _render_status(data: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
+    _render_outage(console, data)
     table = Table("state", "rows", title="meter_event_outbox")
     for state, n in data["counts"].items():
         table.add_row(show.cell(state), str(n))
@@ -291,11 +301,6 @@ def _render_status(data: dict[str, Any]) -> None:
             f"lag: oldest unsent fact recorded {lag['created_age_seconds']:.1f} s ago "
             f"({lag['oldest_unsent_created_at'].isoformat()}), happened "
             f"{lag['occurred_age_seconds']:.1f} s ago"
-        )
-    if data.get("outage"):
-        outage = data["outage"]
-        console.print(
-            show.cell(f"Stripe outage: since {outage['since'].isoformat()}, {outage['state']}")
         )
     console.print(_unsent_table(unsent))
     if data.get("held_for_meter"):

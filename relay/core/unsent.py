@@ -4,7 +4,7 @@ Every unsent row is in exactly one bucket, so the buckets add up to the unsent t
 plus in flight). A pending row's bucket follows from its last code alone (the relay writes a
 code on every row it puts back, see relay.stripe.policy), plus, for a code the relay does not
 know, the HTTP status of the row's last answer (a Stripe code on a 401/403 means the auth gate
-holds the row). The tallies (alembic/versions/0013_status_tallies.up.sql) count rows per state
+holds the row). The tallies (alembic/versions/0015_status_tallies.up.sql) count rows per state
 and code, so the buckets cost a read of a few tally rows, never a count of the backlog.
 docs/operations.md has what each bucket means and what to do.
 """
@@ -21,6 +21,7 @@ from relay.core.vocabulary import (
     SHUTDOWN,
     STATES,
     STREAM_WAIT_EXPIRED,
+    STRIPE_OUTAGE,
     TIMESTAMP_IN_FUTURE,
 )
 
@@ -31,6 +32,7 @@ Bucket = Literal[
     "rate_limited",
     "held_auth",
     "held_meter",
+    "held_outage",
     "scheduled_later",
     "put_back",
     "retrying",
@@ -44,6 +46,7 @@ TITLES: Final[dict[Bucket, str]] = {
     "rate_limited": "rate limited by Stripe, retrying slower",
     "held_auth": "held: key or account refused (401/403), waiting for the auth probe",
     "held_meter": "held: meter unusable, Stripe would drop the events",
+    "held_outage": "held: Stripe outage, one probe at a time until Stripe answers",
     "scheduled_later": "scheduled later: happened in the future, sent once inside Stripe's window",
     "put_back": "put back by the relay without an answer (shutdown, crash, stream wait)",
     "retrying": "retrying after another answer from Stripe",
@@ -65,6 +68,8 @@ def bucket_of(code: str, last_status: int | None = None) -> Bucket:
         return "due"
     if code in HELD_CODES:
         return "held_meter"
+    if code == STRIPE_OUTAGE:
+        return "held_outage"
     if code in AUTH_CODES or last_status in AUTH_STATUSES:
         return "held_auth"
     if code in RATE_CODES or last_status == 429:
@@ -82,7 +87,12 @@ def needs_status(code: str) -> bool:
     """Whether the bucket of this code depends on the last answer's status: a code Stripe sent
     (any string) may come with a 401/403 (held by the auth gate), a 429 or a 5xx."""
     known = HELD_CODES + tuple(AUTH_CODES | RATE_CODES | NO_ANSWER_CODES | PUT_BACK_CODES)
-    return bool(code) and code not in known and code != TIMESTAMP_IN_FUTURE and not _is_5xx(code)
+    return (
+        bool(code)
+        and code not in known
+        and code not in (TIMESTAMP_IN_FUTURE, STRIPE_OUTAGE)
+        and not _is_5xx(code)
+    )
 
 
 def _is_5xx(code: str) -> bool:

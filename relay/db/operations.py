@@ -14,6 +14,7 @@ from outbox.dburl import psycopg_url
 from relay.core.meters import HELD_CODES, WHAT_TO_DO
 from relay.core.unsent import state_counts
 from relay.core.vocabulary import State
+from relay.db import outage
 from relay.db.pool import SET_UTC
 from relay.db.queries import RetryHow
 from relay.db.store import RetryCandidate, SyncStore
@@ -39,7 +40,7 @@ def status(conn: psycopg.Connection, stale_seconds: float = LIVE_SECONDS) -> dic
     unsent total), failures, live relays, a Stripe outage.
 
     Everything comes from the maintained tallies and index probes, never a count of rows (see
-    alembic/versions/0013_status_tallies.up.sql), so it stays cheap with a million rows
+    alembic/versions/0015_status_tallies.up.sql), so it stays cheap with a million rows
     pending. Lag is measured from the oldest unsent fact's created_at, never from available_at:
     a row in backoff or waiting on auth is still unsent, however far its next attempt lies
     ahead. The JSON is open: consumers ignore keys they do not know (more may come).
@@ -62,27 +63,18 @@ def status(conn: psycopg.Connection, stale_seconds: float = LIVE_SECONDS) -> dic
             "occurred_age_seconds": _age(now, lag.occurred_at),
         },
         "unsent": store.unsent(tallies, now),
-        "outage": stripe_outage(conn),
         "failures_by_code": [
             {"state": t.state, "code": t.code or "(none)", "count": t.n}
             for t in sorted(tallies, key=lambda t: (-t.n, t.state, t.code))
             if t.state in ("failed", "rejected")
         ],
         "held_for_meter": _held_for_meter(store),
+        "outage": outage.report(store.outage_state()),
         "meter_reads": _meter_problems(store),
         "relays": None
         if relays is None
         else [{"relay_id": r.relay_id, "started_at": r.started_at} for r in relays],
     }
-
-
-def stripe_outage(conn: psycopg.Connection) -> dict[str, Any] | None:
-    """The Stripe outage the relays' breaker sees, shown as "Stripe outage: since ..., probing":
-    None while no breaker state is kept. The breaker's read plugs in here (and only here): a
-    dict with `since` (a datetime) and `state` (e.g. "probing"), or None when Stripe answers.
-    """
-    del conn  # the breaker's state table is not part of this schema yet
-    return None
 
 
 def _held_for_meter(store: SyncStore) -> list[dict[str, Any]]:

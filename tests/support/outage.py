@@ -11,6 +11,7 @@ SEEDED: dict[str, list[tuple[str, str | None, int]]] = {
     "rate_limited": [("rate_limited", None, 1)],
     "held_auth": [("account_access_refused", "acct_a", 2), ("api_key_expired", None, 1)],
     "held_meter": [("meter_missing", None, 2)],
+    "held_outage": [("stripe_outage", None, 2)],
     "scheduled_later": [("timestamp_in_future", None, 1)],
     "put_back": [("shutdown", None, 1)],
     "retrying": [("conflict", None, 1)],

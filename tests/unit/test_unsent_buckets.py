@@ -15,6 +15,7 @@ def test_codes_land_in_their_bucket() -> None:
     assert bucket_of("rate_limited") == bucket_of("http_429") == "rate_limited"
     assert bucket_of("account_access_refused") == bucket_of("api_key_refused") == "held_auth"
     assert all(bucket_of(code) == "held_meter" for code in HELD_CODES)
+    assert bucket_of("stripe_outage") == "held_outage"
     assert bucket_of("timestamp_in_future") == "scheduled_later"
     assert bucket_of("shutdown") == "put_back"
     assert bucket_of("conflict") == "retrying"

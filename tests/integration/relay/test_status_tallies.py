@@ -1,4 +1,4 @@
-"""The status tallies (alembic/versions/0013_status_tallies.up.sql): exact under concurrent
+"""The status tallies (alembic/versions/0015_status_tallies.up.sql): exact under concurrent
 writers, rollbacks, claims, outcomes, deletes and folds; and every statement behind `status`,
 the console's overview and /metrics reads a bounded number of rows however large the backlog
 (regression: each counted the pending rows, 0.7-0.9 s of SQL with a million of them)."""
@@ -164,8 +164,8 @@ def test_status_console_and_metrics_statements_read_bounded_rows(database_url, d
 
 
 def test_the_migration_seeds_the_tallies_from_the_rows_and_the_old_counters(database_url, db):
-    """At 0012 (history counted by the old counters, some deltas not folded), then 0013."""
-    migrate.downgrade(database_url, "outbox_0012")
+    """At 0014 (history counted by the old counters, some deltas not folded), then 0015."""
+    migrate.downgrade(database_url, "outbox_0014")
     db.execute(
         "INSERT INTO meter_event_outbox (identifier, event_name, customer, value, state,"
         " last_error_code, stripe_account, lease_token)"

@@ -2,14 +2,14 @@
 that statement triggers append and the relay folds; indexes for the oldest pending fact and
 each code's next attempt. `status`, the console and /metrics read these instead of counting.
 
-Revision ID: outbox_0013
-Revises: outbox_0012
+Revision ID: outbox_0015
+Revises: outbox_0014
 """
 
 from relay.db.sql_migration import sql_file_steps
 
-revision = "outbox_0013"
-down_revision = "outbox_0012"
+revision = "outbox_0015"
+down_revision = "outbox_0014"
 branch_labels = None
 depends_on = None
 
