@@ -145,6 +145,19 @@ class Settings(BaseSettings):
     auth_probe_max_interval: float = Field(
         default=300.0, gt=0, le=86_400, description="... doubling per refusal up to this"
     )
+    clock_margin: float = Field(
+        default=60.0,
+        ge=1,
+        le=120,
+        description="Narrow Stripe's timestamp window by this at both ends (s); clock skew "
+        "beyond it is reported",
+    )
+    read_only_grace: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="A database read-only this long fails /healthz (s), so the relay restarts",
+    )
     outage_threshold: int = Field(
         default=10,
         ge=0,

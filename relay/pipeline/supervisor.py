@@ -18,15 +18,18 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Coroutine
+from datetime import timedelta
 from typing import Any
 
 import structlog
 
+from relay.core.clock import Clocks
 from relay.core.config import Settings, parse_meter_keys
 from relay.core.errors import ServiceDied
 from relay.db.store import Store
 from relay.pipeline import maintenance
 from relay.pipeline.completer import Completer
+from relay.pipeline.database_watch import DatabaseWatch
 from relay.pipeline.executor import Executor, RelayState, Sender
 from relay.pipeline.meter_refresh import Fetch, MeterRefresh, sdk_fetch
 from relay.pipeline.producer import Capacity, Producer, capacity_limit
@@ -121,8 +124,10 @@ class Relay:
         sender: Sender,
         wakeup: Wakeup,
         meters_fetch: Fetch | None = None,
+        clocks: Clocks | None = None,
     ) -> None:
         self.settings = settings
+        self.clocks = clocks or Clocks(timedelta(seconds=settings.clock_margin))
         self.store = store
         self.sender = sender
         self.wakeup = wakeup
@@ -143,9 +148,12 @@ class Relay:
             else None
         )
         self.state = RelayState()
+        self.database = DatabaseWatch(store, self.clocks, self.state, settings.upkeep_interval)
         self.outage = self._outage_breaker()
         self.capacity = Capacity(self._capacity_limit, settings.effective_batch_size())
-        self.completer = Completer(settings, store, self.capacity, wakeup)
+        self.completer = Completer(
+            settings, store, self.capacity, wakeup, database_now=self.clocks.database_now
+        )
         auth = AuthGate(
             self._set_ready, settings.auth_probe_interval, settings.auth_probe_max_interval
         )
@@ -155,7 +163,14 @@ class Relay:
         )
         self.meters, self.meter_refresh = self._meter_catalogue(meters_fetch)
         self.executor = Executor(
-            settings, sender, self.limiter, auth, self.completer.record, self.meters, self.outage
+            settings,
+            sender,
+            self.limiter,
+            auth,
+            self.completer.record,
+            self.meters,
+            self.outage,
+            self.clocks,
         )
         self.producer = Producer(
             settings,
@@ -217,9 +232,11 @@ class Relay:
         services = Services(stop)
         try:
             services.start("completer", self.completer.run())
+            services.start("database_watch", self.database.run())
             services.start("executor", self.executor.watch())
             services.start(
-                "fold_counts", maintenance.fold_counts(self.store, self.settings.upkeep_interval)
+                "fold_counts",
+                maintenance.fold_counts(self.store, self.settings.upkeep_interval, self.state),
             )
             if self.wakeup.listens:
                 services.start("listener", self.wakeup.listen())
