@@ -2,13 +2,17 @@
 `/readyz` and the sending rate, idle and while 20 clients load the console.
 
     python -m bench.console_load                       # 1,000,000 rows
+    python -m bench.console_load --rows 700000 --pending 300000   # a backlog being sent
     PYTHONPATH=/path/to/other/checkout python /path/to/bench/console_load.py   # another version
 
 The table holds ROWS rows: 70 % accepted history, 30 % rejected under 20 codes (rejected rows
-are never pruned; their pages are the console's heaviest). The relay runs as its own process against
-the emulator (process), with no console token (loopback: read-only console). Each phase
-inserts a fresh row every 20 ms for SECONDS and probes /readyz every 100 ms; the load phase
-adds CLIENTS loops fetching /console and a failures page. Nothing is asserted: read the table.
+are never pruned; their pages are the console's heaviest). The relay runs as its own process
+against the emulator (process, a live-mode key: 1,000 calls/s), with no console token (loopback:
+read-only console). Each phase inserts a fresh row every 20 ms for SECONDS and probes /readyz
+every 100 ms; the load phase adds CLIENTS loops fetching /console and a failures page. With
+--pending, PENDING unsent rows over 5,000 customers are added (a backlog the relay sends during
+both phases): "sent/s" is the rows the relay accepted per second of the phase, by the
+database's clock. Nothing is asserted: read the table.
 """
 
 import argparse
@@ -41,9 +45,16 @@ SELECT 'seed' || g, 'api_calls', 'cus_' || (g %% 5000), 1,
        CASE WHEN g %% 10 >= 7 THEN 'code_' || (g %% 20) END, now()
 FROM generate_series(1, %(rows)s) g
 """
+BACKLOG = """
+INSERT INTO meter_event_outbox (identifier, event_name, customer, value)
+SELECT 'backlog' || g, 'api_calls', 'cus_' || (g %% 5000), 1
+FROM generate_series(1, %(rows)s) g
+"""
 
 
 async def phase(url: str, base: str, seconds: float, clients: int, tag: str) -> dict[str, Any]:
+    with psycopg.connect(url) as conn:
+        started = conn.execute("SELECT now()").fetchone()
     stop = time.monotonic() + seconds
     ready: list[int] = []
     pages = 0
@@ -83,6 +94,12 @@ async def phase(url: str, base: str, seconds: float, clients: int, tag: str) -> 
         await asyncio.gather(
             inserter(), prober(session), *(viewer(session, i) for i in range(clients))
         )
+    with psycopg.connect(url) as conn:
+        sent = conn.execute(
+            "SELECT count(*) FROM meter_event_outbox WHERE state = 'accepted'"
+            " AND accepted_at >= %s AND accepted_at < now()",
+            (started[0] if started else None,),
+        ).fetchone()
     await asyncio.sleep(5)  # let the last fresh rows be sent
     with psycopg.connect(url) as conn:
         rows = conn.execute(
@@ -92,6 +109,7 @@ async def phase(url: str, base: str, seconds: float, clients: int, tag: str) -> 
         ).fetchall()
     latencies = [float(ms) for ms, at in rows if at is not None]
     return {
+        "sent/s": round((sent[0] if sent else 0) / seconds),
         "fresh rows": len(rows),
         "accepted": len(latencies),
         "p50 ms": percentile(latencies, 0.5) if latencies else None,
@@ -109,7 +127,9 @@ def relay(url: str, api_base: str, port: int) -> Iterator[subprocess.Popen[bytes
         **os.environ,
         "OUTBOX_DATABASE_URL": url,
         "OUTBOX_STRIPE_API_BASE": api_base,
-        "STRIPE_API_KEY": "sk_test_bench",
+        # A live-mode key: the emulator allows 1,000 calls/s (25/s in test mode, which would
+        # be the sending rate of a backlog)
+        "STRIPE_API_KEY": "sk_live_bench",
         "OUTBOX_HTTP_PORT": str(port),
         "OUTBOX_RATE_LIMIT": "1000",
     }
@@ -128,10 +148,13 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--pending", type=int, default=0)
     args = parser.parse_args()
     with scratch_database() as url:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(SEED, {"rows": args.rows})
+            if args.pending:
+                conn.execute(BACKLOG, {"rows": args.pending})
             conn.execute("VACUUM ANALYZE meter_event_outbox")
         port = free_port()
         with emulator_process() as emulator, relay(url, emulator.url, port):
@@ -140,7 +163,8 @@ def main() -> None:
             loaded = asyncio.run(phase(url, base, args.seconds, args.clients, "load"))
     header = ["phase", *idle]
     table(
-        f"{args.rows:,} rows; {args.clients} console clients; {args.seconds:g} s per phase",
+        f"{args.rows:,} rows + {args.pending:,} pending; {args.clients} console clients; "
+        f"{args.seconds:g} s per phase",
         header,
         [["idle", *idle.values()], [f"{args.clients} clients", *loaded.values()]],
     )

@@ -2,21 +2,28 @@
 large table: EXPLAIN ANALYZE time and access paths of each, and the total per surface.
 
     python -m bench.console_queries                                   # 1M pending + 1M history
-    python -m bench.console_queries --pending 1000000 --history 10000000 --rejected 200000
+    python -m bench.console_queries --pending 1000000 --history 10000000 --unfolded 10000 --plans
 
 Builds a scratch database: HISTORY accepted rows (one a second back in time, 5,000 customers),
-PENDING unsent rows over 5,000 customers (a third of them backing off after a 503), REJECTED
-rejected rows under 20 codes, and 100,000 attempts (ten a second, ids growing with time).
-Nothing is asserted: read the table.
+PENDING unsent rows over 5,000 customers (a third of them backing off after a 503 for an hour,
+one in HELD (50) held for its meter), REJECTED rejected rows under 20 codes, and 100,000 attempts
+(ten a second, ids growing with time); then folds the tallies and records UNFOLDED facts one
+statement each (the deltas a reader adds up between two folds). History goes in by statements
+of a million rows (generate_series). Nothing is asserted: read the table.
 """
 
 import argparse
+import sys
+import time
 from typing import Any
 
 import psycopg
 
 from bench.common import scratch_database
-from bench.operator_queries import HISTORY, explain
+from bench.operator_queries import explain
+from outbox.sqlfile import for_psycopg
+from relay.core.meters import HELD_CODES
+from relay.db.pool import QUERIES
 from relay.db.store import (
     ATTEMPT_WINDOW_CAP,
     CHART_EXACT,
@@ -30,9 +37,21 @@ PENDING = """
 INSERT INTO meter_event_outbox (identifier, event_name, customer, value, state, last_error_code,
     attempts, first_attempt_at)
 SELECT 'p' || g, 'api_calls', 'cus_' || (g %% 5000), 1, 'pending',
-       CASE WHEN g %% 3 = 0 THEN 'http_503' END, (g %% 3 = 0)::int,
-       CASE WHEN g %% 3 = 0 THEN now() END
+       CASE WHEN g %% 3 = 0 THEN 'http_503'
+            WHEN %(held)s > 0 AND g %% greatest(%(held)s, 1) = 1 THEN 'meter_missing' END,
+       (g %% 3 = 0)::int, CASE WHEN g %% 3 = 0 THEN now() END
 FROM generate_series(1, %(rows)s) g
+"""
+BACKING_OFF = """
+UPDATE meter_event_outbox SET available_at = now() + interval '1 hour'
+WHERE state = 'pending' AND last_error_code IS NOT NULL
+"""
+HISTORY_CHUNK = """
+INSERT INTO meter_event_outbox (identifier, event_name, customer, value, state, created_at,
+    occurred_at, updated_at, accepted_at)
+SELECT 'h' || g, 'api_calls', 'cus_' || (g %% 5000), 1, 'accepted', t, t, t, t
+FROM generate_series(%(offset)s + 1, %(offset)s + %(rows)s) g,
+     LATERAL (SELECT now() - make_interval(secs => 20000000 - g)) s(t)
 """
 REJECTED = """
 INSERT INTO meter_event_outbox (identifier, event_name, customer, value, state, last_error_code,
@@ -49,6 +68,8 @@ SELECT g, now() - make_interval(secs => (100000 - g) * 0.1), 1, 0, 'report', 'ac
 FROM generate_series(1, 100000) g
 """
 
+CODES = ["http_503", "connection_error", "meter_missing", "rate_limited"]
+
 
 def look(limit: int = 50, scan: int = LOOK_SCAN, after: int = 0, **filters: Any) -> dict[str, Any]:
     """look_rows' parameters as ConsoleStore.look passes them for these filters (the rest
@@ -62,7 +83,8 @@ def look(limit: int = 50, scan: int = LOOK_SCAN, after: int = 0, **filters: Any)
 SURFACES: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
     "console overview": [
         ("live relays", "live_relays", {"stale_seconds": 5}),
-        ("state counts (status view)", "state_counts", {}),
+        ("tallies: counts and buckets", "status_tally", {}),
+        ("next attempt per code", "next_attempts", {"codes": CODES}),
         ("oldest unsent", "oldest_unsent", {}),
         ("finished last hour", "finished_last_hour", {}),
         ("attempts last hour", "attempts_last_hour", {"cap": ATTEMPT_WINDOW_CAP}),
@@ -71,7 +93,7 @@ SURFACES: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
             "attempt_errors_last_hour",
             {"cap": ATTEMPT_WINDOW_CAP, "limit": 10},
         ),
-        ("backing off by code", "backing_off", {"held": list(HOLD_CODES), "limit": 20}),
+        ("held for their meter", "held_by_meter", {"codes": list(HELD_CODES)}),
         ("failures with identifiers", "failures_with_identifiers", {"per_code": 5}),
         ("customers with most unsent", "customer_backlog", {"limit": 10}),
         ("latest drift report", "latest_drift_report", {}),
@@ -111,15 +133,42 @@ SURFACES: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
         ("oldest unsent", "oldest_unsent", {}),
         ("live relays", "live_relays", {"stale_seconds": 5}),
         ("latest drift report", "latest_drift_report", {}),
+        ("held for their meter", "held_by_meter", {"codes": list(HELD_CODES)}),
     ],
     "outbox-relay status": [
-        ("status counts (status view)", "status_counts", {}),
-        ("oldest due", "oldest_due", {}),
-        ("failures by code", "failures_by_code", {}),
-        ("unsent by group", "unsent_by_group", {}),
+        ("tallies: counts, buckets, failures", "status_tally", {}),
         ("live relays", "live_relays", {"stale_seconds": 5}),
+        ("oldest unsent", "oldest_unsent", {}),
+        ("next attempt per code", "next_attempts", {"codes": CODES}),
+        ("held for their meter", "held_by_meter", {"codes": list(HELD_CODES)}),
+        ("meter reads", "meter_reads", {}),
     ],
 }
+# One statement per fact recorded since the last fold (the relay folds every
+# OUTBOX_UPKEEP_INTERVAL, 10 s): what the readers add up besides the folded tallies.
+UNFOLDED = """
+SELECT outbox_record_usage('api_calls', 'cus_' || (g %% 5000), 1, 'u' || g, notify => false)
+FROM generate_series(1, %(rows)s) g
+"""
+
+
+def seed(conn: psycopg.Connection, args: argparse.Namespace) -> None:
+    """The history in statements of a million rows (each statement appends one delta row), then
+    the backlog, the rejected rows and the attempts; folded; then --unfolded single facts."""
+    done = 0
+    while done < args.history:
+        rows = min(1_000_000, args.history - done)
+        conn.execute(HISTORY_CHUNK, {"rows": rows, "offset": args.history - done - rows})
+        done += rows
+        print(f"history: {done:,} rows", file=sys.stderr, flush=True)
+    conn.execute(PENDING, {"rows": args.pending, "held": args.held})
+    conn.execute(BACKING_OFF)
+    conn.execute(REJECTED, {"rows": args.rejected})
+    conn.execute(ATTEMPTS)
+    conn.execute("SELECT outbox_fold_counts()")
+    conn.execute("VACUUM ANALYZE")
+    if args.unfolded:
+        conn.execute(UNFOLDED, {"rows": args.unfolded})
 
 
 def main() -> None:
@@ -127,18 +176,19 @@ def main() -> None:
     parser.add_argument("--pending", type=int, default=1_000_000)
     parser.add_argument("--history", type=int, default=1_000_000)
     parser.add_argument("--rejected", type=int, default=200_000)
+    parser.add_argument("--unfolded", type=int, default=0)
+    parser.add_argument("--held", type=int, default=50, help="1 pending row in HELD held (0: none)")
+    parser.add_argument("--plans", action="store_true", help="print EXPLAIN (ANALYZE, BUFFERS)")
     args = parser.parse_args()
     with scratch_database() as url, psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SET synchronous_commit = off")
-        conn.execute(HISTORY, {"rows": args.history})
-        conn.execute(PENDING, {"rows": args.pending})
-        conn.execute(REJECTED, {"rows": args.rejected})
-        conn.execute(ATTEMPTS)
-        conn.execute("SELECT outbox_fold_counts()")
-        conn.execute("VACUUM ANALYZE")
+        started = time.monotonic()
+        seed(conn, args)
         print(
-            f"{args.pending:,} pending, {args.history:,} accepted history, "
-            f"{args.rejected:,} rejected (median of 3 runs, EXPLAIN ANALYZE execution time)\n"
+            f"{args.pending:,} pending (a third backing off after a 503, 1/{args.held} held for "
+            f"their meter), {args.history:,} accepted history, {args.rejected:,} rejected, "
+            f"{args.unfolded:,} facts not yet folded; seeded in {time.monotonic() - started:.0f} s "
+            "(median of 3 runs, EXPLAIN ANALYZE execution time)\n"
         )
         print("| surface | statement | ms | access paths |")
         print("|---|---|---:|---|")
@@ -150,6 +200,11 @@ def main() -> None:
                 total += ms
                 print(f"| {surface} | {label} | {ms:.1f} | {paths} |")
             print(f"| **{surface}** | **total** | **{total:.1f}** | |")
+        if args.plans:
+            for _, name, params in SURFACES["outbox-relay status"]:
+                sql = "EXPLAIN (ANALYZE, BUFFERS) " + for_psycopg(QUERIES[name])
+                print(f"\n-- {name}")
+                print("\n".join(line for (line,) in conn.execute(sql, params)))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ FROM generate_series(1, 5000) g
 def cases(now: datetime) -> list[tuple[str, str, dict[str, Any]]]:
     none = {"state": None, "code": None, "customer": None, "event_name": None, "since": None}
     return [
-        ("status: unsent by group", "unsent_by_group", {}),
+        ("status: tallies", "status_tally", {}),
         ("status: auth check per code", "last_status_for_code", {"code": "http_503"}),
         ("list (newest 100)", "list_rows", {**none, "limit": 100}),
         ("list --state failed", "list_rows", {**none, "state": "failed", "limit": 100}),

@@ -232,13 +232,12 @@ def history_database(rows: int) -> contextlib.AbstractContextManager[str]:
             now() - interval '1 day', now() - interval '1 day', now() - interval '1 day',
             now() - interval '1 day', now() - interval '1 day'
         FROM generate_series(1, {int(rows)}) g;
-        INSERT INTO meter_event_outbox_counts (state, n) VALUES ('accepted', {int(rows)})
-        ON CONFLICT (state) DO UPDATE SET n = excluded.n;
+        SELECT outbox_fold_counts();
     """
     return scratch_database(setup_sql=fill)
 
 
-STATUS_QUERIES = ("state_counts", "unsent_by_group", "failures_by_code")
+STATUS_QUERIES = ("state_counts", "status_tally", "oldest_unsent")
 # `outbox-relay list` as operators run it (100 newest rows), by filter.
 LIST_DEFAULTS: dict[str, Any] = dict.fromkeys(
     ("state", "code", "customer", "event_name", "since"), None

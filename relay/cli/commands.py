@@ -302,27 +302,7 @@ def _render_status(data: dict[str, Any]) -> None:
             f"({lag['oldest_unsent_created_at'].isoformat()}), happened "
             f"{lag['occurred_age_seconds']:.1f} s ago"
         )
-    console.print(f"unsent: {unsent['due']} due, {unsent['in_flight']} in flight")
-    for title, groups in (
-        ("backing off", unsent["backing_off"]),
-        ("waiting on auth", unsent["waiting_on_auth"]),
-    ):
-        if groups:
-            waiting = Table("code", "rows", "oldest recorded", "next attempt in", title=title)
-            for g in groups:
-                waiting.add_row(
-                    show.cell(g["code"] or "(scheduled)"),
-                    str(g["rows"]),
-                    g["oldest_created_at"].isoformat(),
-                    f"{g['next_attempt_in_seconds']:.0f} s",
-                )
-            console.print(waiting)
-    if data["waiting"]:
-        held = Table("code", "stripe account", "rows", title="held back: key or account refused")
-        for w in data["waiting"]:
-            account = w["stripe_account"] or "(platform)"
-            held.add_row(show.cell(w["code"]), show.cell(account), str(w["count"]))
-        console.print(held)
+    console.print(_unsent_table(unsent))
     if data.get("held_for_meter"):
         meters = Table(
             "event name",
@@ -353,6 +333,29 @@ def _render_status(data: dict[str, Any]) -> None:
         for f in data["failures_by_code"]:
             failures.add_row(show.cell(f["state"]), show.cell(f["code"]), str(f["count"]))
         console.print(failures)
+
+
+def _unsent_table(unsent: dict[str, Any]) -> Any:
+    """Every bucket with rows, its groups (code, account, next attempt) under it, and the total
+    the buckets add up to."""
+    from rich.table import Table
+
+    table = Table("waiting for", "rows", "code", "account", "next attempt in", title="unsent")
+    for bucket in unsent["buckets"].values():
+        if not bucket["rows"]:
+            continue
+        table.add_row(show.cell(bucket["title"]), str(bucket["rows"]), "", "", "")
+        for g in bucket["groups"]:
+            wait = g["next_attempt_in_seconds"]
+            table.add_row(
+                "",
+                str(g["rows"]),
+                show.cell(g["code"]),
+                show.cell(g["stripe_account"] or ""),
+                "-" if wait is None else ("due now" if wait == 0 else f"{wait:.0f} s"),
+            )
+    table.add_row("unsent in all", str(unsent["total"]), "", "", "")
+    return table
 
 
 @main.command(name="list")

@@ -12,11 +12,12 @@ import psycopg
 import outbox
 from outbox.dburl import psycopg_url
 from relay.core.meters import HELD_CODES, WHAT_TO_DO
-from relay.core.vocabulary import AUTH_WAIT_CODES, State
+from relay.core.unsent import state_counts
+from relay.core.vocabulary import State
 from relay.db import outage
 from relay.db.pool import SET_UTC, set_prepare_sync
 from relay.db.queries import RetryHow
-from relay.db.store import RetryCandidate, SyncStore, UnsentGroup
+from relay.db.store import RetryCandidate, SyncStore
 
 # Relays seen within this many seconds hold a share (the relay's OUTBOX_RELAY_STALE_AFTER).
 LIVE_SECONDS = 5.0
@@ -31,47 +32,43 @@ def connect(database_url: str) -> psycopg.Connection:
     return conn
 
 
-AUTH_STATUSES = (401, 403)
 # Stripe's verdicts about the meter, not the fact: the same fact can be sent again once the
 # meter is fixed (a retry keeps the identifier, which Stripe never counted).
 STRIPE_METER_CODES = ("no_meter", "archived_meter", "meter_event_no_customer_defined")
-# Codes the relay gives rows it holds back, without a call, while a key or account is refused.
 
 
 def status(conn: psycopg.Connection, stale_seconds: float = LIVE_SECONDS) -> dict[str, Any]:
-    """Counts per state, the true lag, what unsent rows wait for, failures, live relays.
+    """Counts per state, the true lag, what unsent rows wait for (buckets that add up to the
+    unsent total), failures, live relays, a Stripe outage.
 
-    Lag is measured from the oldest unsent fact's created_at (and occurred_at), never from
-    available_at: a row in backoff or waiting on auth is still unsent, however far its next
-    attempt lies ahead. Rows the relay holds back for a refused key or account are listed by
-    code and account ("waiting").
+    Everything comes from the maintained tallies and index probes, never a count of rows (see
+    alembic/versions/0015_status_tallies.up.sql), so it stays cheap with a million rows
+    pending. Lag is measured from the oldest unsent fact's created_at, never from available_at:
+    a row in backoff or waiting on auth is still unsent, however far its next attempt lies
+    ahead. The JSON is open: consumers ignore keys they do not know (more may come).
     """
     store = SyncStore(conn)
-    counts = {c.state: c.n for c in store.state_counts()}
+    tallies = store.status_tally()
     relays: list[Any] | None
     try:
         relays = store.live_relays(stale_seconds)
     except psycopg.errors.UndefinedTable:  # schema before 0002: `migrate` adds the table
         relays = None
-    groups = store.unsent_by_group()
+    lag = store.oldest_unsent()
     now = datetime.now(UTC)
-    oldest_created = min((g.oldest_created_at for g in groups), default=None)
-    oldest_occurred = min((g.oldest_occurred_at for g in groups), default=None)
     return {
-        "counts": counts,
+        "counts": state_counts(tallies),
         "lag": {
-            "oldest_unsent_created_at": oldest_created,
-            "oldest_unsent_occurred_at": oldest_occurred,
-            "created_age_seconds": _age(now, oldest_created),
-            "occurred_age_seconds": _age(now, oldest_occurred),
+            "oldest_unsent_created_at": lag.created_at,
+            "oldest_unsent_occurred_at": lag.occurred_at,
+            "created_age_seconds": _age(now, lag.created_at),
+            "occurred_age_seconds": _age(now, lag.occurred_at),
         },
-        "unsent": _split(store, groups, now),
+        "unsent": store.unsent(tallies, now),
         "failures_by_code": [
-            {"state": f.state, "code": f.code, "count": f.n} for f in store.failures_by_code()
-        ],
-        "waiting": [
-            {"code": w.code, "stripe_account": w.stripe_account, "count": w.n}
-            for w in store.waiting_by_code()
+            {"state": t.state, "code": t.code or "(none)", "count": t.n}
+            for t in sorted(tallies, key=lambda t: (-t.n, t.state, t.code))
+            if t.state in ("failed", "rejected")
         ],
         "held_for_meter": _held_for_meter(store),
         "outage": outage.report(store.outage_state()),
@@ -116,39 +113,6 @@ def _meter_problems(store: SyncStore) -> list[dict[str, Any]]:
 
 def _age(now: datetime, then: datetime | None) -> float:
     return max(0.0, (now - then).total_seconds()) if then else 0.0
-
-
-def _split(store: SyncStore, groups: list[UnsentGroup], now: datetime) -> dict[str, Any]:
-    """Unsent rows by what they wait for: a relay (due), a retry (backing off, by code), the
-    auth probe (last call answered 401/403), or a call in flight."""
-    split: dict[str, Any] = {"due": 0, "in_flight": 0, "waiting_on_auth": [], "backing_off": []}
-    auth: dict[str, bool] = {}
-    for g in groups:
-        if g.state == "in_flight":
-            split["in_flight"] += g.n
-            continue
-        if g.code is not None and g.code not in auth:
-            auth[g.code] = (
-                g.code in AUTH_WAIT_CODES or store.last_status_for_code(g.code) in AUTH_STATUSES
-            )
-        if g.code in HELD_CODES:  # listed by event name under "held_for_meter"
-            continue
-        if g.code is not None and auth[g.code]:
-            split["waiting_on_auth"].append(_group(g, now))
-        elif g.due:
-            split["due"] += g.n
-        else:
-            split["backing_off"].append(_group(g, now))
-    return split
-
-
-def _group(g: UnsentGroup, now: datetime) -> dict[str, Any]:
-    return {
-        "code": g.code,
-        "rows": g.n,
-        "oldest_created_at": g.oldest_created_at,
-        "next_attempt_in_seconds": max(0.0, (g.next_attempt_at - now).total_seconds()),
-    }
 
 
 def lag_exceeded(data: dict[str, Any], seconds: float | None) -> bool:

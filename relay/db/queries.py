@@ -177,6 +177,10 @@ class CodeParams(TypedDict):
     code: str
 
 
+class CodeList(TypedDict):
+    codes: list[str]
+
+
 class ListParams(TypedDict):
     state: State | None
     code: str | None
@@ -217,11 +221,6 @@ class CapLimit(TypedDict):
 
 class PerCode(TypedDict):
     per_code: int
-
-
-class HeldLimit(TypedDict):
-    held: list[str]
-    limit: int
 
 
 class LookParams(TypedDict):
@@ -291,27 +290,17 @@ class StateCount(NamedTuple):
     n: int
 
 
-class FailureCount(NamedTuple):
-    state: State
-    code: str
-    n: int
-
-
-class WaitingCount(NamedTuple):
-    code: str
-    stripe_account: str | None
-    n: int
-
-
-class UnsentGroup(NamedTuple):
-    """Unsent rows sharing a state, last code and due-ness (see `unsent_by_group`)."""
+class Tally(NamedTuple):
+    """Rows of one state, code and account (`status_tally`; '' = no code, the platform)."""
 
     state: State
-    code: str | None
-    due: bool
+    code: str
+    stripe_account: str
     n: int
-    oldest_created_at: datetime
-    oldest_occurred_at: datetime
+
+
+class NextAttempt(NamedTuple):
+    code: str
     next_attempt_at: datetime
 
 
@@ -399,9 +388,9 @@ REJECT = Query("reject", RejectParams, scalar_row)
 FOLD_COUNTS = Query("fold_counts", NoParams, scalar_row)
 DATABASE_PROBE = Query("database_probe", NoParams, class_row(DatabaseProbe))
 STATE_COUNTS = Query("state_counts", NoParams, class_row(StateCount))
-FAILURES_BY_CODE = Query("failures_by_code", NoParams, class_row(FailureCount))
-WAITING_BY_CODE = Query("waiting_by_code", NoParams, class_row(WaitingCount))
-UNSENT_BY_GROUP = Query("unsent_by_group", NoParams, class_row(UnsentGroup))
+STATUS_TALLY = Query("status_tally", NoParams, class_row(Tally))
+STATUS_TALLY_COUNTED = Query("status_tally_counted", NoParams, class_row(Tally))
+NEXT_ATTEMPTS = Query("next_attempts", CodeList, class_row(NextAttempt))
 LAST_STATUS_FOR_CODE = Query("last_status_for_code", CodeParams, scalar_row)
 ROW_STORY = Query("row_story", Identifier, dict_row)
 ROW_STATE = Query("row_state", Identifier, class_row(RowState))
@@ -420,7 +409,6 @@ CONSOLE_SESSION_OPEN = Query("console_session_open", SessionParams, scalar_row)
 CONSOLE_SESSION_ALIVE = Query("console_session_alive", SessionId, scalar_row)
 CONSOLE_SESSION_CLOSE = Query("console_session_close", SessionId, scalar_row)
 OLDEST_UNSENT = Query("oldest_unsent", NoParams, class_row(Lag))
-BACKING_OFF = Query("backing_off", HeldLimit, dict_row)
 FINISHED_LAST_HOUR = Query("finished_last_hour", NoParams, class_row(Finished))
 ATTEMPTS_LAST_HOUR = Query("attempts_last_hour", Cap, class_row(Calls))
 ATTEMPT_ERRORS_LAST_HOUR = Query("attempt_errors_last_hour", CapLimit, dict_row)
@@ -567,9 +555,9 @@ REGISTRY: dict[str, Query[Any, Any]] = {
     q.name: q
     for q in (
         WALK, CLAIM, RECORD_OUTCOMES, HEARTBEAT, LEAVE, LIVE_RELAYS, REJECT, FOLD_COUNTS,
-        STATE_COUNTS, FAILURES_BY_CODE, WAITING_BY_CODE, UNSENT_BY_GROUP, LAST_STATUS_FOR_CODE,
+        STATE_COUNTS, STATUS_TALLY, STATUS_TALLY_COUNTED, NEXT_ATTEMPTS, LAST_STATUS_FOR_CODE,
         ROW_STORY, ROW_STATE, ROW_ATTEMPTS, LIST_ROWS, RETRY, PRUNE, PRUNE_PREVIEW, UNSENT_COUNT,
-        DRIFT_OURS, SAVE_DRIFT_REPORT, LATEST_DRIFT_REPORT, OLDEST_UNSENT, BACKING_OFF,
+        DRIFT_OURS, SAVE_DRIFT_REPORT, LATEST_DRIFT_REPORT, OLDEST_UNSENT,
         FINISHED_LAST_HOUR, ATTEMPTS_LAST_HOUR, ATTEMPT_ERRORS_LAST_HOUR,
         FAILURES_WITH_IDENTIFIERS, LOOK_ROWS, CALLS_PER_MINUTE, CUSTOMER_BACKLOG, REJECTED_COUNT,
         TRACE_CONTEXTS, DATABASE_PROBE,

@@ -232,18 +232,38 @@ DELETE FROM meter_event_outbox_relays WHERE relay_id = :relay_id AND process_tok
 -- Rows per state, from the status view's maintained counters (never a count over history).
 SELECT state, n FROM meter_event_outbox_status
 
--- name: failures_by_code
-SELECT state, coalesce(last_error_code, '(none)') AS code, count(*) AS n
-FROM meter_event_outbox
-WHERE state IN ('failed', 'rejected')
-GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2
+-- name: status_tally
+-- Rows per state, and per code and account where the tallies keep them (pending, failed,
+-- rejected; see alembic/versions/0015_status_tallies.up.sql): what `status` and the console's
+-- buckets are made of, a read of a few tally rows however large the backlog.
+SELECT state, code, stripe_account, n FROM meter_event_outbox_tally
+WHERE state <> ''
+ORDER BY state, code, stripe_account
 
--- name: waiting_by_code
--- Why pending rows wait (e.g. account_access_refused after a 403), by code and account.
-SELECT last_error_code AS code, stripe_account, count(*) AS n
-FROM meter_event_outbox
-WHERE state = 'pending' AND last_error_code IS NOT NULL
-GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2 LIMIT 50
+-- name: status_tally_counted
+-- status_tally on a schema older than the tallies (outbox_0015): the same rows, counted through
+-- the partial indexes of the hot states and the old folded counters (`status` of a newer CLI
+-- during an upgrade; run `outbox-relay migrate` for the cheap read).
+SELECT state, CASE WHEN state = 'pending' AND last_error_code IS NULL THEN ''
+                   WHEN state IN ('pending', 'failed', 'rejected')
+                   THEN coalesce(last_error_code, '') ELSE '' END AS code,
+       CASE WHEN state = 'pending' AND last_error_code IS NOT NULL
+            THEN coalesce(stripe_account, '') ELSE '' END AS stripe_account,
+       count(*) AS n
+FROM meter_event_outbox WHERE state IN ('pending', 'in_flight', 'failed', 'rejected')
+GROUP BY 1, 2, 3
+UNION ALL
+SELECT state, '', '', n FROM meter_event_outbox_status WHERE state IN ('accepted', 'cancelled')
+
+-- name: next_attempts
+-- Per code of pending rows, when the next of them is due: the first entry of each code in the
+-- waiting index (one probe per code).
+SELECT c.code, w.available_at AS next_attempt_at
+FROM unnest(CAST(:codes AS text[])) AS c(code)
+CROSS JOIN LATERAL (
+    SELECT o.available_at FROM meter_event_outbox o
+    WHERE o.state = 'pending' AND o.last_error_code IS NOT NULL AND o.last_error_code = c.code
+    ORDER BY o.available_at LIMIT 1) w
 
 -- name: row_story
 -- Every column of one row an operator may need (`inspect`, the console's row page), and how
@@ -343,28 +363,15 @@ history AS (
 )
 SELECT id FROM gone
 
--- name: unsent_by_group
--- For `status`: every unsent row (pending, in flight) grouped by what it is waiting for, with
--- the oldest fact of each group from when it was recorded and from when it happened. Reads the
--- small partial indexes of the hot states: the cost follows the backlog, never the history.
--- `due` rows are waiting for a relay; not-due pending rows with a code are backing off (or
--- waiting for the auth probe, told apart by `http_status` below); not-due rows without a code
--- are scheduled (a cancel right after its report).
-SELECT o.state, o.last_error_code AS code, o.available_at <= now() AS due, count(*) AS n,
-       min(o.created_at) AS oldest_created_at, min(o.occurred_at) AS oldest_occurred_at,
-       min(o.available_at) AS next_attempt_at
-FROM meter_event_outbox o
-WHERE o.state IN ('pending', 'in_flight')
-GROUP BY 1, 2, 3 ORDER BY 4 DESC
-
 -- name: last_status_for_code
--- The HTTP status of the latest attempt of one pending row with this code: 401/403 mean the row
--- waits for the auth probe rather than backing off.
-SELECT a.http_status
+-- The HTTP status of the latest attempt of the pending row with this code put back last
+-- (the waiting index's last entry of the code, then its newest attempt): 401/403 mean the row
+-- waits for the auth probe rather than backing off. NULL when that row has no attempt.
+SELECT (SELECT a.http_status FROM meter_event_outbox_attempts a
+        WHERE a.outbox_id = o.id ORDER BY a.id DESC LIMIT 1)
 FROM meter_event_outbox o
-JOIN LATERAL (SELECT http_status FROM meter_event_outbox_attempts
-              WHERE outbox_id = o.id ORDER BY id DESC LIMIT 1) a ON true
-WHERE o.state = 'pending' AND o.last_error_code = :code
+WHERE o.state = 'pending' AND o.last_error_code IS NOT NULL AND o.last_error_code = :code
+ORDER BY o.available_at DESC
 LIMIT 1
 
 -- name: list_rows
@@ -470,21 +477,21 @@ FROM meter_event_outbox_drift_reports ORDER BY created_at DESC LIMIT 1
 SELECT state, n FROM meter_event_outbox_status
 
 -- name: oldest_unsent
--- The oldest fact not yet reported, from when it was recorded and from when it happened (a
--- row in backoff or waiting on auth is still unsent: available_at would hide it).
-SELECT min(created_at) AS created_at, min(occurred_at) AS occurred_at,
-       now() - min(created_at) AS created_age, now() - min(occurred_at) AS occurred_age
-FROM meter_event_outbox WHERE state IN ('pending', 'in_flight')
-
--- name: backing_off
--- Pending rows that carry an error code, by that code: retrying (not yet given up), or held
--- (`held`: a code of :held, a refused key or account, or a meter Stripe would drop them for;
--- no call is made for them, so they are not retrying).
-SELECT last_error_code AS code, last_error_code = ANY(CAST(:held AS text[])) AS held,
-       count(*) AS n, min(created_at) AS oldest_created_at, min(available_at) AS next_attempt_at
-FROM meter_event_outbox
-WHERE state = 'pending' AND last_error_code IS NOT NULL
-GROUP BY 1 ORDER BY 3 DESC, 1 LIMIT :limit
+-- The oldest fact not yet reported (a row in backoff or waiting on auth is still unsent:
+-- available_at would hide it), from when it was recorded, and when that fact happened. One
+-- probe of the pending-age index, plus the in-flight rows (the busy index: at most the
+-- relays' capacity).
+SELECT u.created_at, u.occurred_at,
+       now() - u.created_at AS created_age, now() - u.occurred_at AS occurred_age
+FROM (
+    (SELECT created_at, occurred_at FROM meter_event_outbox
+     WHERE state = 'pending' ORDER BY created_at LIMIT 1)
+    UNION ALL
+    (SELECT created_at, occurred_at FROM meter_event_outbox
+     WHERE state = 'in_flight' ORDER BY created_at LIMIT 1)
+) u
+RIGHT JOIN (SELECT) one ON true
+ORDER BY u.created_at NULLS LAST LIMIT 1
 
 -- name: finished_last_hour
 -- Rows that reached accepted or cancelled in the last hour (terminal-age index, one hour of it).
@@ -512,17 +519,23 @@ WHERE a.attempted_at > now() - interval '1 hour' AND a.code IS NOT NULL
 GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT :limit
 
 -- name: failures_with_identifiers
--- Rows waiting for an operator's decision, by code, each with its first few identifiers.
+-- Rows waiting for an operator's decision, by code (from the tallies), each with its first few
+-- identifiers: the first :per_code entries of the attention_by_code index from the code's
+-- position on, those of another code dropped. Written as a position in the index (a row
+-- comparison) rather than an equality: with an equality on a code from the tallies the planner
+-- guessed a few rows and read every row of the code through a bitmap (a code can have 200,000
+-- rejected rows).
 SELECT f.state, f.code, f.n, ids.identifiers
-FROM (SELECT state, coalesce(last_error_code, '') AS code, count(*) AS n
-      FROM meter_event_outbox WHERE state IN ('failed', 'rejected')
-      GROUP BY 1, 2) f,
-     LATERAL (SELECT array_agg(identifier ORDER BY id) AS identifiers
-              FROM (SELECT o.identifier, o.id FROM meter_event_outbox o
-                    -- the IN list lets the planner use the partial index attention_by_code
-                    WHERE o.state IN ('failed', 'rejected') AND o.state = f.state
-                      AND coalesce(o.last_error_code, '') = f.code
-                    ORDER BY o.id LIMIT :per_code) s) ids
+FROM (SELECT state, code, n FROM meter_event_outbox_tally
+      WHERE state IN ('failed', 'rejected')) f,
+     LATERAL (SELECT array_agg(s.identifier ORDER BY s.id) AS identifiers
+              FROM (SELECT o.identifier, o.id, o.state, coalesce(o.last_error_code, '') AS code
+                    FROM meter_event_outbox o
+                    WHERE o.state IN ('failed', 'rejected')
+                      AND (o.state, coalesce(o.last_error_code, ''), o.id) > (f.state, f.code, 0)
+                    ORDER BY o.state, coalesce(o.last_error_code, ''), o.id
+                    LIMIT :per_code) s
+              WHERE s.state = f.state AND s.code = f.code) ids
 ORDER BY f.n DESC, f.state, f.code
 
 -- name: look_rows
@@ -655,10 +668,9 @@ FROM sampled
 GROUP BY 1, k ORDER BY 1
 
 -- name: customer_backlog
--- Customers with the most unsent rows (the lane index leads with customer).
-SELECT customer, count(*) AS n, min(created_at) AS oldest_created_at
-FROM meter_event_outbox WHERE state IN ('pending', 'in_flight')
-GROUP BY customer ORDER BY 2 DESC, 1 LIMIT :limit
+-- Customers with the most unsent rows, from the tallies (one row per customer with a backlog).
+SELECT customer, n FROM meter_event_outbox_tally
+WHERE state = '' ORDER BY n DESC, customer LIMIT :limit
 
 -- name: trace_contexts
 -- The recorded trace context of claimed rows, for the relay's spans (only while tracing is on:
@@ -747,12 +759,12 @@ WHERE last_seen_at > now() - make_interval(days => 35)
 ORDER BY 1, 2
 
 -- name: held_by_meter
--- Rows held because of their meter, per account, event name and code (pending rows only:
--- the hot part).
+-- Rows held because of their meter, per account, event name and code: read through the waiting
+-- index, so the cost follows the held rows, never the rest of the backlog.
 SELECT coalesce(stripe_account, '') AS account, event_name, last_error_code AS code,
        count(*) AS n, min(created_at) AS oldest_created_at, min(occurred_at) AS oldest_occurred_at
 FROM meter_event_outbox
-WHERE state = 'pending' AND available_at > '-infinity'
+WHERE state = 'pending' AND last_error_code IS NOT NULL
   AND last_error_code = ANY(CAST(:codes AS text[]))
 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
 

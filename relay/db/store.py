@@ -23,6 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from relay.core.meters import HELD_CODES, WHAT_TO_DO, MeterInfo, MeterRead
 from relay.core.rows import Claimed, Outcome
+from relay.core.unsent import needs_status, split, state_counts
 from relay.core.vocabulary import AUTH_WAIT_CODES, STATES, State
 from relay.db import queries as q
 from relay.db.queries import (
@@ -34,8 +35,7 @@ from relay.db.queries import (
     OutageState,
     RetryCandidate,
     RowState,
-    StateCount,
-    UnsentGroup,
+    Tally,
     Walked,
 )
 
@@ -51,7 +51,7 @@ __all__ = [
     "RetryCandidate",
     "Store",
     "SyncStore",
-    "UnsentGroup",
+    "Tally",
     "Walked",
 ]
 
@@ -392,6 +392,11 @@ def meters_params(account: str, meters: Sequence[MeterInfo]) -> q.SaveMetersPara
     return {"account": account, "meters": orjson.dumps(rows).decode()}
 
 
+def pending_codes(tallies: list[Tally]) -> list[str]:
+    """The codes pending rows carry ('' = none left out)."""
+    return sorted({t.code for t in tallies if t.state == "pending" and t.code})
+
+
 # -- the web console and /metrics: reads, on the pool they are given ---------------------------
 
 ATTEMPT_WINDOW_CAP = 100_000  # newest attempts read for "the last hour" (bounded on busy hours)
@@ -462,9 +467,19 @@ class ConsoleStore(AsyncExecutor):
     async def live_relay_count(self) -> int:
         return len(await self.live_relays())
 
-    async def backing_off(self, limit: int = 20) -> list[Row]:
-        """Pending rows with an error code by code, `held` telling holds from retries."""
-        return await self.all(q.BACKING_OFF({"held": list(HOLD_CODES), "limit": limit}))
+    async def counts_and_unsent(self) -> tuple[dict[str, int], dict[str, Any]]:
+        """Rows per state and the unsent rows by bucket, as `status` shows them
+        (SyncStore.unsent), from one read of the tallies."""
+        tallies = await self.all(q.STATUS_TALLY({}))
+        codes = pending_codes(tallies)
+        attempts = await self.all(q.NEXT_ATTEMPTS({"codes": codes}))
+        statuses = {
+            c: await self.first(q.LAST_STATUS_FOR_CODE({"code": c}))
+            for c in codes
+            if needs_status(c)
+        }
+        nexts = {a.code: a.next_attempt_at for a in attempts}
+        return state_counts(tallies), split(tallies, nexts, statuses, datetime.now(UTC))
 
     async def last_hour(self) -> HourActivity:
         done = await self.one(q.FINISHED_LAST_HOUR({}))
@@ -593,17 +608,25 @@ class SyncStore(SyncExecutor):
         except psycopg.errors.UndefinedTable:
             return None
 
-    def state_counts(self) -> list[StateCount]:
-        return self.all(q.STATE_COUNTS({}))
-
     def live_relays(self, stale_seconds: float) -> list[LiveRelay]:
         return self.all(q.LIVE_RELAYS({"stale_seconds": stale_seconds}))
 
-    def failures_by_code(self) -> list[q.FailureCount]:
-        return self.all(q.FAILURES_BY_CODE({}))
+    def oldest_unsent(self) -> Lag:
+        return self.one(q.OLDEST_UNSENT({}))
 
-    def waiting_by_code(self) -> list[q.WaitingCount]:
-        return self.all(q.WAITING_BY_CODE({}))
+    def status_tally(self) -> list[Tally]:
+        try:
+            return self.all(q.STATUS_TALLY({}))
+        except psycopg.errors.UndefinedTable:  # schema before 0015: counted, as it was then
+            return self.all(q.STATUS_TALLY_COUNTED({}))
+
+    def unsent(self, tallies: list[Tally], now: datetime) -> dict[str, Any]:
+        """The unsent rows by bucket (relay.core.unsent), from the tallies and one index probe
+        per code: its next attempt, and for a code of Stripe's the last answer's status."""
+        codes = pending_codes(tallies)
+        nexts = {a.code: a.next_attempt_at for a in self.all(q.NEXT_ATTEMPTS({"codes": codes}))}
+        statuses = {c: self.last_status_for_code(c) for c in codes if needs_status(c)}
+        return split(tallies, nexts, statuses, now)
 
     def row_story(self, identifier: str) -> Row | None:
         """Every column of one row (the set shown to operators), or None."""
@@ -613,9 +636,6 @@ class SyncStore(SyncExecutor):
         """Requeue failed/rejected rows (see the query): the rows requeued and those refused,
         with the reason. `dry_run`: what it would do, changing nothing."""
         return self.all(q.RETRY(retry_params(how, dry_run)))
-
-    def unsent_by_group(self) -> list[UnsentGroup]:
-        return self.all(q.UNSENT_BY_GROUP({}))
 
     def last_status_for_code(self, code: str) -> int | None:
         """HTTP status of the latest attempt of a pending row with `code` (None: no attempt)."""

@@ -274,12 +274,13 @@ class Console:
         """The overview's statements, one after the other on the console's pool (shared by
         every viewer for a few seconds: shared.py)."""
         relays = await self.store.live_relays()
+        counts, unsent = await self.store.counts_and_unsent()
         return {
-            "counts": await self.store.state_counts(),
+            "counts": counts,
             "lag": await self.store.lag(),
             "hour": await self.store.last_hour(),
             "attempt_errors": await self.store.attempt_errors(),
-            "backing_off": await self.store.backing_off(),
+            "unsent": unsent,
             "held": await self.store.held_for_meter(),
             "failures": await self.store.failures_by_code(),
             "customers": await self.store.customer_backlog(TOP_CUSTOMERS),

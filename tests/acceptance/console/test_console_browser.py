@@ -13,6 +13,7 @@ import pytest
 
 from relay.emulator import Emulator
 from tests.support.console import TOKEN, db_counts, seed, served
+from tests.support.outage import SEEDED, UNSENT, seed_outage
 from tests.support.relay import row
 
 ARTIFACTS = Path(os.environ.get("OUTBOX_ARTIFACTS_DIR", "artifacts"))
@@ -156,3 +157,29 @@ async def test_console_shows_bidi_and_control_characters_visibly(
     shown = "x\\x1b]0;owned\\x07\\u202egnp.exe <b>[/]</b>"
     async with served(database_url, emulator) as app:
         await asyncio.to_thread(_hostile_walk, browser, app.url, identifier, shown)
+
+
+def _outage_walk(driver, base: str) -> None:
+    """The overview during a seeded outage: every bucket with rows, and the total they add to."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{base}/console")
+    shown = {}
+    for key, groups in SEEDED.items():
+        cells = driver.find_elements(By.CSS_SELECTOR, f"#bucket-{key} td")
+        shown[key] = int(cells[1].text.replace(",", ""))
+        assert shown[key] == sum(n for _, _, n in groups), key
+    total = int(driver.find_element(By.ID, "unsent-total").text.replace(",", ""))
+    assert total == sum(shown.values()) == UNSENT
+    unsent = driver.find_element(By.ID, "unsent").text
+    assert "held: key or account refused" in unsent and "acct_a" in unsent
+    assert "retrying: Stripe did not answer" in unsent and "http_503" in unsent
+    _screenshot(driver, "outage-buckets")
+
+
+async def test_console_overview_splits_unsent_rows_into_buckets_that_add_up(
+    browser, database_url: str, emulator: Emulator
+) -> None:
+    seed_outage(database_url)
+    async with served(database_url, emulator) as app:
+        await asyncio.to_thread(_outage_walk, browser, app.url)

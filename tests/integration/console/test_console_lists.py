@@ -136,7 +136,7 @@ async def test_readme_example_lists_rows_retrying_with_the_code(
     assert page.count(">retrying</span>") == 3
 
 
-async def test_retrying_card_leaves_held_rows_out(
+async def test_held_rows_are_in_the_held_buckets_not_retrying(
     database_url: str, db: psycopg.Connection, emulator: Emulator
 ) -> None:
     _add(db, "k", 2, "pending", "api_key_refused", attempts=0)
@@ -144,11 +144,11 @@ async def test_retrying_card_leaves_held_rows_out(
     _add(db, "p", 1, "pending", "rate_limited")
     async with served(database_url, emulator) as app:
         page = await _fetch(f"{app.url}/console")
-    retrying = page.split('id="retrying"')[1].split("</section>")[0]
-    table, held_line = retrying.split('id="held-codes"')
-    assert "rate_limited" in table
-    assert "api_key_refused" not in table and "meter_missing" not in table
-    assert "api_key_refused" in held_line and "meter_missing" in held_line
+    unsent = page.split('id="unsent"')[1].split("</section>")[0]
+    at = unsent.index
+    assert at('id="bucket-rate_limited"') < at("rate_limited</code>") < at('id="bucket-held_auth"')
+    assert at('id="bucket-held_auth"') < at("api_key_refused") < at('id="bucket-held_meter"')
+    assert at('id="bucket-held_meter"') < at("meter_missing")
 
 
 async def test_bulk_retry_confirms_the_count_and_follows_the_cli_rules(

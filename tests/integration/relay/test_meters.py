@@ -258,7 +258,9 @@ async def test_held_rows_visible_in_status_list_inspect_console_and_metrics(
         3,
     )
     assert "create a meter" in group["what_to_do"]
-    assert data["unsent"]["backing_off"] == []  # held rows are not "retrying"
+    buckets = data["unsent"]["buckets"]
+    assert buckets["held_meter"]["rows"] == 3  # held rows are not "retrying"
+    assert buckets["retrying"]["rows"] == buckets["retrying_no_answer"]["rows"] == 0
     assert {r["identifier"] for r in listed} == set(identifiers)
     assert story is not None and story["summary"].startswith("held, not sent (meter_missing)")
     async with (

@@ -76,8 +76,9 @@ async def test_status_during_an_outage_shows_true_lag_and_what_rows_wait_for(
     assert data["lag"]["created_age_seconds"] >= float(recorded_age) > 0
     oldest = scalar(db, "SELECT min(created_at) FROM meter_event_outbox")
     assert datetime.fromisoformat(data["lag"]["oldest_unsent_created_at"]) == oldest
-    assert data["unsent"]["due"] == 0 and data["unsent"]["in_flight"] == 0
-    (backoff,) = data["unsent"]["backing_off"]
+    buckets = data["unsent"]["buckets"]
+    assert buckets["due"]["rows"] == 0 and buckets["in_flight"]["rows"] == 0
+    (backoff,) = buckets["retrying_no_answer"]["groups"]
     assert (backoff["code"], backoff["rows"]) == ("http_503", 3)
     assert 0 < backoff["next_attempt_in_seconds"] <= 38
     assert cli(database_url, "status", "--fail-if-lag", "3600").returncode == 0
@@ -104,8 +105,9 @@ def test_status_tells_rows_waiting_on_auth_and_fails_on_failed_rows(database_url
     out = cli(database_url, "status", "--json", "--fail-if-failed", "1")
     data = json.loads(out.stdout)
     assert out.returncode == 5
-    assert [g["code"] for g in data["unsent"]["waiting_on_auth"]] == ["api_key_expired"]
-    assert data["unsent"]["due"] == 1  # u3
+    buckets = data["unsent"]["buckets"]
+    assert [g["code"] for g in buckets["held_auth"]["groups"]] == ["api_key_expired"]
+    assert buckets["due"]["rows"] == 1  # u3
     assert cli(database_url, "status", "--fail-if-failed", "2").returncode == 0
 
 
