@@ -653,7 +653,7 @@ RETURNING id
 -- terminal-age index). A new group is due once its hour has closed and the settle delay has
 -- passed; a confirmed or drifting group with rows changed since its last comparison goes back
 -- to `awaiting`; an awaiting group adds the new rows to its count. Returns the groups written
--- and whether the cursor stopped short of :until (more to do).
+-- and whether the cursor stopped short of the window's end (more to do).
 WITH cursor_at AS (SELECT through FROM meter_event_outbox_confirmation_cursor),
 window_end AS (
     SELECT to_timestamp(floor((extract(epoch FROM now()) - :margin_seconds) / :window_seconds)
