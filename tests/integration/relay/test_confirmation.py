@@ -33,6 +33,7 @@ def emulator_config() -> EmulatorConfig:
         customers=frozenset({"cus_real", "cus_other"}),
         error_report_delay=6.0,  # one report for the whole drain, as Stripe aggregates
         summaries_lag_seconds=0.3,
+        summaries_jitter_seconds=0.5,  # two reads a moment apart may disagree
     )
 
 
@@ -83,10 +84,15 @@ async def relay_with_webhooks(settings: Any, emulator: Emulator) -> AsyncIterato
             yield relay
 
 
-async def until(condition: Any, timeout: float = 40.0) -> None:
+async def until(relay: RunningRelay, condition: Any, timeout: float = 40.0) -> None:
+    """Wait until `condition()` holds, looking again after each confirmation pass."""
+    confirmation = relay.relay.confirmation
+    assert confirmation is not None
+
     async def loop() -> None:
         while not condition():
-            await asyncio.sleep(0.1)
+            async with confirmation.passed:
+                await confirmation.passed.wait()
 
     await asyncio.wait_for(loop(), timeout)
 
@@ -111,9 +117,9 @@ async def test_every_dropped_row_ends_rejected_ten_named_ninety_inferred(
     real = record_last_hour(database_url, "cus_real", 20, "real")
     # The summaries settle after the report arrives, as Stripe's do (minutes, not seconds).
     settings = fast(database_url, emulator, summary_settle_seconds=8.0)
-    async with relay_with_webhooks(settings, emulator):
-        await until(lambda: states(database_url).get("rejected", 0) == 100)
-        await until(lambda: accepted_confirmed(database_url, len(real)))
+    async with relay_with_webhooks(settings, emulator) as relay:
+        await until(relay, lambda: states(database_url).get("rejected", 0) == 100)
+        await until(relay, lambda: accepted_confirmed(database_url, len(real)))
     dropped = rows(database_url, "ghost")
     assert {r["state"] for r in dropped} == {"rejected"}
     assert {r["last_error_code"] for r in dropped} == {"meter_event_customer_not_found"}
@@ -139,7 +145,7 @@ async def test_a_clean_run_ends_with_every_accepted_row_confirmed(
     identifiers = record_last_hour(database_url, "cus_real", 30, "a")
     identifiers += record_last_hour(database_url, "cus_other", 30, "b")
     async with relay_with_webhooks(fast(database_url, emulator), emulator) as relay:
-        await until(lambda: accepted_confirmed(database_url, 60))
+        await until(relay, lambda: accepted_confirmed(database_url, 60))
         confirmation = relay.relay.confirmation
         assert confirmation is not None
         compared = confirmation.compared
@@ -158,14 +164,14 @@ async def test_a_partial_drop_is_drift_and_never_pinned_on_rows(
     the group is reported as drift with its identifiers; no row is rejected."""
     record_last_hour(database_url, "cus_real", 20, "p")
     settings = fast(database_url, emulator)
-    async with relay_with_webhooks(settings, emulator):
-        await until(lambda: states(database_url).get("accepted", 0) == 20)
+    async with relay_with_webhooks(settings, emulator) as relay:
+        await until(relay, lambda: states(database_url).get("accepted", 0) == 20)
         client = stripe_client(emulator)
         for identifier in ["p16", "p17", "p18", "p19", "p20"]:
             await client.v1.billing.meter_event_adjustments.create_async(
                 {"event_name": "api_calls", "type": "cancel", "cancel": {"identifier": identifier}}
             )
-        await until(lambda: status(database_url)["confirmation"]["drifting"] == 20)
+        await until(relay, lambda: status(database_url)["confirmation"]["drifting"] == 20)
     assert states(database_url) == {"accepted": 20}
     with psycopg.connect(database_url) as conn:
         report = conn.execute(
@@ -234,7 +240,7 @@ async def test_replicas_make_one_comparison_per_group(
     ]
     async with contextlib.AsyncExitStack() as stack:
         relays = [await stack.enter_async_context(running_relay(s)) for s in settings]
-        await until(lambda: accepted_confirmed(database_url, 36))
+        await until(relays[0], lambda: accepted_confirmed(database_url, 36))
         compared = [r.relay.confirmation.compared for r in relays if r.relay.confirmation]
     summary_calls = emulator.requests("GET /v1/billing/meters/{id}/event_summaries")
     assert sum(compared) == len(customers) == summary_calls
