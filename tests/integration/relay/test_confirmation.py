@@ -192,6 +192,12 @@ async def test_a_cross_account_error_report_touches_nothing(
     record_last_hour(database_url, "cus_real", 5, "x")
     with psycopg.connect(database_url) as conn:
         conn.execute("UPDATE meter_event_outbox SET state = 'accepted', accepted_at = now()")
+        # The platform's meters were read: none has the event name, so a no_meter_found
+        # report of the platform's own would reject its rows.
+        conn.execute(
+            "INSERT INTO meter_event_outbox_meter_reads (stripe_account, outcome)"
+            " VALUES ('', 'ok'), ('acct_attacker', 'ok')"
+        )
     event = {
         "id": "evt_attacker",
         "type": "v1.billing.meter.no_meter_found",
@@ -223,6 +229,16 @@ async def test_a_cross_account_error_report_touches_nothing(
     with psycopg.connect(database_url) as conn:
         scheduled = conn.execute("SELECT count(*) FROM meter_event_outbox_groups").fetchone()
     assert scheduled == (0,)
+    # The same report from the rows' own account (the platform: no context) does act.
+    own = {k: v for k, v in event.items() if k != "context"}
+    pool = make_pool(database_url)
+    await pool.open(wait=True)
+    try:
+        assert sorted(await apply_event(Store(pool), own, settle_seconds=0)) == [
+            "x1", "x2", "x3", "x4", "x5"
+        ]  # fmt: skip
+    finally:
+        await pool.close()
 
 
 async def test_replicas_make_one_comparison_per_group(
