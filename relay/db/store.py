@@ -471,6 +471,10 @@ class ConsoleStore(AsyncExecutor):
         """The newest drift report (meter_event_outbox_drift_reports), or None."""
         return await self.first(q.LATEST_DRIFT_REPORT({}))
 
+    async def row_confirmation(self, identifier: str) -> Row | None:
+        """How one row stands against Stripe's totals (its group), or None before a look."""
+        return await self.first(q.ROW_CONFIRMATION({"identifier": identifier}))
+
     async def open_session(self, session_id: str, seconds: float) -> None:
         """Record a signed-in console session (ids are hashes; see the migration)."""
         await self.all(q.CONSOLE_SESSION_OPEN({"id": session_id, "seconds": seconds}))

@@ -261,6 +261,7 @@ class Console:
             "relays": relays,
             "share": self._share(len(relays)),
             "drift": await self.store.latest_drift_report(),
+            "confirmation": await self.store.confirmation(),
         }
 
     def _share(self, live: int) -> dict[str, Any]:
@@ -280,6 +281,7 @@ class Console:
         identifier = request.query.get("identifier", "").strip()
         found = await self.store.row(identifier) if identifier else None
         attempts = await self.store.attempts(found["id"]) if found else []
+        confirmation = await self.store.row_confirmation(identifier) if found else None
         return self._page(
             "row.html",
             viewer,
@@ -287,6 +289,7 @@ class Console:
             identifier=identifier,
             row=found,
             attempts=attempts,
+            confirmation=confirmation,
             notice=NOTICES.get(request.query.get("done", "")),
         )
 
