@@ -47,8 +47,9 @@ CREATE INDEX IF NOT EXISTS meter_event_outbox_groups_not_confirmable
     WHERE state = 'not_confirmable';
 
 -- One comparison at a time per (account, customer, event name) series across replicas: a
--- relay inserts the series' lease before its summary call and deletes it after; an expired
--- lease (a relay that died) is taken over.
+-- relay takes the series' lease before its summary call and expires it after (the row stays,
+-- so the next lease is an update in place); an expired lease (a relay that died) is taken
+-- over. One row per series ever compared.
 CREATE TABLE IF NOT EXISTS meter_event_outbox_comparison_leases (
     stripe_account text NOT NULL,
     customer       text NOT NULL,

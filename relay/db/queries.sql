@@ -812,7 +812,9 @@ written AS (
     RETURNING g.hour
 ),
 released AS (
-    DELETE FROM meter_event_outbox_comparison_leases
+    -- Expired rather than deleted: the next lease of the series updates the same row in
+    -- place (a heap-only update: no index entry), the cheapest write per comparison.
+    UPDATE meter_event_outbox_comparison_leases SET until = '-infinity'
     WHERE stripe_account = :account AND customer = :customer AND event_name = :event_name
       AND token = :token
 )
