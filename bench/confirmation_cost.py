@@ -100,18 +100,26 @@ def groups_design(conn: psycopg.Connection[Any]) -> None:
                     "hours": 840,
                     "relay_id": "bench",
                     "lease_seconds": 60,
-                }  # fmt: skip
+                }
             )
         )
         if not leased:
             return
         for g in leased:
             verdict = [
-                {"hour": g.hour.isoformat(), "state": "confirmed", "due_in": None,
-                 "events": 1, "value": "1", "stripe_value": "1",
-                 "summary_id": "mtrusg_" + uuid4().hex[:24],
-                 "counted_through": g.hour.isoformat(), "zero_reads": 0, "detail": None}
-            ]  # fmt: skip
+                {
+                    "hour": g.hour.isoformat(),
+                    "state": "confirmed",
+                    "due_in": None,
+                    "events": 1,
+                    "value": "1",
+                    "stripe_value": "1",
+                    "summary_id": "mtrusg_" + uuid4().hex[:24],
+                    "counted_through": g.hour.isoformat(),
+                    "zero_reads": 0,
+                    "detail": None,
+                }
+            ]
             store.one(
                 q.RECORD_COMPARISONS(
                     {
@@ -121,7 +129,7 @@ def groups_design(conn: psycopg.Connection[Any]) -> None:
                         "token": g.token,
                         "verdicts": orjson.dumps(verdict).decode(),
                         "keep_counts": False,
-                    }  # fmt: skip
+                    }
                 )
             )
 
@@ -171,10 +179,19 @@ async def part2(admin_url: str, customers: int, meters: int) -> None:
             for c in range(1, customers + 1):
                 for m in range(1, meters + 1):
                     emulator.state.ledger.record(
-                        LedgerEvent(config.platform_account, False, METERS[m - 1],
-                                    f"f{c}-{m}-1", f"cus_{c}", 1, int(hour.timestamp()) + 1,
-                                    time.time() - 7200, {}, meter_id=f"mtr_{METERS[m - 1]}")
-                    )  # fmt: skip
+                        LedgerEvent(
+                            config.platform_account,
+                            False,
+                            METERS[m - 1],
+                            f"f{c}-{m}-1",
+                            f"cus_{c}",
+                            1,
+                            int(hour.timestamp()) + 1,
+                            time.time() - 7200,
+                            {},
+                            meter_id=f"mtr_{METERS[m - 1]}",
+                        )
+                    )
         settings = Settings(
             database_url=url,
             stripe_api_key="sk_test_bench",
@@ -184,9 +201,11 @@ async def part2(admin_url: str, customers: int, meters: int) -> None:
         catalogue = MeterCatalogue(60)
         catalogue.replace(
             "",
-            [MeterInfo("", f"mtr_{n}", n, "active", "stripe_customer_id", "value", None, "sum")
-             for n in METERS[:meters]],
-        )  # fmt: skip
+            [
+                MeterInfo("", f"mtr_{n}", n, "active", "stripe_customer_id", "value", None, "sum")
+                for n in METERS[:meters]
+            ],
+        )
         sender = StripeSender("sk_test_bench", emulator.base_url, 10, 20)
         pool = make_pool(url)
         await pool.open(wait=True)
@@ -204,16 +223,33 @@ async def part2(admin_url: str, customers: int, meters: int) -> None:
         elapsed = time.perf_counter() - started
         reads = emulator.requests("GET /v1/billing/meters/{id}/event_summaries")
         with psycopg.connect(url) as conn:
-            states = dict(conn.execute("SELECT state, count(*) FROM meter_event_outbox_groups"
-                                       " GROUP BY 1").fetchall())  # fmt: skip
+            states = dict(
+                conn.execute(
+                    "SELECT state, count(*) FROM meter_event_outbox_groups GROUP BY 1"
+                ).fetchall()
+            )
     pace = default_read_rate("sk_live_x") * Settings.model_fields["confirm_read_share"].default
     table(
         f"Summary reads for one closed hour of {customers:,} customers x {meters} meters",
-        ["summary reads", "per hour of usage", "share of 100/s live", "at 10/s (default)",
-         "groups", "bench wall s"],
-        [[reads, f"{reads:,}/h", f"{reads / 3600 / STRIPE_READ_LIMIT_LIVE:.1%}",
-          f"{reads / pace / 60:.0f} min", str(states), elapsed]],
-    )  # fmt: skip
+        [
+            "summary reads",
+            "per hour of usage",
+            "share of 100/s live",
+            "at 10/s (default)",
+            "groups",
+            "bench wall s",
+        ],
+        [
+            [
+                reads,
+                f"{reads:,}/h",
+                f"{reads / 3600 / STRIPE_READ_LIMIT_LIVE:.1%}",
+                f"{reads / pace / 60:.0f} min",
+                str(states),
+                elapsed,
+            ]
+        ],
+    )
 
 
 def main() -> None:
