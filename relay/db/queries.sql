@@ -329,10 +329,20 @@ WITH gone AS (
         ORDER BY updated_at
         LIMIT :batch_size
         FOR UPDATE SKIP LOCKED)
-    RETURNING o.id
+    RETURNING o.id, coalesce(o.stripe_account, '') AS account, o.customer, o.event_name,
+              date_trunc('hour', o.occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS hour
 ),
 history AS (
     DELETE FROM meter_event_outbox_attempts a WHERE a.outbox_id IN (SELECT id FROM gone)
+),
+-- The confirmation of the pruned rows' groups goes with them (primary-key probes): settled
+-- groups only; one still awaiting or drifting stays for the operator to see.
+settled_groups AS (
+    DELETE FROM meter_event_outbox_groups g
+    USING (SELECT DISTINCT account, customer, event_name, hour FROM gone) k
+    WHERE g.stripe_account = k.account AND g.customer = k.customer
+      AND g.event_name = k.event_name AND g.hour = k.hour
+      AND g.state IN ('confirmed', 'not_confirmable')
 )
 SELECT id FROM gone
 

@@ -260,3 +260,24 @@ async def test_replicas_make_one_comparison_per_group(
         compared = [r.relay.confirmation.compared for r in relays if r.relay.confirmation]
     summary_calls = emulator.requests("GET /v1/billing/meters/{id}/event_summaries")
     assert sum(compared) == len(customers) == summary_calls
+
+
+def test_prune_takes_the_settled_groups_of_the_rows_it_deletes(database_url: str, db: Any) -> None:
+    """Groups do not outlive their rows: a confirmed group goes with its pruned rows; a group
+    still awaiting stays for the operator to see."""
+    db.execute(
+        "INSERT INTO meter_event_outbox (identifier, event_name, customer, value, state,"
+        " occurred_at, created_at, updated_at)"
+        " SELECT 'old' || g, 'api_calls', 'cus_' || g, 1, 'accepted',"
+        " timestamptz '2026-10-01 10:30+00', timestamptz '2026-10-01 10:30+00',"
+        " timestamptz '2026-10-01 11:00+00' FROM generate_series(1, 2) g"
+    )
+    db.execute(
+        "INSERT INTO meter_event_outbox_groups (stripe_account, customer, event_name, hour,"
+        " state, due_at) VALUES ('', 'cus_1', 'api_calls', '2026-10-01 10:00+00', 'confirmed',"
+        " now()), ('', 'cus_2', 'api_calls', '2026-10-01 10:00+00', 'awaiting', now())"
+    )
+    with ops.connect(database_url) as conn:
+        assert ops.prune(conn, older_than_days=35) == 2
+    left = db.execute("SELECT customer, state FROM meter_event_outbox_groups").fetchall()
+    assert left == [("cus_2", "awaiting")]
