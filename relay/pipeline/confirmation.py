@@ -47,7 +47,7 @@ Fetch = Callable[[str, str, str, datetime, datetime], Awaitable[dict[datetime, S
 DROPPED_BY_STRIPE = "dropped_by_stripe"
 ZERO_READS_TO_INFER = 2  # Stripe at 0 on two reads, a settle delay apart, before any row moves
 DRIFT_RECHECK = 3600.0  # a drifting group is compared again after this many seconds
-RETRY_AFTER = 300.0  # after a failed summary read, or meters not read yet
+RETRY_AFTER = 300.0  # at most, after a failed summary read or meters not read yet
 DISCOVERY_BATCH = 50_000  # rows per discovery statement (a long history catches up in steps)
 MAX_HOURS = 840  # hours per series per comparison: Stripe's 35 days
 DISCOVERY_MARGIN = 60.0  # seconds a window must have ended (commit lag, clock skew)
@@ -74,6 +74,9 @@ class Confirmation:
         self.series = max(1, min(100, int(rate * 10)))
         self.lease_seconds = 60.0 + 2 * self.series / rate
         self.interval = min(30.0, max(0.2, min(self.settle, self.window) / 4))
+        # A failed read is tried again after the settle delay, at most RETRY_AFTER: a summary
+        # endpoint answering 5xx or 429 for an hour costs a read per series every 5 minutes.
+        self.retry_after = min(RETRY_AFTER, max(1.0, self.settle))
         self.compared = 0  # series compared (one summary read each, every page)
         self.passes = 0  # completed passes (tests await them)
         self.passed = asyncio.Condition()
@@ -127,7 +130,7 @@ class Confirmation:
         account, customer, event_name = first.account, first.customer, first.event_name
         meters = self.catalogue.active_meters(account, event_name)
         if meters is None:
-            await self._keep(groups, "the account's meters are not read yet", RETRY_AFTER)
+            await self._keep(groups, "the account's meters are not read yet", self.retry_after)
             return
         if len(meters) != 1 or meters[0].formula not in COMPARABLE:
             await self._not_confirmable(groups, _why_not(meters))
@@ -144,7 +147,8 @@ class Confirmation:
                 event_name=event_name,
                 error=type(err).__name__,
             )
-            await self._keep(groups, f"summaries unavailable ({type(err).__name__})", RETRY_AFTER)
+            detail = f"summaries unavailable ({type(err).__name__})"
+            await self._keep(groups, detail, self.retry_after)
             return
         metrics.SUMMARY_READS.labels("ok").inc()
         self.compared += 1

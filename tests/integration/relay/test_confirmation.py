@@ -281,3 +281,25 @@ def test_prune_takes_the_settled_groups_of_the_rows_it_deletes(database_url: str
         assert ops.prune(conn, older_than_days=35) == 2
     left = db.execute("SELECT customer, state FROM meter_event_outbox_groups").fetchall()
     assert left == [("cus_2", "awaiting")]
+
+
+async def test_summaries_failing_judge_nothing_and_cause_no_call_storm(
+    database_url: str, emulator: Emulator
+) -> None:
+    """Stripe's summaries answer 503, then 429: nothing is judged on a failed read (no row
+    moves), each series is read again only after the settle delay, and once the reads answer,
+    the dropped facts end rejected (dropped_by_stripe: no error report here) and the counted
+    ones confirmed."""
+    record_last_hour(database_url, "cus_real", 5, "ok")
+    record_last_hour(database_url, "cus_ghost", 5, "lost")
+    path = "/v1/billing/meters/mtr_api_calls/event_summaries"
+    emulator.fail_next(4, status=503, path=path)
+    emulator.fail_next(4, kind="429", path=path)
+    settings = fast(database_url, emulator, stripe_webhook_secret=None)
+    async with running_relay(settings) as relay:
+        await until(relay, lambda: states(database_url).get("rejected", 0) == 5)
+        await until(relay, lambda: accepted_confirmed(database_url, 5))
+    assert {r["last_error_code"] for r in rows(database_url, "lost")} == {"dropped_by_stripe"}
+    assert {r["inferred_from"] for r in rows(database_url, "lost")} == {"summaries"}
+    # 2 series: 8 failed reads, then 1 read for cus_real and 2 (zero twice) for cus_ghost.
+    assert emulator.requests(path) <= 8 + 3 + 2
