@@ -16,6 +16,9 @@ CREATE TABLE IF NOT EXISTS meter_event_outbox_groups (
     state           text NOT NULL DEFAULT 'awaiting',
     due_at          timestamptz NOT NULL,
     events          bigint NOT NULL DEFAULT 0,   -- our accepted rows at the last look
+    -- Rows the last match confirmed (0 once the group drifts): the confirmed counter below
+    -- is the sum of this over confirmed and awaiting groups.
+    confirmed_events bigint NOT NULL DEFAULT 0,
     value           numeric NOT NULL DEFAULT 0,  -- their sum
     stripe_value    numeric,                     -- Stripe's total at the last comparison
     summary_id      text,                        -- the summary that confirmed the group
@@ -64,9 +67,12 @@ CREATE TABLE IF NOT EXISTS meter_event_outbox_comparison_leases (
 -- belong to groups that must be compared (again). It moves in whole windows
 -- (OUTBOX_CONFIRM_WINDOW_SECONDS, an hour by default), so each group is written once per
 -- window, not once per pass.
+-- `confirmed` counts the accepted rows confirmed (kept by the comparisons and `prune`), so
+-- `status` never sums history: awaiting = accepted - confirmed - drifting - not confirmable.
 CREATE TABLE IF NOT EXISTS meter_event_outbox_confirmation_cursor (
-    one     boolean PRIMARY KEY DEFAULT true CHECK (one),
-    through timestamptz NOT NULL
+    one       boolean PRIMARY KEY DEFAULT true CHECK (one),
+    through   timestamptz NOT NULL,
+    confirmed bigint NOT NULL DEFAULT 0
 );
 INSERT INTO meter_event_outbox_confirmation_cursor (through)
 VALUES ('-infinity') ON CONFLICT DO NOTHING;

@@ -93,7 +93,7 @@ def _confirmation(store: SyncStore, accepted: int, now: datetime) -> dict[str, A
         conn = store.conn
         if not conn.autocommit:
             conn.rollback()
-        return confirmation_summary(ConfirmationCounts(accepted, 0, 0, 0, None), accepted, now)
+        return confirmation_summary(ConfirmationCounts(0, 0, 0, 0, None), accepted, now)
     return confirmation_summary(counts, accepted, now)
 
 

@@ -548,7 +548,7 @@ class SeriesHour(NamedTuple):
 
 
 class ConfirmationCounts(NamedTuple):
-    awaiting: int
+    confirmed: int
     drifting: int
     drifting_groups: int
     not_confirmable: int

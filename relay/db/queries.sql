@@ -343,6 +343,12 @@ settled_groups AS (
     WHERE g.stripe_account = k.account AND g.customer = k.customer
       AND g.event_name = k.event_name AND g.hour = k.hour
       AND g.state IN ('confirmed', 'not_confirmable')
+    RETURNING CASE WHEN g.state = 'confirmed' THEN g.confirmed_events ELSE 0 END AS n
+),
+uncounted AS (
+    UPDATE meter_event_outbox_confirmation_cursor k
+    SET confirmed = greatest(0, k.confirmed - (SELECT sum(n) FROM settled_groups))
+    WHERE EXISTS (SELECT 1 FROM settled_groups)
 )
 SELECT id FROM gone
 
@@ -798,9 +804,20 @@ ours AS (
     WHERE stripe_account = :account AND customer = :customer AND event_name = :event_name
       AND token = :token
 ),
+before AS (
+    SELECT g.hour,
+           CASE WHEN g.state IN ('confirmed', 'awaiting') THEN g.confirmed_events ELSE 0 END AS n
+    FROM meter_event_outbox_groups g
+    WHERE g.stripe_account = :account AND g.customer = :customer
+      AND g.event_name = :event_name AND g.hour IN (SELECT hour FROM v)
+),
 written AS (
     UPDATE meter_event_outbox_groups g
     SET state = v.state,
+        confirmed_events = CASE
+            WHEN v.state = 'confirmed' AND NOT CAST(:keep_counts AS boolean) THEN v.events
+            WHEN v.state IN ('drift', 'not_confirmable') THEN 0
+            ELSE g.confirmed_events END,
         due_at = CASE WHEN v.due_in IS NULL THEN g.due_at
                       ELSE now() + make_interval(secs => v.due_in) END,
         events = CASE WHEN CAST(:keep_counts AS boolean) THEN g.events ELSE v.events END,
@@ -811,6 +828,7 @@ written AS (
         confirmed_at = CASE WHEN v.state = 'confirmed' THEN now() ELSE g.confirmed_at END,
         counted_through = coalesce(v.counted_through, g.counted_through),
         confirmed_through = CASE WHEN v.state = 'confirmed' THEN v.counted_through
+                                 WHEN v.state IN ('drift', 'not_confirmable') THEN NULL
                                  ELSE g.confirmed_through END,
         zero_reads = v.zero_reads, detail = v.detail,
         report_id = CASE WHEN v.state = 'awaiting' THEN g.report_id END,
@@ -819,7 +837,18 @@ written AS (
     WHERE EXISTS (SELECT 1 FROM ours)
       AND g.stripe_account = :account AND g.customer = :customer
       AND g.event_name = :event_name AND g.hour = v.hour
-    RETURNING g.hour
+    RETURNING g.hour,
+              CASE WHEN g.state IN ('confirmed', 'awaiting') THEN g.confirmed_events
+                   ELSE 0 END AS n
+),
+delta AS (
+    SELECT (SELECT coalesce(sum(n), 0) FROM written)
+           - (SELECT coalesce(sum(b.n), 0) FROM before b
+              WHERE b.hour IN (SELECT hour FROM written)) AS n
+),
+counted AS (
+    UPDATE meter_event_outbox_confirmation_cursor k SET confirmed = k.confirmed + d.n
+    FROM delta d WHERE d.n <> 0
 ),
 released AS (
     -- Expired rather than deleted: the next lease of the series updates the same row in
@@ -906,15 +935,12 @@ WHERE o.state = 'accepted' AND o.updated_at >= :since AND o.updated_at < :until
 RETURNING o.identifier
 
 -- name: confirmation_counts
--- `status`: accepted rows awaiting confirmation, in drifting groups, in groups that cannot be
--- confirmed, and the oldest unconfirmed hour. Read through the two partial indexes of groups
--- not confirmed, plus the rows accepted since the discovery cursor (the terminal-age index,
--- at most one discovery window of rows): history is never read.
-SELECT coalesce((SELECT sum(events) FROM meter_event_outbox_groups
-                 WHERE state = 'awaiting'), 0)
-       + (SELECT count(*) FROM meter_event_outbox o, meter_event_outbox_confirmation_cursor c
-          WHERE o.state IN ('accepted', 'cancelled') AND o.updated_at > c.through
-            AND o.state = 'accepted') AS awaiting,
+-- `status`: accepted rows confirmed (a maintained counter), in drifting groups, in groups that
+-- cannot be confirmed, and since when rows wait: the oldest hour of a group not confirmed, or
+-- the acceptance hour of the oldest row discovery has not reached. Read through the two
+-- partial indexes of groups not confirmed and one probe of the terminal-age index: history is
+-- never read.
+SELECT (SELECT confirmed FROM meter_event_outbox_confirmation_cursor) AS confirmed,
        coalesce((SELECT sum(events) FROM meter_event_outbox_groups
                  WHERE state = 'drift'), 0) AS drifting,
        (SELECT count(*) FROM meter_event_outbox_groups WHERE state = 'drift') AS drifting_groups,
@@ -922,10 +948,11 @@ SELECT coalesce((SELECT sum(events) FROM meter_event_outbox_groups
                  WHERE state = 'not_confirmable'), 0) AS not_confirmable,
        least((SELECT min(hour) FROM meter_event_outbox_groups
               WHERE state IN ('awaiting', 'drift')),
-             (SELECT min(date_trunc('hour', o.occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')
+             (SELECT date_trunc('hour', o.updated_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
               FROM meter_event_outbox o, meter_event_outbox_confirmation_cursor c
               WHERE o.state IN ('accepted', 'cancelled') AND o.updated_at > c.through
-                AND o.state = 'accepted')) AS oldest_unconfirmed_hour
+                AND o.state = 'accepted'
+              ORDER BY o.updated_at LIMIT 1)) AS oldest_unconfirmed_hour
 
 -- name: row_confirmation
 -- How one row stands against Stripe's totals (`inspect`, the console's row page): its group's

@@ -370,14 +370,15 @@ def meters_params(account: str, meters: Sequence[MeterInfo]) -> q.SaveMetersPara
 
 def confirmation_summary(c: q.ConfirmationCounts, accepted: int, now: datetime) -> dict[str, Any]:
     """Accepted rows as confirmed / awaiting confirmation / drifting / not confirmable, and
-    the oldest unconfirmed hour (its end's age in seconds). Confirmed is what is left of the
-    accepted count (maintained counters) once the small, indexed sets are taken out: history
-    is never counted."""
-    awaiting, drifting, nc = int(c.awaiting), int(c.drifting), int(c.not_confirmable)
+    the oldest unconfirmed hour (its end's age in seconds). Confirmed is a maintained counter;
+    awaiting is what is left of the accepted count (maintained too) once the confirmed, the
+    drifting and the not confirmable are taken out: history is never counted."""
+    drifting, nc = int(c.drifting), int(c.not_confirmable)
+    confirmed = min(int(c.confirmed), accepted)
     oldest = c.oldest_unconfirmed_hour
     return {
-        "confirmed": max(0, accepted - awaiting - drifting - nc),
-        "awaiting": awaiting,
+        "confirmed": confirmed,
+        "awaiting": max(0, accepted - confirmed - drifting - nc),
         "drifting": drifting,
         "drifting_groups": int(c.drifting_groups),
         "not_confirmable": nc,

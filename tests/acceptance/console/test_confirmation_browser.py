@@ -54,7 +54,7 @@ def seed_after_drop(database_url: str) -> None:
         )
         conn.execute(
             "UPDATE meter_event_outbox_confirmation_cursor"
-            " SET through = now() - interval '1 minute'"
+            " SET through = now() - interval '1 minute', confirmed = 20"
         )
         conn.execute("SELECT outbox_fold_counts()")
 
