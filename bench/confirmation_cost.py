@@ -147,10 +147,14 @@ def column_design(conn: psycopg.Connection[Any]) -> None:
         )
 
 
-def part1(admin_url: str, customers: int, meters: int, per_group: list[int]) -> None:
+def part1(
+    admin_url: str, customers: int, meters: int, per_group: list[int], designs: list[str]
+) -> None:
     results = []
     for f in per_group:
         for design, work in (("groups", groups_design), ("column", column_design)):
+            if design not in designs:
+                continue
             with scratch_database(admin_url) as url:
                 facts = insert_accepted(url, customers, meters, f)
                 with psycopg.connect(url, autocommit=True) as conn:
@@ -258,9 +262,10 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=10_000)
     parser.add_argument("--meters", type=int, default=3)
     parser.add_argument("--per-group", type=int, nargs="+", default=[1, 10])
+    parser.add_argument("--designs", nargs="+", default=["groups", "column"])
     parser.add_argument("--skip-reads", action="store_true")
     args = parser.parse_args()
-    part1(args.database_url, args.customers, args.meters, args.per_group)
+    part1(args.database_url, args.customers, args.meters, args.per_group, args.designs)
     if not args.skip_reads:
         asyncio.run(part2(args.database_url, args.customers, args.meters))
 

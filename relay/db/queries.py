@@ -473,6 +473,7 @@ class SeriesParams(TypedDict):
     event_name: str
     since: datetime
     until: datetime
+    settle_seconds: float
 
 
 class RecordComparisonsParams(TypedDict):

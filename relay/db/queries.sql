@@ -708,7 +708,10 @@ written AS (
           AND k.counted_through >= ch.latest)
     ON CONFLICT (stripe_account, customer, event_name, hour) DO UPDATE
     SET state = 'awaiting',
-        due_at = greatest(g.due_at, EXCLUDED.due_at),
+        -- An awaiting group waits for its latest rows too; a confirmed or drifting one is due
+        -- again once the new rows settled (not at the drift's hourly recheck).
+        due_at = CASE WHEN g.state = 'awaiting' THEN greatest(g.due_at, EXCLUDED.due_at)
+                      ELSE EXCLUDED.due_at END,
         events = CASE WHEN g.state = 'confirmed' THEN EXCLUDED.events
                       ELSE g.events + EXCLUDED.events END,
         value = CASE WHEN g.state = 'confirmed' THEN EXCLUDED.value
@@ -769,12 +772,17 @@ ORDER BY 1, 2, 3, 5
 -- name: series_ours
 -- Our side of one series between :since and :until: per hour, the accepted rows' sum and count
 -- (cancelled rows, and reports whose cancel is in progress, are never counted: they are open or
--- cancelled), the rows sent but not settled (`open`: the hour is compared once they settle),
+-- cancelled), the rows not settled (`open`: sent without an outcome yet, or accepted less than
+-- the settle delay ago, so Stripe's summaries may not show them yet: the hour is compared
+-- once they settle),
 -- the latest updated_at of what was read (what the comparison covers) and a few identifiers.
 SELECT date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS hour,
        coalesce(sum(value) FILTER (WHERE state = 'accepted'), 0) AS value,
        count(*) FILTER (WHERE state = 'accepted') AS events,
-       count(*) FILTER (WHERE state IN ('pending', 'in_flight')) AS open,
+       count(*) FILTER (WHERE state IN ('pending', 'in_flight')
+                           OR (state = 'accepted'
+                               AND updated_at > now() - make_interval(secs => :settle_seconds)))
+           AS open,
        max(updated_at) FILTER (WHERE state IN ('accepted', 'cancelled')) AS latest,
        (array_agg(identifier ORDER BY id) FILTER (WHERE state = 'accepted'))[1:10]
            AS identifiers

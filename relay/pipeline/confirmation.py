@@ -137,6 +137,25 @@ class Confirmation:
             return
         meter = meters[0]
         start, end = groups[0].hour, groups[-1].hour + HOUR
+        ours = {
+            h.hour: h
+            for h in await self.store.series_ours(
+                {
+                    "account": account,
+                    "customer": customer,
+                    "event_name": event_name,
+                    "since": start,
+                    "until": end,
+                    "settle_seconds": self.settle,
+                }
+            )
+        }
+        if all(ours[g.hour].open for g in groups if g.hour in ours) and ours.keys() >= {
+            g.hour for g in groups
+        }:
+            # Every hour still settling: no read until Stripe can show them.
+            await self._keep(groups, "rows still being sent or settling", max(self.settle, 1.0))
+            return
         try:
             theirs = await self._fetch(meter.meter_id, account, customer, start, end)
         except stripe.StripeError as err:
@@ -152,18 +171,6 @@ class Confirmation:
             return
         metrics.SUMMARY_READS.labels("ok").inc()
         self.compared += 1
-        ours = {
-            h.hour: h
-            for h in await self.store.series_ours(
-                {
-                    "account": account,
-                    "customer": customer,
-                    "event_name": event_name,
-                    "since": start,
-                    "until": end,
-                }
-            )
-        }
         verdicts = compare_hours(meter.formula, ours, theirs, [g.hour for g in groups])
         rows, differences = [], []
         for group, verdict in zip(groups, verdicts, strict=True):
