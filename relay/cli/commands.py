@@ -274,6 +274,15 @@ def status(
         sys.exit(5)
 
 
+def _render_outage(console: Any, data: dict[str, Any]) -> None:
+    """One line first while the outage breaker is open (the same text as the console's)."""
+    from relay.db import outage
+
+    text = outage.line(data.get("outage"))
+    if text:
+        console.print(show.cell(text), style="bold red")
+
+
 def _render_confirmation(console: Any, c: dict[str, Any]) -> None:
     """Accepted rows against Stripe's hourly totals, in one line (two with an oldest hour)."""
     console.print(
@@ -290,6 +299,7 @@ def _render_status(data: dict[str, Any]) -> None:
     from rich.table import Table
 
     console = Console()
+    _render_outage(console, data)
     table = Table("state", "rows", title="meter_event_outbox")
     for state, n in data["counts"].items():
         table.add_row(show.cell(state), str(n))

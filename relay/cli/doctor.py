@@ -34,7 +34,6 @@ from relay.stripe.sender import base_addresses
 
 Level = Literal["ok", "warning", "problem", "unknown"]
 ERROR_EVENTS = ("v1.billing.meter.error_report_triggered", "v1.billing.meter.no_meter_found")
-CLOCK_MARGIN_SECONDS = 60.0  # the relay's own margin for Stripe's timestamp window
 # Privileges `run` needs (the tables it writes; reads of the others follow from SELECT).
 NEEDED = (
     ("meter_event_outbox", "SELECT, UPDATE, DELETE"),
@@ -43,6 +42,7 @@ NEEDED = (
     ("meter_event_outbox_meters", "SELECT, INSERT, UPDATE, DELETE"),
     ("meter_event_outbox_meter_reads", "INSERT, UPDATE"),
     ("meter_event_outbox_event_names", "INSERT, UPDATE"),
+    ("meter_event_outbox_outage", "INSERT, UPDATE"),
 )
 
 
@@ -58,6 +58,8 @@ class Check:
 class Report:
     checks: list[Check] = field(default_factory=list)
     ran: bool = True  # False: the database could not be reached (exit 1)
+    clock_margin: float = 60.0  # OUTBOX_CLOCK_MARGIN: the relay's, for the same judgement
+    offsets: dict[str, float] = field(default_factory=dict)  # a clock minus this host's (s)
 
     def add(self, area: str, level: Level, message: str, fix: str = "") -> None:
         self.checks.append(Check(area, level, message, fix))
@@ -90,7 +92,7 @@ def render(report: Report) -> list[str]:
 
 
 def run_doctor(settings: Settings, key: str | None) -> Report:
-    report = Report()
+    report = Report(clock_margin=settings.clock_margin)
     names = check_database(report, settings.database_url)
     if not report.ran:
         return report
@@ -118,9 +120,19 @@ def check_database(report: Report, database_url: str) -> list[tuple[str, str]]:
         report.add("database", "ok", "reachable")
         _check_schema(report, database_url)
         _check_privileges(report, conn)
-        now_db = conn.execute("SELECT now()").fetchone()
-        if now_db is not None:
-            _clock(report, "database", now_db[0])
+        probe = conn.execute(
+            "SELECT statement_timestamp(), current_setting('transaction_read_only')"
+        ).fetchone()
+        if probe is not None:
+            _clock(report, "database", probe[0])
+            if probe[1] == "on":
+                report.add(
+                    "database",
+                    "problem",
+                    "read-only (a replica, or default_transaction_read_only=on): `run` will "
+                    "not start",
+                    "point OUTBOX_DATABASE_URL at the primary",
+                )
         try:
             return [(n.account, n.event_name) for n in SyncStore(conn).event_names_in_use()]
         except psycopg.Error:
@@ -368,17 +380,33 @@ def _receives_errors(destination: Any, connected: bool) -> bool:
 
 
 def _clock(report: Report, whose: str, then: datetime) -> None:
+    """One clock against this host's (the relay's skew log line and gauge judge the same way,
+    relay/core/clock.py), and the database's against Stripe's once both are known: the
+    database judges a timestamp at recording, Stripe on arrival."""
+    margin = report.clock_margin
     skew = (then - datetime.now(UTC)).total_seconds()
-    if abs(skew) <= CLOCK_MARGIN_SECONDS:
+    report.offsets[whose] = skew
+    if abs(skew) <= margin:
         report.add("clocks", "ok", f"{whose} within {abs(skew):.0f} s of this host")
     else:
         report.add(
             "clocks",
             "problem",
-            f"{whose} is {skew:+.0f} s off this host (margin {CLOCK_MARGIN_SECONDS:.0f} s): "
-            "timestamps near Stripe's window edges would be misjudged",
+            f"{whose} is {skew:+.0f} s off this host (margin OUTBOX_CLOCK_MARGIN={margin:.0f} s): "
+            "the relay judges timestamps by the database's and Stripe's clocks, but webhook "
+            "signatures and logs use this host's",
             "sync the clocks with NTP",
         )
+    if {"database", "stripe"} <= report.offsets.keys():
+        apart = report.offsets["database"] - report.offsets["stripe"]
+        if abs(apart) > margin:
+            report.add(
+                "clocks",
+                "problem",
+                f"the database is {apart:+.0f} s off Stripe (margin {margin:.0f} s): usage the "
+                "database accepts at the edges of Stripe's window would wait or fail",
+                "sync the database server's clock with NTP",
+            )
 
 
 def _why(err: Exception) -> str:

@@ -4,6 +4,7 @@
   rows, never the history.
 - `heartbeat`: keep this relay's share of the account's rate limit (see
   relay/stripe/rate_share.py). It runs until the relay has drained: the relay sends until then.
+- `outage_watch`: follow the shared outage breaker (see relay/stripe/outage.py).
 
 Each runs until cancelled; a statement the database failed (relay.core.retryable) is logged and
 retried at the next turn, any other error ends the service and so the relay.
@@ -15,14 +16,19 @@ import structlog
 
 from relay.core.retryable import RETRYABLE
 from relay.db.store import Store
+from relay.pipeline.executor import RelayState
+from relay.stripe.outage import OutageBreaker
 from relay.stripe.rate_share import RateShare
 
 log = structlog.get_logger("relay")
 
 
-async def fold_counts(store: Store, interval: float) -> None:
+async def fold_counts(store: Store, interval: float, state: RelayState) -> None:
+    """Paused while the database is read-only (the database watch says so, once)."""
     while True:
         await asyncio.sleep(interval)
+        if state.read_only_since is not None:
+            continue
         try:
             await store.fold_counts()
         except RETRYABLE as err:
@@ -34,3 +40,10 @@ async def heartbeat(share: RateShare, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         await share.beat()
+
+
+async def outage_watch(breaker: OutageBreaker, interval: float) -> None:
+    """`breaker.sync()` handles its own failures (the relay then acts on its own calls)."""
+    while True:
+        await asyncio.sleep(interval)
+        await breaker.sync()

@@ -18,6 +18,9 @@ class RelayHealth(Protocol):
     def started(self) -> bool: ...  # the rate share is joined and the producer runs
     @property
     def last_loop(self) -> float: ...  # monotonic time the producer's loop last turned
+    @property
+    def read_only_since(self) -> float | None: ...  # monotonic time the database went read-only
+    def read_only_past(self, grace: float) -> bool: ...  # read-only for longer than `grace` s
 
 
 class RelayView(Protocol):

@@ -112,9 +112,11 @@ async def running_relay(
         yield RunningRelay(relay, stop, task)
     finally:
         stop.set()
-        await asyncio.wait_for(task, settings.shutdown_grace + 10)
-        await sender.close()
-        await pool.close()
+        try:
+            await asyncio.wait_for(task, settings.shutdown_grace + 10)
+        finally:  # also when the relay failed: a pool left open outlives the test's loop
+            await sender.close()
+            await pool.close()
 
 
 def states(database_url: str) -> dict[str, int]:

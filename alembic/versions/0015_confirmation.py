@@ -2,14 +2,14 @@
 relay compares with Stripe's hourly event summaries, a lease per series so replicas compare a
 group once, a discovery cursor, and the rows' mark of an inferred rejection.
 
-Revision ID: outbox_0013
-Revises: outbox_0012
+Revision ID: outbox_0015
+Revises: outbox_0014
 """
 
 from relay.db.sql_migration import sql_file_steps
 
-revision = "outbox_0013"
-down_revision = "outbox_0012"
+revision = "outbox_0015"
+down_revision = "outbox_0014"
 branch_labels = None
 depends_on = None
 
