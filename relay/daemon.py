@@ -28,6 +28,7 @@ from relay.server.http_server import (
     open_file_budget,
     serve_http,
 )
+from relay.stripe.egress import Egress
 from relay.stripe.rate_share import DuplicateRelayId
 from relay.stripe.sender import StripeSender
 
@@ -86,6 +87,7 @@ def check(settings: Settings) -> str:
         raise ConfigError("set STRIPE_API_KEY or STRIPE_API_KEY_FILE")
     if not key.startswith(("sk_", "rk_")):
         raise ConfigError("STRIPE_API_KEY must be a secret (sk_...) or restricted (rk_...) key")
+    Egress.from_settings(settings).ssl_context()  # a bad proxy URL or CA file: one line, exit 2
     return key
 
 
@@ -140,12 +142,13 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     await wait_for_schema(settings.database_url, settings.wait_for_schema)
     stop = stop or asyncio.Event()
     _install_signals(stop)
-    pool = make_pool(settings.database_url)
+    pool = make_pool(settings.database_url, prepare=settings.database_prepare)
     await pool.open(wait=True, timeout=30)
     store = Store(pool)
     connections = settings.effective_concurrency() + 4
     # One clock (relay/core/clock.py): the database's, corrected by the Date of Stripe's answers.
     clocks = Clocks(timedelta(seconds=settings.clock_margin))
+    egress = Egress.from_settings(settings)
     sender = StripeSender(
         key,
         settings.stripe_api_base,
@@ -153,6 +156,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         connections,
         client=settings.stripe_client,
         clocks=clocks,
+        egress=egress,
     )
     wakeup = Wakeup(settings.database_url, listen=not settings.poll_only)
     relay = Relay(settings, store, sender, wakeup, clocks=clocks)
@@ -179,6 +183,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         host=settings.http_host,
         port=settings.http_port,
         database=redact(settings.database_url),
+        stripe_proxy=egress.describe()[0],
+        stripe_trust=egress.describe()[1],
     )
     telemetry = otel.start(settings, store, lambda: relay.state.auth_ok) if otel else None
     watchdog = asyncio.create_task(_watchdog(relay, stop))

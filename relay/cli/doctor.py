@@ -12,7 +12,6 @@ traceback and no secret is ever printed: errors are reduced to their class and S
 """
 
 import asyncio
-import ssl
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -23,11 +22,13 @@ import psycopg
 import stripe
 
 from relay.core.config import Settings, parse_meter_keys
+from relay.core.errors import ConfigError
 from relay.core.meters import DEFAULT_CUSTOMER_KEY, DEFAULT_VALUE_KEY, MeterInfo
 from relay.db import migrate
 from relay.db import operations as ops
 from relay.db.store import SyncStore
 from relay.stripe.classify import error_message
+from relay.stripe.egress import Egress, failure
 from relay.stripe.meters import MeterReadError, fetch_meters
 from relay.stripe.read_budget import ReadBudget, default_read_rate
 from relay.stripe.sender import base_addresses
@@ -117,7 +118,15 @@ def check_database(report: Report, database_url: str) -> list[tuple[str, str]]:
         )
         return []
     with conn:
-        report.add("database", "ok", "reachable")
+        pooled = conn.prepare_threshold is None  # ops.connect found a pooler in between
+        report.add(
+            "database",
+            "ok",
+            "reachable through a pooler: the relay prepares no statement through it "
+            "(OUTBOX_DATABASE_PREPARE=auto); in transaction pooling set OUTBOX_POLL_ONLY=true"
+            if pooled
+            else "reachable",
+        )
         _check_schema(report, database_url)
         _check_privileges(report, conn)
         probe = conn.execute(
@@ -189,19 +198,39 @@ async def check_stripe(
         return
     mode = "live" if key.startswith(("sk_live_", "rk_live_")) else "test"
     kind = "restricted" if key.startswith("rk_") else "secret"
-    ssl_context = ssl.create_default_context(cafile=stripe.ca_bundle_path)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_context)) as http:
+    egress = _check_egress(report, settings)
+    if egress is None:
+        return
+    connector = aiohttp.TCPConnector(ssl=egress.ssl_context())
+    async with aiohttp.ClientSession(connector=connector) as http:
         client = stripe.StripeClient(
             key,
             base_addresses=base_addresses(settings.stripe_api_base),
             max_network_retries=1,
-            http_client=stripe.AIOHTTPClient(timeout=settings.request_timeout, session=http),
+            http_client=stripe.AIOHTTPClient(
+                timeout=settings.request_timeout,
+                session=http,
+                proxy=egress.aiohttp_proxy(settings.stripe_api_base or stripe.DEFAULT_API_BASE),
+            ),
         )
         if not await _check_key(report, client, mode, kind):
             return
         budget = ReadBudget(settings.read_rate_limit or default_read_rate(key))
         await _check_meters(report, client, budget, names, parse_meter_keys(settings.meter_keys))
         await _check_destinations(report, client, names, settings)
+
+
+def _check_egress(report: Report, settings: Settings) -> Egress | None:
+    """The way out to Stripe as `run` takes it: the proxy (never its credentials) and the CAs."""
+    try:
+        egress = Egress.from_settings(settings)
+        egress.ssl_context()
+    except ConfigError as err:
+        report.add("stripe egress", "problem", str(err))
+        return None
+    proxy, trust = egress.describe()
+    report.add("stripe egress", "ok", f"proxy: {proxy}; trusts: {trust}")
+    return egress
 
 
 async def _check_key(report: Report, client: stripe.StripeClient, mode: str, kind: str) -> bool:
@@ -410,6 +439,8 @@ def _clock(report: Report, whose: str, then: datetime) -> None:
 
 
 def _why(err: Exception) -> str:
+    if isinstance(err, stripe.APIConnectionError):
+        return failure(err)
     if isinstance(err, stripe.StripeError):
         return f"{type(err).__name__}: {error_message(err)}"
     return type(err).__name__

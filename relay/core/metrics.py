@@ -104,6 +104,9 @@ DATABASE_READ_ONLY = Gauge(
     "outbox_relay_database_read_only",
     "1 while the database refuses writes (a replica, default_transaction_read_only=on)",
 )
+STRIPE_REACHABLE = Gauge(
+    "outbox_relay_stripe_reachable", "1 while Stripe answers this relay's calls, 0 while not"
+)
 STRIPE_OUTAGE = Gauge(
     "outbox_relay_stripe_outage",
     "1 while the outage breaker is open (Stripe gave no answer or 502/503/504): only probes go",

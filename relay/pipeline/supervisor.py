@@ -42,6 +42,7 @@ from relay.stripe.catalogue import MeterCatalogue
 from relay.stripe.outage import OutageBreaker
 from relay.stripe.rate_limit import RateLimiter
 from relay.stripe.rate_share import DuplicateRelayId, RateShare
+from relay.stripe.reachability import Reachability
 from relay.stripe.read_budget import ReadBudget, default_read_rate
 from relay.stripe.sender import StripeSender
 
@@ -134,6 +135,11 @@ class Relay:
         self.store = store
         self.sender = sender
         self.wakeup = wakeup
+        # Stripe's answers so far (/readyz: not ready before the first). A sender that is no
+        # StripeSender (a test double) answers by construction.
+        self.reachability: Reachability = getattr(sender, "reachability", None) or Reachability(
+            reached=True
+        )
         rate = settings.effective_rate_limit()
         # A small catch-up burst (1% of a second) so a momentarily idle limiter does not lose
         # slots; any one-second window still sees at most 1.01 x the rate.
@@ -228,6 +234,7 @@ class Relay:
             settings.meter_refresh_seconds,
             on_key_refused=self.auth.refuse_key,
             on_key_accepted=self.auth.key_accepted,
+            reachability=self.reachability,
         )
         return catalogue, refresh
 

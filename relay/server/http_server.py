@@ -47,7 +47,7 @@ def make_app(
 ) -> web.Application:
     """Routes bound to a running relay (its state drives /healthz and /readyz). The console
     and /metrics read through their own pool (make_reader_pool), opened with the app."""
-    reader = make_reader_pool(relay.settings.database_url)
+    reader = make_reader_pool(relay.settings.database_url, prepare=relay.settings.database_prepare)
     refresh = metrics.ScrapeRefresh(
         ConsoleStore(reader, relay.settings.relay_stale_after), relay.settings.stripe_api_mode
     )
@@ -68,6 +68,8 @@ def make_app(
         checks = {
             "database": await db.ping(),
             "stripe_auth": relay.state.auth_ok,
+            # Stripe answered once (relay/stripe/reachability.py): later outages keep it ready.
+            "stripe_reached": relay.reachability.reached,
             "started": relay.state.started,
             "database_writable": relay.state.read_only_since is None,
         }

@@ -23,6 +23,13 @@ class RelayHealth(Protocol):
     def read_only_past(self, grace: float) -> bool: ...  # read-only for longer than `grace` s
 
 
+class StripeReach(Protocol):
+    """/readyz's view of relay.stripe.reachability.Reachability."""
+
+    @property
+    def reached(self) -> bool: ...  # Stripe answered at least once
+
+
 class RelayView(Protocol):
     """A running relay as its HTTP surface sees it (relay.pipeline.supervisor.Relay)."""
 
@@ -30,3 +37,5 @@ class RelayView(Protocol):
     def settings(self) -> Settings: ...
     @property
     def state(self) -> RelayHealth: ...
+    @property
+    def reachability(self) -> StripeReach: ...

@@ -34,6 +34,7 @@ import stripe
 from relay.core.rows import Claimed
 from relay.stripe import transport as http1
 from relay.stripe.classify import Answer
+from relay.stripe.egress import failure
 
 if TYPE_CHECKING:
     from stripe.params.v2.billing import MeterEventStreamCreateParamsEvent
@@ -164,7 +165,7 @@ def answer_of_response(status: int, request_id: str | None, body: bytes) -> Answ
 
 def answer_of_failure(err: BaseException) -> Answer:
     """No HTTP answer (timeout, refused, reset): the table's connection-error row."""
-    return Answer(None, message=(str(err) or type(err).__name__)[:500])
+    return Answer(None, message=failure(err))
 
 
 class Wire:
