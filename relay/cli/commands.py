@@ -283,6 +283,17 @@ def _render_outage(console: Any, data: dict[str, Any]) -> None:
         console.print(show.cell(text), style="bold red")
 
 
+def _render_confirmation(console: Any, c: dict[str, Any]) -> None:
+    """Accepted rows against Stripe's hourly totals, in one line (two with an oldest hour)."""
+    console.print(
+        f"accepted: {c['confirmed']} confirmed, {c['awaiting']} awaiting confirmation, "
+        f"{c['drifting']} in {c['drifting_groups']} drifting group(s), "
+        f"{c['not_confirmable']} not confirmable"
+    )
+    if c["oldest_unconfirmed_hour"] is not None:
+        console.print(f"oldest unconfirmed hour: {c['oldest_unconfirmed_hour'].isoformat()}")
+
+
 def _render_status(data: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -293,6 +304,7 @@ def _render_status(data: dict[str, Any]) -> None:
     for state, n in data["counts"].items():
         table.add_row(show.cell(state), str(n))
     console.print(table)
+    _render_confirmation(console, data["confirmation"])
     lag, unsent = data["lag"], data["unsent"]
     if lag["oldest_unsent_created_at"] is None:
         console.print("lag: nothing unsent")

@@ -237,6 +237,27 @@ class Settings(BaseSettings):
         description="Stripe reads per second (meter lists, summaries); default half of Stripe's "
         "read limit: 50 live, 12.5 test",
     )
+    summary_settle_seconds: float = Field(
+        default=1800.0,
+        ge=0,
+        le=172_800,
+        description="Seconds Stripe's event summaries are given to settle (they are eventually "
+        "consistent) before an hour is compared with them",
+    )
+    confirm_read_share: float = Field(
+        default=0.2,
+        gt=0,
+        le=1,
+        description="Share of OUTBOX_READ_RATE_LIMIT the confirmation against Stripe's summaries "
+        "may use",
+    )
+    confirm_window_seconds: float = Field(
+        default=3600.0,
+        ge=1,
+        le=86_400,
+        description="Accepted rows are taken up for confirmation in windows of this length "
+        "(each group is written once per window)",
+    )
     http_host: str = Field(default="127.0.0.1", min_length=1, max_length=255)
     http_port: int = Field(default=8080, ge=0, le=65535)
     # HTTP server limits (slow or hostile clients must not starve /healthz and /readyz)

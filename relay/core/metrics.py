@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
 from functools import cache
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
@@ -180,6 +180,28 @@ HELD_OLDEST = Gauge(
 )
 
 
+# Confirmation against Stripe's hourly summaries (relay/pipeline/confirmation.py).
+CONFIRMATION_ROWS = Gauge(
+    "outbox_relay_confirmation_rows",
+    "Accepted rows by confirmation against Stripe's summaries: confirmed, awaiting "
+    "(confirmation), drifting (in a group whose totals differ), not_confirmable",
+    ["state"],
+)
+UNCONFIRMED_OLDEST = Gauge(
+    "outbox_relay_unconfirmed_oldest_age_seconds",
+    "Seconds since the end of the oldest hour with accepted rows not yet confirmed; 0 if none",
+)
+SUMMARY_READS = Counter(
+    "outbox_relay_summary_reads",
+    "Stripe event-summary reads of the confirmation (one per series compared), by outcome",
+    ["outcome"],
+)
+INFERRED_REJECTIONS = Counter(
+    "outbox_relay_inferred_rejections",
+    "Rows rejected because Stripe's total for their group was 0 (inferred, not named)",
+)
+
+
 def outcome(state: State, code: str | None) -> Counter:
     """The labelled child for an outcome; the code bounded first (metric_code), so the
     cache is bounded too."""
@@ -205,6 +227,7 @@ class TableReader(Protocol):
     async def live_relay_count(self) -> int: ...
     async def drift_events(self) -> float: ...
     async def held_by_reason(self) -> dict[str, tuple[int, float]]: ...
+    async def confirmation(self) -> dict[str, Any]: ...
 
 
 class ScrapeRefresh:
@@ -254,3 +277,7 @@ class ScrapeRefresh:
         for reason in HELD_CODES:
             HELD.labels(reason).set(held.get(reason, (0, 0.0))[0])
         HELD_OLDEST.set(max((age for _, age in held.values()), default=0.0))
+        confirmation = await self.reader.confirmation()
+        for state in ("confirmed", "awaiting", "drifting", "not_confirmable"):
+            CONFIRMATION_ROWS.labels(state).set(confirmation[state])
+        UNCONFIRMED_OLDEST.set(confirmation["oldest_unconfirmed_age_seconds"])

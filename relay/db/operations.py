@@ -16,8 +16,8 @@ from relay.core.unsent import state_counts
 from relay.core.vocabulary import State
 from relay.db import outage
 from relay.db.pool import SET_UTC, set_prepare_sync
-from relay.db.queries import RetryHow
-from relay.db.store import RetryCandidate, SyncStore
+from relay.db.queries import ConfirmationCounts, RetryHow
+from relay.db.store import RetryCandidate, SyncStore, confirmation_summary
 
 # Relays seen within this many seconds hold a share (the relay's OUTBOX_RELAY_STALE_AFTER).
 LIVE_SECONDS = 5.0
@@ -56,8 +56,15 @@ def status(conn: psycopg.Connection, stale_seconds: float = LIVE_SECONDS) -> dic
         relays = None
     lag = store.oldest_unsent()
     now = datetime.now(UTC)
+    counts = state_counts(tallies)
+    confirmed = _confirmation(store, counts.get("accepted", 0), now)
     return {
-        "counts": state_counts(tallies),
+        "counts": {
+            **counts,
+            "confirmed": confirmed["confirmed"],
+            "awaiting_confirmation": confirmed["awaiting"],
+        },
+        "confirmation": confirmed,
         "lag": {
             "oldest_unsent_created_at": lag.created_at,
             "oldest_unsent_occurred_at": lag.occurred_at,
@@ -77,6 +84,19 @@ def status(conn: psycopg.Connection, stale_seconds: float = LIVE_SECONDS) -> dic
         if relays is None
         else [{"relay_id": r.relay_id, "started_at": r.started_at} for r in relays],
     }
+
+
+def _confirmation(store: SyncStore, accepted: int, now: datetime) -> dict[str, Any]:
+    """Accepted rows against Stripe's totals: a separate, indexed read (the groups not
+    confirmed), so the state counts above stay as they are."""
+    try:
+        counts = store.confirmation_counts()
+    except psycopg.errors.UndefinedTable:  # schema before 0016: `migrate` adds the table
+        conn = store.conn
+        if not conn.autocommit:
+            conn.rollback()
+        return confirmation_summary(ConfirmationCounts(0, 0, 0, 0, None), accepted, now)
+    return confirmation_summary(counts, accepted, now)
 
 
 def _held_for_meter(store: SyncStore) -> list[dict[str, Any]]:
@@ -138,6 +158,7 @@ def inspect(conn: psycopg.Connection, identifier: str) -> dict[str, Any] | None:
     attempts = store.row_attempts(row["id"])
     if row["state"] == "rejected":  # accepted for processing, then refused: never billed
         row["accepted_for_processing_at"] = row.pop("accepted_at")
+    row["confirmation"] = store.row_confirmation(identifier)
     return {**row, "summary": summary(row, attempts, datetime.now(UTC)), "history": attempts}
 
 
@@ -150,7 +171,14 @@ def summary(row: dict[str, Any], attempts: list[dict[str, Any]], now: datetime) 
         request = f", {row['stripe_request_id']}" if row["stripe_request_id"] else ""
         return (
             f"accepted by Stripe at {_iso(row['accepted_at'])}{request}; "
-            "not billed truth until Stripe's validation"
+            f"{_confirmation_line(row.get('confirmation'))}"
+        )
+    if state == "rejected" and row.get("inferred_from"):
+        source = row["inferred_from"]
+        because = "no error report named it" if source == "summaries" else f"error report {source}"
+        return (
+            f"rejected ({code}), inferred: Stripe's total for its customer, meter and hour is 0 "
+            f"({because}); not billed; record a corrected fact anew"
         )
     if state == "rejected" and code in STRIPE_METER_CODES:
         return (
@@ -173,6 +201,22 @@ def summary(row: dict[str, Any], attempts: list[dict[str, Any]], now: datetime) 
         return f"held, not sent ({code}): {WHAT_TO_DO[code]}; looked at again in {wait:.0f} s"
     status = last["http_status"] if last and last["http_status"] else code
     return f"{doing}: attempt {row['attempts'] + 1}, next in {wait:.0f} s, last {status}"
+
+
+def _confirmation_line(c: dict[str, Any] | None) -> str:
+    """An accepted row against Stripe's totals (its group's comparison)."""
+    if c is None:
+        return "awaiting confirmation against Stripe's hourly totals"
+    if c["confirmed"]:
+        return f"confirmed at {_iso(c['confirmed_at'])} by Stripe's summary {c['summary_id']}"
+    if c["group_state"] == "drift":
+        return (
+            f"its hour drifts: Stripe counted {c['stripe_value']}, our accepted rows "
+            f"{c['value']} (`outbox-relay drift`)"
+        )
+    if c["group_state"] == "not_confirmable":
+        return f"not confirmable: {c['detail']}"
+    return "awaiting confirmation against Stripe's hourly totals"
 
 
 def _iso(value: datetime | None) -> str:

@@ -551,6 +551,127 @@ OUTAGE_QUERIES = (
     OUTAGE_STATE, OUTAGE_SYNC, OUTAGE_OPEN, OUTAGE_PROBE, OUTAGE_PROBE_FAILED, OUTAGE_CLOSE,
 )  # fmt: skip
 
+# -- confirmation against Stripe's totals (alembic/versions/0016_confirmation.up.sql) --------
+
+
+class DiscoverParams(TypedDict):
+    window_seconds: float
+    margin_seconds: float
+    batch_size: int
+    settle_seconds: float
+
+
+class LeaseComparisonsParams(TypedDict):
+    scan: int
+    series: int
+    hours: int
+    relay_id: str
+    lease_seconds: float
+
+
+class SeriesParams(TypedDict):
+    account: str  # '' for the platform account
+    customer: str
+    event_name: str
+    since: datetime
+    until: datetime
+    settle_seconds: float
+
+
+class RecordComparisonsParams(TypedDict):
+    account: str
+    customer: str
+    event_name: str
+    token: UUID
+    verdicts: str  # a JSON array, see relay.pipeline.confirmation
+    keep_counts: bool
+
+
+class InferParams(TypedDict):
+    account: str
+    customer: str
+    event_name: str
+    hour: datetime
+    counted_through: datetime
+    code: str
+    message: str
+    source: str  # the error report's id, or 'summaries'
+
+
+class ScheduleParams(TypedDict):
+    account: str | None  # the report's account (its `context`); None: the platform
+    meter_id: str
+    samples: list[str]
+    since: datetime
+    until: datetime
+    validation_end: datetime
+    settle_seconds: float
+    report_id: str
+    code: str
+
+
+class NoMeterParams(TypedDict):
+    account: str | None
+    samples: list[str]
+    since: datetime
+    until: datetime
+    code: str
+    message: str
+    report_id: str
+
+
+class Discovered(NamedTuple):
+    groups: int
+    more: bool  # the cursor stopped short of the window's end: call again
+
+
+class DueGroup(NamedTuple):
+    """A group leased for comparison (its series is leased under `token`)."""
+
+    account: str  # '' for the platform account
+    customer: str
+    event_name: str
+    token: UUID
+    hour: datetime
+    state: str
+    zero_reads: int
+    report_id: str | None
+    report_code: str | None
+
+
+class SeriesHour(NamedTuple):
+    """Our side of one hour of a series (see `series_ours`)."""
+
+    hour: datetime
+    value: Decimal
+    events: int
+    open: int
+    latest: datetime | None
+    identifiers: list[str] | None
+
+
+class ConfirmationCounts(NamedTuple):
+    confirmed: int
+    drifting: int
+    drifting_groups: int
+    not_confirmable: int
+    oldest_unconfirmed_hour: datetime | None
+
+
+DISCOVER_GROUPS = Query("discover_groups", DiscoverParams, class_row(Discovered))
+LEASE_COMPARISONS = Query("lease_comparisons", LeaseComparisonsParams, class_row(DueGroup))
+SERIES_OURS = Query("series_ours", SeriesParams, class_row(SeriesHour))
+RECORD_COMPARISONS = Query("record_comparisons", RecordComparisonsParams, scalar_row)
+INFER_REJECTED = Query("infer_rejected", InferParams, scalar_row)
+SCHEDULE_COMPARISONS = Query("schedule_comparisons", ScheduleParams, scalar_row)
+REJECT_WITHOUT_METER = Query("reject_without_meter", NoMeterParams, scalar_row)
+CONFIRMATION_COUNTS = Query("confirmation_counts", NoParams, class_row(ConfirmationCounts))
+ROW_CONFIRMATION = Query("row_confirmation", Identifier, dict_row)
+CONFIRMATION_QUERIES = (
+    DISCOVER_GROUPS, LEASE_COMPARISONS, SERIES_OURS, RECORD_COMPARISONS, INFER_REJECTED,
+    SCHEDULE_COMPARISONS, REJECT_WITHOUT_METER, CONFIRMATION_COUNTS, ROW_CONFIRMATION,
+)  # fmt: skip
+
 REGISTRY: dict[str, Query[Any, Any]] = {
     q.name: q
     for q in (
@@ -562,6 +683,7 @@ REGISTRY: dict[str, Query[Any, Any]] = {
         FAILURES_WITH_IDENTIFIERS, LOOK_ROWS, CALLS_PER_MINUTE, CUSTOMER_BACKLOG, REJECTED_COUNT,
         TRACE_CONTEXTS, DATABASE_PROBE,
         CONSOLE_SESSION_OPEN, CONSOLE_SESSION_ALIVE, CONSOLE_SESSION_CLOSE,
+        *CONFIRMATION_QUERIES,
         *METER_QUERIES, *OUTAGE_QUERIES,
     )
 }  # fmt: skip

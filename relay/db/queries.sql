@@ -271,7 +271,7 @@ CROSS JOIN LATERAL (
 SELECT id, identifier, state, action, event_name, customer, value, payload, dimensions, metadata,
        occurred_at, stripe_account, attempts, key_generation, available_at, leased_by,
        last_error_code, last_error_message, stripe_request_id, created_at, first_attempt_at,
-       accepted_at, cancel_requested_at, cancelled_at, updated_at,
+       accepted_at, cancel_requested_at, cancelled_at, updated_at, inferred_from,
        available_at - now() AS due_in
 FROM meter_event_outbox WHERE identifier = :identifier
 
@@ -356,10 +356,26 @@ WITH gone AS (
         ORDER BY updated_at
         LIMIT :batch_size
         FOR UPDATE SKIP LOCKED)
-    RETURNING o.id
+    RETURNING o.id, coalesce(o.stripe_account, '') AS account, o.customer, o.event_name,
+              date_trunc('hour', o.occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS hour
 ),
 history AS (
     DELETE FROM meter_event_outbox_attempts a WHERE a.outbox_id IN (SELECT id FROM gone)
+),
+-- The confirmation of the pruned rows' groups goes with them (primary-key probes): settled
+-- groups only; one still awaiting or drifting stays for the operator to see.
+settled_groups AS (
+    DELETE FROM meter_event_outbox_groups g
+    USING (SELECT DISTINCT account, customer, event_name, hour FROM gone) k
+    WHERE g.stripe_account = k.account AND g.customer = k.customer
+      AND g.event_name = k.event_name AND g.hour = k.hour
+      AND g.state IN ('confirmed', 'not_confirmable')
+    RETURNING CASE WHEN g.state = 'confirmed' THEN g.confirmed_events ELSE 0 END AS n
+),
+uncounted AS (
+    UPDATE meter_event_outbox_confirmation_cursor k
+    SET confirmed = greatest(0, k.confirmed - (SELECT sum(n) FROM settled_groups))
+    WHERE EXISTS (SELECT 1 FROM settled_groups)
 )
 SELECT id FROM gone
 
@@ -868,3 +884,324 @@ released AS (
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM released) FROM closed
+
+-- Confirmation against Stripe's totals (alembic/versions/0015_confirmation.up.sql). Hours are
+-- UTC hours of occurred_at, as Stripe's summaries and `drift_ours`.
+
+-- name: discover_groups
+-- Note the groups of rows accepted (or cancelled) since the cursor, up to the end of the last
+-- whole discovery window (:window_seconds, aligned to UTC, ended at least :margin_seconds ago
+-- by the database's clock, so rows still committing with an earlier updated_at are not
+-- passed over) and at most about :batch_size rows per statement (the
+-- first pass on a long history catches up in bounded steps, oldest first, through the
+-- terminal-age index). A new group is due once its hour has closed and the settle delay has
+-- passed; a confirmed or drifting group with rows changed since its last comparison goes back
+-- to `awaiting`; an awaiting group adds the new rows to its count. Returns the groups written
+-- and whether the cursor stopped short of the window's end (more to do).
+WITH cursor_at AS (SELECT through FROM meter_event_outbox_confirmation_cursor),
+window_end AS (
+    SELECT to_timestamp(floor((extract(epoch FROM now()) - :margin_seconds) / :window_seconds)
+                        * :window_seconds) AS at
+),
+upper AS (
+    SELECT least((SELECT at FROM window_end), coalesce((
+        SELECT o.updated_at FROM meter_event_outbox o, cursor_at c
+        WHERE o.state IN ('accepted', 'cancelled') AND o.updated_at > c.through
+        ORDER BY o.updated_at OFFSET :batch_size LIMIT 1), 'infinity')) AS until
+),
+changed AS (
+    SELECT coalesce(o.stripe_account, '') AS account, o.customer, o.event_name,
+           date_trunc('hour', o.occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS hour,
+           count(*) FILTER (WHERE o.state = 'accepted') AS events,
+           coalesce(sum(o.value) FILTER (WHERE o.state = 'accepted'), 0) AS value,
+           max(o.updated_at) AS latest
+    FROM meter_event_outbox o, cursor_at c, upper u
+    WHERE o.state IN ('accepted', 'cancelled')
+      AND o.updated_at > c.through AND o.updated_at <= u.until
+    GROUP BY 1, 2, 3, 4
+),
+written AS (
+    INSERT INTO meter_event_outbox_groups AS g
+        (stripe_account, customer, event_name, hour, due_at, events, value)
+    SELECT ch.account, ch.customer, ch.event_name, ch.hour,
+           greatest(ch.hour + interval '1 hour', u.until)
+               + make_interval(secs => :settle_seconds),
+           ch.events, ch.value
+    FROM changed ch, upper u
+    -- A group a comparison already read these rows for (a targeted one) is not reopened.
+    WHERE NOT EXISTS (
+        SELECT 1 FROM meter_event_outbox_groups k
+        WHERE k.stripe_account = ch.account AND k.customer = ch.customer
+          AND k.event_name = ch.event_name AND k.hour = ch.hour
+          AND k.counted_through >= ch.latest)
+    ON CONFLICT (stripe_account, customer, event_name, hour) DO UPDATE
+    SET state = 'awaiting',
+        -- An awaiting group waits for its latest rows too; a confirmed or drifting one is due
+        -- again once the new rows settled (not at the drift's hourly recheck).
+        due_at = CASE WHEN g.state = 'awaiting' THEN greatest(g.due_at, EXCLUDED.due_at)
+                      ELSE EXCLUDED.due_at END,
+        events = CASE WHEN g.state = 'confirmed' THEN EXCLUDED.events
+                      ELSE g.events + EXCLUDED.events END,
+        value = CASE WHEN g.state = 'confirmed' THEN EXCLUDED.value
+                     ELSE g.value + EXCLUDED.value END
+    WHERE g.state <> 'not_confirmable'
+    RETURNING 1
+),
+moved AS (
+    UPDATE meter_event_outbox_confirmation_cursor k SET through = u.until
+    FROM upper u WHERE u.until > k.through
+    RETURNING k.through
+)
+SELECT (SELECT count(*) FROM written) AS groups,
+       (SELECT u.until < w.at FROM upper u, window_end w) AS more
+
+-- name: lease_comparisons
+-- Take up to :series (account, customer, event name) series that have groups due, oldest due
+-- first, under a lease per series (one comparison per group across replicas: a series another
+-- relay holds, unexpired, is left out), and return their due groups, oldest hour first, at most
+-- :hours per series (one summary call pages through them).
+WITH due AS (
+    SELECT g.stripe_account, g.customer, g.event_name, min(g.due_at) AS first_due
+    FROM (SELECT stripe_account, customer, event_name, due_at
+          FROM meter_event_outbox_groups
+          WHERE state IN ('awaiting', 'drift') AND due_at <= now()
+          ORDER BY due_at LIMIT :scan) g
+    WHERE NOT EXISTS (
+        SELECT 1 FROM meter_event_outbox_comparison_leases l
+        WHERE l.stripe_account = g.stripe_account AND l.customer = g.customer
+          AND l.event_name = g.event_name AND l.until > now())
+    GROUP BY 1, 2, 3
+    ORDER BY first_due
+    LIMIT :series
+),
+leased AS (
+    INSERT INTO meter_event_outbox_comparison_leases AS l
+        (stripe_account, customer, event_name, token, leased_by, until)
+    SELECT stripe_account, customer, event_name, gen_random_uuid(), :relay_id,
+           now() + make_interval(secs => :lease_seconds)
+    FROM due
+    ON CONFLICT (stripe_account, customer, event_name) DO UPDATE
+    SET token = EXCLUDED.token, leased_by = EXCLUDED.leased_by, until = EXCLUDED.until
+    WHERE l.until <= now()
+    RETURNING l.stripe_account, l.customer, l.event_name, l.token
+)
+SELECT l.stripe_account AS account, l.customer, l.event_name, l.token, h.hour, h.state,
+       h.zero_reads, h.report_id, h.report_code
+FROM leased l
+CROSS JOIN LATERAL (
+    SELECT g.hour, g.state, g.zero_reads, g.report_id, g.report_code
+    FROM meter_event_outbox_groups g
+    WHERE g.stripe_account = l.stripe_account AND g.customer = l.customer
+      AND g.event_name = l.event_name AND g.state IN ('awaiting', 'drift')
+      AND g.due_at <= now()
+    ORDER BY g.hour LIMIT :hours) h
+ORDER BY 1, 2, 3, 5
+
+-- name: series_ours
+-- Our side of one series between :since and :until: per hour, the accepted rows' sum and count
+-- (cancelled rows, and reports whose cancel is in progress, are never counted: they are open or
+-- cancelled), the rows not settled (`open`: sent without an outcome yet, or accepted less than
+-- the settle delay ago, so Stripe's summaries may not show them yet: the hour is compared
+-- once they settle),
+-- the latest updated_at of what was read (what the comparison covers) and a few identifiers.
+SELECT date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS hour,
+       coalesce(sum(value) FILTER (WHERE state = 'accepted'), 0) AS value,
+       count(*) FILTER (WHERE state = 'accepted') AS events,
+       count(*) FILTER (WHERE state IN ('pending', 'in_flight')
+                           OR (state = 'accepted'
+                               AND updated_at > now() - make_interval(secs => :settle_seconds)))
+           AS open,
+       max(updated_at) FILTER (WHERE state IN ('accepted', 'cancelled')) AS latest,
+       (array_agg(identifier ORDER BY id) FILTER (WHERE state = 'accepted'))[1:10]
+           AS identifiers
+FROM meter_event_outbox
+WHERE customer = :customer AND event_name = :event_name
+  AND stripe_account IS NOT DISTINCT FROM nullif(CAST(:account AS text), '')
+  AND created_at >= CAST(:since AS timestamptz) - interval '5 minutes'
+  AND occurred_at >= :since AND occurred_at < :until
+  AND (state IN ('accepted', 'cancelled')
+       OR (state IN ('pending', 'in_flight') AND first_attempt_at IS NOT NULL))
+GROUP BY 1
+
+-- name: record_comparisons
+-- The verdicts of one series' comparison, written only while this relay still holds the
+-- series' lease (:token): a relay whose lease expired and was taken over changes nothing.
+-- `due_in` is seconds from now until the group is compared again (NULL: confirmed or not
+-- confirmable, never again unless its rows change); :keep_counts when nothing was read (the
+-- counts stay). Then the lease is given back.
+WITH v AS (
+    SELECT * FROM jsonb_to_recordset(CAST(:verdicts AS jsonb)) AS v(
+        hour timestamptz, state text, due_in float8, events bigint, value numeric,
+        stripe_value numeric, summary_id text, counted_through timestamptz, zero_reads int,
+        detail text)
+),
+ours AS (
+    SELECT 1 FROM meter_event_outbox_comparison_leases
+    WHERE stripe_account = :account AND customer = :customer AND event_name = :event_name
+      AND token = :token
+),
+before AS (
+    SELECT g.hour,
+           CASE WHEN g.state IN ('confirmed', 'awaiting') THEN g.confirmed_events ELSE 0 END AS n
+    FROM meter_event_outbox_groups g
+    WHERE g.stripe_account = :account AND g.customer = :customer
+      AND g.event_name = :event_name AND g.hour IN (SELECT hour FROM v)
+),
+written AS (
+    UPDATE meter_event_outbox_groups g
+    SET state = v.state,
+        confirmed_events = CASE
+            WHEN v.state = 'confirmed' AND NOT CAST(:keep_counts AS boolean) THEN v.events
+            WHEN v.state IN ('drift', 'not_confirmable') THEN 0
+            ELSE g.confirmed_events END,
+        due_at = CASE WHEN v.due_in IS NULL THEN g.due_at
+                      ELSE now() + make_interval(secs => v.due_in) END,
+        events = CASE WHEN CAST(:keep_counts AS boolean) THEN g.events ELSE v.events END,
+        value = CASE WHEN CAST(:keep_counts AS boolean) THEN g.value ELSE v.value END,
+        stripe_value = CASE WHEN CAST(:keep_counts AS boolean) THEN g.stripe_value
+                            ELSE v.stripe_value END,
+        summary_id = coalesce(v.summary_id, g.summary_id), compared_at = now(),
+        confirmed_at = CASE WHEN v.state = 'confirmed' THEN now() ELSE g.confirmed_at END,
+        counted_through = coalesce(v.counted_through, g.counted_through),
+        confirmed_through = CASE WHEN v.state = 'confirmed' THEN v.counted_through
+                                 WHEN v.state IN ('drift', 'not_confirmable') THEN NULL
+                                 ELSE g.confirmed_through END,
+        zero_reads = v.zero_reads, detail = v.detail,
+        report_id = CASE WHEN v.state = 'awaiting' THEN g.report_id END,
+        report_code = CASE WHEN v.state = 'awaiting' THEN g.report_code END
+    FROM v
+    WHERE EXISTS (SELECT 1 FROM ours)
+      AND g.stripe_account = :account AND g.customer = :customer
+      AND g.event_name = :event_name AND g.hour = v.hour
+    RETURNING g.hour,
+              CASE WHEN g.state IN ('confirmed', 'awaiting') THEN g.confirmed_events
+                   ELSE 0 END AS n
+),
+delta AS (
+    SELECT (SELECT coalesce(sum(n), 0) FROM written)
+           - (SELECT coalesce(sum(b.n), 0) FROM before b
+              WHERE b.hour IN (SELECT hour FROM written)) AS n
+),
+counted AS (
+    UPDATE meter_event_outbox_confirmation_cursor k SET confirmed = k.confirmed + d.n
+    FROM delta d WHERE d.n <> 0
+),
+released AS (
+    -- Expired rather than deleted: the next lease of the series updates the same row in
+    -- place (a heap-only update: no index entry), the cheapest write per comparison.
+    UPDATE meter_event_outbox_comparison_leases SET until = '-infinity'
+    WHERE stripe_account = :account AND customer = :customer AND event_name = :event_name
+      AND token = :token
+)
+SELECT count(*) FROM written
+
+-- name: infer_rejected
+-- Stripe's total for this group is 0 while our accepted rows sum to more: every accepted row of
+-- the group that the comparison counted (updated_at up to :counted_through) was dropped by
+-- Stripe. They become `rejected` with the error report's code (or dropped_by_stripe) and
+-- `inferred_from` naming the report (or 'summaries'). Rows changed since are left for the
+-- next comparison.
+UPDATE meter_event_outbox o
+SET state = 'rejected', last_error_code = :code, last_error_message = :message,
+    inferred_from = :source, lease_token = NULL, updated_at = now()
+WHERE o.customer = :customer AND o.event_name = :event_name
+  AND o.stripe_account IS NOT DISTINCT FROM nullif(CAST(:account AS text), '')
+  AND o.created_at >= CAST(:hour AS timestamptz) - interval '5 minutes'
+  AND o.occurred_at >= :hour AND o.occurred_at < CAST(:hour AS timestamptz) + interval '1 hour'
+  AND o.state = 'accepted' AND o.updated_at <= :counted_through
+RETURNING o.identifier
+
+-- name: schedule_comparisons
+-- An error report counted more failures than it named: compare, once the summaries settled,
+-- every group with rows of its account and meter accepted in its validation window (widened
+-- by the caller to whole hours; acceptance times found through the terminal-age index). The
+-- meter's event names come from the catalogue (the report's meter id) and from the rows its
+-- samples name. The report's id and code stay on the group for the inference.
+WITH names AS (
+    SELECT event_name FROM meter_event_outbox_meters
+    WHERE stripe_account = coalesce(CAST(:account AS text), '') AND meter_id = :meter_id
+    UNION
+    SELECT event_name FROM meter_event_outbox
+    WHERE identifier = ANY(CAST(:samples AS text[]))
+      AND stripe_account IS NOT DISTINCT FROM CAST(:account AS text)
+),
+hit AS (
+    SELECT DISTINCT coalesce(o.stripe_account, '') AS account, o.customer, o.event_name,
+           date_trunc('hour', o.occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS hour
+    FROM meter_event_outbox o
+    WHERE o.state IN ('accepted', 'rejected') AND o.updated_at >= :since
+      AND o.updated_at < :until
+      AND o.stripe_account IS NOT DISTINCT FROM CAST(:account AS text)
+      AND o.event_name IN (SELECT event_name FROM names)
+)
+INSERT INTO meter_event_outbox_groups AS g
+    (stripe_account, customer, event_name, hour, due_at, report_id, report_code)
+SELECT account, customer, event_name, hour,
+       greatest(hour + interval '1 hour', CAST(:validation_end AS timestamptz), now())
+           + make_interval(secs => :settle_seconds),
+       :report_id, :code
+FROM hit
+ON CONFLICT (stripe_account, customer, event_name, hour) DO UPDATE
+SET state = 'awaiting', due_at = least(g.due_at, EXCLUDED.due_at),
+    report_id = EXCLUDED.report_id, report_code = EXCLUDED.report_code
+WHERE g.state <> 'not_confirmable'
+RETURNING 1
+
+-- name: reject_without_meter
+-- A no_meter_found report with failures it did not name: Stripe has no meter for the event
+-- names its samples carry, so it counted none of that account's events of those names received
+-- in the report's window. The accepted ones become `rejected` (inferred, with the report's id)
+-- only while the catalogue, read successfully, shows no active meter for the name.
+UPDATE meter_event_outbox o
+SET state = 'rejected', last_error_code = :code, last_error_message = :message,
+    inferred_from = :report_id, lease_token = NULL, updated_at = now()
+WHERE o.state = 'accepted' AND o.updated_at >= :since AND o.updated_at < :until
+  AND o.stripe_account IS NOT DISTINCT FROM CAST(:account AS text)
+  AND o.event_name IN (
+      SELECT s.event_name FROM meter_event_outbox s
+      WHERE s.identifier = ANY(CAST(:samples AS text[]))
+        AND s.stripe_account IS NOT DISTINCT FROM CAST(:account AS text))
+  AND EXISTS (
+      SELECT 1 FROM meter_event_outbox_meter_reads r
+      WHERE r.stripe_account = coalesce(CAST(:account AS text), '') AND r.outcome = 'ok')
+  AND NOT EXISTS (
+      SELECT 1 FROM meter_event_outbox_meters m
+      WHERE m.stripe_account = coalesce(CAST(:account AS text), '')
+        AND m.event_name = o.event_name AND m.status = 'active')
+RETURNING o.identifier
+
+-- name: confirmation_counts
+-- `status`: accepted rows confirmed (a maintained counter), in drifting groups, in groups that
+-- cannot be confirmed, and since when rows wait: the oldest hour of a group not confirmed, or
+-- the acceptance hour of the oldest row discovery has not reached. Read through the two
+-- partial indexes of groups not confirmed and one probe of the terminal-age index: history is
+-- never read.
+SELECT (SELECT confirmed FROM meter_event_outbox_confirmation_cursor) AS confirmed,
+       coalesce((SELECT sum(events) FROM meter_event_outbox_groups
+                 WHERE state = 'drift'), 0) AS drifting,
+       (SELECT count(*) FROM meter_event_outbox_groups WHERE state = 'drift') AS drifting_groups,
+       coalesce((SELECT sum(events) FROM meter_event_outbox_groups
+                 WHERE state = 'not_confirmable'), 0) AS not_confirmable,
+       least((SELECT min(hour) FROM meter_event_outbox_groups
+              WHERE state IN ('awaiting', 'drift')),
+             (SELECT date_trunc('hour', o.updated_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+              FROM meter_event_outbox o, meter_event_outbox_confirmation_cursor c
+              WHERE o.state IN ('accepted', 'cancelled') AND o.updated_at > c.through
+                AND o.state = 'accepted'
+              ORDER BY o.updated_at LIMIT 1)) AS oldest_unconfirmed_hour
+
+-- name: row_confirmation
+-- How one row stands against Stripe's totals (`inspect`, the console's row page): its group's
+-- state and, when the group matched with this row counted, when and by which summary.
+SELECT g.state AS group_state, g.hour, g.due_at, g.compared_at, g.stripe_value, g.value,
+       g.detail, g.report_id,
+       (g.confirmed_through IS NOT NULL AND o.updated_at <= g.confirmed_through
+        AND g.state <> 'drift') AS confirmed,
+       CASE WHEN o.updated_at <= g.confirmed_through THEN g.confirmed_at END AS confirmed_at,
+       CASE WHEN o.updated_at <= g.confirmed_through THEN g.summary_id END AS summary_id
+FROM meter_event_outbox o
+JOIN meter_event_outbox_groups g
+  ON g.stripe_account = coalesce(o.stripe_account, '') AND g.customer = o.customer
+ AND g.event_name = o.event_name
+ AND g.hour = date_trunc('hour', o.occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+WHERE o.identifier = :identifier

@@ -60,6 +60,7 @@ R = TypeVar("R")
 FIRST_LANE: Lane = ("", "")
 OUTAGE_SCOPE = "stripe"  # the breaker's one row: an outage is of Stripe, not of an account
 NOT_WALKED = Walked([], None)  # no lane after the cursor: start again from the first
+HOUR = timedelta(hours=1)
 
 
 class AsyncExecutor:
@@ -378,6 +379,46 @@ class Store(AsyncExecutor):
         }
         return len(await self.all(q.RELEASE_HELD(params)))
 
+    # confirmation against Stripe's totals (relay/pipeline/confirmation.py)
+
+    async def discover_groups(self, params: q.DiscoverParams) -> q.Discovered:
+        return await self.one(q.DISCOVER_GROUPS(params))
+
+    async def lease_comparisons(self, params: q.LeaseComparisonsParams) -> list[q.DueGroup]:
+        return await self.all(q.LEASE_COMPARISONS(params))
+
+    async def series_ours(self, params: q.SeriesParams) -> list[q.SeriesHour]:
+        return await self.all(q.SERIES_OURS(params))
+
+    async def record_comparisons(self, params: q.RecordComparisonsParams) -> int:
+        n: int = await self.one(q.RECORD_COMPARISONS(params))
+        return n
+
+    async def infer_rejected(self, params: q.InferParams) -> list[str]:
+        return await self.all(q.INFER_REJECTED(params))
+
+    async def schedule_comparisons(self, params: q.ScheduleParams) -> int:
+        return len(await self.all(q.SCHEDULE_COMPARISONS(params)))
+
+    async def reject_without_meter(self, params: q.NoMeterParams) -> list[str]:
+        return await self.all(q.REJECT_WITHOUT_METER(params))
+
+    async def save_drift_report(self, report: dict[str, Any]) -> None:
+        """Store a drift report found by the confirmation (the console shows the newest)."""
+        await self.all(q.SAVE_DRIFT_REPORT(drift_report_params(report)))
+
+
+def drift_report_params(report: dict[str, Any]) -> q.DriftReportParams:
+    return {
+        "since": report["since"],
+        "until": report["until"],
+        "groups": report["groups"],
+        "differing": report["differing"],
+        "unsettled": report["unsettled"],
+        "drift_events": report["drift_events"],
+        "differences": orjson.dumps(report["differences"], default=_json_number).decode(),
+    }
+
 
 def meters_params(account: str, meters: Sequence[MeterInfo]) -> q.SaveMetersParams:
     fields = ("meter_id", "event_name", "status", "customer_key", "value_key")
@@ -395,6 +436,27 @@ def meters_params(account: str, meters: Sequence[MeterInfo]) -> q.SaveMetersPara
 def pending_codes(tallies: list[Tally]) -> list[str]:
     """The codes pending rows carry ('' = none left out)."""
     return sorted({t.code for t in tallies if t.state == "pending" and t.code})
+
+
+def confirmation_summary(c: q.ConfirmationCounts, accepted: int, now: datetime) -> dict[str, Any]:
+    """Accepted rows as confirmed / awaiting confirmation / drifting / not confirmable, and
+    the oldest unconfirmed hour (its end's age in seconds). Confirmed is a maintained counter;
+    awaiting is what is left of the accepted count (maintained too) once the confirmed, the
+    drifting and the not confirmable are taken out: history is never counted."""
+    drifting, nc = int(c.drifting), int(c.not_confirmable)
+    confirmed = min(int(c.confirmed), accepted)
+    oldest = c.oldest_unconfirmed_hour
+    return {
+        "confirmed": confirmed,
+        "awaiting": max(0, accepted - confirmed - drifting - nc),
+        "drifting": drifting,
+        "drifting_groups": int(c.drifting_groups),
+        "not_confirmable": nc,
+        "oldest_unconfirmed_hour": oldest,
+        "oldest_unconfirmed_age_seconds": max(0.0, (now - oldest - HOUR).total_seconds())
+        if oldest
+        else 0.0,
+    }
 
 
 # -- the web console and /metrics: reads, on the pool they are given ---------------------------
@@ -457,6 +519,12 @@ class ConsoleStore(AsyncExecutor):
     async def state_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {c.state: c.n for c in await self.all(q.STATE_COUNTS({}))}
         return {state: counts.get(state, 0) for state in STATES}
+
+    async def confirmation(self) -> dict[str, Any]:
+        """How accepted rows stand against Stripe's totals (see confirmation_summary)."""
+        counts = await self.one(q.CONFIRMATION_COUNTS({}))
+        accepted = (await self.state_counts())["accepted"]
+        return confirmation_summary(counts, accepted, datetime.now(UTC))
 
     async def lag(self) -> Lag:
         return await self.one(q.OLDEST_UNSENT({}))
@@ -547,6 +615,10 @@ class ConsoleStore(AsyncExecutor):
     async def latest_drift_report(self) -> Row | None:
         """The newest drift report (meter_event_outbox_drift_reports), or None."""
         return await self.first(q.LATEST_DRIFT_REPORT({}))
+
+    async def row_confirmation(self, identifier: str) -> Row | None:
+        """How one row stands against Stripe's totals (its group), or None before a look."""
+        return await self.first(q.ROW_CONFIRMATION({"identifier": identifier}))
 
     async def open_session(self, session_id: str, seconds: float) -> None:
         """Record a signed-in console session (ids are hashes; see the migration)."""
@@ -685,16 +757,7 @@ class SyncStore(SyncExecutor):
 
     def save_drift_report(self, report: dict[str, Any]) -> tuple[int, datetime]:
         """Store a drift report (the console shows the newest); returns its id and time."""
-        params: q.DriftReportParams = {
-            "since": report["since"],
-            "until": report["until"],
-            "groups": report["groups"],
-            "differing": report["differing"],
-            "unsettled": report["unsettled"],
-            "drift_events": report["drift_events"],
-            "differences": orjson.dumps(report["differences"], default=_json_number).decode(),
-        }
-        saved = self.one(q.SAVE_DRIFT_REPORT(params))
+        saved = self.one(q.SAVE_DRIFT_REPORT(drift_report_params(report)))
         return saved.id, saved.created_at
 
     def latest_drift_report(self) -> Row | None:
@@ -703,6 +766,12 @@ class SyncStore(SyncExecutor):
     def prune(self, *, age_seconds: float, batch_size: int) -> int:
         """Delete one bounded batch of old terminal rows; returns how many."""
         return len(self.all(q.PRUNE({"age_seconds": age_seconds, "batch_size": batch_size})))
+
+    def confirmation_counts(self) -> q.ConfirmationCounts:
+        return self.one(q.CONFIRMATION_COUNTS({}))
+
+    def row_confirmation(self, identifier: str) -> Row | None:
+        return self.first(q.ROW_CONFIRMATION({"identifier": identifier}))
 
     # the meter catalogue (operator commands and tests)
 

@@ -7,6 +7,7 @@ faults, rate limits, idempotency, latency) live in `server.py`.
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections.abc import Hashable
 from typing import Any
@@ -64,6 +65,7 @@ class StripeApi:
     def __init__(self, state: EmulatorState) -> None:
         self.state = state
         self.config = state.config
+        self._rng = random.Random(state.config.seed)  # noqa: S311 (summaries jitter, seeded)
 
     # --- v1 meter events -------------------------------------------------------------
 
@@ -400,10 +402,11 @@ class StripeApi:
         grouping = params.get("value_grouping_window") or None
         check_bounds(start, end, grouping)
         visible_before = self.state.clock.now() - self.config.summaries_lag_seconds
+        jitter = self.config.summaries_jitter_seconds
         events = [
             e
             for e in self.state.ledger.series(call.account, meter.event_name, customer)
-            if e.received_at <= visible_before
+            if e.received_at <= visible_before - (self._rng.random() * jitter if jitter else 0)
         ]
         summaries = summarize(events, meter, customer, start, end, grouping, call.livemode)
         page, has_more = _paginate(summaries, params)

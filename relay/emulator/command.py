@@ -59,8 +59,10 @@ def build_config(
     concurrency_status: str,
     unknown_cancel: str,
     error_report_delay: float,
-    allow_negative_values: bool,
-    allow_decimal_values: bool,
+    summaries_lag: float = 0.0,
+    summaries_jitter: float = 0.0,
+    allow_negative_values: bool = False,
+    allow_decimal_values: bool = False,
 ) -> EmulatorConfig:
     """Turn CLI options into an EmulatorConfig (kept separate so it can be unit-tested)."""
     faults = None
@@ -84,6 +86,8 @@ def build_config(
         concurrency_status=int(concurrency_status),  # type: ignore[arg-type]
         unknown_cancel=unknown_cancel,  # type: ignore[arg-type]
         error_report_delay=error_report_delay,
+        summaries_lag_seconds=summaries_lag,
+        summaries_jitter_seconds=summaries_jitter,
         allow_negative_values=allow_negative_values,
         allow_decimal_values=allow_decimal_values,
     )
@@ -166,6 +170,20 @@ async def serve(config: EmulatorConfig) -> None:
     show_default=True,
     type=float,
     help="Seconds before pending error reports are emitted.",
+)
+@click.option(
+    "--summaries-lag",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Seconds before an event shows in meter event summaries (eventually consistent).",
+)
+@click.option(
+    "--summaries-jitter",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Up to this many more seconds of lag, drawn per event and read: two reads can disagree.",
 )
 @click.option("--allow-negative-values", is_flag=True, help="Accept negative meter values.")
 @click.option("--allow-decimal-values", is_flag=True, help="Accept decimal meter values.")

@@ -147,6 +147,10 @@ class EmulatorConfig:
     error_report_max_samples: int = 10
     # Events younger than this (emulator clock) are not yet visible in summaries.
     summaries_lag_seconds: float = 0.0
+    # Each read adds up to this much lag per event, drawn afresh: summaries are eventually
+    # consistent, so two reads a moment apart may disagree (the later one never shows less of
+    # an event that was old enough for the earlier one, once lag + jitter has passed).
+    summaries_jitter_seconds: float = 0.0
 
     seed: int = 0
     faults: Faults | None = None

@@ -4,6 +4,7 @@
         ^--- capacity: rows chosen or held until their outcome is written (released by the
              completer); the wakeup pokes the producer when capacity or a lane is freed
     maintenance: fold_counts, heartbeat (rate share), outage_watch (the shared outage
+    meter_refresh: the meter catalogue; confirmation: accepted rows against Stripe's summaries
     breaker); listener: NOTIFY hints
 
 Every service runs as one task under `Services`: any that fails (or returns before the stop
@@ -29,6 +30,8 @@ from relay.core.errors import ServiceDied
 from relay.db.store import Store
 from relay.pipeline import maintenance
 from relay.pipeline.completer import Completer
+from relay.pipeline.confirmation import Confirmation
+from relay.pipeline.confirmation import sdk_fetch as summaries_fetch
 from relay.pipeline.database_watch import DatabaseWatch
 from relay.pipeline.executor import Executor, RelayState, Sender
 from relay.pipeline.meter_refresh import Fetch, MeterRefresh, sdk_fetch
@@ -168,6 +171,7 @@ class Relay:
             settings.read_rate_limit or default_read_rate(settings.api_key() or "")
         )
         self.meters, self.meter_refresh = self._meter_catalogue(meters_fetch)
+        self.confirmation = self._confirmation()
         self.executor = Executor(
             settings,
             sender,
@@ -234,6 +238,15 @@ class Relay:
         )
         return catalogue, refresh
 
+    def _confirmation(self) -> Confirmation | None:
+        """The confirmation against Stripe's summaries, on its share of the read budget; none
+        without a catalogue (it names the meter) or an SDK client (a test double)."""
+        if self.meters is None or not isinstance(self.sender, StripeSender):
+            return None
+        budget = self.read_budget.share(self.settings.confirm_read_share)
+        fetch = summaries_fetch(self.sender.client, budget)
+        return Confirmation(self.settings, self.store, self.meters, fetch, budget.rate)
+
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set (or a service dies), then drain within the grace period."""
         services = Services(stop)
@@ -263,6 +276,8 @@ class Relay:
                 # Before traffic: the read that needs only the key (a 401 makes /readyz fail).
                 await self.meter_refresh.start()
                 services.start("meter_refresh", self.meter_refresh.run())
+            if self.confirmation is not None:
+                services.start("confirmation", self.confirmation.run())
             self.state.started = True
             log.info(
                 "relay_started",

@@ -93,7 +93,12 @@ def make_app(
             return web.json_response({"error": "request body too slow"}, status=408)
         try:
             result = await handle_delivery(
-                client, secret, db, body, request.headers.get("Stripe-Signature")
+                client,
+                secret,
+                db,
+                body,
+                request.headers.get("Stripe-Signature"),
+                settle_seconds=relay.settings.summary_settle_seconds,
             )
             catalogue = getattr(relay, "meters", None)
             if catalogue is not None and result.get("meter_problem"):

@@ -111,6 +111,13 @@ class MeterCatalogue:
         """Every account the catalogue knows of or was asked about."""
         return set(self._meters) | set(self.unreadable) | self.wanted | {a for a, _ in self.seen}
 
+    def active_meters(self, account: str, event_name: str) -> list[MeterInfo] | None:
+        """The active meters of an event name (None: the account's meters were never read)."""
+        known = self._meters.get(account)
+        if known is None:
+            return None
+        return [m for m in known.get(event_name, []) if m.active]
+
     def request(self, account: str) -> None:
         """Read `account`'s meters soon (debounced per account, see MIN_ON_DEMAND)."""
         now = self.clock()

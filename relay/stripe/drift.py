@@ -8,22 +8,142 @@ flight, retrying after an unknown outcome) are reported as unsettled, not compar
 
 Stripe is asked once per (account, meter, customer) and page (hourly summaries of the whole
 range), paced well within the account's rate limit, so a drift run never starves the relay.
+
+This module is the one comparison engine: `judge` says what one hour's two totals mean, and
+`compare_hours` applies it to a series. The `drift` command (the manual, on-demand view), the
+relay's continuous confirmation and the comparisons error reports ask for
+(relay/pipeline/confirmation.py) all judge through it, and `hourly_async` is the relay's
+paced read of the summaries.
 """
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal, NamedTuple, Protocol
 
 import stripe
 from stripe.params.billing import MeterEventSummaryListParams, MeterListParams
 
 from relay.db.store import OurGroup, SyncStore
+from relay.stripe.read_budget import ReadBudget
 
 HOUR = timedelta(hours=1)
 COMPARABLE = {"sum", "count"}  # formulas whose hourly totals add up like ours
+
+# What one hour's comparison means:
+#   open     rows sent but not settled: not compared yet
+#   match    Stripe counted what we believe it accepted
+#   dropped  Stripe's total is 0 while ours is more: Stripe counted none of the group's rows
+#   differs  a partial difference: drift, never pinned on rows
+Judgement = Literal["open", "match", "dropped", "differs"]
+
+
+class OurHour(Protocol):
+    """Our side of one hour (OurGroup for `drift`, SeriesHour for the confirmation)."""
+
+    @property
+    def value(self) -> Decimal: ...
+    @property
+    def events(self) -> int: ...
+    @property
+    def open(self) -> int: ...
+
+
+def our_total(group: OurHour | None, formula: str) -> Decimal:
+    if group is None:
+        return Decimal(0)
+    return Decimal(group.value if formula == "sum" else group.events)
+
+
+def judge(group: OurHour | None, formula: str, stripe_total: Decimal) -> Judgement:
+    """The meaning of one hour's totals. A formula outside COMPARABLE is never judged."""
+    if group is not None and group.open:
+        return "open"
+    ours = our_total(group, formula)
+    if ours == stripe_total:
+        return "match"
+    if stripe_total == 0 and ours > 0:
+        return "dropped"
+    return "differs"
+
+
+class HourVerdict(NamedTuple):
+    hour: datetime
+    judgement: Judgement
+    ours: Decimal
+    stripe: Decimal
+    summary_id: str | None
+
+
+class Summary(NamedTuple):
+    """One hourly summary of Stripe's: its total and its id."""
+
+    value: Decimal
+    id: str
+
+
+def compare_hours(
+    formula: str,
+    ours: Mapping[datetime, OurHour],
+    theirs: Mapping[datetime, Summary],
+    hours: Sequence[datetime] | None = None,
+) -> list[HourVerdict]:
+    """Judge `hours` (default: every hour either side has), oldest first."""
+    wanted = sorted(set(ours) | set(theirs)) if hours is None else sorted(hours)
+    verdicts = []
+    for hour in wanted:
+        group = ours.get(hour)
+        summary = theirs.get(hour)
+        stripe_total = summary.value if summary else Decimal(0)
+        verdicts.append(
+            HourVerdict(
+                hour,
+                judge(group, formula, stripe_total),
+                our_total(group, formula),
+                stripe_total,
+                summary.id if summary else None,
+            )
+        )
+    return verdicts
+
+
+async def hourly_async(
+    client: stripe.StripeClient,
+    budget: ReadBudget,
+    meter_id: str,
+    account: str,
+    customer: str,
+    start: datetime,
+    end: datetime,
+) -> dict[datetime, Summary]:
+    """Stripe's hourly summaries of one customer in [start, end), every page, each page a
+    slot of `budget` (a 429 slows the budget and raises for the caller to retry later)."""
+    params: MeterEventSummaryListParams = {
+        "customer": customer,
+        "start_time": int(start.timestamp()),
+        "end_time": int(end.timestamp()),
+        "value_grouping_window": "hour",
+        "limit": 100,
+    }
+    options: stripe.RequestOptions = {"stripe_account": account} if account else {}
+    found: dict[datetime, Summary] = {}
+    while True:
+        await budget.acquire()
+        try:
+            page = await client.v1.billing.meters.event_summaries.list_async(
+                meter_id, params, options
+            )
+        except stripe.RateLimitError:
+            budget.on_rate_limited()
+            raise
+        for s in page.data:
+            hour = datetime.fromtimestamp(s.start_time, UTC)
+            found[hour] = Summary(Decimal(str(s.aggregated_value)), s.id)
+        if not page.has_more or not page.data:
+            return found
+        params["starting_after"] = page.data[-1].id
 
 
 def hour_floor(t: datetime) -> datetime:
@@ -166,26 +286,26 @@ def _compare_series(
 ) -> None:
     """Every hour either side has for one (account, customer, meter)."""
     by_hour = {hour_floor(g.hour): g for g in groups}
-    for hour in sorted(set(by_hour) | set(theirs)):
-        g = by_hour.get(hour)
+    summaries = {hour: Summary(total, "") for hour, total in theirs.items()}
+    for v in compare_hours(meter.formula, by_hour, summaries):
         report.groups += 1
-        if g is not None and g.open:
+        if v.judgement == "open":
             report.unsettled += 1
             continue
-        ours = Decimal(0) if g is None else Decimal(g.value if meter.formula == "sum" else g.events)
-        stripe_total = theirs.get(hour, Decimal(0))
-        if ours != stripe_total:
-            report.differences.append(
-                {
-                    "account": who[0] or None,
-                    "customer": who[1],
-                    "event_name": meter.event_name,
-                    "meter": meter.id,
-                    "hour": hour,
-                    "ours": ours,
-                    "stripe": stripe_total,
-                    "difference": stripe_total - ours,
-                    "events": g.events if g else 0,
-                    "identifiers": g.identifiers if g else [],
-                }
-            )
+        if v.judgement == "match":
+            continue
+        g = by_hour.get(v.hour)
+        report.differences.append(
+            {
+                "account": who[0] or None,
+                "customer": who[1],
+                "event_name": meter.event_name,
+                "meter": meter.id,
+                "hour": v.hour,
+                "ours": v.ours,
+                "stripe": v.stripe,
+                "difference": v.stripe - v.ours,
+                "events": g.events if g else 0,
+                "identifiers": g.identifiers if g else [],
+            }
+        )

@@ -20,11 +20,13 @@ import json
 import re
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import stripe
 import structlog
 
+from relay.db.queries import NoMeterParams
 from relay.db.store import Store
 
 METER_ERROR_TYPES = frozenset(
@@ -35,6 +37,9 @@ _KEY_SUFFIX = re.compile(r"#g\d+$")
 # that is refused too: a signature made "in the future" would stay replayable for longer.
 TOLERANCE_SECONDS = 300
 log = structlog.get_logger("relay.webhooks")
+# OUTBOX_SUMMARY_SETTLE_SECONDS' default, for callers without settings (`reconcile`).
+DEFAULT_SETTLE_SECONDS = 1800.0
+SKEW = timedelta(minutes=5)  # clock skew between Stripe and the database, each side
 
 
 class BadDelivery(ValueError):
@@ -154,13 +159,18 @@ def event_account(event: dict[str, Any]) -> str | None:
     return context
 
 
-async def apply_event(store: Store, event: Any) -> list[str]:
+async def apply_event(
+    store: Store, event: Any, settle_seconds: float = DEFAULT_SETTLE_SECONDS
+) -> list[str]:
     """Mark the rows a full meter error event names as rejected; returns their identifiers.
 
     Only rows of the event's own account that Stripe can have counted are marked (the `reject`
     query says which states). Each sample is matched as the event identifier first; only if no
     row has it, as one of our idempotency keys (generation suffix `#gN` stripped). An identifier
     that happens to end in `#g1` is therefore never confused with another row.
+
+    A report counts more failures than it names (`error_count` above its samples): the rest
+    is found by comparison (`unlisted`), within the same account.
     """
     body = event if isinstance(event, dict) else event.to_dict()
     account = event_account(body)
@@ -171,6 +181,97 @@ async def apply_event(store: Store, event: Any) -> list[str]:
         if keys:
             hit += await store.reject(keys, account, code, message[:500])
         marked += hit
+    marked += await unlisted(store, body, account, settle_seconds)
+    return marked
+
+
+def unlisted_failures(event_data: dict[str, Any]) -> list[tuple[str, int, list[str]]]:
+    """(code, error_count, sample identifiers) of each error type whose count is larger than
+    the identifiers it names: Stripe lists only samples."""
+    found = []
+    reason = event_data.get("reason") or {}
+    for error_type in reason.get("error_types") or []:
+        count = error_type.get("error_count")
+        samples = [
+            ident
+            for sample in error_type.get("sample_errors") or []
+            if (ident := ((sample.get("request") or {}).get("identifier")) or "")
+        ]
+        if isinstance(count, int) and count > len(samples):
+            found.append((error_type.get("code") or "meter_error", count, samples))
+    return found
+
+
+def report_window(event_data: dict[str, Any]) -> tuple[datetime, datetime, datetime] | None:
+    """The report's validation window widened to whole hours, with a skew margin each side
+    (Stripe's clock against the database's): (since, until, validation end). None when the
+    report carries no readable window: nothing is inferred without one."""
+    try:
+        start = datetime.fromisoformat(str(event_data["validation_start"]))
+        end = datetime.fromisoformat(str(event_data["validation_end"]))
+    except (KeyError, ValueError):
+        return None
+    if start.tzinfo is None or end.tzinfo is None or end < start:
+        return None
+    since = (start - SKEW).astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    ceil = (end + SKEW).astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    until = ceil if ceil == end + SKEW else ceil + timedelta(hours=1)
+    return since, until, end
+
+
+async def unlisted(
+    store: Store, body: dict[str, Any], account: str | None, settle_seconds: float
+) -> list[str]:
+    """Failures a report counted without naming them. A `no_meter_found` report has no meter
+    to compare with: the account's accepted rows of the event names its samples carry,
+    received in its window, are rejected (inferred) while the catalogue has no active meter
+    for the name. Any other report schedules a comparison of its meter's groups with rows
+    accepted in its window, once the summaries settled (relay/pipeline/confirmation.py).
+    Returns the rows rejected here."""
+    data = body.get("data") or {}
+    failures = unlisted_failures(data)
+    window = report_window(data) if failures else None
+    if window is None:
+        return []
+    since, until, end = window
+    report_id = str(body.get("id") or "")[:255]
+    marked: list[str] = []
+    for code, count, samples in failures:
+        if body.get("type") == NO_METER_FOUND:
+            message = f"inferred: no active meter for the event name (error report {report_id})"
+            params: NoMeterParams = {
+                "account": account,
+                "samples": samples,
+                "since": since,
+                "until": until,
+                "code": code,
+                "message": message,
+                "report_id": report_id,
+            }
+            marked += await store.reject_without_meter(params)
+            continue
+        meter_id = str((body.get("related_object") or {}).get("id") or "")
+        groups = await store.schedule_comparisons(
+            {
+                "account": account,
+                "meter_id": meter_id,
+                "samples": samples,
+                "since": since,
+                "until": until,
+                "validation_end": end,
+                "settle_seconds": settle_seconds,
+                "report_id": report_id,
+                "code": code,
+            }
+        )
+        log.info(
+            "comparison_scheduled",
+            report=report_id,
+            stripe_account=account,
+            code=code,
+            unlisted=count - len(samples),
+            groups=groups,
+        )
     return marked
 
 
@@ -181,6 +282,7 @@ async def handle_delivery(
     body: bytes,
     signature: str | None,
     now: float | None = None,
+    settle_seconds: float = DEFAULT_SETTLE_SECONDS,
 ) -> dict[str, Any]:
     """Verify, fetch and apply one delivery. Raises BadDelivery for what deserves a 400."""
     verify_signature(body, signature, secret, time.time() if now is None else now)
@@ -192,7 +294,7 @@ async def handle_delivery(
     except Exception as err:  # valid JSON the SDK cannot read is still the sender's problem
         raise BadDelivery("malformed", f"unreadable event ({type(err).__name__})") from None
     event = await notification.fetch_event_async()
-    marked = await apply_event(store, event)
+    marked = await apply_event(store, event, settle_seconds)
     data = event.get("data") if isinstance(event, dict) else event.to_dict().get("data")
     codes = set(rejected_identifiers(data or {}))
     log.warning(

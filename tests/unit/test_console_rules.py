@@ -2,6 +2,7 @@
 sockets): session cookies, CSRF and origin checks, the scrape-time refresh."""
 
 from datetime import timedelta
+from typing import Any
 
 from aiohttp.test_utils import make_mocked_request
 from prometheus_client import REGISTRY
@@ -102,6 +103,15 @@ class Reader:
 
     async def held_by_reason(self) -> dict[str, tuple[int, float]]:
         return {"meter_missing": (3, 86_400.0)}
+
+    async def confirmation(self) -> dict[str, Any]:
+        return {
+            "confirmed": 7,
+            "awaiting": 2,
+            "drifting": 1,
+            "not_confirmable": 0,
+            "oldest_unconfirmed_age_seconds": 60.0,
+        }
 
 
 def _value(name: str, **labels: str) -> float | None:

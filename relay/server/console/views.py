@@ -288,6 +288,7 @@ class Console:
             "relays": relays,
             "share": self._share(len(relays)),
             "drift": await self.store.latest_drift_report(),
+            "confirmation": await self.store.confirmation(),
             "chart": await self._chart(),
             **await self._outage(),
         }
@@ -395,6 +396,7 @@ class Console:
         identifier = request.query.get("identifier", "").strip()
         found = await self.store.row(identifier) if identifier else None
         attempts = await self.store.attempts(found["id"], ATTEMPTS_SHOWN) if found else []
+        confirmation = await self.store.row_confirmation(identifier) if found else None
         return self._page(
             "row.html",
             viewer,
@@ -402,6 +404,7 @@ class Console:
             identifier=identifier,
             row=found,
             attempts=attempts,
+            confirmation=confirmation,
             calls=f"{len(attempts)}+" if len(attempts) >= ATTEMPTS_SHOWN else len(attempts),
             held=_held(found),
             notice=NOTICES.get(request.query.get("done", "")),

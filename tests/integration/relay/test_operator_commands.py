@@ -158,7 +158,7 @@ async def test_inspect_tells_the_story_of_a_row(database_url, emulator: Emulator
     assert statuses in ([503, 200], [200])  # whichever row met the 503
     assert data["summary"].startswith("accepted by Stripe at ")
     assert data["stripe_request_id"] in data["summary"]
-    assert "not billed truth until Stripe's validation" in data["summary"]
+    assert "awaiting confirmation against Stripe's hourly totals" in data["summary"]
     datetime.fromisoformat(data["accepted_at"])
     datetime.fromisoformat(data["history"][-1]["attempted_at"])
     both = [json.loads(cli(database_url, "inspect", i, "--json").stdout) for i in ("u1", "u2")]
