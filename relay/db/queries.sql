@@ -86,7 +86,7 @@ chosen AS MATERIALIZED (
               SELECT b.id FROM meter_event_outbox b
               WHERE b.customer = o.customer AND b.event_name = o.event_name
                 AND b.settled_state IS NULL
-              ORDER BY b.available_at, b.id
+              ORDER BY b.customer, b.event_name, b.available_at, b.id
               LIMIT 1) = o.id)
         LIMIT 1
         FOR UPDATE SKIP LOCKED) w
