@@ -1,5 +1,4 @@
-"""Cheaper row transitions: a claim rewrites no index entry (a HOT update), and the indexes
-select rows by `settled_state`, a generated column that does not change when a row is claimed.
+"""Cheaper claims: the busy index goes (the lane index answers "has this lane a call in flight").
 
 Revision ID: outbox_0013
 Revises: outbox_0012

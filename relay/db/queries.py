@@ -85,6 +85,7 @@ class WalkParams(TypedDict):
     after_event_name: str
     max_lanes: int
     batch_size: int
+    exclusive: bool
 
 
 class ClaimParams(TypedDict):

@@ -5,15 +5,13 @@
 -- choose the next batch while the previous one is being leased): walk the lanes (customer,
 -- event name) that have live rows, starting after the lane where the previous walk stopped
 -- (round robin: a lane with a 100k backlog gets one row per pass, like every other lane), and
--- take each lane's head, its oldest row, if it is due and not leased.
+-- take each lane's head, its oldest row, if it is due. With :exclusive (v1: Stripe allows one
+-- concurrent call per customer and meter) lanes that already have a call in flight are skipped.
 -- The walk is a loose index scan over the lane index (customer, event name, available_at, id):
 -- one probe per lane finds the next lane and, being the first entry of that lane, its head (if
--- the head is not due, nothing in the lane is). A claim leaves a row where it is in the lane
--- index (the lease is in lease_until, not available_at), so a leased row stays its lane's head
--- until its outcome: in v1 (one concurrent call per customer and meter) that is what keeps
--- the lane busy, and in v2 the claim's top-up takes the rows behind it. The walk stops as soon
--- as the batch is full, so it costs one probe per row taken (plus one per lane passed over),
--- however deep the backlog.
+-- the head is not due, nothing in the lane is). A second probe, on the lane index after now(), tells
+-- whether the lane has a call in flight. The walk stops as soon as the batch is full, so it costs
+-- two probes per row taken (plus one per lane passed over), however deep the backlog.
 -- Returns one row: the head ids (a bigint[], handed to `claim`) and how many, the last lane walked (where the next walk starts) and `wrap`
 -- when the walk ran out of lanes before the batch filled (start again from the first lane); no
 -- row when no lane lies after the cursor.
@@ -26,10 +24,18 @@ WITH RECURSIVE walk (customer, event_name, id, taken, found, depth) AS (
     FROM walk w
     CROSS JOIN LATERAL (
         SELECT o.customer, o.event_name, o.id,
-               o.available_at <= now() AND (o.state = 'pending' OR o.lease_until <= now())
-                   AS taken
+               o.available_at <= now() AND (NOT CAST(:exclusive AS boolean) OR (
+                   -- A correlated scalar probe, not NOT EXISTS: the planner would hash that
+                   -- over every in-flight row. It reads the lane index's range of the lane
+                   -- after now(): an in-flight row's available_at is its lease deadline, so
+                   -- only the lane's leased rows and rows in backoff lie there.
+                   SELECT b.id FROM meter_event_outbox b
+                   WHERE b.customer = o.customer AND b.event_name = o.event_name
+                     AND b.state IN ('pending', 'in_flight') AND b.available_at > now()
+                     AND b.state = 'in_flight'
+                   LIMIT 1) IS NULL) AS taken
         FROM meter_event_outbox o
-        WHERE o.settled_state IS NULL
+        WHERE o.state IN ('pending', 'in_flight')
           AND (o.customer, o.event_name) > (w.customer, w.event_name)
         ORDER BY o.customer, o.event_name, o.available_at, o.id
         LIMIT 1) n
@@ -41,22 +47,19 @@ FROM walk w WHERE w.depth > 0 ORDER BY w.depth DESC LIMIT 1
 
 -- name: claim
 -- The claim: one short transaction. Lock the heads the walk chose (one per lane) if they are
--- still due and unleased in this statement's fresh snapshot (SKIP LOCKED: another relay may be
--- claiming the same head; one primary-key probe each) and, with :exclusive (v1: one call in
--- flight per lane), only while each is still its lane's head: the walk checked that, but a
--- head can since have been claimed by another relay, failed and come back due behind its
--- lane's next row, now in flight (a leased row stays its lane's head). A head another relay
--- (or another of our claims) took since the walk is leased now and left out; two relays
--- contend for that one row. A head that changed since the walk is taken on the next pass.
--- Rarely, a row committed with an earlier available_at between a walk and its claim becomes a
--- second head; in v1 Stripe then answers 409 and that row retries (same key, attempt not
--- counted): a conflict costs a retry, never a double count.
+-- still due in this statement's fresh snapshot (SKIP LOCKED: another relay may be claiming the
+-- same head; one primary-key probe each) and, with :exclusive (v1: one call in flight per
+-- lane), only while their lane still has no call in flight: the walk checked that, but a head
+-- can since have been claimed by another relay, failed and come back due while its lane's next
+-- row is in flight. A head another relay (or another of our claims) took since the walk is in
+-- flight now, not due, and is left out; two relays contend for that one row. A head that
+-- changed since the walk is taken on the next pass. Rarely, a row committed with an earlier available_at between a walk and its claim
+-- becomes a second head; in v1 Stripe then answers 409 and that row retries (same key, attempt
+-- not counted): a conflict costs a retry, never a double count.
 -- With :fill, top the batch up with the oldest other due rows (v2 stream, where lanes need no
 -- exclusivity: the walk gives every lane a row per pass, the fill keeps a single-tenant backlog
--- flowing). Then lease them: in_flight, a fresh lease token, a deadline in lease_until,
--- RETURNING what the sender needs. The lease writes no indexed column (no index mentions
--- state, lease_token, leased_by, lease_until or first_attempt_at; updated_at is left for the
--- outcome), so it is a HOT update: no index entry, only the changed bytes in the WAL.
+-- flowing). Then lease them: in_flight, a fresh lease token, a deadline, RETURNING what the
+-- sender needs.
 WITH heads AS MATERIALIZED (
     -- The ids of one walk (:one_walk) name each lane once: taken as they are.
     SELECT u.id FROM unnest(CAST(:ids AS bigint[])) AS u(id) WHERE CAST(:one_walk AS boolean)
@@ -69,7 +72,7 @@ WITH heads AS MATERIALIZED (
      CROSS JOIN LATERAL (  -- one primary-key probe per id, never a hash of the table
          SELECT o.id, o.customer, o.event_name, o.available_at
          FROM meter_event_outbox o
-         WHERE o.id = u.id AND o.settled_state IS NULL LIMIT 1) r
+         WHERE o.id = u.id AND o.state IN ('pending', 'in_flight') LIMIT 1) r
      WHERE NOT CAST(:one_walk AS boolean)
      ORDER BY r.customer, r.event_name, r.available_at, r.id)
 ),
@@ -78,16 +81,15 @@ chosen AS MATERIALIZED (
     FROM heads h
     CROSS JOIN LATERAL (
         SELECT o.id, o.first_attempt_at FROM meter_event_outbox o
-        WHERE o.id = h.id AND o.settled_state IS NULL AND o.available_at <= now()
-          AND (o.state = 'pending' OR o.lease_until <= now())
-          -- v1: still its lane's head (a correlated scalar probe of the lane index's first
-          -- entry for the lane: a leased row in the lane would be that head).
+        WHERE o.id = h.id AND o.state IN ('pending', 'in_flight') AND o.available_at <= now()
+          -- v1: the lane is still free (a correlated scalar probe of the lane index's range
+          -- after now(), as in the walk).
           AND (NOT CAST(:exclusive AS boolean) OR (
               SELECT b.id FROM meter_event_outbox b
               WHERE b.customer = o.customer AND b.event_name = o.event_name
-                AND b.settled_state IS NULL
-              ORDER BY b.customer, b.event_name, b.available_at, b.id
-              LIMIT 1) = o.id)
+                AND b.state IN ('pending', 'in_flight') AND b.available_at > now()
+                AND b.state = 'in_flight'
+              LIMIT 1) IS NULL)
         LIMIT 1
         FOR UPDATE SKIP LOCKED) w
 ),
@@ -96,10 +98,8 @@ filled AS MATERIALIZED (
     FROM meter_event_outbox o
     -- Written so only an ordered scan of the due index can serve it, stopping after :fill
     -- rows (with `available_at <= now()` a stale estimate can pick a bitmap scan and a sort
-    -- of every due row). Leased rows keep their place at the front of the index: the scan
-    -- passes over them (at most the rows the relays hold).
-    WHERE o.settled_state IS NULL AND o.available_at - now() <= interval '0'
-      AND (o.state = 'pending' OR o.lease_until <= now())
+    -- of every due row).
+    WHERE o.state IN ('pending', 'in_flight') AND o.available_at - now() <= interval '0'
       AND o.id NOT IN (SELECT id FROM chosen)
     ORDER BY o.available_at
     LIMIT :fill
@@ -112,8 +112,9 @@ UPDATE meter_event_outbox o
 SET state = 'in_flight',
     lease_token = gen_random_uuid(),
     leased_by = :relay_id,
-    lease_until = now() + make_interval(secs => :lease_seconds),
-    first_attempt_at = coalesce(o.first_attempt_at, now())
+    available_at = now() + make_interval(secs => :lease_seconds),
+    first_attempt_at = coalesce(o.first_attempt_at, now()),
+    updated_at = now()
 FROM locked
 WHERE o.id = locked.id
 RETURNING o.id, o.lease_token, o.identifier, o.event_name, o.customer,
@@ -237,26 +238,24 @@ SELECT state, n FROM meter_event_outbox_status
 -- name: failures_by_code
 SELECT state, coalesce(last_error_code, '(none)') AS code, count(*) AS n
 FROM meter_event_outbox
-WHERE settled_state IN ('failed', 'rejected')
+WHERE state IN ('failed', 'rejected')
 GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2
 
 -- name: waiting_by_code
 -- Why pending rows wait (e.g. account_access_refused after a 403), by code and account.
 SELECT last_error_code AS code, stripe_account, count(*) AS n
 FROM meter_event_outbox
-WHERE settled_state IS NULL AND state = 'pending' AND last_error_code IS NOT NULL
+WHERE state = 'pending' AND last_error_code IS NOT NULL
 GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2 LIMIT 50
 
 -- name: row_story
 -- Every column of one row an operator may need (`inspect`, the console's row page), and how
 -- long until it is due by the database's clock (the one clock).
 SELECT id, identifier, state, action, event_name, customer, value, payload, dimensions, metadata,
-       occurred_at, stripe_account, attempts, key_generation,
-       -- In flight: the lease deadline, when the row is claimable again.
-       CASE WHEN state = 'in_flight' THEN lease_until ELSE available_at END AS available_at,
-       leased_by, last_error_code, last_error_message, stripe_request_id, created_at,
-       first_attempt_at, accepted_at, cancel_requested_at, cancelled_at, updated_at,
-       CASE WHEN state = 'in_flight' THEN lease_until ELSE available_at END - now() AS due_in
+       occurred_at, stripe_account, attempts, key_generation, available_at, leased_by,
+       last_error_code, last_error_message, stripe_request_id, created_at, first_attempt_at,
+       accepted_at, cancel_requested_at, cancelled_at, updated_at,
+       available_at - now() AS due_in
 FROM meter_event_outbox WHERE identifier = :identifier
 
 -- name: retry
@@ -278,7 +277,7 @@ WITH matched AS MATERIALIZED (
                     THEN 'outside_dedup_window'
            END AS reason
     FROM meter_event_outbox o
-    WHERE o.settled_state IN ('failed', 'rejected')
+    WHERE o.state IN ('failed', 'rejected')
       AND (CAST(:identifier AS text) IS NULL OR o.identifier = :identifier)
       AND (CAST(:code AS text) IS NULL OR o.last_error_code = :code)
       AND (CAST(:rejected AS boolean) OR o.state = 'failed')
@@ -328,7 +327,7 @@ WITH gone AS (
     DELETE FROM meter_event_outbox o
     WHERE o.id IN (
         SELECT id FROM meter_event_outbox
-        WHERE settled_state IN ('accepted', 'cancelled')
+        WHERE state IN ('accepted', 'cancelled')
           AND updated_at < now() - make_interval(secs => :age_seconds)
         ORDER BY updated_at
         LIMIT :batch_size
@@ -347,13 +346,11 @@ SELECT id FROM gone
 -- `due` rows are waiting for a relay; not-due pending rows with a code are backing off (or
 -- waiting for the auth probe, told apart by `http_status` below); not-due rows without a code
 -- are scheduled (a cancel right after its report).
-SELECT o.state, o.last_error_code AS code,
-       o.available_at <= now() AND (o.state = 'pending' OR o.lease_until <= now()) AS due,
-       count(*) AS n,
+SELECT o.state, o.last_error_code AS code, o.available_at <= now() AS due, count(*) AS n,
        min(o.created_at) AS oldest_created_at, min(o.occurred_at) AS oldest_occurred_at,
        min(o.available_at) AS next_attempt_at
 FROM meter_event_outbox o
-WHERE o.settled_state IS NULL
+WHERE o.state IN ('pending', 'in_flight')
 GROUP BY 1, 2, 3 ORDER BY 4 DESC
 
 -- name: last_status_for_code
@@ -363,7 +360,7 @@ SELECT a.http_status
 FROM meter_event_outbox o
 JOIN LATERAL (SELECT http_status FROM meter_event_outbox_attempts
               WHERE outbox_id = o.id ORDER BY id DESC LIMIT 1) a ON true
-WHERE o.settled_state IS NULL AND o.state = 'pending' AND o.last_error_code = :code
+WHERE o.state = 'pending' AND o.last_error_code = :code
 LIMIT 1
 
 -- name: list_rows
@@ -378,13 +375,9 @@ LIMIT 1
 -- planned with the filters and its own states, so the partial indexes match.
 WITH matching AS NOT MATERIALIZED (
     SELECT id, identifier, state, action, customer, event_name, value, stripe_account, attempts,
-           last_error_code, created_at, occurred_at, available_at, accepted_at, updated_at,
-           settled_state
+           last_error_code, created_at, occurred_at, available_at, accepted_at, updated_at
     FROM meter_event_outbox
-    WHERE (CAST(:state AS text) IS NULL OR (state = :state AND CASE
-               -- folded to the partial indexes' own predicate for the value given
-               WHEN CAST(:state AS text) IN ('pending', 'in_flight') THEN settled_state IS NULL
-               ELSE settled_state = :state END))
+    WHERE (CAST(:state AS text) IS NULL OR state = :state)
       AND (CAST(:code AS text) IS NULL OR last_error_code = :code)
       AND (CAST(:customer AS text) IS NULL OR customer = :customer)
       AND (CAST(:event_name AS text) IS NULL OR event_name = :event_name)
@@ -396,10 +389,10 @@ FROM (
     (SELECT * FROM matching
      ORDER BY id DESC LIMIT CASE WHEN CAST(:customer AS text) IS NULL THEN :limit ELSE 0 END)
     UNION ALL
-    (SELECT * FROM matching WHERE settled_state IS NULL
+    (SELECT * FROM matching WHERE state IN ('pending', 'in_flight')
      ORDER BY id DESC LIMIT CASE WHEN CAST(:customer AS text) IS NULL THEN 0 ELSE :limit END)
     UNION ALL
-    (SELECT * FROM matching WHERE settled_state IS NOT NULL
+    (SELECT * FROM matching WHERE state IN ('accepted', 'cancelled', 'failed', 'rejected')
      ORDER BY id DESC LIMIT CASE WHEN CAST(:customer AS text) IS NULL THEN 0 ELSE :limit END)
 ) newest
 ORDER BY id DESC
@@ -415,7 +408,7 @@ ORDER BY id LIMIT :limit
 -- name: rejected_count
 -- How many rejected rows (with this code) `retry --all` left out, said in one line.
 SELECT count(*) FROM meter_event_outbox o
-WHERE o.settled_state = 'rejected' AND (CAST(:code AS text) IS NULL OR o.last_error_code = :code)
+WHERE o.state = 'rejected' AND (CAST(:code AS text) IS NULL OR o.last_error_code = :code)
 
 -- name: row_state
 SELECT state, action FROM meter_event_outbox WHERE identifier = :identifier
@@ -424,11 +417,11 @@ SELECT state, action FROM meter_event_outbox WHERE identifier = :identifier
 -- What `prune` would delete (--dry-run): counted on the terminal-age index.
 SELECT count(*) AS n, min(updated_at) AS oldest, max(updated_at) AS newest
 FROM meter_event_outbox
-WHERE settled_state IN ('accepted', 'cancelled') AND updated_at < now() - make_interval(secs => :age_seconds)
+WHERE state IN ('accepted', 'cancelled') AND updated_at < now() - make_interval(secs => :age_seconds)
 
 -- name: unsent_count
 -- Rows not (yet) reported: what a downgrade to base would destroy.
-SELECT count(*) FROM meter_event_outbox WHERE settled_state IS NULL OR settled_state = 'failed'
+SELECT count(*) FROM meter_event_outbox WHERE state IN ('pending', 'in_flight', 'failed')
 
 -- name: drift_ours
 -- Our side of the drift report: per (account, customer, event name, hour of occurred_at) the
@@ -477,14 +470,14 @@ SELECT state, n FROM meter_event_outbox_status
 -- row in backoff or waiting on auth is still unsent: available_at would hide it).
 SELECT min(created_at) AS created_at, min(occurred_at) AS occurred_at,
        now() - min(created_at) AS created_age, now() - min(occurred_at) AS occurred_age
-FROM meter_event_outbox WHERE settled_state IS NULL
+FROM meter_event_outbox WHERE state IN ('pending', 'in_flight')
 
 -- name: backing_off
 -- Pending rows that failed at least once, by their last code: retrying, not yet given up.
 SELECT last_error_code AS code, count(*) AS n, min(created_at) AS oldest_created_at,
        min(available_at) AS next_attempt_at
 FROM meter_event_outbox
-WHERE settled_state IS NULL AND state = 'pending' AND last_error_code IS NOT NULL
+WHERE state = 'pending' AND last_error_code IS NOT NULL
 GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT :limit
 
 -- name: finished_last_hour
@@ -492,7 +485,7 @@ GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT :limit
 SELECT count(*) FILTER (WHERE state = 'accepted') AS accepted,
        count(*) FILTER (WHERE state = 'cancelled') AS cancelled
 FROM meter_event_outbox
-WHERE settled_state IN ('accepted', 'cancelled') AND updated_at > now() - interval '1 hour'
+WHERE state IN ('accepted', 'cancelled') AND updated_at > now() - interval '1 hour'
 
 -- name: attempts_last_hour
 -- Stripe calls of the last hour from the attempt history: the newest :cap attempts at most
@@ -516,12 +509,12 @@ GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT :limit
 -- Rows waiting for an operator's decision, by code, each with its first few identifiers.
 SELECT f.state, f.code, f.n, ids.identifiers
 FROM (SELECT state, coalesce(last_error_code, '') AS code, count(*) AS n
-      FROM meter_event_outbox WHERE settled_state IN ('failed', 'rejected')
+      FROM meter_event_outbox WHERE state IN ('failed', 'rejected')
       GROUP BY 1, 2) f,
      LATERAL (SELECT array_agg(identifier ORDER BY id) AS identifiers
               FROM (SELECT o.identifier, o.id FROM meter_event_outbox o
                     -- the IN list lets the planner use the partial index attention_by_code
-                    WHERE o.settled_state IN ('failed', 'rejected') AND o.settled_state = f.state
+                    WHERE o.state IN ('failed', 'rejected') AND o.state = f.state
                       AND coalesce(o.last_error_code, '') = f.code
                     ORDER BY o.id LIMIT :per_code) s) ids
 ORDER BY f.n DESC, f.state, f.code
@@ -533,17 +526,17 @@ SELECT identifier, state, customer, event_name, value, attempts, last_error_mess
        created_at, updated_at
 FROM (
     (SELECT * FROM meter_event_outbox
-     WHERE settled_state = 'failed' AND coalesce(last_error_code, '') = :code ORDER BY id LIMIT :limit)
+     WHERE state = 'failed' AND coalesce(last_error_code, '') = :code ORDER BY id LIMIT :limit)
     UNION ALL
     (SELECT * FROM meter_event_outbox
-     WHERE settled_state = 'rejected' AND coalesce(last_error_code, '') = :code ORDER BY id LIMIT :limit)
+     WHERE state = 'rejected' AND coalesce(last_error_code, '') = :code ORDER BY id LIMIT :limit)
 ) o
 ORDER BY id LIMIT :limit
 
 -- name: customer_backlog
 -- Customers with the most unsent rows (the lane index leads with customer).
 SELECT customer, count(*) AS n, min(created_at) AS oldest_created_at
-FROM meter_event_outbox WHERE settled_state IS NULL
+FROM meter_event_outbox WHERE state IN ('pending', 'in_flight')
 GROUP BY customer ORDER BY 2 DESC, 1 LIMIT :limit
 
 -- name: trace_contexts
@@ -626,7 +619,7 @@ ON CONFLICT (stripe_account, event_name) DO UPDATE SET last_seen_at = now()
 -- Event names per account in unsent rows (the hot part, through the due index) and in
 -- recent history (the few rows of meter_event_outbox_event_names): never a scan of history.
 SELECT coalesce(stripe_account, '') AS account, event_name
-FROM meter_event_outbox WHERE settled_state IS NULL AND available_at > '-infinity'
+FROM meter_event_outbox WHERE state IN ('pending', 'in_flight') AND available_at > '-infinity'
 UNION
 SELECT stripe_account, event_name FROM meter_event_outbox_event_names
 WHERE last_seen_at > now() - make_interval(days => 35)
@@ -638,7 +631,7 @@ ORDER BY 1, 2
 SELECT coalesce(stripe_account, '') AS account, event_name, last_error_code AS code,
        count(*) AS n, min(created_at) AS oldest_created_at, min(occurred_at) AS oldest_occurred_at
 FROM meter_event_outbox
-WHERE settled_state IS NULL AND state = 'pending' AND available_at > '-infinity'
+WHERE state = 'pending' AND available_at > '-infinity'
   AND last_error_code = ANY(CAST(:codes AS text[]))
 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
 
@@ -646,7 +639,7 @@ GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
 -- Rows held for a meter that is now usable: due at once (one write per held row).
 UPDATE meter_event_outbox
 SET available_at = now(), updated_at = now()
-WHERE settled_state IS NULL AND state = 'pending' AND available_at > now()
+WHERE state = 'pending' AND available_at > now()
   AND coalesce(stripe_account, '') = :account AND event_name = :event_name
   AND last_error_code = ANY(CAST(:codes AS text[]))
 RETURNING id

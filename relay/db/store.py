@@ -104,7 +104,7 @@ class SyncExecutor:
 # -- parameters, built once for both executors ------------------------------------------------
 
 
-def walk_params(after: Lane, wanted: int) -> q.WalkParams:
+def walk_params(after: Lane, wanted: int, exclusive: bool) -> q.WalkParams:
     return {
         "after_customer": after[0],
         "after_event_name": after[1],
@@ -112,6 +112,7 @@ def walk_params(after: Lane, wanted: int) -> q.WalkParams:
         # batch is full, the bound only caps a walk past busy lanes.
         "max_lanes": 4 * wanted + 64,
         "batch_size": wanted,
+        "exclusive": exclusive,
     }
 
 
@@ -222,9 +223,9 @@ def _json_number(value: object) -> int | float:
 class Store(AsyncExecutor):
     """The relay's tasks on its async pool."""
 
-    async def walk(self, after: Lane, wanted: int) -> Walked:
+    async def walk(self, after: Lane, wanted: int, *, exclusive: bool) -> Walked:
         """Choose up to `wanted` lane heads after `after` (read only, locks nothing)."""
-        return await self.first(q.WALK(walk_params(after, wanted))) or NOT_WALKED
+        return await self.first(q.WALK(walk_params(after, wanted, exclusive))) or NOT_WALKED
 
     async def claim(self, ids: Sequence[int], **how: Unpack[q.ClaimHow]) -> list[Claimed]:
         """Lock and lease the walked heads (plus `fill` oldest due rows). `one_walk`: the ids
@@ -440,8 +441,8 @@ class ConsoleStore(AsyncExecutor):
 class SyncStore(SyncExecutor):
     """The operator commands' tasks (and the tests' walk, claim and outcome writes)."""
 
-    def walk(self, after: Lane, wanted: int) -> Walked:
-        return self.first(q.WALK(walk_params(after, wanted))) or NOT_WALKED
+    def walk(self, after: Lane, wanted: int, *, exclusive: bool) -> Walked:
+        return self.first(q.WALK(walk_params(after, wanted, exclusive))) or NOT_WALKED
 
     def claim(self, ids: Sequence[int], **how: Unpack[q.ClaimHow]) -> list[Claimed]:
         return self.all(q.CLAIM(claim_params(ids, how)))

@@ -178,7 +178,7 @@ class Producer:
     async def walk(self, after: Lane, wanted: int) -> Walked:
         """The `walk` query; on a database error back off and report nothing found."""
         try:
-            return await self.store.walk(after, wanted)
+            return await self.store.walk(after, wanted, exclusive=self._exclusive)
         except RETRYABLE as err:  # database down: back off, nothing is lost
             log.error("walk_failed", error=str(err))
             metrics.DB_ERRORS.inc()

@@ -181,7 +181,7 @@ async def code_is(database_url: str, identifier: str, code: str) -> bool:
 def claim(conn: psycopg.Connection, relay_id: str, lease: float, n: int = 10) -> list[Claimed]:
     """The relay's two statements: the read-only walk, then the claim of what it chose."""
     store = SyncStore(conn)
-    walked = store.walk(FIRST_LANE, n)
+    walked = store.walk(FIRST_LANE, n, exclusive=True)
     return store.claim(
         walked.ids, fill=0, exclusive=True, relay_id=relay_id, lease_seconds=lease, one_walk=True
     )

@@ -51,7 +51,7 @@ class Faulty:
         if error is not None:
             raise error
 
-    async def walk(self, after: Any, wanted: int) -> Walked:
+    async def walk(self, after: Any, wanted: int, *, exclusive: bool) -> Walked:
         self._next()
         return Walked([1], None)
 

@@ -20,13 +20,12 @@ def test_a_parameter_the_registry_does_not_declare_is_reported(monkeypatch) -> N
 
 
 def test_parameters_in_comments_and_casts_are_not_parameters() -> None:
-    assert queries.parameters("claim") == {
-        "ids",
-        "one_walk",
-        "fill",
+    assert queries.parameters("walk") == {
+        "after_customer",
+        "after_event_name",
+        "max_lanes",
+        "batch_size",
         "exclusive",
-        "relay_id",
-        "lease_seconds",
     }
 
 

@@ -38,7 +38,7 @@ def _in_flight_with_cancel_requested(database_url: str, db) -> Claimed:
     """A report leased to a relay, then cancelled by the application while it is in flight."""
     insert_usage(database_url, 1)
     store = SyncStore(db)
-    walked = store.walk(FIRST_LANE, 1)
+    walked = store.walk(FIRST_LANE, 1, exclusive=True)
     (claimed,) = store.claim(
         walked.ids, fill=0, exclusive=True, relay_id="test-relay", lease_seconds=30
     )

@@ -34,7 +34,7 @@ def test_expired_lease_is_reclaimed_and_late_outcome_is_ignored(database_url: st
     (first,) = claim(db, "relay-a", lease=30)
     assert claim(db, "relay-b", lease=30) == []  # leased: invisible to others
     # The lease runs out (a dead relay's lease simply expires): its deadline is in the past.
-    db.execute("UPDATE meter_event_outbox SET lease_until = now() - interval '1 second'")
+    db.execute("UPDATE meter_event_outbox SET available_at = now() - interval '1 second'")
     (second,) = claim(db, "relay-b", lease=30)
     assert second.id == first.id and second.lease_token != first.lease_token
     # The slow relay-a comes back with a result: its compare-and-set matches nothing.
@@ -84,7 +84,7 @@ def test_claim_takes_the_current_head_of_each_lane_once(database_url: str, db) -
     db.execute(LANE_ROW, ("a1", "cus_a", 1))
     db.commit()
     store = SyncStore(db)
-    walked = store.walk(FIRST_LANE, 10)
+    walked = store.walk(FIRST_LANE, 10, exclusive=True)
     assert len(walked.ids) == 2
     (b0,) = db.execute(LANE_ROW, ("b0", "cus_b", 2)).fetchone()  # older: the new head
     db.commit()
@@ -111,7 +111,7 @@ def test_a_stale_claim_leaves_a_head_whose_lane_got_busy(database_url: str, db) 
     its lane has a call in flight."""
     insert_usage(database_url, 3)  # one lane: u1, u2, u3
     store = SyncStore(db)
-    walked_by_a = store.walk(FIRST_LANE, 10)
+    walked_by_a = store.walk(FIRST_LANE, 10, exclusive=True)
     (u1,) = claim(db, "relay-b", lease=30)
     assert u1.id in walked_by_a.ids
     retry_now = Outcome(u1, "pending", counted=1, new_key=1, code="server_error", called=True)

@@ -23,7 +23,7 @@ def attempts(database_url: str) -> list[tuple[Any, ...]]:
 
 def claim_one(db: psycopg.Connection) -> Claimed:
     store = SyncStore(db)
-    walked = store.walk(FIRST_LANE, 1)
+    walked = store.walk(FIRST_LANE, 1, exclusive=True)
     (claimed,) = store.claim(
         walked.ids, fill=0, exclusive=True, relay_id="test-relay", lease_seconds=30
     )
