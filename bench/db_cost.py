@@ -41,6 +41,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -405,6 +406,8 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=1_000)
     args = parser.parse_args()
     trees = [str(Path(t).resolve()) for t in args.trees.split(",")]
+    # SIGTERM unwinds like Ctrl-C, so the private cluster is removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     print(f"load before: {os.getloadavg()[0]:.2f}")
     results: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     with private_cluster() as admin_url:

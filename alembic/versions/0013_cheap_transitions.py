@@ -1,4 +1,5 @@
-"""Cheaper claims: the busy index goes (the lane index answers "has this lane a call in flight").
+"""Cheaper row transitions: room on each page for the updated row (fillfactor), and the busy
+index goes (the lane index answers "has this lane a call in flight").
 
 Revision ID: outbox_0013
 Revises: outbox_0012
