@@ -278,6 +278,44 @@ def child(admin_url: str, mode: str, n: int, customers: int) -> dict[str, Any]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+HISTORY = """
+INSERT INTO meter_event_outbox (identifier, event_name, customer, value, state, attempts,
+    first_attempt_at, accepted_at, created_at, occurred_at, updated_at, stripe_request_id)
+SELECT 'old' || g, 'api_calls', 'cus_' || (g % 10000), 1, 'accepted', 1, t, t, t, t, t,
+       'req_' || g
+FROM generate_series(1, %(n)s) g, LATERAL (SELECT now() - interval '40 days' AS t) at;
+INSERT INTO meter_event_outbox_attempts (outbox_id, attempted_at, attempt, key_generation,
+    action, state, http_status, stripe_request_id, latency_ms, relay_id)
+SELECT id, accepted_at, 1, 0, 'report', 'accepted', 200, stripe_request_id, 40, 'r1'
+FROM meter_event_outbox;
+"""
+
+
+def prune_child(admin_url: str, n: int) -> dict[str, Any]:
+    """Prune `n` accepted rows (with one attempt row each) past the retention, in the
+    default batches, and measure the WAL and the time per row."""
+    from relay.db import migrate, operations
+
+    name = f"dbcost_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = re.sub(r"/[^/]*$", f"/{name}", admin_url)
+    try:
+        migrate.upgrade(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(HISTORY.replace("%(n)s", str(int(n))))
+            conn.execute("VACUUM ANALYZE meter_event_outbox, meter_event_outbox_attempts")
+            conn.execute("CHECKPOINT")
+            before, began = _lsn(conn), time.monotonic()
+            deleted = operations.prune(conn, older_than_days=35)
+            seconds = time.monotonic() - began
+            wal = _wal_between(conn, before, _lsn(conn))
+        return {"deleted": deleted, "wal": wal / max(deleted, 1), "us": 1e6 * seconds / n}
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def _hot(conn: psycopg.Connection) -> tuple[int, int]:
     row = conn.execute(
         "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables"
@@ -330,6 +368,34 @@ def run_child(tree: str, admin_url: str, mode: str, n: int, customers: int) -> d
     if done.returncode != 0:
         raise SystemExit(f"child for {tree} {mode} failed:\n{done.stderr[-3000:]}")
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def run_prune(tree: str, admin_url: str, n: int) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": tree}
+    cmd = [sys.executable, __file__, "--prune-child", admin_url, str(n)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"prune child for {tree} failed:\n{done.stderr[-3000:]}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+V1_CAP_PER_DAY = 1000 * 86400  # facts a day at Stripe's v1 limit
+
+
+def report_prune(prunes: dict[str, dict[str, Any]]) -> None:
+    rows = [
+        [
+            _label(t),
+            p["deleted"],
+            p["wal"],
+            p["us"],
+            p["wal"] * V1_CAP_PER_DAY / 1e9,
+            p["us"] * V1_CAP_PER_DAY / 1e6 / 60,
+        ]
+        for t, p in prunes.items()
+    ]
+    header = ["tree", "rows pruned", "WAL bytes/row", "us/row", "GB WAL/day", "min/day"]
+    _table("prune (batches of 1,000; per day of history at 1,000 facts/s)", header, rows)
 
 
 def _label(tree: str) -> str:
@@ -395,6 +461,9 @@ def _fmt(v: object) -> str:
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--prune-child":
+        print(json.dumps(prune_child(sys.argv[2], int(sys.argv[3]))))
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         admin_url, mode, n, customers = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
         print(json.dumps(child(admin_url, mode, n, customers)))
@@ -404,6 +473,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--facts", type=int, default=10_000)
     parser.add_argument("--customers", type=int, default=1_000)
+    parser.add_argument("--prune-rows", type=int, default=0, help="also measure prune")
     args = parser.parse_args()
     trees = [str(Path(t).resolve()) for t in args.trees.split(",")]
     # SIGTERM unwinds like Ctrl-C, so the private cluster is removed.
@@ -419,8 +489,11 @@ def main() -> None:
                 line = f"relay {out['relay']:.0f} B/fact, {out['pg_us']:.1f} us"
                 print(f"round {r + 1} {_label(tree)} {mode}: {line}", flush=True)
                 results[(tree, mode)].append(out)
+        prunes = {t: run_prune(t, admin_url, args.prune_rows) for t in trees if args.prune_rows}
     print(f"load after: {os.getloadavg()[0]:.2f}")
     report(results, trees)
+    if prunes:
+        report_prune(prunes)
 
 
 if __name__ == "__main__":
