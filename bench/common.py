@@ -128,9 +128,12 @@ def emulator_process(*args: str, core: int | None = 1) -> Iterator[Emulator]:
 
 
 @contextlib.contextmanager
-def relay_process(database_url: str, api_base: str, **env: str) -> Iterator[subprocess.Popen]:
+def relay_process(
+    database_url: str, api_base: str, cwd: str | None = None, **env: str
+) -> Iterator[subprocess.Popen]:
     """`outbox-relay run` as a separate process, yielded once its HTTP port answers (started
-    up, imports done), stopped with SIGTERM."""
+    up, imports done), stopped with SIGTERM. `cwd`: run another checkout's relay (`-m` puts the
+    working directory first on the path, before PYTHONPATH)."""
     http_port = free_port()
     full_env = {
         **os.environ,
@@ -144,6 +147,7 @@ def relay_process(database_url: str, api_base: str, **env: str) -> Iterator[subp
     proc = subprocess.Popen(
         [sys.executable, "-m", "relay.cli", "run"],
         env=full_env,
+        cwd=cwd,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

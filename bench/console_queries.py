@@ -6,7 +6,8 @@ large table: EXPLAIN ANALYZE time and access paths of each, and the total per su
 
 Builds a scratch database: HISTORY accepted rows (one a second back in time, 5,000 customers),
 PENDING unsent rows over 5,000 customers (a third of them backing off after a 503), REJECTED
-rejected rows under 20 codes, and 100,000 attempts. Nothing is asserted: read the table.
+rejected rows under 20 codes, and 100,000 attempts (ten a second, ids growing with time).
+Nothing is asserted: read the table.
 """
 
 import argparse
@@ -16,7 +17,14 @@ import psycopg
 
 from bench.common import scratch_database
 from bench.operator_queries import HISTORY, explain
-from relay.db.store import ATTEMPT_WINDOW_CAP
+from relay.db.store import (
+    ATTEMPT_WINDOW_CAP,
+    CHART_EXACT,
+    CHART_SAMPLES,
+    CHART_SECONDS,
+    HOLD_CODES,
+    LOOK_SCAN,
+)
 
 PENDING = """
 INSERT INTO meter_event_outbox (identifier, event_name, customer, value, state, last_error_code,
@@ -36,10 +44,20 @@ FROM generate_series(1, %(rows)s) g
 ATTEMPTS = """
 INSERT INTO meter_event_outbox_attempts (outbox_id, attempted_at, attempt, key_generation,
     action, state, http_status, code)
-SELECT g, now() - make_interval(secs => g % 7200), 1, 0, 'report', 'accepted', 200,
+SELECT g, now() - make_interval(secs => (100000 - g) * 0.1), 1, 0, 'report', 'accepted', 200,
        CASE WHEN g % 10 = 0 THEN 'http_503' END
 FROM generate_series(1, 100000) g
 """
+
+
+def look(limit: int = 50, scan: int = LOOK_SCAN, after: int = 0, **filters: Any) -> dict[str, Any]:
+    """look_rows' parameters as ConsoleStore.look passes them for these filters (the rest
+    "any"): `scan` rows read only when a filter no index serves is given."""
+    given = {"kind": None, "code": None, "customer": None, "event_name": None, **filters}
+    narrowed = given["event_name"] is not None or given["kind"] in ("retrying", "held")
+    return {**given, "held": list(HOLD_CODES), "after": after, "upto": None,
+            "scan": scan if narrowed else limit, "limit": limit}  # fmt: skip
+
 
 SURFACES: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
     "console overview": [
@@ -53,12 +71,41 @@ SURFACES: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
             "attempt_errors_last_hour",
             {"cap": ATTEMPT_WINDOW_CAP, "limit": 10},
         ),
-        ("backing off by code", "backing_off", {"limit": 20}),
+        ("backing off by code", "backing_off", {"held": list(HOLD_CODES), "limit": 20}),
         ("failures with identifiers", "failures_with_identifiers", {"per_code": 5}),
         ("customers with most unsent", "customer_backlog", {"limit": 10}),
         ("latest drift report", "latest_drift_report", {}),
+        (
+            "chart: calls per minute",
+            "calls_per_minute",
+            {"exact": CHART_EXACT, "samples": CHART_SAMPLES, "seconds": CHART_SECONDS},
+        ),
     ],
-    "console failures page": [("one code's rows", "failed_rows", {"code": "code_7", "limit": 200})],
+    "console list (keyset, 50 a page)": [
+        ("no filter, first page", "look_rows", look()),
+        ("no filter, page after id 1,500,000", "look_rows", look(after=1_500_000)),
+        ("rejected, one code", "look_rows", look(kind="rejected", code="code_7")),
+        (
+            "rejected, one code, page after id 2,100,000",
+            "look_rows",
+            look(kind="rejected", code="code_7", after=2_100_000),
+        ),
+        ("retrying, http_503", "look_rows", look(kind="retrying", code="http_503")),
+        (
+            "any state, http_503, after id 1,900,000",
+            "look_rows",
+            look(code="http_503", after=1_900_000),
+        ),
+        ("held (none held: reads the whole bound)", "look_rows", look(kind="held")),
+        ("one customer", "look_rows", look(customer="cus_42")),
+        ("one customer, rejected", "look_rows", look(customer="cus_42", kind="rejected")),
+        ("a meter no row has (reads the whole bound)", "look_rows", look(event_name="none")),
+        (
+            "bulk set: 1,000 rows, scan 5,000",
+            "look_rows",
+            look(kind="retrying", code="http_503", limit=1000, scan=5000),
+        ),
+    ],
     "/metrics": [
         ("state counts (status view)", "state_counts", {}),
         ("oldest unsent", "oldest_unsent", {}),

@@ -274,11 +274,21 @@ def status(
         sys.exit(5)
 
 
+def _render_outage(console: Any, data: dict[str, Any]) -> None:
+    """One line first while the outage breaker is open (the same text as the console's)."""
+    from relay.db import outage
+
+    text = outage.line(data.get("outage"))
+    if text:
+        console.print(show.cell(text), style="bold red")
+
+
 def _render_status(data: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
+    _render_outage(console, data)
     table = Table("state", "rows", title="meter_event_outbox")
     for state, n in data["counts"].items():
         table.add_row(show.cell(state), str(n))

@@ -43,6 +43,7 @@ NEEDED = (
     ("meter_event_outbox_meters", "SELECT, INSERT, UPDATE, DELETE"),
     ("meter_event_outbox_meter_reads", "INSERT, UPDATE"),
     ("meter_event_outbox_event_names", "INSERT, UPDATE"),
+    ("meter_event_outbox_outage", "INSERT, UPDATE"),
 )
 
 

@@ -145,6 +145,18 @@ class Settings(BaseSettings):
     auth_probe_max_interval: float = Field(
         default=300.0, gt=0, le=86_400, description="... doubling per refusal up to this"
     )
+    outage_threshold: int = Field(
+        default=10,
+        ge=0,
+        le=10_000,
+        description="After N calls in a row got no answer or a 502/503/504, only probe (0: off)",
+    )
+    outage_probe_interval: float = Field(
+        default=2.0, gt=0, le=3600, description="While Stripe is out, one probe call after this"
+    )
+    outage_probe_max_interval: float = Field(
+        default=30.0, gt=0, le=3600, description="... doubling per failed probe up to this"
+    )
     # Timing of the relay's own loops (seconds). Defaults suit production; tests shorten them
     # instead of waiting on them.
     hint_recheck: float = Field(

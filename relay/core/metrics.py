@@ -95,6 +95,20 @@ COMMIT_TO_ACCEPTED = BatchHistogram(
 )
 RATE = Gauge("outbox_relay_rate_limit_per_second", "Current adaptive client-side rate limit")
 AUTH_PAUSED = Gauge("outbox_relay_auth_paused", "1 while sending is paused on a 401/403")
+STRIPE_OUTAGE = Gauge(
+    "outbox_relay_stripe_outage",
+    "1 while the outage breaker is open (Stripe gave no answer or 502/503/504): only probes go",
+)
+STRIPE_OUTAGE_TRANSITIONS = Counter(
+    "outbox_relay_stripe_outage_transitions_total",
+    "Changes of the outage breaker seen by this relay, by the state entered",
+    ["to"],
+)
+STRIPE_OUTAGE_PROBES = Counter(
+    "outbox_relay_stripe_outage_probes_total",
+    "Probe calls this relay made while the outage breaker was open, by result",
+    ["result"],
+)
 DB_ERRORS = Counter("outbox_relay_database_errors_total", "Failed database statements")
 WEBHOOKS = Counter("outbox_relay_webhooks_total", "Webhook deliveries by result", ["result"])
 HTTP_DISCONNECTED = Counter(

@@ -37,6 +37,8 @@ RelayCode = Literal[
     # the auth gate's holds (relay.stripe.auth_gate)
     "api_key_refused",
     "account_access_refused",
+    # the outage breaker's hold (relay.stripe.outage)
+    "stripe_outage",
     # the classification table's own codes (relay.stripe.classify)
     "connection_error",
     "conflict",
@@ -59,6 +61,7 @@ RELAY_CODES: Final[frozenset[str]] = frozenset(get_args(RelayCode))
 KEY_REFUSED: Final[RelayCode] = "api_key_refused"  # 401: the key itself, every account waits
 ACCOUNT_REFUSED: Final[RelayCode] = "account_access_refused"  # 403: the key, for this account
 AUTH_WAIT_CODES: Final[frozenset[str]] = frozenset({KEY_REFUSED, ACCOUNT_REFUSED})
+STRIPE_OUTAGE: Final[RelayCode] = "stripe_outage"  # held while Stripe is out: one probe at a time
 SHUTDOWN: Final[RelayCode] = "shutdown"
 RELAY_ERROR: Final[RelayCode] = "relay_error"
 STREAM_WAIT_EXPIRED: Final[RelayCode] = "stream_wait_expired"

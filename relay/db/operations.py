@@ -13,6 +13,7 @@ import outbox
 from outbox.dburl import psycopg_url
 from relay.core.meters import HELD_CODES, WHAT_TO_DO
 from relay.core.vocabulary import AUTH_WAIT_CODES, State
+from relay.db import outage
 from relay.db.pool import SET_UTC
 from relay.db.queries import RetryHow
 from relay.db.store import RetryCandidate, SyncStore, UnsentGroup
@@ -71,6 +72,7 @@ def status(conn: psycopg.Connection, stale_seconds: float = LIVE_SECONDS) -> dic
             for w in store.waiting_by_code()
         ],
         "held_for_meter": _held_for_meter(store),
+        "outage": outage.report(store.outage_state()),
         "meter_reads": _meter_problems(store),
         "relays": None
         if relays is None

@@ -177,11 +177,6 @@ class CodeParams(TypedDict):
     code: str
 
 
-class CodeLimit(TypedDict):
-    code: str
-    limit: int
-
-
 class ListParams(TypedDict):
     state: State | None
     code: str | None
@@ -222,6 +217,41 @@ class CapLimit(TypedDict):
 
 class PerCode(TypedDict):
     per_code: int
+
+
+class HeldLimit(TypedDict):
+    held: list[str]
+    limit: int
+
+
+class LookParams(TypedDict):
+    """The console's filters (each optional) and where its page starts (keyset)."""
+
+    kind: str | None  # failed, rejected, retrying, held (None: all four)
+    code: str | None  # '' for rows without a code
+    customer: str | None
+    event_name: str | None
+    held: list[str]  # the codes of held rows
+    after: int  # ids after this one
+    upto: int | None  # ids up to this one (the set a bulk action confirmed)
+    scan: int  # index entries read per page, at most
+    limit: int
+
+
+class ChartParams(TypedDict):
+    exact: int  # a span of at most this many calls is read whole
+    samples: int  # a busier one is sampled: this many calls read at most
+    seconds: float
+
+
+class Minute(NamedTuple):
+    """One minute of the overview's chart."""
+
+    minute: datetime
+    accepted: int
+    errors: int
+    calls: int
+    stride: int  # one call of every `stride` was read; the counts are scaled (1: exact)
 
 
 # -- row types --------------------------------------------------------------------------------
@@ -384,12 +414,13 @@ CONSOLE_SESSION_OPEN = Query("console_session_open", SessionParams, scalar_row)
 CONSOLE_SESSION_ALIVE = Query("console_session_alive", SessionId, scalar_row)
 CONSOLE_SESSION_CLOSE = Query("console_session_close", SessionId, scalar_row)
 OLDEST_UNSENT = Query("oldest_unsent", NoParams, class_row(Lag))
-BACKING_OFF = Query("backing_off", Limit, dict_row)
+BACKING_OFF = Query("backing_off", HeldLimit, dict_row)
 FINISHED_LAST_HOUR = Query("finished_last_hour", NoParams, class_row(Finished))
 ATTEMPTS_LAST_HOUR = Query("attempts_last_hour", Cap, class_row(Calls))
 ATTEMPT_ERRORS_LAST_HOUR = Query("attempt_errors_last_hour", CapLimit, dict_row)
 FAILURES_WITH_IDENTIFIERS = Query("failures_with_identifiers", PerCode, dict_row)
-FAILED_ROWS = Query("failed_rows", CodeLimit, dict_row)
+LOOK_ROWS = Query("look_rows", LookParams, dict_row, prepare=False)  # planned for its filters
+CALLS_PER_MINUTE = Query("calls_per_minute", ChartParams, class_row(Minute))
 CUSTOMER_BACKLOG = Query("customer_backlog", Limit, dict_row)
 
 # -- the meter catalogue (alembic/versions/0012_meter_catalogue.up.sql) -----------------------
@@ -449,6 +480,83 @@ METER_QUERIES = (
     EVENT_NAMES_IN_USE, HELD_BY_METER, RELEASE_HELD,
 )  # fmt: skip
 
+# -- the outage breaker (alembic/versions/0013_outage_breaker.up.sql) -------------------------
+
+
+class Scope(TypedDict):
+    scope: str
+
+
+class OutageSyncParams(TypedDict):
+    scope: str
+    calls: int
+    failed: int
+    status: int | None  # of the last failed call: 502/503/504, None for no answer
+
+
+class OutageOpenParams(TypedDict):
+    scope: str
+    relay_id: str
+    failed: int
+    status: int | None
+    streak_seconds: float
+    interval: float
+
+
+class OutageProbeParams(TypedDict):
+    scope: str
+    relay_id: str
+    lease_seconds: float
+
+
+class OutageProbeFailedParams(TypedDict):
+    scope: str
+    relay_id: str
+    status: int | None
+    cap: float
+
+
+class OutageCloseParams(TypedDict):
+    scope: str
+    relay_id: str
+    horizon: float
+    codes: list[str]
+
+
+class OutageState(NamedTuple):
+    """The outage breaker as every replica sees it (meter_event_outbox_outage).
+
+    `since`: the first failed call of the run that opened it; `calls`/`failed_calls`: the calls
+    made since then and how many got no answer or a 502/503/504; `last_status` None: no answer;
+    `probe_in_seconds`: until the next probe may go (negative: due); `probe_holder`: the relay
+    whose probe is out; `now`: the database's clock, for ages."""
+
+    state: str  # 'closed' | 'open'
+    since: datetime | None
+    opened_at: datetime | None
+    opened_by: str | None
+    closed_at: datetime | None
+    closed_by: str | None
+    last_status: int | None
+    calls: int
+    failed_calls: int
+    probes: int
+    probe_interval: float
+    probe_in_seconds: float | None
+    probe_holder: str | None
+    now: datetime
+
+
+OUTAGE_STATE = Query("outage_state", Scope, class_row(OutageState))
+OUTAGE_SYNC = Query("outage_sync", OutageSyncParams, class_row(OutageState))
+OUTAGE_OPEN = Query("outage_open", OutageOpenParams, scalar_row)
+OUTAGE_PROBE = Query("outage_probe", OutageProbeParams, scalar_row)
+OUTAGE_PROBE_FAILED = Query("outage_probe_failed", OutageProbeFailedParams, scalar_row)
+OUTAGE_CLOSE = Query("outage_close", OutageCloseParams, scalar_row)
+OUTAGE_QUERIES = (
+    OUTAGE_STATE, OUTAGE_SYNC, OUTAGE_OPEN, OUTAGE_PROBE, OUTAGE_PROBE_FAILED, OUTAGE_CLOSE,
+)  # fmt: skip
+
 REGISTRY: dict[str, Query[Any, Any]] = {
     q.name: q
     for q in (
@@ -457,9 +565,10 @@ REGISTRY: dict[str, Query[Any, Any]] = {
         ROW_STORY, ROW_STATE, ROW_ATTEMPTS, LIST_ROWS, RETRY, PRUNE, PRUNE_PREVIEW, UNSENT_COUNT,
         DRIFT_OURS, SAVE_DRIFT_REPORT, LATEST_DRIFT_REPORT, OLDEST_UNSENT, BACKING_OFF,
         FINISHED_LAST_HOUR, ATTEMPTS_LAST_HOUR, ATTEMPT_ERRORS_LAST_HOUR,
-        FAILURES_WITH_IDENTIFIERS, FAILED_ROWS, CUSTOMER_BACKLOG, REJECTED_COUNT, TRACE_CONTEXTS,
+        FAILURES_WITH_IDENTIFIERS, LOOK_ROWS, CALLS_PER_MINUTE, CUSTOMER_BACKLOG, REJECTED_COUNT,
+        TRACE_CONTEXTS,
         CONSOLE_SESSION_OPEN, CONSOLE_SESSION_ALIVE, CONSOLE_SESSION_CLOSE,
-        *METER_QUERIES,
+        *METER_QUERIES, *OUTAGE_QUERIES,
     )
 }  # fmt: skip
 

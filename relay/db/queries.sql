@@ -473,12 +473,14 @@ SELECT min(created_at) AS created_at, min(occurred_at) AS occurred_at,
 FROM meter_event_outbox WHERE state IN ('pending', 'in_flight')
 
 -- name: backing_off
--- Pending rows that failed at least once, by their last code: retrying, not yet given up.
-SELECT last_error_code AS code, count(*) AS n, min(created_at) AS oldest_created_at,
-       min(available_at) AS next_attempt_at
+-- Pending rows that carry an error code, by that code: retrying (not yet given up), or held
+-- (`held`: a code of :held, a refused key or account, or a meter Stripe would drop them for;
+-- no call is made for them, so they are not retrying).
+SELECT last_error_code AS code, last_error_code = ANY(CAST(:held AS text[])) AS held,
+       count(*) AS n, min(created_at) AS oldest_created_at, min(available_at) AS next_attempt_at
 FROM meter_event_outbox
 WHERE state = 'pending' AND last_error_code IS NOT NULL
-GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT :limit
+GROUP BY 1 ORDER BY 3 DESC, 1 LIMIT :limit
 
 -- name: finished_last_hour
 -- Rows that reached accepted or cancelled in the last hour (terminal-age index, one hour of it).
@@ -519,19 +521,134 @@ FROM (SELECT state, coalesce(last_error_code, '') AS code, count(*) AS n
                     ORDER BY o.id LIMIT :per_code) s) ids
 ORDER BY f.n DESC, f.state, f.code
 
--- name: failed_rows
--- One code's failed or rejected rows, oldest first ('' stands for rows without a code): the
--- first entries of each state under that code in meter_event_outbox_attention_by_code.
-SELECT identifier, state, customer, event_name, value, attempts, last_error_message,
-       created_at, updated_at
-FROM (
-    (SELECT * FROM meter_event_outbox
-     WHERE state = 'failed' AND coalesce(last_error_code, '') = :code ORDER BY id LIMIT :limit)
+-- name: look_rows
+-- The console's list of rows that need a look, filtered and paged forward by id (keyset: rows
+-- after :after; :upto, when set, caps the set a bulk action confirmed). The kinds: failed,
+-- rejected, retrying (pending after an error) and held (pending with a code of :held: waiting
+-- for a refused key or account, or for its meter). One branch per state, each the first :scan
+-- entries past :after of one index (look_by_state, look_by_customer, look_by_code: the planner
+-- picks by the filters given; a branch that does not apply gets LIMIT 0 and is never run).
+-- The meter filter and the split of pending rows into retrying and held are no index's: they
+-- narrow the first :scan rows of the merged branches, so a page reads at most 3 x :scan index
+-- entries and rows whatever the filters (the store passes :scan = :limit when neither
+-- applies). `scanned` and `last_scanned` say how far the page looked (the next page starts
+-- there even when no row of that stretch matched); a page that found nothing is one row of
+-- NULLs and those two.
+-- `state = ANY('{x}')` and ORDER BY state, id (not `state = 'x'` and ORDER BY id): with an
+-- equality the planner may walk the primary key from :after, filtering, when it believes the
+-- state dense there; 500,000 rows between a page and the next rejected row took 630 ms. The
+-- primary key cannot give this order, the partial indexes can.
+WITH scanned AS MATERIALIZED (
+    SELECT * FROM (
+        (SELECT id, identifier, state, customer, event_name, value, attempts, last_error_code,
+                last_error_message, stripe_account, created_at, updated_at, available_at,
+                first_attempt_at
+         FROM meter_event_outbox
+         WHERE state = ANY('{failed}') AND id > :after
+           AND id <= coalesce(CAST(:upto AS bigint), 9223372036854775807)
+           AND (CAST(:code AS text) IS NULL OR coalesce(last_error_code, '') = :code)
+           AND (CAST(:customer AS text) IS NULL OR customer = :customer)
+         ORDER BY state, id
+         LIMIT CASE WHEN coalesce(CAST(:kind AS text), 'failed') = 'failed' THEN :scan ELSE 0 END)
+        UNION ALL
+        (SELECT id, identifier, state, customer, event_name, value, attempts, last_error_code,
+                last_error_message, stripe_account, created_at, updated_at, available_at,
+                first_attempt_at
+         FROM meter_event_outbox
+         WHERE state = ANY('{rejected}') AND id > :after
+           AND id <= coalesce(CAST(:upto AS bigint), 9223372036854775807)
+           AND (CAST(:code AS text) IS NULL OR coalesce(last_error_code, '') = :code)
+           AND (CAST(:customer AS text) IS NULL OR customer = :customer)
+         ORDER BY state, id
+         LIMIT CASE WHEN coalesce(CAST(:kind AS text), 'rejected') = 'rejected' THEN :scan ELSE 0 END)
+        UNION ALL
+        (SELECT id, identifier, state, customer, event_name, value, attempts, last_error_code,
+                last_error_message, stripe_account, created_at, updated_at, available_at,
+                first_attempt_at
+         FROM meter_event_outbox
+         WHERE state = ANY('{pending}') AND last_error_code IS NOT NULL
+           AND id > :after
+           AND id <= coalesce(CAST(:upto AS bigint), 9223372036854775807)
+           AND (CAST(:code AS text) IS NULL OR coalesce(last_error_code, '') = :code)
+           AND (CAST(:customer AS text) IS NULL OR customer = :customer)
+         ORDER BY state, id
+         LIMIT CASE WHEN coalesce(CAST(:kind AS text), 'retrying') IN ('retrying', 'held') THEN :scan ELSE 0 END)
+    ) branches
+    ORDER BY id LIMIT :scan
+),
+stretch AS (SELECT count(*) AS scanned, max(id) AS last_scanned FROM scanned)
+SELECT o.*, o.state = 'pending' AND o.last_error_code = ANY(CAST(:held AS text[])) AS held,
+       s.scanned, s.last_scanned
+FROM stretch s
+LEFT JOIN LATERAL (
+    SELECT * FROM scanned
+    WHERE (CAST(:event_name AS text) IS NULL OR event_name = :event_name)
+      AND (coalesce(CAST(:kind AS text), '') NOT IN ('retrying', 'held')
+           OR (CAST(:kind AS text) = 'held') = (last_error_code = ANY(CAST(:held AS text[]))))
+    ORDER BY id LIMIT :limit
+) o ON true
+ORDER BY o.id
+
+-- name: calls_per_minute
+-- The overview's chart: Stripe calls per minute of the last :seconds, a bounded read whatever
+-- the traffic. Attempt ids grow with time, so a binary search over the primary key (at most 64
+-- probes) finds the first attempt of the span. A span of at most :exact ids is read whole (one
+-- range of the primary key; stride 1, exact counts); a busier one is sampled: one id of every
+-- `stride` ids (one probe each, :samples at most), each minute's counts scaled by the stride.
+-- Ids missing from the span (rows pruned with their history) are missed samples.
+WITH RECURSIVE span AS (
+    SELECT (SELECT id FROM meter_event_outbox_attempts ORDER BY id LIMIT 1) AS lo,
+           (SELECT id FROM meter_event_outbox_attempts ORDER BY id DESC LIMIT 1) AS hi
+),
+search (lo, hi, steps) AS (
+    SELECT lo, hi, 0 FROM span WHERE hi IS NOT NULL
     UNION ALL
-    (SELECT * FROM meter_event_outbox
-     WHERE state = 'rejected' AND coalesce(last_error_code, '') = :code ORDER BY id LIMIT :limit)
-) o
-ORDER BY id LIMIT :limit
+    SELECT CASE WHEN b.before THEN m.mid + 1 ELSE s.lo END,
+           CASE WHEN b.before THEN s.hi ELSE m.mid END,
+           s.steps + 1
+    FROM search s
+    CROSS JOIN LATERAL (SELECT s.lo + (s.hi - s.lo) / 2 AS mid) m
+    CROSS JOIN LATERAL (
+        SELECT coalesce((SELECT a.attempted_at <= now() - make_interval(secs => :seconds)
+                         FROM meter_event_outbox_attempts a
+                         WHERE a.id >= m.mid ORDER BY a.id LIMIT 1), false) AS before
+    ) b
+    WHERE s.lo < s.hi AND s.steps < 64
+),
+stride AS (
+    SELECT f.lo AS first, sp.hi AS last,
+           CASE WHEN sp.hi - f.lo < :exact THEN 1
+                ELSE ceil((sp.hi - f.lo + 1) / CAST(:samples AS numeric))::bigint END AS k
+    FROM (SELECT lo FROM search ORDER BY steps DESC LIMIT 1) f, span sp
+),
+sampled AS (
+    SELECT a.attempted_at, a.action, a.state, a.code, st.k
+    FROM stride st
+    CROSS JOIN LATERAL (
+        SELECT attempted_at, action, state, code FROM meter_event_outbox_attempts
+        WHERE id >= st.first AND id <= st.last AND st.k = 1 ORDER BY id LIMIT :exact
+    ) a
+    WHERE a.attempted_at > now() - make_interval(secs => :seconds)
+    UNION ALL
+    SELECT a.attempted_at, a.action, a.state, a.code, st.k
+    FROM stride st
+    CROSS JOIN LATERAL generate_series(0, (st.last - st.first) / st.k) i(n)
+    -- one probe of the primary key per sample (LIMIT keeps the planner from turning the probes
+    -- into a hash join over the whole table): the n-th stretch of k ids, at an offset that
+    -- varies (a fixed one would alias with any pattern of period dividing k)
+    CROSS JOIN LATERAL (
+        SELECT attempted_at, action, state, code FROM meter_event_outbox_attempts
+        WHERE id = st.first + i.n * st.k + (i.n * 7919) % st.k LIMIT 1
+    ) a
+    WHERE st.k > 1 AND a.attempted_at > now() - make_interval(secs => :seconds)
+)
+SELECT date_trunc('minute', attempted_at) AS minute,
+       count(*) FILTER (WHERE action = 'report' AND state = 'accepted') * k AS accepted,
+       count(*) FILTER (WHERE code IS NOT NULL) * k AS errors,
+       count(*) * k AS calls,
+       k AS stride
+FROM sampled
+GROUP BY 1, k ORDER BY 1
 
 -- name: customer_backlog
 -- Customers with the most unsent rows (the lane index leads with customer).
@@ -643,3 +760,95 @@ WHERE state = 'pending' AND available_at > now()
   AND coalesce(stripe_account, '') = :account AND event_name = :event_name
   AND last_error_code = ANY(CAST(:codes AS text[]))
 RETURNING id
+
+-- The outage breaker (alembic/versions/0013_outage_breaker.up.sql, relay/stripe/outage.py).
+-- One small row per scope; every statement touches that row only (and `outage_close` the
+-- rows the breaker held back).
+
+-- name: outage_state
+-- The breaker as every replica, `status` and the console see it, with the database's clock
+-- (`now`): `probe_in_seconds` is how long until the next probe may go (negative: due).
+SELECT state, since, opened_at, opened_by, closed_at, closed_by, last_status, calls,
+       failed_calls, probes, probe_interval,
+       extract(epoch FROM probe_at - now())::float8 AS probe_in_seconds,
+       CASE WHEN probe_until > now() THEN probe_holder END AS probe_holder, now() AS now
+FROM meter_event_outbox_outage WHERE scope = :scope
+
+-- name: outage_sync
+-- A relay's periodic look at the breaker, adding the calls it made (and how many failed) since
+-- its last look while the breaker is open; then the state as `outage_state` reads it.
+WITH noted AS (
+    UPDATE meter_event_outbox_outage
+    SET calls = calls + :calls, failed_calls = failed_calls + :failed,
+        last_status = CASE WHEN :failed > 0 THEN :status ELSE last_status END
+    WHERE scope = :scope AND state = 'open' AND :calls > 0
+    RETURNING 1
+)  -- a data-modifying CTE runs whether read or not; the SELECT sees the row before it
+SELECT state, since, opened_at, opened_by, closed_at, closed_by, last_status, calls,
+       failed_calls, probes, probe_interval,
+       extract(epoch FROM probe_at - now())::float8 AS probe_in_seconds,
+       CASE WHEN probe_until > now() THEN probe_holder END AS probe_holder, now() AS now
+FROM meter_event_outbox_outage WHERE scope = :scope
+
+-- name: outage_open
+-- Open the breaker after a run of :failed failed calls that began :streak_seconds ago; the
+-- first probe may go after :interval seconds. Returns true when this relay opened it, nothing
+-- when it was open already (another replica was first).
+INSERT INTO meter_event_outbox_outage AS o (
+    scope, state, since, opened_at, opened_by, last_status, calls, failed_calls,
+    probe_interval, probe_at
+) VALUES (
+    :scope, 'open', now() - make_interval(secs => :streak_seconds), now(), :relay_id, :status,
+    :failed, :failed, :interval, now() + make_interval(secs => :interval)
+)
+ON CONFLICT (scope) DO UPDATE SET
+    state = 'open', since = EXCLUDED.since, opened_at = EXCLUDED.opened_at,
+    opened_by = EXCLUDED.opened_by, closed_at = NULL, closed_by = NULL,
+    last_status = EXCLUDED.last_status, calls = EXCLUDED.calls,
+    failed_calls = EXCLUDED.failed_calls, probes = 0, probe_interval = EXCLUDED.probe_interval,
+    probe_at = EXCLUDED.probe_at, probe_holder = NULL, probe_until = NULL, changed_at = now()
+WHERE o.state = 'closed'
+RETURNING true
+
+-- name: outage_probe
+-- Take the probe: one call for all replicas while the breaker is open, once the probe is
+-- due, leased for :lease_seconds (a relay that dies with it does not block the next one).
+-- Returns the current interval when this relay got it, nothing otherwise.
+UPDATE meter_event_outbox_outage
+SET probe_holder = :relay_id, probe_until = now() + make_interval(secs => :lease_seconds)
+WHERE scope = :scope AND state = 'open' AND probe_at <= now()
+  AND (probe_holder IS NULL OR probe_until < now() OR probe_holder = :relay_id)
+RETURNING probe_interval
+
+-- name: outage_probe_failed
+-- The probe got no answer either: the next one waits twice as long, up to :cap seconds.
+UPDATE meter_event_outbox_outage
+SET probes = probes + 1, calls = calls + 1, failed_calls = failed_calls + 1,
+    last_status = :status, probe_interval = least(:cap, probe_interval * 2),
+    probe_at = now() + make_interval(secs => least(:cap, probe_interval * 2)),
+    probe_holder = NULL, probe_until = NULL
+WHERE scope = :scope AND state = 'open' AND probe_holder = :relay_id
+RETURNING probe_interval
+
+-- name: outage_close
+-- Stripe answered: close the breaker for every replica, and make the rows that waited for it
+-- due at once: those it held back and those whose call got no answer (:codes), at most
+-- :horizon seconds ahead (the longest outage backoff), so the due index bounds the search.
+-- Returns the rows released, nothing when it was closed already.
+WITH closed AS (
+    UPDATE meter_event_outbox_outage
+    SET state = 'closed', closed_at = now(), closed_by = :relay_id, calls = calls + 1,
+        probes = probes + CASE WHEN probe_holder = :relay_id THEN 1 ELSE 0 END,
+        probe_holder = NULL, probe_until = NULL, probe_at = NULL, changed_at = now()
+    WHERE scope = :scope AND state = 'open'
+    RETURNING 1
+),
+released AS (
+    UPDATE meter_event_outbox
+    SET available_at = now(), updated_at = now()
+    WHERE EXISTS (SELECT FROM closed) AND state = 'pending'
+      AND available_at > now() AND available_at <= now() + make_interval(secs => :horizon)
+      AND last_error_code = ANY(CAST(:codes AS text[]))
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM released) FROM closed

@@ -23,7 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from relay.core.meters import HELD_CODES, WHAT_TO_DO, MeterInfo, MeterRead
 from relay.core.rows import Claimed, Outcome
-from relay.core.vocabulary import STATES, State
+from relay.core.vocabulary import AUTH_WAIT_CODES, STATES, State
 from relay.db import queries as q
 from relay.db.queries import (
     Beat,
@@ -31,6 +31,7 @@ from relay.db.queries import (
     Lane,
     LiveRelay,
     OurGroup,
+    OutageState,
     RetryCandidate,
     RowState,
     StateCount,
@@ -46,6 +47,7 @@ __all__ = [
     "Lag",
     "Lane",
     "OurGroup",
+    "OutageState",
     "RetryCandidate",
     "Store",
     "SyncStore",
@@ -56,6 +58,7 @@ __all__ = [
 R = TypeVar("R")
 
 FIRST_LANE: Lane = ("", "")
+OUTAGE_SCOPE = "stripe"  # the breaker's one row: an outage is of Stripe, not of an account
 NOT_WALKED = Walked([], None)  # no lane after the cursor: start again from the first
 
 
@@ -280,6 +283,64 @@ class Store(AsyncExecutor):
         except Exception:
             return False
 
+    # the outage breaker (relay/stripe/outage.py)
+
+    async def outage_sync(self, calls: int, failed: int, status: int | None) -> OutageState:
+        """Add this relay's calls since its last look (while open); the breaker's state."""
+        params: q.OutageSyncParams = {
+            "scope": OUTAGE_SCOPE,
+            "calls": calls,
+            "failed": failed,
+            "status": status,
+        }
+        return await self.one(q.OUTAGE_SYNC(params))
+
+    async def outage_open(
+        self, relay_id: str, failed: int, status: int | None, streak: float, interval: float
+    ) -> bool:
+        """Open the breaker; False when another replica opened it first."""
+        params: q.OutageOpenParams = {
+            "scope": OUTAGE_SCOPE,
+            "relay_id": relay_id,
+            "failed": failed,
+            "status": status,
+            "streak_seconds": streak,
+            "interval": interval,
+        }
+        return bool(await self.first(q.OUTAGE_OPEN(params)))
+
+    async def outage_probe(self, relay_id: str, lease_seconds: float) -> float | None:
+        """Take the probe if it is due and free; the current probe interval when taken."""
+        params: q.OutageProbeParams = {
+            "scope": OUTAGE_SCOPE,
+            "relay_id": relay_id,
+            "lease_seconds": lease_seconds,
+        }
+        return await self.first(q.OUTAGE_PROBE(params))
+
+    async def outage_probe_failed(
+        self, relay_id: str, status: int | None, cap: float
+    ) -> float | None:
+        """This relay's probe failed: the next interval (None: the probe was not ours)."""
+        params: q.OutageProbeFailedParams = {
+            "scope": OUTAGE_SCOPE,
+            "relay_id": relay_id,
+            "status": status,
+            "cap": cap,
+        }
+        return await self.first(q.OUTAGE_PROBE_FAILED(params))
+
+    async def outage_close(self, relay_id: str, horizon: float, codes: Sequence[str]) -> int | None:
+        """Close the breaker and make the rows that waited with these codes, due within
+        `horizon` seconds, due now; how many, None when it was closed already."""
+        params: q.OutageCloseParams = {
+            "scope": OUTAGE_SCOPE,
+            "relay_id": relay_id,
+            "horizon": horizon,
+            "codes": list(codes),
+        }
+        return await self.first(q.OUTAGE_CLOSE(params))
+
     # the meter catalogue
 
     async def save_meters(self, account: str, meters: Sequence[MeterInfo]) -> None:
@@ -349,6 +410,33 @@ class HourActivity:
 
 Row = dict[str, Any]
 
+# Codes of pending rows the relay holds without calling Stripe: a refused key or account (the
+# auth gate) or a meter Stripe would drop them for. They wait; they are not retrying.
+HOLD_CODES: tuple[str, ...] = (*sorted(AUTH_WAIT_CODES), *HELD_CODES)
+LOOK_KINDS = ("failed", "rejected", "retrying", "held")
+LOOK_SCAN = 2000  # index entries a console page reads at most per state
+CHART_SECONDS = 3 * 3600  # the overview chart's span
+CHART_EXACT = 20_000  # a chart span of up to this many calls is read whole (exact counts)
+CHART_SAMPLES = 2500  # a busier span: calls sampled (counts scaled), whatever the traffic
+
+
+@dataclass(frozen=True)
+class Look:
+    """The console's filters over rows that need a look (each None when not filtered)."""
+
+    kind: str | None = None  # one of LOOK_KINDS
+    code: str | None = None  # '' for rows without a code
+    customer: str | None = None
+    event_name: str | None = None
+
+
+@dataclass(frozen=True)
+class LookPage:
+    """One page of a filtered list, and where the next one starts (None: nothing after)."""
+
+    rows: list[Row]
+    next_after: int | None
+
 
 class ConsoleStore(AsyncExecutor):
     """The console's and /metrics' reads (and what the console's row page shows)."""
@@ -371,7 +459,8 @@ class ConsoleStore(AsyncExecutor):
         return len(await self.live_relays())
 
     async def backing_off(self, limit: int = 20) -> list[Row]:
-        return await self.all(q.BACKING_OFF({"limit": limit}))
+        """Pending rows with an error code by code, `held` telling holds from retries."""
+        return await self.all(q.BACKING_OFF({"held": list(HOLD_CODES), "limit": limit}))
 
     async def last_hour(self) -> HourActivity:
         done = await self.one(q.FINISHED_LAST_HOUR({}))
@@ -385,8 +474,44 @@ class ConsoleStore(AsyncExecutor):
     async def failures_by_code(self, per_code: int = 5) -> list[Row]:
         return await self.all(q.FAILURES_WITH_IDENTIFIERS({"per_code": per_code}))
 
-    async def failed_rows(self, code: str, limit: int = 200) -> list[Row]:
-        return await self.all(q.FAILED_ROWS({"code": code, "limit": limit}))
+    async def look(
+        self,
+        look: Look,
+        *,
+        after: int = 0,
+        upto: int | None = None,
+        limit: int = 50,
+        scan: int = LOOK_SCAN,
+    ) -> LookPage:
+        """A page of rows that need a look, keyset by id (see look_rows in queries.sql). Only
+        the filters no index serves (meter; retrying or held) read more rows than they show,
+        `scan` at most."""
+        narrowed = look.event_name is not None or look.kind in ("retrying", "held")
+        scan = scan if narrowed else limit
+        params: q.LookParams = {
+            "kind": look.kind,
+            "code": look.code,
+            "customer": look.customer,
+            "event_name": look.event_name,
+            "held": list(HOLD_CODES),
+            "after": after,
+            "upto": upto,
+            "scan": scan,
+            "limit": limit,
+        }
+        found = await self.all(q.LOOK_ROWS(params))
+        rows = [r for r in found if r["id"] is not None]
+        if len(rows) == limit:
+            return LookPage(rows, rows[-1]["id"])
+        scanned, last = (found[0]["scanned"], found[0]["last_scanned"]) if found else (0, None)
+        return LookPage(rows, last if scanned == scan else None)
+
+    async def calls_per_minute(
+        self, seconds: float = CHART_SECONDS, exact: int = CHART_EXACT, samples: int = CHART_SAMPLES
+    ) -> list[q.Minute]:
+        """The chart's minutes: every call of a quiet span, a bounded sample of a busy one."""
+        params: q.ChartParams = {"exact": exact, "samples": samples, "seconds": seconds}
+        return await self.all(q.CALLS_PER_MINUTE(params))
 
     async def customer_backlog(self, limit: int = 10) -> list[Row]:
         return await self.all(q.CUSTOMER_BACKLOG({"limit": limit}))
@@ -434,6 +559,13 @@ class ConsoleStore(AsyncExecutor):
             found[g.code] = (n + g.n, max(age, oldest))
         return found
 
+    async def outage_state(self) -> OutageState | None:
+        """The outage breaker as every replica sees it (None: a schema before outbox_0013)."""
+        try:
+            return await self.first(q.OUTAGE_STATE({"scope": OUTAGE_SCOPE}))
+        except psycopg.errors.UndefinedTable:
+            return None
+
 
 # -- the CLI and the tests: the same queries on one connection -------------------------------
 
@@ -449,6 +581,13 @@ class SyncStore(SyncExecutor):
 
     def record_outcomes(self, batch: Sequence[Outcome], relay_id: str) -> set[int]:
         return set(self.all(q.RECORD_OUTCOMES(outcome_params(batch, relay_id))))
+
+    def outage_state(self) -> OutageState | None:
+        """The outage breaker as every replica sees it (None: a schema before outbox_0013)."""
+        try:
+            return self.first(q.OUTAGE_STATE({"scope": OUTAGE_SCOPE}))
+        except psycopg.errors.UndefinedTable:
+            return None
 
     def state_counts(self) -> list[StateCount]:
         return self.all(q.STATE_COUNTS({}))

@@ -5,8 +5,9 @@ A v1 call sends one row (`send_v1`), on a pool of reusable worker tasks
 formed from the queue (relay/pipeline/streams.py), a task per call. Every row leaves with
 exactly one outcome, whatever happens to its call; outcomes go to the completer, and a call that
 crashes (a bug) then stops the relay (`Executor.watch`). Verdicts steer
-pacing (429: slower) and the auth gate (401/403: rows of the refused key or account wait, see
-relay.stripe.auth_gate).
+pacing (429: slower), the auth gate (401/403: rows of the refused key or account wait, see
+relay.stripe.auth_gate) and the outage breaker (no answers: every row waits but one probe call,
+see relay.stripe.outage).
 """
 
 import asyncio
@@ -21,12 +22,13 @@ import structlog
 from relay.core import metrics, tracing
 from relay.core.config import Settings
 from relay.core.rows import Claimed, Outcome
-from relay.core.vocabulary import RELAY_ERROR, SHUTDOWN
+from relay.core.vocabulary import RELAY_ERROR, SHUTDOWN, STRIPE_OUTAGE
 from relay.pipeline.call_pool import CallPool
 from relay.pipeline.streams import StreamBatcher
 from relay.stripe.auth_gate import AuthGate
 from relay.stripe.catalogue import MeterCatalogue
 from relay.stripe.classify import Classified, Verdict
+from relay.stripe.outage import HELD_MESSAGE, OutageBreaker
 from relay.stripe.policy import Refusals, decide
 from relay.stripe.rate_limit import RateLimiter
 
@@ -62,8 +64,10 @@ class Executor:
         auth: AuthGate,
         record: Callable[[Outcome], None],
         meters: MeterCatalogue | None = None,
+        outage: OutageBreaker | None = None,
     ) -> None:
         self.settings = settings
+        self.outage = outage
         self.meters = meters
         self.sender = sender
         self.limiter = limiter
@@ -193,14 +197,7 @@ class Executor:
             if sendable:
                 if paced:
                     await self.limiter.acquire()
-                start_ns = time.time_ns() if tracing.active else 0
-                result, latency_ms = await send(sendable)
-                self._react(result)
-                metrics.LATENCY.observe(latency_ms / 1000)  # once per call, not per row
-                decided = self._decide(sendable, result, latency_ms)
-                if tracing.active:
-                    tracing.active.called(decided, start_ns)
-                outcomes += decided
+                outcomes += await self._send(sendable, send)
         except asyncio.CancelledError:
             # Cut off by shutdown: no answer, so not an attempt (invariant 12), but it may have
             # reached Stripe.
@@ -218,10 +215,32 @@ class Executor:
                 for r in sendable
             ]
         finally:
+            if sendable and self.outage is not None:
+                self.outage.release(sendable[0].id)  # a no-op once the call has settled it
             for outcome in outcomes:
                 if outcome.kind != "answered":  # no answer: another row may probe
                     self.auth.release(outcome.row)
                 self._record(outcome)
+
+    async def _send(
+        self,
+        rows: list[Claimed],
+        send: Callable[[list[Claimed]], Awaitable[tuple[Classified, float]]],
+    ) -> list[Outcome]:
+        """One call for `rows`, unless the outage breaker holds it back (then the rows wait
+        unsent: no attempt, same key)."""
+        if self.outage is not None and (wait := await self.outage.admit(rows[0].id)) is not None:
+            return [Outcome.unsent(r, STRIPE_OUTAGE, HELD_MESSAGE, delay=wait) for r in rows]
+        start_ns = time.time_ns() if tracing.active else 0
+        result, latency_ms = await send(rows)
+        self._react(result)
+        if self.outage is not None:
+            await self.outage.settle(rows[0].id, result)
+        metrics.LATENCY.observe(latency_ms / 1000)  # once per call, not per row
+        decided = self._decide(rows, result, latency_ms)
+        if tracing.active:
+            tracing.active.called(decided, start_ns)
+        return decided
 
     def _held(self, row: Claimed) -> Outcome | None:
         """A row of a scope paused on a 401/403 waits (unless it is the scope's probe)."""

@@ -4,6 +4,7 @@
   rows, never the history.
 - `heartbeat`: keep this relay's share of the account's rate limit (see
   relay/stripe/rate_share.py). It runs until the relay has drained: the relay sends until then.
+- `outage_watch`: follow the shared outage breaker (see relay/stripe/outage.py).
 
 Each runs until cancelled; a statement the database failed (relay.core.retryable) is logged and
 retried at the next turn, any other error ends the service and so the relay.
@@ -15,6 +16,7 @@ import structlog
 
 from relay.core.retryable import RETRYABLE
 from relay.db.store import Store
+from relay.stripe.outage import OutageBreaker
 from relay.stripe.rate_share import RateShare
 
 log = structlog.get_logger("relay")
@@ -34,3 +36,10 @@ async def heartbeat(share: RateShare, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         await share.beat()
+
+
+async def outage_watch(breaker: OutageBreaker, interval: float) -> None:
+    """`breaker.sync()` handles its own failures (the relay then acts on its own calls)."""
+    while True:
+        await asyncio.sleep(interval)
+        await breaker.sync()

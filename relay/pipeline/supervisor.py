@@ -3,7 +3,8 @@
     producer  (walk + claim)  --rows-->  executor (Stripe calls)  --outcomes-->  completer
         ^--- capacity: rows chosen or held until their outcome is written (released by the
              completer); the wakeup pokes the producer when capacity or a lane is freed
-    maintenance: fold_counts, heartbeat (rate share); listener: NOTIFY hints
+    maintenance: fold_counts, heartbeat (rate share), outage_watch (the shared outage
+    breaker); listener: NOTIFY hints
 
 Every service runs as one task under `Services`: any that fails (or returns before the stop
 signal) logs `service_died` and stops the relay, which then drains as on SIGTERM and raises
@@ -32,6 +33,7 @@ from relay.pipeline.producer import Capacity, Producer, capacity_limit
 from relay.pipeline.wakeup import Wakeup
 from relay.stripe.auth_gate import AuthGate
 from relay.stripe.catalogue import MeterCatalogue
+from relay.stripe.outage import OutageBreaker
 from relay.stripe.rate_limit import RateLimiter
 from relay.stripe.rate_share import DuplicateRelayId, RateShare
 from relay.stripe.read_budget import ReadBudget, default_read_rate
@@ -141,10 +143,8 @@ class Relay:
             else None
         )
         self.state = RelayState()
-        self.capacity = Capacity(
-            lambda: capacity_limit(settings, self.limiter.rate, self.limiter.ceiling),
-            settings.effective_batch_size(),
-        )
+        self.outage = self._outage_breaker()
+        self.capacity = Capacity(self._capacity_limit, settings.effective_batch_size())
         self.completer = Completer(settings, store, self.capacity, wakeup)
         auth = AuthGate(
             self._set_ready, settings.auth_probe_interval, settings.auth_probe_max_interval
@@ -155,7 +155,7 @@ class Relay:
         )
         self.meters, self.meter_refresh = self._meter_catalogue(meters_fetch)
         self.executor = Executor(
-            settings, sender, self.limiter, auth, self.completer.record, self.meters
+            settings, sender, self.limiter, auth, self.completer.record, self.meters, self.outage
         )
         self.producer = Producer(
             settings,
@@ -166,6 +166,25 @@ class Relay:
             send=self.executor.start,
             hand_back=self.completer.record,
         )
+
+    def _outage_breaker(self) -> OutageBreaker | None:
+        settings = self.settings
+        if not settings.outage_threshold:
+            return None
+        return OutageBreaker(
+            self.store,
+            settings.relay_id,
+            threshold=settings.outage_threshold,
+            interval=settings.outage_probe_interval,
+            cap=settings.outage_probe_max_interval,
+            lease_seconds=settings.lease_seconds,
+            on_change=self.wakeup.poke,  # claims stop, or start again at once
+        )
+
+    def _capacity_limit(self) -> int:
+        """Rows held at once (producer.capacity_limit); while Stripe is out, only a probe."""
+        limit = capacity_limit(self.settings, self.limiter.rate, self.limiter.ceiling)
+        return limit if self.outage is None else self.outage.claim_limit(limit)
 
     def _set_ready(self, auth_ok: bool) -> None:
         self.state.auth_ok = auth_ok
@@ -210,6 +229,12 @@ class Relay:
                     "heartbeat",
                     maintenance.heartbeat(self.share, self.settings.heartbeat_interval),
                 )
+            if self.outage is not None:  # before traffic: an outage other replicas see holds
+                await self.outage.sync()
+                services.start(
+                    "outage_watch",
+                    maintenance.outage_watch(self.outage, self.settings.heartbeat_interval),
+                )
             if self.meter_refresh is not None:
                 # Before traffic: the read that needs only the key (a 401 makes /readyz fail).
                 await self.meter_refresh.start()
@@ -249,6 +274,10 @@ class Relay:
         await services.stop("producer")
         await self.producer.finish(left(deadline - reserve))  # claims hand rows back unsent
         await self.executor.drain(left(deadline - reserve))
+        if self.outage is not None:  # the last calls count in the shared figures
+            await services.stop("outage_watch")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.outage.sync(), max(left(), LEAVE_TIMEOUT))
         if self.share:  # sent the last call: give the share back
             await services.stop("heartbeat")
             with contextlib.suppress(TimeoutError):  # a restart under this id need not wait

@@ -21,7 +21,10 @@ from relay.core import metrics
 from relay.core.config import Settings, host_names, ip_networks
 from relay.core.visible import visible
 from relay.db import operations as ops
-from relay.db.store import ConsoleStore
+from relay.db import outage
+from relay.db.queries import RetryHow
+from relay.db.store import HOLD_CODES, LOOK_KINDS, ConsoleStore, Look, LookPage
+from relay.server.console import chart
 from relay.server.console.auth import (
     COOKIE,
     SESSION_SECONDS,
@@ -38,6 +41,12 @@ from relay.server.relay_view import RelayView
 log = structlog.get_logger("relay.console")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TOP_CUSTOMERS = 10
+PAGE_SIZE = 50  # rows per page of the filtered list
+BULK_MAX = 1000  # rows one bulk action takes (the oldest of the set; repeat for the rest)
+BULK_SCAN = 5 * BULK_MAX  # index entries per state a bulk action reads at most
+REFRESH_SECONDS = 15  # auto-refresh of the overview and the list, unless paused
+CHART_MINUTES = 180
+ATTEMPTS_SHOWN = 500  # a row's first calls shown on its page ("500+" calls when there are more)
 
 # What an action did, shown after its redirect; only these fixed texts are ever shown.
 NOTICES = {
@@ -49,6 +58,14 @@ NOTICES = {
     "cancel_requested": "Cancel requested: the relay sends a meter event adjustment.",
     "not_found": "No row with this identifier.",
     "refused": "Refused: sign in, and act from the console's own page.",
+}
+# What a bulk action did: fixed texts with the counts it returned.
+BULK_NOTICES = {
+    "retry": "Requeued {done:,} row(s); {refused:,} refused (rejected, or first sent before the "
+    "safe dedup window: outbox-relay retry --force after checking Stripe); {skipped:,} not "
+    "failed, left alone.",
+    "cancel": "Cancelled {done:,} row(s) at once; cancellation requested for {refused:,} that "
+    "Stripe may have counted (the relay sends adjustments).",
 }
 
 
@@ -126,6 +143,7 @@ class Console:
         pages = {
             "/console": self.overview,
             "/console/failures": self.failures,
+            "/console/bulk": self.bulk_confirm,
             "/console/row": self.row,
             "/console/login": self.login_form,
         }
@@ -134,6 +152,7 @@ class Console:
             "/console/logout": self.logout,
             "/console/row/retry": self.retry,
             "/console/row/cancel": self.cancel,
+            "/console/bulk": self.bulk,
         }
         return [web.get(path, self._host_checked(h)) for path, h in pages.items()] + [
             web.post(path, self._host_checked(h)) for path, h in actions.items()
@@ -166,6 +185,7 @@ class Console:
     # -- rendering -----------------------------------------------------------------------
 
     def _page(self, template: str, viewer: Viewer, status: int = 200, **data: Any) -> web.Response:
+        data.setdefault("refresh", None)
         html = _env.get_template(template).render(
             viewer=viewer,
             protected=self.guard.protected,
@@ -242,7 +262,13 @@ class Console:
     async def overview(self, request: web.Request) -> web.Response:
         viewer = await self._viewer(request)
         data = await self.overview_data.get(self._read_overview)
-        return self._page("overview.html", viewer, auth_ok=self.relay.state.auth_ok, **data)
+        return self._page(
+            "overview.html",
+            viewer,
+            auth_ok=self.relay.state.auth_ok,
+            refresh=_refresh(request),
+            **data,
+        )
 
     async def _read_overview(self) -> dict[str, Any]:
         """The overview's statements, one after the other on the console's pool (shared by
@@ -261,7 +287,19 @@ class Console:
             "relays": relays,
             "share": self._share(len(relays)),
             "drift": await self.store.latest_drift_report(),
+            "chart": await self._chart(),
+            **await self._outage(),
         }
+
+    async def _chart(self) -> chart.Chart:
+        minutes = await self.store.calls_per_minute(CHART_MINUTES * 60)
+        return chart.draw(minutes, datetime.now(UTC), CHART_MINUTES)
+
+    async def _outage(self) -> dict[str, Any]:
+        """The outage breaker from the database (every replica's console shows the same) and
+        its banner line while Stripe is out."""
+        shared = outage.report(await self.store.outage_state())
+        return {"outage": shared, "outage_line": outage.line(shared)}
 
     def _share(self, live: int) -> dict[str, Any]:
         """Each live relay's share of the account's rate limit (equal shares, see share.py)."""
@@ -270,16 +308,92 @@ class Console:
         return {"account": rate, "shared": shared, "each": rate / live if shared and live else rate}
 
     async def failures(self, request: web.Request) -> web.Response:
+        """Rows that need a look, filtered, a page at a time (keyset: ?after=<id>)."""
         viewer = await self._viewer(request)
-        code = request.query.get("code", "")
-        rows = await self.store.failed_rows(code)
-        return self._page("failures.html", viewer, code=code, rows=rows, limit=200)
+        look = _look(request)
+        after = _int(request.query.get("after", "0"))
+        page = await self.store.look(look, after=after, limit=PAGE_SIZE)
+        done = request.query.get("done", "")
+        refresh = _refresh(request)
+        paused = None if refresh["seconds"] else "off"  # a paused list stays paused
+        query = urlencode(_filters(look))
+        return self._page(
+            "failures.html",
+            viewer,
+            look=look,
+            filters=_filters(look),
+            kinds=LOOK_KINDS,
+            page=page,
+            after=after,
+            first_url=_list_url(look, refresh=paused),
+            next_url=_list_url(look, after=page.next_after, refresh=paused)
+            if page.next_after
+            else None,
+            bulk_urls={a: f"/console/bulk?action={a}&{query}" for a in BULK_NOTICES},
+            bulk_max=BULK_MAX,
+            notice=_bulk_notice(done, request.query) if done in BULK_NOTICES else None,
+            refresh=refresh,
+        )
+
+    async def bulk_confirm(self, request: web.Request) -> web.Response:
+        """What a bulk action would take, counted, and the button that does it (POST)."""
+        viewer = await self._viewer(request)
+        action = request.query.get("action", "")
+        if action not in BULK_NOTICES:
+            raise web.HTTPBadRequest(text="action must be retry or cancel")
+        look = _look(request)
+        page = await self._bulk_set(look, upto=None)
+        by_state: dict[str, int] = {}
+        for r in page.rows:
+            kind = "held" if r["held"] else "retrying" if r["state"] == "pending" else r["state"]
+            by_state[kind] = by_state.get(kind, 0) + 1
+        preview = (
+            await asyncio.to_thread(self._retry_preview, page.rows) if action == "retry" else None
+        )
+        return self._page(
+            "bulk.html",
+            viewer,
+            action=action,
+            look=look,
+            filters=_filters(look),
+            count=len(page.rows),
+            by_state=by_state,
+            preview=preview,
+            more=page.next_after is not None,
+            upto=page.rows[-1]["id"] if page.rows else 0,
+            cap=BULK_MAX,
+            list_url=_list_url(look),
+        )
+
+    async def _bulk_set(self, look: Look, upto: int | None) -> LookPage:
+        """The oldest BULK_MAX rows of the filtered set (up to id `upto`, the confirmed set)."""
+        return await self.store.look(look, upto=upto, limit=BULK_MAX, scan=BULK_SCAN)
+
+    def _retry_preview(self, rows: list[dict[str, Any]]) -> dict[str, int]:
+        """How many of these rows the CLI's `retry` would requeue and refuse (changes nothing)."""
+        counts = {"requeued": 0, "refused": 0}
+        with ops.connect(self.settings.database_url) as conn:
+            for r in rows:
+                if r["state"] not in ("failed", "rejected"):
+                    continue
+                for c in ops.retry_preview(conn, **self._retry_how(r["identifier"])):
+                    counts["refused" if c.refused else "requeued"] += 1
+        return counts
+
+    def _retry_how(self, identifier: str) -> RetryHow:
+        """The operator's `retry IDENTIFIER`: the same safety rules, never forced."""
+        return {
+            "identifier": identifier,
+            "code": None,
+            "force": False,
+            "window_hours": self.settings.dedup_window_hours,
+        }
 
     async def row(self, request: web.Request) -> web.Response:
         viewer = await self._viewer(request)
         identifier = request.query.get("identifier", "").strip()
         found = await self.store.row(identifier) if identifier else None
-        attempts = await self.store.attempts(found["id"]) if found else []
+        attempts = await self.store.attempts(found["id"], ATTEMPTS_SHOWN) if found else []
         return self._page(
             "row.html",
             viewer,
@@ -287,6 +401,8 @@ class Console:
             identifier=identifier,
             row=found,
             attempts=attempts,
+            calls=f"{len(attempts)}+" if len(attempts) >= ATTEMPTS_SHOWN else len(attempts),
+            held=_held(found),
             notice=NOTICES.get(request.query.get("done", "")),
         )
 
@@ -326,8 +442,8 @@ class Console:
 
     # -- actions -------------------------------------------------------------------------
 
-    async def _action(self, request: web.Request) -> str:
-        """The identifier of an allowed action's row; refuses anything else."""
+    async def _acting(self, request: web.Request) -> Any:
+        """The form of an allowed action (signed in, same origin, CSRF); refuses anything else."""
         if not self.settings.console_actions:
             raise web.HTTPForbidden(text="console actions are off (OUTBOX_CONSOLE_ACTIONS)")
         form = await request.post()
@@ -335,7 +451,11 @@ class Console:
         if not self._may_act(request, viewer, _text(form.get("csrf"))):
             log.warning("console_action_refused", path=request.path, remote=request.remote)
             raise web.HTTPForbidden(text=NOTICES["refused"])
-        identifier = _text(form.get("identifier"))
+        return form
+
+    async def _action(self, request: web.Request) -> str:
+        """The identifier of an allowed action's row; refuses anything else."""
+        identifier = _text((await self._acting(request)).get("identifier"))
         if not identifier:
             raise web.HTTPBadRequest(text="identifier missing")
         return identifier
@@ -350,13 +470,7 @@ class Console:
     def _retry(self, identifier: str) -> tuple[list[str], list[dict[str, Any]]]:
         """The operator's `retry` (relay/db/operations.py): the same safety rules, never forced."""
         with ops.connect(self.settings.database_url) as conn:
-            return ops.retry(
-                conn,
-                identifier=identifier,
-                code=None,
-                force=False,
-                window_hours=self.settings.dedup_window_hours,
-            )
+            return ops.retry(conn, **self._retry_how(identifier))
 
     async def cancel(self, request: web.Request) -> web.Response:
         identifier = await self._action(request)
@@ -368,6 +482,124 @@ class Console:
         done = "cancelled" if result.state == "cancelled" else "cancel_requested"
         log.info("console_cancel", identifier=identifier, result=done, remote=request.remote)
         raise web.HTTPSeeOther(_row_url(identifier, done))
+
+    async def bulk(self, request: web.Request) -> web.Response:
+        """Retry or cancel the confirmed set: the rows of the filters up to the id the
+        confirmation showed, BULK_MAX at most, each by the CLI's own rules."""
+        form = await self._acting(request)
+        action = _text(form.get("action"))
+        if action not in BULK_NOTICES:
+            raise web.HTTPBadRequest(text="action must be retry or cancel")
+        look = _look_from(form)
+        page = await self._bulk_set(look, upto=_int(_text(form.get("upto")) or "0"))
+        identifiers = [r["identifier"] for r in page.rows]
+        act = self._bulk_retry if action == "retry" else self._bulk_cancel
+        done, refused, skipped = await asyncio.to_thread(act, identifiers)
+        log.info(
+            "console_bulk", action=action, rows=len(identifiers), done=done, remote=request.remote
+        )
+        counts = {"done": action, "n": done, "refused": refused, "skipped": skipped}
+        raise web.HTTPSeeOther(_list_url(look, **counts))
+
+    def _bulk_retry(self, identifiers: list[str]) -> tuple[int, int, int]:
+        """(requeued, refused, not failed or rejected): `retry IDENTIFIER` for each."""
+        done = refused = skipped = 0
+        with ops.connect(self.settings.database_url) as conn:
+            for identifier in identifiers:
+                requeued, refusals = ops.retry(conn, **self._retry_how(identifier))
+                done, refused = done + len(requeued), refused + len(refusals)
+                skipped += not requeued and not refusals
+        return done, refused, skipped
+
+    def _bulk_cancel(self, identifiers: list[str]) -> tuple[int, int, int]:
+        """(cancelled at once, adjustment requested, 0): `cancel IDENTIFIER` for each
+        (outbox.cancel_usage, idempotent for a row whose cancel is already under way)."""
+        done = 0
+        with ops.connect(self.settings.database_url) as conn:
+            for identifier in identifiers:
+                done += ops.cancel(conn, identifier).state == "cancelled"
+        return done, len(identifiers) - done, 0
+
+
+def _held(row: dict[str, Any] | None) -> bool:
+    """A pending row the relay holds without calling Stripe (a refused key or account, or
+    its meter): it waits, it is not retrying."""
+    return row is not None and row["state"] == "pending" and row["last_error_code"] in HOLD_CODES
+
+
+def _look(request: web.Request) -> Look:
+    return _look_from(request.query)
+
+
+def _look_from(values: Any) -> Look:
+    """The filters of a query string or form: empty means "any"; code `(none)` means rows
+    without a code; an unknown kind is refused."""
+
+    def given(name: str) -> str | None:
+        value = _text(values.get(name))
+        return value.strip() if value and value.strip() else None
+
+    kind = given("state")
+    if kind is not None and kind not in LOOK_KINDS:
+        raise web.HTTPBadRequest(text=f"state must be one of {', '.join(LOOK_KINDS)}")
+    code = given("code")
+    return Look(
+        kind=kind,
+        code="" if code == "(none)" else code,
+        customer=given("customer"),
+        event_name=given("meter"),
+    )
+
+
+def _filters(look: Look) -> dict[str, str]:
+    """The filters as query parameters (what links and hidden fields carry)."""
+    values = {
+        "state": look.kind,
+        "code": "(none)" if look.code == "" else look.code,
+        "customer": look.customer,
+        "meter": look.event_name,
+    }
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _list_url(look: Look, **extra: Any) -> str:
+    query = urlencode({**_filters(look), **{k: v for k, v in extra.items() if v is not None}})
+    return "/console/failures" + (f"?{query}" if query else "")
+
+
+def _int(value: str) -> int:
+    if not value.isdigit() or len(value) > 18:
+        raise web.HTTPBadRequest(text="a page cursor is a row id (digits)")
+    return int(value)
+
+
+def _bulk_notice(action: str, query: Any) -> str:
+    counts = {k: int(v) if str(v).isdigit() else 0 for k, v in query.items()}
+    return BULK_NOTICES[action].format(
+        done=counts.get("n", 0), refused=counts.get("refused", 0), skipped=counts.get("skipped", 0)
+    )
+
+
+NOT_KEPT = ("refresh", "done", "n", "refused", "skipped")  # what _refresh's links leave out
+
+
+def _refresh(request: web.Request) -> dict[str, Any]:
+    """Auto-refresh (a meta refresh: no script) unless paused with ?refresh=off; the link
+    toggles it and keeps the rest of the query."""
+    paused = request.query.get("refresh") == "off"
+    # An action's notice (done=...) is said once: the refresh and the toggle leave it out.
+    query = {k: v for k, v in request.query.items() if k not in NOT_KEPT}
+    toggled = {**query, **({} if paused else {"refresh": "off"})}
+    return {
+        "seconds": None if paused else REFRESH_SECONDS,
+        "url": _url(request.path, query),
+        "toggle": _url(request.path, toggled),
+    }
+
+
+def _url(path: str, query: dict[str, str]) -> str:
+    encoded = urlencode(query)
+    return path + (f"?{encoded}" if encoded else "")
 
 
 def _text(value: object) -> str | None:

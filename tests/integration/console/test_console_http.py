@@ -67,7 +67,10 @@ async def test_row_story_lists_attempts_and_escapes(database_url: str, emulator:
             params={"code": "meter_event_customer_not_found"},
         )
     assert status == 200
-    assert page.count("req_fail_") == 3 and "Failed after 3 attempt(s)" in page
+    assert (
+        page.count("req_fail_") == 3
+        and "Failed after 3 call(s) (3 counted against the retry budget" in page
+    )
     assert "Retry" not in page  # read-only console: no action offered
     assert "accepted at" not in rejected  # a rejected row shows no acceptance
     assert "No such customer &lt;b&gt;x&lt;/b&gt;" in failures

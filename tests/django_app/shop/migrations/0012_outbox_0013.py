@@ -1,4 +1,4 @@
-"""The outbox schema's revision outbox_0013 (busy index dropped) as its own Django migration."""
+"""The outbox schema's revision outbox_0013 (outage breaker) as its own Django migration."""
 
 from django.db import migrations
 

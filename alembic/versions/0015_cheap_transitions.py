@@ -1,14 +1,14 @@
 """Cheaper row transitions: room on each page for the updated row (fillfactor), and the busy
 index goes (the lane index answers "has this lane a call in flight").
 
-Revision ID: outbox_0013
-Revises: outbox_0012
+Revision ID: outbox_0015
+Revises: outbox_0014
 """
 
 from relay.db.sql_migration import sql_file_steps
 
-revision = "outbox_0013"
-down_revision = "outbox_0012"
+revision = "outbox_0015"
+down_revision = "outbox_0014"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,1 @@
+DROP TABLE IF EXISTS meter_event_outbox_outage;
