@@ -28,10 +28,14 @@ WITH RECURSIVE walk (customer, event_name, id, taken, found, depth) AS (
                    -- A correlated scalar probe, not NOT EXISTS: the planner would hash that
                    -- over every in-flight row. It reads the lane index's range of the lane
                    -- after now(): an in-flight row's available_at is its lease deadline, so
-                   -- only the lane's leased rows and rows in backoff lie there.
+                   -- only the lane's leased rows and rows in backoff lie there. The bound is a
+                   -- row comparison on the lane index's columns so that no other index can
+                   -- serve it (the due index's range after now() holds every leased row).
                    SELECT b.id FROM meter_event_outbox b
                    WHERE b.customer = o.customer AND b.event_name = o.event_name
-                     AND b.state IN ('pending', 'in_flight') AND b.available_at > now()
+                     AND b.state IN ('pending', 'in_flight')
+                     AND (b.customer, b.event_name, b.available_at)
+                         > (o.customer, o.event_name, now())
                      AND b.state = 'in_flight'
                    LIMIT 1) IS NULL) AS taken
         FROM meter_event_outbox o
@@ -87,7 +91,8 @@ chosen AS MATERIALIZED (
           AND (NOT CAST(:exclusive AS boolean) OR (
               SELECT b.id FROM meter_event_outbox b
               WHERE b.customer = o.customer AND b.event_name = o.event_name
-                AND b.state IN ('pending', 'in_flight') AND b.available_at > now()
+                AND b.state IN ('pending', 'in_flight')
+                AND (b.customer, b.event_name, b.available_at) > (o.customer, o.event_name, now())
                 AND b.state = 'in_flight'
               LIMIT 1) IS NULL)
         LIMIT 1
