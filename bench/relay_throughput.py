@@ -75,13 +75,19 @@ Result = dict[str, float]
 
 
 def end_to_end(
-    n: int, customers: int, emulator_args: tuple[str, ...], timeout: float, **relay_env: str
+    n: int,
+    customers: int,
+    emulator_args: tuple[str, ...],
+    timeout: float,
+    relay_url: Callable[[str], str] | None = None,
+    **relay_env: str,
 ) -> Result:
-    """Start emulator and relay, then insert `n` rows and measure until they are drained."""
+    """Start emulator and relay, then insert `n` rows and measure until they are drained.
+    `relay_url` maps the scratch database's URL to the one the relay uses (a pooler's)."""
     with (
         scratch_database() as url,
         emulator_process(*emulator_args) as emulator,
-        relay_process(url, emulator.url, **relay_env) as relay,
+        relay_process(relay_url(url) if relay_url else url, emulator.url, **relay_env) as relay,
     ):
         before = (cpu_seconds(relay.pid), cpu_seconds(emulator.pid), postgres_cpu_seconds(url))
         insert_rows(url, n, customers)

@@ -6,12 +6,14 @@ import gc
 import signal
 import time
 from collections.abc import Coroutine
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import structlog
 
 from outbox.dburl import redact
 from relay.core import systemd
+from relay.core.clock import Clocks
 from relay.core.config import Settings
 from relay.core.errors import ConfigError, StartupError
 from relay.db import migrate
@@ -26,6 +28,7 @@ from relay.server.http_server import (
     open_file_budget,
     serve_http,
 )
+from relay.stripe.egress import Egress
 from relay.stripe.rate_share import DuplicateRelayId
 from relay.stripe.sender import StripeSender
 
@@ -84,6 +87,7 @@ def check(settings: Settings) -> str:
         raise ConfigError("set STRIPE_API_KEY or STRIPE_API_KEY_FILE")
     if not key.startswith(("sk_", "rk_")):
         raise ConfigError("STRIPE_API_KEY must be a secret (sk_...) or restricted (rk_...) key")
+    Egress.from_settings(settings).ssl_context()  # a bad proxy URL or CA file: one line, exit 2
     return key
 
 
@@ -138,19 +142,24 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     await wait_for_schema(settings.database_url, settings.wait_for_schema)
     stop = stop or asyncio.Event()
     _install_signals(stop)
-    pool = make_pool(settings.database_url)
+    pool = make_pool(settings.database_url, prepare=settings.database_prepare)
     await pool.open(wait=True, timeout=30)
     store = Store(pool)
     connections = settings.effective_concurrency() + 4
+    # One clock (relay/core/clock.py): the database's, corrected by the Date of Stripe's answers.
+    clocks = Clocks(timedelta(seconds=settings.clock_margin))
+    egress = Egress.from_settings(settings)
     sender = StripeSender(
         key,
         settings.stripe_api_base,
         settings.request_timeout,
         connections,
         client=settings.stripe_client,
+        clocks=clocks,
+        egress=egress,
     )
     wakeup = Wakeup(settings.database_url, listen=not settings.poll_only)
-    relay = Relay(settings, store, sender, wakeup)
+    relay = Relay(settings, store, sender, wakeup, clocks=clocks)
     secret = settings.stripe_webhook_secret
     app = make_app(
         relay,
@@ -161,6 +170,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     )
     limit = connection_limit(settings.http_max_connections, open_file_budget(), connections)
     try:
+        await relay.database.first()  # a read-only database: one line, exit 1
         runner = await serve_http(
             app, settings.http_host, settings.http_port, settings.http_read_timeout, limit
         )
@@ -173,6 +183,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         host=settings.http_host,
         port=settings.http_port,
         database=redact(settings.database_url),
+        stripe_proxy=egress.describe()[0],
+        stripe_trust=egress.describe()[1],
     )
     telemetry = otel.start(settings, store, lambda: relay.state.auth_ok) if otel else None
     watchdog = asyncio.create_task(_watchdog(relay, stop))
@@ -224,11 +236,13 @@ def _on_signal(sig: signal.Signals, action: str, stop: asyncio.Event) -> None:
 
 
 async def _watchdog(relay: Relay, stop: asyncio.Event) -> None:
-    """Pet systemd's watchdog while the producer loop keeps turning."""
+    """Pet systemd's watchdog while the producer loop keeps turning and the database has not
+    been read-only past OUTBOX_READ_ONLY_GRACE (as /healthz)."""
     interval = systemd.watchdog_interval()
     if interval is None:
         return
     while not stop.is_set():
-        if time.monotonic() - relay.state.last_loop < relay.settings.poll_interval + 60:
+        turning = time.monotonic() - relay.state.last_loop < relay.settings.poll_interval + 60
+        if turning and not relay.state.read_only_past(relay.settings.read_only_grace):
             systemd.notify("WATCHDOG=1")
         await asyncio.sleep(interval)

@@ -614,14 +614,17 @@ def reconcile(
     from relay import daemon
     from relay.db.pool import make_pool
     from relay.db.store import Store
+    from relay.stripe.egress import Egress
     from relay.stripe.reconcile import reconcile as run_reconcile
     from relay.stripe.sender import StripeSender
 
     settings = _settings(database_url=database_url, stripe_api_base=stripe_api_base)
 
     async def go() -> dict[str, object]:
-        sender = StripeSender(daemon.check(settings), settings.stripe_api_base)
-        pool = make_pool(settings.database_url, max_size=1)
+        sender = StripeSender(
+            daemon.check(settings), settings.stripe_api_base, egress=Egress.from_settings(settings)
+        )
+        pool = make_pool(settings.database_url, max_size=1, prepare=settings.database_prepare)
         await pool.open(wait=True)
         try:
             return await run_reconcile(sender.client, Store(pool), timedelta(hours=hours))

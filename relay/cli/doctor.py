@@ -12,7 +12,6 @@ traceback and no secret is ever printed: errors are reduced to their class and S
 """
 
 import asyncio
-import ssl
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -23,18 +22,19 @@ import psycopg
 import stripe
 
 from relay.core.config import Settings, parse_meter_keys
+from relay.core.errors import ConfigError
 from relay.core.meters import DEFAULT_CUSTOMER_KEY, DEFAULT_VALUE_KEY, MeterInfo
 from relay.db import migrate
 from relay.db import operations as ops
 from relay.db.store import SyncStore
 from relay.stripe.classify import error_message
+from relay.stripe.egress import Egress, failure
 from relay.stripe.meters import MeterReadError, fetch_meters
 from relay.stripe.read_budget import ReadBudget, default_read_rate
 from relay.stripe.sender import base_addresses
 
 Level = Literal["ok", "warning", "problem", "unknown"]
 ERROR_EVENTS = ("v1.billing.meter.error_report_triggered", "v1.billing.meter.no_meter_found")
-CLOCK_MARGIN_SECONDS = 60.0  # the relay's own margin for Stripe's timestamp window
 # Privileges `run` needs (the tables it writes; reads of the others follow from SELECT).
 NEEDED = (
     ("meter_event_outbox", "SELECT, UPDATE, DELETE"),
@@ -59,6 +59,8 @@ class Check:
 class Report:
     checks: list[Check] = field(default_factory=list)
     ran: bool = True  # False: the database could not be reached (exit 1)
+    clock_margin: float = 60.0  # OUTBOX_CLOCK_MARGIN: the relay's, for the same judgement
+    offsets: dict[str, float] = field(default_factory=dict)  # a clock minus this host's (s)
 
     def add(self, area: str, level: Level, message: str, fix: str = "") -> None:
         self.checks.append(Check(area, level, message, fix))
@@ -91,7 +93,7 @@ def render(report: Report) -> list[str]:
 
 
 def run_doctor(settings: Settings, key: str | None) -> Report:
-    report = Report()
+    report = Report(clock_margin=settings.clock_margin)
     names = check_database(report, settings.database_url)
     if not report.ran:
         return report
@@ -116,12 +118,30 @@ def check_database(report: Report, database_url: str) -> list[tuple[str, str]]:
         )
         return []
     with conn:
-        report.add("database", "ok", "reachable")
+        pooled = conn.prepare_threshold is None  # ops.connect found a pooler in between
+        report.add(
+            "database",
+            "ok",
+            "reachable through a pooler: the relay prepares no statement through it "
+            "(OUTBOX_DATABASE_PREPARE=auto); in transaction pooling set OUTBOX_POLL_ONLY=true"
+            if pooled
+            else "reachable",
+        )
         _check_schema(report, database_url)
         _check_privileges(report, conn)
-        now_db = conn.execute("SELECT now()").fetchone()
-        if now_db is not None:
-            _clock(report, "database", now_db[0])
+        probe = conn.execute(
+            "SELECT statement_timestamp(), current_setting('transaction_read_only')"
+        ).fetchone()
+        if probe is not None:
+            _clock(report, "database", probe[0])
+            if probe[1] == "on":
+                report.add(
+                    "database",
+                    "problem",
+                    "read-only (a replica, or default_transaction_read_only=on): `run` will "
+                    "not start",
+                    "point OUTBOX_DATABASE_URL at the primary",
+                )
         try:
             return [(n.account, n.event_name) for n in SyncStore(conn).event_names_in_use()]
         except psycopg.Error:
@@ -178,19 +198,39 @@ async def check_stripe(
         return
     mode = "live" if key.startswith(("sk_live_", "rk_live_")) else "test"
     kind = "restricted" if key.startswith("rk_") else "secret"
-    ssl_context = ssl.create_default_context(cafile=stripe.ca_bundle_path)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_context)) as http:
+    egress = _check_egress(report, settings)
+    if egress is None:
+        return
+    connector = aiohttp.TCPConnector(ssl=egress.ssl_context())
+    async with aiohttp.ClientSession(connector=connector) as http:
         client = stripe.StripeClient(
             key,
             base_addresses=base_addresses(settings.stripe_api_base),
             max_network_retries=1,
-            http_client=stripe.AIOHTTPClient(timeout=settings.request_timeout, session=http),
+            http_client=stripe.AIOHTTPClient(
+                timeout=settings.request_timeout,
+                session=http,
+                proxy=egress.aiohttp_proxy(settings.stripe_api_base or stripe.DEFAULT_API_BASE),
+            ),
         )
         if not await _check_key(report, client, mode, kind):
             return
         budget = ReadBudget(settings.read_rate_limit or default_read_rate(key))
         await _check_meters(report, client, budget, names, parse_meter_keys(settings.meter_keys))
         await _check_destinations(report, client, names, settings)
+
+
+def _check_egress(report: Report, settings: Settings) -> Egress | None:
+    """The way out to Stripe as `run` takes it: the proxy (never its credentials) and the CAs."""
+    try:
+        egress = Egress.from_settings(settings)
+        egress.ssl_context()
+    except ConfigError as err:
+        report.add("stripe egress", "problem", str(err))
+        return None
+    proxy, trust = egress.describe()
+    report.add("stripe egress", "ok", f"proxy: {proxy}; trusts: {trust}")
+    return egress
 
 
 async def _check_key(report: Report, client: stripe.StripeClient, mode: str, kind: str) -> bool:
@@ -369,20 +409,38 @@ def _receives_errors(destination: Any, connected: bool) -> bool:
 
 
 def _clock(report: Report, whose: str, then: datetime) -> None:
+    """One clock against this host's (the relay's skew log line and gauge judge the same way,
+    relay/core/clock.py), and the database's against Stripe's once both are known: the
+    database judges a timestamp at recording, Stripe on arrival."""
+    margin = report.clock_margin
     skew = (then - datetime.now(UTC)).total_seconds()
-    if abs(skew) <= CLOCK_MARGIN_SECONDS:
+    report.offsets[whose] = skew
+    if abs(skew) <= margin:
         report.add("clocks", "ok", f"{whose} within {abs(skew):.0f} s of this host")
     else:
         report.add(
             "clocks",
             "problem",
-            f"{whose} is {skew:+.0f} s off this host (margin {CLOCK_MARGIN_SECONDS:.0f} s): "
-            "timestamps near Stripe's window edges would be misjudged",
+            f"{whose} is {skew:+.0f} s off this host (margin OUTBOX_CLOCK_MARGIN={margin:.0f} s): "
+            "the relay judges timestamps by the database's and Stripe's clocks, but webhook "
+            "signatures and logs use this host's",
             "sync the clocks with NTP",
         )
+    if {"database", "stripe"} <= report.offsets.keys():
+        apart = report.offsets["database"] - report.offsets["stripe"]
+        if abs(apart) > margin:
+            report.add(
+                "clocks",
+                "problem",
+                f"the database is {apart:+.0f} s off Stripe (margin {margin:.0f} s): usage the "
+                "database accepts at the edges of Stripe's window would wait or fail",
+                "sync the database server's clock with NTP",
+            )
 
 
 def _why(err: Exception) -> str:
+    if isinstance(err, stripe.APIConnectionError):
+        return failure(err)
     if isinstance(err, stripe.StripeError):
         return f"{type(err).__name__}: {error_message(err)}"
     return type(err).__name__

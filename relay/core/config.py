@@ -111,6 +111,18 @@ class Settings(BaseSettings):
         default="lean",
         description="lean: meter events on a minimal HTTP/1.1 client; sdk: the stripe SDK",
     )
+    stripe_proxy: SecretStr | None = Field(
+        default=None,
+        description="HTTP proxy for Stripe (http://[user:pass@]host:port, CONNECT); "
+        "default HTTPS_PROXY; NO_PROXY applies",
+    )
+    stripe_ca_file: Path | None = Field(
+        default=None, description="PEM CA certificates to trust for Stripe (an egress proxy's)"
+    )
+    stripe_ca_mode: Literal["add", "replace"] = Field(
+        default="add",
+        description="add: OUTBOX_STRIPE_CA_FILE beside stripe's bundle; replace: it alone",
+    )
 
     rate_limit: float | None = Field(
         default=None,
@@ -133,6 +145,11 @@ class Settings(BaseSettings):
     )
     poll_interval: float = Field(default=1.0, gt=0, le=300)
     poll_only: bool = False
+    database_prepare: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Server-side prepared statements: auto turns them off behind a pooler "
+        "(PgBouncer), on/off force them",
+    )
     lease_seconds: float = Field(default=30.0, gt=0, le=3600)
     request_timeout: float = Field(default=10.0, gt=0, le=600)
     max_attempts: int = Field(default=25, ge=1, le=1000)
@@ -144,6 +161,19 @@ class Settings(BaseSettings):
     )
     auth_probe_max_interval: float = Field(
         default=300.0, gt=0, le=86_400, description="... doubling per refusal up to this"
+    )
+    clock_margin: float = Field(
+        default=60.0,
+        ge=1,
+        le=120,
+        description="Narrow Stripe's timestamp window by this at both ends (s); clock skew "
+        "beyond it is reported",
+    )
+    read_only_grace: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="A database read-only this long fails /healthz (s), so the relay restarts",
     )
     outage_threshold: int = Field(
         default=10,
@@ -350,6 +380,10 @@ class Settings(BaseSettings):
                     f"STRIPE_API_KEY_FILE: cannot read {self.stripe_api_key_file} ({name})"
                 ) from None
         return None
+
+    def egress_proxy(self) -> str | None:
+        """OUTBOX_STRIPE_PROXY's value (None: not set, so HTTPS_PROXY applies)."""
+        return self.stripe_proxy.get_secret_value() if self.stripe_proxy is not None else None
 
     def effective_concurrency(self, rate: float | None = None) -> int:
         """Configured, else enough calls in flight to keep `rate` (default: the whole limit)

@@ -95,6 +95,18 @@ COMMIT_TO_ACCEPTED = BatchHistogram(
 )
 RATE = Gauge("outbox_relay_rate_limit_per_second", "Current adaptive client-side rate limit")
 AUTH_PAUSED = Gauge("outbox_relay_auth_paused", "1 while sending is paused on a 401/403")
+CLOCK_OFFSET = Gauge(
+    "outbox_relay_clock_offset_seconds",
+    "The database's or Stripe's clock minus this host's (the relay judges timestamps by them)",
+    ["clock"],
+)
+DATABASE_READ_ONLY = Gauge(
+    "outbox_relay_database_read_only",
+    "1 while the database refuses writes (a replica, default_transaction_read_only=on)",
+)
+STRIPE_REACHABLE = Gauge(
+    "outbox_relay_stripe_reachable", "1 while Stripe answers this relay's calls, 0 while not"
+)
 STRIPE_OUTAGE = Gauge(
     "outbox_relay_stripe_outage",
     "1 while the outage breaker is open (Stripe gave no answer or 502/503/504): only probes go",

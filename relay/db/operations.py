@@ -14,7 +14,7 @@ from outbox.dburl import psycopg_url
 from relay.core.meters import HELD_CODES, WHAT_TO_DO
 from relay.core.vocabulary import AUTH_WAIT_CODES, State
 from relay.db import outage
-from relay.db.pool import SET_UTC
+from relay.db.pool import SET_UTC, set_prepare_sync
 from relay.db.queries import RetryHow
 from relay.db.store import RetryCandidate, SyncStore, UnsentGroup
 
@@ -23,9 +23,11 @@ LIVE_SECONDS = 5.0
 
 
 def connect(database_url: str) -> psycopg.Connection:
-    """An autocommit connection that reads timestamps in UTC (as the relay's pool)."""
+    """An autocommit connection that reads timestamps in UTC and prepares no statement behind
+    a pooler (as the relay's pool)."""
     conn = psycopg.connect(psycopg_url(database_url), autocommit=True)
-    conn.execute(SET_UTC)
+    conn.execute(SET_UTC, prepare=False)
+    set_prepare_sync(conn)
     return conn
 
 

@@ -6,10 +6,10 @@ holds a transaction open while it talks to Stripe.
 """
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import orjson
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, Connection
 from psycopg.rows import TupleRow
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
@@ -26,23 +26,70 @@ QUERIES = load("relay.db", "queries.sql")
 # per client (TimeZone is one of the parameters it tracks).
 SET_UTC = "SET TIME ZONE 'UTC'"
 
+# Server-side prepared statements (OUTBOX_DATABASE_PREPARE): "auto" keeps them on a direct
+# connection (they save PostgreSQL a parse and plan per statement) and turns them off behind a
+# pooler; "on" and "off" force either. A pooler in transaction mode hands each transaction to
+# whichever server connection is free, so a statement psycopg prepared on one is missing (or,
+# worse, a different statement of the same name) on the next: PgBouncer before 1.21 cannot
+# keep them. The pooler is recognised by the backend pid: PgBouncer gives its clients a cancel
+# key of its own, so the pid the connection was told at start is not the server's.
+Prepare = Literal["auto", "on", "off"]
+PID_SQL = "SELECT pg_backend_pid()"
 
-async def _configure(conn: AsyncConnection[TupleRow]) -> None:
-    """Autocommit (every statement its own short transaction), UTC (SET_UTC) and orjson for
-    the jsonb columns still read as jsonb (the console, `inspect`, webhooks); the hot claim
-    reads the payload as text (relay/stripe/calls.py splices it)."""
-    await conn.set_autocommit(True)
-    await conn.execute(SET_UTC)
-    set_json_loads(orjson.loads, conn)
+
+async def _set_prepare(conn: AsyncConnection[TupleRow], prepare: Prepare) -> bool:
+    """Prepares as `prepare` says; True when the connection is pooled (looked at unless "on")."""
+    pooled = prepare != "on" and await _behind_pooler(conn)
+    if prepare == "off" or pooled:
+        conn.prepare_threshold = None
+    return pooled
 
 
-def make_pool(database_url: str, max_size: int = 8) -> AsyncConnectionPool:
+async def _behind_pooler(conn: AsyncConnection[TupleRow]) -> bool:
+    row = await (await conn.execute(PID_SQL, prepare=False)).fetchone()
+    return row is not None and row[0] != conn.info.backend_pid
+
+
+def set_prepare_sync(conn: Connection[Any], prepare: Prepare = "auto") -> None:
+    """`_set_prepare` for the operator commands' plain connections."""
+    if prepare == "off":
+        conn.prepare_threshold = None
+    elif prepare == "auto":
+        row = conn.execute(PID_SQL, prepare=False).fetchone()
+        if row is not None and row[0] != conn.info.backend_pid:
+            conn.prepare_threshold = None
+
+
+def _configurer(
+    prepare: Prepare, *statements: str
+) -> Callable[[AsyncConnection[TupleRow]], Awaitable[None]]:
+    """Autocommit (every statement its own short transaction), UTC (SET_UTC), prepares as
+    `prepare` says, and orjson for the jsonb columns still read as jsonb (the console,
+    `inspect`, webhooks); the hot claim reads the payload as text (relay/stripe/calls.py
+    splices it). Then `statements` (session settings), in that order, on a direct connection
+    only: behind a transaction pooler a SET lands on whichever server connection ran it, and
+    stays there for the next client (PgBouncer restores only the parameters it tracks)."""
+
+    async def configure(conn: AsyncConnection[TupleRow]) -> None:
+        await conn.set_autocommit(True)
+        await conn.execute(SET_UTC, prepare=False)
+        pooled = await _set_prepare(conn, prepare)
+        set_json_loads(orjson.loads, conn)
+        for statement in () if pooled else statements:
+            await conn.execute(statement, prepare=False)
+
+    return configure
+
+
+def make_pool(
+    database_url: str, max_size: int = 8, prepare: Prepare = "auto"
+) -> AsyncConnectionPool:
     """A pool of autocommit connections (not opened yet: `await pool.open()`).
 
     Eight by default: a walk, two claims, two outcome writes, upkeep, a webhook and a readiness
     probe can all run at once.
     """
-    return _pool(database_url, max_size, _configure, "outbox-relay")
+    return _pool(database_url, max_size, _configurer(prepare), "outbox-relay")
 
 
 def _pool(
@@ -75,17 +122,13 @@ def make_reader_pool(
     database_url: str,
     max_size: int = READER_POOL_SIZE,
     statement_timeout_ms: int = READER_STATEMENT_TIMEOUT_MS,
+    prepare: Prepare = "auto",
 ) -> AsyncConnectionPool:
     """The console's and /metrics' own small pool, with a statement timeout (not opened yet)."""
-
-    async def configure(conn: AsyncConnection[TupleRow]) -> None:
-        await _configure(conn)
-        await conn.execute(f"SET statement_timeout = {int(statement_timeout_ms)}")
-
     return _pool(
         database_url,
         max_size,
-        configure,
+        _configurer(prepare, f"SET statement_timeout = {int(statement_timeout_ms)}"),
         "outbox-relay-console",
         kwargs={"application_name": "outbox-relay-console"},
         timeout=5.0,

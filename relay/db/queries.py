@@ -281,6 +281,11 @@ class LiveRelay(NamedTuple):
     seen_at: datetime
 
 
+class DatabaseProbe(NamedTuple):
+    now: datetime
+    read_only: bool
+
+
 class StateCount(NamedTuple):
     state: State
     n: int
@@ -392,6 +397,7 @@ LEAVE = Query("leave", LeaveParams, scalar_row)
 LIVE_RELAYS = Query("live_relays", StaleSeconds, class_row(LiveRelay))
 REJECT = Query("reject", RejectParams, scalar_row)
 FOLD_COUNTS = Query("fold_counts", NoParams, scalar_row)
+DATABASE_PROBE = Query("database_probe", NoParams, class_row(DatabaseProbe))
 STATE_COUNTS = Query("state_counts", NoParams, class_row(StateCount))
 FAILURES_BY_CODE = Query("failures_by_code", NoParams, class_row(FailureCount))
 WAITING_BY_CODE = Query("waiting_by_code", NoParams, class_row(WaitingCount))
@@ -566,7 +572,7 @@ REGISTRY: dict[str, Query[Any, Any]] = {
         DRIFT_OURS, SAVE_DRIFT_REPORT, LATEST_DRIFT_REPORT, OLDEST_UNSENT, BACKING_OFF,
         FINISHED_LAST_HOUR, ATTEMPTS_LAST_HOUR, ATTEMPT_ERRORS_LAST_HOUR,
         FAILURES_WITH_IDENTIFIERS, LOOK_ROWS, CALLS_PER_MINUTE, CUSTOMER_BACKLOG, REJECTED_COUNT,
-        TRACE_CONTEXTS,
+        TRACE_CONTEXTS, DATABASE_PROBE,
         CONSOLE_SESSION_OPEN, CONSOLE_SESSION_ALIVE, CONSOLE_SESSION_CLOSE,
         *METER_QUERIES, *OUTAGE_QUERIES,
     )

@@ -322,6 +322,13 @@ WHERE o.identifier = ANY(CAST(:identifiers AS text[]))
   AND (o.state = 'accepted' OR (o.state = 'in_flight' AND o.action = 'report'))
 RETURNING o.identifier
 
+-- name: database_probe
+-- The database watch (relay/pipeline/database_watch.py): the database's clock, the instant of
+-- the statement as the outbox's INSERT sees it, and whether this session may write (off on a
+-- primary; on for a hot standby, or under default_transaction_read_only).
+SELECT statement_timestamp() AS now,
+       current_setting('transaction_read_only') = 'on' AS read_only
+
 -- name: fold_counts
 SELECT outbox_fold_counts()
 

@@ -268,6 +268,10 @@ class Store(AsyncExecutor):
     async def fold_counts(self) -> None:
         await self.all(q.FOLD_COUNTS({}))
 
+    async def probe(self) -> q.DatabaseProbe:
+        """The database's clock and whether it takes writes (the database watch)."""
+        return await self.one(q.DATABASE_PROBE({}))
+
     async def trace_contexts(self, ids: list[int]) -> dict[int, str]:
         """The traceparent stored with each of these rows (rows without one are left out);
         read only while tracing is on."""

@@ -11,11 +11,13 @@ nothing is recorded.
 import asyncio
 import time
 from collections import Counter, deque
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import datetime
 
 import structlog
 
 from relay.core import metrics, tracing
+from relay.core.clock import host_clock
 from relay.core.config import Settings
 from relay.core.retryable import RETRYABLE
 from relay.core.rows import Outcome
@@ -33,12 +35,18 @@ class Completer:
     """Queues outcomes (`record`) and writes them (`run`)."""
 
     def __init__(
-        self, settings: Settings, store: Store, capacity: Capacity, wakeup: Wakeup
+        self,
+        settings: Settings,
+        store: Store,
+        capacity: Capacity,
+        wakeup: Wakeup,
+        database_now: Callable[[], datetime] = host_clock,
     ) -> None:
         self.settings = settings
         self.store = store
         self.capacity = capacity
         self.wakeup = wakeup
+        self._database_now = database_now  # relay.core.clock.Clocks.database_now
         # A plain deque and two events, not an asyncio.Queue: `record` runs once per row, and
         # the queue's bookkeeping (put, get, task_done) was a visible share of the CPU per event.
         self._queue: deque[Outcome] = deque()
@@ -92,7 +100,7 @@ class Completer:
             written = await self._record_outcomes(batch)
             if tracer:
                 tracer.written(batch, start_ns)
-            report_batch(batch, written)
+            report_batch(batch, written, self._database_now())
             self.wakeup.poke()  # lanes and capacity were freed
             async with self.flushed:
                 self.flushed.notify_all()
@@ -116,10 +124,10 @@ class Completer:
                 delay = min(delay * 2, 10.0)
 
 
-def report_batch(batch: list[Outcome], written: set[int]) -> None:
+def report_batch(batch: list[Outcome], written: set[int], now: datetime) -> None:
     """One log event per batch, one per failure; outcome counters per batch; the time from
-    commit to acceptance of every accepted report (observed as one batch)."""
-    now = datetime.now(UTC)
+    commit to acceptance of every accepted report (observed as one batch): `now` is the
+    database's clock, the one `created_at` was written by."""
     waits: list[float] = []
     for o in batch:
         if o.row.id not in written:

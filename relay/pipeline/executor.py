@@ -14,12 +14,13 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any, Protocol
 
 import structlog
 
 from relay.core import metrics, tracing
+from relay.core.clock import Clocks
 from relay.core.config import Settings
 from relay.core.rows import Claimed, Outcome
 from relay.core.vocabulary import RELAY_ERROR, SHUTDOWN, STRIPE_OUTAGE
@@ -51,6 +52,14 @@ class RelayState:
     auth_ok: bool = True
     started: bool = False
     last_loop: float = field(default_factory=time.monotonic)
+    read_only_since: float | None = None  # monotonic time the database was found read-only
+
+    def read_only_past(self, grace: float) -> bool:
+        """The database has been read-only for more than `grace` seconds: /healthz fails and
+        systemd's watchdog goes unpetted, so the relay is restarted (and, at start, a read-only
+        database is exit 1 until the primary is back)."""
+        since = self.read_only_since
+        return since is not None and time.monotonic() - since > grace
 
 
 class Executor:
@@ -65,9 +74,11 @@ class Executor:
         record: Callable[[Outcome], None],
         meters: MeterCatalogue | None = None,
         outage: OutageBreaker | None = None,
+        clocks: Clocks | None = None,
     ) -> None:
         self.settings = settings
         self.outage = outage
+        self.clocks = clocks or Clocks(timedelta(seconds=settings.clock_margin))
         self.meters = meters
         self.sender = sender
         self.limiter = limiter
@@ -170,7 +181,7 @@ class Executor:
         "unknown outcome": pending, same idempotency key, so the retry replays whatever Stripe
         did. An unexpected error is a bug: once the rows have their outcome, it stops the relay
         (`watch`)."""
-        refusals = Refusals(datetime.now(UTC), self._dedup_window)
+        refusals = Refusals(self.clocks.now(), self._dedup_window, self.clocks.margin)
         outcomes: list[Outcome] = []
         sendable: list[Claimed] = []
         for r in rows:
@@ -266,7 +277,7 @@ class Executor:
         return [self._decide_row(r, result, latency_ms) for r in rows]
 
     def _decide_row(self, row: Claimed, result: Classified, latency_ms: float) -> Outcome:
-        outcome = decide(row, result, self.settings.max_attempts, latency_ms)
+        outcome = decide(row, result, self.settings.max_attempts, latency_ms, self.clocks.now())
         wait = self.auth.settle(row, result)
         if wait is None:
             return outcome

@@ -16,15 +16,19 @@ import structlog
 
 from relay.core.retryable import RETRYABLE
 from relay.db.store import Store
+from relay.pipeline.executor import RelayState
 from relay.stripe.outage import OutageBreaker
 from relay.stripe.rate_share import RateShare
 
 log = structlog.get_logger("relay")
 
 
-async def fold_counts(store: Store, interval: float) -> None:
+async def fold_counts(store: Store, interval: float, state: RelayState) -> None:
+    """Paused while the database is read-only (the database watch says so, once)."""
     while True:
         await asyncio.sleep(interval)
+        if state.read_only_since is not None:
+            continue
         try:
             await store.fold_counts()
         except RETRYABLE as err:

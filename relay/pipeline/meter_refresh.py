@@ -20,11 +20,14 @@ from relay.core.meters import METER_KEY_COLLISION, MeterInfo
 from relay.db.store import Store
 from relay.stripe.catalogue import MeterCatalogue
 from relay.stripe.meters import MeterReadError, fetch_meters
+from relay.stripe.reachability import Reachability
 from relay.stripe.read_budget import ReadBudget
 
 log = structlog.get_logger("relay")
 
 Fetch = Callable[[str], Awaitable[list[MeterInfo]]]
+# Seconds between meter reads while Stripe has never answered (the relay is not ready yet).
+UNREACHED_RETRY = 5.0
 
 
 class MeterRefresh:
@@ -38,6 +41,7 @@ class MeterRefresh:
         interval: float,
         on_key_refused: Callable[[str], None] = lambda detail: None,
         on_key_accepted: Callable[[], None] = lambda: None,
+        reachability: Reachability | None = None,
     ) -> None:
         self.store = store
         self.catalogue = catalogue
@@ -45,6 +49,7 @@ class MeterRefresh:
         self.interval = interval
         self._on_key_refused = on_key_refused
         self._on_key_accepted = on_key_accepted
+        self._reachability = reachability or Reachability(reached=True)
         self._outcomes: dict[str, str] = {}  # account -> last read outcome (for log lines)
         self._poke = asyncio.Event()
         catalogue.on_request = self._poke.set
@@ -62,8 +67,10 @@ class MeterRefresh:
 
     async def run(self) -> None:
         while True:
+            # Until Stripe first answers, the read is the readiness probe: retried sooner.
+            wait = self.interval if self._reachability.reached else UNREACHED_RETRY
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poke.wait(), self.interval)
+                await asyncio.wait_for(self._poke.wait(), min(wait, self.interval))
             self._poke.clear()
             await self.refresh()
 
@@ -97,12 +104,17 @@ class MeterRefresh:
         try:
             meters = await self._fetch(account)
         except MeterReadError as err:
+            if err.outcome == "failed" and err.http_status is None:
+                self._reachability.unanswered(err.detail)
+            else:
+                self._reachability.answered()
             await self._failed(account, err)
             return
         except Exception as err:  # a bug of ours: the last known catalogue stays
             log.exception("meter_read_crashed", stripe_account=account or None)
             await self._failed(account, MeterReadError("failed", type(err).__name__))
             return
+        self._reachability.answered()
         self.catalogue.replace(account, meters)
         if account == "":
             self._on_key_accepted()

@@ -126,7 +126,9 @@ class Producer:
             if self._claim_crash is not None:
                 raise self._claim_crash
             self.state.last_loop = time.monotonic()  # /healthz and the watchdog: still turning
-            wanted = self.capacity.wanted() if len(self._claims) < MAX_CLAIMS else 0
+            # Nothing is claimed from a read-only database (relay/pipeline/database_watch.py).
+            writable = self.state.read_only_since is None
+            wanted = self.capacity.wanted() if writable and len(self._claims) < MAX_CLAIMS else 0
             if wanted and await self._walk_and_claim(wanted):
                 continue  # more may be due right now
             await self.wakeup.wait(self._wait_timeout(), stop)

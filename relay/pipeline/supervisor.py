@@ -18,15 +18,18 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Coroutine
+from datetime import timedelta
 from typing import Any
 
 import structlog
 
+from relay.core.clock import Clocks
 from relay.core.config import Settings, parse_meter_keys
 from relay.core.errors import ServiceDied
 from relay.db.store import Store
 from relay.pipeline import maintenance
 from relay.pipeline.completer import Completer
+from relay.pipeline.database_watch import DatabaseWatch
 from relay.pipeline.executor import Executor, RelayState, Sender
 from relay.pipeline.meter_refresh import Fetch, MeterRefresh, sdk_fetch
 from relay.pipeline.producer import Capacity, Producer, capacity_limit
@@ -36,6 +39,7 @@ from relay.stripe.catalogue import MeterCatalogue
 from relay.stripe.outage import OutageBreaker
 from relay.stripe.rate_limit import RateLimiter
 from relay.stripe.rate_share import DuplicateRelayId, RateShare
+from relay.stripe.reachability import Reachability
 from relay.stripe.read_budget import ReadBudget, default_read_rate
 from relay.stripe.sender import StripeSender
 
@@ -121,11 +125,18 @@ class Relay:
         sender: Sender,
         wakeup: Wakeup,
         meters_fetch: Fetch | None = None,
+        clocks: Clocks | None = None,
     ) -> None:
         self.settings = settings
+        self.clocks = clocks or Clocks(timedelta(seconds=settings.clock_margin))
         self.store = store
         self.sender = sender
         self.wakeup = wakeup
+        # Stripe's answers so far (/readyz: not ready before the first). A sender that is no
+        # StripeSender (a test double) answers by construction.
+        self.reachability: Reachability = getattr(sender, "reachability", None) or Reachability(
+            reached=True
+        )
         rate = settings.effective_rate_limit()
         # A small catch-up burst (1% of a second) so a momentarily idle limiter does not lose
         # slots; any one-second window still sees at most 1.01 x the rate.
@@ -143,9 +154,12 @@ class Relay:
             else None
         )
         self.state = RelayState()
+        self.database = DatabaseWatch(store, self.clocks, self.state, settings.upkeep_interval)
         self.outage = self._outage_breaker()
         self.capacity = Capacity(self._capacity_limit, settings.effective_batch_size())
-        self.completer = Completer(settings, store, self.capacity, wakeup)
+        self.completer = Completer(
+            settings, store, self.capacity, wakeup, database_now=self.clocks.database_now
+        )
         auth = AuthGate(
             self._set_ready, settings.auth_probe_interval, settings.auth_probe_max_interval
         )
@@ -155,7 +169,14 @@ class Relay:
         )
         self.meters, self.meter_refresh = self._meter_catalogue(meters_fetch)
         self.executor = Executor(
-            settings, sender, self.limiter, auth, self.completer.record, self.meters, self.outage
+            settings,
+            sender,
+            self.limiter,
+            auth,
+            self.completer.record,
+            self.meters,
+            self.outage,
+            self.clocks,
         )
         self.producer = Producer(
             settings,
@@ -209,6 +230,7 @@ class Relay:
             settings.meter_refresh_seconds,
             on_key_refused=self.auth.refuse_key,
             on_key_accepted=self.auth.key_accepted,
+            reachability=self.reachability,
         )
         return catalogue, refresh
 
@@ -217,9 +239,11 @@ class Relay:
         services = Services(stop)
         try:
             services.start("completer", self.completer.run())
+            services.start("database_watch", self.database.run())
             services.start("executor", self.executor.watch())
             services.start(
-                "fold_counts", maintenance.fold_counts(self.store, self.settings.upkeep_interval)
+                "fold_counts",
+                maintenance.fold_counts(self.store, self.settings.upkeep_interval, self.state),
             )
             if self.wakeup.listens:
                 services.start("listener", self.wakeup.listen())

@@ -47,22 +47,31 @@ def make_app(
 ) -> web.Application:
     """Routes bound to a running relay (its state drives /healthz and /readyz). The console
     and /metrics read through their own pool (make_reader_pool), opened with the app."""
-    reader = make_reader_pool(relay.settings.database_url)
+    reader = make_reader_pool(relay.settings.database_url, prepare=relay.settings.database_prepare)
     refresh = metrics.ScrapeRefresh(
         ConsoleStore(reader, relay.settings.relay_stale_after), relay.settings.stripe_api_mode
     )
 
     async def healthz(_: web.Request) -> web.Response:
-        stalled = (
-            time.monotonic() - relay.state.last_loop > STALL_SECONDS + relay.settings.poll_interval
+        now = time.monotonic()
+        stalled = now - relay.state.last_loop > STALL_SECONDS + relay.settings.poll_interval
+        # A relay pointed at a replica is alive but useless: past the grace, a restart may
+        # reach the primary (and a read-only database stops it at start, exit 1).
+        read_only = relay.state.read_only_past(relay.settings.read_only_grace)
+        ok = not (stalled or read_only)
+        return web.json_response(
+            {"ok": ok, "stalled": stalled, "database_read_only": read_only},
+            status=200 if ok else 503,
         )
-        return web.json_response({"ok": not stalled}, status=503 if stalled else 200)
 
     async def readyz(_: web.Request) -> web.Response:
         checks = {
             "database": await db.ping(),
             "stripe_auth": relay.state.auth_ok,
+            # Stripe answered once (relay/stripe/reachability.py): later outages keep it ready.
+            "stripe_reached": relay.reachability.reached,
             "started": relay.state.started,
+            "database_writable": relay.state.read_only_since is None,
         }
         ok = all(checks.values())
         return web.json_response({"ok": ok, **checks}, status=200 if ok else 503)

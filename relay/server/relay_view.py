@@ -18,6 +18,16 @@ class RelayHealth(Protocol):
     def started(self) -> bool: ...  # the rate share is joined and the producer runs
     @property
     def last_loop(self) -> float: ...  # monotonic time the producer's loop last turned
+    @property
+    def read_only_since(self) -> float | None: ...  # monotonic time the database went read-only
+    def read_only_past(self, grace: float) -> bool: ...  # read-only for longer than `grace` s
+
+
+class StripeReach(Protocol):
+    """/readyz's view of relay.stripe.reachability.Reachability."""
+
+    @property
+    def reached(self) -> bool: ...  # Stripe answered at least once
 
 
 class RelayView(Protocol):
@@ -27,3 +37,5 @@ class RelayView(Protocol):
     def settings(self) -> Settings: ...
     @property
     def state(self) -> RelayHealth: ...
+    @property
+    def reachability(self) -> StripeReach: ...

@@ -23,7 +23,7 @@ Answers come back as `classify.Answer`, the view the one classification table re
 import json
 import os
 import platform
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from urllib.parse import quote_plus
@@ -34,6 +34,7 @@ import stripe
 from relay.core.rows import Claimed
 from relay.stripe import transport as http1
 from relay.stripe.classify import Answer
+from relay.stripe.egress import failure
 
 if TYPE_CHECKING:
     from stripe.params.v2.billing import MeterEventStreamCreateParamsEvent
@@ -164,7 +165,7 @@ def answer_of_response(status: int, request_id: str | None, body: bytes) -> Answ
 
 def answer_of_failure(err: BaseException) -> Answer:
     """No HTTP answer (timeout, refused, reset): the table's connection-error row."""
-    return Answer(None, message=(str(err) or type(err).__name__)[:500])
+    return Answer(None, message=failure(err))
 
 
 class Wire:
@@ -176,10 +177,12 @@ class Wire:
         api_key: str,
         api_base: str | None = None,
         timeout: float = 10.0,
+        on_date: Callable[[str | None], None] | None = None,
     ) -> None:
         base = api_base.rstrip("/") if api_base else None
         self._http = http
         self._timeout = timeout
+        self._on_date = on_date
         version = {"Stripe-Version": stripe.api_version}
         self._v1 = http1.Endpoint(
             "POST",
@@ -214,6 +217,8 @@ class Wire:
             response = await self._http.send(endpoint, headers, body, self._timeout)
         except (TimeoutError, OSError, http1.ResponseError) as err:
             return answer_of_failure(err)
+        if self._on_date is not None:  # Stripe's clock (relay.core.clock)
+            self._on_date(response.headers.get("date"))
         request_id = response.headers.get("request-id")
         return answer_of_response(response.status, request_id, response.body)
 

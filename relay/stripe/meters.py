@@ -15,6 +15,7 @@ import stripe
 
 from relay.core.meters import DEFAULT_CUSTOMER_KEY, DEFAULT_VALUE_KEY, MeterInfo
 from relay.stripe.classify import error_message
+from relay.stripe.egress import failure
 from relay.stripe.read_budget import ReadBudget
 
 PAGE_SIZE = 100  # Stripe's maximum
@@ -77,11 +78,13 @@ async def _page(
     except stripe.RateLimitError as err:
         budget.on_rate_limited()
         raise MeterReadError("failed", error_message(err), 429) from None
+    except stripe.APIConnectionError as err:
+        raise MeterReadError("failed", f"no answer: {failure(err)}") from None
     except stripe.StripeError as err:
         status = getattr(err, "http_status", None)
         raise MeterReadError("failed", error_message(err), status) from None
     except (TimeoutError, OSError, aiohttp.ClientError) as err:
-        raise MeterReadError("failed", f"no answer: {type(err).__name__}") from None
+        raise MeterReadError("failed", f"no answer: {failure(err)}") from None
     # StripeObject is not a Mapping in stripe-python 16: read the answer as plain JSON data.
     data = page.to_dict() if isinstance(page, stripe.StripeObject) else page
     if not isinstance(data, Mapping):

@@ -20,8 +20,9 @@ from relay.core.vocabulary import (
 )
 from relay.stripe.classify import Classified, Verdict
 
-# Margin so a row refused at neither end by us is not refused by Stripe after clock skew and
-# transit time.
+# Margin so a row refused at neither end by us is not refused by Stripe after the error of our
+# estimate of Stripe's clock (relay.core.clock) and transit time: the default of
+# OUTBOX_CLOCK_MARGIN.
 CLOCK_MARGIN = timedelta(seconds=60)
 CANCEL_WINDOW = timedelta(hours=24)
 BACKOFF_CAP = 300.0  # seconds
@@ -39,8 +40,11 @@ class _Called(TypedDict):
     reached: bool | None
 
 
-def local_refusal(row: Claimed, now: datetime, dedup_window: timedelta) -> Outcome | None:
-    """An outcome decided without calling Stripe, or None when the row may be sent."""
+def local_refusal(
+    row: Claimed, now: datetime, dedup_window: timedelta, margin: timedelta = CLOCK_MARGIN
+) -> Outcome | None:
+    """An outcome decided without calling Stripe, or None when the row may be sent. `now` is
+    Stripe's clock as the relay knows it (relay.core.clock.Clocks.now), never its host's."""
     if row.action == "cancel":
         if row.accepted_at is not None and row.accepted_at < now - CANCEL_WINDOW:
             return Outcome.refused(
@@ -50,10 +54,10 @@ def local_refusal(row: Claimed, now: datetime, dedup_window: timedelta) -> Outco
             )
         return None
     # The window rule of outbox.rules, the one the database applied at recording, narrowed by
-    # CLOCK_MARGIN: now is this host's clock, our stand-in for Stripe's.
-    problem = window_problem(row.occurred_at, now, CLOCK_MARGIN)
+    # the margin for the error of our estimate of Stripe's clock.
+    problem = window_problem(row.occurred_at, now, margin)
     if problem is IN_FUTURE:  # valid a little later (the outbox accepts up to 5 minutes ahead)
-        wait = (earliest_send(row.occurred_at, CLOCK_MARGIN) - now).total_seconds() + 1
+        wait = (earliest_send(row.occurred_at, margin) - now).total_seconds() + 1
         return Outcome.unsent(row, TIMESTAMP_IN_FUTURE, "waiting until Stripe accepts it", wait)
     if problem:
         return Outcome.refused(
@@ -76,10 +80,13 @@ class Refusals:
     """`local_refusal` for the rows of one call, at one `now`: the bounds are computed once,
     so a sendable report costs two comparisons (the full rule runs only for the others)."""
 
-    def __init__(self, now: datetime, dedup_window: timedelta) -> None:
+    def __init__(
+        self, now: datetime, dedup_window: timedelta, margin: timedelta = CLOCK_MARGIN
+    ) -> None:
         self._now = now
         self._dedup_window = dedup_window
-        self._earliest, self._latest = window_bounds(now, CLOCK_MARGIN)
+        self._margin = margin
+        self._earliest, self._latest = window_bounds(now, margin)
         self._dedup_cutoff = now - dedup_window
 
     def check(self, row: Claimed) -> Outcome | None:
@@ -87,7 +94,7 @@ class Refusals:
             first = row.previous_first_attempt_at
             if first is None or first >= self._dedup_cutoff:
                 return None
-        return local_refusal(row, self._now, self._dedup_window)
+        return local_refusal(row, self._now, self._dedup_window, self._margin)
 
 
 def backoff(attempt: int, base: float = 0.5, cap: float = BACKOFF_CAP) -> float:

@@ -12,19 +12,22 @@ verify TLS with one SSL context and are bounded by the same `max_connections`.
 """
 
 import asyncio
-import ssl
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
+from types import SimpleNamespace
 
 import aiohttp
 import stripe
 from stripe._base_address import BaseAddresses  # the type StripeClient's signature names
 from stripe.params.billing import MeterEventAdjustmentCreateParams, MeterEventCreateParams
 
+from relay.core.clock import Clocks, host_clock
 from relay.core.rows import Claimed
 from relay.stripe import transport as http1
 from relay.stripe.calls import Wire, answer_of_failure, stream_event
 from relay.stripe.classify import Answer, Classified, Verdict, classify, classify_error
+from relay.stripe.egress import Egress
+from relay.stripe.reachability import Reachability
 
 
 def base_addresses(api_base: str | None) -> BaseAddresses:
@@ -45,27 +48,55 @@ class StripeSender:
         timeout: float = 10.0,
         max_connections: int = 100,
         client: str = "lean",
+        clocks: Clocks | None = None,
+        egress: Egress | None = None,
     ) -> None:
         # aiohttp's default pool holds 100 connections: at 150 ms per call that alone caps the
         # relay at ~660 calls/s, so the pools are sized to the relay's concurrency. Must be
-        # created inside the running event loop.
-        ssl_context = ssl.create_default_context(cafile=stripe.ca_bundle_path)
+        # created inside the running event loop. Both clients leave by `egress` (proxy, CAs).
+        egress = egress or Egress.from_environment()
+        ssl_context = egress.ssl_context()
         connector = aiohttp.TCPConnector(limit=max_connections, ssl=ssl_context)
-        self._session_http = aiohttp.ClientSession(connector=connector)
-        self._http = stripe.AIOHTTPClient(timeout=timeout, session=self._session_http)
+        self._session_http = aiohttp.ClientSession(
+            connector=connector, trace_configs=_date_trace(clocks)
+        )
+        self._http = stripe.AIOHTTPClient(
+            timeout=timeout,
+            session=self._session_http,
+            proxy=egress.aiohttp_proxy(api_base or stripe.DEFAULT_API_BASE),
+        )
         self.client = stripe.StripeClient(
             api_key,
             base_addresses=base_addresses(api_base),
             max_network_retries=0,
             http_client=self._http,
         )
-        self._lean = http1.Client(max_connections, ssl_context) if client == "lean" else None
-        self._wire = Wire(self._lean, api_key, api_base, timeout) if self._lean else None
+        self._lean = (
+            http1.Client(max_connections, ssl_context, egress.proxy_for)
+            if client == "lean"
+            else None
+        )
+        on_date = clocks.observe_date if clocks else None
+        self._wire = Wire(self._lean, api_key, api_base, timeout, on_date) if self._lean else None
+        self._now = clocks.now if clocks else host_clock  # Stripe's clock: session expiry
         # One meter event session per (connected) account: token and its renewal time.
         self._sessions: dict[str | None, tuple[str, datetime]] = {}
         self._session_lock = asyncio.Lock()
+        self.reachability = Reachability()
 
     async def send_stream(self, rows: list[Claimed]) -> tuple[Classified, float]:
+        """Report up to 100 rows in one v2 meter event stream request (`_send_stream`)."""
+        result = await self._send_stream(rows)
+        self.reachability.saw(result[0].http_status, result[0].message)
+        return result
+
+    async def send(self, row: Claimed) -> tuple[Classified, float]:
+        """Report (or cancel) one row; returns the classified result and latency in ms."""
+        result = await self._send(row)
+        self.reachability.saw(result[0].http_status, result[0].message)
+        return result
+
+    async def _send_stream(self, rows: list[Claimed]) -> tuple[Classified, float]:
         """Report up to 100 rows in one v2 meter event stream request.
 
         Validation is asynchronous in v2 (errors come back as error reports), so a 200 accepts
@@ -116,7 +147,7 @@ class StripeSender:
         concurrent caller."""
         async with self._session_lock:
             token, renew_at = self._sessions.get(account, (None, None))
-            if token is None or token == stale or renew_at is None or datetime.now(UTC) > renew_at:
+            if token is None or token == stale or renew_at is None or self._now() > renew_at:
                 options: stripe.RequestOptions = {"stripe_account": account} if account else {}
                 session = await self.client.v2.billing.meter_event_session.create_async(
                     options=options
@@ -128,8 +159,7 @@ class StripeSender:
                 self._sessions[account] = (token, expires - timedelta(minutes=1))
             return token
 
-    async def send(self, row: Claimed) -> tuple[Classified, float]:
-        """Report (or cancel) one row; returns the classified result and latency in ms."""
+    async def _send(self, row: Claimed) -> tuple[Classified, float]:
         started = time.perf_counter()
         if self._wire is not None and row.action == "report":
             answer: Answer = await self._wire.meter_event(row)
@@ -139,6 +169,8 @@ class StripeSender:
                 response = await self._cancel(row)
             else:
                 response = await self._report(row)
+        except stripe.APIConnectionError as err:  # no answer: say why (the SDK's cause)
+            return classify(answer_of_failure(err)), _ms(started)
         except stripe.StripeError as err:
             return classify_error(err, cancel=row.action == "cancel"), _ms(started)
         except (TimeoutError, OSError, aiohttp.ClientError) as err:  # not wrapped by the SDK
@@ -182,6 +214,23 @@ class StripeSender:
         await self._session_http.close()
         if self._lean is not None:
             await self._lean.close()
+
+
+def _date_trace(clocks: Clocks | None) -> list[aiohttp.TraceConfig]:
+    """The SDK's answers pass their `Date` header (Stripe's clock) to `clocks`: every SDK
+    call, whatever its outcome, through one hook on the session."""
+    if clocks is None:
+        return []
+    on_date = clocks.observe_date
+
+    async def answered(
+        _: aiohttp.ClientSession, __: SimpleNamespace, params: aiohttp.TraceRequestEndParams
+    ) -> None:
+        on_date(params.response.headers.get("Date"))
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_end.append(answered)
+    return [trace]
 
 
 def _ms(started: float) -> float:

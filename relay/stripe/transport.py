@@ -13,14 +13,18 @@ at a time; HTTPS verified with the caller's SSL context; bodies delimited by Con
 chunked encoding or the server closing; gzip and deflate bodies decoded (the request
 advertises them, as aiohttp does); one total timeout per request, connect to last byte.
 
-What it deliberately does not do: proxies, redirects, cookies, HTTP/2, pipelining, request
-streaming or `Expect: 100-continue`, and retries but one: the relay owns retries (only it
-knows when an idempotency key may be reused). The one retry is of a stale keep-alive
-connection: a server may close an idle connection just as a request goes out on it, and
-then nothing of the request was answered. So a request that a REUSED connection loses before
-any byte of its answer arrives is written again, once, byte for byte (same idempotency key),
-on a fresh connection. Never once a byte of the answer came (the server was answering: the
-relay decides), and never on a fresh connection (the server is failing, not stale).
+Proxies: an https origin may be reached through an HTTP proxy's CONNECT tunnel (the proxy and
+NO_PROXY are decided in relay/stripe/egress.py); TLS then runs through the tunnel as it would
+directly. A proxy's refusal is an `egress.ProxyRefused` (an OSError: no answer from Stripe).
+
+What it deliberately does not do: plain-http requests through a proxy, redirects, cookies,
+HTTP/2, pipelining, request streaming or `Expect: 100-continue`, and retries but one: the relay
+owns retries (only it knows when an idempotency key may be reused). The one retry is of a stale
+keep-alive connection: a server may close an idle connection just as a request goes out on it,
+and then nothing of the request was answered. So a request that a REUSED connection loses
+before any byte of its answer arrives is written again, once, byte for byte (same idempotency
+key), on a fresh connection. Never once a byte of the answer came (the server was answering:
+the relay decides), and never on a fresh connection (the server is failing, not stale).
 
 A connection's life is an explicit `ConnState` with legal moves only (`_MOVES`): reused only
 from IDLE, reached only by an HTTP/1.1 keep-alive answer read to its end; one whose answer was
@@ -40,13 +44,16 @@ a header. Each is no answer to the relay: the row keeps its idempotency key for 
 import asyncio
 import enum
 import re
+import socket
 import ssl
 import zlib
 from collections.abc import Callable, Mapping
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
 from urllib.parse import urlsplit
 
 import httptools
+
+from relay.stripe.egress import Proxy, ProxyRefused
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 # aiohttp's default request headers: sent too, so the request stays the SDK's (which runs on
@@ -298,10 +305,15 @@ class _Pool:
     idle one is left, and a caller without a slot waits its turn (asyncio.Semaphore is FIFO)."""
 
     def __init__(
-        self, origin: Origin, max_connections: int, ssl_context: ssl.SSLContext | None
+        self,
+        origin: Origin,
+        max_connections: int,
+        ssl_context: ssl.SSLContext | None,
+        proxy: Proxy | None = None,
     ) -> None:
         self._origin = origin
         self._ssl = ssl_context if origin.scheme == "https" else None
+        self._proxy = proxy
         self._slots = asyncio.Semaphore(max_connections)
         self._idle: list[_Connection] = []  # most recently used last, taken first
         self._open: set[_Connection] = set()
@@ -343,13 +355,20 @@ class _Pool:
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
         host, port = self._origin.host, self._origin.port
-        _, conn = await loop.create_connection(
-            lambda: _Connection(loop, self._forget),
-            host,
-            port,
-            ssl=self._ssl,
-            server_hostname=host if self._ssl else None,
-        )
+        hostname = host if self._ssl else None
+
+        def made() -> _Connection:
+            return _Connection(loop, self._forget)
+
+        if self._proxy is None:
+            _, conn = await loop.create_connection(
+                made, host, port, ssl=self._ssl, server_hostname=hostname
+            )
+        else:
+            sock = await _tunnel(self._proxy, host, port)
+            _, conn = await loop.create_connection(
+                made, sock=sock, ssl=self._ssl, server_hostname=hostname
+            )
         self._open.add(conn)
         return conn
 
@@ -368,13 +387,64 @@ class _Pool:
         await asyncio.gather(*(conn.closed for conn in conns))
 
 
+async def _tunnel(proxy: Proxy, host: str, port: int) -> socket.socket:
+    """A socket to `proxy` on which it has agreed to `CONNECT host:port` (its 200 read, and
+    nothing after it: the server speaks only once TLS starts)."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(proxy.host, proxy.port, type=socket.SOCK_STREAM)
+    sock = await _connected(loop, infos)
+    try:
+        target = f"{host}:{port}"
+        lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
+        if proxy.authorization:
+            lines.append(f"Proxy-Authorization: {proxy.authorization}")
+        await loop.sock_sendall(sock, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = await loop.sock_recv(sock, 4096)
+            if not chunk or len(head) + len(chunk) > MAX_HEAD:
+                raise ProxyRefused("the proxy closed the connection or sent too much")
+            head += chunk
+        status = head.split(b"\r\n", 1)[0].decode("latin-1", "replace")
+        if not re.fullmatch(r"HTTP/1\.[01] 200(\s.*)?", status):
+            raise ProxyRefused(f"CONNECT answered {status[:100]!r}")
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def _connected(
+    loop: asyncio.AbstractEventLoop, infos: list[tuple[Any, ...]]
+) -> socket.socket:
+    """A non-blocking socket connected to the first address that takes it."""
+    error: OSError = OSError("the proxy's name resolved to no address")
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, address)
+            return sock
+        except OSError as err:
+            sock.close()
+            error = err
+    raise error
+
+
 class Client:
     """Pools per origin, each of at most `max_connections` connections; `ssl_context` verifies
-    HTTPS origins (plain http is for local servers: the emulator, tests)."""
+    HTTPS origins (plain http is for local servers: the emulator, tests); `proxy_for(scheme,
+    host)` names the proxy an origin is reached through (relay/stripe/egress.py), or None."""
 
-    def __init__(self, max_connections: int, ssl_context: ssl.SSLContext) -> None:
+    def __init__(
+        self,
+        max_connections: int,
+        ssl_context: ssl.SSLContext,
+        proxy_for: Callable[[str, str], Proxy | None] = lambda scheme, host: None,
+    ) -> None:
         self._max_connections = max_connections
         self._ssl = ssl_context
+        self._proxy_for = proxy_for
         self._pools: dict[Origin, _Pool] = {}
 
     # One total timeout per request, connect to last byte, as HTTP clients take it.
@@ -395,7 +465,8 @@ class Client:
             return _decoded(await pool.exchange(request))
 
     def _pool(self, origin: Origin) -> _Pool:
-        pool = self._pools[origin] = _Pool(origin, self._max_connections, self._ssl)
+        proxy = self._proxy_for(origin.scheme, origin.host)
+        pool = self._pools[origin] = _Pool(origin, self._max_connections, self._ssl, proxy)
         return pool
 
     async def close(self) -> None:

@@ -19,6 +19,7 @@ from relay.db.store import FIRST_LANE, Store, SyncStore
 from relay.emulator import Emulator, EmulatorConfig
 from relay.pipeline.supervisor import Relay
 from relay.pipeline.wakeup import Wakeup
+from relay.stripe.egress import Egress
 from relay.stripe.sender import StripeSender
 
 TEST_KEY = "sk_test_relaysuite"
@@ -94,7 +95,7 @@ async def running_relay(
 ) -> AsyncIterator[RunningRelay]:
     """Start a relay; on exit, stop it gracefully and wait for it to finish. `store` may be
     a subclass that delays statements (to hold the relay at a chosen point)."""
-    pool = make_pool(settings.database_url)
+    pool = make_pool(settings.database_url, prepare=settings.database_prepare)
     await pool.open(wait=True)
     sender = StripeSender(
         settings.api_key() or "",
@@ -102,6 +103,7 @@ async def running_relay(
         settings.request_timeout,
         settings.effective_concurrency() + 4,
         client=settings.stripe_client,
+        egress=Egress.from_settings(settings),
     )
     relay = Relay(
         settings, store(pool), sender, Wakeup(settings.database_url, not settings.poll_only)
@@ -112,9 +114,11 @@ async def running_relay(
         yield RunningRelay(relay, stop, task)
     finally:
         stop.set()
-        await asyncio.wait_for(task, settings.shutdown_grace + 10)
-        await sender.close()
-        await pool.close()
+        try:
+            await asyncio.wait_for(task, settings.shutdown_grace + 10)
+        finally:  # also when the relay failed: a pool left open outlives the test's loop
+            await sender.close()
+            await pool.close()
 
 
 def states(database_url: str) -> dict[str, int]:

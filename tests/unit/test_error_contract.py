@@ -161,7 +161,9 @@ async def test_an_outcome_write_the_database_failed_is_retried() -> None:
 
 async def test_a_fold_counts_bug_stops_the_relay() -> None:
     stop = asyncio.Event()
-    died = await deaths("fold_counts", maintenance.fold_counts(Faulty(BUG), 0.0), stop)  # type: ignore[arg-type]
+    died = await deaths(
+        "fold_counts", maintenance.fold_counts(Faulty(BUG), 0.0, RelayState()), stop
+    )  # type: ignore[arg-type]
     assert died == [("fold_counts", "TypeError('bug')")]
 
 
@@ -169,7 +171,7 @@ async def test_fold_counts_the_database_failed_is_retried() -> None:
     store = Faulty(DOWN)
     stop = asyncio.Event()
     services = Services(stop)
-    services.start("fold_counts", maintenance.fold_counts(store, 0.0))  # type: ignore[arg-type]
+    services.start("fold_counts", maintenance.fold_counts(store, 0.0, RelayState()))  # type: ignore[arg-type]
     while store.calls < 2:
         store.called.clear()
         await asyncio.wait_for(store.called.wait(), 5)

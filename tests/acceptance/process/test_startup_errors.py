@@ -11,6 +11,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psycopg
+from psycopg import sql
+
 from outbox.dburl import with_database
 from tests.helpers import free_port
 from tests.support.relay import TEST_KEY
@@ -139,3 +142,16 @@ def test_a_guessable_or_empty_console_token_is_refused_at_start(tmp_path: Path) 
         assert "openssl rand" in error
 
     each(refused, cases)
+
+
+def test_a_read_only_database_is_a_runtime_error(database_url: str) -> None:
+    """A failover that points the relay at a replica: `run` refuses to start (a restart may
+    find the primary), instead of serving /healthz while claiming nothing."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(
+                sql.Identifier(conn.info.dbname)
+            )
+        )
+    error = run_fails(1, "is read-only", OUTBOX_DATABASE_URL=database_url)
+    assert "point it at the primary" in error

@@ -8,6 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 from click.testing import CliRunner, Result
+from psycopg import sql
 
 from relay.cli.commands import main
 from relay.emulator import Emulator, EmulatorConfig, EventDestination, Meter
@@ -126,3 +127,32 @@ def test_connected_account_needs_events_from_other_accounts(
     assert "from connected accounts (events_from other_accounts)" in result.output
     emulator.set_event_destinations([EventDestination(events_from=("self", "other_accounts"))])
     assert doctor(database_url, emulator).exit_code == 0
+
+
+def test_clock_skew_is_judged_by_the_relays_margin_setting(
+    database_url: str, emulator: Emulator
+) -> None:
+    """One margin (OUTBOX_CLOCK_MARGIN) for the relay's window, its skew log line and doctor;
+    doctor also compares the database's clock with Stripe's."""
+    emulator.state.clock.advance(90)  # Stripe's Date header 90 s ahead of the database's
+    wide = checks(doctor(database_url, emulator, "--json", OUTBOX_CLOCK_MARGIN="120"))
+    assert [c["level"] for c in wide if c["area"] == "clocks"] == ["ok", "ok"]
+    narrow = checks(doctor(database_url, emulator, "--json"))  # the default, 60 s
+    clocks = [c["message"] for c in narrow if c["area"] == "clocks" and c["level"] == "problem"]
+    assert len(clocks) == 2, clocks
+    assert clocks[0].startswith("stripe is +")  # 89 or 90: a Date has whole seconds
+    assert "s off this host (margin OUTBOX_CLOCK_MARGIN=60 s)" in clocks[0]
+    assert clocks[1].startswith("the database is -") and "s off Stripe" in clocks[1]
+
+
+def test_a_read_only_database_is_a_problem(database_url: str, emulator: Emulator) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(
+                sql.Identifier(conn.info.dbname)
+            )
+        )
+    result = doctor(database_url, emulator, "--json")
+    assert result.exit_code == 3, result.output
+    (problem,) = [c for c in checks(result) if c["area"] == "database" and c["level"] == "problem"]
+    assert "read-only" in problem["message"] and "primary" in problem["fix"]

@@ -29,11 +29,11 @@ async def test_a_crashing_outcome_write_stops_the_relay(database_url, emulator, 
     with outcomes that are never recorded."""
     real, calls = relay.pipeline.completer.report_batch, []
 
-    def broken(batch: list[Any], written: set[int]) -> None:
+    def broken(batch: list[Any], written: set[int], now: Any) -> None:
         calls.append(len(batch))
         if len(calls) == 1:
             raise RuntimeError("bug while reporting a batch")
-        real(batch, written)
+        real(batch, written, now)
 
     monkeypatch.setattr(relay.pipeline.completer, "report_batch", broken)
     insert_usage(database_url, 1)
@@ -76,7 +76,7 @@ async def test_a_service_that_dies_stops_the_relay_with_one_log_line(
 ) -> None:
     """Any service, not only the outcome writer: here the counter folding."""
 
-    async def broken(store: Any, interval: float) -> None:
+    async def broken(store: Any, interval: float, state: Any) -> None:
         raise RuntimeError("fold bug")
 
     monkeypatch.setattr(relay.pipeline.maintenance, "fold_counts", broken)
@@ -101,7 +101,15 @@ async def test_a_failing_startup_step_leaves_no_task_behind(
     with pytest.raises(RuntimeError, match="cannot join"):
         async with running_relay(make_settings(database_url, emulator)):
             pass
-    services = {"completer", "executor", "fold_counts", "listener", "heartbeat", "producer"}
+    services = {
+        "completer",
+        "executor",
+        "database_watch",
+        "fold_counts",
+        "listener",
+        "heartbeat",
+        "producer",
+    }
     assert [t for t in asyncio.all_tasks() if t.get_name() in services] == []
 
 

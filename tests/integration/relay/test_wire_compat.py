@@ -17,12 +17,14 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
+from email.utils import format_datetime
 from typing import Any
 
 import psycopg
 import pytest
 from aiohttp import web
 
+from relay.core.clock import STRIPE, Clocks
 from relay.core.rows import Claimed
 from relay.stripe.calls import stream_body, stream_event
 from relay.stripe.classify import Classified
@@ -286,3 +288,27 @@ def test_stream_body_spliced_from_postgresql_text_is_json_dumps(db: psycopg.Conn
         )
         sdk = json.dumps({"events": [stream_event(row)]}).encode()
         assert stream_body([row]) == sdk
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["v1", "v2"])
+@pytest.mark.parametrize("client", ["lean", "sdk"])
+async def test_both_clients_read_stripes_clock_from_the_date_header(
+    recorder: tuple[Recorder, str], client: str, stream: bool
+) -> None:
+    """Stripe's clock two minutes ahead of this host's: the Date of a meter event answer, by
+    whichever client sent it, moves the relay's clock (relay/core/clock.py)."""
+    rec, base = recorder
+    ahead = timedelta(minutes=2)
+    date = format_datetime(datetime.now(UTC) + ahead, usegmt=True)
+    rec.answers = [(200, "{}", {"Date": date})]
+    clocks = Clocks(timedelta(seconds=60))
+    sender = StripeSender("sk_test_compat_key", base, timeout=5.0, client=client, clocks=clocks)
+    try:
+        if stream:
+            await sender.send_stream([ROWS[0]])
+        else:
+            await sender.send(ROWS[0])
+    finally:
+        await sender.close()
+    offset = clocks.offset(STRIPE)
+    assert offset is not None and abs(offset - ahead) < timedelta(seconds=2), offset
