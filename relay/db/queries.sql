@@ -9,7 +9,7 @@
 -- concurrent call per customer and meter) lanes that already have a call in flight are skipped.
 -- The walk is a loose index scan over the lane index (customer, event name, available_at, id):
 -- one probe per lane finds the next lane and, being the first entry of that lane, its head (if
--- the head is not due, nothing in the lane is). A second probe, on the small busy index, tells
+-- the head is not due, nothing in the lane is). A second probe, on the lane index after now(), tells
 -- whether the lane has a call in flight. The walk stops as soon as the batch is full, so it costs
 -- two probes per row taken (plus one per lane passed over), however deep the backlog.
 -- Returns one row: the head ids (a bigint[], handed to `claim`) and how many, the last lane walked (where the next walk starts) and `wrap`
@@ -26,11 +26,17 @@ WITH RECURSIVE walk (customer, event_name, id, taken, found, depth) AS (
         SELECT o.customer, o.event_name, o.id,
                o.available_at <= now() AND (NOT CAST(:exclusive AS boolean) OR (
                    -- A correlated scalar probe, not NOT EXISTS: the planner would hash that
-                   -- over every in-flight row. The deadline test is written so only the
-                   -- lane-keyed busy index can serve it.
+                   -- over every in-flight row. It reads the lane index's range of the lane
+                   -- after now(): an in-flight row's available_at is its lease deadline, so
+                   -- only the lane's leased rows and rows in backoff lie there. The bound is a
+                   -- row comparison on the lane index's columns so that no other index can
+                   -- serve it (the due index's range after now() holds every leased row).
                    SELECT b.id FROM meter_event_outbox b
                    WHERE b.customer = o.customer AND b.event_name = o.event_name
-                     AND b.state = 'in_flight' AND b.available_at - now() > interval '0'
+                     AND b.state IN ('pending', 'in_flight')
+                     AND (b.customer, b.event_name, b.available_at)
+                         > (o.customer, o.event_name, now())
+                     AND b.state = 'in_flight'
                    LIMIT 1) IS NULL) AS taken
         FROM meter_event_outbox o
         WHERE o.state IN ('pending', 'in_flight')
@@ -80,12 +86,14 @@ chosen AS MATERIALIZED (
     CROSS JOIN LATERAL (
         SELECT o.id, o.first_attempt_at FROM meter_event_outbox o
         WHERE o.id = h.id AND o.state IN ('pending', 'in_flight') AND o.available_at <= now()
-          -- v1: the lane is still free (a correlated scalar probe, not NOT EXISTS, written so
-          -- only the lane-keyed busy index can serve it, as in the walk).
+          -- v1: the lane is still free (a correlated scalar probe of the lane index's range
+          -- after now(), as in the walk).
           AND (NOT CAST(:exclusive AS boolean) OR (
               SELECT b.id FROM meter_event_outbox b
               WHERE b.customer = o.customer AND b.event_name = o.event_name
-                AND b.state = 'in_flight' AND b.available_at - now() > interval '0'
+                AND b.state IN ('pending', 'in_flight')
+                AND (b.customer, b.event_name, b.available_at) > (o.customer, o.event_name, now())
+                AND b.state = 'in_flight'
               LIMIT 1) IS NULL)
         LIMIT 1
         FOR UPDATE SKIP LOCKED) w

@@ -1,0 +1,72 @@
+"""What a claim writes to the WAL: its row's new version stays on the row's page (fillfactor),
+and no index of leased rows takes an entry. Counted from the WAL records themselves
+(pg_walinspect), filtered to this database's relations: never a timing."""
+
+import re
+from collections import Counter
+
+import psycopg
+import pytest
+
+from relay.db.store import SyncStore
+from tests.support.relay import insert_usage
+
+BLOCK = re.compile(r"rel \d+/(\d+)/(\d+) fork main blk (\d+)")
+
+
+def _lsn(db: psycopg.Connection) -> str:
+    return str(db.execute("SELECT pg_current_wal_flush_lsn()").fetchone()[0])
+
+
+def _records(db: psycopg.Connection, start: str, end: str) -> Counter[tuple[str, str]]:
+    """(relation, record kind) -> how many, for this database's records in the range."""
+    (dboid,) = db.execute(
+        "SELECT oid::text FROM pg_database WHERE datname = current_database()"
+    ).fetchone()
+    names = dict(db.execute("SELECT relfilenode::text, relname FROM pg_class").fetchall())
+    seen: Counter[tuple[str, str]] = Counter()
+    for rmgr, kind, refs in db.execute(
+        "SELECT resource_manager, record_type, block_ref FROM pg_get_wal_records_info(%s, %s)",
+        (start, end),
+    ):
+        found = BLOCK.search(refs or "")
+        if found and found.group(1) == dboid:
+            seen[(names.get(found.group(2), "?"), f"{rmgr}/{kind}")] += 1
+    return seen
+
+
+@pytest.fixture
+def walinspect(db: psycopg.Connection) -> psycopg.Connection:
+    db.autocommit = True
+    try:
+        db.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+    except psycopg.errors.FeatureNotSupported:  # a server without the contrib modules
+        pytest.skip("pg_walinspect is not installed on this server")
+    return db
+
+
+def test_a_claim_keeps_the_new_version_on_its_page_and_writes_no_busy_entry(
+    database_url: str, walinspect: psycopg.Connection
+) -> None:
+    db = walinspect
+    insert_usage(database_url, 400, customers=400)  # pages filled as far as the table allows
+    # One row per page, so each page has the room its fillfactor left, and no more.
+    ids = [
+        i
+        for (i,) in db.execute(
+            "SELECT min(id) FROM meter_event_outbox GROUP BY (ctid::text::point)[0] ORDER BY 1"
+        )
+    ]
+    assert len(ids) > 5
+    start = _lsn(db)
+    claimed = SyncStore(db).claim(
+        ids, fill=0, exclusive=False, relay_id="r", lease_seconds=30, one_walk=True
+    )
+    seen = _records(db, start, _lsn(db))
+
+    assert len(claimed) == len(ids)
+    # The claim's own row lock, once per row: a version that must move to another page logs
+    # a second lock record for the old one (and the whole new tuple).
+    assert seen[("meter_event_outbox", "Heap/LOCK")] == len(ids)
+    assert seen[("meter_event_outbox", "Heap/UPDATE+INIT")] == 0
+    assert not any(rel == "meter_event_outbox_busy" for rel, _ in seen)
