@@ -29,6 +29,7 @@ from relay.db.store import (
     CHART_EXACT,
     CHART_SAMPLES,
     CHART_SECONDS,
+    FINISHED_CAP,
     HOLD_CODES,
     LOOK_SCAN,
 )
@@ -86,7 +87,7 @@ SURFACES: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
         ("tallies: counts and buckets", "status_tally", {}),
         ("next attempt per code", "next_attempts", {"codes": CODES}),
         ("oldest unsent", "oldest_unsent", {}),
-        ("finished last hour", "finished_last_hour", {}),
+        ("finished last hour", "finished_last_hour", {"cap": FINISHED_CAP}),
         ("attempts last hour", "attempts_last_hour", {"cap": ATTEMPT_WINDOW_CAP}),
         (
             "attempt errors last hour",

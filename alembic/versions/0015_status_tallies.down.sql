@@ -3,7 +3,7 @@
 LOCK TABLE meter_event_outbox IN SHARE ROW EXCLUSIVE MODE;
 
 DROP INDEX meter_event_outbox_waiting;
-DROP INDEX meter_event_outbox_pending_age;
+DROP INDEX meter_event_outbox_unsent_age;
 DROP VIEW meter_event_outbox_status;
 DROP TRIGGER meter_event_outbox_tally_inserts ON meter_event_outbox;
 DROP TRIGGER meter_event_outbox_tally_updates ON meter_event_outbox;

@@ -232,11 +232,12 @@ LEFT JOIN (SELECT state, sum(n) AS n FROM meter_event_outbox_tally WHERE state <
            GROUP BY state) t ON t.state = s.state
 ORDER BY s.ord;
 
--- The oldest pending fact (the lag), one index probe. In-flight rows are few (the relays'
--- capacity) and read through the busy index.
-CREATE INDEX meter_event_outbox_pending_age
+-- The oldest unsent fact (the lag), one index probe. In-flight rows are in it too: there is no
+-- other index of in-flight rows (the claim's lease lives in available_at), and a claim writes
+-- a new row version whose entries go into every index its state matches anyway.
+CREATE INDEX meter_event_outbox_unsent_age
     ON meter_event_outbox (created_at)
-    WHERE state = 'pending';
+    WHERE state IN ('pending', 'in_flight');
 -- Pending rows that wait for a reason (a code): per code, the next attempt is the first entry.
 -- Fresh rows have no code and never enter it.
 CREATE INDEX meter_event_outbox_waiting

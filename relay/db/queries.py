@@ -357,6 +357,7 @@ class Lag:
 class Finished(NamedTuple):
     accepted: int
     cancelled: int
+    capped: bool
 
 
 class Calls(NamedTuple):
@@ -409,7 +410,7 @@ CONSOLE_SESSION_OPEN = Query("console_session_open", SessionParams, scalar_row)
 CONSOLE_SESSION_ALIVE = Query("console_session_alive", SessionId, scalar_row)
 CONSOLE_SESSION_CLOSE = Query("console_session_close", SessionId, scalar_row)
 OLDEST_UNSENT = Query("oldest_unsent", NoParams, class_row(Lag))
-FINISHED_LAST_HOUR = Query("finished_last_hour", NoParams, class_row(Finished))
+FINISHED_LAST_HOUR = Query("finished_last_hour", Cap, class_row(Finished))
 ATTEMPTS_LAST_HOUR = Query("attempts_last_hour", Cap, class_row(Calls))
 ATTEMPT_ERRORS_LAST_HOUR = Query("attempt_errors_last_hour", CapLimit, dict_row)
 FAILURES_WITH_IDENTIFIERS = Query("failures_with_identifiers", PerCode, dict_row)
@@ -467,7 +468,7 @@ LOAD_METERS = Query("load_meters", NoParams, class_row(MeterInfo))
 METER_READS = Query("meter_reads", NoParams, class_row(MeterRead))
 NOTE_EVENT_NAMES = Query("note_event_names", EventNamesParams, scalar_row)
 EVENT_NAMES_IN_USE = Query("event_names_in_use", NoParams, class_row(EventNameInUse))
-HELD_BY_METER = Query("held_by_meter", Codes, class_row(HeldGroup))
+HELD_BY_METER = Query("held_by_meter", CodeParams, class_row(HeldGroup))
 RELEASE_HELD = Query("release_held", ReleaseParams, scalar_row)
 METER_QUERIES = (
     SAVE_METERS, NOTE_METER_READ, LOAD_METERS, METER_READS, NOTE_EVENT_NAMES,

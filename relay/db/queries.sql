@@ -503,26 +503,23 @@ SELECT state, n FROM meter_event_outbox_status
 -- name: oldest_unsent
 -- The oldest fact not yet reported (a row in backoff or waiting on auth is still unsent:
 -- available_at would hide it), from when it was recorded, and when that fact happened. One
--- probe of the pending-age index, plus the in-flight rows (the busy index: at most the
--- relays' capacity).
+-- probe of the unsent-age index (pending and in-flight rows).
 SELECT u.created_at, u.occurred_at,
        now() - u.created_at AS created_age, now() - u.occurred_at AS occurred_age
-FROM (
-    (SELECT created_at, occurred_at FROM meter_event_outbox
-     WHERE state = 'pending' ORDER BY created_at LIMIT 1)
-    UNION ALL
-    (SELECT created_at, occurred_at FROM meter_event_outbox
-     WHERE state = 'in_flight' ORDER BY created_at LIMIT 1)
-) u
+FROM (SELECT created_at, occurred_at FROM meter_event_outbox
+      WHERE state IN ('pending', 'in_flight') ORDER BY created_at LIMIT 1) u
 RIGHT JOIN (SELECT) one ON true
-ORDER BY u.created_at NULLS LAST LIMIT 1
 
 -- name: finished_last_hour
--- Rows that reached accepted or cancelled in the last hour (terminal-age index, one hour of it).
-SELECT count(*) FILTER (WHERE state = 'accepted') AS accepted,
-       count(*) FILTER (WHERE state = 'cancelled') AS cancelled
-FROM meter_event_outbox
-WHERE state IN ('accepted', 'cancelled') AND updated_at > now() - interval '1 hour'
+-- Rows that reached accepted or cancelled in the last hour: the newest :cap entries of the
+-- terminal-age index at most (a backward walk), so an hour at Stripe's full rate (millions of
+-- rows) costs a bounded read; `capped` says the counts cover the newest rows only.
+SELECT count(*) FILTER (WHERE f.state = 'accepted') AS accepted,
+       count(*) FILTER (WHERE f.state = 'cancelled') AS cancelled,
+       count(*) = :cap AS capped
+FROM (SELECT state FROM meter_event_outbox
+      WHERE state IN ('accepted', 'cancelled') AND updated_at > now() - interval '1 hour'
+      ORDER BY updated_at DESC LIMIT :cap) f
 
 -- name: attempts_last_hour
 -- Stripe calls of the last hour from the attempt history: the newest :cap attempts at most
@@ -783,13 +780,14 @@ WHERE last_seen_at > now() - make_interval(days => 35)
 ORDER BY 1, 2
 
 -- name: held_by_meter
--- Rows held because of their meter, per account, event name and code: read through the waiting
--- index, so the cost follows the held rows, never the rest of the backlog.
+-- Rows held because of one meter code, per account and event name: one range of the waiting
+-- index (its first column), so the cost follows the held rows, never the rest of the backlog.
+-- One code per statement: given all the codes at once (`= ANY`, or a join on them) the planner
+-- walked every unsent row through the unsent-age index instead, when created_at was correlated.
 SELECT coalesce(stripe_account, '') AS account, event_name, last_error_code AS code,
        count(*) AS n, min(created_at) AS oldest_created_at, min(occurred_at) AS oldest_occurred_at
 FROM meter_event_outbox
-WHERE state = 'pending' AND last_error_code IS NOT NULL
-  AND last_error_code = ANY(CAST(:codes AS text[]))
+WHERE state = 'pending' AND last_error_code IS NOT NULL AND last_error_code = :code
 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
 
 -- name: release_held

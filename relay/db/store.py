@@ -368,7 +368,9 @@ class Store(AsyncExecutor):
         return await self.all(q.EVENT_NAMES_IN_USE({}))
 
     async def held_by_meter(self) -> list[q.HeldGroup]:
-        return await self.all(q.HELD_BY_METER({"codes": list(HELD_CODES)}))
+        return by_group(
+            [g for c in HELD_CODES for g in await self.all(q.HELD_BY_METER({"code": c}))]
+        )
 
     async def release_held(self, account: str, event_name: str) -> int:
         """Make rows held for this meter due now; returns how many."""
@@ -433,6 +435,12 @@ def meters_params(account: str, meters: Sequence[MeterInfo]) -> q.SaveMetersPara
     return {"account": account, "meters": orjson.dumps(rows).decode()}
 
 
+def by_group(held: list[q.HeldGroup]) -> list[q.HeldGroup]:
+    """Held groups read code by code (see held_by_meter in queries.sql), in account, event
+    name and code order."""
+    return sorted(held, key=lambda g: (g.account, g.event_name, g.code))
+
+
 def pending_codes(tallies: list[Tally]) -> list[str]:
     """The codes pending rows carry ('' = none left out)."""
     return sorted({t.code for t in tallies if t.state == "pending" and t.code})
@@ -462,6 +470,7 @@ def confirmation_summary(c: q.ConfirmationCounts, accepted: int, now: datetime) 
 # -- the web console and /metrics: reads, on the pool they are given ---------------------------
 
 ATTEMPT_WINDOW_CAP = 100_000  # newest attempts read for "the last hour" (bounded on busy hours)
+FINISHED_CAP = 10_000  # newest finished rows counted for "the last hour" (bounded on busy hours)
 
 
 @dataclass(frozen=True)
@@ -473,6 +482,7 @@ class HourActivity:
     calls: int
     errors: int
     capped: bool  # more calls than ATTEMPT_WINDOW_CAP: calls/errors cover the newest only
+    finished_capped: bool = False  # more rows than FINISHED_CAP: accepted/cancelled are a floor
 
     @property
     def error_rate(self) -> float | None:
@@ -550,9 +560,11 @@ class ConsoleStore(AsyncExecutor):
         return state_counts(tallies), split(tallies, nexts, statuses, datetime.now(UTC))
 
     async def last_hour(self) -> HourActivity:
-        done = await self.one(q.FINISHED_LAST_HOUR({}))
+        done = await self.one(q.FINISHED_LAST_HOUR({"cap": FINISHED_CAP}))
         calls = await self.one(q.ATTEMPTS_LAST_HOUR({"cap": ATTEMPT_WINDOW_CAP}))
-        return HourActivity(done.accepted, done.cancelled, calls.calls, calls.errors, calls.capped)
+        return HourActivity(
+            done.accepted, done.cancelled, calls.calls, calls.errors, calls.capped, done.capped
+        )
 
     async def attempt_errors(self, limit: int = 10) -> list[Row]:
         params: q.CapLimit = {"cap": ATTEMPT_WINDOW_CAP, "limit": limit}
@@ -637,14 +649,16 @@ class ConsoleStore(AsyncExecutor):
 
     async def held_for_meter(self) -> list[Row]:
         """Rows held because of their meter, by account, event name and code, with the fix."""
-        held = await self.all(q.HELD_BY_METER({"codes": list(HELD_CODES)}))
+        held = by_group(
+            [g for c in HELD_CODES for g in await self.all(q.HELD_BY_METER({"code": c}))]
+        )
         return [{**g._asdict(), "what_to_do": WHAT_TO_DO.get(g.code, "")} for g in held]
 
     async def held_by_reason(self) -> dict[str, tuple[int, float]]:
         """Rows held for their meter per code: (rows, age of the oldest fact in seconds)."""
         found: dict[str, tuple[int, float]] = {}
         now = datetime.now(UTC)
-        for g in await self.all(q.HELD_BY_METER({"codes": list(HELD_CODES)})):
+        for g in [g for c in HELD_CODES for g in await self.all(q.HELD_BY_METER({"code": c}))]:
             n, age = found.get(g.code, (0, 0.0))
             oldest = (now - g.oldest_occurred_at).total_seconds()
             found[g.code] = (n + g.n, max(age, oldest))
@@ -785,4 +799,4 @@ class SyncStore(SyncExecutor):
         return self.all(q.EVENT_NAMES_IN_USE({}))
 
     def held_by_meter(self) -> list[q.HeldGroup]:
-        return self.all(q.HELD_BY_METER({"codes": list(HELD_CODES)}))
+        return by_group([g for c in HELD_CODES for g in self.all(q.HELD_BY_METER({"code": c}))])
