@@ -597,6 +597,7 @@ class InferParams(TypedDict):
     code: str
     message: str
     source: str  # the error report's id, or 'summaries'
+    positive_only: bool  # a sum meter: rows of value 0 are never inferred rejected
 
 
 class ScheduleParams(TypedDict):

@@ -1106,7 +1106,8 @@ SELECT count(*) FROM written
 -- the group that the comparison counted (updated_at up to :counted_through) was dropped by
 -- Stripe. They become `rejected` with the error report's code (or dropped_by_stripe) and
 -- `inferred_from` naming the report (or 'summaries'). Rows changed since are left for the
--- next comparison.
+-- next comparison. Under a sum meter (:positive_only) rows of value 0 stay accepted: a total of
+-- 0 cannot tell whether Stripe counted them.
 UPDATE meter_event_outbox o
 SET state = 'rejected', last_error_code = :code, last_error_message = :message,
     inferred_from = :source, lease_token = NULL, updated_at = now()
@@ -1115,6 +1116,7 @@ WHERE o.customer = :customer AND o.event_name = :event_name
   AND o.created_at >= CAST(:hour AS timestamptz) - interval '5 minutes'
   AND o.occurred_at >= :hour AND o.occurred_at < CAST(:hour AS timestamptz) + interval '1 hour'
   AND o.state = 'accepted' AND o.updated_at <= :counted_through
+  AND (o.value > 0 OR NOT CAST(:positive_only AS boolean))
 RETURNING o.identifier
 
 -- name: schedule_comparisons

@@ -175,7 +175,7 @@ class Confirmation:
         rows, differences = [], []
         for group, verdict in zip(groups, verdicts, strict=True):
             mine = ours.get(verdict.hour)
-            rows.append(await self._verdict(group, verdict, mine))
+            rows.append(await self._verdict(group, verdict, mine, meter.formula))
             if verdict.judgement == "differs":
                 differences.append(_difference(group, meter.meter_id, verdict, mine))
         await self._record(first, rows)
@@ -183,7 +183,7 @@ class Confirmation:
             await self._report_drift(start, end, len(groups), differences)
 
     async def _verdict(
-        self, group: DueGroup, verdict: HourVerdict, mine: SeriesHour | None
+        self, group: DueGroup, verdict: HourVerdict, mine: SeriesHour | None, formula: str
     ) -> dict[str, Any]:
         """The group's next state from one judgement (rows rejected here when inferred)."""
         events = mine.events if mine else 0
@@ -213,18 +213,21 @@ class Confirmation:
                 "zero_reads": zero_reads,
                 "detail": detail,
             }
-        rejected = await self._infer(group, verdict, latest)
+        rejected = await self._infer(group, verdict, latest, formula)
         detail = f"Stripe counted none of it: {len(rejected)} rows rejected (inferred)"
+        # A sum meter's facts of value 0 stay accepted: Stripe's 0 matches them either way.
         return {
             **row,
             "state": "confirmed",
             "due_in": None,
-            "events": 0,
+            "events": events - len(rejected),
             "value": 0,
             "detail": detail,
         }
 
-    async def _infer(self, group: DueGroup, verdict: HourVerdict, latest: datetime) -> list[str]:
+    async def _infer(
+        self, group: DueGroup, verdict: HourVerdict, latest: datetime, formula: str
+    ) -> list[str]:
         code = group.report_code or DROPPED_BY_STRIPE
         source = group.report_id or "summaries"
         because = f"error report {group.report_id}" if group.report_id else "no error report"
@@ -243,6 +246,9 @@ class Confirmation:
                 "code": code,
                 "message": message[:500],
                 "source": source,
+                # Under a sum, a total of 0 says nothing of facts of value 0: Stripe may have
+                # counted them, so only facts that would have raised the total are rejected.
+                "positive_only": formula == "sum",
             }
         )
         metrics.INFERRED_REJECTIONS.inc(len(rejected))

@@ -303,3 +303,29 @@ async def test_summaries_failing_judge_nothing_and_cause_no_call_storm(
     assert {r["inferred_from"] for r in rows(database_url, "lost")} == {"summaries"}
     # 2 series: 8 failed reads, then 1 read for cus_real and 2 (zero twice) for cus_ghost.
     assert emulator.requests(path) <= 8 + 3 + 2
+
+
+async def test_a_zero_total_never_rejects_zero_valued_facts_of_a_sum_meter(
+    database_url: str, emulator: Emulator
+) -> None:
+    """A sum meter's total of 0 proves only that no fact with a value above 0 was counted: a
+    fact of value 0 adds nothing either way, so Stripe may well have counted it. The group's
+    facts of value 1 (taken back behind the relay's back) end rejected, inferred; the fact of
+    value 0 stays accepted and is confirmed with the group."""
+    dropped = record_last_hour(database_url, "cus_real", 3, "v")
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "SELECT outbox_record_usage('api_calls', 'cus_real', 0, 'zero',"
+            " date_trunc('hour', now()) - interval '30 minutes')"
+        )
+    async with relay_with_webhooks(fast(database_url, emulator), emulator) as relay:
+        await until(relay, lambda: states(database_url).get("accepted", 0) == 4)
+        client = stripe_client(emulator)
+        for identifier in dropped:
+            await client.v1.billing.meter_event_adjustments.create_async(
+                {"event_name": "api_calls", "type": "cancel", "cancel": {"identifier": identifier}}
+            )
+        await until(relay, lambda: states(database_url).get("rejected", 0) == 3)
+        await until(relay, lambda: accepted_confirmed(database_url, 1))
+    assert {r["state"] for r in rows(database_url, "v")} == {"rejected"}
+    assert [r["state"] for r in rows(database_url, "zero")] == ["accepted"]
