@@ -219,6 +219,11 @@ def report_window(event_data: dict[str, Any]) -> tuple[datetime, datetime, datet
     return since, until, end
 
 
+def _at(event_data: dict[str, Any], key: str) -> datetime:
+    """A window bound report_window already read."""
+    return datetime.fromisoformat(str(event_data[key]))
+
+
 async def unlisted(
     store: Store, body: dict[str, Any], account: str | None, settle_seconds: float
 ) -> list[str]:
@@ -239,11 +244,14 @@ async def unlisted(
     for code, count, samples in failures:
         if body.get("type") == NO_METER_FOUND:
             message = f"inferred: no active meter for the event name (error report {report_id})"
+            # Rows are rejected outright here, so the window is not widened to whole hours
+            # (that is for summaries): rows accepted earlier that hour, while a meter still
+            # had the name, were counted. The skew margin stays.
             params: NoMeterParams = {
                 "account": account,
                 "samples": samples,
-                "since": since,
-                "until": until,
+                "since": _at(data, "validation_start") - SKEW,
+                "until": end + SKEW,
                 "code": code,
                 "message": message,
                 "report_id": report_id,

@@ -329,3 +329,56 @@ async def test_a_zero_total_never_rejects_zero_valued_facts_of_a_sum_meter(
         await until(relay, lambda: accepted_confirmed(database_url, 1))
     assert {r["state"] for r in rows(database_url, "v")} == {"rejected"}
     assert [r["state"] for r in rows(database_url, "zero")] == ["accepted"]
+
+
+async def test_a_no_meter_report_rejects_only_rows_of_its_own_window(
+    database_url: str, emulator: Emulator
+) -> None:
+    """The meter was deactivated at half past: rows accepted at five past were counted, rows
+    accepted after half past were not. A no_meter_found report of 30-35 past (counting more
+    than it names) rejects the later rows only: its window is not widened to the whole hour,
+    which would flip rows Stripe counted."""
+    record_last_hour(database_url, "cus_real", 3, "early")
+    record_last_hour(database_url, "cus_real", 3, "late")
+    hour = "date_trunc('hour', now()) - interval '1 hour'"
+    with psycopg.connect(database_url) as conn:
+        for prefix, minutes in (("early", 5), ("late", 32)):
+            conn.execute(
+                f"UPDATE meter_event_outbox SET state = 'accepted',"  # noqa: S608 (constants)
+                f" accepted_at = {hour} + interval '{minutes} minutes',"
+                f" updated_at = {hour} + interval '{minutes} minutes'"
+                f" WHERE identifier LIKE '{prefix}%'"
+            )
+        conn.execute(
+            "INSERT INTO meter_event_outbox_meter_reads (stripe_account, outcome) VALUES ('', 'ok')"
+        )
+        start, end = conn.execute(
+            f"SELECT {hour} + interval '30 minutes', {hour} + interval '35 minutes'"  # noqa: S608
+        ).fetchone() or (None, None)
+    assert start is not None and end is not None
+    event = {
+        "id": "evt_no_meter",
+        "type": "v1.billing.meter.no_meter_found",
+        "data": {
+            "validation_start": start.isoformat(),
+            "validation_end": end.isoformat(),
+            "reason": {
+                "error_count": 3,
+                "error_types": [
+                    {
+                        "code": "meter_event_no_meter_found",
+                        "error_count": 3,
+                        "sample_errors": [{"request": {"identifier": "late1"}}],
+                    }
+                ],
+            },
+        },
+    }
+    pool = make_pool(database_url)
+    await pool.open(wait=True)
+    try:
+        await apply_event(Store(pool), event, settle_seconds=0)
+    finally:
+        await pool.close()
+    assert {r["state"] for r in rows(database_url, "late")} == {"rejected"}
+    assert {r["state"] for r in rows(database_url, "early")} == {"accepted"}
