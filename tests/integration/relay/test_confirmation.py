@@ -344,7 +344,7 @@ async def test_a_no_meter_report_rejects_only_rows_of_its_own_window(
     with psycopg.connect(database_url) as conn:
         for prefix, minutes in (("early", 5), ("late", 32)):
             conn.execute(
-                f"UPDATE meter_event_outbox SET state = 'accepted',"  # noqa: S608 (constants)
+                f"UPDATE meter_event_outbox SET state = 'accepted',"
                 f" accepted_at = {hour} + interval '{minutes} minutes',"
                 f" updated_at = {hour} + interval '{minutes} minutes'"
                 f" WHERE identifier LIKE '{prefix}%'"
@@ -353,7 +353,7 @@ async def test_a_no_meter_report_rejects_only_rows_of_its_own_window(
             "INSERT INTO meter_event_outbox_meter_reads (stripe_account, outcome) VALUES ('', 'ok')"
         )
         start, end = conn.execute(
-            f"SELECT {hour} + interval '30 minutes', {hour} + interval '35 minutes'"  # noqa: S608
+            f"SELECT {hour} + interval '30 minutes', {hour} + interval '35 minutes'"
         ).fetchone() or (None, None)
     assert start is not None and end is not None
     event = {
