@@ -125,8 +125,11 @@ async def test_every_dropped_row_ends_rejected_ten_named_ninety_inferred(
     assert {r["last_error_code"] for r in dropped} == {"meter_event_customer_not_found"}
     named = [r for r in dropped if r["inferred_from"] is None]
     inferred = [r for r in dropped if r["inferred_from"] is not None]
-    assert (len(named), len(inferred)) == (10, 90)
-    assert {r["inferred_from"] for r in inferred} == {emulator.events()[0]["id"]}
+    # One report (10 samples) when the drain fits its aggregation window; on a loaded machine
+    # the drain can span two, each naming its own 10: the rest is inferred either way.
+    reports = {e["id"] for e in emulator.events()}
+    assert (len(named), len(inferred)) == (10 * len(reports), 100 - 10 * len(reports))
+    assert {r["inferred_from"] for r in inferred} <= reports
     assert {r["state"] for r in rows(database_url, "real")} == {"accepted"}
     data = status(database_url)
     assert data["counts"]["rejected"] == len(ghost)
