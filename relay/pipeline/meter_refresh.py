@@ -106,6 +106,8 @@ class MeterRefresh:
         except MeterReadError as err:
             if err.outcome == "failed" and err.http_status is None:
                 self._reachability.unanswered(err.detail)
+            elif err.http_status is not None:  # a gateway's 502/503/504 is no answer either
+                self._reachability.saw(err.http_status, err.detail)
             else:
                 self._reachability.answered()
             await self._failed(account, err)

@@ -204,6 +204,7 @@ class Relay:
             cap=settings.outage_probe_max_interval,
             lease_seconds=settings.lease_seconds,
             on_change=self.wakeup.poke,  # claims stop, or start again at once
+            reachability=self.reachability,
         )
 
     def _capacity_limit(self) -> int:

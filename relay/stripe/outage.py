@@ -37,6 +37,7 @@ from relay.core.vocabulary import STRIPE_OUTAGE
 from relay.db.store import OutageState
 from relay.stripe.classify import GATEWAY_STATUSES, TABLE, Classified, Verdict
 from relay.stripe.policy import BACKOFF_CAP
+from relay.stripe.reachability import Reachability
 
 log = structlog.get_logger("relay")
 
@@ -87,6 +88,7 @@ class OutageBreaker:
         lease_seconds: float,
         on_change: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
+        reachability: Reachability | None = None,
     ) -> None:
         self.store = store
         self.relay_id = relay_id
@@ -96,6 +98,7 @@ class OutageBreaker:
         self.lease_seconds = lease_seconds
         self._on_change = on_change
         self._clock = clock
+        self._reachability = reachability  # its gauge follows the shared state
         self.open = False
         self.interval = interval  # the current time between probes
         self._probe_due = 0.0  # monotonic: when this relay may try to take the probe
@@ -253,6 +256,8 @@ class OutageBreaker:
         self._probe_due = self._clock() + interval
         metrics.STRIPE_OUTAGE.set(1)
         metrics.STRIPE_OUTAGE_TRANSITIONS.labels("open").inc()
+        if self._reachability is not None:
+            self._reachability.follow_outage(True)
         log.warning(
             "stripe_outage_started",
             opened_by=opened_by or "another relay",
@@ -267,5 +272,7 @@ class OutageBreaker:
         self._probe, self._probe_due = None, 0.0
         metrics.STRIPE_OUTAGE.set(0)
         metrics.STRIPE_OUTAGE_TRANSITIONS.labels("closed").inc()
+        if self._reachability is not None:
+            self._reachability.follow_outage(False)
         log.info("stripe_outage_ended", closed_by=closed_by, rows_released=released)
         self._on_change()

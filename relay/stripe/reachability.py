@@ -6,11 +6,17 @@ and loop its rows on `connection_error` for the whole dedup window. After the fi
 outage changes nothing of readiness (Stripe's webhooks must keep arriving, and rows wait for
 it in the database); it is the gauge `outbox_relay_stripe_reachable` and one log line per change,
 the first of which says what to fix when the way out is the cause (relay/stripe/egress.py).
+
+The gauge means what the outage breaker (relay/stripe/outage.py) means by an answer, so the two
+never contradict: a gateway's 502/503/504 reached the way out (ready) but is no answer from
+Stripe's API (0), and a replica that follows an open breaker, making no calls of its own, reads
+0 until the breaker closes.
 """
 
 import structlog
 
 from relay.core import metrics
+from relay.stripe.classify import GATEWAY_STATUSES
 
 log = structlog.get_logger("relay")
 
@@ -42,8 +48,19 @@ class Reachability:
         self.up = False
 
     def saw(self, http_status: int | None, why: str | None) -> None:
-        """One call's result: an HTTP status (any) is an answer, None is none."""
+        """One call's result: None is no answer; a gateway's status proves the way out works
+        (ready) but is no answer from the API; any other status is an answer."""
         if http_status is None:
             self.unanswered(why)
+        elif http_status in GATEWAY_STATUSES:
+            self.reached = True
+            self.unanswered(f"http_{http_status}")
+        else:
+            self.answered()
+
+    def follow_outage(self, open_: bool) -> None:
+        """The shared outage breaker changed: open is no answer for every replica."""
+        if open_:
+            self.unanswered("the outage breaker is open")
         else:
             self.answered()
