@@ -71,7 +71,7 @@ class RunningRelay:
         self.stop = stop
         self.task = task
 
-    async def until(self, condition: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> None:
+    async def until(self, condition: Callable[[], Awaitable[bool]], timeout: float = 60.0) -> None:
         """Wait until `condition()` holds, re-checking after each outcome batch is written."""
 
         async def loop() -> None:

@@ -39,7 +39,7 @@ def start(env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
-def wait_for(condition, timeout: float = 20.0) -> None:
+def wait_for(condition, timeout: float = 60.0) -> None:
     """Poll an external condition (another process's effect) with a deadline."""
     deadline = time.monotonic() + timeout
     while not condition():
