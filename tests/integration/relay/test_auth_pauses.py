@@ -41,6 +41,8 @@ async def test_a_revoked_account_waits_without_blocking_the_others(database_url,
                     await accepted(database_url, 6)
                     and pause is not None
                     and (pause.interval == 0.8)
+                    # between two probes: no probe row in flight
+                    and states(database_url) == {"accepted": 6, "pending": 3}
                 )
 
             await relay.until(backed_off_to_the_cap)

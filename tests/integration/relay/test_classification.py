@@ -92,14 +92,14 @@ async def test_revoked_key_keeps_rows_pending_and_not_ready(database_url):
     with Emulator(config) as emulator:
         settings = make_settings(database_url, emulator, stripe_api_key="sk_test_revoked")
         async with running_relay(settings) as relay:
-            await relay.until(lambda: _not_ready(relay))
-            assert states(database_url) == {"pending": 3}
+            # The 401 flips readiness before the claimed rows' outcome is written: wait for both.
+            await relay.until(lambda: _not_ready_and_all_pending(relay, database_url))
     with_attempts = row(database_url, "u1")
     assert with_attempts["attempts"] == 0 and with_attempts["first_attempt_at"] is None
 
 
-async def _not_ready(relay) -> bool:
-    return not relay.relay.state.auth_ok
+async def _not_ready_and_all_pending(relay, database_url) -> bool:
+    return not relay.relay.state.auth_ok and states(database_url) == {"pending": 3}
 
 
 async def test_local_refusals_make_no_call(database_url, emulator: Emulator, settings):
