@@ -195,12 +195,28 @@ def _value_of(url: str, identifier: str) -> int:
         return int((ops.inspect(conn, identifier) or {})["value"])
 
 
+def _state_rows(counts: dict[str, int]) -> list[tuple[str, str]]:
+    """One row per state, so the rows add up to the outbox; confirmation is a part of the
+    accepted rows, shown beside them rather than as states of their own."""
+    counts = dict(counts)
+    confirmed = counts.pop("confirmed", None)
+    awaiting = counts.pop("awaiting_confirmation", None)
+    rows = []
+    for state, n in counts.items():
+        if state == "accepted" and confirmed is not None:
+            parts = f"{confirmed} confirmed, {awaiting or 0} awaiting confirmation"
+            rows.append((state, f"{n} ({parts})"))
+        else:
+            rows.append((state, str(n)))
+    return rows
+
+
 def _report(url: str, emulator: Emulator, expected: Counter[str], elapsed: float) -> bool:
     with ops.connect(url) as conn:
         status = ops.status(conn)
     table = Table("state", "rows", title=f"outbox after {elapsed:.1f} s")
-    for state, n in status["counts"].items():
-        table.add_row(state, str(n))
+    for state, rows in _state_rows(status["counts"]):
+        table.add_row(state, rows)
     console.print(table)
     stats = emulator.stats()
     console.print(

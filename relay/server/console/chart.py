@@ -57,7 +57,14 @@ def draw(points: Sequence[Minute], now: datetime, minutes: int) -> Chart:
         for i, p in enumerate(slots)
         if p and p.calls
     ]
-    if line:
+    if len(line) == 1:  # a polyline of one point draws nothing: the first minute of an outage
+        x, y = line[0].split(",")
+        parts.append(
+            Markup('<circle cx="{}" cy="{}" r="3" fill="{}" id="error-line"/>').format(
+                x, y, ERROR_COLOUR
+            )
+        )
+    elif line:
         parts.append(
             Markup(
                 '<polyline points="{}" fill="none" stroke="{}" stroke-width="1.5" id="error-line"/>'

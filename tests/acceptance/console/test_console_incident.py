@@ -66,8 +66,9 @@ def _seed(database_url: str) -> None:
         conn.execute(CALLS)
         conn.execute(
             "INSERT INTO meter_event_outbox_attempts (outbox_id, attempt, key_generation, action,"
-            " state, http_status, code, message) SELECT id, 0, 0, 'report', 'pending', 503,"
-            " 'http_503', 'Service Unavailable' FROM meter_event_outbox"
+            " state, http_status, code, message, stripe_request_id, latency_ms) SELECT id, 0, 0,"
+            " 'report', 'pending', 503, 'http_503', 'Service Unavailable', 'req_7Hq2LkV0cZ1xYb',"
+            " 30021 FROM meter_event_outbox"
             " WHERE identifier = 'out-001'"
         )
         conn.execute(
@@ -165,6 +166,10 @@ def _walk(driver, base: str, database_url: str) -> None:
     assert "Retrying after 1 call(s) (0 counted against the retry budget)" in text("row-summary")
     assert text("row-calls").startswith("1 (0 counted")
     assert driver.find_element(By.CSS_SELECTOR, "#attempts tbody td").text == "#1"
+    # Every column of the calls, request id and latency included, without scrolling sideways.
+    calls = driver.find_element(By.ID, "calls")
+    assert driver.execute_script("return arguments[0].scrollWidth", calls) <= calls.size["width"]
+    assert "req_7Hq2LkV0cZ1xYb" in text("attempts") and "30021" in text("attempts")
     _screenshot(driver, "incident-row")
 
 

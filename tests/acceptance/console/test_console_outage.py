@@ -21,6 +21,9 @@ def _banner(driver, base: str, name: str) -> str:
     driver.get(f"{base}/console")
     text = driver.find_element(By.ID, "outage-line").text
     assert "one probe call at a time" in driver.find_element(By.ID, "outage-detail").text
+    # The card of unsent rows agrees with the banner: no row is said to be due now.
+    unsent = driver.find_element(By.ID, "unsent").text
+    assert "waiting for a relay" not in unsent and "due now" not in unsent, unsent
     _screenshot(driver, name)
     return str(text)
 

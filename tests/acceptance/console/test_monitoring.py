@@ -22,6 +22,7 @@ from tests.support.relay import insert_usage, make_settings, running_relay, stat
 ROOT = Path(__file__).resolve().parents[3]
 MONITORING = ROOT / "deploy" / "monitoring"
 RUNBOOKS = ROOT / "docs" / "operations.md"
+DEPLOY_README = ROOT / "deploy" / "README.md"
 GROUPING = ("cluster", "namespace", "job")
 AGGREGATION = re.compile(r"\b(max|min|sum|avg|count)\s*(?:by\s*\(([^)]*)\))?\s*\(")
 METRIC = re.compile(r"\boutbox_relay_[a-z0-9_]+")
@@ -98,9 +99,14 @@ def test_every_alert_has_a_runbook_and_a_promtool_case() -> None:
         for case in test["alert_rule_test"]
         if case.get("exp_alerts")
     }
+    table = re.findall(r"^\| `OutboxRelay.*$", DEPLOY_README.read_text(), re.MULTILINE)
+    listed = {name for line in table for name in re.findall(r"`(OutboxRelay\w+)`", line)}
     for rule in _rules():
         alert = rule["alert"]
         assert rule["annotations"]["runbook_url"].endswith(f"docs/operations.md#{alert.lower()}")
+        assert alert in listed, f"{alert} missing from deploy/README.md's table of alerts"
+        if alert != "OutboxRelayNoLiveRelay":  # it also fires with no series, so no namespace
+            assert rule["annotations"]["summary"].startswith("{{ $labels.namespace }}: "), alert
         assert alert in headings, f"no '### {alert}' runbook in docs/operations.md"
         assert alert in firing, f"no promtool case where {alert} fires"
     assert "OutboxRelayWebhookBadSignature" in firing

@@ -5,6 +5,7 @@ the console's overview and /metrics reads a bounded number of rows however large
 
 import json
 import threading
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -56,18 +57,22 @@ def _writer(w: int) -> Callable[[psycopg.Connection, int], None]:
 
 def _relay(conn: psycopg.Connection, i: int) -> None:
     """Claim a batch, then settle it in one statement: accepted, back to pending with a code,
-    or failed; now and then prune accepted rows."""
+    or failed; now and then prune accepted rows. Each relay settles only the rows of its own
+    lease, as the relay does (settling every in-flight row took the other relay's rows in
+    another order: a deadlock between the two test relays, not a property of the tallies)."""
+    lease = uuid.uuid4()
     conn.execute(
-        "UPDATE meter_event_outbox SET state = 'in_flight', lease_token = gen_random_uuid()"
+        "UPDATE meter_event_outbox SET state = 'in_flight', lease_token = %s"
         " WHERE id IN (SELECT id FROM meter_event_outbox WHERE state = 'pending'"
-        " ORDER BY id LIMIT 7 FOR UPDATE SKIP LOCKED)"
+        " ORDER BY id LIMIT 7 FOR UPDATE SKIP LOCKED)",
+        (lease,),
     )
     conn.execute(
         "UPDATE meter_event_outbox SET lease_token = NULL,"
         " state = CASE id %% 3 WHEN 0 THEN 'accepted' WHEN 1 THEN 'pending' ELSE 'failed' END,"
         " last_error_code = CASE id %% 3 WHEN 0 THEN NULL ELSE %s END"
-        " WHERE state = 'in_flight'",
-        (f"code_{i % 3}",),
+        " WHERE state = 'in_flight' AND lease_token = %s",
+        (f"code_{i % 3}", lease),
     )
     if i % 5 == 0:
         conn.execute("DELETE FROM meter_event_outbox WHERE state = 'accepted' AND id % 2 = 0")
