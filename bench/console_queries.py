@@ -13,13 +13,15 @@ of a million rows (generate_series). Nothing is asserted: read the table.
 """
 
 import argparse
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 
-from bench.common import scratch_database
+from bench.common import kept_database, mark_seeded, scratch_database
 from bench.operator_queries import explain
 from outbox.sqlfile import for_psycopg
 from relay.core.meters import HELD_CODES
@@ -172,6 +174,17 @@ def seed(conn: psycopg.Connection, args: argparse.Namespace) -> None:
         conn.execute(UNFOLDED, {"rows": args.unfolded})
 
 
+@contextlib.contextmanager
+def database(name: str | None) -> Iterator[tuple[str, bool]]:
+    """A kept database of that name (reused if seeded), else a scratch one."""
+    if name:
+        with kept_database(name) as kept:
+            yield kept
+    else:
+        with scratch_database() as url:
+            yield url, False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pending", type=int, default=1_000_000)
@@ -180,15 +193,24 @@ def main() -> None:
     parser.add_argument("--unfolded", type=int, default=0)
     parser.add_argument("--held", type=int, default=50, help="1 pending row in HELD held (0: none)")
     parser.add_argument("--plans", action="store_true", help="print EXPLAIN (ANALYZE, BUFFERS)")
+    parser.add_argument(
+        "--database",
+        help="keep the seeded database under this name and reuse it when it exists "
+        "(the seed of 10M rows takes minutes; the sizes must match the first run's)",
+    )
     args = parser.parse_args()
-    with scratch_database() as url, psycopg.connect(url, autocommit=True) as conn:
+    with database(args.database) as (url, seeded), psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SET synchronous_commit = off")
         started = time.monotonic()
-        seed(conn, args)
+        if not seeded:
+            seed(conn, args)
+            if args.database:
+                mark_seeded(url)
+        how = f"seeded in {time.monotonic() - started:.0f} s" if not seeded else "seeded earlier"
         print(
             f"{args.pending:,} pending (a third backing off after a 503, 1/{args.held} held for "
             f"their meter), {args.history:,} accepted history, {args.rejected:,} rejected, "
-            f"{args.unfolded:,} facts not yet folded; seeded in {time.monotonic() - started:.0f} s "
+            f"{args.unfolded:,} facts not yet folded; {how} "
             "(median of 3 runs, EXPLAIN ANALYZE execution time)\n"
         )
         print("| surface | statement | ms | access paths |")
