@@ -1,18 +1,24 @@
 """Does loading the web console slow the relay down? Fresh rows' commit-to-accepted time,
 `/readyz` and the sending rate, idle and while 20 clients load the console.
 
-    python -m bench.console_load                       # 1,000,000 rows
+    python -m bench.console_load                       # 1,000,000 settled rows
+    python -m bench.console_load --rows 700000 --waiting 300000 --seconds 20 --rounds 3 \
+        --before /work/wt-before                       # this checkout against another, alternating
     python -m bench.console_load --rows 700000 --pending 300000   # a backlog being sent
-    PYTHONPATH=/path/to/other/checkout python /path/to/bench/console_load.py   # another version
 
 The table holds ROWS rows: 70 % accepted history, 30 % rejected under 20 codes (rejected rows
-are never pruned; their pages are the console's heaviest). The relay runs as its own process
-against the emulator (process, a live-mode key: 1,000 calls/s), with no console token (loopback:
-read-only console). Each phase inserts a fresh row every 20 ms for SECONDS and probes /readyz
-every 100 ms; the load phase adds CLIENTS loops fetching /console and a failures page. With
---pending, PENDING unsent rows over 5,000 customers are added (a backlog the relay sends during
-both phases): "sent/s" is the rows the relay accepted per second of the phase, by the
-database's clock. Nothing is asserted: read the table.
+are never pruned; their pages are the console's heaviest); --waiting adds unsent rows backing
+off for an hour after a 503 (the console's unsent buckets; the relay does not send them). The
+relay runs as its own process against the emulator (a live-mode key: 1,000 calls/s), with no
+console token (loopback: read-only console). Each phase inserts a fresh row every 20 ms, each
+for its own customer (one call in flight per customer and meter: rows of one customer would
+queue behind each other), for SECONDS and probes /readyz every 100 ms; the load phase adds
+CLIENTS loops fetching /console and a failures page. The idle phase starts once /readyz says
+200. With --before, each checkout gets its own database migrated by its own code, and their
+relays run one after the other, ROUNDS times, the order alternating. With --pending, PENDING
+unsent rows over 5,000 customers are added (a backlog the relay sends during both phases, so
+fresh rows wait behind it). "sent/s" is the rows the relay accepted per second of the phase, by
+the database's clock. Nothing is asserted: read the table.
 """
 
 import argparse
