@@ -65,7 +65,7 @@ def kept_database(name: str, admin_url: str = ADMIN_URL) -> Iterator[tuple[str, 
     migrate.upgrade(url)
     with psycopg.connect(psycopg_url(url)) as conn:
         seeded = conn.execute(
-            "SELECT obj_description(oid, 'pg_database') = 'seeded' FROM pg_database"
+            "SELECT shobj_description(oid, 'pg_database') = 'seeded' FROM pg_database"
             " WHERE datname = current_database()"
         ).fetchone()
     yield url, bool(seeded and seeded[0])

@@ -73,7 +73,7 @@ async def phase(url: str, base: str, seconds: float, clients: int, tag: str) -> 
     stop = time.monotonic() + seconds
     ready: list[int] = []
     pages = 0
-    other = 0
+    statuses: dict[int, int] = {}
 
     async def inserter() -> None:
         n = 0
@@ -97,23 +97,25 @@ async def phase(url: str, base: str, seconds: float, clients: int, tag: str) -> 
                 ready.append(0)
             await asyncio.sleep(0.1)
 
-    async def viewer(session: aiohttp.ClientSession, i: int) -> None:
-        nonlocal pages, other
+    async def viewer(i: int) -> None:
+        """One client from its own loopback address (127.0.0.2, .3, ...): the console limits
+        requests at once per address, so clients sharing one would mostly be refused."""
+        nonlocal pages
         paths = ["/console", f"/console/failures?code=code_{i % 20}"]
-        while time.monotonic() < stop:
-            try:
-                async with session.get(base + paths[pages % 2]) as answer:
-                    await answer.read()
-                    pages += answer.status == 200
-                    other += answer.status != 200
-            except aiohttp.ClientError:
-                other += 1
+        connector = aiohttp.TCPConnector(local_addr=(f"127.0.0.{i + 2}", 0))
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+            while time.monotonic() < stop:
+                try:
+                    async with session.get(base + paths[pages % 2]) as answer:
+                        await answer.read()
+                        pages += answer.status == 200
+                        statuses[answer.status] = statuses.get(answer.status, 0) + 1
+                except aiohttp.ClientError:
+                    statuses[0] = statuses.get(0, 0) + 1
 
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        await asyncio.gather(
-            inserter(), prober(session), *(viewer(session, i) for i in range(clients))
-        )
+        await asyncio.gather(inserter(), prober(session), *(viewer(i) for i in range(clients)))
     with psycopg.connect(url) as conn:
         sent = conn.execute(
             "SELECT count(*) FROM meter_event_outbox WHERE state = 'accepted'"
@@ -137,7 +139,8 @@ async def phase(url: str, base: str, seconds: float, clients: int, tag: str) -> 
         "readyz non-200": sum(1 for s in ready if s != 200),
         "readyz probes": len(ready),
         "console pages 200": pages,
-        "console pages other": other,
+        "console pages other": sum(n for status, n in statuses.items() if status != 200),
+        "other statuses": " ".join(f"{k}:{v}" for k, v in sorted(statuses.items()) if k != 200),
     }
 
 
@@ -216,7 +219,8 @@ def summary(label: str, phase_name: str, runs: list[dict[str, Any]]) -> list[Any
     """Medians of the rounds' figures; /readyz and pages summed over the rounds."""
     medians = [statistics.median(r[k] for r in runs) for k in ("sent/s", "p50 ms", "p99 ms")]
     sums = [sum(r[k] for r in runs) for k in SUMMED]
-    return [label, phase_name, *medians, *sums]
+    others = " / ".join(r["other statuses"] or "-" for r in runs)
+    return [label, phase_name, *medians, *sums, others]
 
 
 SUMMED = ("fresh rows", "accepted", "readyz non-200", "readyz probes", "console pages 200",
@@ -253,7 +257,7 @@ def main() -> None:
                         run = asyncio.run(phase(urls[label], base, args.seconds, clients, tag))
                         print(label, name, n, run, file=sys.stderr, flush=True)
                         results.setdefault((label, name), []).append(run)
-    header = ["version", "phase", "sent/s", "p50 ms", "p99 ms", *SUMMED]
+    header = ["version", "phase", "sent/s", "p50 ms", "p99 ms", *SUMMED, "other statuses"]
     table(
         f"{args.rows:,} settled rows + {args.waiting:,} backing off + {args.pending:,} pending; "
         f"a fresh row every 20 ms; {args.clients} console clients; {args.seconds:g} s per "
