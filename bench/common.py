@@ -52,6 +52,32 @@ def scratch_database(
         admin_execute(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@contextlib.contextmanager
+def kept_database(name: str, admin_url: str = ADMIN_URL) -> Iterator[tuple[str, bool]]:
+    """Database `name`, created and migrated if missing and kept afterwards: a seed that takes
+    minutes is made once and read by later runs. Yields its URL and whether it was already
+    seeded (a run marks it seeded with `mark_seeded` once its seed is complete)."""
+    with psycopg.connect(psycopg_url(admin_url), autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    if not exists:
+        admin_execute(admin_url, f'CREATE DATABASE "{name}"')
+    url = with_database(admin_url, name)
+    migrate.upgrade(url)
+    with psycopg.connect(psycopg_url(url)) as conn:
+        seeded = conn.execute(
+            "SELECT shobj_description(oid, 'pg_database') = 'seeded' FROM pg_database"
+            " WHERE datname = current_database()"
+        ).fetchone()
+    yield url, bool(seeded and seeded[0])
+
+
+def mark_seeded(url: str) -> None:
+    """Mark the database a complete seed, for `kept_database`'s next caller."""
+    with psycopg.connect(psycopg_url(url), autocommit=True) as conn:
+        name = conn.execute("SELECT current_database()").fetchone()
+        conn.execute(f"COMMENT ON DATABASE \"{name[0] if name else ''}\" IS 'seeded'")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

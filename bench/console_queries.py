@@ -13,13 +13,15 @@ of a million rows (generate_series). Nothing is asserted: read the table.
 """
 
 import argparse
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 
-from bench.common import scratch_database
+from bench.common import kept_database, mark_seeded, scratch_database
 from bench.operator_queries import explain
 from outbox.sqlfile import for_psycopg
 from relay.core.meters import HELD_CODES
@@ -81,7 +83,11 @@ def look(limit: int = 50, scan: int = LOOK_SCAN, after: int = 0, **filters: Any)
             "scan": scan if narrowed else limit, "limit": limit}  # fmt: skip
 
 
-SURFACES: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
+# One statement per held code, as the store reads them (their times are added up)
+HELD = [{"code": c} for c in HELD_CODES]
+Params = dict[str, Any] | list[dict[str, Any]]
+
+SURFACES: dict[str, list[tuple[str, str, Params]]] = {
     "console overview": [
         ("live relays", "live_relays", {"stale_seconds": 5}),
         ("tallies: counts and buckets", "status_tally", {}),
@@ -94,7 +100,7 @@ SURFACES: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
             "attempt_errors_last_hour",
             {"cap": ATTEMPT_WINDOW_CAP, "limit": 10},
         ),
-        ("held for their meter", "held_by_meter", {"codes": list(HELD_CODES)}),
+        ("held for their meter", "held_by_meter", HELD),
         ("failures with identifiers", "failures_with_identifiers", {"per_code": 5}),
         ("customers with most unsent", "customer_backlog", {"limit": 10}),
         ("latest drift report", "latest_drift_report", {}),
@@ -134,14 +140,14 @@ SURFACES: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
         ("oldest unsent", "oldest_unsent", {}),
         ("live relays", "live_relays", {"stale_seconds": 5}),
         ("latest drift report", "latest_drift_report", {}),
-        ("held for their meter", "held_by_meter", {"codes": list(HELD_CODES)}),
+        ("held for their meter", "held_by_meter", HELD),
     ],
     "outbox-relay status": [
         ("tallies: counts, buckets, failures", "status_tally", {}),
         ("live relays", "live_relays", {"stale_seconds": 5}),
         ("oldest unsent", "oldest_unsent", {}),
         ("next attempt per code", "next_attempts", {"codes": CODES}),
-        ("held for their meter", "held_by_meter", {"codes": list(HELD_CODES)}),
+        ("held for their meter", "held_by_meter", HELD),
         ("meter reads", "meter_reads", {}),
     ],
 }
@@ -172,6 +178,24 @@ def seed(conn: psycopg.Connection, args: argparse.Namespace) -> None:
         conn.execute(UNFOLDED, {"rows": args.unfolded})
 
 
+def explained(conn: psycopg.Connection, name: str, params: Params) -> tuple[float, str]:
+    """EXPLAIN ANALYZE time and access paths of the statement, or of each of its runs."""
+    runs = [explain(conn, name, p) for p in (params if isinstance(params, list) else [params])]
+    paths = sorted({path for _, p in runs for path in p.split("; ") if path})
+    return sum(ms for ms, _ in runs), "; ".join(paths)
+
+
+@contextlib.contextmanager
+def database(name: str | None) -> Iterator[tuple[str, bool]]:
+    """A kept database of that name (reused if seeded), else a scratch one."""
+    if name:
+        with kept_database(name) as kept:
+            yield kept
+    else:
+        with scratch_database() as url:
+            yield url, False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pending", type=int, default=1_000_000)
@@ -180,15 +204,24 @@ def main() -> None:
     parser.add_argument("--unfolded", type=int, default=0)
     parser.add_argument("--held", type=int, default=50, help="1 pending row in HELD held (0: none)")
     parser.add_argument("--plans", action="store_true", help="print EXPLAIN (ANALYZE, BUFFERS)")
+    parser.add_argument(
+        "--database",
+        help="keep the seeded database under this name and reuse it when it exists "
+        "(the seed of 10M rows takes minutes; the sizes must match the first run's)",
+    )
     args = parser.parse_args()
-    with scratch_database() as url, psycopg.connect(url, autocommit=True) as conn:
+    with database(args.database) as (url, seeded), psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SET synchronous_commit = off")
         started = time.monotonic()
-        seed(conn, args)
+        if not seeded:
+            seed(conn, args)
+            if args.database:
+                mark_seeded(url)
+        how = f"seeded in {time.monotonic() - started:.0f} s" if not seeded else "seeded earlier"
         print(
             f"{args.pending:,} pending (a third backing off after a 503, 1/{args.held} held for "
             f"their meter), {args.history:,} accepted history, {args.rejected:,} rejected, "
-            f"{args.unfolded:,} facts not yet folded; seeded in {time.monotonic() - started:.0f} s "
+            f"{args.unfolded:,} facts not yet folded; {how} "
             "(median of 3 runs, EXPLAIN ANALYZE execution time)\n"
         )
         print("| surface | statement | ms | access paths |")
@@ -196,7 +229,7 @@ def main() -> None:
         for surface, statements in SURFACES.items():
             total = 0.0
             for label, name, params in statements:
-                runs = sorted(explain(conn, name, params) for _ in range(3))
+                runs = sorted(explained(conn, name, params) for _ in range(3))
                 ms, paths = runs[1]
                 total += ms
                 print(f"| {surface} | {label} | {ms:.1f} | {paths} |")
@@ -204,8 +237,9 @@ def main() -> None:
         if args.plans:
             for _, name, params in SURFACES["outbox-relay status"]:
                 sql = "EXPLAIN (ANALYZE, BUFFERS) " + for_psycopg(QUERIES[name])
-                print(f"\n-- {name}")
-                print("\n".join(line for (line,) in conn.execute(sql, params)))
+                for p in params if isinstance(params, list) else [params]:
+                    print(f"\n-- {name} {p}")
+                    print("\n".join(line for (line,) in conn.execute(sql, p)))
 
 
 if __name__ == "__main__":
