@@ -109,6 +109,22 @@ def compare_hours(
     return verdicts
 
 
+def summary_query(
+    account: str, customer: str, start: datetime, end: datetime
+) -> tuple[MeterEventSummaryListParams, stripe.RequestOptions]:
+    """The hourly summaries of one customer in [start, end), a full page at a time, on the
+    customer's account: one query for the relay's reader and the drift command's."""
+    params: MeterEventSummaryListParams = {
+        "customer": customer,
+        "start_time": int(start.timestamp()),
+        "end_time": int(end.timestamp()),
+        "value_grouping_window": "hour",
+        "limit": 100,
+    }
+    options: stripe.RequestOptions = {"stripe_account": account} if account else {}
+    return params, options
+
+
 async def hourly_async(
     client: stripe.StripeClient,
     budget: ReadBudget,
@@ -120,14 +136,7 @@ async def hourly_async(
 ) -> dict[datetime, Summary]:
     """Stripe's hourly summaries of one customer in [start, end), every page, each page a
     slot of `budget` (a 429 slows the budget and raises for the caller to retry later)."""
-    params: MeterEventSummaryListParams = {
-        "customer": customer,
-        "start_time": int(start.timestamp()),
-        "end_time": int(end.timestamp()),
-        "value_grouping_window": "hour",
-        "limit": 100,
-    }
-    options: stripe.RequestOptions = {"stripe_account": account} if account else {}
+    params, options = summary_query(account, customer, start, end)
     found: dict[datetime, Summary] = {}
     while True:
         await budget.acquire()
@@ -227,14 +236,7 @@ class StripeTotals:
         self, meter: Meter, account: str, customer: str, start: datetime, end: datetime
     ) -> dict[datetime, Decimal]:
         """Stripe's hourly totals for one customer (only hours with counted events)."""
-        params: MeterEventSummaryListParams = {
-            "customer": customer,
-            "start_time": int(start.timestamp()),
-            "end_time": int(end.timestamp()),
-            "value_grouping_window": "hour",
-            "limit": 100,
-        }
-        options: stripe.RequestOptions = {"stripe_account": account} if account else {}
+        params, options = summary_query(account, customer, start, end)
         totals: dict[datetime, Decimal] = {}
         while True:
             self.pacer.wait()
