@@ -24,13 +24,23 @@ WITH RECURSIVE walk (customer, event_name, id, taken, found, depth) AS (
     FROM walk w
     CROSS JOIN LATERAL (
         SELECT o.customer, o.event_name, o.id,
-               o.available_at <= now() AND (NOT CAST(:exclusive AS boolean) OR (
-                   -- A correlated scalar probe, not NOT EXISTS: the planner would hash that
-                   -- over every in-flight row. It reads the lane index's range of the lane
-                   -- after now(): an in-flight row's available_at is its lease deadline, so
-                   -- only the lane's leased rows and rows in backoff lie there. The bound is a
-                   -- row comparison on the lane index's columns so that no other index can
-                   -- serve it (the due index's range after now() holds every leased row).
+               o.available_at <= now()
+               -- The head itself has no live lease (a leased row stays pending: its lease is
+               -- in the lease table, migration outbox_0018).
+               AND coalesce((SELECT l.leased_until FROM meter_event_outbox_leases l
+                             WHERE l.outbox_id = o.id), '-infinity') <= now()
+               AND (NOT CAST(:exclusive AS boolean) OR (
+                   -- v1: no call in flight in the lane. A correlated scalar probe, not NOT
+                   -- EXISTS: the planner would hash that over every lease. A live lease of the
+                   -- lane is in the lease table's lane index after now()...
+                   SELECT l.outbox_id FROM meter_event_outbox_leases l
+                   WHERE l.customer = o.customer AND l.event_name = o.event_name
+                     AND l.leased_until > now()
+                   LIMIT 1) IS NULL AND (
+                   -- ... and a row claimed by a relay of an earlier release is `in_flight`
+                   -- with its deadline in available_at, in the lane index's range after now()
+                   -- (with the lane's rows in backoff). The bound is a row comparison on the
+                   -- lane index's columns so that no other index can serve it.
                    SELECT b.id FROM meter_event_outbox b
                    WHERE b.customer = o.customer AND b.event_name = o.event_name
                      AND b.state IN ('pending', 'in_flight')
@@ -50,20 +60,25 @@ SELECT (SELECT coalesce(array_agg(id), '{}') FROM walk WHERE taken) AS ids, w.fo
 FROM walk w WHERE w.depth > 0 ORDER BY w.depth DESC LIMIT 1
 
 -- name: claim
--- The claim: one short transaction. Lock the heads the walk chose (one per lane) if they are
--- still due in this statement's fresh snapshot (SKIP LOCKED: another relay may be claiming the
+-- The claim: one short transaction, and the outbox row is not updated (its lease goes to the
+-- UNLOGGED lease table, migration outbox_0018: no new row version, no index entries, no WAL but
+-- the row lock). Lock the heads the walk chose (one per lane) if they are still due and
+-- unleased in this statement's fresh snapshot (SKIP LOCKED: another relay may be claiming the
 -- same head; one primary-key probe each) and, with :exclusive (v1: one call in flight per
--- lane), only while their lane still has no call in flight: the walk checked that, but a head
--- can since have been claimed by another relay, failed and come back due while its lane's next
--- row is in flight. A head another relay (or another of our claims) took since the walk is in
--- flight now, not due, and is left out; two relays contend for that one row. A head that
--- changed since the walk is taken on the next pass. Rarely, a row committed with an earlier available_at between a walk and its claim
--- becomes a second head; in v1 Stripe then answers 409 and that row retries (same key, attempt
--- not counted): a conflict costs a retry, never a double count.
--- With :fill, top the batch up with the oldest other due rows (v2 stream, where lanes need no
--- exclusivity: the walk gives every lane a row per pass, the fill keeps a single-tenant backlog
--- flowing). Then lease them: in_flight, a fresh lease token, a deadline, RETURNING what the
--- sender needs.
+-- lane), only while their lane still has no call in flight. Rarely, a row committed with an
+-- earlier available_at between a walk and its claim becomes a second head; in v1 Stripe then
+-- answers 409 and that row retries (same key, attempt not counted): a conflict costs a retry,
+-- never a double count.
+-- With :fill, top the batch up with the oldest other due, unleased rows (v2 stream, where lanes
+-- need no exclusivity). The fill's ordered scan of the due index passes over the leased rows,
+-- which stay pending and due there.
+-- Then lease them. The lease table's primary key is the arbiter: a row whose lease another
+-- relay committed after this statement's snapshot conflicts, and the lease is taken only if
+-- that one expired (the takeover keeps `first_claimed_at`, the dedup clock of a relay that
+-- died after its call). The row lock orders the claim against outcomes: an outcome updates the
+-- row, so a claim that locks it afterwards re-reads it (no longer due) and leaves it out. A row
+-- left `in_flight` by a relay of the earlier release whose lease expired is put back to pending
+-- as it is taken, so that relay's late outcome loses its compare-and-set.
 WITH heads AS MATERIALIZED (
     -- The ids of one walk (:one_walk) name each lane once: taken as they are.
     SELECT u.id FROM unnest(CAST(:ids AS bigint[])) AS u(id) WHERE CAST(:one_walk AS boolean)
@@ -81,14 +96,22 @@ WITH heads AS MATERIALIZED (
      ORDER BY r.customer, r.event_name, r.available_at, r.id)
 ),
 chosen AS MATERIALIZED (
-    SELECT w.id, w.first_attempt_at
+    SELECT w.*
     FROM heads h
     CROSS JOIN LATERAL (
-        SELECT o.id, o.first_attempt_at FROM meter_event_outbox o
+        SELECT o.id, o.identifier, o.event_name, o.customer, o.payload, o.occurred_at,
+               o.stripe_account, o.action, o.attempts, o.key_generation, o.first_attempt_at,
+               o.accepted_at, o.created_at, o.state
+        FROM meter_event_outbox o
         WHERE o.id = h.id AND o.state IN ('pending', 'in_flight') AND o.available_at <= now()
-          -- v1: the lane is still free (a correlated scalar probe of the lane index's range
-          -- after now(), as in the walk).
+          AND coalesce((SELECT l.leased_until FROM meter_event_outbox_leases l
+                        WHERE l.outbox_id = o.id), '-infinity') <= now()
+          -- v1: the lane is still free (correlated scalar probes, as in the walk).
           AND (NOT CAST(:exclusive AS boolean) OR (
+              SELECT l.outbox_id FROM meter_event_outbox_leases l
+              WHERE l.customer = o.customer AND l.event_name = o.event_name
+                AND l.leased_until > now()
+              LIMIT 1) IS NULL AND (
               SELECT b.id FROM meter_event_outbox b
               WHERE b.customer = o.customer AND b.event_name = o.event_name
                 AND b.state IN ('pending', 'in_flight')
@@ -99,33 +122,54 @@ chosen AS MATERIALIZED (
         FOR UPDATE SKIP LOCKED) w
 ),
 filled AS MATERIALIZED (
-    SELECT o.id, o.first_attempt_at
+    SELECT o.id, o.identifier, o.event_name, o.customer, o.payload, o.occurred_at,
+           o.stripe_account, o.action, o.attempts, o.key_generation, o.first_attempt_at,
+           o.accepted_at, o.created_at, o.state
     FROM meter_event_outbox o
     -- Written so only an ordered scan of the due index can serve it, stopping after :fill
     -- rows (with `available_at <= now()` a stale estimate can pick a bitmap scan and a sort
     -- of every due row).
     WHERE o.state IN ('pending', 'in_flight') AND o.available_at - now() <= interval '0'
       AND o.id NOT IN (SELECT id FROM chosen)
+      AND coalesce((SELECT l.leased_until FROM meter_event_outbox_leases l
+                    WHERE l.outbox_id = o.id), '-infinity') <= now()
     ORDER BY o.available_at
     LIMIT :fill
     FOR UPDATE SKIP LOCKED
 ),
-locked AS (
+locked AS MATERIALIZED (
     SELECT * FROM chosen UNION ALL SELECT * FROM filled
+),
+leased AS MATERIALIZED (
+    INSERT INTO meter_event_outbox_leases AS l
+        (outbox_id, lease_token, leased_by, leased_until, first_claimed_at, customer,
+         event_name, stripe_account, action)
+    SELECT k.id, gen_random_uuid(), :relay_id, now() + make_interval(secs => :lease_seconds),
+           coalesce(k.first_attempt_at, now()), k.customer, k.event_name, k.stripe_account,
+           k.action
+    FROM locked k
+    ON CONFLICT (outbox_id) DO UPDATE
+    SET lease_token = EXCLUDED.lease_token, leased_by = EXCLUDED.leased_by,
+        leased_until = EXCLUDED.leased_until, leased_at = now(),
+        first_claimed_at = least(l.first_claimed_at, EXCLUDED.first_claimed_at),
+        customer = EXCLUDED.customer, event_name = EXCLUDED.event_name,
+        stripe_account = EXCLUDED.stripe_account, action = EXCLUDED.action
+    WHERE l.leased_until <= now()
+    RETURNING l.outbox_id, l.lease_token, l.first_claimed_at
+),
+reset AS (
+    -- Rows of an earlier release's relay whose lease expired: pending again (rare).
+    UPDATE meter_event_outbox o
+    SET state = 'pending', lease_token = NULL, leased_by = NULL, updated_at = now()
+    FROM locked k JOIN leased ON leased.outbox_id = k.id
+    WHERE o.id = k.id AND k.state = 'in_flight'
 )
-UPDATE meter_event_outbox o
-SET state = 'in_flight',
-    lease_token = gen_random_uuid(),
-    leased_by = :relay_id,
-    available_at = now() + make_interval(secs => :lease_seconds),
-    first_attempt_at = coalesce(o.first_attempt_at, now()),
-    updated_at = now()
-FROM locked
-WHERE o.id = locked.id
-RETURNING o.id, o.lease_token, o.identifier, o.event_name, o.customer,
-          o.payload::text AS payload_json, o.occurred_at, o.stripe_account, o.action, o.attempts,
-          o.key_generation, locked.first_attempt_at AS previous_first_attempt_at,
-          o.first_attempt_at, o.accepted_at, o.created_at
+SELECT k.id, leased.lease_token, k.identifier, k.event_name, k.customer,
+       k.payload::text AS payload_json, k.occurred_at, k.stripe_account, k.action, k.attempts,
+       k.key_generation, k.first_attempt_at AS previous_first_attempt_at,
+       coalesce(k.first_attempt_at, leased.first_claimed_at) AS first_attempt_at,
+       k.accepted_at, k.created_at
+FROM locked k JOIN leased ON leased.outbox_id = k.id
 
 -- name: record_outcomes
 -- Write a batch of outcomes in one statement (River's shape, `UPDATE ... FROM` a set of rows).
@@ -141,7 +185,30 @@ RETURNING o.id, o.lease_token, o.identifier, o.event_name, o.customer,
 -- adjustment never races the event it cancels.
 -- Outcomes of calls to Stripe (`called`) also append one row each to the attempt history, in
 -- the same statement and only for rows whose compare-and-set matched.
-WITH written AS (
+-- The compare-and-set is on the lease table (migration outbox_0018): the lease is deleted first,
+-- only if it still carries our token (a relay whose lease expired and was taken over deletes
+-- nothing), and only rows whose lease was deleted are updated, and only while still pending
+-- (a webhook may have rejected the row meanwhile). After a crash of PostgreSQL the lease table
+-- is empty: the old holder's outcome writes nothing and the row replays with the same key.
+WITH input AS MATERIALIZED (
+    SELECT r.id, r.token, r.previous_first_attempt_at, r.key_generation, d.*
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+         AS r(id bigint, token uuid, previous_first_attempt_at timestamptz,
+              key_generation int, decision int)
+    JOIN jsonb_to_recordset(CAST(:decisions AS jsonb))
+         AS d(n int, state text, delay float8, counted int, new_key int, code text, message text,
+              request_id text, reached boolean, may_have_counted boolean, cancel_state text,
+              cancel_now boolean, called boolean,
+              action text, http_status int, latency_ms real)
+      ON d.n = r.decision
+),
+released AS MATERIALIZED (
+    DELETE FROM meter_event_outbox_leases l
+    USING input i
+    WHERE l.outbox_id = i.id AND l.lease_token = i.token
+    RETURNING l.outbox_id, l.first_claimed_at, l.leased_by
+),
+written AS (
     UPDATE meter_event_outbox o
     -- The route of a report whose cancel was requested meanwhile is decided once per decision
     -- (store.cancel_route): u.cancel_now = cancel it now (fresh budget); u.cancel_state = the
@@ -155,14 +222,15 @@ WITH written AS (
                                  AND u.state IN ('accepted', 'failed') THEN now()
                             ELSE now() + make_interval(secs => u.delay) END,
         lease_token = NULL,
+        leased_by = u.leased_by,  -- the row's story: which relay sent it last
         attempts = CASE  -- a cancel starts with a fresh budget
             WHEN o.action = 'report' AND o.cancel_requested_at IS NOT NULL
                  AND u.cancel_now THEN 0
             ELSE o.attempts + u.counted END,
         key_generation = o.key_generation + u.new_key,
         -- Restored when no call may have counted (o.first_attempt_at is what the claim set).
-        first_attempt_at = CASE WHEN u.reached THEN o.first_attempt_at
-                                ELSE u.previous_first_attempt_at END,
+        first_attempt_at = CASE WHEN u.reached THEN coalesce(o.first_attempt_at, u.first_claimed_at)
+                                ELSE o.first_attempt_at END,
         last_error_code = u.code,
         last_error_message = u.message,
         stripe_request_id = coalesce(u.request_id, o.stripe_request_id),
@@ -174,19 +242,9 @@ WITH written AS (
                  AND u.cancel_state = 'cancelled' THEN now()
             ELSE o.cancelled_at END,
         updated_at = now()
-    FROM (
-        SELECT r.id, r.token, r.previous_first_attempt_at, r.key_generation, d.*
-        FROM jsonb_to_recordset(CAST(:rows AS jsonb))
-             AS r(id bigint, token uuid, previous_first_attempt_at timestamptz,
-                  key_generation int, decision int)
-        JOIN jsonb_to_recordset(CAST(:decisions AS jsonb))
-             AS d(n int, state text, delay float8, counted int, new_key int, code text, message text,
-                  request_id text, reached boolean, may_have_counted boolean, cancel_state text,
-                  cancel_now boolean, called boolean,
-                  action text, http_status int, latency_ms real)
-          ON d.n = r.decision
-    ) u
-    WHERE o.id = u.id AND o.lease_token = u.token
+    FROM (SELECT i.*, r.first_claimed_at, r.leased_by FROM input i
+          JOIN released r ON r.outbox_id = i.id) u
+    WHERE o.id = u.id AND o.state = 'pending'
     -- o.* here are the values just written; the sent action and key come from the claim.
     RETURNING o.id, o.attempts, o.state, u.called, u.action, u.key_generation, u.http_status,
               u.code, u.message, u.request_id, u.latency_ms
