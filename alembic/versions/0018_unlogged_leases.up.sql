@@ -65,3 +65,32 @@ CREATE TRIGGER meter_event_outbox_leased_cancel
     WHEN (OLD.state = 'pending' AND OLD.cancel_requested_at IS NULL
           AND NEW.cancel_requested_at IS NOT NULL)
     EXECUTE FUNCTION meter_event_outbox_leased_cancel();
+
+-- The triggers read the lease table whoever updates the row (an application cancelling through
+-- a role without rights on it): SECURITY DEFINER with a pinned search_path.
+DO $pin$
+BEGIN
+    EXECUTE format('ALTER FUNCTION meter_event_outbox_leased_skip() SECURITY DEFINER'
+                   ' SET search_path = %I, pg_temp', current_schema());
+    EXECUTE format('ALTER FUNCTION meter_event_outbox_leased_cancel() SECURITY DEFINER'
+                   ' SET search_path = %I, pg_temp', current_schema());
+END $pin$;
+
+-- Rows per state: a pending row with a live lease is in flight (the tallies count it pending:
+-- a claim no longer changes the row). One primary-key probe per live lease.
+CREATE OR REPLACE VIEW meter_event_outbox_status AS
+WITH leased AS (
+    SELECT count(*) AS n FROM meter_event_outbox_leases l
+    JOIN meter_event_outbox o ON o.id = l.outbox_id AND o.state = 'pending'
+    WHERE l.leased_until > now()
+)
+SELECT s.state,
+       (coalesce(t.n, 0) + CASE s.state WHEN 'pending' THEN -leased.n
+                                        WHEN 'in_flight' THEN leased.n ELSE 0 END)::bigint AS n,
+       NULL::timestamptz AS oldest_available_at
+FROM unnest(ARRAY['pending', 'in_flight', 'accepted', 'failed', 'rejected', 'cancelled'])
+         WITH ORDINALITY AS s(state, ord)
+CROSS JOIN leased
+LEFT JOIN (SELECT state, sum(n) AS n FROM meter_event_outbox_tally WHERE state <> ''
+           GROUP BY state) t ON t.state = s.state
+ORDER BY s.ord;

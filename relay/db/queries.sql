@@ -302,8 +302,27 @@ SELECT state, n FROM meter_event_outbox_status
 -- Rows per state, and per code and account where the tallies keep them (pending, failed,
 -- rejected; see alembic/versions/0015_status_tallies.up.sql): what `status` and the console's
 -- buckets are made of, a read of a few tally rows however large the backlog.
-SELECT state, code, stripe_account, n FROM meter_event_outbox_tally
-WHERE state <> ''
+-- A pending row with a live lease (migration outbox_0018) is in flight: the tallies count it
+-- pending (a claim no longer changes the row), so the live leases move from their pending key
+-- to in_flight here (one primary-key probe per live lease).
+SELECT state, code, stripe_account, sum(n)::bigint AS n FROM (
+    SELECT state, code, stripe_account, n FROM meter_event_outbox_tally WHERE state <> ''
+    UNION ALL
+    SELECT k.state, k.code, k.stripe_account, k.n * k.sign
+    FROM (SELECT coalesce(o.last_error_code, '') AS code,
+                 CASE WHEN o.last_error_code IS NOT NULL THEN coalesce(o.stripe_account, '')
+                      ELSE '' END AS stripe_account,
+                 count(*) AS n
+          FROM meter_event_outbox_leases l
+          JOIN meter_event_outbox o ON o.id = l.outbox_id AND o.state = 'pending'
+          WHERE l.leased_until > now()
+          GROUP BY 1, 2) c
+    CROSS JOIN LATERAL (VALUES ('pending', c.code, c.stripe_account, c.n, -1),
+                               ('in_flight', '', '', c.n, 1))
+        AS k(state, code, stripe_account, n, sign)
+) t
+GROUP BY state, code, stripe_account
+HAVING sum(n) <> 0 OR state NOT IN ('pending', 'in_flight')
 ORDER BY state, code, stripe_account
 
 -- name: status_tally_counted
@@ -334,12 +353,22 @@ CROSS JOIN LATERAL (
 -- name: row_story
 -- Every column of one row an operator may need (`inspect`, the console's row page), and how
 -- long until it is due by the database's clock (the one clock).
-SELECT id, identifier, state, action, event_name, customer, value, payload, dimensions, metadata,
-       occurred_at, stripe_account, attempts, key_generation, available_at, leased_by,
-       last_error_code, last_error_message, stripe_request_id, created_at, first_attempt_at,
-       accepted_at, cancel_requested_at, cancelled_at, updated_at, inferred_from,
-       available_at - now() AS due_in
-FROM meter_event_outbox WHERE identifier = :identifier
+-- A pending row with a live lease (migration outbox_0018) is in flight: its state, holder and
+-- deadline come from the lease.
+SELECT o.id, o.identifier,
+       CASE WHEN l.leased_until IS NOT NULL THEN 'in_flight' ELSE o.state END AS state,
+       o.action, o.event_name, o.customer, o.value, o.payload, o.dimensions, o.metadata,
+       o.occurred_at, o.stripe_account, o.attempts, o.key_generation,
+       coalesce(l.leased_until, o.available_at) AS available_at,
+       coalesce(l.leased_by, o.leased_by) AS leased_by,
+       o.last_error_code, o.last_error_message, o.stripe_request_id, o.created_at,
+       coalesce(o.first_attempt_at, l.first_claimed_at) AS first_attempt_at,
+       o.accepted_at, o.cancel_requested_at, o.cancelled_at, o.updated_at, o.inferred_from,
+       coalesce(l.leased_until, o.available_at) - now() AS due_in
+FROM meter_event_outbox o
+LEFT JOIN meter_event_outbox_leases l
+       ON l.outbox_id = o.id AND o.state = 'pending' AND l.leased_until > now()
+WHERE o.identifier = :identifier
 
 -- name: retry
 -- Operator retry of failed rows: a fresh idempotency-key generation (the old key may hold a
@@ -392,12 +421,24 @@ UNION ALL
 -- report in flight whose call may already have landed (its late outcome then loses the
 -- compare-and-set on the lease). A pending, failed, rejected or cancelled row is never touched:
 -- a report naming it is a guess or a replay, and marking it would invite recording it again.
+-- A report in flight is `in_flight` (a relay of an earlier release) or pending with a live
+-- lease (migration outbox_0018); its lease is dropped, and the late outcome then finds none.
+WITH leased AS (
+    DELETE FROM meter_event_outbox_leases l
+    USING meter_event_outbox o
+    WHERE o.identifier = ANY(CAST(:identifiers AS text[]))
+      AND o.stripe_account IS NOT DISTINCT FROM CAST(:account AS text)
+      AND o.state = 'pending' AND o.action = 'report'
+      AND l.outbox_id = o.id AND l.leased_until > now()
+    RETURNING l.outbox_id
+)
 UPDATE meter_event_outbox o
 SET state = 'rejected', last_error_code = :code, last_error_message = :message,
     lease_token = NULL, updated_at = now()
 WHERE o.identifier = ANY(CAST(:identifiers AS text[]))
   AND o.stripe_account IS NOT DISTINCT FROM CAST(:account AS text)
-  AND (o.state = 'accepted' OR (o.state = 'in_flight' AND o.action = 'report'))
+  AND (o.state = 'accepted' OR (o.state = 'in_flight' AND o.action = 'report')
+       OR (o.state = 'pending' AND o.id IN (SELECT outbox_id FROM leased)))
 RETURNING o.identifier
 
 -- name: database_probe
@@ -476,18 +517,45 @@ WITH matching AS NOT MATERIALIZED (
       AND (CAST(:event_name AS text) IS NULL OR event_name = :event_name)
       AND (CAST(:since AS timestamptz) IS NULL OR created_at >= :since)
 )
+-- A pending row with a live lease (migration outbox_0018) is shown in flight, with its lease's
+-- deadline as available_at (one lease-table probe per row shown); --state in_flight reads
+-- the lease table (live leases are few) besides the rows of an earlier release's relays.
 SELECT identifier, state, action, customer, event_name, value, stripe_account, attempts,
        last_error_code, created_at, occurred_at, available_at, accepted_at, updated_at
 FROM (
+    SELECT newest.id, identifier,
+           CASE WHEN l.leased_until IS NOT NULL THEN 'in_flight' ELSE state END AS state,
+           action, customer, event_name, value, stripe_account, attempts, last_error_code,
+           created_at, occurred_at, coalesce(l.leased_until, available_at) AS available_at,
+           accepted_at, updated_at
+    FROM (
     (SELECT * FROM matching
      ORDER BY id DESC LIMIT CASE WHEN CAST(:customer AS text) IS NULL THEN :limit ELSE 0 END)
+    UNION ALL
+    (SELECT o.id, o.identifier, o.state, o.action, o.customer, o.event_name, o.value,
+            o.stripe_account, o.attempts, o.last_error_code, o.created_at, o.occurred_at,
+            o.available_at, o.accepted_at, o.updated_at
+     FROM meter_event_outbox_leases l
+     JOIN meter_event_outbox o ON o.id = l.outbox_id AND o.state = 'pending'
+     WHERE CAST(:state AS text) = 'in_flight' AND l.leased_until > now()
+       AND (CAST(:code AS text) IS NULL OR o.last_error_code = :code)
+       AND (CAST(:customer AS text) IS NULL OR o.customer = :customer)
+       AND (CAST(:event_name AS text) IS NULL OR o.event_name = :event_name)
+       AND (CAST(:since AS timestamptz) IS NULL OR o.created_at >= :since)
+     ORDER BY o.id DESC LIMIT :limit)
     UNION ALL
     (SELECT * FROM matching WHERE state IN ('pending', 'in_flight')
      ORDER BY id DESC LIMIT CASE WHEN CAST(:customer AS text) IS NULL THEN 0 ELSE :limit END)
     UNION ALL
     (SELECT * FROM matching WHERE state IN ('accepted', 'cancelled', 'failed', 'rejected')
      ORDER BY id DESC LIMIT CASE WHEN CAST(:customer AS text) IS NULL THEN 0 ELSE :limit END)
-) newest
+    ) newest
+    LEFT JOIN LATERAL (
+        SELECT l.leased_until FROM meter_event_outbox_leases l
+        WHERE l.outbox_id = newest.id AND newest.state = 'pending' AND l.leased_until > now()
+    ) l ON true
+) shown
+WHERE CAST(:state AS text) IS NULL OR shown.state = :state
 ORDER BY id DESC
 LIMIT :limit
 
@@ -535,7 +603,10 @@ SELECT coalesce(stripe_account, '') AS account, customer, event_name,
 FROM meter_event_outbox
 WHERE created_at >= CAST(:since AS timestamptz) - interval '5 minutes'
   AND occurred_at >= :since AND occurred_at < :until
-  AND (state = 'accepted' OR (state IN ('pending', 'in_flight') AND first_attempt_at IS NOT NULL))
+  AND (state = 'accepted' OR (state IN ('pending', 'in_flight') AND (first_attempt_at IS NOT NULL
+       -- a first call in flight: its lease (migration outbox_0018) holds its first claim
+       OR EXISTS (SELECT 1 FROM meter_event_outbox_leases l
+                  WHERE l.outbox_id = meter_event_outbox.id))))
 GROUP BY 1, 2, 3, 4
 ORDER BY 1, 2, 3, 4
 
@@ -1084,7 +1155,10 @@ WHERE customer = :customer AND event_name = :event_name
   AND created_at >= CAST(:since AS timestamptz) - interval '5 minutes'
   AND occurred_at >= :since AND occurred_at < :until
   AND (state IN ('accepted', 'cancelled')
-       OR (state IN ('pending', 'in_flight') AND first_attempt_at IS NOT NULL))
+       OR (state IN ('pending', 'in_flight') AND (first_attempt_at IS NOT NULL
+           -- a first call in flight: its lease (migration outbox_0018) holds its first claim
+           OR EXISTS (SELECT 1 FROM meter_event_outbox_leases l
+                      WHERE l.outbox_id = meter_event_outbox.id))))
 GROUP BY 1
 
 -- name: record_comparisons

@@ -18,6 +18,7 @@ from relay.emulator import Emulator, Faults, Latency
 from tests.support.relay import (
     accepted,
     claim,
+    expire_leases,
     insert_usage,
     make_settings,
     row,
@@ -34,7 +35,7 @@ def test_expired_lease_is_reclaimed_and_late_outcome_is_ignored(database_url: st
     (first,) = claim(db, "relay-a", lease=30)
     assert claim(db, "relay-b", lease=30) == []  # leased: invisible to others
     # The lease runs out (a dead relay's lease simply expires): its deadline is in the past.
-    db.execute("UPDATE meter_event_outbox SET available_at = now() - interval '1 second'")
+    expire_leases(db)
     (second,) = claim(db, "relay-b", lease=30)
     assert second.id == first.id and second.lease_token != first.lease_token
     # The slow relay-a comes back with a result: its compare-and-set matches nothing.
