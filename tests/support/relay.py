@@ -122,8 +122,16 @@ async def running_relay(
 
 
 def states(database_url: str) -> dict[str, int]:
+    """Rows per state as operators see them: pending with a live lease is in flight."""
     with psycopg.connect(database_url) as conn:
-        return dict(conn.execute("SELECT state, count(*) FROM meter_event_outbox GROUP BY 1"))
+        return dict(
+            conn.execute(
+                "SELECT CASE WHEN l.outbox_id IS NOT NULL THEN 'in_flight' ELSE o.state END,"
+                " count(*) FROM meter_event_outbox o LEFT JOIN meter_event_outbox_leases l"
+                " ON l.outbox_id = o.id AND o.state = 'pending' AND l.leased_until > now()"
+                " GROUP BY 1"
+            )
+        )
 
 
 def row(database_url: str, identifier: str) -> dict[str, Any]:

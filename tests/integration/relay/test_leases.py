@@ -123,7 +123,10 @@ def test_a_stale_claim_leaves_a_head_whose_lane_got_busy(database_url: str, db) 
         walked_by_a.ids, fill=0, exclusive=True, relay_id="relay-a", lease_seconds=30
     )
     assert late == []
-    in_flight = db.execute("SELECT identifier FROM meter_event_outbox WHERE state = 'in_flight'")
+    in_flight = db.execute(
+        "SELECT o.identifier FROM meter_event_outbox o JOIN meter_event_outbox_leases l"
+        " ON l.outbox_id = o.id WHERE l.leased_until > now()"
+    )
     assert [r for (r,) in in_flight] == ["u2"]
 
 
@@ -205,7 +208,7 @@ def test_a_claim_whose_columns_do_not_name_claimeds_fields_is_refused(database_u
     RETURNING list is checked against Claimed's fields: a reordered column is an error, never
     an identifier read as an event name."""
     insert_usage(database_url, 1)
-    swapped = QUERIES["claim"].replace("o.identifier, o.event_name,", "o.event_name, o.identifier,")
+    swapped = QUERIES["claim"].replace("k.identifier, k.event_name,", "k.event_name, k.identifier,")
     assert swapped != QUERIES["claim"]
     how: Any = {"fill": 1, "exclusive": False, "relay_id": "r", "lease_seconds": 30}
     statement = Statement(for_psycopg(swapped), claim_params([], how), queries.CLAIM.rows, False)
