@@ -325,6 +325,13 @@ GROUP BY state, code, stripe_account
 HAVING sum(n) <> 0 OR state NOT IN ('pending', 'in_flight')
 ORDER BY state, code, stripe_account
 
+-- name: status_tally_before_leases
+-- status_tally on a schema before the lease table (outbox_0015 to outbox_0017): the tallies as
+-- they are (in-flight rows are `in_flight` there).
+SELECT state, code, stripe_account, n FROM meter_event_outbox_tally
+WHERE state <> ''
+ORDER BY state, code, stripe_account
+
 -- name: status_tally_counted
 -- status_tally on a schema older than the tallies (outbox_0015): the same rows, counted through
 -- the partial indexes of the hot states and the old folded counters (`status` of a newer CLI
@@ -449,6 +456,16 @@ SELECT statement_timestamp() AS now,
        current_setting('transaction_read_only') = 'on' AS read_only
 
 -- name: fold_counts
+-- Also drop leases left behind (migration outbox_0018): expired, and their row is no longer
+-- pending (a webhook or an inference settled it while a relay that then died held it). An
+-- expired lease of a pending row stays: the relay that takes it over keeps its first claim
+-- (the dedup clock). The lease table is UNLOGGED: this writes no WAL.
+WITH orphans AS (
+    DELETE FROM meter_event_outbox_leases l
+    WHERE l.leased_until < now() - interval '1 minute'
+      AND NOT EXISTS (SELECT 1 FROM meter_event_outbox o
+                      WHERE o.id = l.outbox_id AND o.state = 'pending')
+)
 SELECT outbox_fold_counts()
 
 -- name: prune

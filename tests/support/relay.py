@@ -149,7 +149,11 @@ def row(database_url: str, identifier: str) -> dict[str, Any]:
         values = cur.fetchone()
         assert values is not None, identifier
         found = dict(zip([c.name for c in cur.description or []], values, strict=True))
-        holder, until, lease = found.pop("lease_holder"), found.pop("leased_until"), found.pop("lease")
+        holder, until, lease = (
+            found.pop("lease_holder"),
+            found.pop("leased_until"),
+            found.pop("lease"),
+        )
         if lease is not None:
             found.update(state="in_flight", leased_by=holder, available_at=until, lease_token=lease)
         return found

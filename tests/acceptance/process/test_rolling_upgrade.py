@@ -17,8 +17,8 @@ import psycopg
 import pytest
 
 from relay.emulator import Emulator, EmulatorConfig, Faults, Latency
-from tests.helpers import free_port
 from tests.acceptance.process.test_process import relay_env, wait_for
+from tests.helpers import free_port
 from tests.support.relay import insert_usage, states
 
 # The release before the lease moved out of the row (main when outbox_0018 was written).
@@ -35,8 +35,18 @@ def previous_release() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="outbox-previous-") as tmp:
         archive = Path(tmp) / "previous.tar"
         subprocess.run(
-            ["git", "-C", str(REPO), "archive", "-o", str(archive), PREVIOUS_RELEASE,
-             "relay", "outbox", "alembic"],
+            [
+                "git",
+                "-C",
+                str(REPO),
+                "archive",
+                "-o",
+                str(archive),
+                PREVIOUS_RELEASE,
+                "relay",
+                "outbox",
+                "alembic",
+            ],
             check=True,
         )
         with tarfile.open(archive) as tar:
@@ -94,7 +104,9 @@ def test_previous_and_new_relay_share_a_backlog_without_sending_a_row_twice(
         assert emulator.requests(V1_PATH, 409) == 0  # no row was ever sent twice at once
         assert emulator.requests(V1_PATH, 200) == n  # nor twice one after the other
     with psycopg.connect(database_url) as conn:
-        senders = dict(conn.execute("SELECT leased_by, count(*) FROM meter_event_outbox GROUP BY 1"))
+        senders = dict(
+            conn.execute("SELECT leased_by, count(*) FROM meter_event_outbox GROUP BY 1")
+        )
     assert set(senders) == {"relay-previous", "relay-new"}, senders  # both took part
 
 

@@ -2,6 +2,7 @@
 re-claimed by another relay, each lane's current head claimed once."""
 
 import asyncio
+import json
 import uuid
 from typing import Any
 
@@ -214,3 +215,26 @@ def test_a_claim_whose_columns_do_not_name_claimeds_fields_is_refused(database_u
     statement = Statement(for_psycopg(swapped), claim_params([], how), queries.CLAIM.rows, False)
     with pytest.raises(TypeError, match="Claimed expects"):
         SyncStore(db).all(statement)
+
+
+def test_a_leased_row_is_in_flight_for_every_reader(database_url: str, db) -> None:
+    """The claim leaves the row pending (its lease is in the lease table, migration
+    outbox_0018): status, its tallies, list, inspect and the state view still say in flight,
+    held by the claiming relay."""
+    from tests.integration.relay.test_operator_commands import cli
+
+    insert_usage(database_url, 2, customers=2)
+    (leased,) = claim(db, "relay-a", lease=30, n=1)
+    db.commit()
+    assert row(database_url, leased.identifier)["state"] == "in_flight"
+    counts = dict(db.execute("SELECT state, n FROM meter_event_outbox_status").fetchall())
+    assert (counts["pending"], counts["in_flight"]) == (1, 1)
+    status = json.loads(cli(database_url, "status", "--json").stdout)
+    assert (status["counts"]["pending"], status["counts"]["in_flight"]) == (1, 1)
+    assert status["unsent"]["buckets"]["in_flight"]["rows"] == 1
+    listed = json.loads(cli(database_url, "list", "--state", "in_flight", "--json").stdout)
+    assert [r["identifier"] for r in listed] == [leased.identifier]
+    pending = json.loads(cli(database_url, "list", "--state", "pending", "--json").stdout)
+    assert leased.identifier not in [r["identifier"] for r in pending] and len(pending) == 1
+    story = cli(database_url, "inspect", leased.identifier).stdout
+    assert "in flight" in story and "relay-a" in story
