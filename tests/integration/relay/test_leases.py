@@ -238,3 +238,27 @@ def test_a_leased_row_is_in_flight_for_every_reader(database_url: str, db) -> No
     assert leased.identifier not in [r["identifier"] for r in pending] and len(pending) == 1
     story = cli(database_url, "inspect", leased.identifier).stdout
     assert "in flight" in story and "relay-a" in story
+
+
+def test_leases_left_behind_are_dropped_and_a_dead_relays_first_claim_is_kept(
+    database_url: str, db
+) -> None:
+    """A lease whose row was settled while its relay died is dropped with the counter fold; an
+    expired lease of a pending row stays until it is taken over, keeping its first claim (the
+    dedup clock of a call that may have landed)."""
+    insert_usage(database_url, 2, customers=2)
+    first, second = claim(db, "relay-a", lease=30)
+    (an_hour_ago,) = db.execute("SELECT now() - interval '1 hour'").fetchone() or (None,)
+    db.execute(
+        "UPDATE meter_event_outbox_leases SET leased_until = now() - interval '2 minutes',"
+        " first_claimed_at = %s",
+        (an_hour_ago,),
+    )
+    db.execute("UPDATE meter_event_outbox SET state = 'rejected' WHERE id = %s", (first.id,))
+    db.commit()
+    db.execute(QUERIES["fold_counts"])
+    db.commit()
+    left = [i for (i,) in db.execute("SELECT outbox_id FROM meter_event_outbox_leases")]
+    assert left == [second.id]
+    (taken,) = claim(db, "relay-b", lease=30)
+    assert (taken.id, taken.first_attempt_at) == (second.id, an_hour_ago)
