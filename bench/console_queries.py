@@ -93,7 +93,7 @@ def look(limit: int = 50, scan: int = LOOK_SCAN, after: int = 0, **filters: Any)
 # held_by_meter reads every held code in one statement (outbox_0018); before, one statement per
 # code grouped every held row (held_by_meter_counted, the fallback on older schemas): both are
 # shown, the old one outside the totals.
-HELD = {"codes": list(HELD_CODES)}
+HELD: dict[str, Any] = {}
 HELD_BEFORE = [{"code": c} for c in HELD_CODES]
 Params = dict[str, Any] | list[dict[str, Any]]
 

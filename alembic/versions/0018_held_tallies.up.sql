@@ -5,8 +5,8 @@
 -- The tally key of pending rows with a code, ('pending', code, account, ''), gains the event
 -- name (a column of its own: every other key has '' there), so the held rows per meter are a
 -- few tally rows; the oldest fact of each group is the first entry of its range in a new index
--- (one probe per group). A recorded fact (pending, no code) changes no key with an event name
--- and enters no new index: its WAL stays as it was.
+-- of the held rows (one probe per group). A recorded fact (pending, no code) changes no key
+-- with an event name and enters no new index: its WAL stays as it was; so does a retry's.
 --
 -- The view meter_event_outbox_tally keeps its shape (summed over the event names): relays of
 -- 0015-0017 read it during a rolling upgrade.
@@ -182,8 +182,12 @@ BEGIN
 END $$;
 
 -- The oldest fact of each held group (account, event name, code): the first entry of its
--- range. Pending rows with a code only, as the waiting index: a recorded fact never enters it;
--- a row that goes back to pending with a code (a retry, a hold) adds one entry.
-CREATE INDEX meter_event_outbox_waiting_by_meter
+-- range. Held rows only (the codes of HELD_CODES, relay/core/meters.py; held_by_meter in
+-- relay/db/queries.sql names the same list, and a test compares the three): a recorded fact
+-- never enters it, nor does a retry (pending with another code); a row held for its meter adds
+-- one entry.
+CREATE INDEX meter_event_outbox_held_by_meter
     ON meter_event_outbox (last_error_code, (coalesce(stripe_account, '')), event_name, occurred_at)
-    WHERE state = 'pending' AND last_error_code IS NOT NULL;
+    WHERE state = 'pending'
+      AND last_error_code IN ('meter_missing', 'meter_inactive', 'meter_pre_aggregated',
+                              'meter_key_collision', 'meter_conflict', 'meter_checking');

@@ -780,11 +780,13 @@ WHERE last_seen_at > now() - make_interval(days => 35)
 ORDER BY 1, 2
 
 -- name: held_by_meter
--- Rows held for their meter (:codes), per account, event name and code: the groups and their
--- rows from the tallies (alembic/versions/0018_held_tallies.up.sql: the tally key of pending
--- rows with a code carries the event name), the oldest fact of each group from the first entry
--- of its range in meter_event_outbox_waiting_by_meter. A few tally rows, the unfolded deltas and
--- one index entry per group, however many rows are held.
+-- Rows held for their meter, per account, event name and code: the groups and their rows from
+-- the tallies (alembic/versions/0018_held_tallies.up.sql: the tally key of pending rows with a
+-- code carries the event name), the oldest fact of each group from the first entry of its range
+-- in meter_event_outbox_held_by_meter. A few tally rows, the unfolded deltas and one index
+-- entry per group, however many rows are held. The codes are HELD_CODES (relay/core/meters.py),
+-- written out as the index's predicate has them (so the planner can use it; a test compares
+-- the three lists).
 -- The probe asks for the first entry at or after (code, account, event name, -infinity) in
 -- index order: with three equalities instead, the planner took each group for a row or two
 -- and read all of its rows (bitmap scan, then sort); a range makes the ordered walk that stops
@@ -793,17 +795,21 @@ ORDER BY 1, 2
 SELECT g.account, g.event_name, g.code, g.n, o.occurred_at AS oldest_occurred_at
 FROM (SELECT t.code, t.stripe_account AS account, t.event_name, sum(t.n)::bigint AS n
       FROM (SELECT code, stripe_account, event_name, n FROM meter_event_outbox_tallies
-            WHERE state = 'pending' AND code = ANY(CAST(:codes AS text[]))
+            WHERE state = 'pending'
             UNION ALL
             SELECT code, stripe_account, event_name, delta
             FROM meter_event_outbox_tally_delta_keys
-            WHERE state = 'pending' AND code = ANY(CAST(:codes AS text[]))) t
+            WHERE state = 'pending') t
+      WHERE t.code IN ('meter_missing', 'meter_inactive', 'meter_pre_aggregated',
+                       'meter_key_collision', 'meter_conflict', 'meter_checking')
       GROUP BY 1, 2, 3 HAVING sum(t.n) > 0) g
 CROSS JOIN LATERAL (
     SELECT r.last_error_code AS code, coalesce(r.stripe_account, '') AS account, r.event_name,
            r.occurred_at
     FROM meter_event_outbox r
-    WHERE r.state = 'pending' AND r.last_error_code IS NOT NULL
+    WHERE r.state = 'pending'
+      AND r.last_error_code IN ('meter_missing', 'meter_inactive', 'meter_pre_aggregated',
+                                'meter_key_collision', 'meter_conflict', 'meter_checking')
       AND (r.last_error_code, coalesce(r.stripe_account, ''), r.event_name, r.occurred_at)
           >= (g.code, g.account, g.event_name, '-infinity')
     ORDER BY r.last_error_code, coalesce(r.stripe_account, ''), r.event_name, r.occurred_at

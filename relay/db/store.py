@@ -61,7 +61,6 @@ FIRST_LANE: Lane = ("", "")
 OUTAGE_SCOPE = "stripe"  # the breaker's one row: an outage is of Stripe, not of an account
 NOT_WALKED = Walked([], None)  # no lane after the cursor: start again from the first
 HOUR = timedelta(hours=1)
-HELD: q.CodeList = {"codes": list(HELD_CODES)}  # held_by_meter: rows held for their meter
 
 
 class AsyncExecutor:
@@ -369,7 +368,7 @@ class Store(AsyncExecutor):
         return await self.all(q.EVENT_NAMES_IN_USE({}))
 
     async def held_by_meter(self) -> list[q.HeldGroup]:
-        return await self.all(q.HELD_BY_METER(HELD))
+        return await self.all(q.HELD_BY_METER({}))
 
     async def release_held(self, account: str, event_name: str) -> int:
         """Make rows held for this meter due now; returns how many."""
@@ -642,14 +641,14 @@ class ConsoleStore(AsyncExecutor):
 
     async def held_for_meter(self) -> list[Row]:
         """Rows held because of their meter, by account, event name and code, with the fix."""
-        held = await self.all(q.HELD_BY_METER(HELD))
+        held = await self.all(q.HELD_BY_METER({}))
         return [{**g._asdict(), "what_to_do": WHAT_TO_DO.get(g.code, "")} for g in held]
 
     async def held_by_reason(self) -> dict[str, tuple[int, float]]:
         """Rows held for their meter per code: (rows, age of the oldest fact in seconds)."""
         found: dict[str, tuple[int, float]] = {}
         now = datetime.now(UTC)
-        for g in await self.all(q.HELD_BY_METER(HELD)):
+        for g in await self.all(q.HELD_BY_METER({})):
             n, age = found.get(g.code, (0, 0.0))
             oldest = (now - g.oldest_occurred_at).total_seconds()
             found[g.code] = (n + g.n, max(age, oldest))
@@ -791,7 +790,7 @@ class SyncStore(SyncExecutor):
 
     def held_by_meter(self) -> list[q.HeldGroup]:
         try:
-            return self.all(q.HELD_BY_METER(HELD))
+            return self.all(q.HELD_BY_METER({}))
         except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
             # schema before 0018 (`status` of a newer CLI during an upgrade): counted
             counted = [
