@@ -3,7 +3,7 @@
 LOCK TABLE meter_event_outbox IN SHARE ROW EXCLUSIVE MODE;
 LOCK TABLE meter_event_outbox_tally_deltas, meter_event_outbox_tallies IN EXCLUSIVE MODE;
 
-DROP INDEX meter_event_outbox_held_by_meter;
+DROP INDEX IF EXISTS meter_event_outbox_held_by_meter;
 
 -- Fold every delta, then drop the keys with an event name (the pending rows with a code,
 -- recounted below without it).

@@ -186,7 +186,7 @@ END $$;
 -- relay/db/queries.sql names the same list, and a test compares the three): a recorded fact
 -- never enters it, nor does a retry (pending with another code); a row held for its meter adds
 -- one entry.
-CREATE INDEX meter_event_outbox_held_by_meter
+CREATE INDEX IF NOT EXISTS meter_event_outbox_held_by_meter
     ON meter_event_outbox (last_error_code, (coalesce(stripe_account, '')), event_name, occurred_at)
     WHERE state = 'pending'
       AND last_error_code IN ('meter_missing', 'meter_inactive', 'meter_pre_aggregated',
