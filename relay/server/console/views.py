@@ -204,7 +204,7 @@ class Console:
             metrics.CONSOLE_BUSY.labels("paced").inc()
             raise web.HTTPServiceUnavailable(
                 text="the console is busy: try again in a moment",
-                headers={"Retry-After": str(math.ceil(self.pacer.wait))},
+                headers={"Retry-After": str(max(1, math.ceil(self.pacer.wait)))},
             )
         if wait > 0:
             await asyncio.sleep(wait)
