@@ -780,12 +780,50 @@ WHERE last_seen_at > now() - make_interval(days => 35)
 ORDER BY 1, 2
 
 -- name: held_by_meter
--- Rows held because of one meter code, per account and event name: one range of the waiting
--- index (its first column), so the cost follows the held rows, never the rest of the backlog.
--- One code per statement: given all the codes at once (`= ANY`, or a join on them) the planner
+-- Rows held for their meter, per account, event name and code: the groups and their rows from
+-- the tallies (alembic/versions/0018_held_tallies.up.sql: the tally key of pending rows with a
+-- code carries the event name), the oldest fact of each group from the first entry of its range
+-- in meter_event_outbox_held_by_meter. A few tally rows, the unfolded deltas and one index
+-- entry per group, however many rows are held. The codes are HELD_CODES (relay/core/meters.py),
+-- written out as the index's predicate has them (so the planner can use it; a test compares
+-- the three lists).
+-- The probe asks for the first entry at or after (code, account, event name, -infinity) in
+-- index order: with three equalities instead, the planner took each group for a row or two
+-- and read all of its rows (bitmap scan, then sort); a range makes the ordered walk that stops
+-- at the first entry the cheap plan. The tallies and the rows are read under one snapshot, so
+-- every group the tallies show has its first entry there (the equalities below only check it).
+SELECT g.account, g.event_name, g.code, g.n, o.occurred_at AS oldest_occurred_at
+FROM (SELECT t.code, t.stripe_account AS account, t.event_name, sum(t.n)::bigint AS n
+      FROM (SELECT code, stripe_account, event_name, n FROM meter_event_outbox_tallies
+            WHERE state = 'pending'
+            UNION ALL
+            SELECT code, stripe_account, event_name, delta
+            FROM meter_event_outbox_tally_delta_keys
+            WHERE state = 'pending') t
+      WHERE t.code IN ('meter_missing', 'meter_inactive', 'meter_pre_aggregated',
+                       'meter_key_collision', 'meter_conflict', 'meter_checking')
+      GROUP BY 1, 2, 3 HAVING sum(t.n) > 0) g
+CROSS JOIN LATERAL (
+    SELECT r.last_error_code AS code, coalesce(r.stripe_account, '') AS account, r.event_name,
+           r.occurred_at
+    FROM meter_event_outbox r
+    WHERE r.state = 'pending'
+      AND r.last_error_code IN ('meter_missing', 'meter_inactive', 'meter_pre_aggregated',
+                                'meter_key_collision', 'meter_conflict', 'meter_checking')
+      AND (r.last_error_code, coalesce(r.stripe_account, ''), r.event_name, r.occurred_at)
+          >= (g.code, g.account, g.event_name, '-infinity')
+    ORDER BY r.last_error_code, coalesce(r.stripe_account, ''), r.event_name, r.occurred_at
+    LIMIT 1) o
+WHERE (o.code, o.account, o.event_name) = (g.code, g.account, g.event_name)
+ORDER BY 1, 2, 3
+
+-- name: held_by_meter_counted
+-- held_by_meter on a schema older than outbox_0018 (`status` of a newer CLI during an upgrade):
+-- every held row of one code read through the waiting index and grouped, as it was then. One
+-- code per statement: given all the codes at once (`= ANY`, or a join on them) the planner
 -- walked every unsent row through the unsent-age index instead, when created_at was correlated.
 SELECT coalesce(stripe_account, '') AS account, event_name, last_error_code AS code,
-       count(*) AS n, min(created_at) AS oldest_created_at, min(occurred_at) AS oldest_occurred_at
+       count(*) AS n, min(occurred_at) AS oldest_occurred_at
 FROM meter_event_outbox
 WHERE state = 'pending' AND last_error_code IS NOT NULL AND last_error_code = :code
 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
