@@ -16,15 +16,17 @@ ALTER TABLE meter_event_outbox
     ADD COLUMN IF NOT EXISTS accepted_by text;
 
 -- The console's "calls in the last hour" and its calls-per-minute chart counted the attempt
--- history. Carried calls are counted here instead: one row per minute and relay, added to by
--- the outcome statement once per batch (a batch of a thousand outcomes is one upsert). Keyed
--- by relay so that replicas never wait on each other's row. Rows older than a day are removed
--- by the relay on the way (the readers look three hours back at most).
+-- history. Carried calls are counted here instead: one row per minute, relay and database
+-- session (`backend`, its pid), added to by the outcome statement once per batch (a batch of a
+-- thousand outcomes is one upsert). Keyed by session so that no two statements ever wait on
+-- one row (a relay writes two outcome batches at once, replicas more). Rows older than a day
+-- are removed by the relay on the way (the readers look three hours back at most).
 CREATE TABLE IF NOT EXISTS meter_event_outbox_carried_calls (
     minute timestamptz NOT NULL,
     relay_id text NOT NULL,
+    backend integer NOT NULL,
     calls bigint NOT NULL,
-    PRIMARY KEY (minute, relay_id)
+    PRIMARY KEY (minute, relay_id, backend)
 );
 
 -- Both hold failed and rejected rows only, and look_by_code (state, code, id) holds them too,

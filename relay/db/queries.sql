@@ -143,7 +143,8 @@ RETURNING o.id, o.lease_token, o.identifier, o.event_name, o.customer,
 -- and only for rows whose compare-and-set matched. A clean acceptance (a row's first, of its
 -- report, answered 200, no cancel requested) is carried on the row (accepted_request_id,
 -- accepted_attempt, accepted_key_generation, accepted_latency_ms, accepted_by: migration 0018)
--- and counted once per batch in the carried calls of this minute; every other call appends
+-- and counted once per batch in the carried calls of this minute (a row per minute, relay
+-- and session: concurrent batches never wait on each other); every other call appends
 -- one history row. The row is written anyway, so a carried call costs a few dozen bytes of WAL
 -- against about 265 for a history row and its index entries.
 WITH written AS (
@@ -225,10 +226,10 @@ history AS (
     FROM written w WHERE w.called AND NOT w.carried
 ),
 carried AS (
-    INSERT INTO meter_event_outbox_carried_calls AS c (minute, relay_id, calls)
-    SELECT date_trunc('minute', now()), :relay_id, count(*)
+    INSERT INTO meter_event_outbox_carried_calls AS c (minute, relay_id, backend, calls)
+    SELECT date_trunc('minute', now()), :relay_id, pg_backend_pid(), count(*)
     FROM written w WHERE w.carried HAVING count(*) > 0
-    ON CONFLICT (minute, relay_id) DO UPDATE SET calls = c.calls + EXCLUDED.calls
+    ON CONFLICT (minute, relay_id, backend) DO UPDATE SET calls = c.calls + EXCLUDED.calls
 ),
 expired AS (  -- a primary-key probe; finds rows once a minute at most
     DELETE FROM meter_event_outbox_carried_calls

@@ -214,3 +214,21 @@ def test_downgrading_turns_carried_calls_into_history_rows(
     finally:
         db.rollback()
         migrate.upgrade(database_url)
+
+
+def test_two_outcome_batches_at_once_never_wait_on_the_carried_count(
+    database_url: str, db: psycopg.Connection
+) -> None:
+    """A relay writes two outcome batches at once: each session counts in its own row, so the
+    second never waits for the first's commit (lock_timeout: waiting would fail it)."""
+    insert_usage(database_url, 2, customers=2)
+    first, second = claim(db, 2)
+    db.commit()
+    with psycopg.connect(database_url) as a, psycopg.connect(database_url) as b:
+        assert SyncStore(a).record_outcomes([accept(first)], "r-new") == {first.id}  # open
+        b.execute("SET lock_timeout = '5s'")
+        assert SyncStore(b).record_outcomes([accept(second)], "r-new") == {second.id}
+        b.commit()
+        a.commit()
+    assert one(db, CARRIED) == 2
+    assert one(db, "SELECT count(*) FROM meter_event_outbox_carried_calls") == 2

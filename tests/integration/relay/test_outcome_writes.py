@@ -49,7 +49,9 @@ def story(database_url: str) -> list[tuple[Any, ...]]:
         ]
 
 
-async def test_each_stripe_call_is_one_entry_of_the_story(database_url, emulator: Emulator, settings):
+async def test_each_stripe_call_is_one_entry_of_the_story(
+    database_url: str, emulator: Emulator, settings: Any
+) -> None:
     """A cached 500, then a success under the next key: two calls, two entries of history; the
     success is carried on the row (no history row), the failure has its row."""
     insert_usage(database_url, 1)
