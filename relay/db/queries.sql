@@ -607,17 +607,23 @@ GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT :limit
 -- the code's position on, those of another code dropped. Written as a position in the index (a
 -- row comparison) rather than an equality: with an equality on a code from the tallies the
 -- planner guessed a few rows and read every row of the code through a bitmap (a code can have
--- 200,000 rejected rows). The equality on the state bounds the walk to the state's entries:
--- the index also holds pending rows with a code (between 'failed' and 'rejected'), which the
--- walk must never read through.
+-- 200,000 rejected rows). The index also holds pending rows with a code (between 'failed'
+-- and 'rejected'), so the walk is bounded on both sides to the code's own entries (two row
+-- comparisons: the start and the end of the index range). The states are an OR, not IN: an
+-- IN on the index's first column becomes an index condition, and PostgreSQL 15 then cannot
+-- return that scan in order (it sorted all 200,000; an equality on the state instead made
+-- it start at the state's first entry: 140 ms for 20 codes). The OR still proves the index's
+-- predicate and is a mere filter.
 SELECT f.state, f.code, f.n, ids.identifiers
 FROM (SELECT state, code, n FROM meter_event_outbox_tally
       WHERE state IN ('failed', 'rejected')) f,
      LATERAL (SELECT array_agg(s.identifier ORDER BY s.id) AS identifiers
               FROM (SELECT o.identifier, o.id, o.state, coalesce(o.last_error_code, '') AS code
                     FROM meter_event_outbox o
-                    WHERE o.state IN ('failed', 'rejected') AND o.state = f.state
+                    WHERE (o.state = 'failed' OR o.state = 'rejected')
                       AND (o.state, coalesce(o.last_error_code, ''), o.id) > (f.state, f.code, 0)
+                      AND (o.state, coalesce(o.last_error_code, ''), o.id)
+                          <= (f.state, f.code, 9223372036854775807)
                     ORDER BY o.state, coalesce(o.last_error_code, ''), o.id
                     LIMIT :per_code) s
               WHERE s.state = f.state AND s.code = f.code) ids
