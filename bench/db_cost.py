@@ -195,10 +195,11 @@ async def _relay_phase(url: str, mode: str, watch: psycopg.Connection) -> tuple[
     await pool.open(wait=True)
     relay = Relay(settings, Store(pool), _Accept(), Wakeup(url, listen=False))
     stop = asyncio.Event()
-    task = asyncio.create_task(relay.run(stop))
-    await asyncio.sleep(0.5)  # connected, idle
+    # Measured from before the start: the relay polls at once and, on a quiet machine, has
+    # sent every row within the first half second (the figures were 0 us and 800,000 rows/s).
+    # The pool's backends exist already; the relay's start-up reads are counted too.
     cpu_before, began = _backend_cpu(watch), time.monotonic()
-    watch.execute("NOTIFY meter_event_outbox")
+    task = asyncio.create_task(relay.run(stop))
     await asyncio.to_thread(_wait_drained, watch)
     wall = time.monotonic() - began
     cpu_after = _backend_cpu(watch)
