@@ -67,11 +67,6 @@ ROWS = """
 SELECT identifier, state, action, cancel_requested_at IS NOT NULL, last_error_code
 FROM meter_event_outbox
 """
-ATTEMPTS = """
-SELECT a.attempt, a.action, a.state, a.http_status, a.code, a.relay_id, a.latency_ms
-FROM meter_event_outbox_attempts a JOIN meter_event_outbox o ON o.id = a.outbox_id
-WHERE o.identifier = %s ORDER BY a.attempted_at
-"""
 
 
 @dataclass(frozen=True)
@@ -551,17 +546,16 @@ def describe(url: str, identifier: str, ledger: dict[str, Any]) -> str:
         text=True,
         timeout=60,
     )
+    attempts: list[Any] = []
     try:
         row = json.loads(inspected.stdout)
         keep = ("state", "action", "attempts", "last_error_code", "last_error_message")
         summary = {k: row.get(k) for k in keep}
+        # the row's story as inspect tells it: history rows and a call carried on the row
+        fields = ("attempt", "action", "state", "http_status", "code", "relay_id", "latency_ms")
+        attempts = [[a.get(f) for f in fields] for a in row.get("history", [])]
     except json.JSONDecodeError:
         summary = {"inspect": inspected.stdout.strip() or inspected.stderr.strip()}
-    try:
-        with psycopg.connect(url) as conn:
-            attempts = [list(a) for a in conn.execute(ATTEMPTS, (identifier,))]
-    except psycopg.Error as exc:
-        attempts = [f"no attempt history: {type(exc).__name__}"]
     events = [
         {k: e[k] for k in ("status", "cancelled", "source", "received_at")}
         for e in ledger["events"] + ledger["rejected"]

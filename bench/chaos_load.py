@@ -34,7 +34,7 @@ UNKNOWN_OUTCOMES = """
 SELECT o.identifier FROM meter_event_outbox o
 WHERE o.action = 'report' AND o.cancel_requested_at IS NULL
   AND (o.state = 'in_flight' OR (o.state = 'pending' AND o.last_error_code = 'connection_error')
-       -- in flight: pending with a live lease (migration outbox_0018)
+       -- in flight: pending with a live lease (migration outbox_0020)
        OR (o.state = 'pending' AND EXISTS (
            SELECT 1 FROM meter_event_outbox_leases l
            WHERE l.outbox_id = o.id AND l.leased_until > now())))

@@ -18,7 +18,9 @@ CLIENTS loops fetching /console and a failures page. The idle phase starts once 
 relays run one after the other, ROUNDS times, the order alternating. With --pending, PENDING
 unsent rows over 5,000 customers are added (a backlog the relay sends during both phases, so
 fresh rows wait behind it). "sent/s" is the rows the relay accepted per second of the phase, by
-the database's clock. Nothing is asserted: read the table.
+the database's clock; "relay CPU %" the relay process's CPU time (user + system) over the
+phase's wall time (100 % is one core). Each phase's figures go to stderr as it ends (the
+per-round values). Nothing is asserted: read the table.
 """
 
 import argparse
@@ -37,6 +39,7 @@ import aiohttp
 import psycopg
 
 from bench.common import (
+    cpu_seconds,
     emulator_process,
     free_port,
     percentile,
@@ -67,9 +70,12 @@ FROM generate_series(1, %(rows)s) g
 """
 
 
-async def phase(url: str, base: str, seconds: float, clients: int, tag: str) -> dict[str, Any]:
+async def phase(
+    url: str, base: str, seconds: float, clients: int, tag: str, pid: int
+) -> dict[str, Any]:
     with psycopg.connect(url) as conn:
         started = conn.execute("SELECT now()").fetchone()
+    cpu = cpu_seconds(pid)
     stop = time.monotonic() + seconds
     ready: list[int] = []
     pages = 0
@@ -116,6 +122,7 @@ async def phase(url: str, base: str, seconds: float, clients: int, tag: str) -> 
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         await asyncio.gather(inserter(), prober(session), *(viewer(i) for i in range(clients)))
+    cpu = cpu_seconds(pid) - cpu
     with psycopg.connect(url) as conn:
         sent = conn.execute(
             "SELECT count(*) FROM meter_event_outbox WHERE state = 'accepted'"
@@ -132,6 +139,7 @@ async def phase(url: str, base: str, seconds: float, clients: int, tag: str) -> 
     latencies = [float(ms) for ms, at in rows if at is not None]
     return {
         "sent/s": round((sent[0] if sent else 0) / seconds),
+        "relay CPU %": round(100 * cpu / seconds),
         "fresh rows": len(rows),
         "accepted": len(latencies),
         "p50 ms": percentile(latencies, 0.5) if latencies else None,
@@ -217,12 +225,13 @@ def _dropping(scratch: contextlib.AbstractContextManager[str], url: str) -> Iter
 
 def summary(label: str, phase_name: str, runs: list[dict[str, Any]]) -> list[Any]:
     """Medians of the rounds' figures; /readyz and pages summed over the rounds."""
-    medians = [statistics.median(r[k] for r in runs) for k in ("sent/s", "p50 ms", "p99 ms")]
+    medians = [statistics.median(r[k] for r in runs) for k in MEDIANS]
     sums = [sum(r[k] for r in runs) for k in SUMMED]
     others = " / ".join(r["other statuses"] or "-" for r in runs)
     return [label, phase_name, *medians, *sums, others]
 
 
+MEDIANS = ("sent/s", "relay CPU %", "p50 ms", "p99 ms")
 SUMMED = ("fresh rows", "accepted", "readyz non-200", "readyz probes", "console pages 200",
           "console pages other")  # fmt: skip
 
@@ -250,14 +259,16 @@ def main() -> None:
         for n in range(args.rounds):
             for label, root in versions if n % 2 else versions[::-1]:
                 port = free_port()
-                with relay(urls[label], emulator.url, port, root):
+                with relay(urls[label], emulator.url, port, root) as proc:
                     base = f"http://127.0.0.1:{port}"
                     for clients, name in ((0, "idle"), (args.clients, f"{args.clients} clients")):
                         tag = f"{label[0]}{n}{name[0]}-"
-                        run = asyncio.run(phase(urls[label], base, args.seconds, clients, tag))
+                        run = asyncio.run(
+                            phase(urls[label], base, args.seconds, clients, tag, proc.pid)
+                        )
                         print(label, name, n, run, file=sys.stderr, flush=True)
                         results.setdefault((label, name), []).append(run)
-    header = ["version", "phase", "sent/s", "p50 ms", "p99 ms", *SUMMED, "other statuses"]
+    header = ["version", "phase", *MEDIANS, *SUMMED, "other statuses"]
     table(
         f"{args.rows:,} settled rows + {args.waiting:,} backing off + {args.pending:,} pending; "
         f"a fresh row every 20 ms; {args.clients} console clients; {args.seconds:g} s per "

@@ -195,10 +195,11 @@ async def _relay_phase(url: str, mode: str, watch: psycopg.Connection) -> tuple[
     await pool.open(wait=True)
     relay = Relay(settings, Store(pool), _Accept(), Wakeup(url, listen=False))
     stop = asyncio.Event()
-    task = asyncio.create_task(relay.run(stop))
-    await asyncio.sleep(0.5)  # connected, idle
+    # Measured from before the start: the relay polls at once and, on a quiet machine, has
+    # sent every row within the first half second (the figures were 0 us and 800,000 rows/s).
+    # The pool's backends exist already; the relay's start-up reads are counted too.
     cpu_before, began = _backend_cpu(watch), time.monotonic()
-    watch.execute("NOTIFY meter_event_outbox")
+    task = asyncio.create_task(relay.run(stop))
     await asyncio.to_thread(_wait_drained, watch)
     wall = time.monotonic() - began
     cpu_after = _backend_cpu(watch)
@@ -289,11 +290,22 @@ INSERT INTO meter_event_outbox_attempts (outbox_id, attempted_at, attempt, key_g
 SELECT id, accepted_at, 1, 0, 'report', 'accepted', 200, stripe_request_id, 40, 'r1'
 FROM meter_event_outbox;
 """
+# From outbox_0019 on, a clean acceptance is carried on its row instead of a history row.
+CARRIED_HISTORY = """
+INSERT INTO meter_event_outbox (identifier, event_name, customer, value, state, attempts,
+    first_attempt_at, accepted_at, created_at, occurred_at, updated_at, stripe_request_id,
+    accepted_request_id, accepted_attempt, accepted_key_generation, accepted_latency_ms,
+    accepted_by)
+SELECT 'old' || g, 'api_calls', 'cus_' || (g % 10000), 1, 'accepted', 1, t, t, t, t, t,
+       'req_' || g, 'req_' || g, 1, 0, 40, 'r1'
+FROM generate_series(1, %(n)s) g, LATERAL (SELECT now() - interval '40 days' AS t) at;
+"""
 
 
 def prune_child(admin_url: str, n: int) -> dict[str, Any]:
-    """Prune `n` accepted rows (with one attempt row each) past the retention, in the
-    default batches, and measure the WAL and the time per row."""
+    """Prune `n` accepted rows past the retention, in the default batches, and measure the WAL
+    and the time per row. Each has its accepted call as the tree writes it: one attempt row,
+    or (outbox_0019 on) carried on the row."""
     from relay.db import migrate, operations
 
     name = f"dbcost_{uuid.uuid4().hex[:8]}"
@@ -303,7 +315,11 @@ def prune_child(admin_url: str, n: int) -> dict[str, Any]:
     try:
         migrate.upgrade(url)
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(HISTORY.replace("%(n)s", str(int(n))))
+            carried = conn.execute(
+                "SELECT 1 FROM pg_attribute WHERE attrelid = 'meter_event_outbox'::regclass"
+                " AND attname = 'accepted_attempt'"
+            ).fetchone()
+            conn.execute((CARRIED_HISTORY if carried else HISTORY).replace("%(n)s", str(int(n))))
             conn.execute("VACUUM ANALYZE meter_event_outbox, meter_event_outbox_attempts")
             conn.execute("CHECKPOINT")
             before, began = _lsn(conn), time.monotonic()

@@ -1,4 +1,4 @@
-"""What the v2 claim's top-up pays for rows already leased (migration outbox_0018 keeps them
+"""What the v2 claim's top-up pays for rows already leased (migration outbox_0020 keeps them
 in the due index: the claim no longer updates them), against releases whose claim moved them out.
 
 Run from the repository root:

@@ -66,7 +66,7 @@ SET cancel_requested_at = coalesce(o.cancel_requested_at, now()),
                         ELSE now() END,
     updated_at = now()
 WHERE o.identifier = :identifier
--- A pending row with a live lease has its report in flight (migration outbox_0018; a trigger
+-- A pending row with a live lease has its report in flight (migration outbox_0020; a trigger
 -- then only stamps the request), and says so.
 RETURNING o.id,
           CASE WHEN o.state = 'pending' AND EXISTS (

@@ -134,6 +134,18 @@ CONSOLE_SIGNIN_BRAKED = Counter(
     "outbox_relay_console_signin_braked_total",
     "Console sign-ins refused unseen (429) because the client failed too often",
 )
+CONSOLE_PAGES = Counter(
+    "outbox_relay_console_pages_total",
+    "Console pages answered, by page and how: built (read and rendered) or shared (a copy "
+    "built for another viewer less than 3 s ago, or being built when it was asked for)",
+    ["page", "source"],
+)
+CONSOLE_BUSY = Counter(
+    "outbox_relay_console_busy_total",
+    "Console requests answered 503: paced (all clients together ask more than 20 a second "
+    "and this one's turn was over 5 s away) or building (no page could start within 5 s)",
+    ["reason"],
+)
 HTTP_EVICTED = Counter(
     "outbox_relay_http_evicted_total", "HTTP connections closed to admit a new one at the cap"
 )

@@ -459,7 +459,6 @@ class HeldGroup(NamedTuple):
     event_name: str
     code: str
     n: int
-    oldest_created_at: datetime
     oldest_occurred_at: datetime  # Stripe's 35-day window counts from here
 
 
@@ -469,11 +468,12 @@ LOAD_METERS = Query("load_meters", NoParams, class_row(MeterInfo))
 METER_READS = Query("meter_reads", NoParams, class_row(MeterRead))
 NOTE_EVENT_NAMES = Query("note_event_names", EventNamesParams, scalar_row)
 EVENT_NAMES_IN_USE = Query("event_names_in_use", NoParams, class_row(EventNameInUse))
-HELD_BY_METER = Query("held_by_meter", CodeParams, class_row(HeldGroup))
+HELD_BY_METER = Query("held_by_meter", NoParams, class_row(HeldGroup))
+HELD_BY_METER_COUNTED = Query("held_by_meter_counted", CodeParams, class_row(HeldGroup))
 RELEASE_HELD = Query("release_held", ReleaseParams, scalar_row)
 METER_QUERIES = (
     SAVE_METERS, NOTE_METER_READ, LOAD_METERS, METER_READS, NOTE_EVENT_NAMES,
-    EVENT_NAMES_IN_USE, HELD_BY_METER, RELEASE_HELD,
+    EVENT_NAMES_IN_USE, HELD_BY_METER, HELD_BY_METER_COUNTED, RELEASE_HELD,
 )  # fmt: skip
 
 # -- the outage breaker (alembic/versions/0013_outage_breaker.up.sql) -------------------------

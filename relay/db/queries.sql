@@ -26,7 +26,7 @@ WITH RECURSIVE walk (customer, event_name, id, taken, found, depth) AS (
         SELECT o.customer, o.event_name, o.id,
                o.available_at <= now()
                -- The head itself has no live lease (a leased row stays pending: its lease is
-               -- in the lease table, migration outbox_0018).
+               -- in the lease table, migration outbox_0020).
                AND coalesce((SELECT l.leased_until FROM meter_event_outbox_leases l
                              WHERE l.outbox_id = o.id), '-infinity') <= now()
                AND (NOT CAST(:exclusive AS boolean) OR (
@@ -61,7 +61,7 @@ FROM walk w WHERE w.depth > 0 ORDER BY w.depth DESC LIMIT 1
 
 -- name: claim
 -- The claim: one short transaction, and the outbox row is not updated (its lease goes to the
--- UNLOGGED lease table, migration outbox_0018: no new row version, no index entries, no WAL but
+-- UNLOGGED lease table, migration outbox_0020: no new row version, no index entries, no WAL but
 -- the row lock). Lock the heads the walk chose (one per lane) if they are still due and
 -- unleased in this statement's fresh snapshot (SKIP LOCKED: another relay may be claiming the
 -- same head; one primary-key probe each) and, with :exclusive (v1: one call in flight per
@@ -183,15 +183,24 @@ FROM locked k JOIN leased ON leased.outbox_id = k.id
 -- the last call's outcome is unknown) too; after a definitive refusal nothing was counted and
 -- the row is cancelled; after an unknown outcome the report is resolved first (same key), so an
 -- adjustment never races the event it cancels.
--- Outcomes of calls to Stripe (`called`) also append one row each to the attempt history, in
--- the same statement and only for rows whose compare-and-set matched.
--- The compare-and-set is on the lease table (migration outbox_0018): the lease is deleted first,
+-- Outcomes of calls to Stripe (`called`) are the attempt history, written in the same statement
+-- and only for rows whose compare-and-set matched. A clean acceptance (a row's first, of its
+-- report, answered 200, no cancel requested) is carried on the row (accepted_request_id,
+-- accepted_attempt, accepted_key_generation, accepted_latency_ms, accepted_by: migration 0018)
+-- and counted once per batch in the carried calls of this minute (a row per minute, relay
+-- and session: concurrent batches never wait on each other); every other call appends
+-- one history row. The row is written anyway, so a carried call costs a few dozen bytes of WAL
+-- against about 265 for a history row and its index entries.
+-- The compare-and-set is on the lease table (migration outbox_0020): the lease is deleted first,
 -- only if it still carries our token (a relay whose lease expired and was taken over deletes
 -- nothing), and only rows whose lease was deleted are updated, and only while still pending
 -- (a webhook may have rejected the row meanwhile). After a crash of PostgreSQL the lease table
 -- is empty: the old holder's outcome writes nothing and the row replays with the same key.
 WITH input AS MATERIALIZED (
-    SELECT r.id, r.token, r.previous_first_attempt_at, r.key_generation, d.*
+    SELECT r.id, r.token, r.previous_first_attempt_at, r.key_generation, d.*,
+           -- a call whose acceptance the row can carry (the row's own conditions below)
+           d.called AND d.state = 'accepted' AND d.action = 'report' AND d.code IS NULL
+               AND d.http_status = 200 AS clean
     FROM jsonb_to_recordset(CAST(:rows AS jsonb))
          AS r(id bigint, token uuid, previous_first_attempt_at timestamptz,
               key_generation int, decision int)
@@ -241,20 +250,48 @@ written AS (
             WHEN o.action = 'report' AND o.cancel_requested_at IS NOT NULL
                  AND u.cancel_state = 'cancelled' THEN now()
             ELSE o.cancelled_at END,
-        updated_at = now()
+        updated_at = now(),
+        -- The carried call: set once (a row accepted before keeps its first), never cleared.
+        accepted_request_id = CASE WHEN u.clean AND o.accepted_at IS NULL
+                                        AND o.cancel_requested_at IS NULL
+                                   THEN u.request_id ELSE o.accepted_request_id END,
+        accepted_attempt = CASE WHEN u.clean AND o.accepted_at IS NULL
+                                     AND o.cancel_requested_at IS NULL
+                                THEN o.attempts + u.counted ELSE o.accepted_attempt END,
+        accepted_key_generation = CASE WHEN u.clean AND o.accepted_at IS NULL
+                                            AND o.cancel_requested_at IS NULL
+                                       THEN u.key_generation ELSE o.accepted_key_generation END,
+        accepted_latency_ms = CASE WHEN u.clean AND o.accepted_at IS NULL
+                                        AND o.cancel_requested_at IS NULL
+                                   THEN u.latency_ms ELSE o.accepted_latency_ms END,
+        accepted_by = CASE WHEN u.clean AND o.accepted_at IS NULL
+                                AND o.cancel_requested_at IS NULL
+                           THEN CAST(:relay_id AS text) ELSE o.accepted_by END
     FROM (SELECT i.*, r.first_claimed_at, r.leased_by FROM input i
           JOIN released r ON r.outbox_id = i.id) u
     WHERE o.id = u.id AND o.state = 'pending'
     -- o.* here are the values just written; the sent action and key come from the claim.
+    -- `carried`: this statement wrote the carried call (its acceptance is this statement's).
     RETURNING o.id, o.attempts, o.state, u.called, u.action, u.key_generation, u.http_status,
-              u.code, u.message, u.request_id, u.latency_ms
+              u.code, u.message, u.request_id, u.latency_ms,
+              u.clean AND o.accepted_attempt IS NOT NULL AND o.accepted_at = now() AS carried
 ),
 history AS (
     INSERT INTO meter_event_outbox_attempts (outbox_id, attempt, key_generation, action, state,
         http_status, code, message, stripe_request_id, latency_ms, relay_id)
     SELECT w.id, w.attempts, w.key_generation, w.action, w.state, w.http_status, w.code,
            w.message, w.request_id, w.latency_ms, :relay_id
-    FROM written w WHERE w.called
+    FROM written w WHERE w.called AND NOT w.carried
+),
+carried AS (
+    INSERT INTO meter_event_outbox_carried_calls AS c (minute, relay_id, backend, calls)
+    SELECT date_trunc('minute', now()), :relay_id, pg_backend_pid(), count(*)
+    FROM written w WHERE w.carried HAVING count(*) > 0
+    ON CONFLICT (minute, relay_id, backend) DO UPDATE SET calls = c.calls + EXCLUDED.calls
+),
+expired AS (  -- a primary-key probe; finds rows once a minute at most
+    DELETE FROM meter_event_outbox_carried_calls
+    WHERE minute < date_trunc('minute', now()) - interval '1 day'
 )
 SELECT id FROM written
 
@@ -302,7 +339,7 @@ SELECT state, n FROM meter_event_outbox_status
 -- Rows per state, and per code and account where the tallies keep them (pending, failed,
 -- rejected; see alembic/versions/0015_status_tallies.up.sql): what `status` and the console's
 -- buckets are made of, a read of a few tally rows however large the backlog.
--- A pending row with a live lease (migration outbox_0018) is in flight: the tallies count it
+-- A pending row with a live lease (migration outbox_0020) is in flight: the tallies count it
 -- pending (a claim no longer changes the row), so the live leases move from their pending key
 -- to in_flight here (one primary-key probe per live lease).
 SELECT state, code, stripe_account, sum(n)::bigint AS n FROM (
@@ -360,7 +397,7 @@ CROSS JOIN LATERAL (
 -- name: row_story
 -- Every column of one row an operator may need (`inspect`, the console's row page), and how
 -- long until it is due by the database's clock (the one clock).
--- A pending row with a live lease (migration outbox_0018) is in flight: its state, holder and
+-- A pending row with a live lease (migration outbox_0020) is in flight: its state, holder and
 -- deadline come from the lease.
 SELECT o.id, o.identifier,
        CASE WHEN l.leased_until IS NOT NULL THEN 'in_flight' ELSE o.state END AS state,
@@ -429,7 +466,7 @@ UNION ALL
 -- compare-and-set on the lease). A pending, failed, rejected or cancelled row is never touched:
 -- a report naming it is a guess or a replay, and marking it would invite recording it again.
 -- A report in flight is `in_flight` (a relay of an earlier release) or pending with a live
--- lease (migration outbox_0018); its lease is dropped, and the late outcome then finds none.
+-- lease (migration outbox_0020); its lease is dropped, and the late outcome then finds none.
 WITH leased AS (
     DELETE FROM meter_event_outbox_leases l
     USING meter_event_outbox o
@@ -456,7 +493,7 @@ SELECT statement_timestamp() AS now,
        current_setting('transaction_read_only') = 'on' AS read_only
 
 -- name: fold_counts
--- Also drop leases left behind (migration outbox_0018): expired, and their row is no longer
+-- Also drop leases left behind (migration outbox_0020): expired, and their row is no longer
 -- pending (a webhook or an inference settled it while a relay that then died held it). An
 -- expired lease of a pending row stays: the relay that takes it over keeps its first claim
 -- (the dedup clock). The lease table is UNLOGGED: this writes no WAL.
@@ -534,7 +571,7 @@ WITH matching AS NOT MATERIALIZED (
       AND (CAST(:event_name AS text) IS NULL OR event_name = :event_name)
       AND (CAST(:since AS timestamptz) IS NULL OR created_at >= :since)
 )
--- A pending row with a live lease (migration outbox_0018) is shown in flight, with its lease's
+-- A pending row with a live lease (migration outbox_0020) is shown in flight, with its lease's
 -- deadline as available_at (one lease-table probe per row shown); --state in_flight reads
 -- the lease table (live leases are few) besides the rows of an earlier release's relays.
 SELECT identifier, state, action, customer, event_name, value, stripe_account, attempts,
@@ -577,11 +614,30 @@ ORDER BY id DESC
 LIMIT :limit
 
 -- name: row_attempts
--- One row's attempt history, oldest first (the attempt table's (outbox_id, id) index).
+-- One row's attempt history, oldest first (the attempt table's (outbox_id, id) index), with the
+-- call its row carries (a clean acceptance: record_outcomes) in its place among them, by time:
+-- the same entry a history row would have been. Counted from the row only when no history row
+-- has that call (a row is written by one relay; this keeps it so whatever wrote it).
 SELECT attempted_at, attempt, key_generation, action, state, http_status, code, message,
        stripe_request_id, latency_ms, relay_id
-FROM meter_event_outbox_attempts WHERE outbox_id = :outbox_id
-ORDER BY id LIMIT :limit
+FROM (
+    (SELECT a.id, a.attempted_at, a.attempt, a.key_generation, a.action, a.state,
+            a.http_status, a.code, a.message, a.stripe_request_id, a.latency_ms, a.relay_id
+     FROM meter_event_outbox_attempts a WHERE a.outbox_id = :outbox_id
+     ORDER BY a.id LIMIT :limit)
+    UNION ALL
+    SELECT NULL, o.accepted_at, o.accepted_attempt, o.accepted_key_generation, 'report',
+           'accepted', 200, NULL, NULL, o.accepted_request_id, o.accepted_latency_ms,
+           o.accepted_by
+    FROM meter_event_outbox o
+    WHERE o.id = :outbox_id AND o.accepted_attempt IS NOT NULL
+      AND NOT EXISTS (
+          SELECT FROM meter_event_outbox_attempts a
+          WHERE a.outbox_id = o.id AND a.action = 'report' AND a.state = 'accepted'
+            AND a.attempt = o.accepted_attempt
+            AND a.key_generation = o.accepted_key_generation)
+) h
+ORDER BY h.attempted_at, h.id NULLS FIRST LIMIT :limit
 
 -- name: rejected_count
 -- How many rejected rows (with this code) `retry --all` left out, said in one line.
@@ -621,7 +677,7 @@ FROM meter_event_outbox
 WHERE created_at >= CAST(:since AS timestamptz) - interval '5 minutes'
   AND occurred_at >= :since AND occurred_at < :until
   AND (state = 'accepted' OR (state IN ('pending', 'in_flight') AND (first_attempt_at IS NOT NULL
-       -- a first call in flight: its lease (migration outbox_0018) holds its first claim
+       -- a first call in flight: its lease (migration outbox_0020) holds its first claim
        OR EXISTS (SELECT 1 FROM meter_event_outbox_leases l
                   WHERE l.outbox_id = meter_event_outbox.id))))
 GROUP BY 1, 2, 3, 4
@@ -669,14 +725,20 @@ FROM (SELECT state FROM meter_event_outbox
 
 -- name: attempts_last_hour
 -- Stripe calls of the last hour from the attempt history: the newest :cap attempts at most
--- (a backward walk of the primary key), so a busy hour costs a bounded read.
-SELECT count(*) AS calls,
-       count(*) FILTER (WHERE a.code IS NOT NULL) AS errors,
-       min(a.attempted_at) AS since,
-       count(*) = :cap AS capped
-FROM (SELECT attempted_at, code FROM meter_event_outbox_attempts
-      ORDER BY id DESC LIMIT :cap) a
-WHERE a.attempted_at > now() - interval '1 hour'
+-- (a backward walk of the primary key), so a busy hour costs a bounded read; plus the calls
+-- carried on their rows (clean acceptances, record_outcomes), from the per-minute counts of the
+-- minutes that began in the last hour (about 60 rows per relay). `capped` is the history's.
+SELECT a.calls + c.calls AS calls, a.errors, least(a.since, c.since) AS since, a.capped
+FROM (SELECT count(*) AS calls,
+             count(*) FILTER (WHERE h.code IS NOT NULL) AS errors,
+             min(h.attempted_at) AS since,
+             count(*) = :cap AS capped
+      FROM (SELECT attempted_at, code FROM meter_event_outbox_attempts
+            ORDER BY id DESC LIMIT :cap) h
+      WHERE h.attempted_at > now() - interval '1 hour') a,
+     (SELECT coalesce(sum(calls), 0)::bigint AS calls, min(minute) AS since
+      FROM meter_event_outbox_carried_calls
+      WHERE minute > now() - interval '1 hour') c
 
 -- name: attempt_errors_last_hour
 SELECT a.code, count(*) AS n
@@ -687,19 +749,27 @@ GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT :limit
 
 -- name: failures_with_identifiers
 -- Rows waiting for an operator's decision, by code (from the tallies), each with its first few
--- identifiers: the first :per_code entries of the attention_by_code index from the code's
--- position on, those of another code dropped. Written as a position in the index (a row
--- comparison) rather than an equality: with an equality on a code from the tallies the planner
--- guessed a few rows and read every row of the code through a bitmap (a code can have 200,000
--- rejected rows).
+-- identifiers: the first :per_code entries of the look_by_code index (state, code, id) from
+-- the code's position on, those of another code dropped. Written as a position in the index (a
+-- row comparison) rather than an equality: with an equality on a code from the tallies the
+-- planner guessed a few rows and read every row of the code through a bitmap (a code can have
+-- 200,000 rejected rows). The index also holds pending rows with a code (between 'failed'
+-- and 'rejected'), so the walk is bounded on both sides to the code's own entries (two row
+-- comparisons: the start and the end of the index range). The states are an OR, not IN: an
+-- IN on the index's first column becomes an index condition, and PostgreSQL 15 then cannot
+-- return that scan in order (it sorted all 200,000; an equality on the state instead made
+-- it start at the state's first entry: 140 ms for 20 codes). The OR still proves the index's
+-- predicate and is a mere filter.
 SELECT f.state, f.code, f.n, ids.identifiers
 FROM (SELECT state, code, n FROM meter_event_outbox_tally
       WHERE state IN ('failed', 'rejected')) f,
      LATERAL (SELECT array_agg(s.identifier ORDER BY s.id) AS identifiers
               FROM (SELECT o.identifier, o.id, o.state, coalesce(o.last_error_code, '') AS code
                     FROM meter_event_outbox o
-                    WHERE o.state IN ('failed', 'rejected')
+                    WHERE (o.state = 'failed' OR o.state = 'rejected')
                       AND (o.state, coalesce(o.last_error_code, ''), o.id) > (f.state, f.code, 0)
+                      AND (o.state, coalesce(o.last_error_code, ''), o.id)
+                          <= (f.state, f.code, 9223372036854775807)
                     ORDER BY o.state, coalesce(o.last_error_code, ''), o.id
                     LIMIT :per_code) s
               WHERE s.state = f.state AND s.code = f.code) ids
@@ -825,14 +895,29 @@ sampled AS (
         WHERE id = st.first + i.n * st.k + (i.n * 7919) % st.k LIMIT 1
     ) a
     WHERE st.k > 1 AND a.attempted_at > now() - make_interval(secs => :seconds)
+),
+history AS (
+    SELECT date_trunc('minute', attempted_at) AS minute,
+           count(*) FILTER (WHERE action = 'report' AND state = 'accepted') * k AS accepted,
+           count(*) FILTER (WHERE code IS NOT NULL) * k AS errors,
+           count(*) * k AS calls,
+           k AS stride
+    FROM sampled
+    GROUP BY 1, k
+),
+-- The calls carried on their rows (clean acceptances), counted exactly per minute and relay.
+carried AS (
+    SELECT minute, sum(calls)::bigint AS calls FROM meter_event_outbox_carried_calls
+    WHERE minute > now() - make_interval(secs => :seconds) - interval '1 minute'
+    GROUP BY minute
 )
-SELECT date_trunc('minute', attempted_at) AS minute,
-       count(*) FILTER (WHERE action = 'report' AND state = 'accepted') * k AS accepted,
-       count(*) FILTER (WHERE code IS NOT NULL) * k AS errors,
-       count(*) * k AS calls,
-       k AS stride
-FROM sampled
-GROUP BY 1, k ORDER BY 1
+SELECT coalesce(h.minute, c.minute) AS minute,
+       coalesce(h.accepted, 0) + coalesce(c.calls, 0) AS accepted,
+       coalesce(h.errors, 0) AS errors,
+       coalesce(h.calls, 0) + coalesce(c.calls, 0) AS calls,
+       coalesce(h.stride, (SELECT k FROM stride), 1) AS stride
+FROM history h FULL JOIN carried c ON c.minute = h.minute
+ORDER BY 1
 
 -- name: customer_backlog
 -- Customers with the most unsent rows, from the tallies (one row per customer with a backlog).
@@ -926,12 +1011,50 @@ WHERE last_seen_at > now() - make_interval(days => 35)
 ORDER BY 1, 2
 
 -- name: held_by_meter
--- Rows held because of one meter code, per account and event name: one range of the waiting
--- index (its first column), so the cost follows the held rows, never the rest of the backlog.
--- One code per statement: given all the codes at once (`= ANY`, or a join on them) the planner
+-- Rows held for their meter, per account, event name and code: the groups and their rows from
+-- the tallies (alembic/versions/0018_held_tallies.up.sql: the tally key of pending rows with a
+-- code carries the event name), the oldest fact of each group from the first entry of its range
+-- in meter_event_outbox_held_by_meter. A few tally rows, the unfolded deltas and one index
+-- entry per group, however many rows are held. The codes are HELD_CODES (relay/core/meters.py),
+-- written out as the index's predicate has them (so the planner can use it; a test compares
+-- the three lists).
+-- The probe asks for the first entry at or after (code, account, event name, -infinity) in
+-- index order: with three equalities instead, the planner took each group for a row or two
+-- and read all of its rows (bitmap scan, then sort); a range makes the ordered walk that stops
+-- at the first entry the cheap plan. The tallies and the rows are read under one snapshot, so
+-- every group the tallies show has its first entry there (the equalities below only check it).
+SELECT g.account, g.event_name, g.code, g.n, o.occurred_at AS oldest_occurred_at
+FROM (SELECT t.code, t.stripe_account AS account, t.event_name, sum(t.n)::bigint AS n
+      FROM (SELECT code, stripe_account, event_name, n FROM meter_event_outbox_tallies
+            WHERE state = 'pending'
+            UNION ALL
+            SELECT code, stripe_account, event_name, delta
+            FROM meter_event_outbox_tally_delta_keys
+            WHERE state = 'pending') t
+      WHERE t.code IN ('meter_missing', 'meter_inactive', 'meter_pre_aggregated',
+                       'meter_key_collision', 'meter_conflict', 'meter_checking')
+      GROUP BY 1, 2, 3 HAVING sum(t.n) > 0) g
+CROSS JOIN LATERAL (
+    SELECT r.last_error_code AS code, coalesce(r.stripe_account, '') AS account, r.event_name,
+           r.occurred_at
+    FROM meter_event_outbox r
+    WHERE r.state = 'pending'
+      AND r.last_error_code IN ('meter_missing', 'meter_inactive', 'meter_pre_aggregated',
+                                'meter_key_collision', 'meter_conflict', 'meter_checking')
+      AND (r.last_error_code, coalesce(r.stripe_account, ''), r.event_name, r.occurred_at)
+          >= (g.code, g.account, g.event_name, '-infinity')
+    ORDER BY r.last_error_code, coalesce(r.stripe_account, ''), r.event_name, r.occurred_at
+    LIMIT 1) o
+WHERE (o.code, o.account, o.event_name) = (g.code, g.account, g.event_name)
+ORDER BY 1, 2, 3
+
+-- name: held_by_meter_counted
+-- held_by_meter on a schema older than outbox_0018 (`status` of a newer CLI during an upgrade):
+-- every held row of one code read through the waiting index and grouped, as it was then. One
+-- code per statement: given all the codes at once (`= ANY`, or a join on them) the planner
 -- walked every unsent row through the unsent-age index instead, when created_at was correlated.
 SELECT coalesce(stripe_account, '') AS account, event_name, last_error_code AS code,
-       count(*) AS n, min(created_at) AS oldest_created_at, min(occurred_at) AS oldest_occurred_at
+       count(*) AS n, min(occurred_at) AS oldest_occurred_at
 FROM meter_event_outbox
 WHERE state = 'pending' AND last_error_code IS NOT NULL AND last_error_code = :code
 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
@@ -1173,7 +1296,7 @@ WHERE customer = :customer AND event_name = :event_name
   AND occurred_at >= :since AND occurred_at < :until
   AND (state IN ('accepted', 'cancelled')
        OR (state IN ('pending', 'in_flight') AND (first_attempt_at IS NOT NULL
-           -- a first call in flight: its lease (migration outbox_0018) holds its first claim
+           -- a first call in flight: its lease (migration outbox_0020) holds its first claim
            OR EXISTS (SELECT 1 FROM meter_event_outbox_leases l
                       WHERE l.outbox_id = meter_event_outbox.id))))
 GROUP BY 1

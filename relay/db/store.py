@@ -368,9 +368,7 @@ class Store(AsyncExecutor):
         return await self.all(q.EVENT_NAMES_IN_USE({}))
 
     async def held_by_meter(self) -> list[q.HeldGroup]:
-        return by_group(
-            [g for c in HELD_CODES for g in await self.all(q.HELD_BY_METER({"code": c}))]
-        )
+        return await self.all(q.HELD_BY_METER({}))
 
     async def release_held(self, account: str, event_name: str) -> int:
         """Make rows held for this meter due now; returns how many."""
@@ -433,12 +431,6 @@ def meters_params(account: str, meters: Sequence[MeterInfo]) -> q.SaveMetersPara
         for m in meters
     ]
     return {"account": account, "meters": orjson.dumps(rows).decode()}
-
-
-def by_group(held: list[q.HeldGroup]) -> list[q.HeldGroup]:
-    """Held groups read code by code (see held_by_meter in queries.sql), in account, event
-    name and code order."""
-    return sorted(held, key=lambda g: (g.account, g.event_name, g.code))
 
 
 def pending_codes(tallies: list[Tally]) -> list[str]:
@@ -649,16 +641,14 @@ class ConsoleStore(AsyncExecutor):
 
     async def held_for_meter(self) -> list[Row]:
         """Rows held because of their meter, by account, event name and code, with the fix."""
-        held = by_group(
-            [g for c in HELD_CODES for g in await self.all(q.HELD_BY_METER({"code": c}))]
-        )
+        held = await self.all(q.HELD_BY_METER({}))
         return [{**g._asdict(), "what_to_do": WHAT_TO_DO.get(g.code, "")} for g in held]
 
     async def held_by_reason(self) -> dict[str, tuple[int, float]]:
         """Rows held for their meter per code: (rows, age of the oldest fact in seconds)."""
         found: dict[str, tuple[int, float]] = {}
         now = datetime.now(UTC)
-        for g in [g for c in HELD_CODES for g in await self.all(q.HELD_BY_METER({"code": c}))]:
+        for g in await self.all(q.HELD_BY_METER({})):
             n, age = found.get(g.code, (0, 0.0))
             oldest = (now - g.oldest_occurred_at).total_seconds()
             found[g.code] = (n + g.n, max(age, oldest))
@@ -804,4 +794,11 @@ class SyncStore(SyncExecutor):
         return self.all(q.EVENT_NAMES_IN_USE({}))
 
     def held_by_meter(self) -> list[q.HeldGroup]:
-        return by_group([g for c in HELD_CODES for g in self.all(q.HELD_BY_METER({"code": c}))])
+        try:
+            return self.all(q.HELD_BY_METER({}))
+        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
+            # schema before 0018 (`status` of a newer CLI during an upgrade): counted
+            counted = [
+                g for c in HELD_CODES for g in self.all(q.HELD_BY_METER_COUNTED({"code": c}))
+            ]
+            return sorted(counted, key=lambda g: (g.account, g.event_name, g.code))

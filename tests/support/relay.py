@@ -136,7 +136,7 @@ def states(database_url: str) -> dict[str, int]:
 
 def row(database_url: str, identifier: str) -> dict[str, Any]:
     """A row as operators see it: pending with a live lease is in flight (migration
-    outbox_0018: the lease lives in the lease table), held by the lease's relay until its
+    outbox_0020: the lease lives in the lease table), held by the lease's relay until its
     deadline."""
     with psycopg.connect(database_url) as conn:
         cur = conn.execute(

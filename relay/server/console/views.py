@@ -4,7 +4,9 @@ relay/db/operations.py."""
 
 import asyncio
 import math
+import secrets
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -13,7 +15,7 @@ from urllib.parse import urlencode
 import jinja2
 import structlog
 from aiohttp import web
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 import outbox
 from relay import __version__
@@ -35,7 +37,14 @@ from relay.server.console.auth import (
 )
 from relay.server.console.brake import SignInBrake
 from relay.server.console.proxy import Proxies, host_name
-from relay.server.console.shared import ClientLimit, SharedReading
+from relay.server.console.shared import (
+    Busy,
+    ClientLimit,
+    Pacer,
+    Page,
+    SharedPages,
+    SharedReading,
+)
 from relay.server.relay_view import RelayView
 
 log = structlog.get_logger("relay.console")
@@ -138,6 +147,11 @@ class Console:
         self.hosts = host_names(settings.console_allowed_hosts)
         self.limit = ClientLimit()
         self.overview_data: SharedReading[dict[str, Any]] = SharedReading()
+        self.pages = SharedPages()
+        self.pacer = Pacer()
+        # Shared pages are rendered with this in place of the viewer's CSRF token, put in per
+        # response; random, so no text from a row can contain it.
+        self._csrf_mark = secrets.token_hex(16)
 
     def routes(self) -> list[web.RouteDef]:
         pages = {
@@ -176,25 +190,75 @@ class Console:
                     headers={"Retry-After": "1"},
                 )
             try:
+                await self._paced()
                 return await handler(request)
             finally:
                 self.limit.leave(client)
 
         return checked
 
+    async def _paced(self) -> None:
+        """Wait this request's turn among all clients' (shared.Pacer); 503 if it is too far."""
+        wait = self.pacer.turn()
+        if wait is None:
+            metrics.CONSOLE_BUSY.labels("paced").inc()
+            raise web.HTTPServiceUnavailable(
+                text="the console is busy: try again in a moment",
+                headers={"Retry-After": str(max(1, math.ceil(self.pacer.wait)))},
+            )
+        if wait > 0:
+            await asyncio.sleep(wait)
+
     # -- rendering -----------------------------------------------------------------------
 
     def _page(self, template: str, viewer: Viewer, status: int = 200, **data: Any) -> web.Response:
-        data.setdefault("refresh", None)
-        html = _env.get_template(template).render(
-            viewer=viewer,
-            protected=self.guard.protected,
-            actions=self.settings.console_actions and viewer.signed_in,
-            version=__version__,
-            relay_id=self.settings.relay_id,
-            **data,
+        """A page rendered for this request alone (the sign-in form: no data, nothing read)."""
+        return self._respond(
+            Page(_env.get_template(template).render(self._context(viewer, data)), status), viewer
         )
-        response = web.Response(text=html, content_type="text/html", status=status)
+
+    def _context(self, viewer: Viewer, data: dict[str, Any]) -> dict[str, Any]:
+        data.setdefault("refresh", None)
+        return {
+            "viewer": viewer,
+            "protected": self.guard.protected,
+            "actions": self.settings.console_actions and viewer.signed_in,
+            "version": __version__,
+            "relay_id": self.settings.relay_id,
+            **data,
+        }
+
+    async def _render(self, template: str, viewer: Viewer, status: int = 200, **data: Any) -> Page:
+        """A page for every viewer of this kind, rendered in a thread: the relay's event loop
+        sends rows meanwhile (the CSRF token is a mark, replaced per response by _respond)."""
+        context = self._context(replace(viewer, csrf=self._csrf_mark), data)
+        html = await asyncio.to_thread(_env.get_template(template).render, context)
+        return Page(html, status)
+
+    async def _shared(
+        self, request: web.Request, viewer: Viewer, name: str, build: Callable[[], Awaitable[Page]]
+    ) -> web.Response:
+        """The page of this URL for this kind of viewer, built at most once per few seconds
+        for all its viewers, a few pages at a time (shared.py); 503 when none can start."""
+        key = (
+            request.path,
+            tuple(sorted(request.query.items())),
+            viewer.signed_in,
+            viewer.by_bearer,
+        )
+        try:
+            page, built = await self.pages.get(key, build)
+        except Busy:
+            metrics.CONSOLE_BUSY.labels("building").inc()
+            raise web.HTTPServiceUnavailable(
+                text="the console is busy: try again in a moment", headers={"Retry-After": "1"}
+            ) from None
+        metrics.CONSOLE_PAGES.labels(name, "built" if built else "shared").inc()
+        return self._respond(page, viewer)
+
+    def _respond(self, page: Page, viewer: Viewer) -> web.Response:
+        html = page.body.replace(self._csrf_mark, str(escape(viewer.csrf)))
+        response = web.Response(text=html, content_type="text/html", status=page.status)
         # No framing by other sites, no script at all, nothing fetched from elsewhere.
         response.headers["Content-Security-Policy"] = (
             "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
@@ -261,14 +325,15 @@ class Console:
 
     async def overview(self, request: web.Request) -> web.Response:
         viewer = await self._viewer(request)
-        data = await self.overview_data.get(self._read_overview)
-        return self._page(
-            "overview.html",
-            viewer,
-            auth_ok=self.relay.state.auth_ok,
-            refresh=_refresh(request),
-            **data,
-        )
+        refresh = _refresh(request)
+
+        async def build() -> Page:
+            data = await self.overview_data.get(self._read_overview)
+            return await self._render(
+                "overview.html", viewer, auth_ok=self.relay.state.auth_ok, refresh=refresh, **data
+            )
+
+        return await self._shared(request, viewer, "overview", build)
 
     async def _read_overview(self) -> dict[str, Any]:
         """The overview's statements, one after the other on the console's pool (shared by
@@ -314,12 +379,28 @@ class Console:
         viewer = await self._viewer(request)
         look = _look(request)
         after = _int(request.query.get("after", "0"))
-        page = await self.store.look(look, after=after, limit=PAGE_SIZE)
         done = request.query.get("done", "")
+        notice = _bulk_notice(done, request.query) if done in BULK_NOTICES else None
         refresh = _refresh(request)
+
+        async def build() -> Page:
+            page = await self.store.look(look, after=after, limit=PAGE_SIZE)
+            return await self._failures_page(viewer, look, after, page, notice, refresh)
+
+        return await self._shared(request, viewer, "failures", build)
+
+    async def _failures_page(
+        self,
+        viewer: Viewer,
+        look: Look,
+        after: int,
+        page: LookPage,
+        notice: str | None,
+        refresh: dict[str, Any],
+    ) -> Page:
         paused = None if refresh["seconds"] else "off"  # a paused list stays paused
         query = urlencode(_filters(look))
-        return self._page(
+        return await self._render(
             "failures.html",
             viewer,
             look=look,
@@ -333,7 +414,7 @@ class Console:
             else None,
             bulk_urls={a: f"/console/bulk?action={a}&{query}" for a in BULK_NOTICES},
             bulk_max=BULK_MAX,
-            notice=_bulk_notice(done, request.query) if done in BULK_NOTICES else None,
+            notice=notice,
             refresh=refresh,
         )
 
@@ -344,6 +425,13 @@ class Console:
         if action not in BULK_NOTICES:
             raise web.HTTPBadRequest(text="action must be retry or cancel")
         look = _look(request)
+
+        async def build() -> Page:
+            return await self._bulk_page(viewer, action, look)
+
+        return await self._shared(request, viewer, "bulk", build)
+
+    async def _bulk_page(self, viewer: Viewer, action: str, look: Look) -> Page:
         page = await self._bulk_set(look, upto=None)
         by_state: dict[str, int] = {}
         for r in page.rows:
@@ -352,7 +440,7 @@ class Console:
         preview = (
             await asyncio.to_thread(self._retry_preview, page.rows) if action == "retry" else None
         )
-        return self._page(
+        return await self._render(
             "bulk.html",
             viewer,
             action=action,
@@ -394,10 +482,18 @@ class Console:
     async def row(self, request: web.Request) -> web.Response:
         viewer = await self._viewer(request)
         identifier = request.query.get("identifier", "").strip()
+        notice = NOTICES.get(request.query.get("done", ""))
+
+        async def build() -> Page:
+            return await self._row_page(viewer, identifier, notice)
+
+        return await self._shared(request, viewer, "row", build)
+
+    async def _row_page(self, viewer: Viewer, identifier: str, notice: str | None) -> Page:
         found = await self.store.row(identifier) if identifier else None
         attempts = await self.store.attempts(found["id"], ATTEMPTS_SHOWN) if found else []
         confirmation = await self.store.row_confirmation(identifier) if found else None
-        return self._page(
+        return await self._render(
             "row.html",
             viewer,
             status=200 if found or not identifier else 404,
@@ -407,7 +503,7 @@ class Console:
             confirmation=confirmation,
             calls=f"{len(attempts)}+" if len(attempts) >= ATTEMPTS_SHOWN else len(attempts),
             held=_held(found),
-            notice=NOTICES.get(request.query.get("done", "")),
+            notice=notice,
         )
 
     # -- sign-in -------------------------------------------------------------------------
@@ -467,6 +563,7 @@ class Console:
     async def retry(self, request: web.Request) -> web.Response:
         identifier = await self._action(request)
         requeued, refused = await asyncio.to_thread(self._retry, identifier)
+        self.pages.forget()
         done = "retried" if requeued else "retry_refused" if refused else "retry_nothing"
         log.info("console_retry", identifier=identifier, result=done, remote=request.remote)
         raise web.HTTPSeeOther(_row_url(identifier, done))
@@ -483,6 +580,7 @@ class Console:
                 result = await outbox.cancel_usage(conn, identifier=identifier)
         except outbox.UnknownIdentifier:
             raise web.HTTPSeeOther(_row_url(identifier, "not_found")) from None
+        self.pages.forget()
         done = "cancelled" if result.state == "cancelled" else "cancel_requested"
         log.info("console_cancel", identifier=identifier, result=done, remote=request.remote)
         raise web.HTTPSeeOther(_row_url(identifier, done))
@@ -499,6 +597,7 @@ class Console:
         identifiers = [r["identifier"] for r in page.rows]
         act = self._bulk_retry if action == "retry" else self._bulk_cancel
         done, refused, skipped = await asyncio.to_thread(act, identifiers)
+        self.pages.forget()
         log.info(
             "console_bulk", action=action, rows=len(identifiers), done=done, remote=request.remote
         )

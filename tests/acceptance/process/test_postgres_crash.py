@@ -1,5 +1,5 @@
 """A crash of PostgreSQL while calls are in flight: the UNLOGGED lease table (migration
-outbox_0018) comes back empty, the rows are pending, they are claimed again and replay with the
+outbox_0020) comes back empty, the rows are pending, they are claimed again and replay with the
 same idempotency key; the first holder's late outcomes find no lease and write nothing. Nothing
 is lost, nothing is counted twice. On a private cluster (killed with `immediate`: no
 checkpoint, crash recovery on start)."""

@@ -1,5 +1,5 @@
 """Rolling upgrade: a relay of the previous release (leases in the row, `in_flight`) beside this
-release's relay (leases in the UNLOGGED lease table, migration outbox_0018) on one database.
+release's relay (leases in the UNLOGGED lease table, migration outbox_0020) on one database.
 Neither sends a row the other holds, and neither loses one: the previous release's claim skips
 rows with a live lease (a BEFORE UPDATE trigger), this release's claim skips `in_flight` rows
 with a live deadline and takes over expired ones."""
@@ -21,7 +21,7 @@ from tests.acceptance.process.test_process import relay_env, wait_for
 from tests.helpers import free_port
 from tests.support.relay import insert_usage, states
 
-# The release before the lease moved out of the row (main when outbox_0018 was written).
+# The release before the lease moved out of the row (main when outbox_0020 was written).
 PREVIOUS_RELEASE = "bf51269"
 REPO = Path(__file__).resolve().parents[3]
 V1_PATH = "POST /v1/billing/meter_events"

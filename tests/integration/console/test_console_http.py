@@ -374,8 +374,8 @@ async def test_console_load_cannot_take_the_relays_connections(
     database_url: str, emulator: Emulator
 ) -> None:
     """Ten clients whose console statements hang (a lock held here) occupy the console's own
-    small pool, not the relay's: /readyz's database check still gets a connection. (Pages that
-    are not shared readings: the overview is read once for everyone, see shared.py.)"""
+    small pool, not the relay's: /readyz's database check still gets a connection. (Pages of
+    different filters: one page is built once for everyone, see shared.py; two at a time.)"""
     async with (
         served(database_url, emulator, console_trusted_proxies="127.0.0.0/8") as app,
         aiohttp.ClientSession() as session,
@@ -384,7 +384,9 @@ async def test_console_load_cannot_take_the_relays_connections(
             lock.execute("LOCK TABLE meter_event_outbox IN ACCESS EXCLUSIVE MODE")
             page = f"{app.url}/console/failures?code=x"
             viewers = [
-                asyncio.create_task(_get(session, page, headers={"X-Forwarded-For": f"10.0.0.{i}"}))
+                asyncio.create_task(
+                    _get(session, f"{page}{i}", headers={"X-Forwarded-For": f"10.0.0.{i}"})
+                )
                 for i in range(10)
             ]
             await _until_lock_waiters(database_url, 2)
@@ -399,7 +401,8 @@ async def test_console_load_cannot_take_the_relays_connections(
             assert [status for status, _ in refused] == [429, 429]  # over the per-client cap
             lock.rollback()
         answers = await asyncio.gather(*viewers, *same_client[:4])
-    assert {status for status, _ in answers} <= {200, 500}
+    # 500: the console's statement timeout; 503: no building slot came free in time
+    assert {status for status, _ in answers} <= {200, 500, 503}
 
 
 async def _until_lock_waiters(database_url: str, n: int) -> None:

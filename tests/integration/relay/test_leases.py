@@ -219,7 +219,7 @@ def test_a_claim_whose_columns_do_not_name_claimeds_fields_is_refused(database_u
 
 def test_a_leased_row_is_in_flight_for_every_reader(database_url: str, db) -> None:
     """The claim leaves the row pending (its lease is in the lease table, migration
-    outbox_0018): status, its tallies, list, inspect and the state view still say in flight,
+    outbox_0020): status, its tallies, list, inspect and the state view still say in flight,
     held by the claiming relay."""
     from tests.integration.relay.test_operator_commands import cli
 

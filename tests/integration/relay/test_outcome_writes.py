@@ -30,16 +30,39 @@ def claim_one(db: psycopg.Connection) -> Claimed:
     return claimed
 
 
-async def test_each_stripe_call_leaves_one_attempt_row(database_url, emulator: Emulator, settings):
-    """A cached 500, then a success under the next key: two calls, two rows of history."""
+def story(database_url: str) -> list[tuple[Any, ...]]:
+    """The row's attempt history as `inspect` reads it (history rows and the carried call)."""
+    with psycopg.connect(database_url) as conn:
+        (outbox_id,) = conn.execute("SELECT id FROM meter_event_outbox").fetchone()
+        return [
+            (
+                a["attempt"],
+                a["key_generation"],
+                a["action"],
+                a["state"],
+                a["http_status"],
+                a["stripe_request_id"] is not None,
+                a["latency_ms"] is not None,
+                a["relay_id"],
+            )
+            for a in SyncStore(conn).row_attempts(outbox_id)
+        ]
+
+
+async def test_each_stripe_call_is_one_entry_of_the_story(
+    database_url: str, emulator: Emulator, settings: Any
+) -> None:
+    """A cached 500, then a success under the next key: two calls, two entries of history; the
+    success is carried on the row (no history row), the failure has its row."""
     insert_usage(database_url, 1)
     emulator.fail_next(1, status=500, path="/v1/billing/meter_events")
     async with running_relay(settings) as relay:
         await relay.until(lambda: accepted(database_url, 1))
-    assert attempts(database_url) == [
+    assert story(database_url) == [
         (1, 0, "report", "pending", 500, True, True, "test-relay"),
         (2, 1, "report", "accepted", 200, True, True, "test-relay"),
     ]
+    assert attempts(database_url) == [(1, 0, "report", "pending", 500, True, True, "test-relay")]
 
 
 def test_outcomes_without_a_call_leave_no_attempt_row(database_url: str, db) -> None:

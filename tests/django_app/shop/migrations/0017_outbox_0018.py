@@ -1,4 +1,5 @@
-"""The outbox schema's revision outbox_0018 (unlogged leases) as its own Django migration."""
+"""The outbox schema's revision outbox_0018 (held rows per meter from the tallies) as its own
+Django migration."""
 
 from django.db import migrations
 

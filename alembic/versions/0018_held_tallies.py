@@ -1,4 +1,5 @@
-"""Leases out of the row: an UNLOGGED lease table, so a claim writes no new row version.
+"""Held rows per meter from the tallies: the tally key of pending rows with a code gains the
+event name, and an index gives the oldest held fact per meter in one probe.
 
 Revision ID: outbox_0018
 Revises: outbox_0017
