@@ -31,10 +31,14 @@ CREATE TABLE IF NOT EXISTS chaos_orders (
 # Rows whose last call may have reached Stripe without an answer (a timeout or a cut
 # connection), or whose call is in flight right now: cancelling them races the original event.
 UNKNOWN_OUTCOMES = """
-SELECT identifier FROM meter_event_outbox
-WHERE action = 'report' AND cancel_requested_at IS NULL
-  AND (state = 'in_flight' OR (state = 'pending' AND last_error_code = 'connection_error'))
-ORDER BY updated_at DESC
+SELECT o.identifier FROM meter_event_outbox o
+WHERE o.action = 'report' AND o.cancel_requested_at IS NULL
+  AND (o.state = 'in_flight' OR (o.state = 'pending' AND o.last_error_code = 'connection_error')
+       -- in flight: pending with a live lease (migration outbox_0020)
+       OR (o.state = 'pending' AND EXISTS (
+           SELECT 1 FROM meter_event_outbox_leases l
+           WHERE l.outbox_id = o.id AND l.leased_until > now())))
+ORDER BY o.updated_at DESC
 LIMIT %s
 """
 

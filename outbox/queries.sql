@@ -66,7 +66,14 @@ SET cancel_requested_at = coalesce(o.cancel_requested_at, now()),
                         ELSE now() END,
     updated_at = now()
 WHERE o.identifier = :identifier
-RETURNING o.id, o.state, o.action
+-- A pending row with a live lease has its report in flight (migration outbox_0020; a trigger
+-- then only stamps the request), and says so.
+RETURNING o.id,
+          CASE WHEN o.state = 'pending' AND EXISTS (
+                   SELECT 1 FROM meter_event_outbox_leases l
+                   WHERE l.outbox_id = o.id AND l.leased_until > now())
+               THEN 'in_flight' ELSE o.state END AS state,
+          o.action
 
 -- name: record_usage_many
 -- record_usage for a whole batch in one statement, all or nothing (invariant 11). The facts come

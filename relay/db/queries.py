@@ -390,6 +390,7 @@ FOLD_COUNTS = Query("fold_counts", NoParams, scalar_row)
 DATABASE_PROBE = Query("database_probe", NoParams, class_row(DatabaseProbe))
 STATE_COUNTS = Query("state_counts", NoParams, class_row(StateCount))
 STATUS_TALLY = Query("status_tally", NoParams, class_row(Tally))
+STATUS_TALLY_BEFORE_LEASES = Query("status_tally_before_leases", NoParams, class_row(Tally))
 STATUS_TALLY_COUNTED = Query("status_tally_counted", NoParams, class_row(Tally))
 NEXT_ATTEMPTS = Query("next_attempts", CodeList, class_row(NextAttempt))
 LAST_STATUS_FOR_CODE = Query("last_status_for_code", CodeParams, scalar_row)
@@ -678,7 +679,8 @@ REGISTRY: dict[str, Query[Any, Any]] = {
     q.name: q
     for q in (
         WALK, CLAIM, RECORD_OUTCOMES, HEARTBEAT, LEAVE, LIVE_RELAYS, REJECT, FOLD_COUNTS,
-        STATE_COUNTS, STATUS_TALLY, STATUS_TALLY_COUNTED, NEXT_ATTEMPTS, LAST_STATUS_FOR_CODE,
+        STATE_COUNTS, STATUS_TALLY, STATUS_TALLY_BEFORE_LEASES, STATUS_TALLY_COUNTED,
+        NEXT_ATTEMPTS, LAST_STATUS_FOR_CODE,
         ROW_STORY, ROW_STATE, ROW_ATTEMPTS, LIST_ROWS, RETRY, PRUNE, PRUNE_PREVIEW, UNSENT_COUNT,
         DRIFT_OURS, SAVE_DRIFT_REPORT, LATEST_DRIFT_REPORT, OLDEST_UNSENT,
         FINISHED_LAST_HOUR, ATTEMPTS_LAST_HOUR, ATTEMPT_ERRORS_LAST_HOUR,

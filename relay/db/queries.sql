@@ -24,13 +24,23 @@ WITH RECURSIVE walk (customer, event_name, id, taken, found, depth) AS (
     FROM walk w
     CROSS JOIN LATERAL (
         SELECT o.customer, o.event_name, o.id,
-               o.available_at <= now() AND (NOT CAST(:exclusive AS boolean) OR (
-                   -- A correlated scalar probe, not NOT EXISTS: the planner would hash that
-                   -- over every in-flight row. It reads the lane index's range of the lane
-                   -- after now(): an in-flight row's available_at is its lease deadline, so
-                   -- only the lane's leased rows and rows in backoff lie there. The bound is a
-                   -- row comparison on the lane index's columns so that no other index can
-                   -- serve it (the due index's range after now() holds every leased row).
+               o.available_at <= now()
+               -- The head itself has no live lease (a leased row stays pending: its lease is
+               -- in the lease table, migration outbox_0020).
+               AND coalesce((SELECT l.leased_until FROM meter_event_outbox_leases l
+                             WHERE l.outbox_id = o.id), '-infinity') <= now()
+               AND (NOT CAST(:exclusive AS boolean) OR (
+                   -- v1: no call in flight in the lane. A correlated scalar probe, not NOT
+                   -- EXISTS: the planner would hash that over every lease. A live lease of the
+                   -- lane is in the lease table's lane index after now()...
+                   SELECT l.outbox_id FROM meter_event_outbox_leases l
+                   WHERE l.customer = o.customer AND l.event_name = o.event_name
+                     AND l.leased_until > now()
+                   LIMIT 1) IS NULL AND (
+                   -- ... and a row claimed by a relay of an earlier release is `in_flight`
+                   -- with its deadline in available_at, in the lane index's range after now()
+                   -- (with the lane's rows in backoff). The bound is a row comparison on the
+                   -- lane index's columns so that no other index can serve it.
                    SELECT b.id FROM meter_event_outbox b
                    WHERE b.customer = o.customer AND b.event_name = o.event_name
                      AND b.state IN ('pending', 'in_flight')
@@ -50,20 +60,25 @@ SELECT (SELECT coalesce(array_agg(id), '{}') FROM walk WHERE taken) AS ids, w.fo
 FROM walk w WHERE w.depth > 0 ORDER BY w.depth DESC LIMIT 1
 
 -- name: claim
--- The claim: one short transaction. Lock the heads the walk chose (one per lane) if they are
--- still due in this statement's fresh snapshot (SKIP LOCKED: another relay may be claiming the
+-- The claim: one short transaction, and the outbox row is not updated (its lease goes to the
+-- UNLOGGED lease table, migration outbox_0020: no new row version, no index entries, no WAL but
+-- the row lock). Lock the heads the walk chose (one per lane) if they are still due and
+-- unleased in this statement's fresh snapshot (SKIP LOCKED: another relay may be claiming the
 -- same head; one primary-key probe each) and, with :exclusive (v1: one call in flight per
--- lane), only while their lane still has no call in flight: the walk checked that, but a head
--- can since have been claimed by another relay, failed and come back due while its lane's next
--- row is in flight. A head another relay (or another of our claims) took since the walk is in
--- flight now, not due, and is left out; two relays contend for that one row. A head that
--- changed since the walk is taken on the next pass. Rarely, a row committed with an earlier available_at between a walk and its claim
--- becomes a second head; in v1 Stripe then answers 409 and that row retries (same key, attempt
--- not counted): a conflict costs a retry, never a double count.
--- With :fill, top the batch up with the oldest other due rows (v2 stream, where lanes need no
--- exclusivity: the walk gives every lane a row per pass, the fill keeps a single-tenant backlog
--- flowing). Then lease them: in_flight, a fresh lease token, a deadline, RETURNING what the
--- sender needs.
+-- lane), only while their lane still has no call in flight. Rarely, a row committed with an
+-- earlier available_at between a walk and its claim becomes a second head; in v1 Stripe then
+-- answers 409 and that row retries (same key, attempt not counted): a conflict costs a retry,
+-- never a double count.
+-- With :fill, top the batch up with the oldest other due, unleased rows (v2 stream, where lanes
+-- need no exclusivity). The fill's ordered scan of the due index passes over the leased rows,
+-- which stay pending and due there.
+-- Then lease them. The lease table's primary key is the arbiter: a row whose lease another
+-- relay committed after this statement's snapshot conflicts, and the lease is taken only if
+-- that one expired (the takeover keeps `first_claimed_at`, the dedup clock of a relay that
+-- died after its call). The row lock orders the claim against outcomes: an outcome updates the
+-- row, so a claim that locks it afterwards re-reads it (no longer due) and leaves it out. A row
+-- left `in_flight` by a relay of the earlier release whose lease expired is put back to pending
+-- as it is taken, so that relay's late outcome loses its compare-and-set.
 WITH heads AS MATERIALIZED (
     -- The ids of one walk (:one_walk) name each lane once: taken as they are.
     SELECT u.id FROM unnest(CAST(:ids AS bigint[])) AS u(id) WHERE CAST(:one_walk AS boolean)
@@ -81,14 +96,22 @@ WITH heads AS MATERIALIZED (
      ORDER BY r.customer, r.event_name, r.available_at, r.id)
 ),
 chosen AS MATERIALIZED (
-    SELECT w.id, w.first_attempt_at
+    SELECT w.*
     FROM heads h
     CROSS JOIN LATERAL (
-        SELECT o.id, o.first_attempt_at FROM meter_event_outbox o
+        SELECT o.id, o.identifier, o.event_name, o.customer, o.payload, o.occurred_at,
+               o.stripe_account, o.action, o.attempts, o.key_generation, o.first_attempt_at,
+               o.accepted_at, o.created_at, o.state
+        FROM meter_event_outbox o
         WHERE o.id = h.id AND o.state IN ('pending', 'in_flight') AND o.available_at <= now()
-          -- v1: the lane is still free (a correlated scalar probe of the lane index's range
-          -- after now(), as in the walk).
+          AND coalesce((SELECT l.leased_until FROM meter_event_outbox_leases l
+                        WHERE l.outbox_id = o.id), '-infinity') <= now()
+          -- v1: the lane is still free (correlated scalar probes, as in the walk).
           AND (NOT CAST(:exclusive AS boolean) OR (
+              SELECT l.outbox_id FROM meter_event_outbox_leases l
+              WHERE l.customer = o.customer AND l.event_name = o.event_name
+                AND l.leased_until > now()
+              LIMIT 1) IS NULL AND (
               SELECT b.id FROM meter_event_outbox b
               WHERE b.customer = o.customer AND b.event_name = o.event_name
                 AND b.state IN ('pending', 'in_flight')
@@ -99,33 +122,54 @@ chosen AS MATERIALIZED (
         FOR UPDATE SKIP LOCKED) w
 ),
 filled AS MATERIALIZED (
-    SELECT o.id, o.first_attempt_at
+    SELECT o.id, o.identifier, o.event_name, o.customer, o.payload, o.occurred_at,
+           o.stripe_account, o.action, o.attempts, o.key_generation, o.first_attempt_at,
+           o.accepted_at, o.created_at, o.state
     FROM meter_event_outbox o
     -- Written so only an ordered scan of the due index can serve it, stopping after :fill
     -- rows (with `available_at <= now()` a stale estimate can pick a bitmap scan and a sort
     -- of every due row).
     WHERE o.state IN ('pending', 'in_flight') AND o.available_at - now() <= interval '0'
       AND o.id NOT IN (SELECT id FROM chosen)
+      AND coalesce((SELECT l.leased_until FROM meter_event_outbox_leases l
+                    WHERE l.outbox_id = o.id), '-infinity') <= now()
     ORDER BY o.available_at
     LIMIT :fill
     FOR UPDATE SKIP LOCKED
 ),
-locked AS (
+locked AS MATERIALIZED (
     SELECT * FROM chosen UNION ALL SELECT * FROM filled
+),
+leased AS MATERIALIZED (
+    INSERT INTO meter_event_outbox_leases AS l
+        (outbox_id, lease_token, leased_by, leased_until, first_claimed_at, customer,
+         event_name, stripe_account, action)
+    SELECT k.id, gen_random_uuid(), :relay_id, now() + make_interval(secs => :lease_seconds),
+           coalesce(k.first_attempt_at, now()), k.customer, k.event_name, k.stripe_account,
+           k.action
+    FROM locked k
+    ON CONFLICT (outbox_id) DO UPDATE
+    SET lease_token = EXCLUDED.lease_token, leased_by = EXCLUDED.leased_by,
+        leased_until = EXCLUDED.leased_until, leased_at = now(),
+        first_claimed_at = least(l.first_claimed_at, EXCLUDED.first_claimed_at),
+        customer = EXCLUDED.customer, event_name = EXCLUDED.event_name,
+        stripe_account = EXCLUDED.stripe_account, action = EXCLUDED.action
+    WHERE l.leased_until <= now()
+    RETURNING l.outbox_id, l.lease_token, l.first_claimed_at
+),
+reset AS (
+    -- Rows of an earlier release's relay whose lease expired: pending again (rare).
+    UPDATE meter_event_outbox o
+    SET state = 'pending', lease_token = NULL, leased_by = NULL, updated_at = now()
+    FROM locked k JOIN leased ON leased.outbox_id = k.id
+    WHERE o.id = k.id AND k.state = 'in_flight'
 )
-UPDATE meter_event_outbox o
-SET state = 'in_flight',
-    lease_token = gen_random_uuid(),
-    leased_by = :relay_id,
-    available_at = now() + make_interval(secs => :lease_seconds),
-    first_attempt_at = coalesce(o.first_attempt_at, now()),
-    updated_at = now()
-FROM locked
-WHERE o.id = locked.id
-RETURNING o.id, o.lease_token, o.identifier, o.event_name, o.customer,
-          o.payload::text AS payload_json, o.occurred_at, o.stripe_account, o.action, o.attempts,
-          o.key_generation, locked.first_attempt_at AS previous_first_attempt_at,
-          o.first_attempt_at, o.accepted_at, o.created_at
+SELECT k.id, leased.lease_token, k.identifier, k.event_name, k.customer,
+       k.payload::text AS payload_json, k.occurred_at, k.stripe_account, k.action, k.attempts,
+       k.key_generation, k.first_attempt_at AS previous_first_attempt_at,
+       coalesce(k.first_attempt_at, leased.first_claimed_at) AS first_attempt_at,
+       k.accepted_at, k.created_at
+FROM locked k JOIN leased ON leased.outbox_id = k.id
 
 -- name: record_outcomes
 -- Write a batch of outcomes in one statement (River's shape, `UPDATE ... FROM` a set of rows).
@@ -147,7 +191,33 @@ RETURNING o.id, o.lease_token, o.identifier, o.event_name, o.customer,
 -- and session: concurrent batches never wait on each other); every other call appends
 -- one history row. The row is written anyway, so a carried call costs a few dozen bytes of WAL
 -- against about 265 for a history row and its index entries.
-WITH written AS (
+-- The compare-and-set is on the lease table (migration outbox_0020): the lease is deleted first,
+-- only if it still carries our token (a relay whose lease expired and was taken over deletes
+-- nothing), and only rows whose lease was deleted are updated, and only while still pending
+-- (a webhook may have rejected the row meanwhile). After a crash of PostgreSQL the lease table
+-- is empty: the old holder's outcome writes nothing and the row replays with the same key.
+WITH input AS MATERIALIZED (
+    SELECT r.id, r.token, r.previous_first_attempt_at, r.key_generation, d.*,
+           -- a call whose acceptance the row can carry (the row's own conditions below)
+           d.called AND d.state = 'accepted' AND d.action = 'report' AND d.code IS NULL
+               AND d.http_status = 200 AS clean
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+         AS r(id bigint, token uuid, previous_first_attempt_at timestamptz,
+              key_generation int, decision int)
+    JOIN jsonb_to_recordset(CAST(:decisions AS jsonb))
+         AS d(n int, state text, delay float8, counted int, new_key int, code text, message text,
+              request_id text, reached boolean, may_have_counted boolean, cancel_state text,
+              cancel_now boolean, called boolean,
+              action text, http_status int, latency_ms real)
+      ON d.n = r.decision
+),
+released AS MATERIALIZED (
+    DELETE FROM meter_event_outbox_leases l
+    USING input i
+    WHERE l.outbox_id = i.id AND l.lease_token = i.token
+    RETURNING l.outbox_id, l.first_claimed_at, l.leased_by
+),
+written AS (
     UPDATE meter_event_outbox o
     -- The route of a report whose cancel was requested meanwhile is decided once per decision
     -- (store.cancel_route): u.cancel_now = cancel it now (fresh budget); u.cancel_state = the
@@ -161,14 +231,15 @@ WITH written AS (
                                  AND u.state IN ('accepted', 'failed') THEN now()
                             ELSE now() + make_interval(secs => u.delay) END,
         lease_token = NULL,
+        leased_by = u.leased_by,  -- the row's story: which relay sent it last
         attempts = CASE  -- a cancel starts with a fresh budget
             WHEN o.action = 'report' AND o.cancel_requested_at IS NOT NULL
                  AND u.cancel_now THEN 0
             ELSE o.attempts + u.counted END,
         key_generation = o.key_generation + u.new_key,
         -- Restored when no call may have counted (o.first_attempt_at is what the claim set).
-        first_attempt_at = CASE WHEN u.reached THEN o.first_attempt_at
-                                ELSE u.previous_first_attempt_at END,
+        first_attempt_at = CASE WHEN u.reached THEN coalesce(o.first_attempt_at, u.first_claimed_at)
+                                ELSE o.first_attempt_at END,
         last_error_code = u.code,
         last_error_message = u.message,
         stripe_request_id = coalesce(u.request_id, o.stripe_request_id),
@@ -196,22 +267,9 @@ WITH written AS (
         accepted_by = CASE WHEN u.clean AND o.accepted_at IS NULL
                                 AND o.cancel_requested_at IS NULL
                            THEN CAST(:relay_id AS text) ELSE o.accepted_by END
-    FROM (
-        SELECT r.id, r.token, r.previous_first_attempt_at, r.key_generation, d.*,
-               -- a call whose acceptance the row can carry (the row's own conditions above)
-               d.called AND d.state = 'accepted' AND d.action = 'report' AND d.code IS NULL
-                   AND d.http_status = 200 AS clean
-        FROM jsonb_to_recordset(CAST(:rows AS jsonb))
-             AS r(id bigint, token uuid, previous_first_attempt_at timestamptz,
-                  key_generation int, decision int)
-        JOIN jsonb_to_recordset(CAST(:decisions AS jsonb))
-             AS d(n int, state text, delay float8, counted int, new_key int, code text, message text,
-                  request_id text, reached boolean, may_have_counted boolean, cancel_state text,
-                  cancel_now boolean, called boolean,
-                  action text, http_status int, latency_ms real)
-          ON d.n = r.decision
-    ) u
-    WHERE o.id = u.id AND o.lease_token = u.token
+    FROM (SELECT i.*, r.first_claimed_at, r.leased_by FROM input i
+          JOIN released r ON r.outbox_id = i.id) u
+    WHERE o.id = u.id AND o.state = 'pending'
     -- o.* here are the values just written; the sent action and key come from the claim.
     -- `carried`: this statement wrote the carried call (its acceptance is this statement's).
     RETURNING o.id, o.attempts, o.state, u.called, u.action, u.key_generation, u.http_status,
@@ -281,6 +339,32 @@ SELECT state, n FROM meter_event_outbox_status
 -- Rows per state, and per code and account where the tallies keep them (pending, failed,
 -- rejected; see alembic/versions/0015_status_tallies.up.sql): what `status` and the console's
 -- buckets are made of, a read of a few tally rows however large the backlog.
+-- A pending row with a live lease (migration outbox_0020) is in flight: the tallies count it
+-- pending (a claim no longer changes the row), so the live leases move from their pending key
+-- to in_flight here (one primary-key probe per live lease).
+SELECT state, code, stripe_account, sum(n)::bigint AS n FROM (
+    SELECT state, code, stripe_account, n FROM meter_event_outbox_tally WHERE state <> ''
+    UNION ALL
+    SELECT k.state, k.code, k.stripe_account, k.n * k.sign
+    FROM (SELECT coalesce(o.last_error_code, '') AS code,
+                 CASE WHEN o.last_error_code IS NOT NULL THEN coalesce(o.stripe_account, '')
+                      ELSE '' END AS stripe_account,
+                 count(*) AS n
+          FROM meter_event_outbox_leases l
+          JOIN meter_event_outbox o ON o.id = l.outbox_id AND o.state = 'pending'
+          WHERE l.leased_until > now()
+          GROUP BY 1, 2) c
+    CROSS JOIN LATERAL (VALUES ('pending', c.code, c.stripe_account, c.n, -1),
+                               ('in_flight', '', '', c.n, 1))
+        AS k(state, code, stripe_account, n, sign)
+) t
+GROUP BY state, code, stripe_account
+HAVING sum(n) <> 0 OR state NOT IN ('pending', 'in_flight')
+ORDER BY state, code, stripe_account
+
+-- name: status_tally_before_leases
+-- status_tally on a schema before the lease table (outbox_0015 to outbox_0017): the tallies as
+-- they are (in-flight rows are `in_flight` there).
 SELECT state, code, stripe_account, n FROM meter_event_outbox_tally
 WHERE state <> ''
 ORDER BY state, code, stripe_account
@@ -313,12 +397,22 @@ CROSS JOIN LATERAL (
 -- name: row_story
 -- Every column of one row an operator may need (`inspect`, the console's row page), and how
 -- long until it is due by the database's clock (the one clock).
-SELECT id, identifier, state, action, event_name, customer, value, payload, dimensions, metadata,
-       occurred_at, stripe_account, attempts, key_generation, available_at, leased_by,
-       last_error_code, last_error_message, stripe_request_id, created_at, first_attempt_at,
-       accepted_at, cancel_requested_at, cancelled_at, updated_at, inferred_from,
-       available_at - now() AS due_in
-FROM meter_event_outbox WHERE identifier = :identifier
+-- A pending row with a live lease (migration outbox_0020) is in flight: its state, holder and
+-- deadline come from the lease.
+SELECT o.id, o.identifier,
+       CASE WHEN l.leased_until IS NOT NULL THEN 'in_flight' ELSE o.state END AS state,
+       o.action, o.event_name, o.customer, o.value, o.payload, o.dimensions, o.metadata,
+       o.occurred_at, o.stripe_account, o.attempts, o.key_generation,
+       coalesce(l.leased_until, o.available_at) AS available_at,
+       coalesce(l.leased_by, o.leased_by) AS leased_by,
+       o.last_error_code, o.last_error_message, o.stripe_request_id, o.created_at,
+       coalesce(o.first_attempt_at, l.first_claimed_at) AS first_attempt_at,
+       o.accepted_at, o.cancel_requested_at, o.cancelled_at, o.updated_at, o.inferred_from,
+       coalesce(l.leased_until, o.available_at) - now() AS due_in
+FROM meter_event_outbox o
+LEFT JOIN meter_event_outbox_leases l
+       ON l.outbox_id = o.id AND o.state = 'pending' AND l.leased_until > now()
+WHERE o.identifier = :identifier
 
 -- name: retry
 -- Operator retry of failed rows: a fresh idempotency-key generation (the old key may hold a
@@ -371,12 +465,24 @@ UNION ALL
 -- report in flight whose call may already have landed (its late outcome then loses the
 -- compare-and-set on the lease). A pending, failed, rejected or cancelled row is never touched:
 -- a report naming it is a guess or a replay, and marking it would invite recording it again.
+-- A report in flight is `in_flight` (a relay of an earlier release) or pending with a live
+-- lease (migration outbox_0020); its lease is dropped, and the late outcome then finds none.
+WITH leased AS (
+    DELETE FROM meter_event_outbox_leases l
+    USING meter_event_outbox o
+    WHERE o.identifier = ANY(CAST(:identifiers AS text[]))
+      AND o.stripe_account IS NOT DISTINCT FROM CAST(:account AS text)
+      AND o.state = 'pending' AND o.action = 'report'
+      AND l.outbox_id = o.id AND l.leased_until > now()
+    RETURNING l.outbox_id
+)
 UPDATE meter_event_outbox o
 SET state = 'rejected', last_error_code = :code, last_error_message = :message,
     lease_token = NULL, updated_at = now()
 WHERE o.identifier = ANY(CAST(:identifiers AS text[]))
   AND o.stripe_account IS NOT DISTINCT FROM CAST(:account AS text)
-  AND (o.state = 'accepted' OR (o.state = 'in_flight' AND o.action = 'report'))
+  AND (o.state = 'accepted' OR (o.state = 'in_flight' AND o.action = 'report')
+       OR (o.state = 'pending' AND o.id IN (SELECT outbox_id FROM leased)))
 RETURNING o.identifier
 
 -- name: database_probe
@@ -387,6 +493,16 @@ SELECT statement_timestamp() AS now,
        current_setting('transaction_read_only') = 'on' AS read_only
 
 -- name: fold_counts
+-- Also drop leases left behind (migration outbox_0020): expired, and their row is no longer
+-- pending (a webhook or an inference settled it while a relay that then died held it). An
+-- expired lease of a pending row stays: the relay that takes it over keeps its first claim
+-- (the dedup clock). The lease table is UNLOGGED: this writes no WAL.
+WITH orphans AS (
+    DELETE FROM meter_event_outbox_leases l
+    WHERE l.leased_until < now() - interval '1 minute'
+      AND NOT EXISTS (SELECT 1 FROM meter_event_outbox o
+                      WHERE o.id = l.outbox_id AND o.state = 'pending')
+)
 SELECT outbox_fold_counts()
 
 -- name: prune
@@ -455,18 +571,45 @@ WITH matching AS NOT MATERIALIZED (
       AND (CAST(:event_name AS text) IS NULL OR event_name = :event_name)
       AND (CAST(:since AS timestamptz) IS NULL OR created_at >= :since)
 )
+-- A pending row with a live lease (migration outbox_0020) is shown in flight, with its lease's
+-- deadline as available_at (one lease-table probe per row shown); --state in_flight reads
+-- the lease table (live leases are few) besides the rows of an earlier release's relays.
 SELECT identifier, state, action, customer, event_name, value, stripe_account, attempts,
        last_error_code, created_at, occurred_at, available_at, accepted_at, updated_at
 FROM (
+    SELECT newest.id, identifier,
+           CASE WHEN l.leased_until IS NOT NULL THEN 'in_flight' ELSE state END AS state,
+           action, customer, event_name, value, stripe_account, attempts, last_error_code,
+           created_at, occurred_at, coalesce(l.leased_until, available_at) AS available_at,
+           accepted_at, updated_at
+    FROM (
     (SELECT * FROM matching
      ORDER BY id DESC LIMIT CASE WHEN CAST(:customer AS text) IS NULL THEN :limit ELSE 0 END)
+    UNION ALL
+    (SELECT o.id, o.identifier, o.state, o.action, o.customer, o.event_name, o.value,
+            o.stripe_account, o.attempts, o.last_error_code, o.created_at, o.occurred_at,
+            o.available_at, o.accepted_at, o.updated_at
+     FROM meter_event_outbox_leases l
+     JOIN meter_event_outbox o ON o.id = l.outbox_id AND o.state = 'pending'
+     WHERE CAST(:state AS text) = 'in_flight' AND l.leased_until > now()
+       AND (CAST(:code AS text) IS NULL OR o.last_error_code = :code)
+       AND (CAST(:customer AS text) IS NULL OR o.customer = :customer)
+       AND (CAST(:event_name AS text) IS NULL OR o.event_name = :event_name)
+       AND (CAST(:since AS timestamptz) IS NULL OR o.created_at >= :since)
+     ORDER BY o.id DESC LIMIT :limit)
     UNION ALL
     (SELECT * FROM matching WHERE state IN ('pending', 'in_flight')
      ORDER BY id DESC LIMIT CASE WHEN CAST(:customer AS text) IS NULL THEN 0 ELSE :limit END)
     UNION ALL
     (SELECT * FROM matching WHERE state IN ('accepted', 'cancelled', 'failed', 'rejected')
      ORDER BY id DESC LIMIT CASE WHEN CAST(:customer AS text) IS NULL THEN 0 ELSE :limit END)
-) newest
+    ) newest
+    LEFT JOIN LATERAL (
+        SELECT l.leased_until FROM meter_event_outbox_leases l
+        WHERE l.outbox_id = newest.id AND newest.state = 'pending' AND l.leased_until > now()
+    ) l ON true
+) shown
+WHERE CAST(:state AS text) IS NULL OR shown.state = :state
 ORDER BY id DESC
 LIMIT :limit
 
@@ -533,7 +676,10 @@ SELECT coalesce(stripe_account, '') AS account, customer, event_name,
 FROM meter_event_outbox
 WHERE created_at >= CAST(:since AS timestamptz) - interval '5 minutes'
   AND occurred_at >= :since AND occurred_at < :until
-  AND (state = 'accepted' OR (state IN ('pending', 'in_flight') AND first_attempt_at IS NOT NULL))
+  AND (state = 'accepted' OR (state IN ('pending', 'in_flight') AND (first_attempt_at IS NOT NULL
+       -- a first call in flight: its lease (migration outbox_0020) holds its first claim
+       OR EXISTS (SELECT 1 FROM meter_event_outbox_leases l
+                  WHERE l.outbox_id = meter_event_outbox.id))))
 GROUP BY 1, 2, 3, 4
 ORDER BY 1, 2, 3, 4
 
@@ -1149,7 +1295,10 @@ WHERE customer = :customer AND event_name = :event_name
   AND created_at >= CAST(:since AS timestamptz) - interval '5 minutes'
   AND occurred_at >= :since AND occurred_at < :until
   AND (state IN ('accepted', 'cancelled')
-       OR (state IN ('pending', 'in_flight') AND first_attempt_at IS NOT NULL))
+       OR (state IN ('pending', 'in_flight') AND (first_attempt_at IS NOT NULL
+           -- a first call in flight: its lease (migration outbox_0020) holds its first claim
+           OR EXISTS (SELECT 1 FROM meter_event_outbox_leases l
+                      WHERE l.outbox_id = meter_event_outbox.id))))
 GROUP BY 1
 
 -- name: record_comparisons

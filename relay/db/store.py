@@ -691,10 +691,15 @@ class SyncStore(SyncExecutor):
         return self.one(q.OLDEST_UNSENT({}))
 
     def status_tally(self) -> list[Tally]:
-        try:
-            return self.all(q.STATUS_TALLY({}))
-        except psycopg.errors.UndefinedTable:  # schema before 0015: counted, as it was then
-            return self.all(q.STATUS_TALLY_COUNTED({}))
+        """The tallies, by the newest query the schema supports (a newer CLI during an
+        upgrade: `outbox-relay migrate` brings the cheap, lease-aware read)."""
+        for query in (q.STATUS_TALLY, q.STATUS_TALLY_BEFORE_LEASES):
+            try:
+                return self.all(query({}))
+            except psycopg.errors.UndefinedTable:  # before 0018 (leases), before 0015 (tallies)
+                if not self.conn.autocommit:
+                    self.conn.rollback()
+        return self.all(q.STATUS_TALLY_COUNTED({}))  # before 0015: counted, as it was then
 
     def unsent(self, tallies: list[Tally], now: datetime) -> dict[str, Any]:
         """The unsent rows by bucket (relay.core.unsent), from the tallies and one index probe

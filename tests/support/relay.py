@@ -122,16 +122,50 @@ async def running_relay(
 
 
 def states(database_url: str) -> dict[str, int]:
+    """Rows per state as operators see them: pending with a live lease is in flight."""
     with psycopg.connect(database_url) as conn:
-        return dict(conn.execute("SELECT state, count(*) FROM meter_event_outbox GROUP BY 1"))
+        return dict(
+            conn.execute(
+                "SELECT CASE WHEN l.outbox_id IS NOT NULL THEN 'in_flight' ELSE o.state END,"
+                " count(*) FROM meter_event_outbox o LEFT JOIN meter_event_outbox_leases l"
+                " ON l.outbox_id = o.id AND o.state = 'pending' AND l.leased_until > now()"
+                " GROUP BY 1"
+            )
+        )
 
 
 def row(database_url: str, identifier: str) -> dict[str, Any]:
+    """A row as operators see it: pending with a live lease is in flight (migration
+    outbox_0020: the lease lives in the lease table), held by the lease's relay until its
+    deadline."""
     with psycopg.connect(database_url) as conn:
-        cur = conn.execute("SELECT * FROM meter_event_outbox WHERE identifier = %s", (identifier,))
+        cur = conn.execute(
+            "SELECT o.*, l.leased_by AS lease_holder, l.leased_until, l.lease_token AS lease"
+            " FROM meter_event_outbox o LEFT JOIN meter_event_outbox_leases l"
+            " ON l.outbox_id = o.id AND o.state = 'pending' AND l.leased_until > now()"
+            " WHERE o.identifier = %s",
+            (identifier,),
+        )
         values = cur.fetchone()
         assert values is not None, identifier
-        return dict(zip([c.name for c in cur.description or []], values, strict=True))
+        found = dict(zip([c.name for c in cur.description or []], values, strict=True))
+        holder, until, lease = (
+            found.pop("lease_holder"),
+            found.pop("leased_until"),
+            found.pop("lease"),
+        )
+        if lease is not None:
+            found.update(state="in_flight", leased_by=holder, available_at=until, lease_token=lease)
+        return found
+
+
+def expire_leases(conn: psycopg.Connection[Any]) -> None:
+    """Every lease runs out now (a dead relay's lease simply expires), of either kind."""
+    conn.execute("UPDATE meter_event_outbox_leases SET leased_until = now() - interval '1 second'")
+    conn.execute(
+        "UPDATE meter_event_outbox SET available_at = now() - interval '1 second'"
+        " WHERE state = 'in_flight'"
+    )
 
 
 def insert_usage(

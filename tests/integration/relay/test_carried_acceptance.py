@@ -150,7 +150,16 @@ def test_failures_keep_their_history_rows_before_the_carried_acceptance(
 
 
 def _previous_release_outcomes(db: psycopg.Connection, batch: list[Outcome]) -> set[int]:
-    """The outcome statement of the release before outbox_0019, as an older relay runs it."""
+    """The outcome statement of the release before outbox_0019, as an older relay runs it. An
+    older relay holds its rows the old way (outbox_0020 moved leases out of the row): `in_flight`
+    with the lease token in the row, so the claims are turned into such leases first."""
+    for outcome in batch:
+        db.execute("DELETE FROM meter_event_outbox_leases WHERE outbox_id = %s", (outcome.row.id,))
+        db.execute(
+            "UPDATE meter_event_outbox SET state = 'in_flight', lease_token = %s,"
+            " leased_by = 'r-old', available_at = now() + interval '30 seconds' WHERE id = %s",
+            (outcome.row.lease_token, outcome.row.id),
+        )
     sql = for_psycopg(PREVIOUS["record_outcomes"])
     return {i for (i,) in db.execute(sql, outcome_params(batch, "r-old")).fetchall()}
 

@@ -2,6 +2,7 @@
 re-claimed by another relay, each lane's current head claimed once."""
 
 import asyncio
+import json
 import uuid
 from typing import Any
 
@@ -18,6 +19,7 @@ from relay.emulator import Emulator, Faults, Latency
 from tests.support.relay import (
     accepted,
     claim,
+    expire_leases,
     insert_usage,
     make_settings,
     row,
@@ -34,7 +36,7 @@ def test_expired_lease_is_reclaimed_and_late_outcome_is_ignored(database_url: st
     (first,) = claim(db, "relay-a", lease=30)
     assert claim(db, "relay-b", lease=30) == []  # leased: invisible to others
     # The lease runs out (a dead relay's lease simply expires): its deadline is in the past.
-    db.execute("UPDATE meter_event_outbox SET available_at = now() - interval '1 second'")
+    expire_leases(db)
     (second,) = claim(db, "relay-b", lease=30)
     assert second.id == first.id and second.lease_token != first.lease_token
     # The slow relay-a comes back with a result: its compare-and-set matches nothing.
@@ -122,7 +124,10 @@ def test_a_stale_claim_leaves_a_head_whose_lane_got_busy(database_url: str, db) 
         walked_by_a.ids, fill=0, exclusive=True, relay_id="relay-a", lease_seconds=30
     )
     assert late == []
-    in_flight = db.execute("SELECT identifier FROM meter_event_outbox WHERE state = 'in_flight'")
+    in_flight = db.execute(
+        "SELECT o.identifier FROM meter_event_outbox o JOIN meter_event_outbox_leases l"
+        " ON l.outbox_id = o.id WHERE l.leased_until > now()"
+    )
     assert [r for (r,) in in_flight] == ["u2"]
 
 
@@ -204,9 +209,56 @@ def test_a_claim_whose_columns_do_not_name_claimeds_fields_is_refused(database_u
     RETURNING list is checked against Claimed's fields: a reordered column is an error, never
     an identifier read as an event name."""
     insert_usage(database_url, 1)
-    swapped = QUERIES["claim"].replace("o.identifier, o.event_name,", "o.event_name, o.identifier,")
+    swapped = QUERIES["claim"].replace("k.identifier, k.event_name,", "k.event_name, k.identifier,")
     assert swapped != QUERIES["claim"]
     how: Any = {"fill": 1, "exclusive": False, "relay_id": "r", "lease_seconds": 30}
     statement = Statement(for_psycopg(swapped), claim_params([], how), queries.CLAIM.rows, False)
     with pytest.raises(TypeError, match="Claimed expects"):
         SyncStore(db).all(statement)
+
+
+def test_a_leased_row_is_in_flight_for_every_reader(database_url: str, db) -> None:
+    """The claim leaves the row pending (its lease is in the lease table, migration
+    outbox_0020): status, its tallies, list, inspect and the state view still say in flight,
+    held by the claiming relay."""
+    from tests.integration.relay.test_operator_commands import cli
+
+    insert_usage(database_url, 2, customers=2)
+    (leased,) = claim(db, "relay-a", lease=30, n=1)
+    db.commit()
+    assert row(database_url, leased.identifier)["state"] == "in_flight"
+    counts = dict(db.execute("SELECT state, n FROM meter_event_outbox_status").fetchall())
+    assert (counts["pending"], counts["in_flight"]) == (1, 1)
+    status = json.loads(cli(database_url, "status", "--json").stdout)
+    assert (status["counts"]["pending"], status["counts"]["in_flight"]) == (1, 1)
+    assert status["unsent"]["buckets"]["in_flight"]["rows"] == 1
+    listed = json.loads(cli(database_url, "list", "--state", "in_flight", "--json").stdout)
+    assert [r["identifier"] for r in listed] == [leased.identifier]
+    pending = json.loads(cli(database_url, "list", "--state", "pending", "--json").stdout)
+    assert leased.identifier not in [r["identifier"] for r in pending] and len(pending) == 1
+    story = cli(database_url, "inspect", leased.identifier).stdout
+    assert "in flight" in story and "relay-a" in story
+
+
+def test_leases_left_behind_are_dropped_and_a_dead_relays_first_claim_is_kept(
+    database_url: str, db
+) -> None:
+    """A lease whose row was settled while its relay died is dropped with the counter fold; an
+    expired lease of a pending row stays until it is taken over, keeping its first claim (the
+    dedup clock of a call that may have landed)."""
+    insert_usage(database_url, 2, customers=2)
+    first, second = claim(db, "relay-a", lease=30)
+    (an_hour_ago,) = db.execute("SELECT now() - interval '1 hour'").fetchone() or (None,)
+    db.execute(
+        "UPDATE meter_event_outbox_leases SET leased_until = now() - interval '2 minutes',"
+        " first_claimed_at = %s",
+        (an_hour_ago,),
+    )
+    db.execute("UPDATE meter_event_outbox SET state = 'rejected' WHERE id = %s", (first.id,))
+    db.commit()
+    db.execute(QUERIES["fold_counts"])
+    db.commit()
+    left = [i for (i,) in db.execute("SELECT outbox_id FROM meter_event_outbox_leases")]
+    assert left == [second.id]
+    (taken,) = claim(db, "relay-b", lease=30)
+    assert (taken.id, taken.first_attempt_at) == (second.id, an_hour_ago)

@@ -77,7 +77,7 @@ def test_outcomes_without_a_call_leave_no_attempt_row(database_url: str, db) -> 
 def test_an_outcome_whose_lease_was_lost_leaves_no_attempt_row(database_url: str, db) -> None:
     insert_usage(database_url, 1)
     claimed = claim_one(db)
-    db.execute("UPDATE meter_event_outbox SET lease_token = gen_random_uuid()")  # re-claimed
+    db.execute("UPDATE meter_event_outbox_leases SET lease_token = gen_random_uuid()")  # re-claimed
     late = Outcome(claimed, "accepted", http_status=200, called=True, latency_ms=5.0)
     assert SyncStore(db).record_outcomes([late], "test-relay") == set()
     assert attempts(database_url) == []

@@ -1,0 +1,96 @@
+-- A claim used to update the row (pending -> in_flight, lease token, deadline in available_at):
+-- a non-HOT update, a new row version and an entry in every index whose predicate matches,
+-- about 550 bytes of WAL per fact. The lease lives here instead, in an UNLOGGED table (no WAL).
+-- A crash of PostgreSQL empties it: the rows it leased are still `pending` in the outbox, are
+-- claimed again and replay with the same idempotency key and identifier (invariant 1), and the
+-- old holder's outcome finds no lease and writes nothing (compare-and-set, invariant 2).
+--
+-- A row is in flight when it is pending with a live lease here (or, written by a relay of an
+-- earlier release, `in_flight` in the outbox with its deadline in available_at).
+CREATE UNLOGGED TABLE IF NOT EXISTS meter_event_outbox_leases (
+    outbox_id        bigint PRIMARY KEY,      -- the arbiter between claims: one lease per row
+    lease_token      uuid NOT NULL,
+    leased_by        text NOT NULL,
+    leased_until     timestamptz NOT NULL,
+    -- The first claim of the row since its last outcome, carried over when an expired lease is
+    -- taken over: a relay that died after its call started the dedup clock (invariant 6).
+    first_claimed_at timestamptz NOT NULL,
+    leased_at        timestamptz NOT NULL DEFAULT now(),
+    customer         text NOT NULL,           -- the lane, for v1's one-call-per-lane probe
+    event_name       text NOT NULL,
+    stripe_account   text,
+    action           text NOT NULL
+);
+-- v1: "has this lane a call in flight?" is one probe of this index's range after now().
+CREATE INDEX IF NOT EXISTS meter_event_outbox_leases_lane
+    ON meter_event_outbox_leases (customer, event_name, leased_until);
+
+-- Rolling upgrade: a relay of the previous release claims by updating the row to in_flight.
+-- A row with a live lease here is in flight for this release's relays: that claim skips it.
+CREATE OR REPLACE FUNCTION meter_event_outbox_leased_skip() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM meter_event_outbox_leases l
+               WHERE l.outbox_id = OLD.id AND l.leased_until > now()) THEN
+        RETURN NULL;
+    END IF;
+    RETURN NEW;
+END $$;
+DROP TRIGGER IF EXISTS meter_event_outbox_old_claim ON meter_event_outbox;
+CREATE TRIGGER meter_event_outbox_old_claim
+    BEFORE UPDATE ON meter_event_outbox FOR EACH ROW
+    WHEN (OLD.state = 'pending' AND NEW.state = 'in_flight')
+    EXECUTE FUNCTION meter_event_outbox_leased_skip();
+
+-- cancel_usage (this release's library and earlier ones): a pending row with a live lease has
+-- a report in flight, so the request is only stamped and the outcome decides (invariant 10),
+-- exactly as for an `in_flight` row. The relay's outcome never sets cancel_requested_at, and
+-- deletes the lease before it updates the row, so it is never caught here.
+CREATE OR REPLACE FUNCTION meter_event_outbox_leased_cancel() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM meter_event_outbox_leases l
+               WHERE l.outbox_id = OLD.id AND l.leased_until > now()) THEN
+        NEW.state := OLD.state;
+        NEW.action := OLD.action;
+        NEW.attempts := OLD.attempts;
+        NEW.cancelled_at := OLD.cancelled_at;
+        NEW.available_at := OLD.available_at;
+    END IF;
+    RETURN NEW;
+END $$;
+DROP TRIGGER IF EXISTS meter_event_outbox_leased_cancel ON meter_event_outbox;
+CREATE TRIGGER meter_event_outbox_leased_cancel
+    BEFORE UPDATE ON meter_event_outbox FOR EACH ROW
+    WHEN (OLD.state = 'pending' AND OLD.cancel_requested_at IS NULL
+          AND NEW.cancel_requested_at IS NOT NULL)
+    EXECUTE FUNCTION meter_event_outbox_leased_cancel();
+
+-- The triggers read the lease table whoever updates the row (an application cancelling through
+-- a role without rights on it): SECURITY DEFINER with a pinned search_path.
+DO $pin$
+BEGIN
+    EXECUTE format('ALTER FUNCTION meter_event_outbox_leased_skip() SECURITY DEFINER'
+                   ' SET search_path = %I, pg_temp', current_schema());
+    EXECUTE format('ALTER FUNCTION meter_event_outbox_leased_cancel() SECURITY DEFINER'
+                   ' SET search_path = %I, pg_temp', current_schema());
+END $pin$;
+
+-- Rows per state: a pending row with a live lease is in flight (the tallies count it pending:
+-- a claim no longer changes the row). One primary-key probe per live lease.
+CREATE OR REPLACE VIEW meter_event_outbox_status AS
+WITH leased AS (
+    SELECT count(*) AS n FROM meter_event_outbox_leases l
+    JOIN meter_event_outbox o ON o.id = l.outbox_id AND o.state = 'pending'
+    WHERE l.leased_until > now()
+)
+SELECT s.state,
+       (coalesce(t.n, 0) + CASE s.state WHEN 'pending' THEN -leased.n
+                                        WHEN 'in_flight' THEN leased.n ELSE 0 END)::bigint AS n,
+       NULL::timestamptz AS oldest_available_at
+FROM unnest(ARRAY['pending', 'in_flight', 'accepted', 'failed', 'rejected', 'cancelled'])
+         WITH ORDINALITY AS s(state, ord)
+CROSS JOIN leased
+LEFT JOIN (SELECT state, sum(n) AS n FROM meter_event_outbox_tally WHERE state <> ''
+           GROUP BY state) t ON t.state = s.state
+ORDER BY s.ord;

@@ -1,0 +1,72 @@
+"""A crash of PostgreSQL while calls are in flight: the UNLOGGED lease table (migration
+outbox_0020) comes back empty, the rows are pending, they are claimed again and replay with the
+same idempotency key; the first holder's late outcomes find no lease and write nothing. Nothing
+is lost, nothing is counted twice. On a private cluster (killed with `immediate`: no
+checkpoint, crash recovery on start)."""
+
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from bench.chaos_cluster import PrivateCluster, private_cluster
+from relay.emulator import Emulator, EmulatorConfig
+from tests.acceptance.process.test_process import relay_env, start, wait_for
+from tests.support.relay import insert_usage, states
+
+CLI = [sys.executable, "-m", "relay.cli"]
+
+
+@pytest.fixture
+def cluster() -> Iterator[PrivateCluster]:
+    if shutil.which("pg_createcluster") is None:
+        pytest.skip("needs pg_createcluster (postgresql-common) for a private cluster")
+    with private_cluster() as made:
+        yield made
+
+
+def lease_tokens(url: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        return {
+            str(t) for (t,) in conn.execute("SELECT lease_token FROM meter_event_outbox_leases")
+        }
+
+
+def answers(url: str) -> bool:
+    try:
+        with psycopg.connect(url, connect_timeout=2):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+def test_a_postgres_crash_with_live_leases_loses_nothing_and_counts_nothing_twice(
+    cluster: PrivateCluster,
+) -> None:
+    url = cluster.create_database("crash")
+    with Emulator(EmulatorConfig(rate_limit_test=None)) as emulator:
+        env = relay_env(url, emulator, OUTBOX_LEASE_SECONDS="60")  # never expires in the test
+        subprocess.run([*CLI, "migrate"], env=env, check=True, capture_output=True, timeout=120)
+        gate = emulator.hold("/v1/billing/meter_events", count=3)  # the first calls wait
+        identifiers = insert_usage(url, 3, customers=3)
+        relay = start(env)
+        try:
+            gate.wait_arrived(3, timeout=60)  # leased, the calls at Stripe
+            held = lease_tokens(url)
+            assert len(held) == 3 and states(url) == {"in_flight": 3}
+            cluster.crash_stop()
+            cluster.start()
+            wait_for(lambda: answers(url))
+            # Crash recovery empties the lease table: the rows were pending all along, so the
+            # relay claims them again (new tokens) and replays them under the same keys.
+            assert not held & lease_tokens(url)
+            gate.release()  # the first calls land; their outcomes find no lease
+            wait_for(lambda: answers(url) and states(url) == {"accepted": 3}, timeout=90)
+        finally:
+            relay.send_signal(signal.SIGTERM)
+            relay.communicate(timeout=30)
+        assert [emulator.counted(i) for i in identifiers] == [1, 1, 1]
