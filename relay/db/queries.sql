@@ -465,15 +465,17 @@ UNION ALL
 -- report in flight whose call may already have landed (its late outcome then loses the
 -- compare-and-set on the lease). A pending, failed, rejected or cancelled row is never touched:
 -- a report naming it is a guess or a replay, and marking it would invite recording it again.
--- A report in flight is `in_flight` (a relay of an earlier release) or pending with a live
--- lease (migration outbox_0020); its lease is dropped, and the late outcome then finds none.
+-- A report in flight is `in_flight` (a relay of an earlier release) or pending with a lease
+-- (migration outbox_0020), live or expired: an expired one is a relay that died after its call,
+-- as an `in_flight` row past its deadline was. Its lease is dropped, and the late outcome then
+-- finds none.
 WITH leased AS (
     DELETE FROM meter_event_outbox_leases l
     USING meter_event_outbox o
     WHERE o.identifier = ANY(CAST(:identifiers AS text[]))
       AND o.stripe_account IS NOT DISTINCT FROM CAST(:account AS text)
       AND o.state = 'pending' AND o.action = 'report'
-      AND l.outbox_id = o.id AND l.leased_until > now()
+      AND l.outbox_id = o.id
     RETURNING l.outbox_id
 )
 UPDATE meter_event_outbox o
