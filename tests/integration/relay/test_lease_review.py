@@ -5,6 +5,7 @@ import psycopg
 
 import outbox
 from relay.core.rows import Outcome
+from relay.core.vocabulary import STRIPE_OUTAGE
 from relay.db import queries
 from relay.db.store import SyncStore
 from tests.support.relay import claim, expire_leases, insert_usage, row
@@ -82,3 +83,24 @@ def test_a_webhook_rejection_of_a_report_in_flight_with_a_cancel_requested(
     assert SyncStore(db).all(queries.REJECT(params)) == ["u1"]
     assert write(db, [Outcome(row=claimed, state="accepted")]) == set()
     assert row(database_url, "u1")["state"] == "rejected"
+
+
+def test_a_taken_over_lease_keeps_the_dead_relay_s_first_claim_when_the_new_holder_sends_nothing(
+    database_url: str, db
+) -> None:
+    """relay-a died after its call (it may have landed); relay-b takes the lease over and gives
+    the row back without a call (the outage breaker holds). The carried first claim is the dedup
+    clock of relay-a's call (invariant 6) and says Stripe may have counted it: it must reach the
+    row, or a cancel now cancels on the spot what Stripe counted (invariant 10). (The claim used
+    to write first_attempt_at into the row, and an unsent outcome restored the pre-claim value,
+    which relay-a's claim had set.)"""
+    insert_usage(database_url, 1)
+    (first,) = claim(db, "relay-a", lease=30)
+    expire_leases(db)
+    (taken,) = claim(db, "relay-b", lease=30)
+    assert taken.first_attempt_at is not None
+    held = Outcome.unsent(taken, STRIPE_OUTAGE, "held", delay=0.0)
+    assert SyncStore(db).record_outcomes([held], "relay-b") == {first.id}
+    assert row(database_url, "u1")["first_attempt_at"] == taken.first_attempt_at
+    assert outbox.cancel_usage(db, identifier="u1").state == "pending"
+    assert row(database_url, "u1")["action"] == "report"  # resolved first, same key
