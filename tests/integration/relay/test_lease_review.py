@@ -2,6 +2,7 @@
 true that the `in_flight` row used to, against cancels, webhook rejections and racing relays."""
 
 import psycopg
+import pytest
 
 import outbox
 from relay.core.rows import Outcome
@@ -104,3 +105,24 @@ def test_a_taken_over_lease_keeps_the_dead_relay_s_first_claim_when_the_new_hold
     assert row(database_url, "u1")["first_attempt_at"] == taken.first_attempt_at
     assert outbox.cancel_usage(db, identifier="u1").state == "pending"
     assert row(database_url, "u1")["action"] == "report"  # resolved first, same key
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open hole: a PostgreSQL crash empties the lease table, and nothing durable says the"
+    " row's first report is in flight, so cancel_usage cancels it on the spot (invariant 10)",
+)
+def test_a_cancel_after_a_crash_emptied_the_lease_table_waits_for_the_report_s_outcome(
+    database_url: str, db
+) -> None:
+    """The first call of a row is at Stripe when PostgreSQL crashes: crash recovery resets the
+    UNLOGGED lease table (TRUNCATE is what it does to it). The row is pending with no
+    first_attempt_at, exactly as if it was never sent; a cancel now cancels it on the spot,
+    the call lands and Stripe counts a cancelled fact (the late outcome finds no lease). With
+    the `in_flight` row of the previous release the cancel was only stamped."""
+    insert_usage(database_url, 1)
+    (claimed,) = claim(db, "relay-a", lease=30)
+    db.execute("TRUNCATE meter_event_outbox_leases")  # what crash recovery does to it
+    outbox.cancel_usage(db, identifier="u1")
+    assert write(db, [Outcome(row=claimed, state="accepted")]) == set()  # lease gone
+    assert row(database_url, "u1")["state"] != "cancelled"  # Stripe counted it
