@@ -1,6 +1,10 @@
 """Hostile review of the UNLOGGED lease (migration outbox_0020): what the lease table must keep
 true that the `in_flight` row used to, against cancels, webhook rejections and racing relays."""
 
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
 import psycopg
 import pytest
 
@@ -9,6 +13,7 @@ from relay.core.rows import Outcome
 from relay.core.vocabulary import STRIPE_OUTAGE
 from relay.db import queries
 from relay.db.store import SyncStore
+from tests.acceptance.process.test_process import wait_for
 from tests.support.relay import claim, expire_leases, insert_usage, row
 
 
@@ -126,3 +131,73 @@ def test_a_cancel_after_a_crash_emptied_the_lease_table_waits_for_the_report_s_o
     outbox.cancel_usage(db, identifier="u1")
     assert write(db, [Outcome(row=claimed, state="accepted")]) == set()  # lease gone
     assert row(database_url, "u1")["state"] != "cancelled"  # Stripe counted it
+
+
+def _session(database_url: str, deadlock_timeout: str) -> psycopg.Connection:
+    conn = psycopg.connect(database_url, autocommit=True)
+    conn.execute(f"SET deadlock_timeout = '{deadlock_timeout}'")
+    return conn
+
+
+def _blocked(db: psycopg.Connection, conn: psycopg.Connection) -> bool:
+    found = db.execute("SELECT cardinality(pg_blocking_pids(%s)) > 0", (conn.info.backend_pid,))
+    return bool((found.fetchone() or (False,))[0])
+
+
+def _retried(work: Callable[[], Any], future: Future[Any]) -> Any:
+    """What the relay does with a statement that failed (the completer and the producer retry
+    on any psycopg.Error): run it again."""
+    try:
+        return future.result()
+    except psycopg.errors.DeadlockDetected:
+        return work()
+
+
+@pytest.mark.parametrize("victim", ["claim", "outcome"])
+def test_a_deadlock_between_a_takeover_and_the_old_holder_s_outcome_loses_nothing(
+    database_url: str, db, victim: str
+) -> None:
+    """The claim locks the row, then leases it; the outcome deletes the lease, then updates the
+    row. relay-b takes over relay-a's expired lease of row 1 while relay-a's late outcome (rows
+    2 and 1) has deleted that lease and waits for row 2: each then waits for the other, and
+    PostgreSQL aborts one. Retried as the relay retries, either relay-a's outcome is written, or
+    relay-b holds row 1 with relay-a's first claim (a replay under the same key): never both,
+    never neither."""
+    insert_usage(database_url, 2, customers=2)
+    one, two = claim(db, "relay-a", lease=30)
+    expire_leases(db)
+    # PostgreSQL looks for a cycle once per wait, deadlock_timeout after it began, and aborts
+    # the session that finds it. relay-b begins to wait before the cycle closes (when the
+    # blocker lets relay-a's outcome go on); relay-a's new wait begins as it closes.
+    a = _session(database_url, "20ms" if victim == "outcome" else "10s")
+    b = _session(database_url, "1s" if victim == "claim" else "10s")
+    blocker = psycopg.connect(database_url)  # holds row 2 so that relay-a's outcome stops there
+    blocker.execute("SELECT 1 FROM meter_event_outbox WHERE id = %s FOR UPDATE", (two.id,))
+
+    def outcome() -> set[int]:
+        late = [Outcome(row=two, state="accepted"), Outcome(row=one, state="accepted")]
+        return SyncStore(a).record_outcomes(late, "relay-a")
+
+    def takeover() -> list[Any]:
+        return SyncStore(b).claim(
+            [one.id], fill=0, exclusive=True, relay_id="relay-b", lease_seconds=30, one_walk=True
+        )
+
+    with a, b, ThreadPoolExecutor(2) as pool:
+        written = pool.submit(outcome)
+        wait_for(lambda: _blocked(db, a), timeout=10)  # row 1's lease deleted, waits for row 2
+        taken = pool.submit(takeover)
+        wait_for(lambda: _blocked(db, b), timeout=10)  # row 1 locked, waits for its lease
+        blocker.rollback()
+        blocker.close()
+        (failed,) = [f for f in (written, taken) if isinstance(f.exception(), Exception)]
+        assert isinstance(failed.exception(), psycopg.errors.DeadlockDetected)
+        ids, claimed = _retried(outcome, written), _retried(takeover, taken)
+    assert row(database_url, two.identifier)["state"] == "accepted"
+    first = row(database_url, one.identifier)
+    if victim == "claim":  # relay-a's outcome went first: nothing left to take over
+        assert (ids, claimed, first["state"]) == ({one.id, two.id}, [], "accepted")
+    else:  # relay-b holds row 1 and replays it under the same key, from relay-a's first claim
+        (held,) = claimed
+        assert ids == {two.id} and (first["state"], first["leased_by"]) == ("in_flight", "relay-b")
+        assert (held.key_generation, held.first_attempt_at) == (0, one.first_attempt_at)
