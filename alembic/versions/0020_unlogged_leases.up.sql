@@ -50,7 +50,9 @@ CREATE TRIGGER meter_event_outbox_old_claim
 -- deadline was. On every cancel of such a row, not only the first: a repeated cancel_usage
 -- would otherwise cancel it on the spot (its first_attempt_at is still NULL) while the report
 -- lands. The relay's outcome (and a webhook's rejection) deletes the lease in the same
--- statement before it updates the row, and this function's query sees that deletion.
+-- statement before it updates the row, and this function's query sees that deletion. A claim
+-- of the previous release (NEW.state `in_flight`) is left to meter_event_outbox_old_claim: it
+-- takes over an expired lease there, the request stamped on the row it leases.
 CREATE OR REPLACE FUNCTION meter_event_outbox_leased_cancel() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -66,7 +68,8 @@ END $$;
 DROP TRIGGER IF EXISTS meter_event_outbox_leased_cancel ON meter_event_outbox;
 CREATE TRIGGER meter_event_outbox_leased_cancel
     BEFORE UPDATE ON meter_event_outbox FOR EACH ROW
-    WHEN (OLD.state = 'pending' AND NEW.cancel_requested_at IS NOT NULL)
+    WHEN (OLD.state = 'pending' AND NEW.cancel_requested_at IS NOT NULL
+          AND NEW.state <> 'in_flight')
     EXECUTE FUNCTION meter_event_outbox_leased_cancel();
 
 -- The triggers read the lease table whoever updates the row (an application cancelling through

@@ -201,3 +201,30 @@ def test_a_deadlock_between_a_takeover_and_the_old_holder_s_outcome_loses_nothin
         (held,) = claimed
         assert ids == {two.id} and (first["state"], first["leased_by"]) == ("in_flight", "relay-b")
         assert (held.key_generation, held.first_attempt_at) == (0, one.first_attempt_at)
+
+
+# The previous release's claim (outbox_0017), its final statement: the row itself is leased.
+PREVIOUS_CLAIM = (
+    "UPDATE meter_event_outbox SET state = 'in_flight', lease_token = gen_random_uuid(),"
+    " leased_by = 'relay-old', available_at = now() + interval '30 seconds',"
+    " first_attempt_at = coalesce(first_attempt_at, now()), updated_at = now()"
+    " WHERE id = %s AND state IN ('pending', 'in_flight') AND available_at <= now()"
+    " RETURNING lease_token"
+)
+
+
+def test_the_previous_release_takes_over_an_expired_lease_of_a_row_with_a_cancel_requested(
+    database_url: str, db
+) -> None:
+    """A relay of the previous release takes over this release's expired lease of a report
+    whose cancel was requested while it was in flight: its claim makes the row `in_flight`
+    (the cancel trigger leaves a claim alone), so this release's relays keep off it until its
+    deadline, and the old relay's outcome turns the report into its cancel."""
+    insert_usage(database_url, 1)
+    (claimed,) = claim(db, "relay-a", lease=30)
+    assert outbox.cancel_usage(db, identifier="u1").state == "in_flight"
+    expire_leases(db)
+    assert db.execute(PREVIOUS_CLAIM, (claimed.id,)).fetchone() is not None
+    r = row(database_url, "u1")
+    assert (r["state"], r["leased_by"]) == ("in_flight", "relay-old")
+    assert claim(db, "relay-b", lease=30) == []
