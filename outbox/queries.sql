@@ -66,12 +66,11 @@ SET cancel_requested_at = coalesce(o.cancel_requested_at, now()),
                         ELSE now() END,
     updated_at = now()
 WHERE o.identifier = :identifier
--- A pending row with a live lease has its report in flight (migration outbox_0020; a trigger
--- then only stamps the request), and says so.
+-- A pending row with a lease, live or expired, has its report in flight (migration
+-- outbox_0020; a trigger then only stamps the request), and says so.
 RETURNING o.id,
           CASE WHEN o.state = 'pending' AND EXISTS (
-                   SELECT 1 FROM meter_event_outbox_leases l
-                   WHERE l.outbox_id = o.id AND l.leased_until > now())
+                   SELECT 1 FROM meter_event_outbox_leases l WHERE l.outbox_id = o.id)
                THEN 'in_flight' ELSE o.state END AS state,
           o.action
 

@@ -42,15 +42,21 @@ CREATE TRIGGER meter_event_outbox_old_claim
     WHEN (OLD.state = 'pending' AND NEW.state = 'in_flight')
     EXECUTE FUNCTION meter_event_outbox_leased_skip();
 
--- cancel_usage (this release's library and earlier ones): a pending row with a live lease has
--- a report in flight, so the request is only stamped and the outcome decides (invariant 10),
--- exactly as for an `in_flight` row. The relay's outcome never sets cancel_requested_at, and
--- deletes the lease before it updates the row, so it is never caught here.
+-- cancel_usage (this release's library and earlier ones): a pending row with a lease has a
+-- report in flight, so the request is only stamped and the outcome decides (invariant 10),
+-- exactly as for an `in_flight` row. Any lease, live or expired: an outcome deletes its lease,
+-- so a lease left on a pending row is a call whose outcome is unknown (a relay that died after
+-- its call; the relay that takes the lease over resolves it), as an `in_flight` row past its
+-- deadline was. On every cancel of such a row, not only the first: a repeated cancel_usage
+-- would otherwise cancel it on the spot (its first_attempt_at is still NULL) while the report
+-- lands. The relay's outcome (and a webhook's rejection) deletes the lease in the same
+-- statement before it updates the row, and this function's query sees that deletion. A claim
+-- of the previous release (NEW.state `in_flight`) is left to meter_event_outbox_old_claim: it
+-- takes over an expired lease there, the request stamped on the row it leases.
 CREATE OR REPLACE FUNCTION meter_event_outbox_leased_cancel() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM meter_event_outbox_leases l
-               WHERE l.outbox_id = OLD.id AND l.leased_until > now()) THEN
+    IF EXISTS (SELECT 1 FROM meter_event_outbox_leases l WHERE l.outbox_id = OLD.id) THEN
         NEW.state := OLD.state;
         NEW.action := OLD.action;
         NEW.attempts := OLD.attempts;
@@ -62,8 +68,8 @@ END $$;
 DROP TRIGGER IF EXISTS meter_event_outbox_leased_cancel ON meter_event_outbox;
 CREATE TRIGGER meter_event_outbox_leased_cancel
     BEFORE UPDATE ON meter_event_outbox FOR EACH ROW
-    WHEN (OLD.state = 'pending' AND OLD.cancel_requested_at IS NULL
-          AND NEW.cancel_requested_at IS NOT NULL)
+    WHEN (OLD.state = 'pending' AND NEW.cancel_requested_at IS NOT NULL
+          AND NEW.state <> 'in_flight')
     EXECUTE FUNCTION meter_event_outbox_leased_cancel();
 
 -- The triggers read the lease table whoever updates the row (an application cancelling through

@@ -215,7 +215,11 @@ released AS MATERIALIZED (
     DELETE FROM meter_event_outbox_leases l
     USING input i
     WHERE l.outbox_id = i.id AND l.lease_token = i.token
-    RETURNING l.outbox_id, l.first_claimed_at, l.leased_by
+    RETURNING l.outbox_id, l.first_claimed_at, l.leased_by,
+              -- taken over from an earlier holder (a takeover keeps its first claim and stamps
+              -- leased_at; a fresh lease has both at the claim's now()): that holder's call
+              -- may have counted whatever this one's outcome is
+              l.first_claimed_at < l.leased_at AS carried_over
 ),
 written AS (
     UPDATE meter_event_outbox o
@@ -237,8 +241,11 @@ written AS (
                  AND u.cancel_now THEN 0
             ELSE o.attempts + u.counted END,
         key_generation = o.key_generation + u.new_key,
-        -- Restored when no call may have counted (o.first_attempt_at is what the claim set).
-        first_attempt_at = CASE WHEN u.reached THEN coalesce(o.first_attempt_at, u.first_claimed_at)
+        -- The dedup clock starts when a call may have counted: this one (reached), or the
+        -- call of a relay whose expired lease this claim took over (its first claim, carried
+        -- in the lease). Otherwise the row keeps what it had.
+        first_attempt_at = CASE WHEN u.reached OR u.carried_over
+                                THEN coalesce(o.first_attempt_at, u.first_claimed_at)
                                 ELSE o.first_attempt_at END,
         last_error_code = u.code,
         last_error_message = u.message,
@@ -267,7 +274,7 @@ written AS (
         accepted_by = CASE WHEN u.clean AND o.accepted_at IS NULL
                                 AND o.cancel_requested_at IS NULL
                            THEN CAST(:relay_id AS text) ELSE o.accepted_by END
-    FROM (SELECT i.*, r.first_claimed_at, r.leased_by FROM input i
+    FROM (SELECT i.*, r.first_claimed_at, r.leased_by, r.carried_over FROM input i
           JOIN released r ON r.outbox_id = i.id) u
     WHERE o.id = u.id AND o.state = 'pending'
     -- o.* here are the values just written; the sent action and key come from the claim.
@@ -465,15 +472,17 @@ UNION ALL
 -- report in flight whose call may already have landed (its late outcome then loses the
 -- compare-and-set on the lease). A pending, failed, rejected or cancelled row is never touched:
 -- a report naming it is a guess or a replay, and marking it would invite recording it again.
--- A report in flight is `in_flight` (a relay of an earlier release) or pending with a live
--- lease (migration outbox_0020); its lease is dropped, and the late outcome then finds none.
+-- A report in flight is `in_flight` (a relay of an earlier release) or pending with a lease
+-- (migration outbox_0020), live or expired: an expired one is a relay that died after its call,
+-- as an `in_flight` row past its deadline was. Its lease is dropped, and the late outcome then
+-- finds none.
 WITH leased AS (
     DELETE FROM meter_event_outbox_leases l
     USING meter_event_outbox o
     WHERE o.identifier = ANY(CAST(:identifiers AS text[]))
       AND o.stripe_account IS NOT DISTINCT FROM CAST(:account AS text)
       AND o.state = 'pending' AND o.action = 'report'
-      AND l.outbox_id = o.id AND l.leased_until > now()
+      AND l.outbox_id = o.id
     RETURNING l.outbox_id
 )
 UPDATE meter_event_outbox o

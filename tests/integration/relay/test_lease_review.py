@@ -1,0 +1,230 @@
+"""Hostile review of the UNLOGGED lease (migration outbox_0020): what the lease table must keep
+true that the `in_flight` row used to, against cancels, webhook rejections and racing relays."""
+
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import psycopg
+import pytest
+
+import outbox
+from relay.core.rows import Outcome
+from relay.core.vocabulary import STRIPE_OUTAGE
+from relay.db import queries
+from relay.db.store import SyncStore
+from tests.acceptance.process.test_process import wait_for
+from tests.support.relay import claim, expire_leases, insert_usage, row
+
+
+def write(conn: psycopg.Connection, outcomes: list[Outcome]) -> set[int]:
+    return SyncStore(conn).record_outcomes(outcomes, "relay-a")
+
+
+def test_a_repeated_cancel_of_a_report_in_flight_still_waits_for_its_outcome(
+    database_url: str, db
+) -> None:
+    """An application that calls cancel_usage twice (a retried request) while the first report
+    is in flight: the second call must not cancel the row on the spot, or Stripe counts a fact
+    the outbox says was cancelled (invariant 10)."""
+    insert_usage(database_url, 1)
+    (claimed,) = claim(db, "relay-a", lease=30)
+    assert outbox.cancel_usage(db, identifier="u1").state == "in_flight"
+    assert outbox.cancel_usage(db, identifier="u1").state == "in_flight"
+    # Stripe took the report: the cancel is now sent as an adjustment.
+    assert write(db, [Outcome(row=claimed, state="accepted")]) == {claimed.id}
+    r = row(database_url, "u1")
+    assert (r["state"], r["action"]) == ("pending", "cancel")
+
+
+def test_a_cancel_after_the_lease_ran_out_waits_for_the_report_s_outcome(
+    database_url: str, db
+) -> None:
+    """A relay died (or is slow) after its call: its lease has expired but nobody took it over
+    yet. The report may have landed, so a cancel is only stamped, as it was for an `in_flight`
+    row whose deadline had passed; the relay that takes the lease over resolves the report."""
+    insert_usage(database_url, 1)
+    claim(db, "relay-a", lease=30)
+    expire_leases(db)
+    outbox.cancel_usage(db, identifier="u1")
+    assert row(database_url, "u1")["state"] != "cancelled"
+    (taken,) = claim(db, "relay-b", lease=30)
+    assert write(db, [Outcome(row=taken, state="accepted")]) == {taken.id}
+    r = row(database_url, "u1")
+    assert (r["state"], r["action"]) == ("pending", "cancel")
+
+
+def test_a_webhook_rejection_after_the_lease_ran_out_is_kept(database_url: str, db) -> None:
+    """Stripe's asynchronous error report names a row whose relay died after its call landed
+    (lease expired, not yet taken over): the row is rejected, as an `in_flight` row past its
+    deadline was, and the relay that would have replayed it leaves it alone."""
+    insert_usage(database_url, 1)
+    claim(db, "relay-a", lease=30)
+    expire_leases(db)
+    params: queries.RejectParams = {
+        "identifiers": ["u1"],
+        "account": None,
+        "code": "invalid_customer",
+        "message": "no such customer",
+    }
+    assert SyncStore(db).all(queries.REJECT(params)) == ["u1"]
+    assert row(database_url, "u1")["state"] == "rejected"
+    assert claim(db, "relay-b", lease=30) == []
+
+
+def test_a_webhook_rejection_of_a_report_in_flight_with_a_cancel_requested(
+    database_url: str, db
+) -> None:
+    """The cancel trigger now fires on every update of a pending row with a cancel request: a
+    rejection (which drops the lease in the same statement) must still go through."""
+    insert_usage(database_url, 1)
+    (claimed,) = claim(db, "relay-a", lease=30)
+    assert outbox.cancel_usage(db, identifier="u1").state == "in_flight"
+    params: queries.RejectParams = {
+        "identifiers": ["u1"],
+        "account": None,
+        "code": "invalid_customer",
+        "message": "no such customer",
+    }
+    assert SyncStore(db).all(queries.REJECT(params)) == ["u1"]
+    assert write(db, [Outcome(row=claimed, state="accepted")]) == set()
+    assert row(database_url, "u1")["state"] == "rejected"
+
+
+def test_a_taken_over_lease_keeps_the_dead_relay_s_first_claim_when_the_new_holder_sends_nothing(
+    database_url: str, db
+) -> None:
+    """relay-a died after its call (it may have landed); relay-b takes the lease over and gives
+    the row back without a call (the outage breaker holds). The carried first claim is the dedup
+    clock of relay-a's call (invariant 6) and says Stripe may have counted it: it must reach the
+    row, or a cancel now cancels on the spot what Stripe counted (invariant 10). (The claim used
+    to write first_attempt_at into the row, and an unsent outcome restored the pre-claim value,
+    which relay-a's claim had set.)"""
+    insert_usage(database_url, 1)
+    (first,) = claim(db, "relay-a", lease=30)
+    expire_leases(db)
+    (taken,) = claim(db, "relay-b", lease=30)
+    assert taken.first_attempt_at is not None
+    held = Outcome.unsent(taken, STRIPE_OUTAGE, "held", delay=0.0)
+    assert SyncStore(db).record_outcomes([held], "relay-b") == {first.id}
+    assert row(database_url, "u1")["first_attempt_at"] == taken.first_attempt_at
+    assert outbox.cancel_usage(db, identifier="u1").state == "pending"
+    assert row(database_url, "u1")["action"] == "report"  # resolved first, same key
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open hole: a PostgreSQL crash empties the lease table, and nothing durable says the"
+    " row's first report is in flight, so cancel_usage cancels it on the spot (invariant 10)",
+)
+def test_a_cancel_after_a_crash_emptied_the_lease_table_waits_for_the_report_s_outcome(
+    database_url: str, db
+) -> None:
+    """The first call of a row is at Stripe when PostgreSQL crashes: crash recovery resets the
+    UNLOGGED lease table (TRUNCATE is what it does to it). The row is pending with no
+    first_attempt_at, exactly as if it was never sent; a cancel now cancels it on the spot,
+    the call lands and Stripe counts a cancelled fact (the late outcome finds no lease). With
+    the `in_flight` row of the previous release the cancel was only stamped."""
+    insert_usage(database_url, 1)
+    (claimed,) = claim(db, "relay-a", lease=30)
+    db.execute("TRUNCATE meter_event_outbox_leases")  # what crash recovery does to it
+    outbox.cancel_usage(db, identifier="u1")
+    assert write(db, [Outcome(row=claimed, state="accepted")]) == set()  # lease gone
+    assert row(database_url, "u1")["state"] != "cancelled"  # Stripe counted it
+
+
+def _session(database_url: str, deadlock_timeout: str) -> psycopg.Connection:
+    conn = psycopg.connect(database_url, autocommit=True)
+    conn.execute(f"SET deadlock_timeout = '{deadlock_timeout}'")
+    return conn
+
+
+def _blocked(db: psycopg.Connection, conn: psycopg.Connection) -> bool:
+    found = db.execute("SELECT cardinality(pg_blocking_pids(%s)) > 0", (conn.info.backend_pid,))
+    return bool((found.fetchone() or (False,))[0])
+
+
+def _retried(work: Callable[[], Any], future: Future[Any]) -> Any:
+    """What the relay does with a statement that failed (the completer and the producer retry
+    on any psycopg.Error): run it again."""
+    try:
+        return future.result()
+    except psycopg.errors.DeadlockDetected:
+        return work()
+
+
+@pytest.mark.parametrize("victim", ["claim", "outcome"])
+def test_a_deadlock_between_a_takeover_and_the_old_holder_s_outcome_loses_nothing(
+    database_url: str, db, victim: str
+) -> None:
+    """The claim locks the row, then leases it; the outcome deletes the lease, then updates the
+    row. relay-b takes over relay-a's expired lease of row 1 while relay-a's late outcome (rows
+    2 and 1) has deleted that lease and waits for row 2: each then waits for the other, and
+    PostgreSQL aborts one. Retried as the relay retries, either relay-a's outcome is written, or
+    relay-b holds row 1 with relay-a's first claim (a replay under the same key): never both,
+    never neither."""
+    insert_usage(database_url, 2, customers=2)
+    one, two = claim(db, "relay-a", lease=30)
+    expire_leases(db)
+    # PostgreSQL looks for a cycle once per wait, deadlock_timeout after it began, and aborts
+    # the session that finds it. relay-b begins to wait before the cycle closes (when the
+    # blocker lets relay-a's outcome go on); relay-a's new wait begins as it closes.
+    a = _session(database_url, "20ms" if victim == "outcome" else "10s")
+    b = _session(database_url, "1s" if victim == "claim" else "10s")
+    blocker = psycopg.connect(database_url)  # holds row 2 so that relay-a's outcome stops there
+    blocker.execute("SELECT 1 FROM meter_event_outbox WHERE id = %s FOR UPDATE", (two.id,))
+
+    def outcome() -> set[int]:
+        late = [Outcome(row=two, state="accepted"), Outcome(row=one, state="accepted")]
+        return SyncStore(a).record_outcomes(late, "relay-a")
+
+    def takeover() -> list[Any]:
+        return SyncStore(b).claim(
+            [one.id], fill=0, exclusive=True, relay_id="relay-b", lease_seconds=30, one_walk=True
+        )
+
+    with a, b, ThreadPoolExecutor(2) as pool:
+        written = pool.submit(outcome)
+        wait_for(lambda: _blocked(db, a), timeout=10)  # row 1's lease deleted, waits for row 2
+        taken = pool.submit(takeover)
+        wait_for(lambda: _blocked(db, b), timeout=10)  # row 1 locked, waits for its lease
+        blocker.rollback()
+        blocker.close()
+        (failed,) = [f for f in (written, taken) if isinstance(f.exception(), Exception)]
+        assert isinstance(failed.exception(), psycopg.errors.DeadlockDetected)
+        ids, claimed = _retried(outcome, written), _retried(takeover, taken)
+    assert row(database_url, two.identifier)["state"] == "accepted"
+    first = row(database_url, one.identifier)
+    if victim == "claim":  # relay-a's outcome went first: nothing left to take over
+        assert (ids, claimed, first["state"]) == ({one.id, two.id}, [], "accepted")
+    else:  # relay-b holds row 1 and replays it under the same key, from relay-a's first claim
+        (held,) = claimed
+        assert ids == {two.id} and (first["state"], first["leased_by"]) == ("in_flight", "relay-b")
+        assert (held.key_generation, held.first_attempt_at) == (0, one.first_attempt_at)
+
+
+# The previous release's claim (outbox_0017), its final statement: the row itself is leased.
+PREVIOUS_CLAIM = (
+    "UPDATE meter_event_outbox SET state = 'in_flight', lease_token = gen_random_uuid(),"
+    " leased_by = 'relay-old', available_at = now() + interval '30 seconds',"
+    " first_attempt_at = coalesce(first_attempt_at, now()), updated_at = now()"
+    " WHERE id = %s AND state IN ('pending', 'in_flight') AND available_at <= now()"
+    " RETURNING lease_token"
+)
+
+
+def test_the_previous_release_takes_over_an_expired_lease_of_a_row_with_a_cancel_requested(
+    database_url: str, db
+) -> None:
+    """A relay of the previous release takes over this release's expired lease of a report
+    whose cancel was requested while it was in flight: its claim makes the row `in_flight`
+    (the cancel trigger leaves a claim alone), so this release's relays keep off it until its
+    deadline, and the old relay's outcome turns the report into its cancel."""
+    insert_usage(database_url, 1)
+    (claimed,) = claim(db, "relay-a", lease=30)
+    assert outbox.cancel_usage(db, identifier="u1").state == "in_flight"
+    expire_leases(db)
+    assert db.execute(PREVIOUS_CLAIM, (claimed.id,)).fetchone() is not None
+    r = row(database_url, "u1")
+    assert (r["state"], r["leased_by"]) == ("in_flight", "relay-old")
+    assert claim(db, "relay-b", lease=30) == []
