@@ -166,8 +166,9 @@ def test_the_relay_notices_the_crash_and_raises_the_watermark(database_url: str,
     assert not marked(db)
     fold(db)
     assert marked(db) and watermark(db) == top[0]
-    db.execute("UPDATE meter_event_outbox_lease_watermark SET possibly_sent_below = %s",
-               (top[0] + 100,))
+    db.execute(
+        "UPDATE meter_event_outbox_lease_watermark SET possibly_sent_below = %s", (top[0] + 100,)
+    )
     crash(db)
     fold(db)
     assert marked(db) and watermark(db) == top[0] + 100  # greatest wins
@@ -206,9 +207,7 @@ def test_a_cancel_of_a_row_above_the_watermark_with_no_lease_is_at_once(
     assert row(database_url, "u1")["cancel_requested_at"] is not None
 
 
-def test_a_webhook_rejection_of_a_row_under_the_watermark_is_applied(
-    database_url: str, db
-) -> None:
+def test_a_webhook_rejection_of_a_row_under_the_watermark_is_applied(database_url: str, db) -> None:
     """Stripe's error report names a row whose first call landed just before the crash: it has
     no lease any more, but lies under the watermark, so it is rejected (not replayed); a
     row above the watermark that was never sent is left alone."""
