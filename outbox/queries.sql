@@ -49,7 +49,11 @@ UPDATE meter_event_outbox AS o
 SET cancel_requested_at = coalesce(o.cancel_requested_at, now()),
     state = CASE
         WHEN o.state IN ('in_flight', 'cancelled') THEN o.state
-        WHEN o.first_attempt_at IS NULL OR o.state = 'rejected' THEN 'cancelled'
+        -- A pending row whose first report may be at Stripe though its lease was lost with a
+        -- crash of PostgreSQL (migration outbox_0020's watermark) waits for the outcome too.
+        WHEN (o.first_attempt_at IS NULL
+              AND NOT (o.state = 'pending' AND meter_event_outbox_possibly_sent(o.id)))
+             OR o.state = 'rejected' THEN 'cancelled'
         ELSE 'pending' END,
     action = CASE
         WHEN o.state IN ('in_flight', 'cancelled', 'pending') THEN o.action
@@ -59,8 +63,10 @@ SET cancel_requested_at = coalesce(o.cancel_requested_at, now()),
         WHEN o.state IN ('accepted', 'failed') AND o.first_attempt_at IS NOT NULL THEN 0
         ELSE o.attempts END,
     cancelled_at = CASE
-        WHEN o.state NOT IN ('in_flight', 'cancelled')
+        WHEN o.state NOT IN ('in_flight', 'cancelled', 'pending')
              AND (o.first_attempt_at IS NULL OR o.state = 'rejected') THEN now()
+        WHEN o.state = 'pending' AND o.first_attempt_at IS NULL
+             AND NOT meter_event_outbox_possibly_sent(o.id) THEN now()
         ELSE o.cancelled_at END,
     available_at = CASE WHEN o.state IN ('in_flight', 'cancelled', 'pending') THEN o.available_at
                         ELSE now() END,

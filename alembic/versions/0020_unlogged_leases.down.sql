@@ -10,4 +10,7 @@ DROP TRIGGER IF EXISTS meter_event_outbox_leased_cancel ON meter_event_outbox;
 DROP TRIGGER IF EXISTS meter_event_outbox_old_claim ON meter_event_outbox;
 DROP FUNCTION IF EXISTS meter_event_outbox_leased_cancel();
 DROP FUNCTION IF EXISTS meter_event_outbox_leased_skip();
+DROP FUNCTION IF EXISTS meter_event_outbox_possibly_sent(bigint);
+DROP TABLE IF EXISTS meter_event_outbox_lease_epoch;
+DROP TABLE IF EXISTS meter_event_outbox_lease_watermark;
 DROP TABLE IF EXISTS meter_event_outbox_leases;

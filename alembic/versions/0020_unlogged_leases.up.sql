@@ -25,6 +25,37 @@ CREATE UNLOGGED TABLE IF NOT EXISTS meter_event_outbox_leases (
 CREATE INDEX IF NOT EXISTS meter_event_outbox_leases_lane
     ON meter_event_outbox_leases (customer, event_name, leased_until);
 
+-- A crash of PostgreSQL (or a failover to a standby) empties the lease table while a row's FIRST
+-- report may be at Stripe: nothing on the row then says it may have been sent (first_attempt_at
+-- is NULL until an outcome), and a cancel would cancel it on the spot (invariant 10). The reset
+-- is detected durably instead: this UNLOGGED one-row marker is emptied with the leases, and
+-- the relay (each fold, store.fold_counts) re-creates it and, in the same transaction, raises
+-- the LOGGED watermark to max(id) of the outbox. Ids are not commit-ordered, yet every row that
+-- existed before the crash was committed before it, so the max(id) read after it covers them;
+-- a row committed later with a smaller id was never leased before the crash (at worst one
+-- extra, idempotent call on its cancel). Two relays at once: the second waits on the marker's
+-- key and inserts nothing; the watermark only grows (greatest).
+CREATE UNLOGGED TABLE IF NOT EXISTS meter_event_outbox_lease_epoch (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one)
+);
+CREATE TABLE IF NOT EXISTS meter_event_outbox_lease_watermark (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    possibly_sent_below bigint NOT NULL DEFAULT 0  -- rows with id <= this may have been sent
+);
+INSERT INTO meter_event_outbox_lease_watermark DEFAULT VALUES ON CONFLICT DO NOTHING;
+INSERT INTO meter_event_outbox_lease_epoch DEFAULT VALUES ON CONFLICT DO NOTHING;
+
+-- May Stripe have this pending row's report? It has a lease (live or expired), or it lay in
+-- the outbox when the leases were lost (id <= watermark), or the marker says they were lost
+-- and no relay has noticed yet. (first_attempt_at IS NOT NULL is the callers' own test.)
+CREATE OR REPLACE FUNCTION meter_event_outbox_possibly_sent(row_id bigint) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT 1 FROM meter_event_outbox_leases l WHERE l.outbox_id = row_id)
+        OR NOT EXISTS (SELECT 1 FROM meter_event_outbox_lease_epoch)
+        OR row_id <= coalesce((SELECT w.possibly_sent_below
+                               FROM meter_event_outbox_lease_watermark w), 0)
+$$;
+
 -- Rolling upgrade: a relay of the previous release claims by updating the row to in_flight.
 -- A row with a live lease here is in flight for this release's relays: that claim skips it.
 CREATE OR REPLACE FUNCTION meter_event_outbox_leased_skip() RETURNS trigger
@@ -79,6 +110,8 @@ BEGIN
     EXECUTE format('ALTER FUNCTION meter_event_outbox_leased_skip() SECURITY DEFINER'
                    ' SET search_path = %I, pg_temp', current_schema());
     EXECUTE format('ALTER FUNCTION meter_event_outbox_leased_cancel() SECURITY DEFINER'
+                   ' SET search_path = %I, pg_temp', current_schema());
+    EXECUTE format('ALTER FUNCTION meter_event_outbox_possibly_sent(bigint) SECURITY DEFINER'
                    ' SET search_path = %I, pg_temp', current_schema());
 END $pin$;
 

@@ -491,7 +491,11 @@ SET state = 'rejected', last_error_code = :code, last_error_message = :message,
 WHERE o.identifier = ANY(CAST(:identifiers AS text[]))
   AND o.stripe_account IS NOT DISTINCT FROM CAST(:account AS text)
   AND (o.state = 'accepted' OR (o.state = 'in_flight' AND o.action = 'report')
-       OR (o.state = 'pending' AND o.id IN (SELECT outbox_id FROM leased)))
+       OR (o.state = 'pending' AND o.id IN (SELECT outbox_id FROM leased))
+       -- or pending with no lease, but in the outbox when a crash of PostgreSQL emptied the
+       -- lease table (its first report may have landed: migration outbox_0020's watermark)
+       OR (o.state = 'pending' AND o.action = 'report'
+           AND meter_event_outbox_possibly_sent(o.id)))
 RETURNING o.identifier
 
 -- name: database_probe
@@ -502,6 +506,12 @@ SELECT statement_timestamp() AS now,
        current_setting('transaction_read_only') = 'on' AS read_only
 
 -- name: fold_counts
+-- First, a crash of PostgreSQL (or a failover) emptied the UNLOGGED lease table if the marker is
+-- gone (migration outbox_0020): re-create it and raise the logged watermark to max(id) in this
+-- same transaction, so every row that may have been leased before the crash stays "possibly
+-- sent" (cancel_usage, reject). One probe of a one-row table when nothing was lost; max(id) is
+-- read only when the marker was inserted. A concurrent relay waits on the marker's key, then
+-- inserts nothing; the watermark only grows.
 -- Also drop leases left behind (migration outbox_0020): expired, and their row is no longer
 -- pending (a webhook or an inference settled it while a relay that then died held it). An
 -- expired lease of a pending row stays: the relay that takes it over keeps its first claim
@@ -511,6 +521,14 @@ WITH orphans AS (
     WHERE l.leased_until < now() - interval '1 minute'
       AND NOT EXISTS (SELECT 1 FROM meter_event_outbox o
                       WHERE o.id = l.outbox_id AND o.state = 'pending')
+), marked AS (
+    INSERT INTO meter_event_outbox_lease_epoch DEFAULT VALUES ON CONFLICT DO NOTHING
+    RETURNING one
+), raised AS (
+    UPDATE meter_event_outbox_lease_watermark w
+    SET possibly_sent_below = greatest(w.possibly_sent_below,
+                                       (SELECT coalesce(max(o.id), 0) FROM meter_event_outbox o))
+    WHERE EXISTS (SELECT 1 FROM marked)
 )
 SELECT outbox_fold_counts()
 

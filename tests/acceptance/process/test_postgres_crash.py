@@ -36,6 +36,13 @@ def lease_tokens(url: str) -> set[str]:
         }
 
 
+def watermark(url: str) -> int:
+    """Rows with an id up to this may have been sent when the leases were lost (0: never)."""
+    with psycopg.connect(url) as conn:
+        found = conn.execute("SELECT possibly_sent_below FROM meter_event_outbox_lease_watermark")
+        return int((found.fetchone() or (0,))[0])
+
+
 def answers(url: str) -> bool:
     try:
         with psycopg.connect(url, connect_timeout=2):
@@ -49,7 +56,9 @@ def test_a_postgres_crash_with_live_leases_loses_nothing_and_counts_nothing_twic
 ) -> None:
     url = cluster.create_database("crash")
     with Emulator(EmulatorConfig(rate_limit_test=None)) as emulator:
-        env = relay_env(url, emulator, OUTBOX_LEASE_SECONDS="60")  # never expires in the test
+        env = relay_env(  # the lease never expires in the test; the fold runs often
+            url, emulator, OUTBOX_LEASE_SECONDS="60", OUTBOX_UPKEEP_INTERVAL="0.5"
+        )
         subprocess.run([*CLI, "migrate"], env=env, check=True, capture_output=True, timeout=120)
         gate = emulator.hold("/v1/billing/meter_events", count=3)  # the first calls wait
         identifiers = insert_usage(url, 3, customers=3)
@@ -57,13 +66,21 @@ def test_a_postgres_crash_with_live_leases_loses_nothing_and_counts_nothing_twic
         try:
             gate.wait_arrived(3, timeout=60)  # leased, the calls at Stripe
             held = lease_tokens(url)
+            with psycopg.connect(url) as conn:
+                held_ids = [
+                    i for (i,) in conn.execute("SELECT outbox_id FROM meter_event_outbox_leases")
+                ]
             assert len(held) == 3 and states(url) == {"in_flight": 3}
+            assert watermark(url) == 0  # the leases were never lost
             cluster.crash_stop()
             cluster.start()
             wait_for(lambda: answers(url))
             # Crash recovery empties the lease table: the rows were pending all along, so the
             # relay claims them again (new tokens) and replays them under the same keys.
             assert not held & lease_tokens(url)
+            # The marker went with them: the relay's fold notices it and raises the logged
+            # watermark over every row, so a cancel waits for the replay's outcome.
+            wait_for(lambda: answers(url) and watermark(url) >= max(held_ids), timeout=60)
             gate.release()  # the first calls land; their outcomes find no lease
             wait_for(lambda: answers(url) and states(url) == {"accepted": 3}, timeout=90)
         finally:

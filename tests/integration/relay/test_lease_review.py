@@ -14,7 +14,7 @@ from relay.core.vocabulary import STRIPE_OUTAGE
 from relay.db import queries
 from relay.db.store import SyncStore
 from tests.acceptance.process.test_process import wait_for
-from tests.support.relay import claim, expire_leases, insert_usage, row
+from tests.support.relay import claim, expire_leases, insert_usage, row, running_relay
 
 
 def write(conn: psycopg.Connection, outcomes: list[Outcome]) -> set[int]:
@@ -112,25 +112,119 @@ def test_a_taken_over_lease_keeps_the_dead_relay_s_first_claim_when_the_new_hold
     assert row(database_url, "u1")["action"] == "report"  # resolved first, same key
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open hole: a PostgreSQL crash empties the lease table, and nothing durable says the"
-    " row's first report is in flight, so cancel_usage cancels it on the spot (invariant 10)",
-)
+def crash(db: psycopg.Connection) -> None:
+    """What crash recovery (or a failover to a standby) does to the UNLOGGED tables: empties
+    them, the leases and the marker that says they were not lost."""
+    db.execute("TRUNCATE meter_event_outbox_leases, meter_event_outbox_lease_epoch")
+
+
+def fold(db: psycopg.Connection) -> None:
+    """The relay's fold (each upkeep turn): it notices the reset and raises the watermark."""
+    SyncStore(db).all(queries.FOLD_COUNTS({}))
+
+
+def watermark(db: psycopg.Connection) -> int:
+    found = db.execute("SELECT possibly_sent_below FROM meter_event_outbox_lease_watermark")
+    return int((found.fetchone() or (0,))[0])
+
+
+def marked(db: psycopg.Connection) -> bool:
+    found = db.execute("SELECT count(*) FROM meter_event_outbox_lease_epoch").fetchone()
+    return bool(found and found[0] == 1)
+
+
+@pytest.mark.parametrize("noticed", [False, True], ids=["before-a-fold", "after-a-fold"])
 def test_a_cancel_after_a_crash_emptied_the_lease_table_waits_for_the_report_s_outcome(
-    database_url: str, db
+    database_url: str, db, noticed: bool
 ) -> None:
     """The first call of a row is at Stripe when PostgreSQL crashes: crash recovery resets the
-    UNLOGGED lease table (TRUNCATE is what it does to it). The row is pending with no
-    first_attempt_at, exactly as if it was never sent; a cancel now cancels it on the spot,
-    the call lands and Stripe counts a cancelled fact (the late outcome finds no lease). With
-    the `in_flight` row of the previous release the cancel was only stamped."""
+    UNLOGGED lease table and the marker beside it. The row is pending with no first_attempt_at,
+    exactly as if it was never sent; but the marker is gone (or, once a relay noticed, the row
+    lies under the logged watermark), so a cancel is only stamped and the report is resolved
+    first (same key), as for the `in_flight` row of the previous release (invariant 10)."""
     insert_usage(database_url, 1)
     (claimed,) = claim(db, "relay-a", lease=30)
-    db.execute("TRUNCATE meter_event_outbox_leases")  # what crash recovery does to it
+    crash(db)
+    if noticed:
+        fold(db)
     outbox.cancel_usage(db, identifier="u1")
     assert write(db, [Outcome(row=claimed, state="accepted")]) == set()  # lease gone
     assert row(database_url, "u1")["state"] != "cancelled"  # Stripe counted it
+    (again,) = claim(db, "relay-b", lease=30)  # replayed under the same key
+    assert write(db, [Outcome(row=again, state="accepted")]) == {again.id}
+    r = row(database_url, "u1")
+    assert (r["state"], r["action"]) == ("pending", "cancel")
+
+
+def test_the_relay_notices_the_crash_and_raises_the_watermark(database_url: str, db) -> None:
+    """The fold re-creates the marker and raises the watermark to max(id) in one transaction;
+    a second fold, or one whose marker is there, changes nothing; the watermark never falls."""
+    insert_usage(database_url, 3)
+    top = db.execute("SELECT max(id) FROM meter_event_outbox").fetchone()
+    assert top is not None
+    crash(db)
+    assert not marked(db)
+    fold(db)
+    assert marked(db) and watermark(db) == top[0]
+    db.execute(
+        "UPDATE meter_event_outbox_lease_watermark SET possibly_sent_below = %s", (top[0] + 100,)
+    )
+    crash(db)
+    fold(db)
+    assert marked(db) and watermark(db) == top[0] + 100  # greatest wins
+    insert_usage(database_url, 1, prefix="w")
+    fold(db)
+    assert watermark(db) == top[0] + 100
+
+
+async def test_a_running_relay_re_creates_the_marker(database_url: str, db, settings) -> None:
+    """The relay's upkeep turn does it (no operator step after a crash or a failover)."""
+    insert_usage(database_url, 2)
+    top = db.execute("SELECT max(id) FROM meter_event_outbox").fetchone()
+    assert top is not None
+    crash(db)
+
+    async def noticed() -> bool:
+        return marked(db)
+
+    async with running_relay(settings) as relay:
+        await relay.until(noticed, timeout=30)
+    assert watermark(db) >= top[0]
+
+
+def test_a_cancel_of_a_row_above_the_watermark_with_no_lease_is_at_once(
+    database_url: str, db
+) -> None:
+    """No regression: a row recorded after the reset was noticed, never claimed, is cancelled
+    on the spot; one under the watermark is only stamped (one extra, idempotent call)."""
+    insert_usage(database_url, 1)
+    crash(db)
+    fold(db)
+    insert_usage(database_url, 1, prefix="v")
+    assert outbox.cancel_usage(db, identifier="v1").state == "cancelled"
+    assert row(database_url, "v1")["state"] == "cancelled"
+    assert outbox.cancel_usage(db, identifier="u1").state == "pending"
+    assert row(database_url, "u1")["cancel_requested_at"] is not None
+
+
+def test_a_webhook_rejection_of_a_row_under_the_watermark_is_applied(database_url: str, db) -> None:
+    """Stripe's error report names a row whose first call landed just before the crash: it has
+    no lease any more, but lies under the watermark, so it is rejected (not replayed); a
+    row above the watermark that was never sent is left alone."""
+    insert_usage(database_url, 1)
+    claim(db, "relay-a", lease=30)
+    crash(db)
+    fold(db)
+    insert_usage(database_url, 1, prefix="v")
+    params: queries.RejectParams = {
+        "identifiers": ["u1", "v1"],
+        "account": None,
+        "code": "invalid_customer",
+        "message": "no such customer",
+    }
+    assert SyncStore(db).all(queries.REJECT(params)) == ["u1"]
+    assert row(database_url, "u1")["state"] == "rejected"
+    assert row(database_url, "v1")["state"] == "pending"
 
 
 def _session(database_url: str, deadlock_timeout: str) -> psycopg.Connection:
