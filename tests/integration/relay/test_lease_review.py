@@ -21,6 +21,17 @@ def write(conn: psycopg.Connection, outcomes: list[Outcome]) -> set[int]:
     return SyncStore(conn).record_outcomes(outcomes, "relay-a")
 
 
+def reject(conn: psycopg.Connection, *identifiers: str) -> list[str]:
+    """Stripe's error report names these rows (invalid customer): the identifiers `reject` took."""
+    params: queries.RejectParams = {
+        "identifiers": list(identifiers),
+        "account": None,
+        "code": "invalid_customer",
+        "message": "no such customer",
+    }
+    return SyncStore(conn).all(queries.REJECT(params))
+
+
 def test_a_repeated_cancel_of_a_report_in_flight_still_waits_for_its_outcome(
     database_url: str, db
 ) -> None:
@@ -61,13 +72,7 @@ def test_a_webhook_rejection_after_the_lease_ran_out_is_kept(database_url: str, 
     insert_usage(database_url, 1)
     claim(db, "relay-a", lease=30)
     expire_leases(db)
-    params: queries.RejectParams = {
-        "identifiers": ["u1"],
-        "account": None,
-        "code": "invalid_customer",
-        "message": "no such customer",
-    }
-    assert SyncStore(db).all(queries.REJECT(params)) == ["u1"]
+    assert reject(db, "u1") == ["u1"]
     assert row(database_url, "u1")["state"] == "rejected"
     assert claim(db, "relay-b", lease=30) == []
 
@@ -80,13 +85,7 @@ def test_a_webhook_rejection_of_a_report_in_flight_with_a_cancel_requested(
     insert_usage(database_url, 1)
     (claimed,) = claim(db, "relay-a", lease=30)
     assert outbox.cancel_usage(db, identifier="u1").state == "in_flight"
-    params: queries.RejectParams = {
-        "identifiers": ["u1"],
-        "account": None,
-        "code": "invalid_customer",
-        "message": "no such customer",
-    }
-    assert SyncStore(db).all(queries.REJECT(params)) == ["u1"]
+    assert reject(db, "u1") == ["u1"]
     assert write(db, [Outcome(row=claimed, state="accepted")]) == set()
     assert row(database_url, "u1")["state"] == "rejected"
 
@@ -216,13 +215,7 @@ def test_a_webhook_rejection_of_a_row_under_the_watermark_is_applied(database_ur
     crash(db)
     fold(db)
     insert_usage(database_url, 1, prefix="v")
-    params: queries.RejectParams = {
-        "identifiers": ["u1", "v1"],
-        "account": None,
-        "code": "invalid_customer",
-        "message": "no such customer",
-    }
-    assert SyncStore(db).all(queries.REJECT(params)) == ["u1"]
+    assert reject(db, "u1", "v1") == ["u1"]
     assert row(database_url, "u1")["state"] == "rejected"
     assert row(database_url, "v1")["state"] == "pending"
 
