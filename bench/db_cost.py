@@ -237,7 +237,10 @@ def _wal_split(conn: psycopg.Connection, start: str, end: str) -> dict[str, list
     return dict(split)
 
 
-def child(admin_url: str, mode: str, n: int, customers: int) -> dict[str, Any]:
+@contextlib.contextmanager
+def _scratch(admin_url: str) -> Iterator[str]:
+    """A fresh database migrated by the measured tree's own code, dropped afterwards (not
+    bench.common's: the child runs against older trees, whose bench/ may differ)."""
     from relay.db import migrate
 
     name = f"dbcost_{uuid.uuid4().hex[:8]}"
@@ -246,6 +249,14 @@ def child(admin_url: str, mode: str, n: int, customers: int) -> dict[str, Any]:
     url = re.sub(r"/[^/]*$", f"/{name}", admin_url)
     try:
         migrate.upgrade(url)
+        yield url
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def child(admin_url: str, mode: str, n: int, customers: int) -> dict[str, Any]:
+    with _scratch(admin_url) as url:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
             conn.execute(APP_TABLE)
@@ -274,9 +285,6 @@ def child(admin_url: str, mode: str, n: int, customers: int) -> dict[str, Any]:
             "accepted": accepted,
             "split": {k: [v[0] / n, v[1] / n] for k, v in split.items()},
         }
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 HISTORY = """
@@ -306,14 +314,9 @@ def prune_child(admin_url: str, n: int) -> dict[str, Any]:
     """Prune `n` accepted rows past the retention, in the default batches, and measure the WAL
     and the time per row. Each has its accepted call as the tree writes it: one attempt row,
     or (outbox_0019 on) carried on the row."""
-    from relay.db import migrate, operations
+    from relay.db import operations
 
-    name = f"dbcost_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = re.sub(r"/[^/]*$", f"/{name}", admin_url)
-    try:
-        migrate.upgrade(url)
+    with _scratch(admin_url) as url:
         with psycopg.connect(url, autocommit=True) as conn:
             carried = conn.execute(
                 "SELECT 1 FROM pg_attribute WHERE attrelid = 'meter_event_outbox'::regclass"
@@ -327,9 +330,6 @@ def prune_child(admin_url: str, n: int) -> dict[str, Any]:
             seconds = time.monotonic() - began
             wal = _wal_between(conn, before, _lsn(conn))
         return {"deleted": deleted, "wal": wal / max(deleted, 1), "us": 1e6 * seconds / n}
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _hot(conn: psycopg.Connection) -> tuple[int, int]:
