@@ -2,7 +2,6 @@
 clock corrected by Stripe's `Date` header, never by its host's alone; skew beyond the margin is
 one log line per change and a gauge. Injected host clock: no waiting, no real time."""
 
-import uuid
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -13,6 +12,7 @@ from outbox import rules
 from relay.core.clock import DATABASE, STRIPE, Clocks
 from relay.core.rows import Claimed
 from relay.stripe.policy import Refusals, local_refusal
+from tests.unit.rows import claimed
 
 TRUE = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)  # the database's and Stripe's time
 MARGIN = timedelta(seconds=60)
@@ -32,22 +32,8 @@ class Host:
 
 
 def report(occurred_at: datetime) -> Claimed:
-    return Claimed(
-        id=1,
-        lease_token=uuid.uuid4(),
-        identifier="u1",
-        event_name="api_calls",
-        customer="cus_1",
-        payload_json="{}",
-        occurred_at=occurred_at,
-        stripe_account=None,
-        action="report",
-        attempts=0,
-        key_generation=0,
-        previous_first_attempt_at=None,
-        first_attempt_at=TRUE,
-        accepted_at=None,
-        created_at=occurred_at,
+    return claimed(
+        payload_json="{}", occurred_at=occurred_at, first_attempt_at=TRUE, created_at=occurred_at
     )
 
 

@@ -2,7 +2,6 @@
 an injected clock. The same constants are tried against the schema in test_rules_schema.py."""
 
 import json
-import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -13,6 +12,7 @@ import outbox
 from outbox import rules, validate
 from relay.core.rows import Claimed
 from relay.stripe.policy import CLOCK_MARGIN, local_refusal
+from tests.unit.rows import claimed
 
 NOW = datetime(2026, 3, 29, 12, tzinfo=UTC)  # just after a DST change: hours, not days
 SECOND = timedelta(seconds=1)
@@ -62,21 +62,12 @@ def test_library_judges_no_window_on_the_app_clock() -> None:
 
 
 def _claimed(occurred_at: datetime) -> Claimed:
-    return Claimed(
-        id=1,
-        lease_token=uuid.uuid4(),
+    return claimed(
         identifier="i",
         event_name="e",
-        customer="cus_1",
         payload_json="{}",
         occurred_at=occurred_at,
-        stripe_account=None,
-        action="report",
-        attempts=0,
-        key_generation=0,
-        previous_first_attempt_at=None,
         first_attempt_at=NOW,
-        accepted_at=None,
         created_at=NOW,
     )
 
