@@ -9,7 +9,7 @@ import aiohttp
 import psycopg
 
 from relay.emulator import Emulator
-from tests.acceptance.console.test_console_browser import _screenshot, browser  # noqa: F401
+from tests.support.browser import follow, screenshot
 from tests.support.console import TOKEN, served
 
 REPORT = "evt_test_dropped100"
@@ -64,25 +64,25 @@ def _walk(driver, base: str) -> None:  # type: ignore[no-untyped-def]
 
     driver.get(f"{base}/console/login")
     driver.find_element(By.NAME, "token").send_keys(TOKEN)
-    driver.find_element(By.ID, "sign-in").click()
+    follow(driver, driver.find_element(By.ID, "sign-in"))
     driver.get(f"{base}/console")
     text = driver.find_element(By.ID, "confirmation").text
     assert "20 confirmed" in text and "0 awaiting confirmation" in text, text
     assert "20 in 1 drifting group(s)" in text, text
     assert driver.find_element(By.ID, "count-rejected").text == "100"
-    _screenshot(driver, "confirmation-overview")
+    screenshot(driver, "confirmation-overview")
     driver.get(f"{base}/console/row?identifier=ghost50")
     summary = driver.find_element(By.ID, "row-summary").text
     assert "inferred" in summary and REPORT in summary, summary
-    _screenshot(driver, "confirmation-inferred-row")
+    screenshot(driver, "confirmation-inferred-row")
     driver.get(f"{base}/console/row?identifier=real1")
     summary = driver.find_element(By.ID, "row-summary").text
     assert "confirmed at" in summary and "mtrusg_seeded" in summary, summary
-    _screenshot(driver, "confirmation-confirmed-row")
+    screenshot(driver, "confirmation-confirmed-row")
 
 
 async def test_console_and_metrics_tell_the_dropped_and_the_confirmed(
-    browser,  # noqa: F811
+    browser,
     database_url: str,
     emulator: Emulator,
 ) -> None:

@@ -3,67 +3,14 @@ reads the overview's numbers and checks them against the database, follows a fai
 its story, retries it (token + CSRF) and saves screenshots under artifacts/ (a CI artifact)."""
 
 import asyncio
-import base64
-import os
-import shutil
-from pathlib import Path
 
 import psycopg
-import pytest
 
 from relay.emulator import Emulator
+from tests.support.browser import follow, screenshot
 from tests.support.console import TOKEN, db_counts, seed, served
 from tests.support.outage import SEEDED, UNSENT, seed_outage
 from tests.support.relay import row
-
-ARTIFACTS = Path(os.environ.get("OUTBOX_ARTIFACTS_DIR", "artifacts"))
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
-FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--window-size=1440,1100",
-)
-
-
-@pytest.fixture
-def browser():
-    if not (CHROMIUM and DRIVER):
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but chromium/chromedriver are missing: .ci/run installs them")
-        pytest.skip("no chromium + chromium-driver here (apt-get install chromium chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in FLAGS:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(DRIVER))
-    driver.set_page_load_timeout(30)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def _screenshot(driver, name: str) -> Path:
-    """The whole page, below the fold too (Chromium's DevTools capture)."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTIFACTS / f"console-{name}.png"
-    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
-    clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
-    shot = driver.execute_cdp_cmd(
-        "Page.captureScreenshot", {"captureBeyondViewport": True, "clip": clip}
-    )
-    path.write_bytes(base64.b64decode(shot["data"]))
-    print(f"\nconsole screenshot: {path.resolve()}")
-    return path
 
 
 def _walk(driver, base: str, database_url: str, seeded) -> None:
@@ -73,20 +20,10 @@ def _walk(driver, base: str, database_url: str, seeded) -> None:
     def text(element_id: str) -> str:
         return driver.find_element(By.ID, element_id).text
 
-    def follow(element) -> None:
-        """Click, then wait for the next page: a click returns before the navigation ends, and
-        on a loaded machine the old page is still there when the next line reads it."""
-        from selenium.webdriver.support import expected_conditions
-        from selenium.webdriver.support.wait import WebDriverWait
-
-        old = driver.find_element(By.TAG_NAME, "html")
-        element.click()
-        WebDriverWait(driver, 30).until(expected_conditions.staleness_of(old))
-
     driver.get(f"{base}/console")
     assert driver.current_url.endswith("/console/login")
     driver.find_element(By.NAME, "token").send_keys(TOKEN)
-    follow(driver.find_element(By.ID, "sign-in"))
+    follow(driver, driver.find_element(By.ID, "sign-in"))
     assert driver.current_url.endswith("/console")
 
     expected = db_counts(database_url)
@@ -101,18 +38,18 @@ def _walk(driver, base: str, database_url: str, seeded) -> None:
     assert oldest.strftime("%Y-%m-%d %H:%M:%S") in lag  # shown in UTC, like the database's
     assert text("hour-accepted") == str(len(seeded.accepted))
     assert text("hour-calls") == str(calls) and text("hour-error-rate") == "100.0 %"
-    _screenshot(driver, "overview")
+    screenshot(driver, "overview")
 
-    follow(driver.find_element(By.LINK_TEXT, seeded.failed[0]))
+    follow(driver, driver.find_element(By.LINK_TEXT, seeded.failed[0]))
     assert text("row-state") == "failed"
     assert len(driver.find_elements(By.CSS_SELECTOR, "#attempts tbody tr")) >= 3
-    _screenshot(driver, "row")
+    screenshot(driver, "row")
 
-    follow(driver.find_element(By.ID, "retry"))
+    follow(driver, driver.find_element(By.ID, "retry"))
     assert "Requeued" in text("notice")
     assert text("row-state") == "pending"
     assert row(database_url, seeded.failed[0])["state"] == "pending"
-    _screenshot(driver, "retried")
+    screenshot(driver, "retried")
 
 
 async def test_console_in_chromium(browser, database_url: str, emulator: Emulator) -> None:
@@ -129,15 +66,13 @@ def _hostile_walk(driver, base: str, identifier: str, hostile_shown: str) -> Non
         page = driver.page_source
         assert "\u202e" not in page and "\x1b" not in page and "\x07" not in page, name
         assert hostile_shown in driver.find_element(By.TAG_NAME, "body").text, name
-        _screenshot(driver, f"hostile-{name}")
+        screenshot(driver, f"hostile-{name}")
 
     driver.get(f"{base}/console")
     check("overview")
-    driver.find_element(By.PARTIAL_LINK_TEXT, "gnp.exe").click()
-    driver.find_element(By.LINK_TEXT, identifier)  # waits for the failures page to load
+    follow(driver, driver.find_element(By.PARTIAL_LINK_TEXT, "gnp.exe"))
     check("failures")
-    driver.find_element(By.LINK_TEXT, identifier).click()
-    driver.find_element(By.ID, "row-state")
+    follow(driver, driver.find_element(By.LINK_TEXT, identifier))
     check("row")
 
 
@@ -174,7 +109,7 @@ def _outage_walk(driver, base: str) -> None:
     unsent = driver.find_element(By.ID, "unsent").text
     assert "held: key or account refused" in unsent and "acct_a" in unsent
     assert "retrying: Stripe did not answer" in unsent and "http_503" in unsent
-    _screenshot(driver, "outage-buckets")
+    screenshot(driver, "outage-buckets")
 
 
 async def test_console_overview_splits_unsent_rows_into_buckets_that_add_up(

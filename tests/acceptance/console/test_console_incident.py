@@ -10,7 +10,7 @@ import json
 import psycopg
 
 from relay.emulator import Emulator
-from tests.acceptance.console.test_console_browser import _screenshot, browser  # noqa: F401
+from tests.support.browser import follow, screenshot
 from tests.support.console import TOKEN, served
 from tests.support.relay import row
 
@@ -81,24 +81,17 @@ def _seed(database_url: str) -> None:
 
 def _walk(driver, base: str, database_url: str) -> None:
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import Select
-    from selenium.webdriver.support.wait import WebDriverWait
 
     def text(element_id: str) -> str:
         return driver.find_element(By.ID, element_id).text
-
-    def follow(element) -> None:
-        old = driver.find_element(By.TAG_NAME, "html")
-        element.click()
-        WebDriverWait(driver, 30).until(expected_conditions.staleness_of(old))
 
     def refreshes() -> bool:
         return bool(driver.find_elements(By.CSS_SELECTOR, 'meta[http-equiv="refresh"]'))
 
     driver.get(f"{base}/console/login")
     driver.find_element(By.NAME, "token").send_keys(TOKEN)
-    follow(driver.find_element(By.ID, "sign-in"))
+    follow(driver, driver.find_element(By.ID, "sign-in"))
 
     # The overview: the chart, held codes in their bucket apart from retrying ones, a bounded
     # drift report.
@@ -117,9 +110,9 @@ def _walk(driver, base: str, database_url: str) -> None:
         <= driver.find_element(By.TAG_NAME, "main").size["width"]
     )
     assert refreshes() and "refreshing every 15 s" in text("refresh")
-    _screenshot(driver, "incident-overview")
+    screenshot(driver, "incident-overview")
 
-    follow(driver.find_element(By.ID, "refresh-toggle"))
+    follow(driver, driver.find_element(By.ID, "refresh-toggle"))
     assert "refresh=off" in driver.current_url and not refreshes()
     assert "auto-refresh paused" in text("refresh")
 
@@ -128,38 +121,38 @@ def _walk(driver, base: str, database_url: str) -> None:
     first = [a.text for a in driver.find_elements(By.CSS_SELECTOR, "#rows tbody td:first-child")]
     assert len(first) == 50 and first[0] == "out-001" and not refreshes()
     assert {p.text for p in driver.find_elements(By.CSS_SELECTOR, "#rows .pill")} == {"retrying"}
-    _screenshot(driver, "incident-list")
-    follow(driver.find_element(By.ID, "next-page"))
+    screenshot(driver, "incident-list")
+    follow(driver, driver.find_element(By.ID, "next-page"))
     second = [a.text for a in driver.find_elements(By.CSS_SELECTOR, "#rows tbody td:first-child")]
     assert second[0] == "out-051" and not set(first) & set(second)
     assert "refresh=off" in driver.current_url  # a paused list stays paused
-    follow(driver.find_element(By.ID, "next-page"))
+    follow(driver, driver.find_element(By.ID, "next-page"))
     third = [a.text for a in driver.find_elements(By.CSS_SELECTOR, "#rows tbody td:first-child")]
     assert len(third) == 20 and driver.find_element(By.ID, "last-page")
 
     # Filter by state and customer, then by state alone, and bulk-retry the failed rows.
     Select(driver.find_element(By.ID, "filter-state")).select_by_value("held")
     driver.find_element(By.ID, "filter-code").clear()
-    follow(driver.find_element(By.ID, "filter-apply"))
+    follow(driver, driver.find_element(By.ID, "filter-apply"))
     held = driver.find_elements(By.CSS_SELECTOR, "#rows tbody tr")
     assert len(held) == 3 and all("api_key_refused" in r.text for r in held)
     Select(driver.find_element(By.ID, "filter-state")).select_by_value("failed")
     driver.find_element(By.ID, "filter-customer").send_keys("cus_1")
-    follow(driver.find_element(By.ID, "filter-apply"))
+    follow(driver, driver.find_element(By.ID, "filter-apply"))
     assert len(driver.find_elements(By.CSS_SELECTOR, "#rows tbody tr")) == 2  # bad-001, bad-005
     driver.find_element(By.ID, "filter-customer").clear()
-    follow(driver.find_element(By.ID, "filter-apply"))
+    follow(driver, driver.find_element(By.ID, "filter-apply"))
     assert len(driver.find_elements(By.CSS_SELECTOR, "#rows tbody tr")) == 5
-    _screenshot(driver, "incident-filtered")
+    screenshot(driver, "incident-filtered")
 
-    follow(driver.find_element(By.ID, "bulk-retry"))
+    follow(driver, driver.find_element(By.ID, "bulk-retry"))
     assert text("bulk-count") == "5" and "5 failed row(s) would be requeued" in text("bulk-preview")
-    _screenshot(driver, "incident-confirm")
-    follow(driver.find_element(By.ID, "bulk-confirm"))
+    screenshot(driver, "incident-confirm")
+    follow(driver, driver.find_element(By.ID, "bulk-confirm"))
     assert "Requeued 5 row(s); 0 refused" in text("notice")
     assert text("no-rows")  # the failed list is empty now
     assert all(row(database_url, f"bad-00{i}")["state"] == "pending" for i in range(1, 6))
-    _screenshot(driver, "incident-retried")
+    screenshot(driver, "incident-retried")
 
     # One retrying row: one call, not counted against the budget, numbered alike everywhere.
     driver.get(f"{base}/console/row?identifier=out-001")
@@ -170,11 +163,11 @@ def _walk(driver, base: str, database_url: str) -> None:
     calls = driver.find_element(By.ID, "calls")
     assert driver.execute_script("return arguments[0].scrollWidth", calls) <= calls.size["width"]
     assert "req_7Hq2LkV0cZ1xYb" in text("attempts") and "30021" in text("attempts")
-    _screenshot(driver, "incident-row")
+    screenshot(driver, "incident-row")
 
 
 async def test_console_for_an_incident_in_chromium(
-    browser,  # noqa: F811
+    browser,
     database_url: str,
     emulator: Emulator,
 ) -> None:

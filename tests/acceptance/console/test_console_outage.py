@@ -10,7 +10,7 @@ import psycopg
 from relay.db import outage
 from relay.db.store import SyncStore
 from relay.emulator import Emulator
-from tests.acceptance.console.test_console_browser import _screenshot, browser  # noqa: F401
+from tests.support.browser import screenshot
 from tests.support.console import served
 from tests.support.relay import insert_usage, make_settings, running_relay
 
@@ -24,7 +24,7 @@ def _banner(driver, base: str, name: str) -> str:
     # The card of unsent rows agrees with the banner: no row is said to be due now.
     unsent = driver.find_element(By.ID, "unsent").text
     assert "waiting for a relay" not in unsent and "due now" not in unsent, unsent
-    _screenshot(driver, name)
+    screenshot(driver, name)
     return str(text)
 
 
@@ -38,7 +38,7 @@ async def _open(database_url: str) -> bool:
 
 
 async def test_every_console_shows_the_outage_banner(
-    browser,  # noqa: F811
+    browser,
     database_url: str,
     emulator: Emulator,
 ) -> None:
