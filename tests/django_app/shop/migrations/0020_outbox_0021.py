@@ -1,4 +1,4 @@
-"""The outbox schema's revision outbox_0021 (fillfactor 45) as its own Django migration."""
+"""The outbox schema's revision outbox_0021 (fresh rows) as its own Django migration."""
 
 from django.db import migrations
 

@@ -1,4 +1,6 @@
-"""Room on each page for one more version of every row: the outcome's update stays on its page.
+"""A fresh fact enters one index of unsent rows, not two: the oldest unsent fact comes from the
+due index for rows still due since they were recorded, and from an index of the other unsent
+rows by age.
 
 Revision ID: outbox_0021
 Revises: outbox_0020
