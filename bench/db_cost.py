@@ -15,8 +15,9 @@ Per round, for every tree (a checkout whose `relay` and `outbox` packages are me
 runs in a child process with that tree on PYTHONPATH, migrating its own fresh database) and
 each mode (v1, v2-stream), in shuffled order:
 
-1. `plain`: the application's own INSERT of a comparable row (an `app_usage` table with a
-   primary key and the same columns record_usage fills), one transaction each, after a
+1. `plain`: the application's own INSERT of a comparable row (an `app_usage` table with the
+   same columns record_usage fills, a primary key and a unique key on the idempotency
+   identifier, as an application's own usage table would have), one transaction each, after a
    CHECKPOINT.
 2. `record_usage`: `outbox.record_usage()` of the same facts, one transaction each, after a
    CHECKPOINT (full-page writes fall where they fall).
@@ -26,8 +27,9 @@ each mode (v1, v2-stream), in shuffled order:
    the same checkpoint cycle.
 
 WAL per fact for each phase; PostgreSQL CPU per fact of the relay phase (this database's
-backends, from /proc); the outbox's HOT update ratio (pg_stat_user_tables); and the relay
-phase's WAL split by relation and record kind (pg_walinspect), which says where the bytes go.
+backends, from /proc); the outbox's HOT update ratio (pg_stat_user_tables); and the
+record_usage and relay phases' WAL split by relation and record kind (pg_walinspect), which
+says where the bytes go.
 Benchmarks print tables and never assert.
 """
 
@@ -65,7 +67,7 @@ SERVER_OPTIONS = (
 APP_TABLE = """
 CREATE TABLE app_usage (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    identifier text NOT NULL,
+    identifier text NOT NULL UNIQUE,
     event_name text NOT NULL,
     customer text NOT NULL,
     value numeric NOT NULL,
@@ -262,7 +264,7 @@ def child(admin_url: str, mode: str, n: int, customers: int) -> dict[str, Any]:
             conn.execute(APP_TABLE)
         with psycopg.connect(url) as conn:
             plain = _phase_plain(conn, n, customers)
-            record, _, start = _phase_record(conn, n, customers)
+            record, recorded_from, start = _phase_record(conn, n, customers)
         with psycopg.connect(url, autocommit=True) as watch:
             hot_before = _hot(watch)
             cpu, wall = asyncio.run(_relay_phase(url, mode, watch))
@@ -271,6 +273,7 @@ def child(admin_url: str, mode: str, n: int, customers: int) -> dict[str, Any]:
             time.sleep(0.2)
             upd, hot = (a - b for a, b in zip(_hot(watch), hot_before, strict=True))
             split = _wal_split(watch, start, end)
+            record_split = _wal_split(watch, recorded_from, start)
             (accepted,) = watch.execute(
                 "SELECT count(*) FROM meter_event_outbox WHERE state = 'accepted'"
             ).fetchone()
@@ -284,6 +287,7 @@ def child(admin_url: str, mode: str, n: int, customers: int) -> dict[str, Any]:
             "updates": upd / n,
             "accepted": accepted,
             "split": {k: [v[0] / n, v[1] / n] for k, v in split.items()},
+            "record_split": {k: [v[0] / n, v[1] / n] for k, v in record_split.items()},
         }
 
 
@@ -441,25 +445,37 @@ def report(results: dict[tuple[str, str], list[dict[str, Any]]], trees: list[str
         + [med((t, m), "record_usage") / med((t, m), "plain") for m in MODES for t in trees]
     )
     _table("WAL and CPU per usage fact", header, rows)
+    # record_usage writes the same whatever the mode: its split once, from v1's children.
+    _split_table(results, trees, "v1", "record_split", "record_usage WAL per fact")
     for mode in MODES:
-        keys: set[str] = set()
+        _split_table(results, trees, mode, "split", f"Relay phase WAL per fact, {mode}")
+
+
+def _split_table(
+    results: dict[tuple[str, str], list[dict[str, Any]]],
+    trees: list[str],
+    mode: str,
+    field: str,
+    title: str,
+) -> None:
+    keys: set[str] = set()
+    for t in trees:
+        for r in results[(t, mode)]:
+            keys |= set(r[field])
+    split_rows = []
+    for k in sorted(keys):
+        vals = []
         for t in trees:
-            for r in results[(t, mode)]:
-                keys |= set(r["split"])
-        split_rows = []
-        for k in sorted(keys):
-            vals = []
-            for t in trees:
-                b = statistics.median(r["split"].get(k, [0, 0])[0] for r in results[(t, mode)])
-                f = statistics.median(r["split"].get(k, [0, 0])[1] for r in results[(t, mode)])
-                vals += [b, f]
-            if max(vals) >= 1:
-                split_rows.append([k, *vals])
-        split_rows.sort(key=lambda r: -max(r[1:]))
-        head = ["relation record (pg_walinspect)"]
-        for t in trees:
-            head += [f"{_label(t)} bytes", f"{_label(t)} of which FPI"]
-        _table(f"Relay phase WAL per fact by relation and record, {mode}", head, split_rows)
+            b = statistics.median(r[field].get(k, [0, 0])[0] for r in results[(t, mode)])
+            f = statistics.median(r[field].get(k, [0, 0])[1] for r in results[(t, mode)])
+            vals += [b, f]
+        if max(vals) >= 1:
+            split_rows.append([k, *vals])
+    split_rows.sort(key=lambda r: -max(r[1:]))
+    head = ["relation record (pg_walinspect)"]
+    for t in trees:
+        head += [f"{_label(t)} bytes", f"{_label(t)} of which FPI"]
+    _table(f"{title} by relation and record", head, split_rows)
 
 
 def _table(title: str, header: list[str], rows: list[list[Any]]) -> None:

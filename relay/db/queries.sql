@@ -731,12 +731,27 @@ SELECT state, n FROM meter_event_outbox_status
 
 -- name: oldest_unsent
 -- The oldest fact not yet reported (a row in backoff or waiting on auth is still unsent:
--- available_at would hide it), from when it was recorded, and when that fact happened. One
--- probe of the unsent-age index (pending and in-flight rows).
+-- available_at would hide it), from when it was recorded, and when that fact happened. Two
+-- probes (migration outbox_0021): the first entry of the index of unsent rows whose
+-- available_at moved away from created_at, and the first entry of the due index among the rows
+-- due since they were recorded (available_at = created_at: in that range available_at is their
+-- recording time, so the first is the oldest). That second walk stops at the first's recording
+-- time: a fresh row recorded later cannot be the answer, and the only rows it steps over before
+-- then are moved rows due before they were recorded (an update whose transaction began before
+-- the row's insert: a handful at most).
+WITH moved AS MATERIALIZED (
+    SELECT created_at, occurred_at FROM meter_event_outbox
+    WHERE state IN ('pending', 'in_flight') AND available_at <> created_at
+    ORDER BY created_at LIMIT 1
+), fresh AS MATERIALIZED (
+    SELECT created_at, occurred_at FROM meter_event_outbox
+    WHERE state IN ('pending', 'in_flight') AND available_at = created_at
+      AND available_at < coalesce((SELECT created_at FROM moved), 'infinity')
+    ORDER BY available_at LIMIT 1
+)
 SELECT u.created_at, u.occurred_at,
        now() - u.created_at AS created_age, now() - u.occurred_at AS occurred_age
-FROM (SELECT created_at, occurred_at FROM meter_event_outbox
-      WHERE state IN ('pending', 'in_flight') ORDER BY created_at LIMIT 1) u
+FROM (SELECT * FROM moved UNION ALL SELECT * FROM fresh ORDER BY created_at LIMIT 1) u
 RIGHT JOIN (SELECT) one ON true
 
 -- name: finished_last_hour

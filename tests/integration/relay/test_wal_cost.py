@@ -70,3 +70,30 @@ def test_a_claim_keeps_the_new_version_on_its_page_and_writes_no_busy_entry(
     assert seen[("meter_event_outbox", "Heap/LOCK")] == len(ids)
     assert seen[("meter_event_outbox", "Heap/UPDATE+INIT")] == 0
     assert not any(rel == "meter_event_outbox_busy" for rel, _ in seen)
+
+
+def test_a_recorded_fact_takes_one_entry_in_each_index_it_needs_and_no_other(
+    database_url: str, walinspect: psycopg.Connection
+) -> None:
+    """Regression (migration outbox_0021): a fresh fact also took an entry in the unsent-age
+    index (64 bytes of WAL), though the due index already holds it in recording order."""
+    import outbox
+
+    db = walinspect
+    facts = 50
+    start = _lsn(db)
+    with psycopg.connect(database_url) as app:
+        for i in range(facts):  # the application's way: one fact, one transaction
+            outbox.record_usage(
+                app, event_name="api_calls", customer=f"cus_{i % 7}", value=1, identifier=f"f{i}"
+            )
+            app.commit()
+    seen = _records(db, start, _lsn(db))
+
+    entries = Counter({rel: n for (rel, kind), n in seen.items() if kind == "Btree/INSERT_LEAF"})
+    assert entries == {
+        "meter_event_outbox_pkey": facts,
+        "meter_event_outbox_identifier_key": facts,
+        "meter_event_outbox_lane": facts,
+        "meter_event_outbox_due": facts,
+    }

@@ -1,4 +1,4 @@
-"""The outbox schema's revision outbox_0021 (cheaper tallies) as its own Django migration."""
+"""The outbox schema's revision outbox_0021 (fresh rows) as its own Django migration."""
 
 from django.db import migrations
 

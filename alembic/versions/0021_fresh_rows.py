@@ -1,4 +1,6 @@
-"""Cheaper tallies: the update trigger groups each kind of key on its own; HOT folds.
+"""A fresh fact enters one index of unsent rows, not two: the oldest unsent fact comes from the
+due index for rows still due since they were recorded, and from an index of the other unsent
+rows by age.
 
 Revision ID: outbox_0021
 Revises: outbox_0020
