@@ -29,7 +29,10 @@ each mode (v1, v2-stream), in shuffled order:
 WAL per fact for each phase; PostgreSQL CPU per fact of the relay phase (this database's
 backends, from /proc); the outbox's HOT update ratio (pg_stat_user_tables); and the
 record_usage and relay phases' WAL split by relation and record kind (pg_walinspect), which
-says where the bytes go.
+says where the bytes go. With `--prune-rows`, the WAL and time of pruning that many settled
+rows; with `--heap-rounds N`, one database per tree taken through N rounds of record, relay
+and VACUUM: the relay's WAL per fact and the heap's bytes per row as the table fills (what the
+fillfactor costs in room).
 Benchmarks print tables and never assert.
 """
 
@@ -336,6 +339,29 @@ def prune_child(admin_url: str, n: int) -> dict[str, Any]:
         return {"deleted": deleted, "wal": wal / max(deleted, 1), "us": 1e6 * seconds / n}
 
 
+def heap_child(admin_url: str, rounds: int, n: int, customers: int) -> dict[str, Any]:
+    """The steady state of one database: `rounds` times, record `n` facts, relay them (v1) and
+    VACUUM. Per round the relay's WAL per fact and the heap's bytes per row: whether settled
+    pages fill up again (the room a fillfactor costs) and what the relay writes as the table
+    and its indexes grow (each round's record phase starts with a CHECKPOINT)."""
+    per_round = []
+    with _scratch(admin_url) as url:
+        for _ in range(rounds):
+            with psycopg.connect(url) as conn:
+                _phase_record(conn, n, customers)
+            with psycopg.connect(url, autocommit=True) as watch:
+                start = _lsn(watch)
+                asyncio.run(_relay_phase(url, "v1", watch))
+                wal = _wal_between(watch, start, _lsn(watch))
+                watch.execute("VACUUM meter_event_outbox")
+                size, rows = watch.execute(
+                    "SELECT pg_relation_size('meter_event_outbox'), count(*)"
+                    " FROM meter_event_outbox"
+                ).fetchone()
+            per_round.append({"relay": wal / n, "heap": size / rows})
+    return {"rounds": per_round}
+
+
 def _hot(conn: psycopg.Connection) -> tuple[int, int]:
     row = conn.execute(
         "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables"
@@ -390,12 +416,13 @@ def run_child(tree: str, admin_url: str, mode: str, n: int, customers: int) -> d
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-def run_prune(tree: str, admin_url: str, n: int) -> dict[str, Any]:
+def run_extra(tree: str, *args: str) -> dict[str, Any]:
+    """A prune or heap child for one tree (its arguments after the flag)."""
     env = {**os.environ, "PYTHONPATH": tree}
-    cmd = [sys.executable, __file__, "--prune-child", admin_url, str(n)]
+    cmd = [sys.executable, __file__, *args]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600, check=False)
     if done.returncode != 0:
-        raise SystemExit(f"prune child for {tree} failed:\n{done.stderr[-3000:]}")
+        raise SystemExit(f"{args[0]} for {tree} failed:\n{done.stderr[-3000:]}")
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
@@ -416,6 +443,16 @@ def report_prune(prunes: dict[str, dict[str, Any]]) -> None:
     ]
     header = ["tree", "rows pruned", "WAL bytes/row", "us/row", "GB WAL/day", "min/day"]
     _table("prune (batches of 1,000; per day of history at 1,000 facts/s)", header, rows)
+
+
+def report_heap(heaps: dict[str, dict[str, Any]]) -> None:
+    header = ["round"] + [f"{_label(t)} {c}" for t in heaps for c in ("relay B/fact", "heap B/row")]
+    rounds = len(next(iter(heaps.values()))["rounds"])
+    rows = [
+        [r + 1] + [h["rounds"][r][k] for h in heaps.values() for k in ("relay", "heap")]
+        for r in range(rounds)
+    ]
+    _table("steady state (one database per tree, v1; VACUUM after each round)", header, rows)
 
 
 def _label(tree: str) -> str:
@@ -496,6 +533,10 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--prune-child":
         print(json.dumps(prune_child(sys.argv[2], int(sys.argv[3]))))
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "--heap-child":
+        rounds, n, customers = (int(a) for a in sys.argv[3:6])
+        print(json.dumps(heap_child(sys.argv[2], rounds, n, customers)))
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         admin_url, mode, n, customers = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
         print(json.dumps(child(admin_url, mode, n, customers)))
@@ -506,6 +547,9 @@ def main() -> None:
     parser.add_argument("--facts", type=int, default=10_000)
     parser.add_argument("--customers", type=int, default=1_000)
     parser.add_argument("--prune-rows", type=int, default=0, help="also measure prune")
+    parser.add_argument(
+        "--heap-rounds", type=int, default=0, help="also the steady state: rounds on one database"
+    )
     args = parser.parse_args()
     trees = [str(Path(t).resolve()) for t in args.trees.split(",")]
     # SIGTERM unwinds like Ctrl-C, so the private cluster is removed.
@@ -521,11 +565,23 @@ def main() -> None:
                 line = f"relay {out['relay']:.0f} B/fact, {out['pg_us']:.1f} us"
                 print(f"round {r + 1} {_label(tree)} {mode}: {line}", flush=True)
                 results[(tree, mode)].append(out)
-        prunes = {t: run_prune(t, admin_url, args.prune_rows) for t in trees if args.prune_rows}
+        prunes = {
+            t: run_extra(t, "--prune-child", admin_url, str(args.prune_rows))
+            for t in trees
+            if args.prune_rows
+        }
+        heap_args = [str(args.heap_rounds), str(args.facts), str(args.customers)]
+        heaps = {
+            t: run_extra(t, "--heap-child", admin_url, *heap_args)
+            for t in trees
+            if args.heap_rounds
+        }
     print(f"load after: {os.getloadavg()[0]:.2f}")
     report(results, trees)
     if prunes:
         report_prune(prunes)
+    if heaps:
+        report_heap(heaps)
 
 
 if __name__ == "__main__":

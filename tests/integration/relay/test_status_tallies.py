@@ -143,7 +143,7 @@ def test_tallies_stay_exact_under_concurrent_writers_relays_and_folds(database_u
 
 
 def test_a_fold_updates_the_customer_tallies_in_place(db):
-    # outbox_0022: half of each tally page stays free, so a fold's update of a customer's
+    # outbox_0023: half of each tally page stays free, so a fold's update of a customer's
     # unsent count is HOT (no new entry in the five-column primary key). Full pages made
     # nearly every one of them a new index entry (a fold of 10,000 customers: 217 -> 141 ms).
     customers = 2000

@@ -1,6 +1,7 @@
-"""What a claim writes to the WAL: its row's new version stays on the row's page (fillfactor),
-and no index of leased rows takes an entry. Counted from the WAL records themselves
-(pg_walinspect), filtered to this database's relations: never a timing."""
+"""What a claim and an outcome write to the WAL: the claim only its row lock, no index of leased
+rows an entry; the outcome's new version of a row stays on the row's page (fillfactor). Counted
+from the WAL records themselves (pg_walinspect), filtered to this database's relations: never a
+timing."""
 
 import re
 from collections import Counter
@@ -8,6 +9,7 @@ from collections import Counter
 import psycopg
 import pytest
 
+from relay.core.rows import Outcome
 from relay.db.store import SyncStore
 from tests.support.relay import insert_usage
 
@@ -97,3 +99,55 @@ def test_a_recorded_fact_takes_one_entry_in_each_index_it_needs_and_no_other(
         "meter_event_outbox_lane": facts,
         "meter_event_outbox_due": facts,
     }
+
+
+def _update_records(db: psycopg.Connection, start: str, end: str) -> Counter[int]:
+    """The outbox's heap updates in the range by how many blocks each names: 1 = the new
+    version stayed on its page (only the changed bytes logged), 2 = it moved to another."""
+    (relfilenode,) = db.execute(
+        "SELECT pg_relation_filenode('meter_event_outbox')::text"
+    ).fetchone()
+    blocks: Counter[int] = Counter()
+    for refs in db.execute(
+        "SELECT block_ref FROM pg_get_wal_records_info(%s, %s)"
+        " WHERE resource_manager = 'Heap' AND record_type LIKE 'UPDATE%%'",
+        (start, end),
+    ):
+        found = BLOCK.search(refs[0] or "")
+        if found and found.group(2) == relfilenode:
+            blocks[refs[0].count("blkref #")] += 1
+    return blocks
+
+
+def test_every_outcome_version_stays_on_its_page(
+    database_url: str, walinspect: psycopg.Connection
+) -> None:
+    """A page filled by inserts keeps room for one new version of each of its rows (outbox_0022,
+    fillfactor 45): the acceptance of every row, carried request id and all, stays on its page.
+    At fillfactor 75 (outbox_0017) most moved, each logging its whole tuple and a lock record
+    for the old one (issue 23: about 160 bytes of WAL per fact). The rows are bench.db_cost's
+    (a dimension and a metadata key); a row much smaller than that grows by more than its
+    page's room (the carried columns are a fixed hundred bytes or so) and may still move."""
+    db = walinspect
+    db.execute(
+        "SELECT outbox_record_usage('api_calls', 'cus_' || g, 1 + g % 5, 'a1b2c3d4-' || g,"
+        ' dimensions => \'{"region": "eu-west-1"}\','
+        " metadata => jsonb_build_object('r', 'a1b2c3d4-' || g), notify => false)"
+        " FROM generate_series(1, 300) g"
+    )
+    pages = "SELECT count(DISTINCT (ctid::text::point)[0]) FROM meter_event_outbox"
+    assert db.execute(pages).fetchone()[0] > 3
+    ids = [i for (i,) in db.execute("SELECT id FROM meter_event_outbox ORDER BY id")]
+    claimed = SyncStore(db).claim(
+        ids, fill=0, exclusive=False, relay_id="r", lease_seconds=30, one_walk=True
+    )
+    assert len(claimed) == len(ids)
+    start = _lsn(db)
+    outcomes = [  # Stripe's request ids are 18 characters
+        Outcome.answered(c, "accepted", request_id=f"req_{c.id:014d}", latency_ms=41.5,
+                         http_status=200)
+        for c in claimed
+    ]  # fmt: skip
+    assert len(SyncStore(db).record_outcomes(outcomes, "relay-host-4711")) == len(ids)
+
+    assert _update_records(db, start, _lsn(db)) == Counter({1: len(ids)})

@@ -1,4 +1,4 @@
-"""The outbox schema's revision outbox_0022 (cheaper tallies) as its own Django migration."""
+"""The outbox schema's revision outbox_0022 (fillfactor 45) as its own Django migration."""
 
 from django.db import migrations
 

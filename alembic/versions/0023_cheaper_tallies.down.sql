@@ -1,4 +1,4 @@
--- Back to 0021: updates go through meter_event_outbox_tally_changes() (0018) again.
+-- Back to 0022: updates go through meter_event_outbox_tally_changes() (0018) again.
 ALTER TABLE meter_event_outbox_tallies RESET (fillfactor);
 DROP TRIGGER IF EXISTS meter_event_outbox_tally_updates ON meter_event_outbox;
 CREATE TRIGGER meter_event_outbox_tally_updates

@@ -1,4 +1,4 @@
-"""Cheaper tallies: the update trigger groups each kind of key on its own; HOT folds.
+"""Room on each page for one more version of every row: the outcome's update stays on its page.
 
 Revision ID: outbox_0022
 Revises: outbox_0021

@@ -1,0 +1,1 @@
+ALTER TABLE meter_event_outbox SET (fillfactor = 75);

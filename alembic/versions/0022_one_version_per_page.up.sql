@@ -1,0 +1,13 @@
+-- Since outbox_0020 a fact's row is updated once (its outcome; the claim writes the lease
+-- table). outbox_0017's fillfactor 75 (set when a fact took two updates) leaves room on a page
+-- for about a quarter of its rows' new versions: the outcome of most rows found its page full,
+-- so PostgreSQL logged the whole new tuple on another page plus a lock record for the old one
+-- (about 360 bytes, against about 170 for a version that stays on its page: only the changed
+-- bytes). At 45 a page keeps room for one new version of each row it was filled with: an
+-- outcome's version is the recorded one plus a hundred bytes or so (request id, carried
+-- acceptance, relay, timestamps), which fits for rows of about 230 bytes and more. The price is
+-- space: a settled page stays about half full (the versions used to move to pages that
+-- inserts filled up again later); bench.db_cost's steady state measured 630 bytes of heap per
+-- settled row against 480 (docs/benchmarks.md). New pages only: no rewrite, and the lock
+-- (SHARE UPDATE EXCLUSIVE) blocks no reads or writes.
+ALTER TABLE meter_event_outbox SET (fillfactor = 45);
