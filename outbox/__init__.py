@@ -209,6 +209,9 @@ def cancel_usage(
 
     If Stripe cannot have counted it yet, the row is cancelled at once; otherwise the relay sends
     a meter event adjustment (Stripe accepts cancellations within 24 hours of receipt).
+    In a REPEATABLE READ or SERIALIZABLE transaction whose snapshot predates the relay's claim
+    of the row it raises a serialization failure (SQLSTATE 40001), as for any concurrent
+    update: retry the transaction, and the retry sees the report in flight.
     """
     validate.printable_text("identifier", identifier)
     return run(conn, _cancel_steps(identifier))

@@ -343,3 +343,40 @@ def test_the_previous_release_takes_over_an_expired_lease_of_a_row_with_a_cancel
     r = row(database_url, "u1")
     assert (r["state"], r["leased_by"]) == ("in_flight", "relay-old")
     assert claim(db, "relay-b", lease=30) == []
+
+
+@pytest.mark.parametrize("isolation", ["REPEATABLE READ", "SERIALIZABLE"])
+def test_a_cancel_in_a_snapshot_transaction_waits_for_a_report_claimed_after_its_snapshot(
+    database_url: str, db, isolation: str
+) -> None:
+    """The application's REPEATABLE READ (or SERIALIZABLE) transaction took its snapshot before
+    the claim committed. The claim only locks the row (the lease is in the lease table), so the
+    cancel's update meets no concurrent update; with outbox_0020's trigger (EXISTS on the lease
+    table, read with that snapshot) the row was cancelled on the spot while its report was at
+    Stripe, and the report's outcome then wrote nothing (invariant 10). The trigger probes the
+    lease key now (outbox_0024): the cancel fails to serialize, as it did when the lease was in
+    the row, and the application's retry sees the report in flight."""
+    insert_usage(database_url, 1)
+    with psycopg.connect(database_url) as app:
+        app.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation}")
+        app.execute("SELECT count(*) FROM meter_event_outbox").fetchone()  # the snapshot
+        (claimed,) = claim(db, "relay-a", lease=30)
+        with pytest.raises(psycopg.errors.SerializationFailure):
+            outbox.cancel_usage(app, identifier="u1")
+        app.rollback()
+        app.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation}")
+        assert outbox.cancel_usage(app, identifier="u1").state == "in_flight"
+        app.commit()
+    assert write(db, [Outcome(row=claimed, state="accepted")]) == {claimed.id}
+    r = row(database_url, "u1")
+    assert (r["state"], r["action"]) == ("pending", "cancel")
+
+
+def test_a_cancel_probe_leaves_no_lease_behind(database_url: str, db) -> None:
+    """With no lease, the cancel trigger's probe of the lease key is deleted in the same
+    statement: the row is cancelled on the spot and no claim ever meets a lease for it."""
+    insert_usage(database_url, 1)
+    assert outbox.cancel_usage(db, identifier="u1").state == "cancelled"
+    db.commit()
+    (leases,) = db.execute("SELECT count(*) FROM meter_event_outbox_leases").fetchone()
+    assert leases == 0

@@ -142,6 +142,30 @@ def test_tallies_stay_exact_under_concurrent_writers_relays_and_folds(database_u
     ) == [(0,)]
 
 
+def test_a_fold_updates_the_customer_tallies_in_place(db):
+    # outbox_0023: half of each tally page stays free, so a fold's update of a customer's
+    # unsent count is HOT (no new entry in the five-column primary key). Full pages made
+    # nearly every one of them a new index entry (a fold of 10,000 customers: 217 -> 141 ms).
+    customers = 2000
+    db.execute(
+        "INSERT INTO meter_event_outbox (identifier, event_name, customer, value)"
+        " SELECT 'hot' || g, 'api_calls', 'cus_' || g, 1 FROM generate_series(1, %s) g",
+        (customers,),
+    )
+    db.execute("SELECT outbox_fold_counts()")
+    db.execute("UPDATE meter_event_outbox SET state = 'accepted', accepted_at = now()")
+    with db.transaction():
+        db.execute("SELECT outbox_fold_counts()")
+        ((updated, hot),) = rows(
+            db,
+            "SELECT pg_stat_get_xact_tuples_updated(c.oid),"
+            " pg_stat_get_xact_tuples_hot_updated(c.oid)"
+            " FROM pg_class c WHERE c.oid = 'meter_event_outbox_tallies'::regclass",
+        )
+    assert updated >= customers  # each customer's unsent count went to 0 in place
+    assert hot >= 0.9 * updated
+
+
 # Every statement of `status`, the console's overview and /metrics, with its parameters.
 SURFACE: dict[str, dict[str, Any]] = {
     "status_tally": {},
