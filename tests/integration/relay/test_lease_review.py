@@ -264,6 +264,26 @@ def test_a_takeover_skips_a_lease_its_old_holder_s_late_outcome_is_deleting(
     assert row(database_url, two.identifier)["state"] == "accepted"
 
 
+def test_a_takeover_skips_a_lease_a_webhook_s_rejection_is_deleting(database_url: str, db) -> None:
+    """A webhook's `reject` deletes the leases of the rows it names, then updates them, as an
+    outcome does: a takeover of one of them leaves it out at once instead of waiting for the
+    lease while it holds the row (which deadlocked too), and the rejection is applied."""
+    insert_usage(database_url, 2, customers=2)
+    one, two = claim(db, "relay-a", lease=30)
+    expire_leases(db)
+    a = psycopg.connect(database_url, autocommit=True)
+    b = _never_waiting(database_url)
+    blocker = psycopg.connect(database_url)  # holds row 2 so that the rejection stops there
+    blocker.execute("SELECT 1 FROM meter_event_outbox WHERE id = %s FOR UPDATE", (two.id,))
+    with ThreadPoolExecutor(1) as pool, a, b, blocker:
+        rejected = pool.submit(reject, a, one.identifier, two.identifier)
+        wait_for(lambda: _blocked(db, a), timeout=10)  # both leases deleted, waits for row 2
+        assert _takeover(b, [one.id]) == []
+        blocker.rollback()
+        assert sorted(rejected.result(timeout=30)) == sorted([one.identifier, two.identifier])
+    assert row(database_url, one.identifier)["state"] == "rejected"
+
+
 def test_a_late_outcome_waits_for_a_takeover_and_then_writes_nothing(database_url: str, db) -> None:
     """The other order: relay-b has taken row 1's expired lease over (its claim not committed
     yet) when relay-a's late outcome comes. The outcome waits for the claim, never the other
