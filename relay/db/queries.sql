@@ -149,9 +149,11 @@ SELECT id FROM chosen UNION ALL SELECT id FROM filled
 WITH locked AS MATERIALIZED (
     SELECT o.id, o.identifier, o.event_name, o.customer, o.payload, o.occurred_at,
            o.stripe_account, o.action, o.attempts, o.key_generation, o.first_attempt_at,
-           o.accepted_at, o.created_at, o.state
+           o.accepted_at, o.created_at, o.state,
+           (SELECT l.leased_until FROM meter_event_outbox_leases l
+            WHERE l.outbox_id = o.id) AS leased_until
     FROM unnest(CAST(:ids AS bigint[])) AS u(id)
-    CROSS JOIN LATERAL (  -- one primary-key probe per id
+    CROSS JOIN LATERAL (  -- one primary-key probe per id, and one of its lease
         SELECT * FROM meter_event_outbox o WHERE o.id = u.id LIMIT 1) o
 ),
 expired AS MATERIALIZED (  -- leases to take over: seen expired, and nobody deleting them
@@ -162,11 +164,11 @@ expired AS MATERIALIZED (  -- leases to take over: seen expired, and nobody dele
         WHERE l.outbox_id = k.id AND l.leased_until <= now()
         LIMIT 1
         FOR UPDATE SKIP LOCKED) l
+    WHERE k.leased_until <= now()
 ),
 free AS MATERIALIZED (
     SELECT k.* FROM locked k
-    WHERE k.id IN (SELECT outbox_id FROM expired)
-       OR NOT EXISTS (SELECT 1 FROM meter_event_outbox_leases l WHERE l.outbox_id = k.id)
+    WHERE k.leased_until IS NULL OR k.id IN (SELECT outbox_id FROM expired)
 ),
 leased AS MATERIALIZED (
     INSERT INTO meter_event_outbox_leases AS l
