@@ -55,6 +55,7 @@ def cases(now: datetime) -> list[tuple[str, str, dict[str, Any]]]:
                 "code": "http_503",
                 "force": False,
                 "window_seconds": 72000,
+                "rejected": False,
                 "dry_run": True,
             },
         ),

@@ -20,7 +20,7 @@ from bench.common import cpu_seconds, insert_rows, median, scratch_database, tab
 from outbox.sqlfile import for_psycopg
 from relay.core.rows import Claimed, Outcome
 from relay.db.pool import QUERIES
-from relay.db.store import claim_params, outcome_params
+from relay.db.store import claim_params, lease_params, outcome_params
 
 BATCH = 1000
 
@@ -37,6 +37,17 @@ def queries_at(revision: str) -> dict[str, str]:
     return {b.split("\n", 1)[0].strip(): b.split("\n", 1)[1].strip() for b in blocks}
 
 
+def claim(conn: psycopg.Connection, sql: dict[str, str], how: Any) -> list[Any]:
+    """A revision's claim: one statement, or (since `lease`) two in one transaction."""
+    params = {**claim_params([], how), **lease_params([], how)}  # a one-statement claim's too
+    with conn.transaction():
+        rows = conn.execute(for_psycopg(sql["claim"]), params, prepare=False).fetchall()
+        if "lease" not in sql:
+            return rows
+        locked = [r[0] for r in rows]
+        return conn.execute(for_psycopg(sql["lease"]), lease_params(locked, how)).fetchall()
+
+
 def one_side(sql: dict[str, str], rows: int) -> tuple[float, float]:
     """(claim, outcome write) backend CPU in microseconds per row."""
     with scratch_database() as url, psycopg.connect(url, autocommit=True) as conn:
@@ -47,9 +58,7 @@ def one_side(sql: dict[str, str], rows: int) -> tuple[float, float]:
         start = cpu_seconds(backend)
         while len(claimed) < rows:
             how: Any = {"fill": BATCH, "exclusive": False, "relay_id": "b", "lease_seconds": 300}
-            params = claim_params([], how)
-            batch = conn.execute(for_psycopg(sql["claim"]), dict(params), prepare=False)
-            claimed += [Claimed._make(r) for r in batch.fetchall()]
+            claimed += [Claimed._make(r) for r in claim(conn, sql, how)]
         claim_cpu = cpu_seconds(backend) - start
         cancel_some = "UPDATE meter_event_outbox SET cancel_requested_at = now() WHERE id % 10 = 0"
         conn.execute(cancel_some)

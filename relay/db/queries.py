@@ -93,6 +93,10 @@ class ClaimParams(TypedDict):
     one_walk: bool
     fill: int
     exclusive: bool
+
+
+class LeaseParams(TypedDict):
+    ids: str  # the ids `claim` locked, a bigint[] in its text form
     relay_id: str
     lease_seconds: float
 
@@ -380,7 +384,8 @@ def _claimed(cursor: Any) -> RowMaker[Claimed]:  # a psycopg cursor, sync or asy
 # -- the registry -----------------------------------------------------------------------------
 
 WALK = Query("walk", WalkParams, kwargs_row(_walked))
-CLAIM = Query("claim", ClaimParams, _claimed, prepare=False)
+CLAIM = Query("claim", ClaimParams, scalar_row, prepare=False)
+LEASE = Query("lease", LeaseParams, _claimed)
 RECORD_OUTCOMES = Query("record_outcomes", OutcomeParams, scalar_row)
 HEARTBEAT = Query("heartbeat", HeartbeatParams, class_row(Beat))
 LEAVE = Query("leave", LeaveParams, scalar_row)
@@ -678,7 +683,7 @@ CONFIRMATION_QUERIES = (
 REGISTRY: dict[str, Query[Any, Any]] = {
     q.name: q
     for q in (
-        WALK, CLAIM, RECORD_OUTCOMES, HEARTBEAT, LEAVE, LIVE_RELAYS, REJECT, FOLD_COUNTS,
+        WALK, CLAIM, LEASE, RECORD_OUTCOMES, HEARTBEAT, LEAVE, LIVE_RELAYS, REJECT, FOLD_COUNTS,
         STATE_COUNTS, STATUS_TALLY, STATUS_TALLY_BEFORE_LEASES, STATUS_TALLY_COUNTED,
         NEXT_ATTEMPTS, LAST_STATUS_FOR_CODE,
         ROW_STORY, ROW_STATE, ROW_ATTEMPTS, LIST_ROWS, RETRY, PRUNE, PRUNE_PREVIEW, UNSENT_COUNT,

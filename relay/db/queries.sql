@@ -60,25 +60,23 @@ SELECT (SELECT coalesce(array_agg(id), '{}') FROM walk WHERE taken) AS ids, w.fo
 FROM walk w WHERE w.depth > 0 ORDER BY w.depth DESC LIMIT 1
 
 -- name: claim
--- The claim: one short transaction, and the outbox row is not updated (its lease goes to the
--- UNLOGGED lease table, migration outbox_0020: no new row version, no index entries, no WAL but
--- the row lock). Lock the heads the walk chose (one per lane) if they are still due and
--- unleased in this statement's fresh snapshot (SKIP LOCKED: another relay may be claiming the
--- same head; one primary-key probe each) and, with :exclusive (v1: one call in flight per
--- lane), only while their lane still has no call in flight. Rarely, a row committed with an
--- earlier available_at between a walk and its claim becomes a second head; in v1 Stripe then
--- answers 409 and that row retries (same key, attempt not counted): a conflict costs a retry,
--- never a double count.
+-- The claim's first statement (relay.db.store: `claim`, then `lease`, one short transaction; the
+-- outbox row is not updated, its lease goes to the UNLOGGED lease table, migration outbox_0020:
+-- no new row version, no index entries, no WAL but the row lock). Lock the heads the walk chose
+-- (one per lane) if they are still due and unleased in this statement's snapshot (SKIP LOCKED:
+-- another relay may be claiming the same head; one primary-key probe each) and, with
+-- :exclusive (v1: one call in flight per lane), only while their lane still has no call in
+-- flight. Rarely, a row committed with an earlier available_at between a walk and its claim
+-- becomes a second head; in v1 Stripe then answers 409 and that row retries (same key, attempt
+-- not counted): a conflict costs a retry, never a double count.
 -- With :fill, top the batch up with the oldest other due, unleased rows (v2 stream, where lanes
 -- need no exclusivity). The fill's ordered scan of the due index passes over the leased rows,
 -- which stay pending and due there.
--- Then lease them. The lease table's primary key is the arbiter: a row whose lease another
--- relay committed after this statement's snapshot conflicts, and the lease is taken only if
--- that one expired (the takeover keeps `first_claimed_at`, the dedup clock of a relay that
--- died after its call). The row lock orders the claim against outcomes: an outcome updates the
--- row, so a claim that locks it afterwards re-reads it (no longer due) and leaves it out. A row
--- left `in_flight` by a relay of the earlier release whose lease expired is put back to pending
--- as it is taken, so that relay's late outcome loses its compare-and-set.
+-- The row lock orders the claim against outcomes: an outcome updates the row, so a claim that
+-- locks it afterwards re-reads it (no longer due) and leaves it out. Returns the ids locked.
+-- This statement's snapshot can be older than a lease: another claim that held a row and
+-- committed its lease while this statement ran lets it lock that row. So the leases are taken
+-- by the next statement, with a snapshot taken after the row locks (see `lease`).
 WITH heads AS MATERIALIZED (
     -- The ids of one walk (:one_walk) name each lane once: taken as they are.
     SELECT u.id FROM unnest(CAST(:ids AS bigint[])) AS u(id) WHERE CAST(:one_walk AS boolean)
@@ -96,12 +94,10 @@ WITH heads AS MATERIALIZED (
      ORDER BY r.customer, r.event_name, r.available_at, r.id)
 ),
 chosen AS MATERIALIZED (
-    SELECT w.*
+    SELECT w.id
     FROM heads h
     CROSS JOIN LATERAL (
-        SELECT o.id, o.identifier, o.event_name, o.customer, o.payload, o.occurred_at,
-               o.stripe_account, o.action, o.attempts, o.key_generation, o.first_attempt_at,
-               o.accepted_at, o.created_at, o.state
+        SELECT o.id
         FROM meter_event_outbox o
         WHERE o.id = h.id AND o.state IN ('pending', 'in_flight') AND o.available_at <= now()
           AND coalesce((SELECT l.leased_until FROM meter_event_outbox_leases l
@@ -122,9 +118,7 @@ chosen AS MATERIALIZED (
         FOR UPDATE SKIP LOCKED) w
 ),
 filled AS MATERIALIZED (
-    SELECT o.id, o.identifier, o.event_name, o.customer, o.payload, o.occurred_at,
-           o.stripe_account, o.action, o.attempts, o.key_generation, o.first_attempt_at,
-           o.accepted_at, o.created_at, o.state
+    SELECT o.id
     FROM meter_event_outbox o
     -- Written so only an ordered scan of the due index can serve it, stopping after :fill
     -- rows (with `available_at <= now()` a stale estimate can pick a bitmap scan and a sort
@@ -136,9 +130,45 @@ filled AS MATERIALIZED (
     ORDER BY o.available_at
     LIMIT :fill
     FOR UPDATE SKIP LOCKED
+)
+SELECT id FROM chosen UNION ALL SELECT id FROM filled
+
+-- name: lease
+-- The claim's second statement, in the same transaction as `claim`, on the rows it locked. Its
+-- snapshot is taken after those row locks, so it sees every lease committed before them: the
+-- lease of a relay that claimed one of these rows while `claim` ran (and committed, releasing
+-- the row) is seen here, live, and that row is left out, never waited for. A lease that an
+-- outcome, a webhook's rejection or the fold is deleting right now (they delete the lease,
+-- then update the row this transaction holds) is skipped (SKIP LOCKED), never waited for:
+-- waiting on the lease while holding the row was the deadlock between a claim and an outcome.
+-- So a claim never waits, and only a lease seen expired and locked here is taken over.
+-- The lease table's primary key stays the arbiter; the takeover keeps `first_claimed_at`, the
+-- dedup clock of a relay that died after its call. A row left `in_flight` by a relay of the
+-- earlier release whose lease expired is put back to pending as it is taken, so that relay's
+-- late outcome loses its compare-and-set.
+WITH locked AS MATERIALIZED (
+    SELECT o.id, o.identifier, o.event_name, o.customer, o.payload, o.occurred_at,
+           o.stripe_account, o.action, o.attempts, o.key_generation, o.first_attempt_at,
+           o.accepted_at, o.created_at, o.state,
+           (SELECT l.leased_until FROM meter_event_outbox_leases l
+            WHERE l.outbox_id = o.id) AS leased_until
+    FROM unnest(CAST(:ids AS bigint[])) AS u(id)
+    CROSS JOIN LATERAL (  -- one primary-key probe per id, and one of its lease
+        SELECT * FROM meter_event_outbox o WHERE o.id = u.id LIMIT 1) o
 ),
-locked AS MATERIALIZED (
-    SELECT * FROM chosen UNION ALL SELECT * FROM filled
+expired AS MATERIALIZED (  -- leases to take over: seen expired, and nobody deleting them
+    SELECT l.outbox_id
+    FROM locked k
+    CROSS JOIN LATERAL (
+        SELECT l.outbox_id FROM meter_event_outbox_leases l
+        WHERE l.outbox_id = k.id AND l.leased_until <= now()
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED) l
+    WHERE k.leased_until <= now()
+),
+free AS MATERIALIZED (
+    SELECT k.* FROM locked k
+    WHERE k.leased_until IS NULL OR k.id IN (SELECT outbox_id FROM expired)
 ),
 leased AS MATERIALIZED (
     INSERT INTO meter_event_outbox_leases AS l
@@ -147,7 +177,7 @@ leased AS MATERIALIZED (
     SELECT k.id, gen_random_uuid(), :relay_id, now() + make_interval(secs => :lease_seconds),
            coalesce(k.first_attempt_at, now()), k.customer, k.event_name, k.stripe_account,
            k.action
-    FROM locked k
+    FROM free k
     ON CONFLICT (outbox_id) DO UPDATE
     SET lease_token = EXCLUDED.lease_token, leased_by = EXCLUDED.leased_by,
         leased_until = EXCLUDED.leased_until, leased_at = now(),
@@ -161,7 +191,7 @@ reset AS (
     -- Rows of an earlier release's relay whose lease expired: pending again (rare).
     UPDATE meter_event_outbox o
     SET state = 'pending', lease_token = NULL, leased_by = NULL, updated_at = now()
-    FROM locked k JOIN leased ON leased.outbox_id = k.id
+    FROM free k JOIN leased ON leased.outbox_id = k.id
     WHERE o.id = k.id AND k.state = 'in_flight'
 )
 SELECT k.id, leased.lease_token, k.identifier, k.event_name, k.customer,
@@ -169,7 +199,7 @@ SELECT k.id, leased.lease_token, k.identifier, k.event_name, k.customer,
        k.key_generation, k.first_attempt_at AS previous_first_attempt_at,
        coalesce(k.first_attempt_at, leased.first_claimed_at) AS first_attempt_at,
        k.accepted_at, k.created_at
-FROM locked k JOIN leased ON leased.outbox_id = k.id
+FROM free k JOIN leased ON leased.outbox_id = k.id
 
 -- name: record_outcomes
 -- Write a batch of outcomes in one statement (River's shape, `UPDATE ... FROM` a set of rows).

@@ -63,6 +63,13 @@ NOT_WALKED = Walked([], None)  # no lane after the cursor: start again from the 
 HOUR = timedelta(hours=1)
 
 
+async def fetch(conn: psycopg.AsyncConnection[Any], statement: q.Statement[R]) -> list[R]:
+    """One statement on a connection the caller holds (a transaction of several)."""
+    cur = conn.cursor(row_factory=statement.rows)
+    await cur.execute(statement.sql, statement.params, prepare=statement.prepare)
+    return await cur.fetchall() if cur.description else []
+
+
 class AsyncExecutor:
     """Registered queries on an async pool of autocommit connections."""
 
@@ -71,9 +78,7 @@ class AsyncExecutor:
 
     async def all(self, statement: q.Statement[R]) -> list[R]:
         async with self.pool.connection() as conn:
-            cur = conn.cursor(row_factory=statement.rows)
-            await cur.execute(statement.sql, statement.params, prepare=statement.prepare)
-            return await cur.fetchall() if cur.description else []
+            return await fetch(conn, statement)
 
     async def first(self, statement: q.Statement[R]) -> R | None:
         rows = await self.all(statement)
@@ -120,14 +125,24 @@ def walk_params(after: Lane, wanted: int, exclusive: bool) -> q.WalkParams:
     }
 
 
+def id_array(ids: Iterable[int]) -> str:
+    """The array's text form, cast by the query: psycopg's generic list dumper inspects every
+    element, a cost paid per claimed row."""
+    return "{" + ",".join(map(str, ids)) + "}"
+
+
 def claim_params(ids: Sequence[int], how: q.ClaimHow) -> q.ClaimParams:
     return {
-        # The array's text form, cast by the query: psycopg's generic list dumper inspects
-        # every element, a cost paid per claimed row.
-        "ids": "{" + ",".join(map(str, ids)) + "}",
+        "ids": id_array(ids),
         "one_walk": how.get("one_walk", False),
         "fill": how["fill"],
         "exclusive": how["exclusive"],
+    }
+
+
+def lease_params(locked: Iterable[int], how: q.ClaimHow) -> q.LeaseParams:
+    return {
+        "ids": id_array(locked),
         "relay_id": how["relay_id"],
         "lease_seconds": how["lease_seconds"],
     }
@@ -233,8 +248,12 @@ class Store(AsyncExecutor):
 
     async def claim(self, ids: Sequence[int], **how: Unpack[q.ClaimHow]) -> list[Claimed]:
         """Lock and lease the walked heads (plus `fill` oldest due rows). `one_walk`: the ids
-        come from a single walk, one per lane (a wrapped walk's may name a lane twice)."""
-        return await self.all(q.CLAIM(claim_params(ids, how)))
+        come from a single walk, one per lane (a wrapped walk's may name a lane twice).
+        Two statements in one transaction: the leases are read with a snapshot taken after
+        the row locks, so a claim never waits on a lease (see `lease` in queries.sql)."""
+        async with self.pool.connection() as conn, conn.transaction():
+            locked = await fetch(conn, q.CLAIM(claim_params(ids, how)))
+            return await fetch(conn, q.LEASE(lease_params(locked, how))) if locked else []
 
     async def record_outcomes(self, batch: Sequence[Outcome], relay_id: str) -> set[int]:
         """Write outcomes (compare-and-set on each lease); returns the ids written."""
@@ -672,7 +691,10 @@ class SyncStore(SyncExecutor):
         return self.first(q.WALK(walk_params(after, wanted, exclusive))) or NOT_WALKED
 
     def claim(self, ids: Sequence[int], **how: Unpack[q.ClaimHow]) -> list[Claimed]:
-        return self.all(q.CLAIM(claim_params(ids, how)))
+        """Store.claim's two statements, in one transaction."""
+        with self.conn.transaction():
+            locked = self.all(q.CLAIM(claim_params(ids, how)))
+            return self.all(q.LEASE(lease_params(locked, how))) if locked else []
 
     def record_outcomes(self, batch: Sequence[Outcome], relay_id: str) -> set[int]:
         return set(self.all(q.RECORD_OUTCOMES(outcome_params(batch, relay_id))))

@@ -1,8 +1,7 @@
 """Hostile review of the UNLOGGED lease (migration outbox_0020): what the lease table must keep
 true that the `in_flight` row used to, against cancels, webhook rejections and racing relays."""
 
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
@@ -12,7 +11,7 @@ import outbox
 from relay.core.rows import Outcome
 from relay.core.vocabulary import STRIPE_OUTAGE
 from relay.db import queries
-from relay.db.store import SyncStore
+from relay.db.store import SyncStore, lease_params
 from tests.acceptance.process.test_process import wait_for
 from tests.support.relay import claim, expire_leases, insert_usage, row, running_relay
 
@@ -220,74 +219,123 @@ def test_a_webhook_rejection_of_a_row_under_the_watermark_is_applied(database_ur
     assert row(database_url, "v1")["state"] == "pending"
 
 
-def _session(database_url: str, deadlock_timeout: str) -> psycopg.Connection:
-    conn = psycopg.connect(database_url, autocommit=True)
-    conn.execute(f"SET deadlock_timeout = '{deadlock_timeout}'")
-    return conn
-
-
 def _blocked(db: psycopg.Connection, conn: psycopg.Connection) -> bool:
     found = db.execute("SELECT cardinality(pg_blocking_pids(%s)) > 0", (conn.info.backend_pid,))
     return bool((found.fetchone() or (False,))[0])
 
 
-def _retried(work: Callable[[], Any], future: Future[Any]) -> Any:
-    """What the relay does with a statement that failed (the completer and the producer retry
-    on any psycopg.Error): run it again."""
-    try:
-        return future.result()
-    except psycopg.errors.DeadlockDetected:
-        return work()
+def _never_waiting(database_url: str) -> psycopg.Connection:
+    """relay-b's session: its claim must never wait for a lock, so a wait fails the test (after
+    lock_timeout) instead of hanging it."""
+    conn = psycopg.connect(database_url, autocommit=True)
+    conn.execute("SET lock_timeout = '10s'")
+    return conn
 
 
-@pytest.mark.parametrize("victim", ["claim", "outcome"])
-def test_a_deadlock_between_a_takeover_and_the_old_holder_s_outcome_loses_nothing(
-    database_url: str, db, victim: str
+def _takeover(conn: psycopg.Connection, ids: list[int]) -> list[Any]:
+    return SyncStore(conn).claim(
+        ids, fill=0, exclusive=True, relay_id="relay-b", lease_seconds=30, one_walk=True
+    )
+
+
+def test_a_takeover_skips_a_lease_its_old_holder_s_late_outcome_is_deleting(
+    database_url: str, db
 ) -> None:
-    """The claim locks the row, then leases it; the outcome deletes the lease, then updates the
-    row. relay-b takes over relay-a's expired lease of row 1 while relay-a's late outcome (rows
-    2 and 1) has deleted that lease and waits for row 2: each then waits for the other, and
-    PostgreSQL aborts one. Retried as the relay retries, either relay-a's outcome is written, or
-    relay-b holds row 1 with relay-a's first claim (a replay under the same key): never both,
-    never neither."""
+    """The outcome deletes the lease, then updates the row; the claim locks the row, then leases
+    it. relay-a's late outcome (rows 2 and 1) has deleted its expired lease of row 1 and waits
+    for row 2 when relay-b takes row 1 over: relay-b must not wait for that lease while it
+    holds row 1 (they used to deadlock, and PostgreSQL aborted one). relay-b leaves row 1 out,
+    at once; relay-a's outcome is written, and nothing is left to take over."""
     insert_usage(database_url, 2, customers=2)
     one, two = claim(db, "relay-a", lease=30)
     expire_leases(db)
-    # PostgreSQL looks for a cycle once per wait, deadlock_timeout after it began, and aborts
-    # the session that finds it. relay-b begins to wait before the cycle closes (when the
-    # blocker lets relay-a's outcome go on); relay-a's new wait begins as it closes.
-    a = _session(database_url, "20ms" if victim == "outcome" else "10s")
-    b = _session(database_url, "1s" if victim == "claim" else "10s")
+    a = psycopg.connect(database_url, autocommit=True)
+    b = _never_waiting(database_url)
     blocker = psycopg.connect(database_url)  # holds row 2 so that relay-a's outcome stops there
     blocker.execute("SELECT 1 FROM meter_event_outbox WHERE id = %s FOR UPDATE", (two.id,))
-
-    def outcome() -> set[int]:
-        late = [Outcome(row=two, state="accepted"), Outcome(row=one, state="accepted")]
-        return SyncStore(a).record_outcomes(late, "relay-a")
-
-    def takeover() -> list[Any]:
-        return SyncStore(b).claim(
-            [one.id], fill=0, exclusive=True, relay_id="relay-b", lease_seconds=30, one_walk=True
-        )
-
-    with a, b, ThreadPoolExecutor(2) as pool:
-        written = pool.submit(outcome)
+    late = [Outcome(row=two, state="accepted"), Outcome(row=one, state="accepted")]
+    with ThreadPoolExecutor(1) as pool, a, b, blocker:
+        written = pool.submit(SyncStore(a).record_outcomes, late, "relay-a")
         wait_for(lambda: _blocked(db, a), timeout=10)  # row 1's lease deleted, waits for row 2
-        taken = pool.submit(takeover)
-        wait_for(lambda: _blocked(db, b), timeout=10)  # row 1 locked, waits for its lease
+        assert _takeover(b, [one.id]) == []  # returns without waiting: nothing to wait for
         blocker.rollback()
-        blocker.close()
-        (failed,) = [f for f in (written, taken) if isinstance(f.exception(), Exception)]
-        assert isinstance(failed.exception(), psycopg.errors.DeadlockDetected)
-        ids, claimed = _retried(outcome, written), _retried(takeover, taken)
+        assert written.result(timeout=30) == {one.id, two.id}
+    assert row(database_url, one.identifier)["state"] == "accepted"
     assert row(database_url, two.identifier)["state"] == "accepted"
+
+
+def test_a_takeover_skips_a_lease_a_webhook_s_rejection_is_deleting(database_url: str, db) -> None:
+    """A webhook's `reject` deletes the leases of the rows it names, then updates them, as an
+    outcome does: a takeover of one of them leaves it out at once instead of waiting for the
+    lease while it holds the row (which deadlocked too), and the rejection is applied."""
+    insert_usage(database_url, 2, customers=2)
+    one, two = claim(db, "relay-a", lease=30)
+    expire_leases(db)
+    a = psycopg.connect(database_url, autocommit=True)
+    b = _never_waiting(database_url)
+    blocker = psycopg.connect(database_url)  # holds row 2 so that the rejection stops there
+    blocker.execute("SELECT 1 FROM meter_event_outbox WHERE id = %s FOR UPDATE", (two.id,))
+    with ThreadPoolExecutor(1) as pool, a, b, blocker:
+        rejected = pool.submit(reject, a, one.identifier, two.identifier)
+        wait_for(lambda: _blocked(db, a), timeout=10)  # both leases deleted, waits for row 2
+        assert _takeover(b, [one.id]) == []
+        blocker.rollback()
+        assert sorted(rejected.result(timeout=30)) == sorted([one.identifier, two.identifier])
+    assert row(database_url, one.identifier)["state"] == "rejected"
+
+
+def test_a_late_outcome_waits_for_a_takeover_and_then_writes_nothing(database_url: str, db) -> None:
+    """The other order: relay-b has taken row 1's expired lease over (its claim not committed
+    yet) when relay-a's late outcome comes. The outcome waits for the claim, never the other
+    way round, then finds a lease with another token and writes nothing to row 1: relay-b
+    replays it under the same key, with relay-a's first claim."""
+    insert_usage(database_url, 2, customers=2)
+    one, two = claim(db, "relay-a", lease=30)
+    expire_leases(db)
+    a = psycopg.connect(database_url, autocommit=True)
+    b = psycopg.connect(database_url, autocommit=True)
+    late = [Outcome(row=two, state="accepted"), Outcome(row=one, state="accepted")]
+    with ThreadPoolExecutor(1) as pool, a, b:
+        with b.transaction():  # relay-b's claim, held open until the outcome waits for it
+            (held,) = _takeover(b, [one.id])
+            written = pool.submit(SyncStore(a).record_outcomes, late, "relay-a")
+            wait_for(lambda: _blocked(db, a), timeout=10)
+        assert written.result(timeout=30) == {two.id}
     first = row(database_url, one.identifier)
-    if victim == "claim":  # relay-a's outcome went first: nothing left to take over
-        assert (ids, claimed, first["state"]) == ({one.id, two.id}, [], "accepted")
-    else:  # relay-b holds row 1 and replays it under the same key, from relay-a's first claim
-        (held,) = claimed
-        assert ids == {two.id} and (first["state"], first["leased_by"]) == ("in_flight", "relay-b")
-        assert (held.key_generation, held.first_attempt_at) == (0, one.first_attempt_at)
+    assert (first["state"], first["leased_by"]) == ("in_flight", "relay-b")
+    assert (held.key_generation, held.first_attempt_at) == (0, one.first_attempt_at)
+
+
+def test_a_claim_whose_snapshot_missed_a_lease_leaves_the_row_to_its_holder(
+    database_url: str, db
+) -> None:
+    """The normal path (two relays, or one relay's two claims at once, walking the same heads):
+    relay-b's claim statement began before relay-a's claim of row 1 committed and locked row 1
+    after it (relay-a's lock is gone at its commit), so it took the row without seeing relay-a's
+    lease. relay-a's outcome then deletes that lease and waits for the row. Leasing in that
+    same snapshot, relay-b waited for the lease: a deadlock. The lease is read by a second
+    statement, with a snapshot taken after the row lock: here, relay-b holding row 1 (as its
+    first statement left it) sees relay-a's lease and leaves row 1 out, without waiting."""
+    insert_usage(database_url, 1)
+    (one,) = claim(db, "relay-a", lease=30)
+    a = psycopg.connect(database_url, autocommit=True)
+    b = _never_waiting(database_url)
+    with ThreadPoolExecutor(1) as pool, a, b:
+        with b.transaction():
+            # relay-b's first statement as the late snapshot left it: row 1 locked
+            b.execute("SELECT 1 FROM meter_event_outbox WHERE id = %s FOR UPDATE", (one.id,))
+            outcome = [Outcome(row=one, state="accepted")]
+            written = pool.submit(SyncStore(a).record_outcomes, outcome, "relay-a")
+            wait_for(lambda: _blocked(db, a), timeout=10)  # the lease deleted, waits for row 1
+            how: queries.ClaimHow = {
+                "fill": 0,
+                "exclusive": True,
+                "relay_id": "b",
+                "lease_seconds": 30,
+            }
+            assert SyncStore(b).all(queries.LEASE(lease_params([one.id], how))) == []
+        assert written.result(timeout=30) == {one.id}
+    assert row(database_url, one.identifier)["state"] == "accepted"
 
 
 # The previous release's claim (outbox_0017), its final statement: the row itself is leased.

@@ -14,7 +14,7 @@ from relay.core.rows import Outcome
 from relay.db import queries
 from relay.db.pool import QUERIES
 from relay.db.queries import Statement
-from relay.db.store import FIRST_LANE, SyncStore, claim_params
+from relay.db.store import FIRST_LANE, SyncStore, claim_params, lease_params
 from relay.emulator import Emulator, Faults, Latency
 from tests.support.relay import (
     accepted,
@@ -209,10 +209,13 @@ def test_a_claim_whose_columns_do_not_name_claimeds_fields_is_refused(database_u
     RETURNING list is checked against Claimed's fields: a reordered column is an error, never
     an identifier read as an event name."""
     insert_usage(database_url, 1)
-    swapped = QUERIES["claim"].replace("k.identifier, k.event_name,", "k.event_name, k.identifier,")
-    assert swapped != QUERIES["claim"]
+    swapped = QUERIES["lease"].replace("k.identifier, k.event_name,", "k.event_name, k.identifier,")
+    assert swapped != QUERIES["lease"]
     how: Any = {"fill": 1, "exclusive": False, "relay_id": "r", "lease_seconds": 30}
-    statement = Statement(for_psycopg(swapped), claim_params([], how), queries.CLAIM.rows, False)
+    locked = SyncStore(db).all(queries.CLAIM(claim_params([], how)))
+    statement = Statement(
+        for_psycopg(swapped), lease_params(locked, how), queries.LEASE.rows, False
+    )
     with pytest.raises(TypeError, match="Claimed expects"):
         SyncStore(db).all(statement)
 
