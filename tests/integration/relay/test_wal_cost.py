@@ -119,6 +119,33 @@ def _update_records(db: psycopg.Connection, start: str, end: str) -> Counter[int
     return blocks
 
 
+def _record_bench_rows(db: psycopg.Connection) -> list[int]:
+    """300 of bench.db_cost's rows (a dimension and a metadata key) over a few pages; their ids."""
+    db.execute(
+        "SELECT outbox_record_usage('api_calls', 'cus_' || g, 1 + g % 5, 'a1b2c3d4-' || g,"
+        ' dimensions => \'{"region": "eu-west-1"}\','
+        " metadata => jsonb_build_object('r', 'a1b2c3d4-' || g), notify => false)"
+        " FROM generate_series(1, 300) g"
+    )
+    pages = "SELECT count(DISTINCT (ctid::text::point)[0]) FROM meter_event_outbox"
+    assert db.execute(pages).fetchone()[0] > 3
+    return [i for (i,) in db.execute("SELECT id FROM meter_event_outbox ORDER BY id")]
+
+
+def _accept(db: psycopg.Connection, ids: list[int]) -> None:
+    """Claim the rows and record each one's acceptance, carried request id and all."""
+    claimed = SyncStore(db).claim(
+        ids, fill=0, exclusive=False, relay_id="r", lease_seconds=30, one_walk=True
+    )
+    assert len(claimed) == len(ids)
+    outcomes = [  # Stripe's request ids are 18 characters
+        Outcome.answered(c, "accepted", request_id=f"req_{c.id:014d}", latency_ms=41.5,
+                         http_status=200)
+        for c in claimed
+    ]  # fmt: skip
+    assert len(SyncStore(db).record_outcomes(outcomes, "relay-host-4711")) == len(ids)
+
+
 def test_every_outcome_version_stays_on_its_page(
     database_url: str, walinspect: psycopg.Connection
 ) -> None:
@@ -129,25 +156,21 @@ def test_every_outcome_version_stays_on_its_page(
     (a dimension and a metadata key); a row much smaller than that grows by more than its
     page's room (the carried columns are a fixed hundred bytes or so) and may still move."""
     db = walinspect
-    db.execute(
-        "SELECT outbox_record_usage('api_calls', 'cus_' || g, 1 + g % 5, 'a1b2c3d4-' || g,"
-        ' dimensions => \'{"region": "eu-west-1"}\','
-        " metadata => jsonb_build_object('r', 'a1b2c3d4-' || g), notify => false)"
-        " FROM generate_series(1, 300) g"
-    )
-    pages = "SELECT count(DISTINCT (ctid::text::point)[0]) FROM meter_event_outbox"
-    assert db.execute(pages).fetchone()[0] > 3
-    ids = [i for (i,) in db.execute("SELECT id FROM meter_event_outbox ORDER BY id")]
-    claimed = SyncStore(db).claim(
-        ids, fill=0, exclusive=False, relay_id="r", lease_seconds=30, one_walk=True
-    )
-    assert len(claimed) == len(ids)
+    ids = _record_bench_rows(db)
     start = _lsn(db)
-    outcomes = [  # Stripe's request ids are 18 characters
-        Outcome.answered(c, "accepted", request_id=f"req_{c.id:014d}", latency_ms=41.5,
-                         http_status=200)
-        for c in claimed
-    ]  # fmt: skip
-    assert len(SyncStore(db).record_outcomes(outcomes, "relay-host-4711")) == len(ids)
-
+    _accept(db, ids)
     assert _update_records(db, start, _lsn(db)) == Counter({1: len(ids)})
+
+
+def test_every_outcome_version_stays_on_its_page_by_ctid(db: psycopg.Connection) -> None:
+    """The same property without pg_walinspect (a server without the contrib modules, such as
+    CI's embedded PostgreSQL): each accepted row's new version is on the page its insert
+    filled (fails at fillfactor 75)."""
+    db.autocommit = True
+    page = "SELECT id, (ctid::text::point)[0] FROM meter_event_outbox"
+    ids = _record_bench_rows(db)
+    before = dict(db.execute(page).fetchall())
+    _accept(db, ids)
+    after = dict(db.execute(page).fetchall())
+    moved = [i for i in ids if after[i] != before[i]]
+    assert not moved, f"{len(moved)} of {len(ids)} outcomes moved to another page"
