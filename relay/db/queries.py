@@ -112,7 +112,14 @@ class ClaimHow(TypedDict):
 
 
 class OutcomeParams(TypedDict):
-    rows: str  # JSON documents, see relay.db.store.outcome_params
+    # Arrays in their text form, one element per row, and the decisions as a JSON document:
+    # see relay.db.store.outcome_params.
+    ids: str
+    tokens: str
+    key_generations: str
+    decision_of: str
+    request_ids: str
+    latencies: str
     decisions: str
     relay_id: str
 

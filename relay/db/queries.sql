@@ -203,9 +203,11 @@ FROM free k JOIN leased ON leased.outbox_id = k.id
 
 -- name: record_outcomes
 -- Write a batch of outcomes in one statement (River's shape, `UPDATE ... FROM` a set of rows).
--- The set travels as two JSON documents (cheaper to encode than parallel arrays): the distinct
--- decisions, and per row its id, lease token, pre-claim first attempt, key generation and the
--- index of its decision (a stream call's rows share one).
+-- The set travels as parallel arrays, one element per row (id, lease token, the key generation
+-- it was sent with, the index of its decision, the call's request id and latency), and the
+-- distinct decisions as one JSON document (a stream call's rows share one, and so do v1 calls
+-- answered alike): unnest of typed arrays costs PostgreSQL a fraction of what taking the same
+-- fields out of a JSON object per row did.
 -- The compare-and-set on lease_token means a relay whose lease expired (and whose row another
 -- relay re-claimed) changes nothing.
 -- A cancel requested while the report was in flight: after a success the row becomes a
@@ -227,18 +229,18 @@ FROM free k JOIN leased ON leased.outbox_id = k.id
 -- (a webhook may have rejected the row meanwhile). After a crash of PostgreSQL the lease table
 -- is empty: the old holder's outcome writes nothing and the row replays with the same key.
 WITH input AS MATERIALIZED (
-    SELECT r.id, r.token, r.previous_first_attempt_at, r.key_generation, d.*,
+    SELECT r.id, r.token, r.key_generation, r.request_id, r.latency_ms, d.*,
            -- a call whose acceptance the row can carry (the row's own conditions below)
            d.called AND d.state = 'accepted' AND d.action = 'report' AND d.code IS NULL
                AND d.http_status = 200 AS clean
-    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
-         AS r(id bigint, token uuid, previous_first_attempt_at timestamptz,
-              key_generation int, decision int)
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:tokens AS uuid[]),
+                CAST(:key_generations AS int[]), CAST(:decision_of AS int[]),
+                CAST(:request_ids AS text[]), CAST(:latencies AS real[]))
+         AS r(id, token, key_generation, decision, request_id, latency_ms)
     JOIN jsonb_to_recordset(CAST(:decisions AS jsonb))
          AS d(n int, state text, delay float8, counted int, new_key int, code text, message text,
-              request_id text, reached boolean, may_have_counted boolean, cancel_state text,
-              cancel_now boolean, called boolean,
-              action text, http_status int, latency_ms real)
+              reached boolean, may_have_counted boolean, cancel_state text, cancel_now boolean,
+              called boolean, action text, http_status int)
       ON d.n = r.decision
 ),
 released AS MATERIALIZED (

@@ -5,6 +5,7 @@ history row, and an older relay writing history rows beside a newer one is never
 
 from typing import Any
 
+import orjson
 import psycopg
 import pytest
 from psycopg.rows import dict_row
@@ -13,7 +14,7 @@ from outbox.sqlfile import for_psycopg, load
 from relay.core.rows import Claimed, Outcome
 from relay.db import migrate, operations
 from relay.db.pool import QUERIES
-from relay.db.store import ATTEMPT_WINDOW_CAP, FIRST_LANE, SyncStore, outcome_params
+from relay.db.store import ATTEMPT_WINDOW_CAP, FIRST_LANE, SyncStore, cancel_route
 from tests.support.relay import insert_usage
 
 PREVIOUS = load("tests.support", "previous_release.sql")
@@ -161,7 +162,46 @@ def _previous_release_outcomes(db: psycopg.Connection, batch: list[Outcome]) -> 
             (outcome.row.lease_token, outcome.row.id),
         )
     sql = for_psycopg(PREVIOUS["record_outcomes"])
-    return {i for (i,) in db.execute(sql, outcome_params(batch, "r-old")).fetchall()}
+    return {i for (i,) in db.execute(sql, _previous_outcome_params(batch)).fetchall()}
+
+
+def _previous_outcome_params(batch: list[Outcome]) -> dict[str, str]:
+    """The older relay's parameters: every row and its whole decision as JSON documents."""
+    decisions = [
+        {
+            "n": n,
+            "state": o.state,
+            "delay": o.delay,
+            "counted": o.counted,
+            "new_key": o.new_key,
+            "code": o.code,
+            "message": o.message,
+            "request_id": o.request_id,
+            "reached": o.reached_stripe,
+            "may_have_counted": o.may_have_counted,
+            **cancel_route(o.state, o.may_have_counted),
+            "called": o.called,
+            "action": o.row.action,
+            "http_status": o.http_status,
+            "latency_ms": o.latency_ms,
+        }
+        for n, o in enumerate(batch)
+    ]
+    rows = [
+        {
+            "id": o.row.id,
+            "token": o.row.lease_token,
+            "previous_first_attempt_at": o.row.previous_first_attempt_at,
+            "key_generation": o.row.key_generation,
+            "decision": n,
+        }
+        for n, o in enumerate(batch)
+    ]
+    return {
+        "rows": orjson.dumps(rows).decode(),
+        "decisions": orjson.dumps(decisions).decode(),
+        "relay_id": "r-old",
+    }
 
 
 def test_an_older_relays_acceptances_and_a_newer_ones_are_each_counted_once(

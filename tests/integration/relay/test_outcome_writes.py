@@ -103,3 +103,58 @@ async def test_commit_to_accepted_time_is_observed_per_accepted_row(database_url
         await relay.until(lambda: accepted(database_url, 4))
     after = REGISTRY.get_sample_value("outbox_relay_commit_to_accepted_seconds_count")
     assert after == before + 4
+
+
+# Request ids as Stripe could send them, and some no request id should be: each must reach its
+# own row exactly (the batch travels as text arrays, relay.db.store.text_array).
+REQUEST_IDS = ("req_plain", 'req_"quoted"', "req_back\\slash", "req_line\nbreak", "NULL", None)
+
+
+def test_a_batch_writes_each_rows_own_call_to_its_row(database_url: str, db) -> None:
+    """One batch of v1 calls answered alike but each with its own request id and latency
+    (one decision, per-row values), a failure between them, and a lost lease: every row
+    carries its own call, the failure has its history row, the lost row is left alone."""
+    insert_usage(database_url, 8, customers=8)
+    store = SyncStore(db)
+    walked = store.walk(FIRST_LANE, 8, exclusive=True)
+    rows = store.claim(walked.ids, fill=0, exclusive=True, relay_id="test-relay", lease_seconds=30)
+    *accepted_rows, failing, lost = rows
+    batch = [
+        Outcome.answered(r, "accepted", request_id=rid, latency_ms=10.0 + i, http_status=200)
+        for i, (r, rid) in enumerate(zip(accepted_rows, REQUEST_IDS, strict=True))
+    ]
+    batch.insert(
+        2,
+        Outcome.answered(
+            failing,
+            "pending",
+            code="http_500",
+            http_status=500,
+            request_id="req_500",
+            latency_ms=99.0,
+            new_key=1,
+            delay=5,
+        ),
+    )
+    batch.append(Outcome.answered(lost, "accepted", request_id="req_lost", http_status=200))
+    db.execute(
+        "UPDATE meter_event_outbox_leases SET lease_token = gen_random_uuid() WHERE outbox_id = %s",
+        (lost.id,),
+    )
+    assert store.record_outcomes(batch, "test-relay") == {r.id for r in rows} - {lost.id}
+    found = {
+        r[0]: r[1:]
+        for r in db.execute(
+            "SELECT id, state, stripe_request_id, accepted_request_id, accepted_latency_ms,"
+            " accepted_attempt, key_generation FROM meter_event_outbox"
+        )
+    }
+    for i, (r, rid) in enumerate(zip(accepted_rows, REQUEST_IDS, strict=True)):
+        assert found[r.id] == ("accepted", rid, rid, 10.0 + i, 1, 0)
+    assert found[failing.id] == ("pending", "req_500", None, None, None, 1)
+    assert found[lost.id] == ("pending", None, None, None, None, 0)
+    history = db.execute(
+        "SELECT outbox_id, stripe_request_id, latency_ms, key_generation"
+        " FROM meter_event_outbox_attempts"
+    ).fetchall()
+    assert history == [(failing.id, "req_500", 99.0, 0)]
