@@ -9,9 +9,11 @@
 -- concurrent call per customer and meter) lanes that already have a call in flight are skipped.
 -- The walk is a loose index scan over the lane index (customer, event name, available_at, id):
 -- one probe per lane finds the next lane and, being the first entry of that lane, its head (if
--- the head is not due, nothing in the lane is). A second probe, on the lane index after now(), tells
--- whether the lane has a call in flight. The walk stops as soon as the batch is full, so it costs
--- two probes per row taken (plus one per lane passed over), however deep the backlog.
+-- the head is not due, nothing in the lane is). In v2 a probe of the lease table's primary key
+-- says whether the head is leased; in v1 two probes say whether the lane has a call in flight
+-- (the lease table's lane index, which holds the head's own lease if it has one, and the lane
+-- index after now()). The walk stops as soon as the batch is full, so it costs two probes per
+-- row taken in v2 and three in v1 (plus one per lane passed over), however deep the backlog.
 -- Returns one row: the head ids (a bigint[], handed to `claim`) and how many, the last lane walked (where the next walk starts) and `wrap`
 -- when the walk ran out of lanes before the batch filled (start again from the first lane); no
 -- row when no lane lies after the cursor.
@@ -25,14 +27,12 @@ WITH RECURSIVE walk (customer, event_name, id, taken, found, depth) AS (
     CROSS JOIN LATERAL (
         SELECT o.customer, o.event_name, o.id,
                o.available_at <= now()
-               -- The head itself has no live lease (a leased row stays pending: its lease is
-               -- in the lease table, migration outbox_0020).
-               AND coalesce((SELECT l.leased_until FROM meter_event_outbox_leases l
-                             WHERE l.outbox_id = o.id), '-infinity') <= now()
-               AND (NOT CAST(:exclusive AS boolean) OR (
+               AND CASE WHEN CAST(:exclusive AS boolean) THEN (
                    -- v1: no call in flight in the lane. A correlated scalar probe, not NOT
                    -- EXISTS: the planner would hash that over every lease. A live lease of the
-                   -- lane is in the lease table's lane index after now()...
+                   -- lane is in the lease table's lane index after now() (the head's own
+                   -- lease among them: a lease carries its row's lane, so this probe also
+                   -- says the head is not leased, and v1 needs no probe of the head's)...
                    SELECT l.outbox_id FROM meter_event_outbox_leases l
                    WHERE l.customer = o.customer AND l.event_name = o.event_name
                      AND l.leased_until > now()
@@ -47,7 +47,11 @@ WITH RECURSIVE walk (customer, event_name, id, taken, found, depth) AS (
                      AND (b.customer, b.event_name, b.available_at)
                          > (o.customer, o.event_name, now())
                      AND b.state = 'in_flight'
-                   LIMIT 1) IS NULL) AS taken
+                   LIMIT 1) IS NULL
+               -- v2: the head itself has no live lease (a leased row stays pending: its
+               -- lease is in the lease table, migration outbox_0020).
+               ELSE coalesce((SELECT l.leased_until FROM meter_event_outbox_leases l
+                              WHERE l.outbox_id = o.id), '-infinity') <= now() END AS taken
         FROM meter_event_outbox o
         WHERE o.state IN ('pending', 'in_flight')
           AND (o.customer, o.event_name) > (w.customer, w.event_name)
@@ -100,10 +104,9 @@ chosen AS MATERIALIZED (
         SELECT o.id
         FROM meter_event_outbox o
         WHERE o.id = h.id AND o.state IN ('pending', 'in_flight') AND o.available_at <= now()
-          AND coalesce((SELECT l.leased_until FROM meter_event_outbox_leases l
-                        WHERE l.outbox_id = o.id), '-infinity') <= now()
-          -- v1: the lane is still free (correlated scalar probes, as in the walk).
-          AND (NOT CAST(:exclusive AS boolean) OR (
+          -- v1: the lane is still free (correlated scalar probes, as in the walk; a live
+          -- lease of the head is one of the lane's). v2: the head has no live lease.
+          AND CASE WHEN CAST(:exclusive AS boolean) THEN (
               SELECT l.outbox_id FROM meter_event_outbox_leases l
               WHERE l.customer = o.customer AND l.event_name = o.event_name
                 AND l.leased_until > now()
@@ -113,7 +116,9 @@ chosen AS MATERIALIZED (
                 AND b.state IN ('pending', 'in_flight')
                 AND (b.customer, b.event_name, b.available_at) > (o.customer, o.event_name, now())
                 AND b.state = 'in_flight'
-              LIMIT 1) IS NULL)
+              LIMIT 1) IS NULL
+              ELSE coalesce((SELECT l.leased_until FROM meter_event_outbox_leases l
+                             WHERE l.outbox_id = o.id), '-infinity') <= now() END
         LIMIT 1
         FOR UPDATE SKIP LOCKED) w
 ),
@@ -242,12 +247,20 @@ WITH input AS MATERIALIZED (
               reached boolean, may_have_counted boolean, cancel_state text, cancel_now boolean,
               called boolean, action text, http_status int)
       ON d.n = r.decision
+    -- In the rows' order: the lease deletes, the primary-key probes and the row updates below
+    -- follow it, and a batch comes in lane or completion order, scattered over the heap.
+    -- Ordered by id they touch each page once, in a row (about 2 us per row less).
+    ORDER BY r.id
 ),
 released AS MATERIALIZED (
     DELETE FROM meter_event_outbox_leases l
     USING input i
     WHERE l.outbox_id = i.id AND l.lease_token = i.token
-    RETURNING l.outbox_id, l.first_claimed_at, l.leased_by,
+    -- The row's input comes back with its lease: the update below joins nothing but these
+    -- rows and the outbox's primary key, a plan no estimate of the batch's size can spoil (a
+    -- prepared statement's generic plan guesses 10 rows for an unnest of a parameter; a join
+    -- of the input with the deleted leases was then a nested loop over both, 1,000 x 1,000).
+    RETURNING i.*, l.first_claimed_at, l.leased_by,
               -- taken over from an earlier holder (a takeover keeps its first claim and stamps
               -- leased_at; a fresh lease has both at the claim's now()): that holder's call
               -- may have counted whatever this one's outcome is
@@ -306,8 +319,7 @@ written AS (
         accepted_by = CASE WHEN u.clean AND o.accepted_at IS NULL
                                 AND o.cancel_requested_at IS NULL
                            THEN CAST(:relay_id AS text) ELSE o.accepted_by END
-    FROM (SELECT i.*, r.first_claimed_at, r.leased_by, r.carried_over FROM input i
-          JOIN released r ON r.outbox_id = i.id) u
+    FROM released u
     WHERE o.id = u.id AND o.state = 'pending'
     -- o.* here are the values just written; the sent action and key come from the claim.
     -- `carried`: this statement wrote the carried call (its acceptance is this statement's).
