@@ -801,7 +801,8 @@ class SyncStore(SyncExecutor):
     def summarize_ranges(self) -> int | None:
         """Summarize the created_at ranges the last prune left unsummarized: how many, -1 when
         a VACUUM held the table, None when this role may not (outbox_0025)."""
-        return self.one(q.SUMMARIZE_RANGES({}))
+        ranges: int | None = self.one(q.SUMMARIZE_RANGES({}))
+        return ranges
 
     def confirmation_counts(self) -> q.ConfirmationCounts:
         return self.one(q.CONFIRMATION_COUNTS({}))
