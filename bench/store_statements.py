@@ -5,19 +5,20 @@ and `record_outcomes`, each checkout's relay side by side in the same rounds.
 
 Per round and checkout (a child process with that tree on PYTHONPATH: its migrations, its
 queries.sql, its store.py building the parameters), in each mode (v1: the lane walk, one call
-per row, so a decision per row; v2-stream: one decision per call of 100 rows): a scratch
-database of ROWS pending rows over CUSTOMERS customers, 1,000 of them leased by another relay (a
-batch in flight), vacuumed and analyzed. Then REPS times,
-in one transaction that is rolled back (so every repetition sees the same table; a VACUUM from
-another connection between them): the walk of 1,000 lane heads from the first lane, the claim
-and the lease of what it chose, and the outcome of every leased row (accepted; on every other
-repetition one row in ten has a cancel requested while in flight, set before the outcome and
-not measured, so both routes of `record_outcomes` run). Each statement's figure is the
-serving backend's CPU time from /proc/<pid>/schedstat (nanoseconds) across that statement
-alone, divided by its rows; the first WARMUP repetitions are not counted (prepared statements
-settle on their plan). Also the client's CPU (this process) per row of the outcome call:
-building its parameters and reading its answer. Medians over repetitions and rounds. Nothing
-is asserted: read the table.
+per row, each with its own request id; v2-stream: one decision per call of 100 rows): a
+scratch database of ROWS pending rows over CUSTOMERS customers, 1,000 of them leased by
+another relay (a batch in flight), vacuumed and analyzed. Then REPS times, in one transaction
+that is rolled back (so every repetition sees the same table; a VACUUM from another connection
+between them): the walk of 1,000 lane heads from the first lane, the claim and the lease of
+what it chose, and the outcome of every leased row (accepted; on every other repetition one
+row in ten has a cancel requested while in flight, set before the outcome and not measured,
+so both routes of `record_outcomes` run). Each statement's figure is the serving backend's CPU
+time from /proc/<pid>/schedstat (nanoseconds) across that statement alone, divided by its
+rows; the first WARMUP repetitions are not counted (prepared statements settle on their plan).
+`--plan-cache-mode force_generic_plan` gives the prepared statements (all but `claim`) the
+generic plans a running relay's settle on (auto_explain shows them in (e)). Also the client's
+CPU (this process) per row of the outcome call: building its parameters and reading its
+answer. Medians over repetitions and rounds. Nothing is asserted: read the table.
 """
 
 from __future__ import annotations
@@ -56,7 +57,9 @@ def backend_cpu_ns(pid: int) -> int:
     return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
 
 
-def child(admin_url: str, mode: str, rows: int, customers: int, reps: int) -> dict[str, Any]:
+def child(
+    admin_url: str, mode: str, rows: int, customers: int, reps: int, plan_cache_mode: str
+) -> dict[str, Any]:
     """One checkout, one mode: every figure's samples in us per row (this tree's relay)."""
     from relay.db import migrate
 
@@ -75,7 +78,7 @@ def child(admin_url: str, mode: str, rows: int, customers: int, reps: int) -> di
             )
             _held_batch(setup, mode)
             setup.execute("VACUUM ANALYZE meter_event_outbox, meter_event_outbox_leases")
-            return _repetitions(url, setup, mode, reps)
+            return _repetitions(url, setup, mode, reps, plan_cache_mode)
     finally:
         with psycopg.connect(admin_url, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -102,7 +105,9 @@ def _held_batch(conn: psycopg.Connection, mode: str) -> None:
     assert len(held) == BATCH, len(held)
 
 
-def _repetitions(url: str, vacuum: psycopg.Connection, mode: str, reps: int) -> dict[str, Any]:
+def _repetitions(
+    url: str, vacuum: psycopg.Connection, mode: str, reps: int, plan_cache_mode: str
+) -> dict[str, Any]:
     from relay.db import queries as q
     from relay.db.store import FIRST_LANE, SyncStore, claim_params, lease_params
 
@@ -119,6 +124,8 @@ def _repetitions(url: str, vacuum: psycopg.Connection, mode: str, reps: int) -> 
     with psycopg.connect(url, prepare_threshold=0) as conn:
         store = SyncStore(conn)
         pid = conn.info.backend_pid
+        conn.execute(f"SET plan_cache_mode = {plan_cache_mode}")
+        conn.commit()
         walk = lambda: store.walk(FIRST_LANE, BATCH, exclusive=exclusive)  # noqa: E731
         for i in range(reps + WARMUP):
             kept = samples if i >= WARMUP else defaultdict(list)
@@ -182,7 +189,7 @@ def run_child(tree: str, mode: str, args: argparse.Namespace) -> dict[str, Any]:
         sys.executable,
         __file__,
         "--child",
-        json.dumps([ADMIN_URL, mode, args.rows, args.customers, args.reps]),
+        json.dumps([ADMIN_URL, mode, args.rows, args.customers, args.reps, args.plan_cache_mode]),
     ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800, check=False)
     if done.returncode != 0:
@@ -200,6 +207,12 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=12, help="measured repetitions per child")
     parser.add_argument("--rows", type=int, default=60_000)
     parser.add_argument("--customers", type=int, default=10_000)
+    parser.add_argument(
+        "--plan-cache-mode",
+        default="auto",
+        choices=("auto", "force_generic_plan", "force_custom_plan"),
+        help="for the prepared statements (the relay's settle on generic plans under load)",
+    )
     args = parser.parse_args()
     trees = [str(Path(t).resolve()) for t in args.trees.split(",")]
     print(f"uptime before: {_uptime()}", flush=True)
@@ -215,7 +228,10 @@ def main() -> None:
                 print(f"round {r + 1} {_label(tree)} {mode}: {shown}", flush=True)
     print(f"uptime after: {_uptime()}")
     for mode in MODES:
-        print(f"\n{mode}: us per row, median of {args.rounds} round(s) x {args.reps} reps\n")
+        print(
+            f"\n{mode}: us per row, median of {args.rounds} round(s) x {args.reps} reps,"
+            f" plan_cache_mode {args.plan_cache_mode}\n"
+        )
         head = ["statement", *(_label(t) for t in trees)]
         print("| " + " | ".join(head) + " |")
         print("|---|" + "---:|" * len(trees))

@@ -14,7 +14,7 @@ from relay.core.rows import Outcome
 from relay.db import queries
 from relay.db.pool import QUERIES
 from relay.db.queries import Statement
-from relay.db.store import FIRST_LANE, SyncStore, claim_params, lease_params
+from relay.db.store import FIRST_LANE, SyncStore, claim_params, lease_params, walk_params
 from relay.emulator import Emulator, Faults, Latency
 from tests.support.relay import (
     accepted,
@@ -202,6 +202,33 @@ def test_one_walks_heads_are_not_looked_up_twice(db: psycopg.Connection) -> None
     lane."""
     assert "on meter_event_outbox" in heads_plan(db, one_walk=False)
     assert "on meter_event_outbox" not in heads_plan(db, one_walk=True)
+
+
+def lease_probes(db: psycopg.Connection, exclusive: bool) -> tuple[set[str], set[str]]:
+    """The lease table's indexes the walk's and the claim's (its heads') plans probe."""
+    how: Any = {"fill": 0, "exclusive": exclusive, "relay_id": "r", "lease_seconds": 30}
+    found = []
+    for name, params in (
+        ("walk", walk_params(FIRST_LANE, 10, exclusive)),
+        ("claim", claim_params([1, 2, 3], {**how, "one_walk": True})),
+    ):
+        with db.transaction(force_rollback=True):
+            rows = db.execute("EXPLAIN " + for_psycopg(QUERIES[name]), params).fetchall()
+        plan = "\n".join(r[0] for r in rows)
+        if name == "claim":  # the heads' lock (the v2 top-up has its own probe)
+            plan = plan.split("CTE chosen")[1].split("CTE filled")[0]
+        found.append({i for i in INDEXES if f"using {i} " in plan})
+    return found[0], found[1]
+
+
+INDEXES = ("meter_event_outbox_leases_pkey", "meter_event_outbox_leases_lane")
+
+
+def test_v1_probes_the_lane_and_v2_the_head(db: psycopg.Connection) -> None:
+    """In v1 the probe of the lane's live leases also finds the head's own (a lease carries
+    its row's lane), so the walk and the claim probe the head's lease only in v2."""
+    assert lease_probes(db, exclusive=True) == ({INDEXES[1]}, {INDEXES[1]})
+    assert lease_probes(db, exclusive=False) == ({INDEXES[0]}, {INDEXES[0]})
 
 
 def test_a_claim_whose_columns_do_not_name_claimeds_fields_is_refused(database_url, db) -> None:
