@@ -129,11 +129,14 @@ filled AS MATERIALIZED (
     -- rows (with `available_at <= now()` a stale estimate can pick a bitmap scan and a sort
     -- of every due row). The cursor is a row comparison on the due index's columns
     -- (available_at, id, migration outbox_0025), so the scan starts right after it, also
-    -- among the many rows one INSERT statement gives the same available_at. No cursor: from
-    -- the start (ids are positive, from a sequence).
+    -- among the many rows one INSERT statement gives the same available_at. No cursor: the
+    -- planner folds the condition away (the statement is planned with its parameters); a
+    -- comparison with '-infinity' left in made the index scan cost more than it does and the
+    -- planner chose a sequential scan and a sort of every due row.
     WHERE o.state IN ('pending', 'in_flight') AND o.available_at - now() <= interval '0'
-      AND (o.available_at, o.id) > (coalesce(CAST(:after_at AS timestamptz), '-infinity'),
-                                    coalesce(CAST(:after_id AS bigint), 0))
+      AND (CAST(:after_at AS timestamptz) IS NULL
+           OR (o.available_at, o.id) > (CAST(:after_at AS timestamptz),
+                                        CAST(:after_id AS bigint)))
       AND o.id NOT IN (SELECT id FROM chosen)
       AND coalesce((SELECT l.leased_until FROM meter_event_outbox_leases l
                     WHERE l.outbox_id = o.id), '-infinity') <= now()
