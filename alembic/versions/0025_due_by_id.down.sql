@@ -5,3 +5,4 @@ CREATE INDEX meter_event_outbox_due_by_at
     WHERE state IN ('pending', 'in_flight');
 DROP INDEX meter_event_outbox_due;
 ALTER INDEX meter_event_outbox_due_by_at RENAME TO meter_event_outbox_due;
+ALTER TABLE meter_event_outbox_leases RESET (vacuum_truncate);
