@@ -31,8 +31,10 @@ backends, from /proc); the outbox's HOT update ratio (pg_stat_user_tables); and 
 record_usage and relay phases' WAL split by relation and record kind (pg_walinspect), which
 says where the bytes go. With `--prune-rows`, the WAL and time of pruning that many settled
 rows; with `--heap-rounds N`, one database per tree taken through N rounds of record, relay
-and VACUUM: the relay's WAL per fact and the heap's bytes per row as the table fills (what the
-fillfactor costs in room).
+and VACUUM: the relay's WAL per fact, the full-page images in it (by relation for the last
+round: what grows with the history) and the heap's bytes per row as the table fills (what the
+fillfactor costs in room); with `--server-option NAME=VALUE` the private cluster runs with that
+setting too (e.g. wal_compression=lz4, what it does to those images).
 Benchmarks print tables and never assert.
 """
 
@@ -265,6 +267,10 @@ def child(admin_url: str, mode: str, n: int, customers: int) -> dict[str, Any]:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
             conn.execute(APP_TABLE)
+            # The migrations leave dead catalog tuples (pg_class, pg_depend, ...): without this
+            # their pruning, and its full-page images, fell into the measured phases (about 50
+            # bytes per fact of record_usage at 4,000 facts), which production never pays.
+            conn.execute("VACUUM")
         with psycopg.connect(url) as conn:
             plain = _phase_plain(conn, n, customers)
             record, recorded_from, start = _phase_record(conn, n, customers)
@@ -346,20 +352,28 @@ def heap_child(admin_url: str, rounds: int, n: int, customers: int) -> dict[str,
     and its indexes grow (each round's record phase starts with a CHECKPOINT)."""
     per_round = []
     with _scratch(admin_url) as url:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
         for _ in range(rounds):
             with psycopg.connect(url) as conn:
                 _phase_record(conn, n, customers)
             with psycopg.connect(url, autocommit=True) as watch:
                 start = _lsn(watch)
                 asyncio.run(_relay_phase(url, "v1", watch))
-                wal = _wal_between(watch, start, _lsn(watch))
+                end = _lsn(watch)
+                wal = _wal_between(watch, start, end)
+                split = _wal_split(watch, start, end)
+                fpi = sum(f for _, f in split.values())
+                by_relation: dict[str, float] = defaultdict(float)
+                for key, (_, f) in split.items():
+                    by_relation[key.split(" ")[0]] += f / n
                 watch.execute("VACUUM meter_event_outbox")
                 size, rows = watch.execute(
                     "SELECT pg_relation_size('meter_event_outbox'), count(*)"
                     " FROM meter_event_outbox"
                 ).fetchone()
-            per_round.append({"relay": wal / n, "heap": size / rows})
-    return {"rounds": per_round}
+            per_round.append({"relay": wal / n, "fpi": fpi / n, "heap": size / rows})
+    return {"rounds": per_round, "last_fpi": dict(by_relation)}
 
 
 def _hot(conn: psycopg.Connection) -> tuple[int, int]:
@@ -374,14 +388,14 @@ def _hot(conn: psycopg.Connection) -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def private_cluster() -> Iterator[str]:
+def private_cluster(extra: tuple[str, ...] = ()) -> Iterator[str]:
     if shutil.which("pg_createcluster") is None:
         raise SystemExit("pg_createcluster not found: install postgresql-common")
     version = sorted((p.name for p in Path("/usr/lib/postgresql").iterdir()), key=int)[-1]
     name = f"dbcost_{os.getpid()}"
     with socket_port() as port:
         pass
-    options = [arg for option in SERVER_OPTIONS for arg in ("-o", option)]
+    options = [arg for option in (*SERVER_OPTIONS, *extra) for arg in ("-o", option)]
     try:
         subprocess.run(
             ["pg_createcluster", version, name, "-p", str(port), "--start-conf=manual",
@@ -446,13 +460,23 @@ def report_prune(prunes: dict[str, dict[str, Any]]) -> None:
 
 
 def report_heap(heaps: dict[str, dict[str, Any]]) -> None:
-    header = ["round"] + [f"{_label(t)} {c}" for t in heaps for c in ("relay B/fact", "heap B/row")]
+    columns = {"relay": "relay B/fact", "fpi": "of which FPI", "heap": "heap B/row"}
+    header = ["round"] + [f"{_label(t)} {c}" for t in heaps for c in columns.values()]
     rounds = len(next(iter(heaps.values()))["rounds"])
     rows = [
-        [r + 1] + [h["rounds"][r][k] for h in heaps.values() for k in ("relay", "heap")]
+        [r + 1] + [h["rounds"][r].get(k, 0.0) for h in heaps.values() for k in columns]
         for r in range(rounds)
     ]
     _table("steady state (one database per tree, v1; VACUUM after each round)", header, rows)
+    names = sorted(
+        {k for h in heaps.values() for k, v in h.get("last_fpi", {}).items() if v >= 1},
+        key=lambda k: -max(h.get("last_fpi", {}).get(k, 0.0) for h in heaps.values()),
+    )
+    _table(
+        "steady state, the last round's full-page images by relation (bytes per fact)",
+        ["relation"] + [_label(t) for t in heaps],
+        [[k] + [h.get("last_fpi", {}).get(k, 0.0) for h in heaps.values()] for k in names],
+    )
 
 
 def _label(tree: str) -> str:
@@ -550,13 +574,22 @@ def main() -> None:
     parser.add_argument(
         "--heap-rounds", type=int, default=0, help="also the steady state: rounds on one database"
     )
+    parser.add_argument(
+        "--server-option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting of the private cluster (repeatable), e.g. wal_compression=lz4",
+    )
     args = parser.parse_args()
     trees = [str(Path(t).resolve()) for t in args.trees.split(",")]
     # SIGTERM unwinds like Ctrl-C, so the private cluster is removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     print(f"load before: {os.getloadavg()[0]:.2f}")
     results: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    with private_cluster() as admin_url:
+    if args.server_option:
+        print("server options: " + ", ".join(args.server_option))
+    with private_cluster(tuple(args.server_option)) as admin_url:
         for r in range(args.rounds):
             order = [(t, m) for t in trees for m in MODES]
             random.Random(r).shuffle(order)

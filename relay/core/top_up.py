@@ -4,7 +4,7 @@ A claim does not move a leased row out of the due index (its lease is in the lea
 migration outbox_0020), so a top-up that always started at the oldest due row would read past
 every row leased before it. Each relay remembers the (available_at, id) of the last row its
 top-up locked and starts the next one after it; the due index is ordered by those two columns
-(migration outbox_0025), so the scan begins there.
+(migration outbox_0026), so the scan begins there.
 
 Rows can be left behind the cursor: a row committed late with an older available_at, one whose
 lease expired, one back from backoff or released unsent, one a concurrent claim locked but did

@@ -307,6 +307,9 @@ def prune(
     if batch_size < 1 or not older_than_days > 0:  # 0 looped forever; -1 deleted fresh rows
         raise ValueError("prune needs batch_size >= 1 and older_than_days > 0")
     store = SyncStore(conn)
+    # The ranges the previous prune freed hold the rows that refilled them since: summarized
+    # now, tight; this run's batches forget the ranges they delete from (outbox_0025).
+    store.summarize_ranges()
     total = batches = 0
     while max_batches is None or batches < max_batches:
         deleted = store.prune(age_seconds=older_than_days * 86400, batch_size=batch_size)

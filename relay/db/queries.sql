@@ -128,7 +128,7 @@ filled AS MATERIALIZED (
     -- Written so only an ordered scan of the due index can serve it, stopping after :fill
     -- rows (with `available_at <= now()` a stale estimate can pick a bitmap scan and a sort
     -- of every due row). The cursor is a row comparison on the due index's columns
-    -- (available_at, id, migration outbox_0025), so the scan starts right after it, also
+    -- (available_at, id, migration outbox_0026), so the scan starts right after it, also
     -- among the many rows one INSERT statement gives the same available_at. No cursor: the
     -- planner folds the condition away (the statement is planned with its parameters); a
     -- comparison with '-infinity' left in made the index scan cost more than it does and the
@@ -580,6 +580,9 @@ SELECT outbox_fold_counts()
 -- name: prune
 -- Retention: delete old terminal rows in a bounded batch (the caller loops), oldest first, and
 -- their attempt history in the same statement (the history has no foreign key: see 0003).
+-- The created_at range index forgets the summaries of the ranges this batch deleted from
+-- (outbox_0025: VACUUM gives their pages to new rows, which would widen the old summaries for
+-- good), when this role may tend it; otherwise the ranges only stay wider.
 WITH gone AS (
     DELETE FROM meter_event_outbox o
     WHERE o.id IN (
@@ -590,7 +593,13 @@ WITH gone AS (
         LIMIT :batch_size
         FOR UPDATE SKIP LOCKED)
     RETURNING o.id, coalesce(o.stripe_account, '') AS account, o.customer, o.event_name,
-              date_trunc('hour', o.occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS hour
+              date_trunc('hour', o.occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS hour,
+              (o.ctid::text::point)[0]::bigint AS block
+),
+forgotten AS (
+    SELECT meter_event_outbox_forget_ranges(array_agg(DISTINCT block)) AS ranges FROM gone
+    WHERE has_function_privilege('meter_event_outbox_forget_ranges(bigint[])', 'EXECUTE')
+    HAVING count(*) > 0
 ),
 history AS (
     DELETE FROM meter_event_outbox_attempts a WHERE a.outbox_id IN (SELECT id FROM gone)
@@ -610,7 +619,15 @@ uncounted AS (
     SET confirmed = greatest(0, k.confirmed - (SELECT sum(n) FROM settled_groups))
     WHERE EXISTS (SELECT 1 FROM settled_groups)
 )
-SELECT id FROM gone
+-- (the scalar subquery makes the forgetting run: a CTE nobody reads is never evaluated)
+SELECT id FROM gone WHERE (SELECT count(*) FROM forgotten) >= 0
+
+-- name: summarize_ranges
+-- Before a prune deletes: summarize the created_at ranges the last prune left unsummarized,
+-- refilled since with new rows (outbox_0025). NULL when this role may not tend the index, -1
+-- when a VACUUM holds the table (skipped, never waited for).
+SELECT CASE WHEN has_function_privilege('meter_event_outbox_summarize_ranges()', 'EXECUTE')
+            THEN meter_event_outbox_summarize_ranges() END AS ranges
 
 -- name: last_status_for_code
 -- The HTTP status of the latest attempt of the pending row with this code put back last

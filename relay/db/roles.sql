@@ -80,4 +80,13 @@ BEGIN
     LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO outbox_writer', fn);
     END LOOP;
+    -- prune tends the created_at range index through these (owner's rights, outbox_0025).
+    FOR fn IN
+        SELECT p.oid::regprocedure FROM pg_proc p
+        WHERE p.pronamespace = s::regnamespace
+          AND p.proname IN ('meter_event_outbox_forget_ranges',
+                            'meter_event_outbox_summarize_ranges')
+    LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO outbox_relay', fn);
+    END LOOP;
 END $grants$;

@@ -820,6 +820,12 @@ class SyncStore(SyncExecutor):
         """Delete one bounded batch of old terminal rows; returns how many."""
         return len(self.all(q.PRUNE({"age_seconds": age_seconds, "batch_size": batch_size})))
 
+    def summarize_ranges(self) -> int | None:
+        """Summarize the created_at ranges the last prune left unsummarized: how many, -1 when
+        a VACUUM held the table, None when this role may not (outbox_0025)."""
+        ranges: int | None = self.one(q.SUMMARIZE_RANGES({}))
+        return ranges
+
     def confirmation_counts(self) -> q.ConfirmationCounts:
         return self.one(q.CONFIRMATION_COUNTS({}))
 

@@ -37,6 +37,9 @@ MATRIX = {
     ("relay", "outbox-relay run: rows accepted"): True,
     ("relay", "outbox-relay status"): True,
     ("relay", "outbox-relay prune --yes"): True,
+    ("relay", "tend the created_at ranges (owner's rights)"): True,
+    ("writer", "tend the created_at ranges (owner's rights)"): False,
+    ("reader", "tend the created_at ranges (owner's rights)"): False,
     ("relay", "CREATE TABLE"): False,
     ("relay", "ALTER TABLE meter_event_outbox"): False,
     ("relay", "DROP TABLE meter_event_outbox"): False,
@@ -73,6 +76,10 @@ SQL = {
     "DROP TABLE meter_event_outbox": "DROP TABLE meter_event_outbox",
     "TRUNCATE meter_event_outbox": "TRUNCATE meter_event_outbox",
     "UPDATE outbox_alembic_version": "UPDATE outbox_alembic_version SET version_num = 'x'",
+    "tend the created_at ranges (owner's rights)": (
+        "SELECT meter_event_outbox_summarize_ranges(),"
+        " meter_event_outbox_forget_ranges(ARRAY[0::bigint])"
+    ),
     "console sign-in (outbox_console_sessions)": (
         "INSERT INTO outbox_console_sessions (id, expires_at) VALUES ('s', now()) RETURNING id"
     ),

@@ -1,5 +1,5 @@
-"""The outbox schema's revision outbox_0025 (the due index ordered by available_at and id) as its
-own Django migration."""
+"""The outbox schema's revision outbox_0025 (prune keeps the created_at range index tight) as
+its own Django migration."""
 
 from django.db import migrations
 

@@ -1,5 +1,5 @@
-"""The due index is ordered by (available_at, id), so the v2 top-up starts right after the
-relay's cursor.
+"""Prune keeps the created_at block range index tight: it forgets the summaries of the ranges
+it deleted from, and summarizes the refilled ones on its next run.
 
 Revision ID: outbox_0025
 Revises: outbox_0024

@@ -1,0 +1,82 @@
+"""Pruning keeps the created_at block range index tight (migration outbox_0025).
+
+VACUUM gives the pages of pruned rows to new rows, and a block range summary only ever widens:
+without tending, a range that held 40-day-old rows and took today's covers both for good, and
+every read bounded by time reads it. The plan property checked here is the number of heap
+blocks a time-bounded bitmap scan visits, not a time.
+"""
+
+import json
+
+import psycopg
+
+from relay.db import operations as ops
+from tests.helpers import scalar
+
+OLD = (
+    "INSERT INTO meter_event_outbox (identifier, event_name, customer, value, state, created_at,"
+    " occurred_at, updated_at, accepted_at)"
+    " SELECT %s || g, 'api_calls', 'cus_' || (g %% 50), 1, 'accepted', t, t, t, t"
+    " FROM generate_series(1, %s) g, LATERAL (SELECT now() - make_interval(days => %s)) a(t)"
+)
+
+
+def _heap_blocks_older_than(db: psycopg.Connection, days: int) -> int:
+    """Heap blocks a bitmap scan of the range index visits for rows older than `days`."""
+    db.execute("SET enable_seqscan = off")
+    try:
+        (plan,) = db.execute(
+            "EXPLAIN (ANALYZE, FORMAT JSON) SELECT count(*) FROM meter_event_outbox"
+            f" WHERE created_at < now() - interval '{days} days'"
+        ).fetchone()
+    finally:
+        db.execute("RESET enable_seqscan")
+    nodes = [json.loads(plan) if isinstance(plan, str) else plan][0][0]["Plan"]
+    stack, blocks, used_range_index = [nodes], 0, False
+    while stack:
+        node = stack.pop()
+        used_range_index |= node.get("Index Name") == "meter_event_outbox_created_brin"
+        blocks += node.get("Exact Heap Blocks", 0) + node.get("Lossy Heap Blocks", 0)
+        stack.extend(node.get("Plans", []))
+    assert used_range_index, "the time-bounded count did not use the range index"
+    return blocks
+
+
+def test_pages_refilled_after_a_prune_leave_old_time_ranges(db):
+    db.execute(OLD, ("old-", 3000, 40))  # past the retention: pruned
+    db.execute(OLD, ("kept-", 3000, 10))
+    db.execute("SELECT brin_summarize_new_values('meter_event_outbox_created_brin')")
+    assert _heap_blocks_older_than(db, 30) > 0  # the old rows' ranges, before the prune
+    last_old_block = scalar(
+        db,
+        "SELECT max((ctid::text::point)[0]) FROM meter_event_outbox WHERE identifier LIKE 'old-%%'",
+    )
+
+    assert ops.prune(db, older_than_days=35) == 3000
+    db.execute("VACUUM meter_event_outbox")  # their pages are free for new rows
+    db.execute(
+        "INSERT INTO meter_event_outbox (identifier, event_name, customer, value)"
+        " SELECT 'new-' || g, 'api_calls', 'cus_' || (g % 50), 1 FROM generate_series(1, 2000) g"
+    )
+    refilled = scalar(
+        db,
+        "SELECT count(DISTINCT (ctid::text::point)[0]) FROM meter_event_outbox"
+        " WHERE identifier LIKE 'new-%%' AND (ctid::text::point)[0] <= %s",
+        last_old_block,
+    )
+    assert refilled > 0, "the new rows did not reuse the pruned pages: nothing to check"
+
+    ops.prune(db, older_than_days=35)  # the next run: summarizes the refilled ranges first
+    assert _heap_blocks_older_than(db, 30) == 0
+
+
+def test_a_prune_waits_for_no_vacuum_to_tend_the_ranges(db, database_url):
+    """Tending takes the table's SHARE UPDATE EXCLUSIVE lock; when something holds it (a VACUUM,
+    another prune's tending), the prune skips tending instead of waiting."""
+    db.execute(OLD, ("old-", 100, 40))
+    with psycopg.connect(database_url) as holder:
+        holder.execute("LOCK TABLE meter_event_outbox IN SHARE UPDATE EXCLUSIVE MODE")
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            assert scalar(conn, "SELECT meter_event_outbox_summarize_ranges()") == -1
+            assert ops.prune(conn, older_than_days=35) == 100
+        holder.rollback()
