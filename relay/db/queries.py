@@ -20,6 +20,7 @@ from psycopg.rows import BaseRowFactory, RowMaker, class_row, dict_row, kwargs_r
 from outbox.sqlfile import for_psycopg
 from relay.core.meters import MeterInfo, MeterRead
 from relay.core.rows import Claimed
+from relay.core.top_up import TopUp
 from relay.core.vocabulary import Action, State
 from relay.db.pool import QUERIES
 
@@ -93,6 +94,8 @@ class ClaimParams(TypedDict):
     one_walk: bool
     fill: int
     exclusive: bool
+    after_at: datetime | None  # the top-up cursor (None, None: from the start)
+    after_id: int | None
 
 
 class LeaseParams(TypedDict):
@@ -109,6 +112,7 @@ class ClaimHow(TypedDict):
     relay_id: str
     lease_seconds: float
     one_walk: NotRequired[bool]  # the ids come from one walk, one per lane (default False)
+    top_up: NotRequired[TopUp]  # the relay's top-up cursor (default: from the start)
 
 
 class OutcomeParams(TypedDict):
@@ -378,6 +382,13 @@ class Calls(NamedTuple):
     capped: bool
 
 
+class Locked(NamedTuple):
+    """A row the claim's first statement locked."""
+
+    id: int
+    available_at: datetime | None  # a top-up's row: where the top-up cursor moves (heads: None)
+
+
 def _claimed(cursor: Any) -> RowMaker[Claimed]:  # a psycopg cursor, sync or async
     """The claim's rows, built as the named tuple straight from psycopg's values (no
     intermediate tuple, no name lookup per row). The RETURNING list must name `Claimed`'s
@@ -391,7 +402,7 @@ def _claimed(cursor: Any) -> RowMaker[Claimed]:  # a psycopg cursor, sync or asy
 # -- the registry -----------------------------------------------------------------------------
 
 WALK = Query("walk", WalkParams, kwargs_row(_walked))
-CLAIM = Query("claim", ClaimParams, scalar_row, prepare=False)
+CLAIM = Query("claim", ClaimParams, class_row(Locked), prepare=False)
 LEASE = Query("lease", LeaseParams, _claimed)
 RECORD_OUTCOMES = Query("record_outcomes", OutcomeParams, scalar_row)
 HEARTBEAT = Query("heartbeat", HeartbeatParams, class_row(Beat))

@@ -74,8 +74,13 @@ FROM walk w WHERE w.depth > 0 ORDER BY w.depth DESC LIMIT 1
 -- becomes a second head; in v1 Stripe then answers 409 and that row retries (same key, attempt
 -- not counted): a conflict costs a retry, never a double count.
 -- With :fill, top the batch up with the oldest other due, unleased rows (v2 stream, where lanes
--- need no exclusivity). The fill's ordered scan of the due index passes over the leased rows,
--- which stay pending and due there.
+-- need no exclusivity), after the relay's top-up cursor (:after_at, :after_id: the newest row
+-- its previous top-up locked, relay.db.store.TopUp). Leased rows stay pending and due in the
+-- due index, so a scan from the start would pass over every row leased before it (three buffer
+-- reads each); the cursor starts the scan after them. Rows left behind it (committed late with
+-- an older available_at, lease expired, back from backoff, released unsent) are taken when the
+-- relay starts again from the start: after a short top-up, and every TopUp.RESTART_EVERY
+-- top-ups. Returns available_at for the top-up's rows (NULL for heads): where the cursor moves.
 -- The row lock orders the claim against outcomes: an outcome updates the row, so a claim that
 -- locks it afterwards re-reads it (no longer due) and leaves it out. Returns the ids locked.
 -- This statement's snapshot can be older than a lease: another claim that held a row and
@@ -123,20 +128,30 @@ chosen AS MATERIALIZED (
         FOR UPDATE SKIP LOCKED) w
 ),
 filled AS MATERIALIZED (
-    SELECT o.id
+    SELECT o.id, o.available_at
     FROM meter_event_outbox o
     -- Written so only an ordered scan of the due index can serve it, stopping after :fill
     -- rows (with `available_at <= now()` a stale estimate can pick a bitmap scan and a sort
-    -- of every due row).
+    -- of every due row). The cursor is a row comparison on the due index's columns
+    -- (available_at, id, migration outbox_0026), so the scan starts right after it, also
+    -- among the many rows one INSERT statement gives the same available_at. No cursor: the
+    -- planner folds the condition away (the statement is planned with its parameters); a
+    -- comparison with '-infinity' left in made the index scan cost more than it does and the
+    -- planner chose a sequential scan and a sort of every due row.
     WHERE o.state IN ('pending', 'in_flight') AND o.available_at - now() <= interval '0'
+      AND (CAST(:after_at AS timestamptz) IS NULL
+           OR (o.available_at, o.id) > (CAST(:after_at AS timestamptz),
+                                        CAST(:after_id AS bigint)))
       AND o.id NOT IN (SELECT id FROM chosen)
       AND coalesce((SELECT l.leased_until FROM meter_event_outbox_leases l
                     WHERE l.outbox_id = o.id), '-infinity') <= now()
-    ORDER BY o.available_at
+    ORDER BY o.available_at, o.id
     LIMIT :fill
     FOR UPDATE SKIP LOCKED
 )
-SELECT id FROM chosen UNION ALL SELECT id FROM filled
+SELECT id, NULL::timestamptz AS available_at FROM chosen
+UNION ALL
+SELECT id, available_at FROM filled
 
 -- name: lease
 -- The claim's second statement, in the same transaction as `claim`, on the rows it locked. Its

@@ -24,6 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from relay.core.meters import HELD_CODES, WHAT_TO_DO, MeterInfo, MeterRead
 from relay.core.rows import Claimed, Outcome
+from relay.core.top_up import Point
 from relay.core.unsent import needs_status, split, state_counts
 from relay.core.vocabulary import AUTH_WAIT_CODES, STATES, State
 from relay.db import queries as q
@@ -132,13 +133,31 @@ def id_array(ids: Iterable[int]) -> str:
     return "{" + ",".join(map(str, ids)) + "}"
 
 
-def claim_params(ids: Sequence[int], how: q.ClaimHow) -> q.ClaimParams:
+def claim_params(ids: Sequence[int], how: q.ClaimHow, after: Point | None = None) -> q.ClaimParams:
+    """`after`: where the top-up starts (`top_up_start`; None: from the start)."""
     return {
         "ids": id_array(ids),
         "one_walk": how.get("one_walk", False),
         "fill": how["fill"],
         "exclusive": how["exclusive"],
+        "after_at": after[0] if after else None,
+        "after_id": after[1] if after else None,
     }
+
+
+def top_up_start(how: q.ClaimHow) -> Point | None:
+    """Where this claim's top-up starts: after the relay's cursor, if it has one."""
+    top_up = how.get("top_up")
+    return top_up.start() if top_up is not None and how["fill"] else None
+
+
+def top_up_passed(how: q.ClaimHow, locked: Sequence[q.Locked]) -> list[int]:
+    """Move the relay's top-up cursor past what the claim locked; returns the ids locked."""
+    top_up = how.get("top_up")
+    if top_up is not None and how["fill"]:
+        taken = [(r.available_at, r.id) for r in locked if r.available_at is not None]
+        top_up.passed(taken, how["fill"])
+    return [r.id for r in locked]
 
 
 def lease_params(locked: Iterable[int], how: q.ClaimHow) -> q.LeaseParams:
@@ -274,12 +293,14 @@ class Store(AsyncExecutor):
         return await self.first(q.WALK(walk_params(after, wanted, exclusive))) or NOT_WALKED
 
     async def claim(self, ids: Sequence[int], **how: Unpack[q.ClaimHow]) -> list[Claimed]:
-        """Lock and lease the walked heads (plus `fill` oldest due rows). `one_walk`: the ids
+        """Lock and lease the walked heads (plus `fill` oldest due rows, after the relay's
+        `top_up` cursor if it passes one). `one_walk`: the ids
         come from a single walk, one per lane (a wrapped walk's may name a lane twice).
         Two statements in one transaction: the leases are read with a snapshot taken after
         the row locks, so a claim never waits on a lease (see `lease` in queries.sql)."""
+        after = top_up_start(how)
         async with self.pool.connection() as conn, conn.transaction():
-            locked = await fetch(conn, q.CLAIM(claim_params(ids, how)))
+            locked = top_up_passed(how, await fetch(conn, q.CLAIM(claim_params(ids, how, after))))
             return await fetch(conn, q.LEASE(lease_params(locked, how))) if locked else []
 
     async def record_outcomes(self, batch: Sequence[Outcome], relay_id: str) -> set[int]:
@@ -719,8 +740,9 @@ class SyncStore(SyncExecutor):
 
     def claim(self, ids: Sequence[int], **how: Unpack[q.ClaimHow]) -> list[Claimed]:
         """Store.claim's two statements, in one transaction."""
+        after = top_up_start(how)
         with self.conn.transaction():
-            locked = self.all(q.CLAIM(claim_params(ids, how)))
+            locked = top_up_passed(how, self.all(q.CLAIM(claim_params(ids, how, after))))
             return self.all(q.LEASE(lease_params(locked, how))) if locked else []
 
     def record_outcomes(self, batch: Sequence[Outcome], relay_id: str) -> set[int]:

@@ -16,6 +16,7 @@ from relay.core import metrics, tracing
 from relay.core.config import Settings
 from relay.core.retryable import RETRYABLE
 from relay.core.rows import Claimed, Outcome
+from relay.core.top_up import TopUp
 from relay.core.vocabulary import SHUTDOWN
 from relay.db.store import FIRST_LANE, Lane, Store, Walked
 from relay.pipeline.executor import RelayState
@@ -113,6 +114,7 @@ class Producer:
         # v1: one call in flight per (customer, meter), so a lane with a call out is skipped.
         self._exclusive = settings.stripe_api_mode == "v1"
         self._cursor: Lane = FIRST_LANE
+        self._top_up = TopUp()  # v2: where the next top-up starts (this relay's own)
         self._recheck_at = 0.0
         self._claims: set[asyncio.Task[None]] = set()
         self._claim_crash: BaseException | None = None  # raised by run() (a bug, not the db)
@@ -163,7 +165,8 @@ class Producer:
         self._cursor = cursor or FIRST_LANE
         if not ids:
             return cursor is not None
-        # v2 stream: top up with the oldest other due rows (lanes need no exclusivity there).
+        # v2 stream: top up with the oldest other due rows (lanes need no exclusivity there),
+        # after where this relay's previous top-up stopped (relay.core.top_up).
         fill = 0 if self._exclusive else wanted - len(ids)
         self.capacity.reserve(len(ids) + fill)
         task = asyncio.create_task(self.claim(ids, fill, one_walk), name="claim")
@@ -201,6 +204,7 @@ class Producer:
                 relay_id=self.settings.relay_id,
                 lease_seconds=self.settings.lease_seconds,
                 one_walk=one_walk,
+                top_up=self._top_up,
             )
         except RETRYABLE as err:  # nothing leased, or leases that expire: nothing is lost
             log.error("claim_failed", error=str(err))

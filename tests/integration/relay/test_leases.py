@@ -239,7 +239,7 @@ def test_a_claim_whose_columns_do_not_name_claimeds_fields_is_refused(database_u
     swapped = QUERIES["lease"].replace("k.identifier, k.event_name,", "k.event_name, k.identifier,")
     assert swapped != QUERIES["lease"]
     how: Any = {"fill": 1, "exclusive": False, "relay_id": "r", "lease_seconds": 30}
-    locked = SyncStore(db).all(queries.CLAIM(claim_params([], how)))
+    locked = [r.id for r in SyncStore(db).all(queries.CLAIM(claim_params([], how)))]
     statement = Statement(
         for_psycopg(swapped), lease_params(locked, how), queries.LEASE.rows, False
     )

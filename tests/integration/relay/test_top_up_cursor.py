@@ -1,0 +1,115 @@
+"""The v2 top-up's cursor: a relay's top-up starts after the newest row its previous top-up
+locked, so it does not read past the rows already leased (they stay pending in the due index),
+and rows left behind the cursor are still claimed within RESTART_EVERY top-ups."""
+
+from typing import Any
+
+import psycopg
+
+from outbox.sqlfile import for_psycopg
+from relay.core.rows import Claimed
+from relay.core.top_up import TopUp
+from relay.db.pool import QUERIES
+from relay.db.store import SyncStore, claim_params
+from tests.support.relay import insert_usage
+
+FILL = 10
+
+
+def top_up(db: psycopg.Connection, cursor: TopUp | None, relay_id: str = "r") -> list[Claimed]:
+    """A v2 claim with no walked heads: only the top-up."""
+    how: Any = {"fill": FILL, "exclusive": False, "relay_id": relay_id, "lease_seconds": 600}
+    if cursor is not None:
+        how["top_up"] = cursor
+    return SyncStore(db).claim([], **how)
+
+
+def due_scan(db: psycopg.Connection, after: Any) -> dict[str, Any]:
+    """The top-up's scan of the due index in one EXPLAIN (ANALYZE) of the claim (rolled back)."""
+    how: Any = {"fill": FILL, "exclusive": False}
+    explain = "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + for_psycopg(QUERIES["claim"])
+    with db.transaction(force_rollback=True):
+        (plan,) = db.execute(explain, claim_params([], how, after)).fetchone() or (None,)
+
+    def nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+        return [node] + [n for child in node.get("Plans", []) for n in nodes(child)]
+
+    (scan,) = [n for n in nodes(plan[0]["Plan"]) if n.get("Index Name") == "meter_event_outbox_due"]
+    return scan
+
+
+def test_a_top_up_with_the_cursor_does_not_read_past_the_rows_leased_before_it(
+    database_url: str, db
+) -> None:
+    """All rows of one INSERT share available_at: the cursor's (available_at, id) must be the
+    due index's order for the scan to start after the leased ones rather than filter them."""
+    insert_usage(database_url, 1000, customers=100)
+    db.execute("ANALYZE meter_event_outbox")
+    cursor = TopUp()
+    for _ in range(30):  # 300 rows leased by this relay's top-ups
+        assert len(top_up(db, cursor)) == FILL
+    continued = due_scan(db, cursor.after)
+    assert continued["Actual Rows"] == FILL
+    assert continued.get("Rows Removed by Filter", 0) == 0  # no leased row read
+    from_start = due_scan(db, None)  # what a top-up without the cursor reads
+    assert from_start["Actual Rows"] == FILL
+    assert from_start["Rows Removed by Filter"] == 300
+
+
+def test_rows_left_behind_the_cursor_are_claimed_within_restart_every_top_ups(
+    database_url: str, db
+) -> None:
+    """A row whose lease expired and a row committed late with an older available_at lie
+    behind the cursor; the backlog never lets a top-up come back short, and still both are
+    claimed within `restart_every` top-ups (the top-up alone: the walk's lane heads, which
+    could also take them, are left out)."""
+    insert_usage(database_url, 200, customers=20)
+    cursor = TopUp(restart_every=4)
+    first = top_up(db, cursor)
+    top_up(db, cursor)
+    db.execute(
+        "UPDATE meter_event_outbox_leases SET leased_until = now() - interval '1 second'"
+        " WHERE outbox_id = %s",
+        (first[0].id,),
+    )
+    insert_usage(database_url, 1, prefix="late")
+    db.execute(
+        "UPDATE meter_event_outbox SET available_at = now() - interval '1 hour'"
+        " WHERE identifier = 'late1'"
+    )
+    behind = {first[0].identifier, "late1"}
+    taken: list[set[str]] = []
+    for _ in range(cursor.restart_every):
+        claimed = top_up(db, cursor)
+        assert len(claimed) == FILL  # never short: only the periodic restart goes back
+        taken.append({r.identifier for r in claimed})
+    assert behind <= set().union(*taken)
+    assert not behind & taken[0]  # the cursor had left them behind
+
+
+def test_a_short_top_up_starts_the_next_one_from_the_start(database_url: str, db) -> None:
+    """A top-up that comes back short reached the newest due row: a row released behind the
+    cursor is taken by the very next top-up."""
+    insert_usage(database_url, 25)
+    cursor = TopUp()
+    first = top_up(db, cursor)
+    top_up(db, cursor)
+    assert len(top_up(db, cursor)) == 5  # short
+    db.execute("DELETE FROM meter_event_outbox_leases WHERE outbox_id = %s", (first[0].id,))
+    assert [r.id for r in top_up(db, cursor)] == [first[0].id]
+
+
+def test_relays_with_their_own_cursors_claim_every_row_once(database_url: str, db) -> None:
+    """Each relay keeps its own cursor; the row locks and the lease table's key still decide
+    who gets a row."""
+    insert_usage(database_url, 95, customers=7)
+    cursors = {"a": TopUp(restart_every=3), "b": TopUp(restart_every=5)}
+    claimed: dict[str, list[int]] = {"a": [], "b": []}
+    while True:
+        got = {relay: top_up(db, c, relay) for relay, c in cursors.items()}
+        for relay, rows in got.items():
+            claimed[relay] += [r.id for r in rows]
+        if not any(got.values()):
+            break
+    ids = claimed["a"] + claimed["b"]
+    assert len(ids) == len(set(ids)) == 95
