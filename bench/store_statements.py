@@ -131,7 +131,8 @@ def _repetitions(
             kept = samples if i >= WARMUP else defaultdict(list)
             walked = _timed(pid, kept["walk"], BATCH, walk)
             claim = q.CLAIM(claim_params(walked.ids, how))
-            locked = _timed(pid, kept["claim"], len(walked.ids), store.all, claim)
+            found = _timed(pid, kept["claim"], len(walked.ids), store.all, claim)
+            locked = [r if isinstance(r, int) else r.id for r in found]  # ids, or rows with one
             leased = _timed(
                 pid, kept["lease"], len(locked), store.all, q.LEASE(lease_params(locked, how))
             )
