@@ -262,10 +262,6 @@ WITH input AS MATERIALIZED (
               reached boolean, may_have_counted boolean, cancel_state text, cancel_now boolean,
               called boolean, action text, http_status int)
       ON d.n = r.decision
-    -- In the rows' order: the lease deletes, the primary-key probes and the row updates below
-    -- follow it, and a batch comes in lane or completion order, scattered over the heap.
-    -- Ordered by id they touch each page once, in a row (about 2 us per row less).
-    ORDER BY r.id
 ),
 released AS MATERIALIZED (
     DELETE FROM meter_event_outbox_leases l
