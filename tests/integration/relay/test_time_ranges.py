@@ -10,8 +10,8 @@ import json
 
 import psycopg
 
+from relay.db import migrate, roles
 from relay.db import operations as ops
-from relay.db import roles
 from tests.acceptance.process.test_roles import _as_user
 from tests.helpers import scalar
 from tests.pg import admin_execute, unique_name
@@ -104,3 +104,12 @@ def test_a_relay_role_granted_before_the_tending_functions_still_prunes(
             assert ops.prune(conn, older_than_days=35) == 100
     finally:
         admin_execute(pg_admin_url, f'DROP ROLE IF EXISTS "{login}"')
+
+
+def test_a_prune_of_this_release_on_a_schema_before_the_tending_functions_still_prunes(
+    db, database_url
+):
+    """The command upgraded before `migrate` ran (a prune cron between the two): no tending."""
+    migrate.downgrade(database_url, "outbox_0024")
+    db.execute(OLD, ("old-", 100, 40))
+    assert ops.prune(db, older_than_days=35) == 100
