@@ -620,9 +620,13 @@ SELECT block FROM gone
 -- name: may_tend_ranges
 -- Whether this role may tend the created_at range index (outbox_0025: granted to the relay's
 -- role by `outbox-relay roles`; a role granted before that migration may not, and prunes
--- without tending). Asked before the tending statements, never inside them (see `prune`).
-SELECT has_function_privilege('meter_event_outbox_summarize_ranges()', 'EXECUTE')
-       AND has_function_privilege('meter_event_outbox_forget_ranges(bigint[])', 'EXECUTE')
+-- without tending; so may one that runs before `migrate` added the functions). Asked before
+-- the tending statements, never inside them (see `prune`).
+SELECT coalesce(has_function_privilege(to_regprocedure('meter_event_outbox_summarize_ranges()'),
+                                       'EXECUTE')
+                AND has_function_privilege(
+                    to_regprocedure('meter_event_outbox_forget_ranges(bigint[])'), 'EXECUTE'),
+                false)
 
 -- name: summarize_ranges
 -- Before a prune deletes: summarize the created_at ranges the last prune left unsummarized,
