@@ -71,7 +71,7 @@ FROM walk w WHERE w.depth > 0 ORDER BY w.depth DESC LIMIT 1
 -- not counted): a conflict costs a retry, never a double count.
 -- With :fill, top the batch up with the oldest other due, unleased rows (v2 stream, where lanes
 -- need no exclusivity), after the relay's top-up cursor (:after_at, :after_id: the newest row
--- its previous top-up locked, relay.db.store.TopUp). Leased rows stay pending and due in the
+-- its previous top-up locked, relay.core.top_up.TopUp). Leased rows stay pending and due in the
 -- due index, so a scan from the start would pass over every row leased before it (three buffer
 -- reads each); the cursor starts the scan after them. Rows left behind it (committed late with
 -- an older available_at, lease expired, back from backoff, released unsent) are taken when the
