@@ -13,6 +13,10 @@
 --
 -- Summarizing and forgetting a range are reserved to the index's owner: these functions run as
 -- the owner (SECURITY DEFINER) and are granted to the relay's role only (relay/db/roles.sql).
+-- Their bodies name the built-ins they call in pg_catalog and give every argument its exact
+-- type: a role that may create in the outbox's schema (every role may in `public` before
+-- PostgreSQL 15) could add a closer match there, e.g. brin_summarize_new_values(text) for a
+-- string literal, and it would run with the owner's rights.
 -- They wait at most 50 ms: both take the table's SHARE UPDATE EXCLUSIVE lock, which a VACUUM
 -- (or another prune's tending) holds, so they give up (and say so) rather than stall a prune
 -- behind it. Claims, outcomes and inserts take weaker locks and never wait on them.
@@ -24,16 +28,17 @@ LANGUAGE plpgsql AS $$
 DECLARE
     per_range bigint := coalesce(
         (SELECT o.option_value::bigint
-         FROM pg_class c, pg_options_to_table(c.reloptions) o
-         WHERE c.oid = 'meter_event_outbox_created_brin'::regclass
-           AND o.option_name = 'pages_per_range'), 128);
+         FROM pg_catalog.pg_class c, pg_catalog.pg_options_to_table(c.reloptions) o
+         WHERE c.oid = 'meter_event_outbox_created_brin'::regclass::oid
+           AND o.option_name = 'pages_per_range'::text), 128);
     first_block bigint;
     forgotten integer := 0;
 BEGIN
     FOR first_block IN
-        SELECT DISTINCT b / per_range * per_range FROM unnest(blocks) AS b ORDER BY 1
+        SELECT DISTINCT b / per_range * per_range FROM pg_catalog.unnest(blocks) AS b ORDER BY 1
     LOOP
-        PERFORM brin_desummarize_range('meter_event_outbox_created_brin', first_block);
+        PERFORM pg_catalog.brin_desummarize_range('meter_event_outbox_created_brin'::regclass,
+                                                  first_block);
         forgotten := forgotten + 1;
     END LOOP;
     RETURN forgotten;
@@ -45,7 +50,7 @@ END $$;
 CREATE OR REPLACE FUNCTION meter_event_outbox_summarize_ranges() RETURNS integer
 LANGUAGE plpgsql AS $$
 BEGIN
-    RETURN brin_summarize_new_values('meter_event_outbox_created_brin');
+    RETURN pg_catalog.brin_summarize_new_values('meter_event_outbox_created_brin'::regclass);
 EXCEPTION WHEN lock_not_available THEN
     RETURN -1;
 END $$;

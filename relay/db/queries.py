@@ -188,6 +188,10 @@ class PruneParams(TypedDict):
     batch_size: int
 
 
+class BlocksParams(TypedDict):
+    blocks: str  # heap block numbers, a bigint[] in its text form, cast by the query
+
+
 class CodeParams(TypedDict):
     code: str
 
@@ -425,7 +429,9 @@ ROW_ATTEMPTS = Query("row_attempts", AttemptsParams, dict_row)
 LIST_ROWS = Query("list_rows", ListParams, dict_row)
 RETRY = Query("retry", RetryParams, class_row(RetryCandidate))
 PRUNE = Query("prune", PruneParams, scalar_row)
+MAY_TEND_RANGES = Query("may_tend_ranges", NoParams, scalar_row)
 SUMMARIZE_RANGES = Query("summarize_ranges", NoParams, scalar_row)
+FORGET_RANGES = Query("forget_ranges", BlocksParams, scalar_row)
 PRUNE_PREVIEW = Query("prune_preview", AgeSeconds, dict_row)
 UNSENT_COUNT = Query("unsent_count", NoParams, scalar_row)
 DRIFT_OURS = Query("drift_ours", Window, class_row(OurGroup))
@@ -705,9 +711,9 @@ REGISTRY: dict[str, Query[Any, Any]] = {
         WALK, CLAIM, LEASE, RECORD_OUTCOMES, HEARTBEAT, LEAVE, LIVE_RELAYS, REJECT, FOLD_COUNTS,
         STATE_COUNTS, STATUS_TALLY, STATUS_TALLY_BEFORE_LEASES, STATUS_TALLY_COUNTED,
         NEXT_ATTEMPTS, LAST_STATUS_FOR_CODE,
-        ROW_STORY, ROW_STATE, ROW_ATTEMPTS, LIST_ROWS, RETRY, PRUNE, SUMMARIZE_RANGES,
-        PRUNE_PREVIEW, UNSENT_COUNT, DRIFT_OURS, SAVE_DRIFT_REPORT, LATEST_DRIFT_REPORT,
-        OLDEST_UNSENT,
+        ROW_STORY, ROW_STATE, ROW_ATTEMPTS, LIST_ROWS, RETRY, PRUNE, MAY_TEND_RANGES,
+        SUMMARIZE_RANGES, FORGET_RANGES, PRUNE_PREVIEW, UNSENT_COUNT, DRIFT_OURS,
+        SAVE_DRIFT_REPORT, LATEST_DRIFT_REPORT, OLDEST_UNSENT,
         FINISHED_LAST_HOUR, ATTEMPTS_LAST_HOUR, ATTEMPT_ERRORS_LAST_HOUR,
         FAILURES_WITH_IDENTIFIERS, LOOK_ROWS, CALLS_PER_MINUTE, CUSTOMER_BACKLOG, REJECTED_COUNT,
         TRACE_CONTEXTS, DATABASE_PROBE,

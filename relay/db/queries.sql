@@ -75,7 +75,7 @@ FROM walk w WHERE w.depth > 0 ORDER BY w.depth DESC LIMIT 1
 -- not counted): a conflict costs a retry, never a double count.
 -- With :fill, top the batch up with the oldest other due, unleased rows (v2 stream, where lanes
 -- need no exclusivity), after the relay's top-up cursor (:after_at, :after_id: the newest row
--- its previous top-up locked, relay.db.store.TopUp). Leased rows stay pending and due in the
+-- its previous top-up locked, relay.core.top_up.TopUp). Leased rows stay pending and due in the
 -- due index, so a scan from the start would pass over every row leased before it (three buffer
 -- reads each); the cursor starts the scan after them. Rows left behind it (committed late with
 -- an older available_at, lease expired, back from backoff, released unsent) are taken when the
@@ -590,9 +590,10 @@ SELECT outbox_fold_counts()
 -- name: prune
 -- Retention: delete old terminal rows in a bounded batch (the caller loops), oldest first, and
 -- their attempt history in the same statement (the history has no foreign key: see 0003).
--- The created_at range index forgets the summaries of the ranges this batch deleted from
--- (outbox_0025: VACUUM gives their pages to new rows, which would widen the old summaries for
--- good), when this role may tend it; otherwise the ranges only stay wider.
+-- Returns the heap block of each deleted row: the caller forgets their created_at ranges
+-- (`forget_ranges`, outbox_0025) in a statement of its own, issued only when this role may:
+-- PostgreSQL checks EXECUTE when it prepares a statement, so a call in this one failed the
+-- prune for a role without the grant, whatever guard stood before it.
 WITH gone AS (
     DELETE FROM meter_event_outbox o
     WHERE o.id IN (
@@ -605,11 +606,6 @@ WITH gone AS (
     RETURNING o.id, coalesce(o.stripe_account, '') AS account, o.customer, o.event_name,
               date_trunc('hour', o.occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS hour,
               (o.ctid::text::point)[0]::bigint AS block
-),
-forgotten AS (
-    SELECT meter_event_outbox_forget_ranges(array_agg(DISTINCT block)) AS ranges FROM gone
-    WHERE has_function_privilege('meter_event_outbox_forget_ranges(bigint[])', 'EXECUTE')
-    HAVING count(*) > 0
 ),
 history AS (
     DELETE FROM meter_event_outbox_attempts a WHERE a.outbox_id IN (SELECT id FROM gone)
@@ -629,15 +625,31 @@ uncounted AS (
     SET confirmed = greatest(0, k.confirmed - (SELECT sum(n) FROM settled_groups))
     WHERE EXISTS (SELECT 1 FROM settled_groups)
 )
--- (the scalar subquery makes the forgetting run: a CTE nobody reads is never evaluated)
-SELECT id FROM gone WHERE (SELECT count(*) FROM forgotten) >= 0
+SELECT block FROM gone
+
+-- name: may_tend_ranges
+-- Whether this role may tend the created_at range index (outbox_0025: granted to the relay's
+-- role by `outbox-relay roles`; a role granted before that migration may not, and prunes
+-- without tending; so may one that runs before `migrate` added the functions). Asked before
+-- the tending statements, never inside them (see `prune`).
+SELECT coalesce(has_function_privilege(to_regprocedure('meter_event_outbox_summarize_ranges()'),
+                                       'EXECUTE')
+                AND has_function_privilege(
+                    to_regprocedure('meter_event_outbox_forget_ranges(bigint[])'), 'EXECUTE'),
+                false)
 
 -- name: summarize_ranges
 -- Before a prune deletes: summarize the created_at ranges the last prune left unsummarized,
--- refilled since with new rows (outbox_0025). NULL when this role may not tend the index, -1
--- when a VACUUM holds the table (skipped, never waited for).
-SELECT CASE WHEN has_function_privilege('meter_event_outbox_summarize_ranges()', 'EXECUTE')
-            THEN meter_event_outbox_summarize_ranges() END AS ranges
+-- refilled since with new rows (outbox_0025). -1 when a VACUUM holds the table (skipped, never
+-- waited for).
+SELECT meter_event_outbox_summarize_ranges()
+
+-- name: forget_ranges
+-- After a prune batch: forget the summaries of the created_at ranges holding the heap blocks
+-- it deleted from (:blocks, a bigint[]), whose pages VACUUM gives to new rows that would widen
+-- the old summaries for good (outbox_0025). Forgetting is correct whenever it runs (a range
+-- without a summary is read by every bounded query). -1 when a VACUUM holds the table.
+SELECT meter_event_outbox_forget_ranges(CAST(:blocks AS bigint[]))
 
 -- name: last_status_for_code
 -- The HTTP status of the latest attempt of the pending row with this code put back last

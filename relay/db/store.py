@@ -843,14 +843,25 @@ class SyncStore(SyncExecutor):
     def latest_drift_report(self) -> Row | None:
         return self.first(q.LATEST_DRIFT_REPORT({}))
 
-    def prune(self, *, age_seconds: float, batch_size: int) -> int:
-        """Delete one bounded batch of old terminal rows; returns how many."""
-        return len(self.all(q.PRUNE({"age_seconds": age_seconds, "batch_size": batch_size})))
+    def prune(self, *, age_seconds: float, batch_size: int) -> list[int]:
+        """Delete one bounded batch of old terminal rows; returns the heap block of each."""
+        return self.all(q.PRUNE({"age_seconds": age_seconds, "batch_size": batch_size}))
 
-    def summarize_ranges(self) -> int | None:
+    def may_tend_ranges(self) -> bool:
+        """Whether this role may summarize and forget created_at ranges (outbox_0025)."""
+        may: bool = self.one(q.MAY_TEND_RANGES({}))
+        return may
+
+    def summarize_ranges(self) -> int:
         """Summarize the created_at ranges the last prune left unsummarized: how many, -1 when
-        a VACUUM held the table, None when this role may not (outbox_0025)."""
-        ranges: int | None = self.one(q.SUMMARIZE_RANGES({}))
+        a VACUUM held the table (outbox_0025)."""
+        ranges: int = self.one(q.SUMMARIZE_RANGES({}))
+        return ranges
+
+    def forget_ranges(self, blocks: Iterable[int]) -> int:
+        """Forget the created_at ranges holding these heap blocks: how many, -1 when a VACUUM
+        held the table (outbox_0025)."""
+        ranges: int = self.one(q.FORGET_RANGES({"blocks": id_array(set(blocks))}))
         return ranges
 
     def confirmation_counts(self) -> q.ConfirmationCounts:

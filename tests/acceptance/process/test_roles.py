@@ -205,6 +205,44 @@ def test_the_writer_cannot_forge_a_state_even_through_the_function(
     assert state == "pending" and definer and config == ["search_path=public, pg_temp"]
 
 
+# Functions a role that may create in the outbox's schema (PostgreSQL 14 and older let every
+# role create in `public`) could add there, each a closer match for a call in the body of a
+# tending function than the built-in one: they would run with the owner's rights.
+LOOKALIKES = {
+    "brin_summarize_new_values(text)": "RETURNS integer LANGUAGE sql AS $$ SELECT 0 $$",
+    "brin_desummarize_range(text, bigint)": "RETURNS void LANGUAGE sql AS $$ SELECT 0 $$",
+    "unnest(bigint[])": "RETURNS SETOF bigint LANGUAGE sql AS $$ SELECT 0::bigint $$",
+}
+
+
+def test_the_range_tending_functions_call_only_the_built_ins(
+    database_url: str, logins: dict[str, str]
+) -> None:
+    """SECURITY DEFINER with the outbox's schema pinned: a lookalike a role could create in
+    that very schema is not called by the tending functions (with the owner's rights)."""
+    with psycopg.connect(database_url, autocommit=True) as owner:
+        owner.execute("GRANT CREATE ON SCHEMA public TO outbox_writer")  # PostgreSQL 14's default
+        try:
+            with psycopg.connect(logins["writer"], autocommit=True) as conn:
+                for signature, body in LOOKALIKES.items():
+                    name = signature.split("(")[0]
+                    mark = (
+                        f"SELECT set_config('lookalike.ran', '{name} as ' || current_user, false)"
+                    )
+                    body = body.replace("SELECT", mark + "; SELECT", 1)
+                    conn.execute(f"CREATE FUNCTION public.{signature} {body}")
+            with psycopg.connect(logins["relay"], autocommit=True) as conn:
+                conn.execute(
+                    "SELECT meter_event_outbox_summarize_ranges(),"
+                    " meter_event_outbox_forget_ranges(ARRAY[0::bigint, 200::bigint])"
+                )
+                (ran,) = conn.execute("SELECT current_setting('lookalike.ran', true)").fetchone()
+            assert not ran
+        finally:  # the writer's login is dropped after the test: nothing of it may remain
+            owner.execute(f"DROP FUNCTION IF EXISTS {', '.join(f'public.{s}' for s in LOOKALIKES)}")
+            owner.execute("REVOKE CREATE ON SCHEMA public FROM outbox_writer")
+
+
 def test_every_table_the_migrations_create_is_covered(
     database_url: str, logins: dict[str, str]
 ) -> None:

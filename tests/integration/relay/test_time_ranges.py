@@ -10,8 +10,11 @@ import json
 
 import psycopg
 
+from relay.db import migrate, roles
 from relay.db import operations as ops
+from tests.acceptance.process.test_roles import _as_user
 from tests.helpers import scalar
+from tests.pg import admin_execute, unique_name
 
 OLD = (
     "INSERT INTO meter_event_outbox (identifier, event_name, customer, value, state, created_at,"
@@ -80,3 +83,33 @@ def test_a_prune_waits_for_no_vacuum_to_tend_the_ranges(db, database_url):
             assert scalar(conn, "SELECT meter_event_outbox_summarize_ranges()") == -1
             assert ops.prune(conn, older_than_days=35) == 100
         holder.rollback()
+
+
+def test_a_relay_role_granted_before_the_tending_functions_still_prunes(
+    db, database_url, pg_admin_url
+):
+    """Roles granted before outbox_0025 (`outbox-relay roles` not run again) lack EXECUTE on
+    the tending functions: the prune deletes as before and leaves the ranges alone. PostgreSQL
+    checks EXECUTE when it prepares a statement, even for a call a guard would never reach."""
+    roles.apply(database_url)
+    db.execute(
+        "REVOKE EXECUTE ON FUNCTION meter_event_outbox_forget_ranges(bigint[]),"
+        " meter_event_outbox_summarize_ranges() FROM outbox_relay"
+    )
+    db.execute(OLD, ("old-", 100, 40))
+    login = unique_name("t_relay")
+    admin_execute(pg_admin_url, f'CREATE ROLE "{login}" LOGIN IN ROLE outbox_relay')
+    try:
+        with psycopg.connect(_as_user(database_url, login), autocommit=True) as conn:
+            assert ops.prune(conn, older_than_days=35) == 100
+    finally:
+        admin_execute(pg_admin_url, f'DROP ROLE IF EXISTS "{login}"')
+
+
+def test_a_prune_of_this_release_on_a_schema_before_the_tending_functions_still_prunes(
+    db, database_url
+):
+    """The command upgraded before `migrate` ran (a prune cron between the two): no tending."""
+    migrate.downgrade(database_url, "outbox_0024")
+    db.execute(OLD, ("old-", 100, 40))
+    assert ops.prune(db, older_than_days=35) == 100
