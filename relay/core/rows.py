@@ -2,6 +2,7 @@
 
 from collections.abc import Iterable
 from datetime import datetime
+from operator import itemgetter
 from typing import NamedTuple, Self
 from uuid import UUID
 
@@ -184,9 +185,21 @@ class Outcome(NamedTuple):
         `record_outcomes`."""
         return self[1:]
 
+    def shared(self) -> tuple[object, ...]:
+        """The decision without what differs per call (request id, latency): outcomes with
+        equal shared parts (and equal row actions) are one decision of `record_outcomes`,
+        which takes the request id and latency per row."""
+        return _SHARED(self)  # type: ignore[no-any-return]
+
     @property
     def reached_stripe(self) -> bool:
         """Whether the call may have counted the event (`reached`, by default `counted`).
         Only such calls start the dedup clock: `record_outcomes` keeps the claim's
         first_attempt_at for them and restores the pre-claim value for the others."""
         return self.counted > 0 if self.reached is None else self.reached
+
+
+# The fields of Outcome a batch's rows can share, by name (never by position).
+_SHARED = itemgetter(
+    *(i for i, f in enumerate(Outcome._fields) if f not in ("row", "request_id", "latency_ms"))
+)

@@ -185,9 +185,7 @@ def outcome_params(batch: Iterable[Outcome], relay_id: str) -> q.OutcomeParams:
     chosen: list[int] = []
     outcomes = list(batch)
     for o in outcomes:
-        # All but the row, its request id and latency (fields 7 and 8), and what the row's
-        # call did.
-        key = (o[1:7], o[9:], o.row.action)
+        key = (o.shared(), o.row.action)  # what the rows share, and what the row's call did
         d = index.get(key)
         if d is None:
             d = index[key] = len(decisions)

@@ -52,5 +52,9 @@ def test_a_decision_copied_to_another_row_differs_only_in_the_row() -> None:
     (copied,) = decided.for_rows([other])
     assert copied.row is other and copied._replace(row=first) == decided
     assert copied.decision() == decided.decision()
+    # Rows answered alike share a decision whatever their request ids and latencies.
+    again = Outcome.answered(other, "accepted", request_id="req_2", latency_ms=9.0)
+    assert again.shared() == decided.shared() and again.decision() != decided.decision()
+    assert Outcome.answered(other, "failed", request_id="req_1").shared() != decided.shared()
     long = Outcome.released(first, "shutdown", "x" * 600, 0.0, called=False, counted=0)
     assert long.message == "x" * 500  # the row's column holds at most 500 characters
