@@ -20,16 +20,12 @@ day and the new one. Benchmarks print tables and never assert.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,23 +45,6 @@ READS = {
     " AND created_at < now() - interval '{old_end} days'",
     "the newest day (list --since)": "created_at >= now() - interval '2 days'",
 }
-
-
-@contextlib.contextmanager
-def _scratch() -> Iterator[str]:
-    """A fresh database migrated by this child's tree (not bench.common's: older trees)."""
-    from relay.db import migrate
-
-    name = f"bench_ranges_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = re.sub(r"/[^/]*$", f"/{name}", ADMIN)
-    try:
-        migrate.upgrade(url)
-        yield url
-    finally:
-        with psycopg.connect(ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _read(conn: psycopg.Connection, where: str) -> dict[str, Any]:
@@ -93,10 +72,11 @@ def _read(conn: psycopg.Connection, where: str) -> dict[str, Any]:
 
 
 def child(days: int, per_day: int, cycles: int) -> dict[str, Any]:
+    from bench.common import scratch_database  # the measured tree's: migrated by its code
     from relay.db import operations
 
     oldest = days + cycles + 1  # history from `oldest` days ago; new days fill in after it
-    with _scratch() as url, psycopg.connect(url, autocommit=True) as conn:
+    with scratch_database(ADMIN) as url, psycopg.connect(url, autocommit=True) as conn:
         for d in range(days):
             conn.execute(DAY, {"tag": f"h{d}-", "n": per_day, "ago": oldest - d})
         conn.execute("VACUUM ANALYZE meter_event_outbox")
