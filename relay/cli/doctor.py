@@ -1,9 +1,10 @@
 """`outbox-relay doctor`: check a setup before going live (and in a deploy pipeline).
 
-One line per check, each problem with its fix: the database (reachable, schema current, the
-role's privileges for `run`), the Stripe key (accepted, live or test, restricted or not), the
-meters of every event name in unsent rows and in recent history (per account), the webhook
-destination for the meter error events, and the clocks of the relay, the database and Stripe.
+One line per check, each problem with its fix: the database (reachable, schema current and
+closed to CREATE by other roles, the role's privileges for `run`), the Stripe key (accepted,
+live or test, restricted or not), the meters of every event name in unsent rows and in recent
+history (per account), the webhook destination for the meter error events, and the clocks of
+the relay, the database and Stripe.
 
 Exit 0 when nothing would lose or mis-bill usage, 3 when something would (as `drift`), 1 when
 it could not run (database unreachable). "Could not check" (a restricted key that may not read

@@ -389,8 +389,8 @@ def _exercise(logins: dict[str, str]) -> list[str]:
     run("relay", "SELECT meter_event_outbox_possibly_sent(id) FROM meter_event_outbox")
     run(
         "relay",
-        "UPDATE meter_event_outbox SET state = 'in_flight', lease_token = pg_catalog.gen_random_uuid()"
-        " WHERE identifier = 'la-1'",
+        "UPDATE meter_event_outbox SET state = 'in_flight',"
+        " lease_token = pg_catalog.gen_random_uuid() WHERE identifier = 'la-1'",
     )
     run(
         "relay",
