@@ -80,7 +80,8 @@ FROM walk w WHERE w.depth > 0 ORDER BY w.depth DESC LIMIT 1
 -- reads each); the cursor starts the scan after them. Rows left behind it (committed late with
 -- an older available_at, lease expired, back from backoff, released unsent) are taken when the
 -- relay starts again from the start: after a short top-up, and every TopUp.RESTART_EVERY
--- top-ups. Returns available_at for the top-up's rows (NULL for heads): where the cursor moves.
+-- top-ups. Returns available_at for the top-up's rows (NULL for heads, and for a row due since
+-- '-infinity'): where the cursor moves.
 -- The row lock orders the claim against outcomes: an outcome updates the row, so a claim that
 -- locks it afterwards re-reads it (no longer due) and leaves it out. Returns the ids locked.
 -- This statement's snapshot can be older than a lease: another claim that held a row and
@@ -138,7 +139,10 @@ filled AS MATERIALIZED (
     -- planner folds the condition away (the statement is planned with its parameters); a
     -- comparison with '-infinity' left in made the index scan cost more than it does and the
     -- planner chose a sequential scan and a sort of every due row.
-    WHERE o.state IN ('pending', 'in_flight') AND o.available_at - now() <= interval '0'
+    -- The sum (not the difference with now(), which PostgreSQL refuses for an infinite
+    -- timestamp: "cannot subtract infinite timestamps") keeps an infinite available_at as it
+    -- is: nothing CHECKs it finite, '-infinity' is due and 'infinity' never is.
+    WHERE o.state IN ('pending', 'in_flight') AND o.available_at + interval '0' <= now()
       AND (CAST(:after_at AS timestamptz) IS NULL
            OR (o.available_at, o.id) > (CAST(:after_at AS timestamptz),
                                         CAST(:after_id AS bigint)))
@@ -151,7 +155,9 @@ filled AS MATERIALIZED (
 )
 SELECT id, NULL::timestamptz AS available_at FROM chosen
 UNION ALL
-SELECT id, available_at FROM filled
+-- '-infinity' has no datetime in Python: such a row moves no cursor, as a head does (the top-up
+-- then counts short and the next one starts from the start).
+SELECT id, CASE WHEN isfinite(available_at) THEN available_at END FROM filled
 
 -- name: lease
 -- The claim's second statement, in the same transaction as `claim`, on the rows it locked. Its
