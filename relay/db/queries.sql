@@ -87,6 +87,8 @@ FROM walk w WHERE w.depth > 0 ORDER BY w.depth DESC LIMIT 1
 -- This statement's snapshot can be older than a lease: another claim that held a row and
 -- committed its lease while this statement ran lets it lock that row. So the leases are taken
 -- by the next statement, with a snapshot taken after the row locks (see `lease`).
+-- `in_flight`: the row was left in_flight by a relay of an earlier release (its lease on the row
+-- itself, expired): once leased it is put back to pending (`reset_in_flight`).
 WITH heads AS MATERIALIZED (
     -- The ids of one walk (:one_walk) name each lane once: taken as they are.
     SELECT u.id FROM unnest(CAST(:ids AS bigint[])) AS u(id) WHERE CAST(:one_walk AS boolean)
@@ -104,10 +106,10 @@ WITH heads AS MATERIALIZED (
      ORDER BY r.customer, r.event_name, r.available_at, r.id)
 ),
 chosen AS MATERIALIZED (
-    SELECT w.id
+    SELECT w.id, w.in_flight
     FROM heads h
     CROSS JOIN LATERAL (
-        SELECT o.id
+        SELECT o.id, o.state = 'in_flight' AS in_flight
         FROM meter_event_outbox o
         WHERE o.id = h.id AND o.state IN ('pending', 'in_flight') AND o.available_at <= now()
           -- v1: the lane is still free (correlated scalar probes, as in the walk; a live
@@ -129,7 +131,7 @@ chosen AS MATERIALIZED (
         FOR UPDATE SKIP LOCKED) w
 ),
 filled AS MATERIALIZED (
-    SELECT o.id, o.available_at
+    SELECT o.id, o.available_at, o.state = 'in_flight' AS in_flight
     FROM meter_event_outbox o
     -- Written so only an ordered scan of the due index can serve it, stopping after :fill
     -- rows (with `available_at <= now()` a stale estimate can pick a bitmap scan and a sort
@@ -153,11 +155,11 @@ filled AS MATERIALIZED (
     LIMIT :fill
     FOR UPDATE SKIP LOCKED
 )
-SELECT id, NULL::timestamptz AS available_at FROM chosen
+SELECT id, NULL::timestamptz AS available_at, in_flight FROM chosen
 UNION ALL
 -- '-infinity' has no datetime in Python: such a row moves no cursor, as a head does (the top-up
 -- then counts short and the next one starts from the start).
-SELECT id, CASE WHEN isfinite(available_at) THEN available_at END FROM filled
+SELECT id, CASE WHEN isfinite(available_at) THEN available_at END, in_flight FROM filled
 
 -- name: lease
 -- The claim's second statement, in the same transaction as `claim`, on the rows it locked. Its
@@ -170,8 +172,8 @@ SELECT id, CASE WHEN isfinite(available_at) THEN available_at END FROM filled
 -- So a claim never waits, and only a lease seen expired and locked here is taken over.
 -- The lease table's primary key stays the arbiter; the takeover keeps `first_claimed_at`, the
 -- dedup clock of a relay that died after its call. A row left `in_flight` by a relay of the
--- earlier release whose lease expired is put back to pending as it is taken, so that relay's
--- late outcome loses its compare-and-set.
+-- earlier release whose lease expired is put back to pending by `reset_in_flight` once leased
+-- here, in the same transaction, so that relay's late outcome loses its compare-and-set.
 WITH locked AS MATERIALIZED (
     SELECT o.id, o.identifier, o.event_name, o.customer, o.payload, o.occurred_at,
            o.stripe_account, o.action, o.attempts, o.key_generation, o.first_attempt_at,
@@ -212,13 +214,6 @@ leased AS MATERIALIZED (
         stripe_account = EXCLUDED.stripe_account, action = EXCLUDED.action
     WHERE l.leased_until <= now()
     RETURNING l.outbox_id, l.lease_token, l.first_claimed_at
-),
-reset AS (
-    -- Rows of an earlier release's relay whose lease expired: pending again (rare).
-    UPDATE meter_event_outbox o
-    SET state = 'pending', lease_token = NULL, leased_by = NULL, updated_at = now()
-    FROM free k JOIN leased ON leased.outbox_id = k.id
-    WHERE o.id = k.id AND k.state = 'in_flight'
 )
 SELECT k.id, leased.lease_token, k.identifier, k.event_name, k.customer,
        k.payload::text AS payload_json, k.occurred_at, k.stripe_account, k.action, k.attempts,
@@ -226,6 +221,17 @@ SELECT k.id, leased.lease_token, k.identifier, k.event_name, k.customer,
        coalesce(k.first_attempt_at, leased.first_claimed_at) AS first_attempt_at,
        k.accepted_at, k.created_at
 FROM free k JOIN leased ON leased.outbox_id = k.id
+
+-- name: reset_in_flight
+-- The claim's third statement, only when `claim` locked a row left `in_flight` by a relay of the
+-- earlier release (its lease on the row itself, expired) and `lease` leased it: pending again,
+-- so that relay's late outcome loses its compare-and-set. The rows are still locked by the
+-- claim's transaction. Not a CTE of `lease`: an UPDATE fires the table's statement triggers
+-- (the tallies' transition-table trigger) even when it changes no row, a cost every claim
+-- paid for a statement that almost never changes one.
+UPDATE meter_event_outbox
+SET state = 'pending', lease_token = NULL, leased_by = NULL, updated_at = now()
+WHERE id = ANY(CAST(:ids AS bigint[])) AND state = 'in_flight'
 
 -- name: record_outcomes
 -- Write a batch of outcomes in one statement (River's shape, `UPDATE ... FROM` a set of rows).
