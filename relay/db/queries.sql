@@ -1142,7 +1142,7 @@ ON CONFLICT (stripe_account, event_name) DO UPDATE SET last_seen_at = now()
 -- Event names per account in unsent rows (the hot part, through the due index) and in
 -- recent history (the few rows of meter_event_outbox_event_names): never a scan of history.
 SELECT coalesce(stripe_account, '') AS account, event_name
-FROM meter_event_outbox WHERE state IN ('pending', 'in_flight') AND available_at > '-infinity'
+FROM meter_event_outbox WHERE state IN ('pending', 'in_flight') AND available_at >= '-infinity'
 UNION
 SELECT stripe_account, event_name FROM meter_event_outbox_event_names
 WHERE last_seen_at > now() - make_interval(days => 35)
