@@ -391,6 +391,7 @@ class Locked(NamedTuple):
 
     id: int
     available_at: datetime | None  # a top-up's row: where the top-up cursor moves (heads: None)
+    in_flight: bool  # left in_flight by an earlier release's relay: reset once leased
 
 
 def _claimed(cursor: Any) -> RowMaker[Claimed]:  # a psycopg cursor, sync or async
@@ -408,6 +409,7 @@ def _claimed(cursor: Any) -> RowMaker[Claimed]:  # a psycopg cursor, sync or asy
 WALK = Query("walk", WalkParams, kwargs_row(_walked))
 CLAIM = Query("claim", ClaimParams, class_row(Locked), prepare=False)
 LEASE = Query("lease", LeaseParams, _claimed)
+RESET_IN_FLIGHT = Query("reset_in_flight", Ids, scalar_row)
 RECORD_OUTCOMES = Query("record_outcomes", OutcomeParams, scalar_row)
 HEARTBEAT = Query("heartbeat", HeartbeatParams, class_row(Beat))
 LEAVE = Query("leave", LeaveParams, scalar_row)
@@ -708,7 +710,8 @@ CONFIRMATION_QUERIES = (
 REGISTRY: dict[str, Query[Any, Any]] = {
     q.name: q
     for q in (
-        WALK, CLAIM, LEASE, RECORD_OUTCOMES, HEARTBEAT, LEAVE, LIVE_RELAYS, REJECT, FOLD_COUNTS,
+        WALK, CLAIM, LEASE, RESET_IN_FLIGHT, RECORD_OUTCOMES, HEARTBEAT, LEAVE, LIVE_RELAYS, REJECT,
+        FOLD_COUNTS,
         STATE_COUNTS, STATUS_TALLY, STATUS_TALLY_BEFORE_LEASES, STATUS_TALLY_COUNTED,
         NEXT_ATTEMPTS, LAST_STATUS_FOR_CODE,
         ROW_STORY, ROW_STATE, ROW_ATTEMPTS, LIST_ROWS, RETRY, PRUNE, MAY_TEND_RANGES,

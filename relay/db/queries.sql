@@ -80,12 +80,15 @@ FROM walk w WHERE w.depth > 0 ORDER BY w.depth DESC LIMIT 1
 -- reads each); the cursor starts the scan after them. Rows left behind it (committed late with
 -- an older available_at, lease expired, back from backoff, released unsent) are taken when the
 -- relay starts again from the start: after a short top-up, and every TopUp.RESTART_EVERY
--- top-ups. Returns available_at for the top-up's rows (NULL for heads): where the cursor moves.
+-- top-ups. Returns available_at for the top-up's rows (NULL for heads, and for a row due since
+-- '-infinity'): where the cursor moves.
 -- The row lock orders the claim against outcomes: an outcome updates the row, so a claim that
 -- locks it afterwards re-reads it (no longer due) and leaves it out. Returns the ids locked.
 -- This statement's snapshot can be older than a lease: another claim that held a row and
 -- committed its lease while this statement ran lets it lock that row. So the leases are taken
 -- by the next statement, with a snapshot taken after the row locks (see `lease`).
+-- `in_flight`: the row was left in_flight by a relay of an earlier release (its lease on the row
+-- itself, expired): once leased it is put back to pending (`reset_in_flight`).
 WITH heads AS MATERIALIZED (
     -- The ids of one walk (:one_walk) name each lane once: taken as they are.
     SELECT u.id FROM unnest(CAST(:ids AS bigint[])) AS u(id) WHERE CAST(:one_walk AS boolean)
@@ -103,10 +106,10 @@ WITH heads AS MATERIALIZED (
      ORDER BY r.customer, r.event_name, r.available_at, r.id)
 ),
 chosen AS MATERIALIZED (
-    SELECT w.id
+    SELECT w.id, w.in_flight
     FROM heads h
     CROSS JOIN LATERAL (
-        SELECT o.id
+        SELECT o.id, o.state = 'in_flight' AS in_flight
         FROM meter_event_outbox o
         WHERE o.id = h.id AND o.state IN ('pending', 'in_flight') AND o.available_at <= now()
           -- v1: the lane is still free (correlated scalar probes, as in the walk; a live
@@ -128,7 +131,7 @@ chosen AS MATERIALIZED (
         FOR UPDATE SKIP LOCKED) w
 ),
 filled AS MATERIALIZED (
-    SELECT o.id, o.available_at
+    SELECT o.id, o.available_at, o.state = 'in_flight' AS in_flight
     FROM meter_event_outbox o
     -- Written so only an ordered scan of the due index can serve it, stopping after :fill
     -- rows (with `available_at <= now()` a stale estimate can pick a bitmap scan and a sort
@@ -138,7 +141,10 @@ filled AS MATERIALIZED (
     -- planner folds the condition away (the statement is planned with its parameters); a
     -- comparison with '-infinity' left in made the index scan cost more than it does and the
     -- planner chose a sequential scan and a sort of every due row.
-    WHERE o.state IN ('pending', 'in_flight') AND o.available_at - now() <= interval '0'
+    -- The sum (not the difference with now(), which PostgreSQL refuses for an infinite
+    -- timestamp: "cannot subtract infinite timestamps") keeps an infinite available_at as it
+    -- is: nothing CHECKs it finite, '-infinity' is due and 'infinity' never is.
+    WHERE o.state IN ('pending', 'in_flight') AND o.available_at + interval '0' <= now()
       AND (CAST(:after_at AS timestamptz) IS NULL
            OR (o.available_at, o.id) > (CAST(:after_at AS timestamptz),
                                         CAST(:after_id AS bigint)))
@@ -149,9 +155,11 @@ filled AS MATERIALIZED (
     LIMIT :fill
     FOR UPDATE SKIP LOCKED
 )
-SELECT id, NULL::timestamptz AS available_at FROM chosen
+SELECT id, NULL::timestamptz AS available_at, in_flight FROM chosen
 UNION ALL
-SELECT id, available_at FROM filled
+-- '-infinity' has no datetime in Python: such a row moves no cursor, as a head does (the top-up
+-- then counts short and the next one starts from the start).
+SELECT id, CASE WHEN isfinite(available_at) THEN available_at END, in_flight FROM filled
 
 -- name: lease
 -- The claim's second statement, in the same transaction as `claim`, on the rows it locked. Its
@@ -164,8 +172,8 @@ SELECT id, available_at FROM filled
 -- So a claim never waits, and only a lease seen expired and locked here is taken over.
 -- The lease table's primary key stays the arbiter; the takeover keeps `first_claimed_at`, the
 -- dedup clock of a relay that died after its call. A row left `in_flight` by a relay of the
--- earlier release whose lease expired is put back to pending as it is taken, so that relay's
--- late outcome loses its compare-and-set.
+-- earlier release whose lease expired is put back to pending by `reset_in_flight` once leased
+-- here, in the same transaction, so that relay's late outcome loses its compare-and-set.
 WITH locked AS MATERIALIZED (
     SELECT o.id, o.identifier, o.event_name, o.customer, o.payload, o.occurred_at,
            o.stripe_account, o.action, o.attempts, o.key_generation, o.first_attempt_at,
@@ -206,13 +214,6 @@ leased AS MATERIALIZED (
         stripe_account = EXCLUDED.stripe_account, action = EXCLUDED.action
     WHERE l.leased_until <= now()
     RETURNING l.outbox_id, l.lease_token, l.first_claimed_at
-),
-reset AS (
-    -- Rows of an earlier release's relay whose lease expired: pending again (rare).
-    UPDATE meter_event_outbox o
-    SET state = 'pending', lease_token = NULL, leased_by = NULL, updated_at = now()
-    FROM free k JOIN leased ON leased.outbox_id = k.id
-    WHERE o.id = k.id AND k.state = 'in_flight'
 )
 SELECT k.id, leased.lease_token, k.identifier, k.event_name, k.customer,
        k.payload::text AS payload_json, k.occurred_at, k.stripe_account, k.action, k.attempts,
@@ -220,6 +221,17 @@ SELECT k.id, leased.lease_token, k.identifier, k.event_name, k.customer,
        coalesce(k.first_attempt_at, leased.first_claimed_at) AS first_attempt_at,
        k.accepted_at, k.created_at
 FROM free k JOIN leased ON leased.outbox_id = k.id
+
+-- name: reset_in_flight
+-- The claim's third statement, only when `claim` locked a row left `in_flight` by a relay of the
+-- earlier release (its lease on the row itself, expired) and `lease` leased it: pending again,
+-- so that relay's late outcome loses its compare-and-set. The rows are still locked by the
+-- claim's transaction. Not a CTE of `lease`: an UPDATE fires the table's statement triggers
+-- (the tallies' transition-table trigger) even when it changes no row, a cost every claim
+-- paid for a statement that almost never changes one.
+UPDATE meter_event_outbox
+SET state = 'pending', lease_token = NULL, leased_by = NULL, updated_at = now()
+WHERE id = ANY(CAST(:ids AS bigint[])) AND state = 'in_flight'
 
 -- name: record_outcomes
 -- Write a batch of outcomes in one statement (River's shape, `UPDATE ... FROM` a set of rows).
@@ -1130,7 +1142,7 @@ ON CONFLICT (stripe_account, event_name) DO UPDATE SET last_seen_at = now()
 -- Event names per account in unsent rows (the hot part, through the due index) and in
 -- recent history (the few rows of meter_event_outbox_event_names): never a scan of history.
 SELECT coalesce(stripe_account, '') AS account, event_name
-FROM meter_event_outbox WHERE state IN ('pending', 'in_flight') AND available_at > '-infinity'
+FROM meter_event_outbox WHERE state IN ('pending', 'in_flight') AND available_at >= '-infinity'
 UNION
 SELECT stripe_account, event_name FROM meter_event_outbox_event_names
 WHERE last_seen_at > now() - make_interval(days => 35)

@@ -160,6 +160,13 @@ def top_up_passed(how: q.ClaimHow, locked: Sequence[q.Locked]) -> list[int]:
     return [r.id for r in locked]
 
 
+def to_reset(locked: Sequence[q.Locked], leased: Sequence[Claimed]) -> list[int]:
+    """The rows an earlier release's relay left `in_flight` that this claim leased: put back
+    to pending by `reset_in_flight` (almost never any: then that statement is not run)."""
+    stale = {r.id for r in locked if r.in_flight}
+    return [c.id for c in leased if c.id in stale] if stale else []
+
+
 def lease_params(locked: Iterable[int], how: q.ClaimHow) -> q.LeaseParams:
     return {
         "ids": id_array(locked),
@@ -298,8 +305,14 @@ class Store(AsyncExecutor):
         the row locks, so a claim never waits on a lease (see `lease` in queries.sql)."""
         after = top_up_start(how)
         async with self.pool.connection() as conn, conn.transaction():
-            locked = top_up_passed(how, await fetch(conn, q.CLAIM(claim_params(ids, how, after))))
-            return await fetch(conn, q.LEASE(lease_params(locked, how))) if locked else []
+            locked = await fetch(conn, q.CLAIM(claim_params(ids, how, after)))
+            ids_locked = top_up_passed(how, locked)
+            if not locked:
+                return []
+            leased = await fetch(conn, q.LEASE(lease_params(ids_locked, how)))
+            if reset := to_reset(locked, leased):
+                await fetch(conn, q.RESET_IN_FLIGHT({"ids": reset}))
+            return leased
 
     async def record_outcomes(self, batch: Sequence[Outcome], relay_id: str) -> set[int]:
         """Write outcomes (compare-and-set on each lease); returns the ids written."""
@@ -740,8 +753,14 @@ class SyncStore(SyncExecutor):
         """Store.claim's two statements, in one transaction."""
         after = top_up_start(how)
         with self.conn.transaction():
-            locked = top_up_passed(how, self.all(q.CLAIM(claim_params(ids, how, after))))
-            return self.all(q.LEASE(lease_params(locked, how))) if locked else []
+            locked = self.all(q.CLAIM(claim_params(ids, how, after)))
+            ids_locked = top_up_passed(how, locked)
+            if not locked:
+                return []
+            leased = self.all(q.LEASE(lease_params(ids_locked, how)))
+            if reset := to_reset(locked, leased):
+                self.all(q.RESET_IN_FLIGHT({"ids": reset}))
+            return leased
 
     def record_outcomes(self, batch: Sequence[Outcome], relay_id: str) -> set[int]:
         return set(self.all(q.RECORD_OUTCOMES(outcome_params(batch, relay_id))))

@@ -400,3 +400,49 @@ def test_a_cancel_probe_leaves_no_lease_behind(database_url: str, db) -> None:
     db.commit()
     (leases,) = db.execute("SELECT count(*) FROM meter_event_outbox_leases").fetchone()
     assert leases == 0
+
+
+def test_the_relay_s_own_outcome_of_a_report_whose_cancel_was_requested_runs_no_cancel_probe(
+    database_url: str, db
+) -> None:
+    """The cancel trigger keeps a cancel from finishing a row whose report is in flight. The
+    relay's outcome of such a report deleted the lease itself (it is the report's outcome):
+    nothing to keep, and the trigger's probe of the lease key (an insert and a delete per row)
+    was a cost of every cancelled row's outcome. It is still routed: a pending cancellation."""
+    insert_usage(database_url, 1)
+    (claimed,) = claim(db, "relay-a", lease=30)
+    assert outbox.cancel_usage(db, identifier="u1").state == "in_flight"
+    with db.transaction():
+        db.execute("SET LOCAL track_functions = 'pl'")
+        assert write(db, [Outcome(row=claimed, state="accepted")]) == {claimed.id}
+        (calls,) = db.execute(
+            "SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions"
+            " WHERE funcname = 'meter_event_outbox_leased_cancel'"
+        ).fetchone() or (0,)
+    assert calls == 0
+    r = row(database_url, "u1")
+    assert (r["state"], r["action"]) == ("pending", "cancel")
+
+
+def test_a_repeated_cancel_racing_the_claim_of_a_report_never_sent_waits_for_its_outcome(
+    database_url: str, db
+) -> None:
+    """The cancel trigger fires on a row whose cancel was requested before, too: a report
+    released unsent (nothing reached Stripe, first_attempt_at still NULL) keeps its request
+    and goes out again. A repeated cancel_usage whose snapshot predates that claim would cancel
+    it on the spot while the report is at Stripe (invariant 10): it fails to serialize."""
+    insert_usage(database_url, 1)
+    (first,) = claim(db, "relay-a", lease=30)
+    assert outbox.cancel_usage(db, identifier="u1").state == "in_flight"
+    released = Outcome(row=first, state="pending", counted=0, reached=False)
+    assert write(db, [released]) == {first.id}
+    assert row(database_url, "u1")["first_attempt_at"] is None
+    with psycopg.connect(database_url) as app:
+        app.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        app.execute("SELECT count(*) FROM meter_event_outbox").fetchone()  # the snapshot
+        (second,) = claim(db, "relay-b", lease=30)
+        with pytest.raises(psycopg.errors.SerializationFailure):
+            outbox.cancel_usage(app, identifier="u1")
+    assert write(db, [Outcome(row=second, state="accepted")]) == {second.id}
+    r = row(database_url, "u1")
+    assert (r["state"], r["action"]) == ("pending", "cancel")

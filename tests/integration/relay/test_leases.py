@@ -292,3 +292,37 @@ def test_leases_left_behind_are_dropped_and_a_dead_relays_first_claim_is_kept(
     assert left == [second.id]
     (taken,) = claim(db, "relay-b", lease=30)
     assert (taken.id, taken.first_attempt_at) == (second.id, an_hour_ago)
+
+
+def tally_trigger_calls(db: psycopg.Connection, how: Any) -> tuple[int, list[Any]]:
+    """One claim (rolled back) and how often it ran the tallies' UPDATE statement trigger."""
+    with db.transaction(force_rollback=True):
+        db.execute("SET LOCAL track_functions = 'pl'")
+        leased = SyncStore(db).claim([], **how)
+        states = db.execute(
+            "SELECT state FROM meter_event_outbox WHERE id = ANY(%s) ORDER BY id",
+            ([r.id for r in leased],),
+        ).fetchall()
+        (calls,) = db.execute(
+            "SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions"
+            " WHERE funcname = 'meter_event_outbox_tally_update_changes'"
+        ).fetchone() or (0,)
+    return int(calls), [s for (s,) in states]
+
+
+def test_a_claim_updates_no_row_and_fires_no_update_trigger_unless_a_row_is_an_earlier_releases(
+    database_url: str, db
+) -> None:
+    """A claim leaves the rows as they are (the lease is in the lease table): it runs no UPDATE
+    of the outbox, whose statement trigger (the tallies', transition tables) fires even on no
+    row. Only a row an earlier release's relay left in_flight, lease expired, is updated: it is
+    pending again once leased, so that relay's late outcome loses its compare-and-set."""
+    insert_usage(database_url, 5)
+    how: Any = {"fill": 10, "exclusive": False, "relay_id": "r", "lease_seconds": 30}
+    assert tally_trigger_calls(db, how) == (0, ["pending"] * 5)
+    db.execute(
+        "UPDATE meter_event_outbox SET state = 'in_flight', lease_token = gen_random_uuid(),"
+        " leased_by = 'relay-old', available_at = now() - interval '1 second'"
+        " WHERE identifier = 'u3'"
+    )
+    assert tally_trigger_calls(db, how) == (1, ["pending"] * 5)

@@ -113,3 +113,31 @@ def test_relays_with_their_own_cursors_claim_every_row_once(database_url: str, d
             break
     ids = claimed["a"] + claimed["b"]
     assert len(ids) == len(set(ids)) == 95
+
+
+def test_rows_due_since_minus_infinity_are_topped_up_and_never_due_rows_are_not(
+    database_url: str, db
+) -> None:
+    """No CHECK keeps available_at finite (the owner, or SQL by hand, may write either
+    infinity): '-infinity' is simply due, the oldest of all, and 'infinity' never is. Neither
+    breaks the top-up (a difference of timestamps is undefined for them) nor the cursor (psycopg
+    has no datetime for them), also when the top-up comes back short and reaches them."""
+    insert_usage(database_url, 25, customers=5)
+    insert_usage(database_url, 1, prefix="only", event_name="rare")
+    db.execute(
+        "UPDATE meter_event_outbox SET available_at = '-infinity' WHERE identifier = 'only1'"
+    )
+    # its event name is in use: the due index's range includes '-infinity'
+    assert ("", "rare") in SyncStore(db).event_names_in_use()
+    db.execute(
+        "UPDATE meter_event_outbox SET available_at = CASE identifier"
+        " WHEN 'u7' THEN '-infinity'::timestamptz ELSE 'infinity' END"
+        " WHERE identifier IN ('u7', 'u8')"
+    )
+    cursor = TopUp()
+    first = top_up(db, cursor)
+    assert {r.identifier for r in first[:2]} == {"only1", "u7"}  # due before every other row
+    taken = [r.identifier for r in first]
+    while rows := top_up(db, cursor):
+        taken += [r.identifier for r in rows]
+    assert sorted(taken) == sorted(["only1"] + [f"u{i}" for i in range(1, 26) if i != 8])
