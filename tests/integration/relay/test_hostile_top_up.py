@@ -2,8 +2,13 @@
 (outbox_0026, relay.core.top_up): a leased row stays its lane's head, and a v2 relay only
 tops up after its walk found a head."""
 
+from typing import Any
+
+import psycopg
 import pytest
 
+from relay.core.top_up import TopUp
+from relay.db.store import SyncStore
 from tests.support.relay import insert_usage, make_settings, running_relay, states
 
 
@@ -33,3 +38,23 @@ async def test_v2_rows_behind_a_leased_head_are_sent(database_url, emulator, db)
     settings = make_settings(database_url, emulator, stripe_api_mode="v2-stream")
     async with running_relay(settings) as relay:
         await relay.until(lambda: _accepted(database_url, 19), timeout=20)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=psycopg.DataError,
+    reason="the claim returns the top-up rows' available_at (the cursor) and psycopg cannot "
+    "load a timestamp before year 1: the whole claim fails, and every top-up from the start "
+    "meets the row again (the same class as '-infinity', being fixed elsewhere)",
+)
+def test_a_row_due_before_year_1_does_not_fail_the_claim(database_url: str, db) -> None:
+    """available_at is not checked by a constraint; a row written with a date before year 1
+    (direct SQL) is due and the oldest, so every top-up from the start locks it. Before the
+    cursor the claim did not return available_at and the row was sent."""
+    insert_usage(database_url, 3)
+    db.execute(
+        "UPDATE meter_event_outbox SET available_at = '0044-03-15 BC' WHERE identifier = 'u2'"
+    )
+    how: Any = {"fill": 10, "exclusive": False, "relay_id": "r", "lease_seconds": 600}
+    claimed = SyncStore(db).claim([], top_up=TopUp(), **how)
+    assert {r.identifier for r in claimed} == {"u1", "u2", "u3"}
