@@ -14,6 +14,7 @@ import outbox
 from relay.core.rows import Outcome
 from relay.db.store import SyncStore
 from tests.acceptance.process.test_process import wait_for
+from tests.integration.relay.test_lease_review import reject
 from tests.support.relay import claim, insert_usage, row
 
 
@@ -59,3 +60,28 @@ def test_a_cancel_racing_an_outcome_batch_never_deadlocks(database_url: str, db)
         assert written.result(timeout=30) == {one.id, two.id}
     # the report of row 1 was accepted, then its cancel requested: a pending cancellation
     assert (row(database_url, one.identifier)["action"]) == "cancel"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=psycopg.errors.DeadlockDetected,
+    reason="outbox_0024: the same cycle with a webhook's rejection (it deletes the leases it "
+    "names, then updates the rows)",
+)
+def test_a_cancel_racing_a_webhook_rejection_never_deadlocks(database_url: str, db) -> None:
+    """Stripe's error report names rows 2 and 1 while their reports are in flight; an
+    application transaction holds row 2 and another cancels row 1."""
+    insert_usage(database_url, 2, customers=2)
+    one, two = claim(db, "relay-a", lease=30)
+    hook = psycopg.connect(database_url, autocommit=True)
+    app = psycopg.connect(database_url, autocommit=True)
+    holder = psycopg.connect(database_url)
+    holder.execute("SELECT 1 FROM meter_event_outbox WHERE id = %s FOR UPDATE", (two.id,))
+    with ThreadPoolExecutor(2) as pool, hook, app, holder:
+        rejected = pool.submit(reject, hook, two.identifier, one.identifier)
+        wait_for(lambda: _blocked(db, hook), timeout=10)  # leases deleted, waits for row 2
+        cancelled = pool.submit(_cancel, app, one.identifier)
+        wait_for(lambda: cancelled.done() or _blocked(db, app), timeout=10)
+        holder.rollback()
+        assert cancelled.result(timeout=30) == "in_flight"
+        assert sorted(rejected.result(timeout=30)) == sorted([one.identifier, two.identifier])
