@@ -1,9 +1,10 @@
 """`outbox-relay doctor`: check a setup before going live (and in a deploy pipeline).
 
-One line per check, each problem with its fix: the database (reachable, schema current, the
-role's privileges for `run`), the Stripe key (accepted, live or test, restricted or not), the
-meters of every event name in unsent rows and in recent history (per account), the webhook
-destination for the meter error events, and the clocks of the relay, the database and Stripe.
+One line per check, each problem with its fix: the database (reachable, schema current and
+closed to CREATE by other roles, the role's privileges for `run`), the Stripe key (accepted,
+live or test, restricted or not), the meters of every event name in unsent rows and in recent
+history (per account), the webhook destination for the meter error events, and the clocks of
+the relay, the database and Stripe.
 
 Exit 0 when nothing would lose or mis-bill usage, 3 when something would (as `drift`), 1 when
 it could not run (database unreachable). "Could not check" (a restricted key that may not read
@@ -129,6 +130,7 @@ def check_database(report: Report, database_url: str) -> list[tuple[str, str]]:
         )
         _check_schema(report, database_url)
         _check_privileges(report, conn)
+        _check_schema_creators(report, conn)
         probe = conn.execute(
             "SELECT statement_timestamp(), current_setting('transaction_read_only')"
         ).fetchone()
@@ -185,6 +187,45 @@ def _check_privileges(report: Report, conn: psycopg.Connection) -> None:
         )
     else:
         report.add("privileges", "ok", "the role can do everything `run` needs")
+
+
+def _check_schema_creators(report: Report, conn: psycopg.Connection) -> None:
+    """Who besides the schema's owner may create in the outbox's schema. A function or operator
+    created there can be a closer match for a call in a query than the built-in one, and runs
+    with the rights of whoever's query calls it. The outbox's own functions name the built-ins
+    in pg_catalog (outbox_0027); the relay's and the applications' queries do not."""
+    row = conn.execute(
+        "SELECT n.nspname, has_schema_privilege('public', n.oid, 'CREATE'),"
+        " array(SELECT DISTINCT pg_get_userbyid(a.grantee) FROM aclexplode(n.nspacl) a"
+        "       WHERE a.privilege_type = 'CREATE' AND a.grantee NOT IN (0, n.nspowner)"
+        "       ORDER BY 1)"
+        " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.oid = to_regclass('meter_event_outbox')"
+    ).fetchone()
+    if row is None:
+        return  # no schema yet: _check_schema says so
+    schema, everyone, roles = row
+    quoted = conn.execute("SELECT quote_ident(%s)", (schema,)).fetchone()
+    name = quoted[0] if quoted else schema
+    if everyone:
+        report.add(
+            "schema",
+            "warning",
+            f"every role may create in schema {schema} (the default before PostgreSQL 15): "
+            "a function or operator one creates there can be run by other roles' queries "
+            "with their rights",
+            f"REVOKE CREATE ON SCHEMA {name} FROM PUBLIC",
+        )
+    elif roles:
+        report.add(
+            "schema",
+            "warning",
+            f"roles besides its owner may create in schema {schema}: {', '.join(roles)}",
+            f"REVOKE CREATE ON SCHEMA {name} FROM <role>, unless the role is trusted as the "
+            "owner is",
+        )
+    else:
+        report.add("schema", "ok", f"only its owner may create in schema {schema}")
 
 
 # --- Stripe -----------------------------------------------------------------------------

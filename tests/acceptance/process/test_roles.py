@@ -3,6 +3,8 @@ job needs and nothing more, on every table the migrations create. Each role x op
 is run for real as a login in that role, against a migrated database; the matrix is the
 assertion (allowed / refused)."""
 
+import itertools
+import re
 import subprocess
 import sys
 import urllib.parse
@@ -202,45 +204,273 @@ def test_the_writer_cannot_forge_a_state_even_through_the_function(
         (definer, config) = conn.execute(
             "SELECT prosecdef, proconfig FROM pg_proc WHERE proname = 'outbox_record_usage'"
         ).fetchone()
-    assert state == "pending" and definer and config == ["search_path=public, pg_temp"]
+    assert state == "pending" and definer and config == ["search_path=pg_catalog, public, pg_temp"]
 
 
-# Functions a role that may create in the outbox's schema (PostgreSQL 14 and older let every
-# role create in `public`) could add there, each a closer match for a call in the body of a
-# tending function than the built-in one: they would run with the owner's rights.
-LOOKALIKES = {
-    "brin_summarize_new_values(text)": "RETURNS integer LANGUAGE sql AS $$ SELECT 0 $$",
-    "brin_desummarize_range(text, bigint)": "RETURNS void LANGUAGE sql AS $$ SELECT 0 $$",
-    "unnest(bigint[])": "RETURNS SETOF bigint LANGUAGE sql AS $$ SELECT 0::bigint $$",
+# A role that may create in the outbox's schema (PostgreSQL 14 and older let every role create
+# in `public`) could add there a function or operator that is a closer match for a call in the
+# body of a function running with another role's rights (the owner's, for SECURITY DEFINER and
+# whatever those call; the relay's, for outbox_fold_counts()) than the built-in: a polymorphic
+# built-in loses to a concrete signature, one reached through an implicit cast to an exact one.
+# The lookalikes below are planted for every built-in name the bodies call, with concrete
+# types in place of the polymorphic ones and every pair of CONCRETE types for one or two
+# arguments; and for every operator symbol in the bodies, with every pair of OPERAND types.
+CONCRETE = (
+    "text",
+    "varchar",
+    "name",
+    "bigint",
+    "integer",
+    "numeric",
+    "boolean",
+    "jsonb",
+    "timestamptz",
+    "interval",
+    "uuid",
+    "regclass",
+    "oid",
+    "text[]",
+    "bigint[]",
+)
+OPERAND = (
+    "text",
+    "bigint",
+    "integer",
+    "numeric",
+    "boolean",
+    "timestamptz",
+    "interval",
+    "uuid",
+    "jsonb",
+)
+OPERATORS = ("<>", "<=", ">=", "=", "<", ">", "+", "-", "*", "/")
+POLYMORPHIC = {
+    "anyelement": "{t}",
+    "anynonarray": "{t}",
+    "anycompatible": "{t}",
+    "anycompatiblenonarray": "{t}",
+    '"any"': "{t}",
+    "anyarray": "{t}[]",
+    "anycompatiblearray": "{t}[]",
 }
+TRIPWIRE = (
+    "LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'lookalike % ran as %', {label},"
+    " current_user; END $$"
+)
 
 
-def test_the_range_tending_functions_call_only_the_built_ins(
+def _bodies(conn: psycopg.Connection) -> dict[str, str]:
+    """Every function of the outbox's schema: signature -> body without comments and strings."""
+    rows = conn.execute(
+        "SELECT p.oid::regprocedure::text, p.prosrc FROM pg_proc p"
+        " WHERE p.pronamespace = current_schema()::regnamespace"
+    ).fetchall()
+    return {
+        sig: re.sub(r"'(?:[^']|'')*'", "''", re.sub(r"--[^\n]*", "", src)).lower()
+        for sig, src in rows
+    }
+
+
+def _calls(conn: psycopg.Connection, body: str, *, bare: bool) -> set[str]:
+    """The names of the built-in functions `body` calls: all, or those without a schema."""
+    before = r"(?<![\w.$])" if bare else r"(?<![\w$])(?:pg_catalog\s*\.\s*)?"
+    names = set(re.findall(before + r"([a-z_][a-z0-9_]*)\s*\(", body))
+    return {
+        name
+        for (name,) in conn.execute(
+            "SELECT DISTINCT proname::text FROM pg_proc"
+            " WHERE pronamespace = 'pg_catalog'::regnamespace AND proname = ANY(%s)",
+            (sorted(names),),
+        )
+    }
+
+
+def _lookalikes(conn: psycopg.Connection, names: set[str]) -> set[tuple[str, tuple[str, ...], str]]:
+    """(name, argument types, RETURNS clause) of the lookalikes of these built-ins."""
+    found = set()
+    overloads = conn.execute(
+        "SELECT proname::text, array(SELECT format_type(t, NULL) FROM unnest(proargtypes) t),"
+        " format_type(prorettype, NULL), proretset, provariadic <> 0 FROM pg_proc"
+        " WHERE pronamespace = 'pg_catalog'::regnamespace AND proname = ANY(%s)",
+        (sorted(names),),
+    ).fetchall()
+    for name, args, returns, setof, variadic in overloads:
+        shapes = [list(args)]
+        if variadic:  # VARIADIC element[]: one and two elements
+            element = POLYMORPHIC.get(args[-1].removesuffix("[]"), args[-1].removesuffix("[]"))
+            shapes = [args[:-1] + [element] * n for n in (1, 2)]
+        for shape in shapes:
+            for t in CONCRETE:
+                concrete = tuple(POLYMORPHIC.get(a, a).format(t=t) for a in shape)
+                result = POLYMORPHIC.get(returns, returns).format(t=t).replace("[][]", "[]")
+                kind = ("SETOF " if setof else "") + result
+                found.add((name, tuple(a.replace("[][]", "[]") for a in concrete), kind))
+            if len(shape) <= 2:  # a built-in reached through an implicit cast
+                for combo in itertools.product(CONCRETE, repeat=len(shape)):
+                    kind = ("SETOF " if setof else "") + POLYMORPHIC.get(returns, returns).format(
+                        t=combo[0] if combo else "text"
+                    )
+                    found.add((name, combo, kind.replace("[][]", "[]")))
+    return found
+
+
+def _plant(conn: psycopg.Connection, bodies: dict[str, str]) -> set[str]:
+    """Plant the lookalikes in `public` through `conn`; the built-in names they cover."""
+    covered = set()
+    calls = set().union(*(_calls(conn, b, bare=False) for b in bodies.values()))
+    for name, args, kind in sorted(_lookalikes(conn, calls)):
+        label = f"'{name}({', '.join(args)})'"
+        try:
+            conn.execute(
+                f"CREATE FUNCTION public.{name}({', '.join(args)}) RETURNS {kind} "
+                + TRIPWIRE.format(label=label)
+            )
+            covered.add(name)
+        except psycopg.errors.DuplicateFunction:
+            pass
+        except (
+            psycopg.errors.InvalidFunctionDefinition,
+            psycopg.errors.UndefinedObject,
+            psycopg.errors.InvalidParameterValue,
+            psycopg.errors.DatatypeMismatch,
+            psycopg.errors.FeatureNotSupported,
+            psycopg.errors.SyntaxError,
+        ):
+            pass  # not a signature PostgreSQL takes (e.g. a return type it cannot infer)
+    symbols = {op for op in OPERATORS if any(f" {op} " in f" {b} " for b in bodies.values())}
+    for n, (op, left, right) in enumerate(itertools.product(symbols, OPERAND, OPERAND)):
+        returns = "boolean" if op in ("<>", "<=", ">=", "=", "<", ">") else left
+        label = f"'{left} {op} {right}'"
+        conn.execute(
+            f"CREATE FUNCTION public.lookalike_op_{n}({left}, {right}) RETURNS {returns} "
+            + TRIPWIRE.format(label=label)
+        )
+        conn.execute(
+            f"CREATE OPERATOR public.{op} (LEFTARG = {left}, RIGHTARG = {right},"
+            f" FUNCTION = public.lookalike_op_{n})"
+        )
+    for n, t in enumerate(OPERAND):  # -count(*)
+        conn.execute(
+            f"CREATE FUNCTION public.lookalike_neg_{n}({t}) RETURNS {t} "
+            + TRIPWIRE.format(label=f"'- {t}'")
+        )
+        conn.execute(
+            f"CREATE OPERATOR public.- (RIGHTARG = {t}, FUNCTION = public.lookalike_neg_{n})"
+        )
+    return covered
+
+
+def _exercise(logins: dict[str, str]) -> list[str]:
+    """Run every function of the outbox (each branch that can run) as the role that calls it;
+    the errors, if any."""
+    errors = []
+
+    def run(role: str, statement: str, expected: type[Exception] | None = None) -> None:
+        with psycopg.connect(logins[role], autocommit=True) as conn:
+            try:
+                conn.execute(statement)
+            except psycopg.Error as error:
+                if expected is None or not isinstance(error, expected):
+                    errors.append(f"{role}: {statement}: {error}")
+
+    for n, customer in enumerate(("cus_1", "cus_2", "cus_1")):  # outbox_wake wins the first
+        run("writer", f"SELECT outbox_record_usage('api_calls', '{customer}', 1, 'la-{n}')")
+    run("writer", "SELECT outbox_record_usage('api_calls', 'cus_1', 1, 'la-0')")  # a replay
+    run(
+        "writer",
+        "SELECT outbox_record_usage('api_calls', 'cus_9', 1, 'la-0')",
+        psycopg.errors.UniqueViolation,
+    )  # a conflict
+    run(
+        "writer",
+        "INSERT INTO meter_event_outbox (identifier, event_name, customer, value)"
+        " VALUES ('la-3', 'api_calls', 'cus_3', 1), ('la-4', 'other', 'cus_4', 2)",
+    )
+    run("relay", "SELECT meter_event_outbox_possibly_sent(id) FROM meter_event_outbox")
+    run(
+        "relay",
+        "UPDATE meter_event_outbox SET state = 'in_flight',"
+        " lease_token = pg_catalog.gen_random_uuid() WHERE identifier = 'la-1'",
+    )
+    run(
+        "relay",
+        "UPDATE meter_event_outbox SET state = 'failed', last_error_code = 'boom'"
+        " WHERE identifier = 'la-2'",
+    )
+    run(
+        "relay",
+        "UPDATE meter_event_outbox SET cancel_requested_at = pg_catalog.now(),"
+        " state = 'cancelled' WHERE identifier = 'la-3'",
+    )
+    run("relay", "SELECT outbox_fold_counts()")
+    run("relay", "DELETE FROM meter_event_outbox WHERE identifier = 'la-4'")
+    run("relay", "SELECT outbox_fold_counts()")
+    run(
+        "relay",
+        "SELECT meter_event_outbox_summarize_ranges(),"
+        " meter_event_outbox_forget_ranges(ARRAY[0::bigint, 200::bigint])",
+    )
+    return errors
+
+
+def test_no_lookalike_runs_in_the_functions_of_the_outbox(
     database_url: str, logins: dict[str, str]
 ) -> None:
-    """SECURITY DEFINER with the outbox's schema pinned: a lookalike a role could create in
-    that very schema is not called by the tending functions (with the owner's rights)."""
+    """A role that may create in the outbox's schema plants lookalikes of every built-in
+    function and operator the outbox's functions use; calling every one of them (as the writer
+    and the relay, triggers included) runs none of the lookalikes and fails nowhere."""
+    planter = urllib.parse.urlsplit(logins["writer"]).username
     with psycopg.connect(database_url, autocommit=True) as owner:
+        bodies = _bodies(owner)
         owner.execute("GRANT CREATE ON SCHEMA public TO outbox_writer")  # PostgreSQL 14's default
         try:
             with psycopg.connect(logins["writer"], autocommit=True) as conn:
-                for signature, body in LOOKALIKES.items():
-                    name = signature.split("(")[0]
-                    mark = (
-                        f"SELECT set_config('lookalike.ran', '{name} as ' || current_user, false)"
-                    )
-                    body = body.replace("SELECT", mark + "; SELECT", 1)
-                    conn.execute(f"CREATE FUNCTION public.{signature} {body}")
-            with psycopg.connect(logins["relay"], autocommit=True) as conn:
-                conn.execute(
-                    "SELECT meter_event_outbox_summarize_ranges(),"
-                    " meter_event_outbox_forget_ranges(ARRAY[0::bigint, 200::bigint])"
+                covered = _plant(conn, bodies)
+            assert {
+                "array_agg",
+                "cardinality",
+                "unnest",
+                "pg_notify",
+                "hashtext",
+                "brin_desummarize_range",
+                "now",
+                "count",
+                "sum",
+            } <= covered
+            assert _exercise(logins) == []
+            with psycopg.connect(database_url) as conn:
+                states = dict(
+                    conn.execute(
+                        "SELECT identifier, state FROM meter_event_outbox ORDER BY 1"
+                    ).fetchall()
                 )
-                (ran,) = conn.execute("SELECT current_setting('lookalike.ran', true)").fetchone()
-            assert not ran
+                assert states == {
+                    "la-0": "pending",
+                    "la-1": "in_flight",
+                    "la-2": "failed",
+                    "la-3": "cancelled",
+                }
         finally:  # the writer's login is dropped after the test: nothing of it may remain
-            owner.execute(f"DROP FUNCTION IF EXISTS {', '.join(f'public.{s}' for s in LOOKALIKES)}")
+            owner.execute(f'DROP OWNED BY "{planter}"')
             owner.execute("REVOKE CREATE ON SCHEMA public FROM outbox_writer")
+
+
+def test_the_functions_of_the_outbox_name_the_built_ins_they_call(database_url: str) -> None:
+    """Every built-in function a body of the outbox's schema calls is named in pg_catalog
+    (including branches no test reaches), and every SECURITY DEFINER function puts pg_catalog
+    first on its search_path."""
+    with psycopg.connect(database_url) as conn:
+        bodies = _bodies(conn)
+        bare = {sig: calls for sig, b in bodies.items() if (calls := _calls(conn, b, bare=True))}
+        paths = dict(
+            conn.execute(
+                "SELECT p.oid::regprocedure::text, p.proconfig[1] FROM pg_proc p"
+                " WHERE p.pronamespace = current_schema()::regnamespace AND p.prosecdef"
+            ).fetchall()
+        )
+    assert len(bodies) >= 11 and len(paths) >= 9
+    assert bare == {}
+    assert set(paths.values()) == {"search_path=pg_catalog, public, pg_temp"}
 
 
 def test_every_table_the_migrations_create_is_covered(

@@ -11,6 +11,7 @@ from click.testing import CliRunner, Result
 from psycopg import sql
 
 from relay.cli.commands import main
+from relay.db import roles
 from relay.emulator import Emulator, EmulatorConfig, EventDestination, Meter
 from tests.support.relay import TEST_KEY
 
@@ -156,3 +157,27 @@ def test_a_read_only_database_is_a_problem(database_url: str, emulator: Emulator
     assert result.exit_code == 3, result.output
     (problem,) = [c for c in checks(result) if c["area"] == "database" and c["level"] == "problem"]
     assert "read-only" in problem["message"] and "primary" in problem["fix"]
+
+
+def test_a_schema_every_role_may_create_in_is_a_warning_with_its_fix(
+    database_url: str, emulator: Emulator
+) -> None:
+    """PostgreSQL 14 and older let every role create in `public`: doctor says so, with the
+    one-line fix, without failing the run; a role granted CREATE is named."""
+    record(database_url, "api_calls")
+    roles.apply(database_url)  # the role granted CREATE below
+    assert "only its owner may create in schema public" in doctor(database_url, emulator).output
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("GRANT CREATE ON SCHEMA public TO PUBLIC")
+        result = doctor(database_url, emulator)
+        assert result.exit_code == 0, result.output
+        (line,) = [line for line in result.output.splitlines() if "may create" in line]
+        assert line.startswith("warning") and "every role may create in schema public" in line
+        assert line.endswith("-> REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        conn.execute("GRANT CREATE ON SCHEMA public TO outbox_writer")
+        try:
+            result = doctor(database_url, emulator)
+        finally:
+            conn.execute("REVOKE CREATE ON SCHEMA public FROM outbox_writer")
+        assert "besides its owner may create in schema public: outbox_writer" in result.output
