@@ -191,6 +191,11 @@ def summary(row: dict[str, Any], attempts: list[dict[str, Any]], now: datetime) 
         return f"cancelled at {_iso(row['cancelled_at'])}"
     if state == "failed":
         return f"failed ({code}) after {row['attempts']} attempt(s): retry or cancel it"
+    if state == "in_flight" and row["available_at"] <= now:
+        return (
+            f"in flight: its lease ran out (leased by {row['leased_by']}, which died or stalled "
+            "after its call may have reached Stripe); the next claim sends it again, same key"
+        )
     if state == "in_flight":
         return f"in flight: a call is running (leased by {row['leased_by']})"
     wait = max(0.0, (row["available_at"] - now).total_seconds())

@@ -4,7 +4,6 @@ tops up after its walk found a head."""
 
 from typing import Any
 
-import psycopg
 import pytest
 
 from relay.core.top_up import TopUp
@@ -40,13 +39,6 @@ async def test_v2_rows_behind_a_leased_head_are_sent(database_url, emulator, db)
         await relay.until(lambda: _accepted(database_url, 19), timeout=20)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=psycopg.DataError,
-    reason="the claim returns the top-up rows' available_at (the cursor) and psycopg cannot "
-    "load a timestamp before year 1: the whole claim fails, and every top-up from the start "
-    "meets the row again (the same class as '-infinity', being fixed elsewhere)",
-)
 def test_a_row_due_before_year_1_does_not_fail_the_claim(database_url: str, db) -> None:
     """available_at is not checked by a constraint; a row written with a date before year 1
     (direct SQL) is due and the oldest, so every top-up from the start locks it. Before the
