@@ -8,7 +8,6 @@ never waited."""
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
-import pytest
 
 import outbox
 from relay.core.rows import Outcome
@@ -28,20 +27,14 @@ def _cancel(conn: psycopg.Connection, identifier: str) -> str:
         return outbox.cancel_usage(conn, identifier=identifier).state
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=psycopg.errors.DeadlockDetected,
-    reason="outbox_0024: the cancel trigger's probe INSERT waits for an outcome that deleted the "
-    "lease and then waits for the row the cancel holds (a deadlock; the application's "
-    "transaction is the one aborted here)",
-)
 def test_a_cancel_racing_an_outcome_batch_never_deadlocks(database_url: str, db) -> None:
     """Rows 1 and 2 in flight with one relay. An application transaction holds row 2 (it
     cancelled it, or is about to). The relay's outcome batch (rows 2 and 1) has deleted both
     leases and waits for row 2. Another application transaction cancels row 1: under
     outbox_0020 its trigger saw the lease (the deletion is not committed) and only stamped the
-    request; now its probe waits for the outcome, and when row 2 is released the outcome
-    waits for row 1: PostgreSQL aborts one of them (the cancel here: it waited first)."""
+    request; under outbox_0024 its probe waited for the outcome, and when row 2 was released
+    the outcome waited for row 1: PostgreSQL aborted one of them (the cancel: it waited
+    first). Since outbox_0028 a cancel that leaves the row pending (a stamp) runs no probe."""
     insert_usage(database_url, 2, customers=2)
     one, two = claim(db, "relay-a", lease=30)
     relay = psycopg.connect(database_url, autocommit=True)
@@ -53,7 +46,7 @@ def test_a_cancel_racing_an_outcome_batch_never_deadlocks(database_url: str, db)
         written = pool.submit(SyncStore(relay).record_outcomes, batch, "relay-a")
         wait_for(lambda: _blocked(db, relay), timeout=10)  # leases deleted, waits for row 2
         cancelled = pool.submit(_cancel, app, one.identifier)
-        # outbox_0020's trigger only stamped the request here; outbox_0024's probe waits
+        # a stamp only: outbox_0024's probe waited here, outbox_0028 runs none
         wait_for(lambda: cancelled.done() or _blocked(db, app), timeout=10)
         holder.rollback()
         assert cancelled.result(timeout=30) == "in_flight"
@@ -62,12 +55,6 @@ def test_a_cancel_racing_an_outcome_batch_never_deadlocks(database_url: str, db)
     assert (row(database_url, one.identifier)["action"]) == "cancel"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=psycopg.errors.DeadlockDetected,
-    reason="outbox_0024: the same cycle with a webhook's rejection (it deletes the leases it "
-    "names, then updates the rows)",
-)
 def test_a_cancel_racing_a_webhook_rejection_never_deadlocks(database_url: str, db) -> None:
     """Stripe's error report names rows 2 and 1 while their reports are in flight; an
     application transaction holds row 2 and another cancels row 1."""

@@ -4,8 +4,6 @@ tops up after its walk found a head."""
 
 from typing import Any
 
-import pytest
-
 from relay.core.top_up import TopUp
 from relay.db.store import SyncStore
 from tests.support.relay import insert_usage, make_settings, running_relay, states
@@ -15,11 +13,6 @@ async def _accepted(url: str, n: int) -> bool:
     return states(url).get("accepted", 0) == n
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a v2 relay claims nothing while every lane's head is leased: the top-up runs only "
-    "after the walk found a head, and a leased head stays its lane's head (outbox_0020)",
-)
 async def test_v2_rows_behind_a_leased_head_are_sent(database_url, emulator, db) -> None:
     """A relay that died holding the head of the only lane (its lease still live): the lane's
     other 19 rows are due and unleased, v2 needs no exclusivity per lane, and a live relay
