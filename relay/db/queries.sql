@@ -488,7 +488,11 @@ SELECT o.id, o.identifier,
        o.last_error_code, o.last_error_message, o.stripe_request_id, o.created_at,
        coalesce(o.first_attempt_at, l.first_claimed_at) AS first_attempt_at,
        o.accepted_at, o.cancel_requested_at, o.cancelled_at, o.updated_at, o.inferred_from,
-       coalesce(l.leased_until, o.available_at) - now() AS due_in
+       -- An infinite available_at (nothing CHECKs it finite; PostgreSQL refuses to subtract
+       -- it): '-infinity' is due now, 'infinity' never (NULL)
+       CASE WHEN isfinite(coalesce(l.leased_until, o.available_at))
+            THEN coalesce(l.leased_until, o.available_at) - now()
+            WHEN o.available_at < now() THEN interval '0' END AS due_in
 FROM meter_event_outbox o
 LEFT JOIN meter_event_outbox_leases l ON l.outbox_id = o.id AND o.state = 'pending'
 WHERE o.identifier = :identifier
