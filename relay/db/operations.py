@@ -15,7 +15,7 @@ from relay.core.meters import HELD_CODES, WHAT_TO_DO
 from relay.core.unsent import state_counts
 from relay.core.vocabulary import State
 from relay.db import outage
-from relay.db.pool import SET_UTC, set_prepare_sync
+from relay.db.pool import SET_UTC, load_any_timestamp, set_prepare_sync
 from relay.db.queries import ConfirmationCounts, RetryHow
 from relay.db.store import RetryCandidate, SyncStore, confirmation_summary
 
@@ -24,9 +24,11 @@ LIVE_SECONDS = 5.0
 
 
 def connect(database_url: str) -> psycopg.Connection:
-    """An autocommit connection that reads timestamps in UTC and prepares no statement behind
-    a pooler (as the relay's pool)."""
+    """An autocommit connection that reads timestamps in UTC (infinite ones too: an operator
+    must be able to look at any row) and prepares no statement behind a pooler (as the relay's
+    pool)."""
     conn = psycopg.connect(psycopg_url(database_url), autocommit=True)
+    load_any_timestamp(conn)
     conn.execute(SET_UTC, prepare=False)
     set_prepare_sync(conn)
     return conn
@@ -191,6 +193,11 @@ def summary(row: dict[str, Any], attempts: list[dict[str, Any]], now: datetime) 
         return f"cancelled at {_iso(row['cancelled_at'])}"
     if state == "failed":
         return f"failed ({code}) after {row['attempts']} attempt(s): retry or cancel it"
+    if state == "in_flight" and row["available_at"] <= now:
+        return (
+            f"in flight: its lease ran out (leased by {row['leased_by']}, which died or stalled "
+            "after its call may have reached Stripe); the next claim sends it again, same key"
+        )
     if state == "in_flight":
         return f"in flight: a call is running (leased by {row['leased_by']})"
     wait = max(0.0, (row["available_at"] - now).total_seconds())

@@ -6,11 +6,14 @@ holds a transaction open while it talks to Stripe.
 """
 
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
-from psycopg import AsyncConnection, Connection
+from psycopg import AsyncConnection, Connection, DataError
+from psycopg.abc import Buffer
 from psycopg.rows import TupleRow
+from psycopg.types.datetime import TimestamptzLoader
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
@@ -60,21 +63,50 @@ def set_prepare_sync(conn: Connection[Any], prepare: Prepare = "auto") -> None:
             conn.prepare_threshold = None
 
 
+class AnyTimestamptzLoader(TimestamptzLoader):
+    """timestamptz values Python's datetime cannot hold, as its ends instead of an error.
+
+    Nothing in the schema keeps available_at (or another timestamp an owner writes by hand)
+    within years 1-9999: 'infinity', '-infinity' or a date BC loaded by psycopg's own loader
+    fails the whole statement, so `inspect`, `list` or the console would fail on such a row.
+    The operators' connections and the console's pool load them as datetime.max and
+    datetime.min (UTC). The relay's own pool keeps psycopg's C loader: this one runs Python
+    per value, and the claim's statements never return such a value.
+    """
+
+    def load(self, data: Buffer) -> datetime:
+        try:
+            return super().load(data)
+        except DataError:
+            text = bytes(data)
+            if text.startswith(b"-") or text.endswith(b"BC"):
+                return datetime.min.replace(tzinfo=UTC)
+            return datetime.max.replace(tzinfo=UTC)
+
+
+def load_any_timestamp(conn: Connection[Any] | AsyncConnection[Any]) -> None:
+    """On `conn`, timestamptz values beyond datetime's years load as its ends (see above)."""
+    conn.adapters.register_loader("timestamptz", AnyTimestamptzLoader)
+
+
 def _configurer(
-    prepare: Prepare, *statements: str
+    prepare: Prepare, *statements: str, any_timestamp: bool = False
 ) -> Callable[[AsyncConnection[TupleRow]], Awaitable[None]]:
     """Autocommit (every statement its own short transaction), UTC (SET_UTC), prepares as
     `prepare` says, and orjson for the jsonb columns still read as jsonb (the console,
     `inspect`, webhooks); the hot claim reads the payload as text (relay/stripe/calls.py
     splices it). Then `statements` (session settings), in that order, on a direct connection
     only: behind a transaction pooler a SET lands on whichever server connection ran it, and
-    stays there for the next client (PgBouncer restores only the parameters it tracks)."""
+    stays there for the next client (PgBouncer restores only the parameters it tracks).
+    `any_timestamp`: load every timestamptz, infinite ones included (AnyTimestamptzLoader)."""
 
     async def configure(conn: AsyncConnection[TupleRow]) -> None:
         await conn.set_autocommit(True)
         await conn.execute(SET_UTC, prepare=False)
         pooled = await _set_prepare(conn, prepare)
         set_json_loads(orjson.loads, conn)
+        if any_timestamp:
+            load_any_timestamp(conn)
         for statement in () if pooled else statements:
             await conn.execute(statement, prepare=False)
 
@@ -136,7 +168,9 @@ def make_reader_pool(
     return _pool(
         database_url,
         max_size,
-        _configurer(prepare, f"SET statement_timeout = {int(statement_timeout_ms)}"),
+        _configurer(
+            prepare, f"SET statement_timeout = {int(statement_timeout_ms)}", any_timestamp=True
+        ),
         "outbox-relay-console",
         kwargs={"application_name": "outbox-relay-console"},
         timeout=5.0,

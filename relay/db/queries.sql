@@ -157,9 +157,13 @@ filled AS MATERIALIZED (
 )
 SELECT id, NULL::timestamptz AS available_at, in_flight FROM chosen
 UNION ALL
--- '-infinity' has no datetime in Python: such a row moves no cursor, as a head does (the top-up
--- then counts short and the next one starts from the start).
-SELECT id, CASE WHEN isfinite(available_at) THEN available_at END, in_flight FROM filled
+-- '-infinity' and dates before year 1 have no datetime in Python (psycopg refuses to load them):
+-- such a row moves no cursor, as a head does (the top-up then counts short and the next one
+-- starts from the start). Rows due later than year 9999 are never due, so never here.
+SELECT id,
+       CASE WHEN available_at >= TIMESTAMPTZ '0001-01-01 00:00:00+00' THEN available_at END,
+       in_flight
+FROM filled
 
 -- name: lease
 -- The claim's second statement, in the same transaction as `claim`, on the rows it locked. Its
@@ -471,8 +475,10 @@ CROSS JOIN LATERAL (
 -- name: row_story
 -- Every column of one row an operator may need (`inspect`, the console's row page), and how
 -- long until it is due by the database's clock (the one clock).
--- A pending row with a live lease (migration outbox_0020) is in flight: its state, holder and
--- deadline come from the lease.
+-- A pending row with a lease (migration outbox_0020) is in flight: its state, holder, first
+-- claim and deadline come from the lease. An expired lease counts too: its holder died or
+-- stalled after it may have called Stripe, and the row is in flight until a claim takes it
+-- over (as cancel_usage treats it, and as the row said before the lease left it).
 SELECT o.id, o.identifier,
        CASE WHEN l.leased_until IS NOT NULL THEN 'in_flight' ELSE o.state END AS state,
        o.action, o.event_name, o.customer, o.value, o.payload, o.dimensions, o.metadata,
@@ -482,10 +488,13 @@ SELECT o.id, o.identifier,
        o.last_error_code, o.last_error_message, o.stripe_request_id, o.created_at,
        coalesce(o.first_attempt_at, l.first_claimed_at) AS first_attempt_at,
        o.accepted_at, o.cancel_requested_at, o.cancelled_at, o.updated_at, o.inferred_from,
-       coalesce(l.leased_until, o.available_at) - now() AS due_in
+       -- An infinite available_at (nothing CHECKs it finite; PostgreSQL refuses to subtract
+       -- it): '-infinity' is due now, 'infinity' never (NULL)
+       CASE WHEN isfinite(coalesce(l.leased_until, o.available_at))
+            THEN coalesce(l.leased_until, o.available_at) - now()
+            WHEN o.available_at < now() THEN interval '0' END AS due_in
 FROM meter_event_outbox o
-LEFT JOIN meter_event_outbox_leases l
-       ON l.outbox_id = o.id AND o.state = 'pending' AND l.leased_until > now()
+LEFT JOIN meter_event_outbox_leases l ON l.outbox_id = o.id AND o.state = 'pending'
 WHERE o.identifier = :identifier
 
 -- name: retry

@@ -163,16 +163,23 @@ class Producer:
             one_walk = not (ids and wrapped.ids)  # else a head seen twice is claimed once
             ids, cursor = ids + wrapped.ids, wrapped.cursor
         self._cursor = cursor or FIRST_LANE
-        if not ids:
+        if not ids and (cursor is not None or self._exclusive):
             return cursor is not None
         # v2 stream: top up with the oldest other due rows (lanes need no exclusivity there),
-        # after where this relay's previous top-up stopped (relay.core.top_up).
+        # after where this relay's previous top-up stopped (relay.core.top_up). Also when the
+        # walk found no head at all: a leased row stays its lane's head (outbox_0020), so a
+        # lane whose head is in flight, or held by a relay that died, still has due rows.
         fill = 0 if self._exclusive else wanted - len(ids)
+        self._start_claim(ids, fill, one_walk)
+        if not ids:  # a top-up alone: its claim pokes the wakeup if it found rows
+            return False
+        return len(ids) == wanted or cursor is not None or fill > 0
+
+    def _start_claim(self, ids: list[int], fill: int, one_walk: bool) -> None:
         self.capacity.reserve(len(ids) + fill)
         task = asyncio.create_task(self.claim(ids, fill, one_walk), name="claim")
         self._claims.add(task)
         task.add_done_callback(self._claimed)
-        return len(ids) == wanted or cursor is not None or fill > 0
 
     def _claimed(self, task: asyncio.Task[None]) -> None:
         self._claims.discard(task)

@@ -82,8 +82,10 @@ def test_a_cancel_racing_an_outcome_batch_never_deadlocks(
     leases and waits for row 2. Another application transaction cancels row 1: under
     outbox_0020 its trigger saw the lease (the deletion is not committed) and only stamped the
     request; outbox_0024's probe waited for the outcome, and when row 2 was released the outcome
-    waited for row 1: PostgreSQL aborted one of them (the cancel: it waited first). The trigger
-    reads the lease table first again (outbox_0029): it sees the lease and only stamps."""
+    waited for row 1: PostgreSQL aborted one of them (the cancel: it waited first). This
+    release's cancel_usage sees the lease itself and leaves the row pending, which runs no
+    trigger since outbox_0028; the previous release's cancels the row, and the trigger reads
+    the lease table first again (outbox_0029): it sees the lease and only stamps."""
     insert_usage(database_url, 2, customers=2)
     one, two = claim(db, "relay-a", lease=30)
     relay = psycopg.connect(database_url, autocommit=True)

@@ -3,18 +3,12 @@ call leaves its row pending with an expired lease, and the row's story no longer
 report may be at Stripe."""
 
 import psycopg
-import pytest
 
 import outbox
 from relay.db import operations
 from tests.support.relay import claim, expire_leases, insert_usage
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="row_story joins only a live lease: an expired one (a relay that died after its "
-    "call) reads as 'waiting to be sent', first attempt none, while cancel_usage says in_flight",
-)
 def test_inspect_of_a_row_whose_relay_died_after_its_call_says_it_may_be_at_stripe(
     database_url: str, db: psycopg.Connection
 ) -> None:
@@ -32,3 +26,4 @@ def test_inspect_of_a_row_whose_relay_died_after_its_call_says_it_may_be_at_stri
     assert cancel_says == "in_flight"
     told = (found["state"], found["leased_by"], found["first_attempt_at"])
     assert told == ("in_flight", "relay-a", held.first_attempt_at), found["summary"]
+    assert found["summary"].startswith("in flight: its lease ran out (leased by relay-a")

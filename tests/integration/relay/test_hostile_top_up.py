@@ -4,9 +4,6 @@ tops up after its walk found a head."""
 
 from typing import Any
 
-import psycopg
-import pytest
-
 from relay.core.top_up import TopUp
 from relay.db.store import SyncStore
 from tests.support.relay import insert_usage, make_settings, running_relay, states
@@ -16,11 +13,6 @@ async def _accepted(url: str, n: int) -> bool:
     return states(url).get("accepted", 0) == n
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a v2 relay claims nothing while every lane's head is leased: the top-up runs only "
-    "after the walk found a head, and a leased head stays its lane's head (outbox_0020)",
-)
 async def test_v2_rows_behind_a_leased_head_are_sent(database_url, emulator, db) -> None:
     """A relay that died holding the head of the only lane (its lease still live): the lane's
     other 19 rows are due and unleased, v2 needs no exclusivity per lane, and a live relay
@@ -40,13 +32,6 @@ async def test_v2_rows_behind_a_leased_head_are_sent(database_url, emulator, db)
         await relay.until(lambda: _accepted(database_url, 19), timeout=20)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=psycopg.DataError,
-    reason="the claim returns the top-up rows' available_at (the cursor) and psycopg cannot "
-    "load a timestamp before year 1: the whole claim fails, and every top-up from the start "
-    "meets the row again (the same class as '-infinity', being fixed elsewhere)",
-)
 def test_a_row_due_before_year_1_does_not_fail_the_claim(database_url: str, db) -> None:
     """available_at is not checked by a constraint; a row written with a date before year 1
     (direct SQL) is due and the oldest, so every top-up from the start locks it. Before the
