@@ -1,6 +1,6 @@
 """Hostile review of `inspect` since the lease table (outbox_0020): a relay that died after its
-call leaves its row pending with an expired lease, and the row's story no longer says that a
-report may be at Stripe."""
+call leaves its row pending with an expired lease, and the row's story must still say that a
+report may be at Stripe (it is in flight until a claim takes it over)."""
 
 import psycopg
 

@@ -1,6 +1,6 @@
 """Hostile review of the v2 claim since the lease table (outbox_0020) and the top-up cursor
-(outbox_0026, relay.core.top_up): a leased row stays its lane's head, and a v2 relay only
-tops up after its walk found a head."""
+(outbox_0026, relay.core.top_up): a leased row stays its lane's head, so a v2 relay tops up
+even when its walk found no head; and the cursor never carries a time psycopg cannot load."""
 
 from typing import Any
 
