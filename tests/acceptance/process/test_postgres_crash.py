@@ -29,10 +29,14 @@ def cluster() -> Iterator[PrivateCluster]:
         yield made
 
 
-def lease_tokens(url: str) -> set[str]:
+def lease_tokens(url: str) -> set[tuple[int, str]]:
+    """The live leases, each as (row, token): one claim's leases share a token."""
     with psycopg.connect(url) as conn:
         return {
-            str(t) for (t,) in conn.execute("SELECT lease_token FROM meter_event_outbox_leases")
+            (i, str(t))
+            for (i, t) in conn.execute(
+                "SELECT outbox_id, lease_token FROM meter_event_outbox_leases"
+            )
         }
 
 
