@@ -54,12 +54,19 @@ class Completer:
         self._unwritten = 0  # recorded, not written yet (queued or being written)
         self._all_written = asyncio.Event()
         self._all_written.set()
+        # Positions in the order of `record`: how many were recorded, how many taken into a
+        # batch, and the first position of each batch being written (written_through_now).
+        self._recorded = 0
+        self._taken = 0
+        self._writing: set[int] = set()
+        self._settled = asyncio.Condition()
         # Notified after every outcome batch is written: tests and tools await it instead of
         # sleeping.
         self.flushed = asyncio.Condition()
 
     def record(self, outcome: Outcome) -> None:
         self._queue.append(outcome)
+        self._recorded += 1
         self._unwritten += 1
         if self._unwritten == 1:
             self._all_written.clear()
@@ -73,8 +80,28 @@ class Completer:
             slots = asyncio.Semaphore(MAX_FLUSHES)
             while True:
                 batch = await self._next_batch()
+                start, self._taken = self._taken, self._taken + len(batch)
+                self._writing.add(start)
                 await slots.acquire()
-                flushes.create_task(self._write(batch, slots), name="flush")
+                flushes.create_task(self._write(batch, slots, start), name="flush")
+
+    # `timeout` bounds the wait (the database may be away): past it, the caller goes on.
+    async def written_through_now(self, timeout: float) -> bool:  # noqa: ASYNC109
+        """Wait until every outcome recorded before this call has been written (or its batch
+        failed for good); False if `timeout` passed first. The meter refresh waits so before it
+        releases held rows: a row held by a verdict of the catalogue it just replaced is then
+        in the table, and released with the others."""
+        target = self._recorded
+
+        def done() -> bool:
+            return self._taken >= target and all(start >= target for start in self._writing)
+
+        try:
+            async with self._settled:
+                await asyncio.wait_for(self._settled.wait_for(done), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     # `timeout` is a share of the shutdown grace: past it, finish returns (it never raises).
     async def finish(self, timeout: float) -> None:  # noqa: ASYNC109
@@ -93,7 +120,7 @@ class Completer:
             await asyncio.sleep(self.settings.outcome_flush_delay)  # let the batch fill
         return [queue.popleft() for _ in range(min(OUTCOME_BATCH, len(queue)))]
 
-    async def _write(self, batch: list[Outcome], slots: asyncio.Semaphore) -> None:
+    async def _write(self, batch: list[Outcome], slots: asyncio.Semaphore, start: int) -> None:
         try:
             tracer = tracing.active
             start_ns = time.time_ns() if tracer else 0
@@ -110,6 +137,9 @@ class Completer:
             if not self._unwritten:
                 self._all_written.set()
             slots.release()
+            self._writing.discard(start)
+            async with self._settled:
+                self._settled.notify_all()
 
     async def _record_outcomes(self, batch: list[Outcome]) -> set[int]:
         """The `record_outcomes` query, retried while the database is away."""

@@ -204,6 +204,11 @@ class Executor:
                 sendable.append(r)
             else:
                 outcomes.append(outcome)
+        # Rows decided here (held for their meter, refused) are recorded before the call of the
+        # others: a meter refresh that changes the catalogue then finds them recorded, waits
+        # for them to be written, and releases them with the rest (meter_refresh.py).
+        self._record_all(outcomes)
+        outcomes = []
         try:
             if sendable:
                 if paced:
@@ -228,10 +233,13 @@ class Executor:
         finally:
             if sendable and self.outage is not None:
                 self.outage.release(sendable[0].id)  # a no-op once the call has settled it
-            for outcome in outcomes:
-                if outcome.kind != "answered":  # no answer: another row may probe
-                    self.auth.release(outcome.row)
-                self._record(outcome)
+            self._record_all(outcomes)
+
+    def _record_all(self, outcomes: list[Outcome]) -> None:
+        for outcome in outcomes:
+            if outcome.kind != "answered":  # no answer: another row may probe
+                self.auth.release(outcome.row)
+            self._record(outcome)
 
     async def _send(
         self,

@@ -28,6 +28,9 @@ log = structlog.get_logger("relay")
 Fetch = Callable[[str], Awaitable[list[MeterInfo]]]
 # Seconds between meter reads while Stripe has never answered (the relay is not ready yet).
 UNREACHED_RETRY = 5.0
+# How long a pass waits for the outcomes decided before it to be written, before it releases
+# held rows anyway (a row held meanwhile then waits for the next pass, as before).
+SETTLE_SECONDS = 10.0
 
 
 class MeterRefresh:
@@ -42,6 +45,7 @@ class MeterRefresh:
         on_key_refused: Callable[[str], None] = lambda detail: None,
         on_key_accepted: Callable[[], None] = lambda: None,
         reachability: Reachability | None = None,
+        written: Callable[[float], Awaitable[bool]] | None = None,
     ) -> None:
         self.store = store
         self.catalogue = catalogue
@@ -50,6 +54,9 @@ class MeterRefresh:
         self._on_key_refused = on_key_refused
         self._on_key_accepted = on_key_accepted
         self._reachability = reachability or Reachability(reached=True)
+        # The completer's written_through_now: outcomes decided before the catalogue changed
+        # are in the table before the release looks for held rows.
+        self._written = written
         self._outcomes: dict[str, str] = {}  # account -> last read outcome (for log lines)
         self._poke = asyncio.Event()
         catalogue.on_request = self._poke.set
@@ -85,6 +92,8 @@ class MeterRefresh:
             accounts = self.catalogue.accounts()
         for account in sorted(accounts | wanted):
             await self._read(account)
+        if self._written is not None and not await self._written(SETTLE_SECONDS):
+            log.warning("meter_release_early", detail="outcomes still unwritten")
         try:
             await self._release()
             seen = self.catalogue.take_seen()

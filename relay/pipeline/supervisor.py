@@ -236,6 +236,7 @@ class Relay:
             on_key_refused=self.auth.refuse_key,
             on_key_accepted=self.auth.key_accepted,
             reachability=self.reachability,
+            written=self.completer.written_through_now,
         )
         return catalogue, refresh
 

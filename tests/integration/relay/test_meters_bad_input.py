@@ -172,3 +172,28 @@ async def test_catalogue_table_edited_by_hand(
         await relay.until(lambda: accepted(database_url, 2))
     emulator.flush_error_reports()
     assert emulator.ledger().rejected == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_row_held_just_before_its_meter_appears_is_released_by_that_refresh(
+    database_url: str, emulator: Emulator, mode: str
+) -> None:
+    """The relay holds a row for its missing meter; the meter appears and a refresh pass runs
+    while that hold is still on its way to the table (the outcome batch waits to fill). The
+    pass waits for it to be written and releases it: the row flows now, not a hold later (the
+    release once missed it: the row was in flight, so not held yet, when the pass looked)."""
+    settings = settings_for(database_url, emulator, mode, outcome_flush_delay=1.0)
+    async with running_relay(settings) as relay:
+        emulator.remove_meter("mtr_api_calls")
+        await refresh_pass(relay)
+        meters = relay.relay.meters
+        assert meters is not None
+
+        async def holding() -> bool:
+            return meters.holding.get(("", "api_calls")) == "meter_missing"
+
+        record(database_url, "api_calls", 1)
+        await relay.until(holding, timeout=20)  # decided and recorded, not written yet
+        emulator.add_meter(Meter("api_calls", id="mtr_api_calls_v2"))
+        await refresh_pass(relay)
+        await relay.until(lambda: accepted(database_url, 1), timeout=20)
