@@ -2,23 +2,25 @@
 and `record_outcomes`, each checkout's relay side by side in the same rounds.
 
     python -m bench.store_statements --trees /work/main,$PWD [--rounds 3] [--reps 12]
+        [--metadata-bytes 1024 --dimensions 3]
 
 Per round and checkout (a child process with that tree on PYTHONPATH: its migrations, its
 queries.sql, its store.py building the parameters), in each mode (v1: the lane walk, one call
-per row, each with its own request id; v2-stream: one decision per call of 100 rows): a
-scratch database of ROWS pending rows over CUSTOMERS customers, 1,000 of them leased by
+per row, each with its own request id; v2-stream: one decision per call of 100 rows): a scratch
+database of ROWS pending rows over CUSTOMERS customers (each with metadata of METADATA_BYTES,
+`{}` by default, and DIMENSIONS dimension keys, none by default), 1,000 of them leased by
 another relay (a batch in flight), vacuumed and analyzed. Then REPS times, in one transaction
 that is rolled back (so every repetition sees the same table; a VACUUM from another connection
-between them): the walk of 1,000 lane heads from the first lane, the claim and the lease of
-what it chose, and the outcome of every leased row (accepted; on every other repetition one
-row in ten has a cancel requested while in flight, set before the outcome and not measured,
-so both routes of `record_outcomes` run). Each statement's figure is the serving backend's CPU
-time from /proc/<pid>/schedstat (nanoseconds) across that statement alone, divided by its
-rows; the first WARMUP repetitions are not counted (prepared statements settle on their plan).
+between them): the walk of 1,000 lane heads from the first lane, the claim and the lease of what
+it chose, and the outcome of every leased row (accepted; on every other repetition one row in
+ten has a cancel requested while in flight, set before the outcome and not measured, so both
+routes of `record_outcomes` run). Each statement's figure is the serving backend's CPU time from
+/proc/<pid>/schedstat (nanoseconds) across that statement alone, divided by its rows; the first
+WARMUP repetitions are not counted (prepared statements settle on their plan).
 `--plan-cache-mode force_generic_plan` gives the prepared statements (all but `claim`) the
-generic plans a running relay's settle on (auto_explain shows them in (e)). Also the client's
-CPU (this process) per row of the outcome call: building its parameters and reading its
-answer. Medians over repetitions and rounds. Nothing is asserted: read the table.
+generic plans a running relay's settle on (auto_explain shows them in (e)).
+Also the client's CPU (this process) per row of the outcome call: building its parameters and
+reading its answer. Medians over repetitions and rounds. Nothing is asserted: read the table.
 """
 
 from __future__ import annotations
@@ -58,7 +60,14 @@ def backend_cpu_ns(pid: int) -> int:
 
 
 def child(
-    admin_url: str, mode: str, rows: int, customers: int, reps: int, plan_cache_mode: str
+    admin_url: str,
+    mode: str,
+    rows: int,
+    customers: int,
+    reps: int,
+    plan_cache_mode: str,
+    metadata_bytes: int = 2,
+    dimensions: int = 0,
 ) -> dict[str, Any]:
     """One checkout, one mode: every figure's samples in us per row (this tree's relay)."""
     from relay.db import migrate
@@ -71,10 +80,11 @@ def child(
         migrate.upgrade(url)
         with psycopg.connect(url, autocommit=True) as setup:
             setup.execute(
-                "INSERT INTO meter_event_outbox (identifier, event_name, customer, value)"
-                " SELECT 'r' || g, 'api_calls', 'cus_' || (g %% %s), 1"
+                "INSERT INTO meter_event_outbox"
+                " (identifier, event_name, customer, value, metadata, dimensions)"
+                " SELECT 'r' || g, 'api_calls', 'cus_' || (g %% %s), 1, %s::jsonb, %s::jsonb"
                 " FROM generate_series(1, %s) g",
-                (customers, rows),
+                (customers, _metadata(metadata_bytes), _dimensions(dimensions), rows),
             )
             _held_batch(setup, mode)
             setup.execute("VACUUM ANALYZE meter_event_outbox, meter_event_outbox_leases")
@@ -82,6 +92,15 @@ def child(
     finally:
         with psycopg.connect(admin_url, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _metadata(size: int) -> str:
+    """A metadata object of `size` bytes as jsonb prints it ({} for 2)."""
+    return "{}" if size <= 2 else json.dumps({"pad": "x" * max(size - 11, 0)})
+
+
+def _dimensions(keys: int) -> str:
+    return json.dumps({f"dim_{k}": f"value-{k}" for k in range(keys)})
 
 
 def _held_batch(conn: psycopg.Connection, mode: str) -> None:
@@ -190,7 +209,18 @@ def run_child(tree: str, mode: str, args: argparse.Namespace) -> dict[str, Any]:
         sys.executable,
         __file__,
         "--child",
-        json.dumps([ADMIN_URL, mode, args.rows, args.customers, args.reps, args.plan_cache_mode]),
+        json.dumps(
+            [
+                ADMIN_URL,
+                mode,
+                args.rows,
+                args.customers,
+                args.reps,
+                args.plan_cache_mode,
+                args.metadata_bytes,
+                args.dimensions,
+            ]
+        ),
     ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800, check=False)
     if done.returncode != 0:
@@ -208,6 +238,10 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=12, help="measured repetitions per child")
     parser.add_argument("--rows", type=int, default=60_000)
     parser.add_argument("--customers", type=int, default=10_000)
+    parser.add_argument(
+        "--metadata-bytes", type=int, default=2, help="each row's metadata, as printed ({}: 2)"
+    )
+    parser.add_argument("--dimensions", type=int, default=0, help="dimension keys per row")
     parser.add_argument(
         "--plan-cache-mode",
         default="auto",
@@ -231,7 +265,8 @@ def main() -> None:
     for mode in MODES:
         print(
             f"\n{mode}: us per row, median of {args.rounds} round(s) x {args.reps} reps,"
-            f" plan_cache_mode {args.plan_cache_mode}\n"
+            f" plan_cache_mode {args.plan_cache_mode}, metadata {args.metadata_bytes} bytes,"
+            f" {args.dimensions} dimensions\n"
         )
         head = ["statement", *(_label(t) for t in trees)]
         print("| " + " | ".join(head) + " |")

@@ -1,0 +1,150 @@
+"""The rules on what the application writes hold for every row that can still be sent: they are
+checked while a row is pending (its insert, and a retry that makes it pending again), not on the
+updates that take it out of pending (an outcome), which never change that content and which
+PostgreSQL would otherwise make re-check it all (every CHECK runs on every update).
+
+The migration adds the rules NOT VALID and validates them at once on a small table; on a table
+over 64 MB it leaves them for later (a check of every row under ALTER TABLE's lock would hold the
+application's inserts), and `outbox-relay doctor` gives the online command."""
+
+import json
+
+import psycopg
+import pytest
+
+from relay.cli.doctor import Report, check_database
+from relay.db import migrate
+
+RULES = (
+    "customer_valid",
+    "dimensions_valid",
+    "event_name_valid",
+    "identifier_valid",
+    "metadata_valid",
+    "occurred_at_window",
+    "stripe_account_valid",
+    "trace_context_size",
+    "value_valid",
+)
+TOO_BIG = json.dumps({"pad": "x" * 17_000})  # over the 16,384 bytes the rule allows
+
+
+def _row(db: psycopg.Connection) -> int:
+    got = db.execute(
+        "INSERT INTO meter_event_outbox (identifier, event_name, customer, value)"
+        " VALUES ('r1', 'api_calls', 'cus_1', 1) RETURNING id"
+    ).fetchone()
+    assert got is not None
+    return int(got[0])
+
+
+def test_an_update_taking_a_row_out_of_pending_does_not_check_the_content(
+    db: psycopg.Connection,
+) -> None:
+    """Content the rules refuse, set by the very update that settles the row, is not looked at:
+    the rules are not evaluated once the row is no longer pending."""
+    row = _row(db)
+    db.execute(
+        "UPDATE meter_event_outbox SET state = 'accepted', metadata = %s::jsonb,"
+        " customer = 'not a customer' WHERE id = %s",
+        (TOO_BIG, row),
+    )
+    assert db.execute("SELECT state FROM meter_event_outbox WHERE id = %s", (row,)).fetchone() == (
+        "accepted",
+    )
+
+
+def test_a_pending_row_is_checked_on_insert_and_on_every_update(db: psycopg.Connection) -> None:
+    with pytest.raises(psycopg.errors.CheckViolation) as err:
+        db.execute(
+            "INSERT INTO meter_event_outbox (identifier, event_name, customer, value, metadata)"
+            " VALUES ('r0', 'api_calls', 'cus_1', 1, %s::jsonb)",
+            (TOO_BIG,),
+        )
+    assert err.value.diag.constraint_name == "meter_event_outbox_metadata_valid"
+    row = _row(db)
+    with pytest.raises(psycopg.errors.CheckViolation) as err:
+        db.execute(
+            "UPDATE meter_event_outbox SET metadata = %s::jsonb WHERE id = %s", (TOO_BIG, row)
+        )
+    assert err.value.diag.constraint_name == "meter_event_outbox_metadata_valid"
+
+
+@pytest.mark.parametrize("state", ["failed", "rejected", "accepted"])
+def test_a_row_made_pending_again_is_checked_again(state: str, db: psycopg.Connection) -> None:
+    """A retry makes a row pending again: the rules run again, so nothing they refuse can be
+    sent, whatever was written to the row while it was out of pending."""
+    row = _row(db)
+    db.execute(
+        "UPDATE meter_event_outbox SET state = %s, metadata = %s::jsonb WHERE id = %s",
+        (state, TOO_BIG, row),
+    )
+    with pytest.raises(psycopg.errors.CheckViolation) as err:
+        db.execute("UPDATE meter_event_outbox SET state = 'pending' WHERE id = %s", (row,))
+    assert err.value.diag.constraint_name == "meter_event_outbox_metadata_valid"
+
+
+def test_the_rules_are_validated_on_a_small_table(db: psycopg.Connection) -> None:
+    validated = dict(
+        db.execute(
+            "SELECT conname, convalidated FROM pg_constraint"
+            " WHERE conrelid = 'meter_event_outbox'::regclass AND contype = 'c'"
+        ).fetchall()
+    )
+    assert all(validated[f"meter_event_outbox_{rule}"] for rule in RULES), validated
+
+
+def test_on_a_large_table_the_rules_are_enforced_unvalidated_and_doctor_says_how_to_validate(
+    empty_database_url: str,
+) -> None:
+    url = empty_database_url
+    migrate.upgrade(url, "outbox_0029")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(  # about 80 MB of heap: rows of 1.5 KB, stored inline
+            "INSERT INTO meter_event_outbox (identifier, event_name, customer, value, metadata)"
+            " SELECT 'r' || g, 'api_calls', 'cus_1', 1,"
+            "        jsonb_build_object('pad', repeat(md5(g::text), 45))"
+            " FROM generate_series(1, 50000) g"
+        )
+        size = conn.execute("SELECT pg_relation_size('meter_event_outbox')").fetchone()
+        assert size is not None and size[0] > 64 * 1024 * 1024
+    migrate.upgrade(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        unvalidated = [
+            name
+            for (name,) in conn.execute(
+                "SELECT conname FROM pg_constraint WHERE conrelid = 'meter_event_outbox'::regclass"
+                " AND NOT convalidated ORDER BY conname"
+            )
+        ]
+        assert unvalidated == [f"meter_event_outbox_{rule}" for rule in RULES]
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute(
+                "INSERT INTO meter_event_outbox (identifier, event_name, customer, value)"
+                " VALUES ('new', 'api_calls', 'not a customer', 1)"
+            )
+        report = Report()
+        check_database(report, url)
+        (note,) = [c for c in report.checks if "not yet checked" in c.message]
+        assert note.level == "ok" and note.message.startswith("9 rules are enforced")
+        for statement in note.fix.split(": ", 1)[1].split("; "):
+            conn.execute(statement)  # the online command doctor gives, as given
+        assert conn.execute(
+            "SELECT count(*) FROM pg_constraint WHERE conrelid = 'meter_event_outbox'::regclass"
+            " AND NOT convalidated"
+        ).fetchone() == (0,)
+    report = Report()
+    check_database(report, url)
+    assert not [c for c in report.checks if "not yet checked" in c.message]
+
+
+def test_a_fresh_tables_first_range_has_no_summary_to_widen(db: psycopg.Connection) -> None:
+    """The block range index of a fresh table keeps no summary of its first range, so an insert
+    there writes nothing to the index: an insert into a summarized range logs the widening of
+    the summary (about 30 bytes of WAL per fact). Summarizing now finds that range to do."""
+    for n in range(20):
+        db.execute("SELECT outbox_record_usage('api_calls', 'cus_1', 1, %s)", (f"f{n}",))
+    summarized = db.execute(
+        "SELECT brin_summarize_new_values('meter_event_outbox_created_brin'::regclass)"
+    ).fetchone()
+    assert summarized == (1,)
