@@ -13,7 +13,9 @@ import psycopg
 import pytest
 
 from relay.cli.doctor import Report, check_database
-from relay.db import migrate
+from relay.db import migrate, roles
+from tests.acceptance.process.test_roles import _as_user
+from tests.pg import admin_execute, unique_name
 
 RULES = (
     "customer_valid",
@@ -148,3 +150,104 @@ def test_a_fresh_tables_first_range_has_no_summary_to_widen(db: psycopg.Connecti
         "SELECT brin_summarize_new_values('meter_event_outbox_created_brin'::regclass)"
     ).fetchone()
     assert summarized == (1,)
+
+
+def _unvalidated(conn: psycopg.Connection) -> list[str]:
+    return [
+        name
+        for (name,) in conn.execute(
+            "SELECT conname FROM pg_constraint WHERE conrelid = 'meter_event_outbox'::regclass"
+            " AND NOT convalidated ORDER BY conname"
+        )
+    ]
+
+
+def test_a_not_valid_constraint_of_the_applications_own_is_left_alone(
+    empty_database_url: str,
+) -> None:
+    """An application may keep a rule of its own on the table NOT VALID, its old rows breaking
+    it: the migration validates its nine rules only (the upgrade and the downgrade failed with
+    that rule's CheckViolation), and doctor's note is about those nine only."""
+    url = empty_database_url
+    migrate.upgrade(url, "outbox_0029")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT outbox_record_usage('api_calls', 'legacy-customer', 1, 'old')")
+        conn.execute(
+            "ALTER TABLE meter_event_outbox ADD CONSTRAINT shop_customer_prefix"
+            " CHECK (customer LIKE 'cus\\_%') NOT VALID"
+        )
+    migrate.upgrade(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert _unvalidated(conn) == ["shop_customer_prefix"]
+    report = Report()
+    check_database(report, url)
+    assert not [c for c in report.checks if "not yet checked" in c.message]
+    assert "shop_customer_prefix" not in str(report.checks)
+    migrate.downgrade(url, "outbox_0029")
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert _unvalidated(conn) == ["shop_customer_prefix"]
+
+
+def test_the_size_that_decides_the_validation_counts_the_toast_table(
+    empty_database_url: str,
+) -> None:
+    """Metadata of several KB lives in the TOAST table, and the metadata rule reads it all
+    back: 72 MB of it behind a 2 MB heap is not validated under the migration's lock."""
+    url = empty_database_url
+    migrate.upgrade(url, "outbox_0029")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(  # 16,000 bytes of hex per row: stored out of line, uncompressed
+            "INSERT INTO meter_event_outbox (identifier, event_name, customer, value, metadata)"
+            " SELECT 'r' || g, 'api_calls', 'cus_1', 1, jsonb_build_object('pad',"
+            "   (SELECT string_agg(md5(g::text || '.' || i::text), '')"
+            "    FROM generate_series(1, 500) i))"
+            " FROM generate_series(1, 4500) g"
+        )
+        sizes = conn.execute(
+            "SELECT pg_relation_size('meter_event_outbox'), pg_table_size('meter_event_outbox')"
+        ).fetchone()
+        assert sizes is not None
+        assert sizes[0] < 64 * 1024 * 1024 < sizes[1]
+    migrate.upgrade(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert _unvalidated(conn) == [f"meter_event_outbox_{rule}" for rule in RULES]
+
+
+def test_doctors_note_names_the_owner_who_may_validate(
+    db: psycopg.Connection, database_url: str, pg_admin_url: str
+) -> None:
+    """Doctor runs as the relay's role, which may not VALIDATE (the table owner's right): the
+    note says whose command it is, and names the table by its schema."""
+    definition = db.execute(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
+        " WHERE conname = 'meter_event_outbox_customer_valid'"
+    ).fetchone()
+    assert definition is not None
+    db.execute(
+        "ALTER TABLE meter_event_outbox DROP CONSTRAINT meter_event_outbox_customer_valid,"
+        f" ADD CONSTRAINT meter_event_outbox_customer_valid {definition[0]} NOT VALID"
+    )
+    owner = db.execute("SELECT current_user").fetchone()
+    assert owner is not None
+    roles.apply(database_url)
+    login = unique_name("t_relay")
+    admin_execute(pg_admin_url, f'CREATE ROLE "{login}" LOGIN IN ROLE outbox_relay')
+    try:
+        as_relay = _as_user(database_url, login)
+        report = Report()
+        check_database(report, as_relay)
+        (note,) = [c for c in report.checks if "not yet checked" in c.message]
+        assert f"as the table's owner {owner[0]}:" in note.fix
+        (statement,) = note.fix.split(": ", 1)[1].split("; ")
+        assert statement == (
+            "ALTER TABLE public.meter_event_outbox"
+            " VALIDATE CONSTRAINT meter_event_outbox_customer_valid"
+        )
+        with (
+            psycopg.connect(as_relay, autocommit=True) as conn,
+            pytest.raises(psycopg.errors.InsufficientPrivilege),
+        ):
+            conn.execute(statement)
+        db.execute(statement)
+    finally:
+        admin_execute(pg_admin_url, f'DROP ROLE IF EXISTS "{login}"')
