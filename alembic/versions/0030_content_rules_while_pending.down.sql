@@ -26,10 +26,6 @@ ALTER TABLE meter_event_outbox
                AND NOT jsonb_path_exists(
                    metadata, 'strict $.**{32} ? (@.type() == "object" || @.type() == "array")'))
         NOT VALID,
-    DROP CONSTRAINT meter_event_outbox_occurred_at_window,
-    ADD CONSTRAINT meter_event_outbox_occurred_at_window
-        CHECK (occurred_at >= created_at - interval '840 hours'
-               AND occurred_at <= created_at + interval '5 minutes') NOT VALID,
     DROP CONSTRAINT meter_event_outbox_stripe_account_valid,
     ADD CONSTRAINT meter_event_outbox_stripe_account_valid
         CHECK (stripe_account IS NULL OR stripe_account ~ '^acct_[A-Za-z0-9]{1,250}$') NOT VALID,
@@ -46,7 +42,7 @@ BEGIN
     IF pg_catalog.pg_table_size('meter_event_outbox'::regclass) > 64 * 1024 * 1024 THEN
         RETURN;
     END IF;
-    -- These nine only: a NOT VALID constraint of the application's own on this table is left
+    -- These eight only: a NOT VALID constraint of the application's own on this table is left
     -- as its owner left it (its old rows may break it on purpose).
     FOR rule IN
         SELECT c.conname FROM pg_catalog.pg_constraint c
@@ -55,9 +51,8 @@ BEGIN
           AND c.conname = ANY (ARRAY[
               'meter_event_outbox_customer_valid', 'meter_event_outbox_dimensions_valid',
               'meter_event_outbox_event_name_valid', 'meter_event_outbox_identifier_valid',
-              'meter_event_outbox_metadata_valid', 'meter_event_outbox_occurred_at_window',
-              'meter_event_outbox_stripe_account_valid', 'meter_event_outbox_trace_context_size',
-              'meter_event_outbox_value_valid']::name[])
+              'meter_event_outbox_metadata_valid', 'meter_event_outbox_stripe_account_valid',
+              'meter_event_outbox_trace_context_size', 'meter_event_outbox_value_valid']::name[])
         ORDER BY c.conname
     LOOP
         EXECUTE pg_catalog.format('ALTER TABLE meter_event_outbox VALIDATE CONSTRAINT %I', rule);

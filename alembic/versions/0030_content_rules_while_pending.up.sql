@@ -1,13 +1,15 @@
 -- The rules on what the application writes (identifier, event name, customer, value,
--- dimensions, metadata, time, account, trace context) are checked while a row is pending: when
--- it is inserted, and whenever it becomes pending again (a retry). PostgreSQL evaluates every
+-- dimensions, metadata, account, trace context) are checked while a row is pending: when it is
+-- inserted, and whenever it is or becomes pending again (a retry). PostgreSQL evaluates every
 -- CHECK of a table on every update of a row, whichever columns the update sets, so each outcome
 -- the relay wrote re-checked content that no statement of the relay ever changes: two JSON path
 -- walks and the metadata printed as text, four regular expressions. That cost grows with the
--- row's metadata: 1.5 us of an outcome's ~21 us per row with empty metadata and dimensions,
--- 5.5 us with 1 KB of metadata and three dimensions (docs/benchmarks.md). A row that has left
--- pending is history: its content was checked before it could be sent, and the relay's own
--- rules (state, action, attempts, lease) are still checked on every update.
+-- row's metadata: 0.6 us of an outcome's ~21 us per row with empty metadata and dimensions,
+-- 3.4 us of ~31 with 1 KB of metadata and three dimensions (docs/benchmarks.md). A row that has
+-- left pending is history: its content was checked before it could be sent, and the relay's
+-- own rules (state, action, attempts, lease) are still checked on every update. So is the time
+-- window (occurred_at_window, two comparisons): the queries bounded by time rely on it for
+-- every row (drift bounds created_at by occurred_at).
 --
 -- Each constraint keeps its name (the library and the CLI say which rule a value broke by it).
 -- A constraint added to a table is checked against every row already there, under the lock
@@ -55,11 +57,6 @@ ALTER TABLE meter_event_outbox
                        metadata,
                        'strict $.**{32} ? (@.type() == "object" || @.type() == "array")')))
         NOT VALID,
-    DROP CONSTRAINT meter_event_outbox_occurred_at_window,
-    ADD CONSTRAINT meter_event_outbox_occurred_at_window
-        CHECK (state <> 'pending'
-               OR (occurred_at >= created_at - interval '840 hours'
-                   AND occurred_at <= created_at + interval '5 minutes')) NOT VALID,
     DROP CONSTRAINT meter_event_outbox_stripe_account_valid,
     ADD CONSTRAINT meter_event_outbox_stripe_account_valid
         CHECK (state <> 'pending'
@@ -78,7 +75,7 @@ BEGIN
     IF pg_catalog.pg_table_size('meter_event_outbox'::regclass) > 64 * 1024 * 1024 THEN
         RETURN;
     END IF;
-    -- These nine only: a NOT VALID constraint of the application's own on this table is left
+    -- These eight only: a NOT VALID constraint of the application's own on this table is left
     -- as its owner left it (its old rows may break it on purpose).
     FOR rule IN
         SELECT c.conname FROM pg_catalog.pg_constraint c
@@ -87,9 +84,8 @@ BEGIN
           AND c.conname = ANY (ARRAY[
               'meter_event_outbox_customer_valid', 'meter_event_outbox_dimensions_valid',
               'meter_event_outbox_event_name_valid', 'meter_event_outbox_identifier_valid',
-              'meter_event_outbox_metadata_valid', 'meter_event_outbox_occurred_at_window',
-              'meter_event_outbox_stripe_account_valid', 'meter_event_outbox_trace_context_size',
-              'meter_event_outbox_value_valid']::name[])
+              'meter_event_outbox_metadata_valid', 'meter_event_outbox_stripe_account_valid',
+              'meter_event_outbox_trace_context_size', 'meter_event_outbox_value_valid']::name[])
         ORDER BY c.conname
     LOOP
         EXECUTE pg_catalog.format('ALTER TABLE meter_event_outbox VALIDATE CONSTRAINT %I', rule);
@@ -99,14 +95,20 @@ END $validate$;
 -- A fresh table's block range index holds one summary, of the empty first range, made when
 -- the index was built: every insert into that range then logged the widening of its summary
 -- (about 30 bytes of WAL per fact) until the range filled, where an unsummarized range costs
--- an insert nothing. Forgotten while the table is still within its first range (128 pages, the
--- index's pages_per_range): autosummarize summarizes it once it is full (the next range's first
+-- an insert nothing. Forgotten while the table is still within its first range (the index's
+-- pages_per_range, 128 unless it was rebuilt with another): autosummarize summarizes it once it is full (the next range's first
 -- insert asks for it), as it does every later range. An unsummarized range is read by every
 -- query bounded by time: correct, and the range is small.
 DO $fresh$
+DECLARE
+    per_range bigint := coalesce(
+        (SELECT o.option_value::bigint
+         FROM pg_catalog.pg_class c, pg_catalog.pg_options_to_table(c.reloptions) o
+         WHERE c.oid = 'meter_event_outbox_created_brin'::regclass::oid
+           AND o.option_name = 'pages_per_range'::text), 128);
 BEGIN
     IF pg_catalog.pg_relation_size('meter_event_outbox'::regclass)
-       < 128 * pg_catalog.current_setting('block_size')::bigint THEN
+       < per_range * pg_catalog.current_setting('block_size')::bigint THEN
         PERFORM pg_catalog.brin_desummarize_range('meter_event_outbox_created_brin'::regclass,
                                                   0::bigint);
     END IF;

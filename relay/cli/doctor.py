@@ -44,7 +44,6 @@ CONTENT_RULES = (
     "event_name_valid",
     "identifier_valid",
     "metadata_valid",
-    "occurred_at_window",
     "stripe_account_valid",
     "trace_context_size",
     "value_valid",
@@ -247,7 +246,7 @@ def _check_rules_validated(report: Report, conn: psycopg.Connection) -> None:
     its rules NOT VALID on a table over 64 MB (a check of every row would hold inserts for the
     scan): they are enforced on every insert and update all the same, and the rows already
     there met the rules they replace, so this is a note, with the online way to complete it.
-    Only those nine: a NOT VALID constraint of the application's own is its business (its old
+    Only those eight: a NOT VALID constraint of the application's own is its business (its old
     rows may break it on purpose). VALIDATE is the table owner's, and doctor usually runs as
     the relay's role: the note names the owner, and the table by its schema."""
     rows = conn.execute(
