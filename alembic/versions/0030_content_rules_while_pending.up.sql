@@ -96,9 +96,9 @@ END $validate$;
 -- the index was built: every insert into that range then logged the widening of its summary
 -- (about 30 bytes of WAL per fact) until the range filled, where an unsummarized range costs
 -- an insert nothing. Forgotten while the table is still within its first range (the index's
--- pages_per_range, 128 unless it was rebuilt with another): autosummarize summarizes it once it is full (the next range's first
--- insert asks for it), as it does every later range. An unsummarized range is read by every
--- query bounded by time: correct, and the range is small.
+-- pages_per_range, 128 unless it was rebuilt with another): autosummarize summarizes it once it
+-- is full (the next range's first insert asks for it), as it does every later range. An
+-- unsummarized range is read by every query bounded by time: correct, and the range is small.
 DO $fresh$
 DECLARE
     per_range bigint := coalesce(
