@@ -1,7 +1,8 @@
 """`outbox-relay doctor`: check a setup before going live (and in a deploy pipeline).
 
 One line per check, each problem with its fix: the database (reachable, schema current and
-closed to CREATE by other roles, the role's privileges for `run`), the Stripe key (accepted,
+closed to CREATE by other roles, its rules validated, the role's privileges for `run`), the
+Stripe key (accepted,
 live or test, restricted or not), the meters of every event name in unsent rows and in recent
 history (per account), the webhook destination for the meter error events, and the clocks of
 the relay, the database and Stripe.
