@@ -1,5 +1,6 @@
--- The previous release's (outbox_0017) outcome statement, verbatim: what an older relay runs
--- beside a newer one during a rolling upgrade (tests/integration/relay/test_carried_acceptance.py).
+-- The previous release's (outbox_0017) statements, verbatim but for the parameter style: what an
+-- older relay or library runs beside a newer one during a rolling upgrade
+-- (tests/integration/relay/test_carried_acceptance.py, test_hostile_cancel_probe.py).
 
 -- name: record_outcomes
 -- Write a batch of outcomes in one statement (River's shape, `UPDATE ... FROM` a set of rows).
@@ -73,3 +74,32 @@ history AS (
     FROM written w WHERE w.called
 )
 SELECT id FROM written
+
+-- name: cancel_usage
+-- The previous release's cancel_usage (bf51269, outbox_0017), verbatim but for the parameter
+-- style: applications still on it during a rolling upgrade cancel a pending row never sent
+-- whatever its lease, and only the trigger keeps its report in flight. This release's statement
+-- reads the lease itself (meter_event_outbox_possibly_sent) and, when it sees one, leaves the
+-- row pending: the trigger does not fire then (outbox_0028).
+UPDATE meter_event_outbox AS o
+SET cancel_requested_at = coalesce(o.cancel_requested_at, now()),
+    state = CASE
+        WHEN o.state IN ('in_flight', 'cancelled') THEN o.state
+        WHEN o.first_attempt_at IS NULL OR o.state = 'rejected' THEN 'cancelled'
+        ELSE 'pending' END,
+    action = CASE
+        WHEN o.state IN ('in_flight', 'cancelled', 'pending') THEN o.action
+        WHEN o.first_attempt_at IS NULL OR o.state = 'rejected' THEN o.action
+        ELSE 'cancel' END,
+    attempts = CASE
+        WHEN o.state IN ('accepted', 'failed') AND o.first_attempt_at IS NOT NULL THEN 0
+        ELSE o.attempts END,
+    cancelled_at = CASE
+        WHEN o.state NOT IN ('in_flight', 'cancelled')
+             AND (o.first_attempt_at IS NULL OR o.state = 'rejected') THEN now()
+        ELSE o.cancelled_at END,
+    available_at = CASE WHEN o.state IN ('in_flight', 'cancelled', 'pending') THEN o.available_at
+                        ELSE now() END,
+    updated_at = now()
+WHERE o.identifier = :identifier
+RETURNING o.id, o.state, o.action

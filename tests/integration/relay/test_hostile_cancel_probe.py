@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 import outbox
+from outbox.sqlfile import for_psycopg, load
 from relay.core.rows import Outcome
 from relay.db.store import SyncStore
 from tests.acceptance.process.test_process import wait_for
@@ -24,36 +25,9 @@ def _blocked(db: psycopg.Connection, conn: psycopg.Connection) -> bool:
     return bool((found.fetchone() or (False,))[0])
 
 
-# The previous release's cancel_usage (bf51269, outbox_0017), verbatim but for the parameter
-# style: applications still on it during a rolling upgrade cancel a pending row never sent
-# whatever its lease, and only the trigger keeps its report in flight. This release's statement
-# reads the lease itself (meter_event_outbox_possibly_sent) and, when it sees one, leaves the
-# row pending: the trigger does not fire then (outbox_0028).
-PREVIOUS_CANCEL = """
-UPDATE meter_event_outbox AS o
-SET cancel_requested_at = coalesce(o.cancel_requested_at, now()),
-    state = CASE
-        WHEN o.state IN ('in_flight', 'cancelled') THEN o.state
-        WHEN o.first_attempt_at IS NULL OR o.state = 'rejected' THEN 'cancelled'
-        ELSE 'pending' END,
-    action = CASE
-        WHEN o.state IN ('in_flight', 'cancelled', 'pending') THEN o.action
-        WHEN o.first_attempt_at IS NULL OR o.state = 'rejected' THEN o.action
-        ELSE 'cancel' END,
-    attempts = CASE
-        WHEN o.state IN ('accepted', 'failed') AND o.first_attempt_at IS NOT NULL THEN 0
-        ELSE o.attempts END,
-    cancelled_at = CASE
-        WHEN o.state NOT IN ('in_flight', 'cancelled')
-             AND (o.first_attempt_at IS NULL OR o.state = 'rejected') THEN now()
-        ELSE o.cancelled_at END,
-    available_at = CASE WHEN o.state IN ('in_flight', 'cancelled', 'pending') THEN o.available_at
-                        ELSE now() END,
-    updated_at = now()
-WHERE o.identifier = %(identifier)s
-RETURNING o.id, o.state, o.action
-"""
-
+# The previous release's cancel_usage (tests/support/previous_release.sql): applications still
+# on it during a rolling upgrade cancel a pending row never sent whatever its lease.
+PREVIOUS = load("tests.support", "previous_release.sql")
 RELEASES = pytest.mark.parametrize("release", ["this", "previous"])
 # what each release's cancel_usage answers for a row whose report is in flight
 IN_FLIGHT = {"this": "in_flight", "previous": "pending"}
@@ -62,7 +36,8 @@ IN_FLIGHT = {"this": "in_flight", "previous": "pending"}
 def _cancel_in(conn: psycopg.Connection, identifier: str, release: str = "this") -> str:
     """cancel_usage in the application's open transaction."""
     if release == "previous":
-        found = conn.execute(PREVIOUS_CANCEL, {"identifier": identifier}).fetchone()
+        cancel = for_psycopg(PREVIOUS["cancel_usage"])
+        found = conn.execute(cancel, {"identifier": identifier}).fetchone()
         assert found is not None
         return str(found[1])
     return outbox.cancel_usage(conn, identifier=identifier).state
