@@ -181,7 +181,7 @@ FROM filled
 WITH locked AS MATERIALIZED (
     SELECT o.id, o.identifier, o.event_name, o.customer, o.dimensions, o.value, o.occurred_at,
            o.stripe_account, o.action, o.attempts, o.key_generation, o.first_attempt_at,
-           o.accepted_at, o.created_at, o.state, o.last_error_code,
+           o.accepted_at, o.created_at, o.state,
            (SELECT l.leased_until FROM meter_event_outbox_leases l
             WHERE l.outbox_id = o.id) AS leased_until
     FROM unnest(CAST(:ids AS bigint[])) AS u(id)
@@ -210,18 +210,17 @@ claim_token AS MATERIALIZED (SELECT gen_random_uuid() AS token),
 leased AS MATERIALIZED (
     INSERT INTO meter_event_outbox_leases AS l
         (outbox_id, lease_token, leased_by, leased_until, first_claimed_at, customer,
-         event_name, stripe_account, action, last_error_code)
+         event_name, stripe_account, action)
     SELECT k.id, t.token, :relay_id, now() + make_interval(secs => :lease_seconds),
            coalesce(k.first_attempt_at, now()), k.customer, k.event_name, k.stripe_account,
-           k.action, k.last_error_code  -- read under the row lock: the outcome's old code
+           k.action
     FROM free k CROSS JOIN claim_token t
     ON CONFLICT (outbox_id) DO UPDATE
     SET lease_token = EXCLUDED.lease_token, leased_by = EXCLUDED.leased_by,
         leased_until = EXCLUDED.leased_until, leased_at = now(),
         first_claimed_at = least(l.first_claimed_at, EXCLUDED.first_claimed_at),
         customer = EXCLUDED.customer, event_name = EXCLUDED.event_name,
-        stripe_account = EXCLUDED.stripe_account, action = EXCLUDED.action,
-        last_error_code = EXCLUDED.last_error_code
+        stripe_account = EXCLUDED.stripe_account, action = EXCLUDED.action
     WHERE l.leased_until <= now()
     RETURNING l.outbox_id, l.lease_token, l.first_claimed_at
 )
@@ -276,14 +275,6 @@ WHERE id = ANY(CAST(:ids AS bigint[])) AND state = 'in_flight'
 -- nothing), and only rows whose lease was deleted are updated, and only while still pending
 -- (a webhook may have rejected the row meanwhile). After a crash of PostgreSQL the lease table
 -- is empty: the old holder's outcome writes nothing and the row replays with the same key.
--- The tally deltas of the rows updated here are written here too (`tallied`, migration
--- outbox_0031), and `flag` tells the table's update trigger to skip this statement (it would
--- read every old and new row version back to work out the same deltas). Every updated row was
--- pending, with the code its lease kept (`old_code`: only an outcome, holding the lease,
--- changes a pending row's code); account, customer and event name are returned unchanged; the
--- new state and code are returned. The keys are the trigger's (outbox_0023): a state key for
--- any row version but a pending one without a code, an unsent key per customer for a pending
--- one, so a row that stays pending moves its customer's count by nothing.
 WITH input AS MATERIALIZED (
     SELECT r.id, r.token, r.key_generation, r.request_id, r.latency_ms, d.*,
            -- a call whose acceptance the row can carry (the row's own conditions below)
@@ -307,7 +298,7 @@ released AS MATERIALIZED (
     -- rows and the outbox's primary key, a plan no estimate of the batch's size can spoil (a
     -- prepared statement's generic plan guesses 10 rows for an unnest of a parameter; a join
     -- of the input with the deleted leases was then a nested loop over both, 1,000 x 1,000).
-    RETURNING i.*, l.first_claimed_at, l.leased_by, l.last_error_code AS old_code,
+    RETURNING i.*, l.first_claimed_at, l.leased_by,
               -- taken over from an earlier holder (a takeover keeps its first claim and stamps
               -- leased_at; a fresh lease has both at the claim's now()): that holder's call
               -- may have counted whatever this one's outcome is
@@ -371,8 +362,7 @@ written AS (
     -- o.* here are the values just written; the sent action and key come from the claim.
     -- `carried`: this statement wrote the carried call (its acceptance is this statement's).
     RETURNING o.id, o.attempts, o.state, u.called, u.action, u.key_generation, u.http_status,
-              u.code, u.message, u.request_id, u.latency_ms, u.old_code,
-              o.last_error_code AS new_code, o.stripe_account, o.customer, o.event_name,
+              u.code, u.message, u.request_id, u.latency_ms,
               u.clean AND o.accepted_attempt IS NOT NULL AND o.accepted_at = now() AS carried
 ),
 history AS (
@@ -388,50 +378,11 @@ carried AS (
     FROM written w WHERE w.carried HAVING count(*) > 0
     ON CONFLICT (minute, relay_id, backend) DO UPDATE SET calls = c.calls + EXCLUDED.calls
 ),
-tallied AS (
-    INSERT INTO meter_event_outbox_tally_deltas
-        (state, code, stripe_account, customer, event_name, delta,
-         states, codes, accounts, customers, events, deltas)
-    SELECT a.ks[1], a.cs[1], a.acs[1], a.us[1], a.es[1], a.ds[1],
-           CASE WHEN cardinality(a.ks) > 1 THEN a.ks[2:] END,
-           CASE WHEN cardinality(a.ks) > 1 THEN a.cs[2:] END,
-           CASE WHEN cardinality(a.ks) > 1 THEN a.acs[2:] END,
-           CASE WHEN cardinality(a.ks) > 1 THEN a.us[2:] END,
-           CASE WHEN cardinality(a.ks) > 1 THEN a.es[2:] END,
-           CASE WHEN cardinality(a.ks) > 1 THEN a.ds[2:] END
-    FROM (SELECT array_agg(k.state) AS ks, array_agg(k.code) AS cs,
-                 array_agg(k.stripe_account) AS acs, array_agg(k.customer) AS us,
-                 array_agg(k.event_name) AS es, array_agg(k.delta) AS ds
-          FROM (SELECT r.state, r.code, r.stripe_account, '', r.event_name, sum(r.delta)::bigint
-                FROM (SELECT w.state,
-                             CASE WHEN w.state IN ('pending', 'failed', 'rejected')
-                                  THEN coalesce(w.new_code, '') ELSE '' END AS code,
-                             CASE WHEN w.state = 'pending'
-                                  THEN coalesce(w.stripe_account, '') ELSE '' END AS stripe_account,
-                             CASE WHEN w.state = 'pending' THEN w.event_name ELSE '' END
-                                 AS event_name,
-                             1 AS delta
-                      FROM written w WHERE w.state <> 'pending' OR w.new_code IS NOT NULL
-                      UNION ALL
-                      SELECT 'pending', w.old_code, coalesce(w.stripe_account, ''), w.event_name, -1
-                      FROM written w WHERE w.old_code IS NOT NULL) r
-                GROUP BY 1, 2, 3, 5 HAVING sum(r.delta) <> 0
-                UNION ALL
-                SELECT '', '', '', w.customer, '', -count(*)
-                FROM written w WHERE w.state NOT IN ('pending', 'in_flight')
-                GROUP BY w.customer)
-               AS k(state, code, stripe_account, customer, event_name, delta)) a
-    WHERE a.ks IS NOT NULL
-),
--- Read by the trigger after this statement (and cleared by it, so it ends with the statement).
--- Joined below so that it runs; with no row written it may not, and the trigger then counts
--- the empty statement itself.
-flag AS MATERIALIZED (SELECT set_config('outbox.tallied', 'statement', true) AS f),
 expired AS (  -- a primary-key probe; finds rows once a minute at most
     DELETE FROM meter_event_outbox_carried_calls
     WHERE minute < date_trunc('minute', now()) - interval '1 day'
 )
-SELECT id FROM written, flag WHERE flag.f IS NOT NULL
+SELECT id FROM written
 
 -- name: heartbeat
 -- Announce this relay and count the live ones (seen within :stale_seconds, this one included),
