@@ -3,6 +3,7 @@ re-claimed by another relay, each lane's current head claimed once."""
 
 import asyncio
 import json
+import threading
 import uuid
 from typing import Any
 
@@ -326,3 +327,41 @@ def test_a_claim_updates_no_row_and_fires_no_update_trigger_unless_a_row_is_an_e
         " WHERE identifier = 'u3'"
     )
     assert tally_trigger_calls(db, how) == (1, ["pending"] * 5)
+
+
+def test_relays_racing_for_the_same_heads_lease_each_row_once_and_never_fail(
+    database_url: str,
+) -> None:
+    """The lease of a row no lease of which the claim's snapshot sees is a plain INSERT: the row
+    lock the claim holds is what keeps a second relay out (every lease is inserted under its
+    row's lock). Four relays walk and claim the same lanes at once, over and over, their leases
+    expiring as they go (so takeovers race fresh leases too): no claim fails, and no row is
+    leased by two relays at the same time."""
+    insert_usage(database_url, 400, customers=40)
+    errors: list[BaseException] = []
+    held: dict[int, set[str]] = {}
+
+    def relay(name: str) -> None:
+        try:
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                store = SyncStore(conn)
+                for i in range(30):
+                    walked = store.walk(FIRST_LANE, 20, exclusive=i % 2 == 0)
+                    how: Any = {"relay_id": name, "lease_seconds": 0.05, "one_walk": True}
+                    for r in store.claim(walked.ids, fill=20, exclusive=i % 2 == 0, **how):
+                        held.setdefault(r.id, set()).add(str(r.lease_token))
+        except BaseException as err:  # the test asserts none happened
+            errors.append(err)
+
+    threads = [threading.Thread(target=relay, args=(f"r{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(held) > 20
+    with psycopg.connect(database_url) as conn:
+        leases = conn.execute(
+            "SELECT count(*), count(DISTINCT outbox_id) FROM meter_event_outbox_leases"
+        ).fetchone()
+    assert leases is not None and leases[0] == leases[1]  # one lease per row at most
