@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
-from psycopg import AsyncConnection, Connection, DataError
+from psycopg import AsyncConnection, Connection, DataError, IsolationLevel
 from psycopg.abc import Buffer
 from psycopg.rows import TupleRow
 from psycopg.types.datetime import TimestamptzLoader
@@ -102,6 +102,12 @@ def _configurer(
 
     async def configure(conn: AsyncConnection[TupleRow]) -> None:
         await conn.set_autocommit(True)
+        # Every transaction the relay opens (the claim's two statements) begins READ COMMITTED
+        # whatever the database's or role's default: the lease statement must see the leases
+        # committed before the claim locked its rows, so it needs a snapshot of its own, taken
+        # after those locks (relay/db/queries.sql, `lease`). Sent with each BEGIN, so it also
+        # holds behind a transaction pooler.
+        await conn.set_isolation_level(IsolationLevel.READ_COMMITTED)
         await conn.execute(SET_UTC, prepare=False)
         pooled = await _set_prepare(conn, prepare)
         set_json_loads(orjson.loads, conn)
