@@ -211,11 +211,11 @@ claim_token AS MATERIALIZED (SELECT gen_random_uuid() AS token),
 -- A row no lease of which this snapshot sees gets a plain INSERT: a lease is only ever inserted
 -- by a statement holding its row's lock (this one, after its claim; the cancel probe, which
 -- deletes its own in the same statement), and a lease committed before this transaction
--- locked the row is in this snapshot. So no other lease of it can exist or appear, and the
--- primary key would refuse one rather than let two stand. The speculative insertion of
--- ON CONFLICT (a probe of the primary key first, a token, a confirmation) cost about 2 us per
--- row more (bench.store_statements, lease). A lease seen expired and locked in `expired` is
--- taken over in place.
+-- locked the row is in this snapshot (READ COMMITTED, which the relay's pool pins:
+-- relay/db/pool.py). So no other lease of it can exist or appear, and the primary key would
+-- refuse one rather than let two stand. The speculative insertion of ON CONFLICT (a probe of
+-- the primary key first, a token, a confirmation) cost about 1.2 us per row more
+-- (bench.lease_ab). A lease seen expired and locked in `expired` is taken over in place.
 fresh AS MATERIALIZED (
     INSERT INTO meter_event_outbox_leases
         (outbox_id, lease_token, leased_by, leased_until, first_claimed_at, customer,
