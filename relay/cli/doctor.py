@@ -146,7 +146,8 @@ def check_database(report: Report, database_url: str) -> list[tuple[str, str]]:
         _check_schema_creators(report, conn)
         _check_rules_validated(report, conn)
         probe = conn.execute(
-            "SELECT statement_timestamp(), current_setting('transaction_read_only')"
+            "SELECT statement_timestamp(), current_setting('transaction_read_only'),"
+            " current_setting('default_transaction_isolation'), quote_ident(current_user)"
         ).fetchone()
         if probe is not None:
             _clock(report, "database", probe[0])
@@ -158,10 +159,27 @@ def check_database(report: Report, database_url: str) -> list[tuple[str, str]]:
                     "not start",
                     "point OUTBOX_DATABASE_URL at the primary",
                 )
+            _check_isolation(report, probe[2], probe[3])
         try:
             return [(n.account, n.event_name) for n in SyncStore(conn).event_names_in_use()]
         except psycopg.Error:
             return []
+
+
+def _check_isolation(report: Report, default: str, role: str) -> None:  # role: quoted
+    """The relay's statements are written for READ COMMITTED: an update that meets a row
+    changed since its snapshot re-reads it and goes on. Its claims begin READ COMMITTED
+    themselves; its single statements (outcomes, a webhook's rejections) run in the session's
+    default, where a race with an application's cancel fails to serialize and is retried."""
+    if default == "read committed":
+        return
+    report.add(
+        "database",
+        "warning",
+        f"default_transaction_isolation is {default}: the relay's outcomes and rejections "
+        "fail to serialize when they race a cancel, and are retried",
+        f"ALTER ROLE {role} SET default_transaction_isolation = 'read committed'",
+    )
 
 
 def _check_schema(report: Report, database_url: str) -> None:

@@ -159,6 +159,33 @@ def test_a_read_only_database_is_a_problem(database_url: str, emulator: Emulator
     assert "read-only" in problem["message"] and "primary" in problem["fix"]
 
 
+def test_a_snapshot_isolation_default_is_a_warning_with_its_fix(
+    database_url: str, emulator: Emulator
+) -> None:
+    """The relay's single statements are written for READ COMMITTED (its claims pin it)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL(
+                "ALTER DATABASE {} SET default_transaction_isolation = 'repeatable read'"
+            ).format(sql.Identifier(conn.info.dbname))
+        )
+    result = doctor(database_url, emulator, "--json")
+    assert result.exit_code == 0, result.output  # a warning, unless --strict
+    (warning,) = [c for c in checks(result) if "default_transaction_isolation" in c["message"]]
+    assert warning["level"] == "warning" and "repeatable read" in warning["message"]
+    assert warning["fix"] == (
+        "ALTER ROLE postgres SET default_transaction_isolation = 'read committed'"
+    )
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} RESET default_transaction_isolation").format(
+                sql.Identifier(conn.info.dbname)
+            )
+        )
+    again = doctor(database_url, emulator, "--json")
+    assert not [c for c in checks(again) if "default_transaction_isolation" in c["message"]]
+
+
 def test_a_schema_every_role_may_create_in_is_a_warning_with_its_fix(
     database_url: str, emulator: Emulator
 ) -> None:
