@@ -32,7 +32,10 @@ async def fold_counts(store: Store, interval: float, state: RelayState) -> None:
         try:
             await store.fold_counts()
         except RETRYABLE as err:
-            log.warning("fold_counts_failed", error=str(err))
+            # A fold that started before the database turned read-only fails after the watch
+            # said so: said once is enough.
+            if state.read_only_since is None:
+                log.warning("fold_counts_failed", error=str(err))
 
 
 async def heartbeat(share: RateShare, interval: float) -> None:

@@ -192,7 +192,8 @@ class Producer:
         try:
             return await self.store.walk(after, wanted, exclusive=self._exclusive)
         except RETRYABLE as err:  # database down: back off, nothing is lost
-            log.error("walk_failed", error=str(err))
+            if self.state.read_only_since is None:  # else the database watch said it, once
+                log.error("walk_failed", error=str(err))
             metrics.DB_ERRORS.inc()
             await asyncio.sleep(1.0)
             return Walked([], None)
@@ -214,7 +215,8 @@ class Producer:
                 top_up=self._top_up,
             )
         except RETRYABLE as err:  # nothing leased, or leases that expire: nothing is lost
-            log.error("claim_failed", error=str(err))
+            if self.state.read_only_since is None:  # else the database watch said it, once
+                log.error("claim_failed", error=str(err))
             metrics.DB_ERRORS.inc()
         finally:
             self.capacity.settle(reserved, len(rows))

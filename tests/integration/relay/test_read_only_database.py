@@ -3,12 +3,15 @@
 the relay says so once, stops claiming, fails /readyz at once and /healthz after the grace, and
 sends again by itself when the database takes writes again. A real database, no mocks."""
 
+import asyncio
+
 import aiohttp
 import psycopg
 import pytest
 from prometheus_client import REGISTRY
 from psycopg import sql
 
+from relay.db.store import Store
 from relay.emulator import Emulator
 from relay.server.http_server import make_app
 from tests.support.console import listening
@@ -93,3 +96,46 @@ async def test_read_only_then_writable_again(
     while_read_only = logged.split("database_read_only")[1].split("database_writable")[0]
     for noise in ("claim_failed", "fold_counts_failed", "walk_failed", "outcome_write_failed"):
         assert noise not in while_read_only
+
+
+class FoldAcrossTheTurn(Store):
+    """A fold that starts while the database takes writes and runs once it refuses them."""
+
+    started = asyncio.Event()
+    release = asyncio.Event()
+    done = asyncio.Event()
+
+    async def fold_counts(self) -> None:
+        if self.done.is_set():
+            return await super().fold_counts()
+        self.started.set()
+        await self.release.wait()
+        try:
+            await super().fold_counts()
+        finally:
+            self.done.set()
+
+
+async def test_a_fold_caught_by_the_turn_to_read_only_is_not_logged_after_the_watch(
+    database_url: str, emulator: Emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The watch says once that the database refuses writes; a statement that was already on
+    its way then fails, and says nothing more (the test above failed on that race once in a
+    full run of the suite: its fold had started before the watch's turn)."""
+    settings = make_settings(database_url, emulator, read_only_grace=60.0, upkeep_interval=0.2)
+    for event in (FoldAcrossTheTurn.started, FoldAcrossTheTurn.release, FoldAcrossTheTurn.done):
+        event.clear()
+    async with running_relay(settings, store=FoldAcrossTheTurn) as relay:
+        await FoldAcrossTheTurn.started.wait()
+        set_read_only(database_url, True)
+
+        async def read_only() -> bool:
+            return relay.relay.state.read_only_since is not None
+
+        await relay.until(read_only)
+        FoldAcrossTheTurn.release.set()
+        await FoldAcrossTheTurn.done.wait()
+        set_read_only(database_url, False)
+    logged = capsys.readouterr().out
+    assert logged.count("database_read_only") == 1
+    assert "fold_counts_failed" not in logged.split("database_read_only")[1]
