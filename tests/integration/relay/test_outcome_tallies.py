@@ -24,7 +24,7 @@ from relay.core.rows import Claimed, Outcome
 from relay.db.pool import QUERIES
 from relay.db.store import FIRST_LANE, SyncStore
 from tests.acceptance.process.test_process import wait_for
-from tests.helpers import rows, scalar
+from tests.helpers import rows, run_concurrently, scalar
 from tests.integration.relay.test_carried_acceptance import (
     PREVIOUS,
     _previous_outcome_params,
@@ -107,18 +107,8 @@ def test_an_older_relays_lease_and_outcome_are_counted_once(
     assert keyed(rows(db, TALLY))[("accepted", "", "", "")] == 6
 
 
-ERRORS: list[BaseException] = []
 REJECTED: list[tuple[int]] = []
 CANCELS: list[outbox.CancelRequest] = []
-
-
-def _repeat(database_url: str, n: int, step: Callable[[psycopg.Connection, int], None]) -> None:
-    try:
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            for i in range(n):
-                step(conn, i)
-    except BaseException as err:  # the test asserts none happened
-        ERRORS.append(err)
 
 
 def _writer(w: int) -> Callable[[psycopg.Connection, int], None]:
@@ -162,15 +152,9 @@ def test_tallies_stay_exact_under_the_relays_outcomes_and_everything_beside_them
     ]
     steps += [(60, _relay("r-1")), (60, _relay("r-2")), (120, _canceller)]
     steps += [(120, lambda c, i: c.execute("SELECT outbox_fold_counts()"))]
-    ERRORS.clear()
     REJECTED.clear()
     CANCELS.clear()
-    threads = [threading.Thread(target=_repeat, args=(database_url, n, s)) for n, s in steps]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not ERRORS
+    assert not run_concurrently(database_url, steps)
     settled = dict(rows(db, "SELECT state, count(*) FROM meter_event_outbox GROUP BY 1"))
     assert {"accepted", "failed"} <= set(settled)
     assert REJECTED

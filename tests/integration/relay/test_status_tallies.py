@@ -7,7 +7,6 @@ rows were grouped one by one, 60-75 ms with 13,333 of them)."""
 
 import json
 import re
-import threading
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -21,7 +20,7 @@ from relay.db import migrate
 from relay.db import operations as ops
 from relay.db.pool import QUERIES, make_pool
 from relay.db.store import ATTEMPT_WINDOW_CAP, FINISHED_CAP, ConsoleStore, SyncStore
-from tests.helpers import rows
+from tests.helpers import rows, run_concurrently
 
 REAL = """
 SELECT state,
@@ -50,18 +49,6 @@ CODES = ["code_0", "meter_missing", "meter_inactive"]
 def held(db: psycopg.Connection) -> list[tuple[Any, ...]]:
     """held_by_meter's groups: (account, event name, code, rows, oldest occurred_at)."""
     return [tuple(r) for r in db.execute(HELD_SQL).fetchall()]
-
-
-ERRORS: list[BaseException] = []
-
-
-def _repeat(database_url: str, n: int, step: Callable[[psycopg.Connection, int], None]) -> None:
-    try:
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            for i in range(n):
-                step(conn, i)
-    except BaseException as err:  # the test asserts none happened
-        ERRORS.append(err)
 
 
 def _writer(w: int) -> Callable[[psycopg.Connection, int], None]:
@@ -115,12 +102,7 @@ def test_tallies_stay_exact_under_concurrent_writers_relays_and_folds(database_u
         (150, lambda c, i: c.execute("SELECT outbox_fold_counts()")),
         (150, lambda c, i: c.execute("SELECT outbox_fold_counts()")),  # folds overlap too
     ]
-    threads = [threading.Thread(target=_repeat, args=(database_url, n, s)) for n, s in steps]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not ERRORS
+    assert not run_concurrently(database_url, steps)
 
     def keyed(found: list[tuple[Any, ...]]) -> dict[tuple[str, str, str, str], int]:
         return {(s, c, a, u): n for s, c, a, u, n in found if n}
