@@ -14,6 +14,7 @@ import structlog
 
 from relay.core import metrics, tracing
 from relay.core.config import Settings
+from relay.core.fairness import walk_next
 from relay.core.retryable import RETRYABLE
 from relay.core.rows import Claimed, Outcome
 from relay.core.top_up import TopUp
@@ -115,6 +116,7 @@ class Producer:
         self._exclusive = settings.stripe_api_mode == "v1"
         self._cursor: Lane = FIRST_LANE
         self._top_up = TopUp()  # v2: where the next top-up starts (this relay's own)
+        self._walk = True  # v2: whether the next claim walks first (relay.core.fairness)
         self._recheck_at = 0.0
         self._claims: set[asyncio.Task[None]] = set()
         self._claim_crash: BaseException | None = None  # raised by run() (a bug, not the db)
@@ -154,7 +156,12 @@ class Producer:
         Returns True when more may be due right now: the batch filled up, lanes after the cursor
         are unseen, or a v2 top-up was asked for (its result is not awaited: the finished claim
         pokes the wakeup, and a walk that finds nothing due ends the burst).
+        A v2 relay whose last top-up found the oldest rows spread over many lanes takes the
+        oldest due rows alone (relay.core.fairness).
         """
+        if not self._exclusive and not self._walk:
+            self._start_claim([], wanted, one_walk=True)
+            return False  # as a top-up alone below: its claim pokes the wakeup
         walked = await self.walk(self._cursor, wanted)
         ids, cursor = walked.ids, walked.cursor
         one_walk = True
@@ -220,6 +227,9 @@ class Producer:
             metrics.DB_ERRORS.inc()
         finally:
             self.capacity.settle(reserved, len(rows))
+        if not self._exclusive:  # v2: the top-up's rows say whether the next claim walks
+            heads = set(ids)
+            self._walk = walk_next([(r.customer, r.event_name) for r in rows if r.id not in heads])
         if not rows:
             return
         if tracer:

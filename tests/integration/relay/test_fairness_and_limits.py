@@ -5,6 +5,7 @@ import psycopg
 import pytest
 
 from relay.db import operations as ops
+from relay.db.store import Store
 from relay.emulator import Emulator, EmulatorConfig, Faults, Latency
 from relay.stripe.rate_share import FENCED_RATE
 from tests.support.relay import (
@@ -136,3 +137,62 @@ async def test_lanes_behind_many_backing_off_lanes_are_reached(database_url, emu
     settings = make_settings(database_url, emulator, batch_size=5, concurrency=5)
     async with running_relay(settings) as relay:
         await relay.until(lambda: accepted(database_url, 10), timeout=15)
+
+
+class CountingStore(Store):
+    """Counts the walks, and the claims that took rows (class-wide: one relay per test)."""
+
+    walks = 0
+    claims = 0
+
+    async def walk(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        CountingStore.walks += 1
+        return await super().walk(*args, **kwargs)
+
+    async def claim(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        rows = await super().claim(*args, **kwargs)
+        CountingStore.claims += bool(rows)
+        return rows
+
+
+async def test_a_v2_relay_takes_rows_spread_over_lanes_oldest_first_without_walking(
+    database_url, emulator
+):
+    """The oldest rows are many lanes' heads already: the walk would cost its probes per lane
+    and choose what the top-up takes (relay.core.fairness), so a v2 relay stops walking."""
+    CountingStore.walks = CountingStore.claims = 0
+    insert_usage(database_url, 2000, customer="cus_", prefix="spread", customers=2000)
+    settings = make_settings(database_url, emulator, stripe_api_mode="v2-stream", batch_size=100)
+    async with running_relay(settings, store=CountingStore) as relay:
+        await relay.until(lambda: accepted(database_url, 2000), timeout=30)
+    assert CountingStore.claims >= 10  # batches of 100
+    assert CountingStore.walks <= 2  # the first claim's (a second may start before it ends)
+
+
+async def test_a_backlog_that_arrives_while_the_walk_is_off_does_not_starve_another(
+    database_url, emulator
+):
+    """Invariant 7 from the cheaper state: the relay took spread rows oldest first (no walk);
+    then one customer's backlog arrives. Its rows fill the next top-up, so the walk is back on
+    and another customer's fresh row overtakes that backlog."""
+    CountingStore.walks = CountingStore.claims = 0
+    insert_usage(database_url, 500, customer="cus_", prefix="spread", customers=500)
+    emulator.set_faults(Faults(latency=Latency.fixed(5)))
+    settings = make_settings(database_url, emulator, stripe_api_mode="v2-stream", concurrency=16)
+    async with running_relay(settings, store=CountingStore) as relay:
+        await relay.until(lambda: accepted(database_url, 500), timeout=30)
+        walked_before = CountingStore.walks
+        insert_usage(database_url, 60_000, customer="cus_big", prefix="big")
+        await relay.until(lambda: _accepted_at_least(database_url, 520))
+        insert_usage(database_url, 1, customer="cus_small", prefix="fresh")
+        await relay.until(lambda: state_is(database_url, "fresh1", "accepted"), timeout=30)
+    assert walked_before <= 2  # the spread rows were taken without walking
+    fresh = row(database_url, "fresh1")
+    with psycopg.connect(database_url) as conn:
+        (overtaken,) = conn.execute(
+            "SELECT count(*) FROM meter_event_outbox WHERE customer = 'cus_big'"
+            " AND accepted_at > %s AND accepted_at < %s",
+            (fresh["created_at"], fresh["accepted_at"]),
+        ).fetchone()
+    # Oldest first, the fresh row would wait for most of the 60,000.
+    assert overtaken < 20_000, overtaken
