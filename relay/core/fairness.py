@@ -1,32 +1,29 @@
-"""Whether a v2 claim walks the lanes first, or takes the oldest due rows alone.
+"""Whether a v2 claim walks the lanes first, or takes the due rows alone.
 
 Fairness (docs/design.md, invariant 7) is what the walk buys: it takes each lane's head round
-robin, so one customer's backlog cannot make another customer's fresh usage wait behind all of
-it. In v2 the claim then tops the batch up with the oldest due rows (relay.core.top_up). Per
-row it takes, the walk costs about twice what the top-up does (a loose index scan step and a
-lease probe per lane, against one step of an ordered scan): in a v2 stream at 0 ms Stripe
-latency it was 15% of PostgreSQL's statement time (`bench.statement_share`).
+robin, so one customer's backlog cannot make another customer's fresh usage wait behind it. In
+v2 the claim then tops the batch up with the oldest due rows (relay.core.top_up). The walk is a
+statement and a round trip of its own before every claim, and per row it takes it costs about
+twice what the top-up does (a loose index scan step and a lease probe per lane, against one step
+of an ordered scan).
 
-It is only worth that where oldest first would be unfair, and the top-up's own rows show where:
-a backlog that one or a few lanes hold fills the oldest rows with those lanes. So a v2 relay
-walks while the rows its last top-up took were concentrated (more than CONCENTRATION rows per
-lane on average), and otherwise takes the oldest due rows alone. Those are then many lanes'
-rows, so a fresh row waits behind what many customers sent before it, oldest first, and not
-behind one customer's backlog. A claim whose batch the walk filled took no top-up rows and
-says nothing about the oldest rows: the next claim takes them alone and decides again. A
-backlog that arrives while the walk is off fills the next top-up, which turns the walk back on
-for the claim after it.
+Round robin and oldest first only differ when there is a backlog: more rows due than one claim
+takes. A top-up that came back short took every due row it could lock (there was nothing more
+after it), so no row was waiting behind another: the next claim takes the due rows alone, and
+a fresh row is taken by the claim after its commit whatever its lane. A top-up that came back
+full, or a walk that filled the batch by itself, may have left rows behind: the next claim
+walks, as every v2 claim did before. So a backlog is always walked from the second claim after
+it builds up (the first, oldest first, is one batch), however its rows are spread over lanes,
+customers or meters; only a relay that keeps up skips the walk, which is where the walk's
+statement costs the most per row (claims of a few rows each).
 
+A short top-up turns the walk off only when no other claim of the relay was running: the other
+claim's locked rows may be why it came back short. A claim that failed decides nothing.
 v1 always walks: one call in flight per lane, and no top-up.
 """
 
-from collections.abc import Sequence
 
-# Rows per lane, on average over the rows a top-up took, above which the next claim walks.
-CONCENTRATION = 2
-
-
-def walk_next(lanes: Sequence[tuple[str, str]]) -> bool:
-    """Whether the next v2 claim walks, from the lanes of the rows the last top-up took (in
-    any order; none: the batch came from the walk alone, or nothing was due)."""
-    return len(lanes) > CONCENTRATION * len(set(lanes))
+def walk_next(full: bool, other_claims: bool) -> bool:
+    """Whether the next v2 claim walks: its top-up came back `full` (or the walk filled the
+    batch alone), or `other_claims` of the relay were running beside it."""
+    return full or other_claims

@@ -36,6 +36,7 @@ class TopUp:
     def __init__(self, restart_every: int = RESTART_EVERY) -> None:
         self.restart_every = restart_every
         self.after: Point | None = None  # None: start from the oldest due row
+        self.full = True  # the last top-up took all it was asked for (relay.core.fairness)
         self._since_restart = 0
 
     def start(self) -> Point | None:
@@ -50,7 +51,8 @@ class TopUp:
 
     def passed(self, taken: Iterable[Point], fill: int) -> None:
         """A top-up of `fill` rows locked `taken`: continue after the newest; start again from
-        the start if it came back short. The last claim to finish sets the cursor (a restart
-        moves it back)."""
+        the start if it came back short (nothing due was left after it; `full` says which).
+        The last claim to finish sets the cursor (a restart moves it back)."""
         points = list(taken)
-        self.after = max(points) if len(points) >= fill else None
+        self.full = len(points) >= fill
+        self.after = max(points) if self.full else None

@@ -156,8 +156,8 @@ class Producer:
         Returns True when more may be due right now: the batch filled up, lanes after the cursor
         are unseen, or a v2 top-up was asked for (its result is not awaited: the finished claim
         pokes the wakeup, and a walk that finds nothing due ends the burst).
-        A v2 relay whose last top-up found the oldest rows spread over many lanes takes the
-        oldest due rows alone (relay.core.fairness).
+        A v2 relay whose last top-up came back short (no backlog) takes the due rows alone
+        (relay.core.fairness).
         """
         if not self._exclusive and not self._walk:
             self._start_claim([], wanted, one_walk=True)
@@ -211,6 +211,7 @@ class Producer:
         rows: list[Claimed] = []
         tracer = tracing.active
         start_ns = time.time_ns() if tracer else 0
+        failed = False
         try:
             rows = await self.store.claim(
                 ids,
@@ -225,11 +226,12 @@ class Producer:
             if self.state.read_only_since is None:  # else the database watch said it, once
                 log.error("claim_failed", error=str(err))
             metrics.DB_ERRORS.inc()
+            failed = True
         finally:
             self.capacity.settle(reserved, len(rows))
-        if not self._exclusive:  # v2: the top-up's rows say whether the next claim walks
-            heads = set(ids)
-            self._walk = walk_next([(r.customer, r.event_name) for r in rows if r.id not in heads])
+        if not self._exclusive and not failed:  # v2: is there a backlog to walk?
+            full = self._top_up.full if fill else True  # no top-up: the walk filled the batch
+            self._walk = walk_next(full, other_claims=len(self._claims) > 1)
         if not rows:
             return
         if tracer:
