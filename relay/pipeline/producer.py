@@ -243,10 +243,11 @@ class Producer:
         self._recheck_at = time.monotonic() + self.settings.hint_recheck
         metrics.CLAIMED.inc(len(rows))
         self._send(rows)
-        # Capacity reserved for this claim is settled: look again. Not after a short v2 claim:
-        # it took every due row it could, and what is committed since wakes the producer (the
-        # hint is latched, and the poll), as freed capacity does (the completer). Looking again
-        # at once found nothing, at the price of a claim, about every other claim of a relay
-        # that keeps up (bench.keep_up).
-        if self._exclusive or len(rows) >= reserved:
+        # Capacity reserved for this claim is settled: look again. Not after a short v2 claim
+        # while hints arrive: it took every due row it could, and what is committed since wakes
+        # the producer (the hint is latched), as freed capacity does (the completer). Looking
+        # again at once found nothing, at the price of a claim, about every other claim of a
+        # relay that keeps up (bench.keep_up). Without hints (poll-only) that look, and the
+        # recheck after it, are what finds the rows committed while the claim ran.
+        if self._exclusive or not self.wakeup.listens or len(rows) >= reserved:
             self.wakeup.poke()

@@ -1,6 +1,9 @@
 """Lanes and limits: one call in flight per (customer, meter), round robin over lanes, Stripe's
 rate limit kept (shared by replicas)."""
 
+import asyncio
+from typing import ClassVar
+
 import psycopg
 import pytest
 
@@ -212,3 +215,39 @@ async def test_a_backlog_that_arrives_while_the_walk_is_off_does_not_starve_anot
         ).fetchone()
     # Oldest first, the fresh row would wait for most of the 60,000.
     assert overtaken < 20_000, overtaken
+
+
+class InsertDuringTheFirstClaim(Store):
+    """The first claim that takes rows commits 5 more rows before it returns; notes the order
+    of claims that took rows and outcome writes (class-wide: one relay per test)."""
+
+    url = ""
+    events: ClassVar[list[str]] = []
+
+    async def claim(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        rows = await super().claim(*args, **kwargs)
+        if rows:
+            self.events.append("claim")
+            if self.events.count("claim") == 1:
+                await asyncio.to_thread(insert_usage, self.url, 5, "cus_late", "late")
+        return rows
+
+    async def record_outcomes(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.events.append("outcomes")
+        return await super().record_outcomes(*args, **kwargs)
+
+
+async def test_a_poll_only_v2_relay_looks_again_after_a_short_claim(database_url, emulator):
+    """Without hints, the rows committed while a claim ran are found by looking again right
+    after it (a relay that listens is woken by their hint instead), not once the first rows'
+    outcomes are written (Stripe takes a second here) or at the next poll (30 s)."""
+    InsertDuringTheFirstClaim.url = database_url
+    InsertDuringTheFirstClaim.events = []
+    insert_usage(database_url, 5, customer="cus_a", prefix="first")
+    emulator.set_faults(Faults(latency=Latency.fixed(1000)))
+    settings = make_settings(
+        database_url, emulator, stripe_api_mode="v2-stream", poll_only=True, poll_interval=30
+    )
+    async with running_relay(settings, store=InsertDuringTheFirstClaim) as relay:
+        await relay.until(lambda: accepted(database_url, 10), timeout=20)
+    assert InsertDuringTheFirstClaim.events[:3] == ["claim", "claim", "outcomes"]
