@@ -36,7 +36,7 @@ class TopUp:
     def __init__(self, restart_every: int = RESTART_EVERY) -> None:
         self.restart_every = restart_every
         self.after: Point | None = None  # None: start from the oldest due row
-        self.full = True  # the last top-up took all it was asked for (relay.core.fairness)
+        self.full = True  # the last top-up took all it was asked for (relay.pipeline.producer)
         self._since_restart = 0
 
     def start(self) -> Point | None:

@@ -4,6 +4,13 @@ One loop: while there is capacity, walk the lanes round robin and claim what the
 otherwise wait for a hint, a poke (capacity or a lane was freed), the poll timer or the stop
 signal. The walk is awaited (it is short and sets where the next one starts); the claim runs in
 the background, so the next batch is chosen while the previous one is leased.
+
+When a v2 claim walks (docs/design.md, "When a v2 claim walks"): round robin and oldest first
+only differ when there is a backlog, more rows due than a claim takes. A v2 claim whose top-up
+came back short took every due row it could, so the next claim skips the walk (a statement and
+a round trip before every claim, and per row about twice the top-up's cost) and takes the due
+rows alone; a full top-up, or a walk that filled the batch, may have left rows behind, so the
+next claim walks. A backlog is walked from its second claim, however it is spread over lanes.
 """
 
 import asyncio
@@ -14,7 +21,6 @@ import structlog
 
 from relay.core import metrics, tracing
 from relay.core.config import Settings
-from relay.core.fairness import walk_next
 from relay.core.retryable import RETRYABLE
 from relay.core.rows import Claimed, Outcome
 from relay.core.top_up import TopUp
@@ -116,10 +122,11 @@ class Producer:
         self._exclusive = settings.stripe_api_mode == "v1"
         self._cursor: Lane = FIRST_LANE
         self._top_up = TopUp()  # v2: where the next top-up starts (this relay's own)
-        self._walk = True  # v2: whether the next claim walks first (relay.core.fairness)
+        self._walk = True  # v2: whether the next claim walks first (module docstring)
         self._recheck_at = 0.0
         self._claims: set[asyncio.Task[None]] = set()
         self._claim_crash: BaseException | None = None  # raised by run() (a bug, not the db)
+        self._owed = False  # a wake-up came while no claim could start (see run)
         self._stop = asyncio.Event()  # run()'s stop signal
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -135,6 +142,10 @@ class Producer:
             wanted = self.capacity.wanted() if writable and len(self._claims) < MAX_CLAIMS else 0
             if wanted and await self._walk_and_claim(wanted):
                 continue  # more may be due right now
+            if not wanted and self._claims:
+                # Woken (a hint, a poke) while the running claims leave no room: look again
+                # when one ends, or that wake-up is spent and its row waits for the poll.
+                self._owed = True
             await self.wakeup.wait(self._wait_timeout(), stop)
 
     # `timeout` is a share of the shutdown grace: past it, finish returns (it never raises).
@@ -156,8 +167,7 @@ class Producer:
         Returns True when more may be due right now: the batch filled up, lanes after the cursor
         are unseen, or a v2 top-up was asked for (its result is not awaited: the finished claim
         pokes the wakeup, and a walk that finds nothing due ends the burst).
-        A v2 relay whose last top-up came back short (no backlog) takes the due rows alone
-        (relay.core.fairness).
+        A v2 relay whose last top-up came back short (no backlog) takes the due rows alone.
         """
         if not self._exclusive and not self._walk:
             self._start_claim([], wanted, one_walk=True)
@@ -190,6 +200,9 @@ class Producer:
 
     def _claimed(self, task: asyncio.Task[None]) -> None:
         self._claims.discard(task)
+        if self._owed:
+            self._owed = False
+            self.wakeup.poke()
         if not task.cancelled() and (error := task.exception()) is not None:
             self._claim_crash = self._claim_crash or error
             self.wakeup.poke()  # run() raises it at once
@@ -229,9 +242,8 @@ class Producer:
             failed = True
         finally:
             self.capacity.settle(reserved, len(rows))
-        if not self._exclusive and not failed:  # v2: is there a backlog to walk?
-            full = self._top_up.full if fill else True  # no top-up: the walk filled the batch
-            self._walk = walk_next(full, other_claims=len(self._claims) > 1)
+        if not self._exclusive and not failed:  # v2: may rows be waiting behind this batch?
+            self._walk = self._top_up.full if fill else True  # no top-up: the walk filled it
         if not rows:
             return
         if tracer:
@@ -243,11 +255,14 @@ class Producer:
         self._recheck_at = time.monotonic() + self.settings.hint_recheck
         metrics.CLAIMED.inc(len(rows))
         self._send(rows)
-        # Capacity reserved for this claim is settled: look again. Not after a short v2 claim
-        # while hints arrive: it took every due row it could, and what is committed since wakes
-        # the producer (the hint is latched), as freed capacity does (the completer). Looking
-        # again at once found nothing, at the price of a claim, about every other claim of a
-        # relay that keeps up (bench.keep_up). Without hints (poll-only) that look, and the
-        # recheck after it, are what finds the rows committed while the claim ran.
+        # Capacity reserved for this claim is settled: look again. After a short v2 claim of a
+        # relay that listens for hints, look again HINT_RECHECK later rather than at once: the
+        # claim took every due row its snapshot saw, so looking at once found nothing, at the
+        # price of a claim, about every other claim of a relay that keeps up (bench.keep_up).
+        # The later look still finds a row committed while the claim ran whose hint the
+        # writers' gate skipped, or that woke the producer while it could not claim.
+        # Without hints (poll-only) the look at once is what finds them.
         if self._exclusive or not self.wakeup.listens or len(rows) >= reserved:
             self.wakeup.poke()
+        else:
+            asyncio.get_running_loop().call_later(self.settings.hint_recheck, self.wakeup.poke)

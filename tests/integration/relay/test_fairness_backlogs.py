@@ -1,5 +1,5 @@
 """Invariant 7 against backlogs of every shape, for a v2 relay that skips the lane walk while it
-keeps up (relay.core.fairness): a backlog, however its rows are spread over lanes, customers or
+keeps up (relay.pipeline.producer): a backlog, however its rows are spread over lanes, customers or
 meters, is walked from the second claim after it builds up.
 
 These tests drive the real Producer against the real claim statements, one claim at a time
