@@ -10,10 +10,12 @@ transaction pooling, or a writer whose NOTIFY the 5 ms gate skipped) or its hint
 """
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
 import psycopg
+import pytest
 
 from relay.core.config import Settings
 from relay.core.rows import Claimed
@@ -61,109 +63,123 @@ class CommitDuringClaim(Store):
         return rows
 
 
+class ProducerAlone:
+    """A v2 producer on `store` with no sender and no completer (a claimed row's call never
+    ends, so nothing else pokes it), polling every POLL seconds: `run_until_b` returns once
+    row b1 is claimed, or times out (a stall)."""
+
+    def __init__(self, store: Store, capacity: int) -> None:
+        self.store = store
+        self.sent: list[Claimed] = []
+        self.got_b = asyncio.Event()
+        self.state = RelayState()
+        self.wakeup = Wakeup("postgresql://", listen=False)
+        settings = Settings(
+            stripe_api_mode="v2-stream", relay_id="r", lease_seconds=600, poll_interval=POLL
+        )
+        self.producer = Producer(
+            settings,
+            store,
+            self.wakeup,
+            Capacity(lambda: capacity, 100),
+            self.state,
+            send=self._send,
+            hand_back=lambda outcome: None,
+        )
+
+    def _send(self, rows: list[Claimed]) -> None:
+        self.sent.extend(rows)
+        if any(r.identifier == "b1" for r in rows):
+            self.got_b.set()
+
+    async def run_until_b(self) -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(self.producer.run(stop))
+        try:
+            await asyncio.wait_for(self.got_b.wait(), 15)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 5)
+
+    async def commit_b_with_its_hint(self, database_url: str) -> None:
+        """Row b1 committed and its hint delivered (as the listener sets it); returns once the
+        hint woke the producer's loop."""
+        turned = self.state.last_loop
+        _insert_quiet(database_url, "b1")
+        self.wakeup.poke()
+        for _ in range(500):
+            if self.state.last_loop != turned:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("the hint did not wake the producer")
+
+
+@contextlib.asynccontextmanager
+async def producer_alone(
+    database_url: str, store: type[Store], capacity: int
+) -> AsyncIterator[ProducerAlone]:
+    pool = make_pool(database_url)
+    await pool.open(wait=True)
+    try:
+        yield ProducerAlone(store(pool), capacity)
+    finally:
+        await pool.close()
+
+
 async def test_producer_claims_a_row_committed_during_a_short_claim_without_a_poll(
     database_url: str,
 ) -> None:
     """The producer alone (no completer: the claimed row's call has not ended), no hint for
     the second row: the look after the short claim takes it, not the poll (30 s)."""
     insert_usage(database_url, 1, customer="cus_a", prefix="a")
-    pool = make_pool(database_url)
-    await pool.open(wait=True)
-    store = CommitDuringClaim(pool)
     CommitDuringClaim.hooks = [lambda: _insert_quiet(database_url, "b1")]
-    got_b = asyncio.Event()
-    sent: list[Claimed] = []
-
-    def send(rows: list[Claimed]) -> None:
-        sent.extend(rows)
-        if any(r.identifier == "b1" for r in rows):
-            got_b.set()
-
-    settings = Settings(
-        stripe_api_mode="v2-stream", relay_id="r", lease_seconds=600, poll_interval=POLL
-    )
-    producer = Producer(
-        settings,
-        store,
-        Wakeup("postgresql://", listen=False),
-        Capacity(lambda: 100, 100),  # one claim at a time
-        RelayState(),
-        send=send,
-        hand_back=lambda outcome: None,
-    )
-    stop = asyncio.Event()
-    task = asyncio.create_task(producer.run(stop))
-    try:
-        await asyncio.wait_for(got_b.wait(), 5)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
-        await pool.close()
-    assert [r.identifier for r in sent] == ["a1", "b1"]
+    async with producer_alone(database_url, CommitDuringClaim, capacity=100) as alone:
+        await alone.run_until_b()  # one claim at a time
+    assert [r.identifier for r in alone.sent] == ["a1", "b1"]
 
 
-async def test_poll_only_relay_claims_a_row_committed_during_a_claim_before_the_call_ends(
-    database_url: str, emulator
-) -> None:
-    """A real v2 relay in poll-only mode (PgBouncer transaction pooling), Stripe answering in
-    8 s: a row committed while the relay's claim ran is claimed at once (the look after the
-    claim), not once the first row's call ends (the completer's poke) or at the poll."""
-    emulator.set_faults(Faults(latency=Latency.fixed(8000)))
-    insert_usage(database_url, 1, customer="cus_a", prefix="a")
-    CommitDuringClaim.hooks = [lambda: _insert_quiet(database_url, "b1")]
-    settings = make_settings(
-        database_url,
-        emulator,
-        stripe_api_mode="v2-stream",
-        poll_only=True,
-        poll_interval=POLL,
-        concurrency=1,
-        batch_size=100,
-        request_timeout=20,
-        lease_seconds=60,
-    )
-    async with running_relay(settings, store=CommitDuringClaim) as relay:
-
-        async def started() -> bool:  # the meter catalogue's read also takes 8 s
-            return relay.relay.producer.state.started
-
-        await relay.until(started, timeout=20)
-
-        async def b_claimed() -> bool:
-            return _leased(database_url, "b1")
-
-        await relay.until(b_claimed, timeout=4)
-
-
-async def test_a_row_whose_hint_the_gate_skipped_is_claimed_before_the_call_ends(
-    database_url: str, emulator
-) -> None:
-    """As above with LISTEN: the second writer's NOTIFY was skipped by the gate (at most one
-    per 5 ms; "the relay re-checks shortly after every wake-up")."""
-    emulator.set_faults(Faults(latency=Latency.fixed(8000)))
-    CommitDuringClaim.hooks = [lambda: _insert_quiet(database_url, "b1")]
-    settings = make_settings(
+def _one_claim_at_a_time(database_url: str, emulator: Any, **overrides: Any) -> Settings:
+    """A v2 relay whose one claim holds all its capacity, polling every POLL seconds, with a
+    lease and a timeout that outlast Stripe's 12 s answers."""
+    return make_settings(
         database_url,
         emulator,
         stripe_api_mode="v2-stream",
         poll_interval=POLL,
         concurrency=1,
         batch_size=100,
-        request_timeout=20,
-        lease_seconds=60,
+        request_timeout=30,
+        lease_seconds=90,
+        **overrides,
     )
+
+
+@pytest.mark.parametrize("poll_only", [True, False], ids=["poll-only", "gate-skipped-hint"])
+async def test_a_row_committed_during_a_claim_is_claimed_before_the_call_ends(
+    database_url: str, emulator, poll_only: bool
+) -> None:
+    """A real v2 relay, Stripe answering in 12 s; a row (b1) is committed while the relay's
+    claim of a1 runs, with no hint of its own: the relay is poll-only (PgBouncer transaction
+    pooling), or it listens and b1's writer's NOTIFY was skipped by the gate (at most one per
+    5 ms: "the relay re-checks shortly after every wake-up"). b1 is claimed by the look after
+    that claim, not once a1's call ends (the completer's poke) or at the poll."""
+    emulator.set_faults(Faults(latency=Latency.fixed(12000)))
+    CommitDuringClaim.hooks = [lambda: _insert_quiet(database_url, "b1")]
+    settings = _one_claim_at_a_time(database_url, emulator, poll_only=poll_only)
     async with running_relay(settings, store=CommitDuringClaim) as relay:
+        producer = relay.relay.producer
 
-        async def started() -> bool:
-            return relay.relay.producer.state.started
+        async def idle() -> bool:  # started (the meter read takes 12 s), first look found nothing
+            return producer.state.started and not producer._walk
 
-        await relay.until(started, timeout=20)
-        insert_usage(database_url, 1, customer="cus_a", prefix="a")  # with its NOTIFY
+        await relay.until(idle, timeout=30)
+        _insert_quiet(database_url, "a1")
+        producer.wakeup.poke()  # a1's hint, or the poll
 
         async def b_claimed() -> bool:
             return _leased(database_url, "b1")
 
-        await relay.until(b_claimed, timeout=6)
+        await relay.until(b_claimed, timeout=9)
 
 
 async def test_a_hint_that_arrives_while_the_only_claim_runs_is_not_lost(
@@ -173,18 +189,9 @@ async def test_a_hint_that_arrives_while_the_only_claim_runs_is_not_lost(
     claim runs; the hint wakes the producer during that claim, but the claim reserved the
     capacity (one claim at a time here; or MAX_CLAIMS were running), so that wake-up can claim
     nothing. It is not spent: the row is claimed when the claim ends, not after the first
-    row's Stripe call (8 s) or at the poll."""
-    emulator.set_faults(Faults(latency=Latency.fixed(8000)))
-    settings = make_settings(
-        database_url,
-        emulator,
-        stripe_api_mode="v2-stream",
-        poll_interval=POLL,
-        concurrency=1,
-        batch_size=100,
-        request_timeout=20,
-        lease_seconds=60,
-    )
+    row's Stripe call (12 s) or at the poll."""
+    emulator.set_faults(Faults(latency=Latency.fixed(12000)))
+    settings = _one_claim_at_a_time(database_url, emulator)
     async with running_relay(settings, store=CommitDuringClaim) as relay:
         producer = relay.relay.producer
 
@@ -202,13 +209,13 @@ async def test_a_hint_that_arrives_while_the_only_claim_runs_is_not_lost(
         async def started() -> bool:
             return producer.state.started
 
-        await relay.until(started, timeout=20)
+        await relay.until(started, timeout=30)
         insert_usage(database_url, 1, customer="cus_a", prefix="a")
 
         async def b_claimed() -> bool:
             return _leased(database_url, "b1")
 
-        await relay.until(b_claimed, timeout=6)
+        await relay.until(b_claimed, timeout=9)
 
 
 class TwoClaimsAtOnce(Store):
@@ -245,53 +252,16 @@ async def test_a_hint_that_arrives_while_two_claims_run_is_not_lost(database_url
             "SELECT outbox_record_usage('api_calls', 'cus_' || g, 1, 'a' || g)"
             " FROM generate_series(1, 40) g"
         )
-    pool = make_pool(database_url)
-    await pool.open(wait=True)
-    store = TwoClaimsAtOnce(pool)
-    got_b = asyncio.Event()
-    sent: list[Claimed] = []
+    async with producer_alone(database_url, TwoClaimsAtOnce, capacity=10_000) as alone:
+        assert isinstance(alone.store, TwoClaimsAtOnce)
 
-    def send(rows: list[Claimed]) -> None:
-        sent.extend(rows)
-        if any(r.identifier == "b1" for r in rows):
-            got_b.set()
+        async def commit_b_with_its_hint() -> None:
+            assert len(alone.producer._claims) == 2
+            await alone.commit_b_with_its_hint(database_url)
 
-    settings = Settings(
-        stripe_api_mode="v2-stream", relay_id="r", lease_seconds=600, poll_interval=POLL
-    )
-    wakeup = Wakeup("postgresql://", listen=False)
-    state = RelayState()
-    producer = Producer(
-        settings,
-        store,
-        wakeup,
-        Capacity(lambda: 10_000, 100),
-        state,
-        send=send,
-        hand_back=lambda outcome: None,
-    )
-
-    async def commit_b_with_its_hint() -> None:
-        assert len(producer._claims) == 2
-        turned = state.last_loop
-        _insert_quiet(database_url, "b1")
-        wakeup.poke()  # its NOTIFY, as the listener sets it
-        for _ in range(500):
-            if state.last_loop != turned:
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError("the hint did not wake the producer")
-
-    store.during = commit_b_with_its_hint
-    stop = asyncio.Event()
-    task = asyncio.create_task(producer.run(stop))
-    try:
-        await asyncio.wait_for(got_b.wait(), 5)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
-        await pool.close()
-    assert len(sent) == 41
+        alone.store.during = commit_b_with_its_hint
+        await alone.run_until_b()
+    assert len(alone.sent) == 41
 
 
 class HintDuringFirstClaim(Store):
@@ -313,40 +283,7 @@ async def test_a_hint_spent_during_a_claim_that_found_nothing_is_not_lost(
     """As above, but the running claim found no row (a claim that takes nothing never looked
     again). One claim at a time (the claim reserved the capacity): the hint wakes the producer,
     which cannot claim; it looks again when the claim ends instead of waiting for the poll."""
-    pool = make_pool(database_url)
-    await pool.open(wait=True)
-    store = HintDuringFirstClaim(pool)
-    got_b = asyncio.Event()
-
-    def send(rows: list[Claimed]) -> None:
-        if any(r.identifier == "b1" for r in rows):
-            got_b.set()
-
-    settings = Settings(
-        stripe_api_mode="v2-stream", relay_id="r", lease_seconds=600, poll_interval=POLL
-    )
-    wakeup = Wakeup("postgresql://", listen=False)
-    state = RelayState()
-    producer = Producer(
-        settings, store, wakeup, Capacity(lambda: 100, 100), state, send, lambda outcome: None
-    )
-
-    async def commit_b_with_its_hint() -> None:
-        turned = state.last_loop
-        _insert_quiet(database_url, "b1")
-        wakeup.poke()  # its NOTIFY
-        for _ in range(500):
-            if state.last_loop != turned:
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError("the hint did not wake the producer")
-
-    store.during = commit_b_with_its_hint
-    stop = asyncio.Event()
-    task = asyncio.create_task(producer.run(stop))
-    try:
-        await asyncio.wait_for(got_b.wait(), 5)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
-        await pool.close()
+    async with producer_alone(database_url, HintDuringFirstClaim, capacity=100) as alone:
+        assert isinstance(alone.store, HintDuringFirstClaim)
+        alone.store.during = lambda: alone.commit_b_with_its_hint(database_url)
+        await alone.run_until_b()
