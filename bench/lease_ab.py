@@ -19,16 +19,14 @@ import argparse
 import json
 import re
 import statistics
-import uuid
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from bench.common import ADMIN_URL, table
+from bench.common import scratch_database, table
 from bench.store_statements import backend_cpu_ns
 from outbox.sqlfile import for_psycopg
-from relay.db import migrate
 from relay.db import queries as q
 from relay.db.store import FIRST_LANE, SyncStore, claim_params, lease_params
 
@@ -82,12 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     trees = [str(Path(t).resolve()) for t in args.trees.split(",")]
     statements = {Path(t).name: lease_sql(t) for t in trees}
-    name = f"lease_ab_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = re.sub(r"/[^/]*$", f"/{name}", ADMIN_URL)
-    try:
-        migrate.upgrade(url)
+    with scratch_database() as url:  # this tree's schema, dropped afterwards
         dimensions = json.dumps({f"dim_{k}": f"value-{k}" for k in range(args.dimensions)})
         with psycopg.connect(url, autocommit=True) as setup:
             setup.execute(
@@ -98,9 +91,6 @@ def main() -> None:
             )
             setup.execute("VACUUM ANALYZE meter_event_outbox, meter_event_outbox_leases")
         samples = measure(url, statements, args.reps)
-    finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     first, *_ = samples
     rows = [
         [

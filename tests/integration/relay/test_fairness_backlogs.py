@@ -61,6 +61,13 @@ class Harness:
     def claimed_of(self, customer: str) -> int:
         return sum(1 for r in self.sent if r.customer == customer)
 
+    async def overtaking_a_fresh_row(self, url: str) -> int:
+        """cus_small commits a fresh row: how many of cus_big's rows are claimed before it."""
+        before = self.claimed_of("cus_big")
+        insert_usage(url, 1, customer="cus_small", prefix="fresh")
+        await self.until_claimed("fresh1")
+        return self.claimed_of("cus_big") - before
+
 
 class _Pool:
     def __init__(self, url: str, relay_id: str = "r") -> None:
@@ -120,14 +127,11 @@ async def test_one_tenants_interleaved_backlog_does_not_hold_back_a_fresh_row(
     and the fresh row's lane is reached within a pass."""
     async with producer_of(database_url) as relay:
         await relay.step()  # an idle relay: its claim found nothing, so the walk is off
-        assert not getattr(relay.producer, "_walk", False)
+        assert not relay.producer._walk
         insert_interleaved(database_url, 2500, big_share=2, others=200)
         await relay.step()
         await relay.step()
-        big_before = relay.claimed_of("cus_big")
-        insert_usage(database_url, 1, customer="cus_small", prefix="fresh")
-        await relay.until_claimed("fresh1")
-        overtaken = relay.claimed_of("cus_big") - big_before
+        overtaken = await relay.overtaking_a_fresh_row(database_url)
     # With the walk: cus_big gets one row per pass over ~120 lanes (and whatever a top-up
     # takes), a handful at most. Oldest first: all of its remaining ~960 rows.
     assert overtaken < 100, overtaken
@@ -168,10 +172,7 @@ async def test_one_customers_backlog_over_many_meters_does_not_hold_back_a_fresh
                 " FROM generate_series(1, 6000) g"
             )
         await relay.step()
-        big_before = relay.claimed_of("cus_big")
-        insert_usage(database_url, 1, customer="cus_small", prefix="fresh")
-        await relay.until_claimed("fresh1")
-        overtaken = relay.claimed_of("cus_big") - big_before
+        overtaken = await relay.overtaking_a_fresh_row(database_url)
     assert overtaken < 200, overtaken
 
 
