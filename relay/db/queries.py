@@ -35,10 +35,8 @@ class Query(Generic[P, R]):
     name: str
     params: type[P]
     rows: BaseRowFactory[R]
-    # False for statements whose best plan depends on the parameters: a prepared statement's
-    # generic plan must guess the size of `claim`'s batch and top-up, and a guess of a
-    # thousand rows turned its final join into a scan of the whole table. Planned afresh
-    # each time (about a millisecond).
+    # False for statements whose best plan depends on the parameters (an operator's filters):
+    # planned afresh each time, with the values in sight.
     prepare: bool = True
 
     @property
@@ -407,7 +405,8 @@ def _claimed(cursor: Any) -> RowMaker[Claimed]:  # a psycopg cursor, sync or asy
 # -- the registry -----------------------------------------------------------------------------
 
 WALK = Query("walk", WalkParams, kwargs_row(_walked))
-CLAIM = Query("claim", ClaimParams, class_row(Locked), prepare=False)
+CLAIM_PLAN = Query("claim_plan", NoParams, scalar_row)
+CLAIM = Query("claim", ClaimParams, class_row(Locked))
 LEASE = Query("lease", LeaseParams, _claimed)
 RESET_IN_FLIGHT = Query("reset_in_flight", Ids, scalar_row)
 RECORD_OUTCOMES = Query("record_outcomes", OutcomeParams, scalar_row)
@@ -710,8 +709,8 @@ CONFIRMATION_QUERIES = (
 REGISTRY: dict[str, Query[Any, Any]] = {
     q.name: q
     for q in (
-        WALK, CLAIM, LEASE, RESET_IN_FLIGHT, RECORD_OUTCOMES, HEARTBEAT, LEAVE, LIVE_RELAYS, REJECT,
-        FOLD_COUNTS,
+        WALK, CLAIM_PLAN, CLAIM, LEASE, RESET_IN_FLIGHT, RECORD_OUTCOMES, HEARTBEAT, LEAVE,
+        LIVE_RELAYS, REJECT, FOLD_COUNTS,
         STATE_COUNTS, STATUS_TALLY, STATUS_TALLY_BEFORE_LEASES, STATUS_TALLY_COUNTED,
         NEXT_ATTEMPTS, LAST_STATUS_FOR_CODE,
         ROW_STORY, ROW_STATE, ROW_ATTEMPTS, LIST_ROWS, RETRY, PRUNE, MAY_TEND_RANGES,

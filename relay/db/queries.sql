@@ -63,6 +63,19 @@ SELECT (SELECT coalesce(array_agg(id), '{}') FROM walk WHERE taken) AS ids, w.fo
        w.customer, w.event_name, w.depth < :max_lanes AND w.found < :batch_size AS wrap
 FROM walk w WHERE w.depth > 0 ORDER BY w.depth DESC LIMIT 1
 
+-- name: claim_plan
+-- The claim's transaction begins with this: how PostgreSQL plans `claim`, for this transaction
+-- only (LOCAL; the relay's other statements keep PostgreSQL's own choices). The relay prepares
+-- `claim`, and its generic plan is the right one whatever the parameters (see `claim`'s
+-- top-up); left to choose, PostgreSQL kept planning it afresh on every call, because a plan
+-- made for the batch at hand always looked cheaper than one that cannot know it. That planning
+-- (about 0.4 ms) was most of what a relay that keeps up cost PostgreSQL (bench.keep_up). And
+-- no bitmap scan: a plan that knows the top-up's LIMIT can read every due row through a bitmap
+-- and sort them (a lease probe each), where the ordered scan of the due index stops once
+-- the batch is full; that is the plan behind a pooler, where nothing is prepared.
+SELECT pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true),
+       pg_catalog.set_config('enable_bitmapscan', 'off', true)
+
 -- name: claim
 -- The claim's first statement (relay.db.store: `claim`, then `lease`, one short transaction; the
 -- outbox row is not updated, its lease goes to the UNLOGGED lease table, migration outbox_0020:
@@ -94,8 +107,8 @@ WITH heads AS MATERIALIZED (
     SELECT u.id FROM unnest(CAST(:ids AS bigint[])) AS u(id) WHERE CAST(:one_walk AS boolean)
     UNION ALL
     -- Otherwise one walked row per lane, the oldest: a walk that wrapped around within one
-    -- pass may name a lane twice, with a row committed in between as its new head. (The
-    -- statement is planned with its parameters, so only one of the two branches runs.)
+    -- pass may name a lane twice, with a row committed in between as its new head. (Only
+    -- one of the two branches runs: :one_walk is a one-time filter, in a generic plan too.)
     (SELECT DISTINCT ON (r.customer, r.event_name) r.id
      FROM unnest(CAST(:ids AS bigint[])) AS u(id)
      CROSS JOIN LATERAL (  -- one primary-key probe per id, never a hash of the table
@@ -138,16 +151,19 @@ filled AS MATERIALIZED (
     -- of every due row). The cursor is a row comparison on the due index's columns
     -- (available_at, id, migration outbox_0026), so the scan starts right after it, also
     -- among the many rows one INSERT statement gives the same available_at. No cursor: the
-    -- planner folds the condition away (the statement is planned with its parameters); a
-    -- comparison with '-infinity' left in made the index scan cost more than it does and the
-    -- planner chose a sequential scan and a sort of every due row.
+    -- scan starts before every row ('-infinity' and the smallest bigint; ids come from the
+    -- identity sequence). The bound comes from a sub-select so that the planner never sees
+    -- its value: the statement is prepared, and its generic plan must start the scan at the
+    -- cursor (an `IS NULL OR` left it a filter, read past every row before it); and planned
+    -- with '-infinity' in sight, the planner chose a sequential scan and a sort of every due
+    -- row. So every plan, custom or generic, is the same ordered scan.
     -- The sum (not the difference with now(), which PostgreSQL refuses for an infinite
     -- timestamp: "cannot subtract infinite timestamps") keeps an infinite available_at as it
     -- is: nothing CHECKs it finite, '-infinity' is due and 'infinity' never is.
     WHERE o.state IN ('pending', 'in_flight') AND o.available_at + interval '0' <= now()
-      AND (CAST(:after_at AS timestamptz) IS NULL
-           OR (o.available_at, o.id) > (CAST(:after_at AS timestamptz),
-                                        CAST(:after_id AS bigint)))
+      AND (o.available_at, o.id)
+          > (SELECT coalesce(CAST(:after_at AS timestamptz), '-infinity'),
+                    coalesce(CAST(:after_id AS bigint), CAST('-9223372036854775808' AS bigint)))
       AND o.id NOT IN (SELECT id FROM chosen)
       AND coalesce((SELECT l.leased_until FROM meter_event_outbox_leases l
                     WHERE l.outbox_id = o.id), '-infinity') <= now()

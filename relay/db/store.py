@@ -305,6 +305,7 @@ class Store(AsyncExecutor):
         the row locks, so a claim never waits on a lease (see `lease` in queries.sql)."""
         after = top_up_start(how)
         async with self.pool.connection() as conn, conn.transaction():
+            await fetch(conn, q.CLAIM_PLAN({}))
             locked = await fetch(conn, q.CLAIM(claim_params(ids, how, after)))
             ids_locked = top_up_passed(how, locked)
             if not locked:
@@ -753,6 +754,7 @@ class SyncStore(SyncExecutor):
         """Store.claim's two statements, in one transaction."""
         after = top_up_start(how)
         with self.conn.transaction():
+            self.all(q.CLAIM_PLAN({}))
             locked = self.all(q.CLAIM(claim_params(ids, how, after)))
             ids_locked = top_up_passed(how, locked)
             if not locked:
