@@ -1,7 +1,7 @@
 """The relay's PostgreSQL cost per event while it keeps up with a steady stream of usage.
 
     python -m bench.keep_up [--trees /work/main,$PWD] [--rate 2000] [--seconds 10] [--rounds 2]
-        [--mode v2-stream]
+        [--mode v2-stream] [--history 100000]
 
 The throughput benches ((c), (e)) start from a backlog: every row is due at once. A relay in
 production mostly keeps up instead: a few rows are committed between two claims, and each claim
@@ -9,10 +9,11 @@ takes every due row. This bench measures that regime. A private PostgreSQL clust
 with pg_stat_statements; per round and checkout, in turn: a fresh database, the emulator (0 ms),
 that checkout's relay as its own process (live key, the mode given), and one application
 connection committing `rate` facts a second over 1,000 customers, a transaction every 10 ms
-(with the wake-up hint): one second of it, then ANALYZE (as autovacuum would have by then),
-then `seconds` measured. Then, per event: the CPU of the database's backends
-other than the application's (from /proc: the relay's connections), and the relay's statements
-from pg_stat_statements (calls, execution time). Medians over rounds. Nothing is asserted.
+(with the wake-up hint): after `history` settled rows (accepted, 100,000 by default) and ANALYZE
+(as autovacuum would have by then), one second of it, then `seconds` measured. Then, per
+event: the CPU of the database's backends other than the application's (from /proc: the
+relay's connections), and the relay's statements from pg_stat_statements (calls, execution
+time). Medians over rounds. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -66,6 +67,21 @@ def _write(url: str, rate: float, seconds: float, first: int = 0) -> tuple[int, 
     return written - first, pid
 
 
+def _history(url: str, n: int) -> None:
+    """`n` settled rows (accepted, as the relay leaves them), then ANALYZE."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO meter_event_outbox (identifier, event_name, customer, value)"
+            " SELECT 'h' || g, 'api_calls', 'cus_' || (g %% %s), 1 FROM generate_series(1, %s) g",
+            (CUSTOMERS, n),
+        )
+        conn.execute(
+            "UPDATE meter_event_outbox SET state = 'accepted', accepted_at = now(),"
+            " first_attempt_at = now(), updated_at = now() WHERE state = 'pending'"
+        )
+        conn.execute("VACUUM ANALYZE meter_event_outbox")
+
+
 def _statements(admin_url: str, url: str) -> dict[str, tuple[int, float]]:
     """The relay's named statements in `url`'s database: calls and total execution ms."""
     firsts = _names()
@@ -102,13 +118,13 @@ def one_run(admin_url: str, tree: str, args: argparse.Namespace) -> dict[str, fl
         ) as relay,
     ):
         time.sleep(1.0)  # the relay connects and LISTENs before the first commit
-        # A second of the stream first, then the statistics autovacuum (off on this cluster)
-        # would have gathered by now: plans made for an empty, never analyzed table are not
-        # the ones a relay in service runs.
+        # An outbox in service: its history, and the statistics autovacuum (off on this
+        # cluster) would have gathered. Plans made for an empty, never analyzed table, or for
+        # one analyzed while it was a tenth of its size, are not the ones a relay in service
+        # runs. Then a second of the stream before the measured ones.
+        _history(url, args.history)
         warm, _ = _write(url, args.rate, WARM_UP)
         wait_drained(url, 60)
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("ANALYZE meter_event_outbox")
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute("SELECT pg_stat_statements_reset()")
         before = postgres_cpu_seconds(url)
@@ -136,6 +152,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--mode", default="v2-stream", choices=["v1", "v2-stream"])
+    parser.add_argument("--history", type=int, default=100_000, help="settled rows to start with")
     args = parser.parse_args()
     trees = args.trees.split(",")
     runs: dict[str, list[dict[str, float]]] = {tree: [] for tree in trees}
