@@ -308,6 +308,9 @@ WHERE id = ANY(CAST(:ids AS bigint[])) AND state = 'in_flight'
 -- is empty: the old holder's outcome writes nothing and the row replays with the same key.
 WITH input AS MATERIALIZED (
     SELECT r.id, r.token, r.key_generation, r.request_id, r.latency_ms, d.*,
+           -- the state the row must still be in to be written: a value of the input, not a
+           -- constant in the update (see below)
+           CAST('pending' AS text) AS expected_state,
            -- a call whose acceptance the row can carry (the row's own conditions below)
            d.called AND d.state = 'accepted' AND d.action = 'report' AND d.code IS NULL
                AND d.http_status = 200 AS clean
@@ -389,7 +392,13 @@ written AS (
                                 AND o.cancel_requested_at IS NULL
                            THEN CAST(:relay_id AS text) ELSE o.accepted_by END
     FROM released u
-    WHERE o.id = u.id AND o.state = 'pending'
+    -- `o.state = 'pending'` written as a constant would let the planner read the row through
+    -- the due index (its predicate is the pending and in-flight states): in a table whose
+    -- statistics say almost nothing is pending (an outbox in service: its history), the
+    -- generic plan scanned every pending row of that index for each batch and joined the batch
+    -- to each, instead of one primary-key probe per row (bench.keep_up). Compared with the
+    -- input's value, no partial index qualifies.
+    WHERE o.id = u.id AND o.state = u.expected_state
     -- o.* here are the values just written; the sent action and key come from the claim.
     -- `carried`: this statement wrote the carried call (its acceptance is this statement's).
     RETURNING o.id, o.attempts, o.state, u.called, u.action, u.key_generation, u.http_status,
