@@ -65,7 +65,8 @@ FROM walk w WHERE w.depth > 0 ORDER BY w.depth DESC LIMIT 1
 
 -- name: claim_plan
 -- The claim's transaction begins with this: how PostgreSQL plans `claim`, for this transaction
--- only (LOCAL; the relay's other statements keep PostgreSQL's own choices). The relay prepares
+-- only (LOCAL: `lease` and `reset_in_flight`, primary-key probes, run under it too; the
+-- relay's other statements keep PostgreSQL's own choices). The relay prepares
 -- `claim`, and its generic plan is the right one whatever the parameters (see `claim`'s
 -- top-up); left to choose, PostgreSQL kept planning it afresh on every call, because a plan
 -- made for the batch at hand always looked cheaper than one that cannot know it. That planning
@@ -112,9 +113,13 @@ WITH heads AS MATERIALIZED (
     (SELECT DISTINCT ON (r.customer, r.event_name) r.id
      FROM unnest(CAST(:ids AS bigint[])) AS u(id)
      CROSS JOIN LATERAL (  -- one primary-key probe per id, never a hash of the table
+         -- `IS TRUE`: a state test the due and lane indexes' predicate cannot be proved from,
+         -- so neither can serve this probe. With the plain test, in a table whose statistics
+         -- say almost nothing is pending (an outbox in service), the planner read each id
+         -- through the due index (its second column: a scan from the index's start).
          SELECT o.id, o.customer, o.event_name, o.available_at
          FROM meter_event_outbox o
-         WHERE o.id = u.id AND o.state IN ('pending', 'in_flight') LIMIT 1) r
+         WHERE o.id = u.id AND (o.state IN ('pending', 'in_flight')) IS TRUE LIMIT 1) r
      WHERE NOT CAST(:one_walk AS boolean)
      ORDER BY r.customer, r.event_name, r.available_at, r.id)
 ),
@@ -124,7 +129,8 @@ chosen AS MATERIALIZED (
     CROSS JOIN LATERAL (
         SELECT o.id, o.state = 'in_flight' AS in_flight
         FROM meter_event_outbox o
-        WHERE o.id = h.id AND o.state IN ('pending', 'in_flight') AND o.available_at <= now()
+        WHERE o.id = h.id AND (o.state IN ('pending', 'in_flight')) IS TRUE  -- as in heads
+          AND o.available_at <= now()
           -- v1: the lane is still free (correlated scalar probes, as in the walk; a live
           -- lease of the head is one of the lane's). v2: the head has no live lease.
           AND CASE WHEN CAST(:exclusive AS boolean) THEN (

@@ -1,0 +1,264 @@
+"""The claim's plans in an outbox in service, and the scope of the claim's settings: the
+planner trap of a constant state predicate (the partial due index's predicate is the pending
+and in-flight states, so it can serve a primary-key probe, scanning from its start) in a table
+whose statistics say almost nothing is pending, and what the transaction-local settings leave
+behind (nothing) on a pooled connection and behind PgBouncer. Two shapes of the trap are not
+closed yet: the probes that must use the lane index (xfail, strict)."""
+
+import asyncio
+import re
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.sql import Literal
+
+from outbox.sqlfile import for_psycopg
+from relay.core.top_up import TopUp
+from relay.db.pool import QUERIES, make_pool
+from relay.db.store import Store, claim_params
+from tests.support.pgbouncer import Bouncer, bouncer
+from tests.support.relay import insert_usage
+
+HISTORY = 20_000  # settled rows, analyzed: the statistics say almost nothing is pending
+BACKLOG = 20_000  # pending rows committed after that ANALYZE (an outage's backlog)
+
+
+def _in_service(database_url: str, db: psycopg.Connection) -> None:
+    insert_usage(database_url, HISTORY, customers=100, prefix="h")
+    db.execute("UPDATE meter_event_outbox SET state = 'accepted', accepted_at = now()")
+    db.execute("VACUUM ANALYZE meter_event_outbox")  # as autovacuum would have
+
+
+def _prepare_generic(db: psycopg.Connection) -> list[str]:
+    """PREPARE the claim as the relay runs it (its transaction's settings applied)."""
+    names: list[str] = []
+
+    def placeholder(m: re.Match[str]) -> str:
+        if m.group(1) not in names:
+            names.append(m.group(1))
+        return f"${names.index(m.group(1)) + 1}"
+
+    sql = re.sub(r"%\((\w+)\)s", placeholder, for_psycopg(QUERIES["claim"]))
+    types = {
+        "ids": "text",
+        "one_walk": "bool",
+        "fill": "int8",
+        "exclusive": "bool",
+        "after_at": "timestamptz",
+        "after_id": "int8",
+    }
+    db.execute(f"PREPARE review_claim ({', '.join(types[n] for n in names)}) AS {sql}")
+    return names
+
+
+def _explain(db: psycopg.Connection, names: list[str], params: Any, analyze: bool) -> str:
+    args = ", ".join(Literal(params[n]).as_string(db) for n in names)
+    options = "(ANALYZE, BUFFERS, TIMING OFF) " if analyze else ""
+    rows = db.execute(f"EXPLAIN {options}EXECUTE review_claim({args})").fetchall()
+    return "\n".join(r[0] for r in rows)
+
+
+@pytest.mark.parametrize("exclusive", [True, False], ids=["v1", "v2"])
+def test_in_service_the_claim_probes_walked_heads_by_primary_key(
+    database_url: str, db: psycopg.Connection, exclusive: bool
+) -> None:
+    """An outbox in service (its history analyzed, a few rows pending): the walked heads are
+    probed by primary key, as record_outcomes' rows are, never through the due index (an
+    `id = ...` condition on its second column: a scan from its start to the head, per head)."""
+    _in_service(database_url, db)
+    insert_usage(database_url, 50, customers=10, prefix="p")
+    ids = [
+        r[0]
+        for r in db.execute(
+            "SELECT DISTINCT ON (customer) id FROM meter_event_outbox WHERE state = 'pending'"
+            " ORDER BY customer, available_at, id"
+        )
+    ]
+    with db.transaction(force_rollback=True):
+        db.execute(for_psycopg(QUERIES["claim_plan"]), prepare=False)
+        names = _prepare_generic(db)
+        how = {"fill": 0 if exclusive else 100, "exclusive": exclusive, "one_walk": False}
+        plan = _explain(db, names, claim_params(ids, how), analyze=False)
+    lines = plan.splitlines()
+    probes = [
+        lines[i - 1]
+        for i, line in enumerate(lines)
+        if re.search(r"Index Cond: .*\(id = [uh]", line)
+    ]
+    assert len(probes) == 2, plan  # heads' and chosen's
+    assert all("meter_event_outbox_pkey" in p for p in probes), plan
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="not closed: v1's in-flight lane probe (and the walk's) reads the due index when"
+    " the statistics predate a backlog; both indexes have the same predicate, so no rewording"
+    " of the query can rule the due index out (needs a schema change or fresher statistics)",
+)
+def test_a_backlog_after_the_last_analyze_costs_a_due_index_scan_per_head(
+    database_url: str, db: psycopg.Connection
+) -> None:
+    """The cost of the above: an outage's backlog committed since the last ANALYZE (autovacuum
+    analyzes after 10% of the table changed: a million rows for an outbox of ten million),
+    then a v1 claim of 10 heads. Each head's lane probe reads every entry of the due index
+    (BACKLOG x 10 index entries, about 1,200 buffer hits per head here; 0.6 s a claim with
+    200,000 rows pending) where the lane index answers in a few buffers. (The same plan is
+    chosen when the claim is planned with its parameters, as on main: not new, but the trap
+    the record_outcomes commit fixed, on the claim.)"""
+    _in_service(database_url, db)
+    insert_usage(database_url, BACKLOG, customers=1000, prefix="b")
+    ids = [
+        r[0]
+        for r in db.execute(
+            "SELECT DISTINCT ON (customer) id FROM meter_event_outbox WHERE state = 'pending'"
+            " ORDER BY customer, available_at, id LIMIT 10"
+        )
+    ]
+    with db.transaction(force_rollback=True):
+        db.execute(for_psycopg(QUERIES["claim_plan"]), prepare=False)
+        names = _prepare_generic(db)
+        how = {"fill": 0, "exclusive": True, "one_walk": False}
+        plan = _explain(db, names, claim_params(ids, how), analyze=True)
+    removed = [int(n) for n in re.findall(r"Rows Removed by Filter: (\d+)", plan)]
+    hits = int(re.search(r"Buffers: shared hit=(\d+)", plan).group(1))  # type: ignore[union-attr]
+    assert max(removed, default=0) < 1000 and hits < 2000, plan
+
+
+async def test_a_cancelled_or_failed_claim_leaves_no_setting_on_the_pooled_connection(
+    database_url: str,
+) -> None:
+    """LOCAL: a claim cancelled while it waits (the lease table locked by someone else) or
+    failing midway leaves plan_cache_mode and enable_bitmapscan as they were."""
+    pool = make_pool(database_url, max_size=1)
+    await pool.open(wait=True)
+    try:
+        store = Store(pool)
+        with psycopg.connect(database_url) as locker:
+            locker.execute("LOCK TABLE meter_event_outbox_leases IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(
+                    store.claim(
+                        [], fill=5, exclusive=False, relay_id="r", lease_seconds=60, top_up=TopUp()
+                    ),
+                    1.0,
+                )
+        with pytest.raises(psycopg.errors.InvalidRowCountInLimitClause):
+            await store.claim([], fill=-1, exclusive=False, relay_id="r", lease_seconds=60)
+        async with pool.connection() as conn:
+            shown = [
+                (await (await conn.execute(f"SHOW {g}")).fetchone())
+                for g in ("plan_cache_mode", "enable_bitmapscan")
+            ]
+    finally:
+        await pool.close()
+    assert shown == [("auto",), ("on",)]
+
+
+async def test_behind_transaction_pooling_the_settings_stay_in_the_claims_transaction(
+    pg_admin_url: str, database_url: str
+) -> None:
+    """One server connection behind PgBouncer (transaction pooling): after the relay's claims,
+    another client handed that server connection sees PostgreSQL's own settings."""
+    insert_usage(database_url, 50, customers=5)
+    running: Bouncer
+    with bouncer(pg_admin_url, "transaction", pool_size=1) as running:
+        url = running.url(database_url)
+        pool = make_pool(url, max_size=1)
+        await pool.open(wait=True)
+        try:
+            store, cursor = Store(pool), TopUp()
+            for _ in range(3):
+                await store.claim(
+                    [], fill=10, exclusive=False, relay_id="r", lease_seconds=60, top_up=cursor
+                )
+        finally:
+            await pool.close()
+        with psycopg.connect(url, autocommit=True) as other:
+            shown = [
+                other.execute(f"SHOW {g}").fetchone()
+                for g in ("plan_cache_mode", "enable_bitmapscan")
+            ]
+    assert shown == [("auto",), ("on",)]
+
+
+@pytest.mark.parametrize("available_at", ["-infinity", "4713-01-01 00:00:00+00 BC", "infinity"])
+@pytest.mark.parametrize("cursor", [False, True], ids=["from-the-start", "after-a-cursor"])
+def test_the_top_up_with_odd_available_at(
+    database_url: str, db: psycopg.Connection, available_at: str, cursor: bool
+) -> None:
+    """Rows due since '-infinity' or before year 1 are topped up (from the start, not after
+    a cursor past them); 'infinity' never; all through the prepared generic plan."""
+    insert_usage(database_url, 5, customers=1)
+    (odd,) = db.execute(
+        "UPDATE meter_event_outbox SET available_at = %s WHERE identifier = 'u3' RETURNING id",
+        (available_at,),
+    ).fetchone() or (None,)
+    after = (
+        db.execute(
+            "SELECT available_at, id FROM meter_event_outbox WHERE identifier = 'u1'"
+        ).fetchone()
+        if cursor
+        else None
+    )
+    with db.transaction(force_rollback=True):
+        db.execute(for_psycopg(QUERIES["claim_plan"]), prepare=False)
+        names = _prepare_generic(db)
+        args = ", ".join(
+            Literal(claim_params([], {"fill": 10, "exclusive": False}, after)[n]).as_string(db)
+            for n in names
+        )
+        ids = [r[0] for r in db.execute(f"EXECUTE review_claim({args})").fetchall()]
+    others = {
+        r[0]
+        for r in db.execute(
+            "SELECT id FROM meter_event_outbox WHERE identifier IN %s"
+            % ("('u2', 'u4', 'u5')" if cursor else "('u1', 'u2', 'u4', 'u5')")
+        )
+    }
+    expected = others | ({odd} if available_at != "infinity" and not cursor else set())
+    assert sorted(ids) == sorted(expected)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="not closed: the walk's lane probe can be served by the due index and a sort when"
+    " the statistics predate a backlog (same predicate as the lane index)",
+)
+def test_a_backlog_after_the_last_analyze_is_walked_through_the_lane_index(
+    database_url: str, db: psycopg.Connection
+) -> None:
+    """The walk's loose index scan, prepared as the relay runs it, after an outage's backlog
+    committed since the last ANALYZE: one probe of the lane index per lane, never a read and
+    a sort of every pending row per lane."""
+    _in_service(database_url, db)
+    insert_usage(database_url, BACKLOG, customers=1000, prefix="b")
+    names: list[str] = []
+
+    def placeholder(m: re.Match[str]) -> str:
+        if m.group(1) not in names:
+            names.append(m.group(1))
+        return f"${names.index(m.group(1)) + 1}"
+
+    sql = re.sub(r"%\((\w+)\)s", placeholder, for_psycopg(QUERIES["walk"]))
+    types = {
+        "exclusive": "bool",
+        "after_customer": "text",
+        "after_event_name": "text",
+        "max_lanes": "int",
+        "batch_size": "int",
+    }
+    values = {
+        "exclusive": False,
+        "after_customer": "",
+        "after_event_name": "",
+        "max_lanes": 10_000,
+        "batch_size": 100,
+    }
+    with db.transaction(force_rollback=True):
+        db.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        db.execute(f"PREPARE review_walk ({', '.join(types[n] for n in names)}) AS {sql}")
+        args = ", ".join(Literal(values[n]).as_string(db) for n in names)
+        rows = db.execute(f"EXPLAIN (ANALYZE, BUFFERS, TIMING OFF) EXECUTE review_walk({args})")
+        plan = "\n".join(r[0] for r in rows.fetchall())
+    assert "meter_event_outbox_due" not in plan, plan
