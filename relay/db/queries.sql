@@ -397,7 +397,9 @@ written AS (
         accepted_by = CASE WHEN u.clean AND o.accepted_at IS NULL
                                 AND o.cancel_requested_at IS NULL
                            THEN CAST(:relay_id AS text) ELSE o.accepted_by END
-    FROM released u
+    -- In id order: the rows are locked in one order whatever the batch's, as a plan driven by
+    -- the due index happened to give (tests/integration/relay/test_hostile_cancel_probe.py).
+    FROM (SELECT * FROM released ORDER BY id) u
     -- `o.state = 'pending'` written as a constant would let the planner read the row through
     -- the due index (its predicate is the pending and in-flight states): in a table whose
     -- statistics say almost nothing is pending (an outbox in service: its history), the
