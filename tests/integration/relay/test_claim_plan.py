@@ -4,17 +4,14 @@ what a relay that keeps up cost PostgreSQL), and every plan of the v2 top-up, ge
 for the parameters at hand (behind a pooler nothing is prepared), is the ordered scan of the
 due index that stops once the batch is full, never a read and a sort of every due row."""
 
-import re
-from typing import Any
-
 import psycopg
 import pytest
-from psycopg.sql import Literal
 
 from outbox.sqlfile import for_psycopg
 from relay.core.top_up import TopUp
 from relay.db.pool import QUERIES, make_pool
 from relay.db.store import Store, SyncStore, claim_params
+from tests.support.plans import explain_prepared
 from tests.support.relay import insert_usage
 
 DUE = 16_000  # due rows: enough that a plan knowing a top-up of 1,000 prefers a sort
@@ -93,19 +90,11 @@ def test_the_generic_plan_scans_the_due_index_in_order(
     the ordered scan at the cursor (an `IS NULL OR` on the parameter left it a filter, read
     past every row before the cursor)."""
     _due_rows(database_url)
-    names: list[str] = []
-    sql = re.sub(
-        r"%\((\w+)\)s", lambda m: _placeholder(names, m.group(1)), for_psycopg(QUERIES["claim"])
-    )
-    params: Any = claim_params([], {"fill": FILL, "exclusive": False})
+    params = claim_params([], {"fill": FILL, "exclusive": False})
     with db.transaction(force_rollback=True):
         db.execute(for_psycopg(QUERIES["claim_plan"]), prepare=False)
-        types = ", ".join("int" if n == "fill" else "text" for n in names)  # LIMIT: a number
-        db.execute(f"PREPARE generic_claim ({types}) AS {sql}")
-        arguments = ", ".join(Literal(params[n]).as_string(db) for n in names)
-        explained = db.execute(f"EXPLAIN EXECUTE generic_claim({arguments})").fetchall()
-        db.execute("DEALLOCATE generic_claim")
-    top_up = _top_up_scan("\n".join(r[0] for r in explained))
+        plan = explain_prepared(db, "claim", params, {"fill": "int"})
+    top_up = _top_up_scan(plan)
     assert "Index Scan using meter_event_outbox_due" in top_up, top_up
     assert "Index Cond: (ROW(available_at, id) > ROW(" in top_up, top_up
     assert "Sort" not in top_up and "Bitmap" not in top_up, top_up
@@ -117,9 +106,3 @@ def test_the_claims_settings_end_with_its_transaction(db: psycopg.Connection) ->
     store.claim([], fill=10, exclusive=False, relay_id="r", lease_seconds=60)
     assert db.execute("SHOW plan_cache_mode").fetchone() == ("auto",)
     assert db.execute("SHOW enable_bitmapscan").fetchone() == ("on",)
-
-
-def _placeholder(names: list[str], name: str) -> str:
-    if name not in names:
-        names.append(name)
-    return f"${names.index(name) + 1}"

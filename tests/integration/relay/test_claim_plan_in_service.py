@@ -11,13 +11,13 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg.sql import Literal
 
 from outbox.sqlfile import for_psycopg
 from relay.core.top_up import TopUp
 from relay.db.pool import QUERIES, make_pool
 from relay.db.store import Store, claim_params
 from tests.support.pgbouncer import Bouncer, bouncer
+from tests.support.plans import explain_prepared, run_prepared
 from tests.support.relay import insert_usage
 
 HISTORY = 20_000  # settled rows, analyzed: the statistics say almost nothing is pending
@@ -30,33 +30,20 @@ def _in_service(database_url: str, db: psycopg.Connection) -> None:
     db.execute("VACUUM ANALYZE meter_event_outbox")  # as autovacuum would have
 
 
-def _prepare_generic(db: psycopg.Connection) -> list[str]:
-    """PREPARE the claim as the relay runs it (its transaction's settings applied)."""
-    names: list[str] = []
-
-    def placeholder(m: re.Match[str]) -> str:
-        if m.group(1) not in names:
-            names.append(m.group(1))
-        return f"${names.index(m.group(1)) + 1}"
-
-    sql = re.sub(r"%\((\w+)\)s", placeholder, for_psycopg(QUERIES["claim"]))
-    types = {
-        "ids": "text",
-        "one_walk": "bool",
-        "fill": "int8",
-        "exclusive": "bool",
-        "after_at": "timestamptz",
-        "after_id": "int8",
-    }
-    db.execute(f"PREPARE review_claim ({', '.join(types[n] for n in names)}) AS {sql}")
-    return names
+CLAIM_TYPES = {
+    "fill": "int8",
+    "one_walk": "bool",
+    "exclusive": "bool",
+    "after_at": "timestamptz",
+    "after_id": "int8",
+}
 
 
-def _explain(db: psycopg.Connection, names: list[str], params: Any, analyze: bool) -> str:
-    args = ", ".join(Literal(params[n]).as_string(db) for n in names)
-    options = "(ANALYZE, BUFFERS, TIMING OFF) " if analyze else ""
-    rows = db.execute(f"EXPLAIN {options}EXECUTE review_claim({args})").fetchall()
-    return "\n".join(r[0] for r in rows)
+def _explain_claim(db: psycopg.Connection, params: Any, analyze: bool) -> str:
+    """The claim's plan as the relay runs it: prepared, with its transaction's settings."""
+    db.execute(for_psycopg(QUERIES["claim_plan"]), prepare=False)
+    options = "(ANALYZE, BUFFERS, TIMING OFF)" if analyze else ""
+    return explain_prepared(db, "claim", params, CLAIM_TYPES, options)
 
 
 @pytest.mark.parametrize("exclusive", [True, False], ids=["v1", "v2"])
@@ -76,10 +63,8 @@ def test_in_service_the_claim_probes_walked_heads_by_primary_key(
         )
     ]
     with db.transaction(force_rollback=True):
-        db.execute(for_psycopg(QUERIES["claim_plan"]), prepare=False)
-        names = _prepare_generic(db)
         how = {"fill": 0 if exclusive else 100, "exclusive": exclusive, "one_walk": False}
-        plan = _explain(db, names, claim_params(ids, how), analyze=False)
+        plan = _explain_claim(db, claim_params(ids, how), analyze=False)
     lines = plan.splitlines()
     probes = [
         lines[i - 1]
@@ -116,10 +101,8 @@ def test_a_backlog_after_the_last_analyze_costs_a_due_index_scan_per_head(
         )
     ]
     with db.transaction(force_rollback=True):
-        db.execute(for_psycopg(QUERIES["claim_plan"]), prepare=False)
-        names = _prepare_generic(db)
         how = {"fill": 0, "exclusive": True, "one_walk": False}
-        plan = _explain(db, names, claim_params(ids, how), analyze=True)
+        plan = _explain_claim(db, claim_params(ids, how), analyze=True)
     removed = [int(n) for n in re.findall(r"Rows Removed by Filter: (\d+)", plan)]
     hits = int(re.search(r"Buffers: shared hit=(\d+)", plan).group(1))  # type: ignore[union-attr]
     assert max(removed, default=0) < 1000 and hits < 2000, plan
@@ -203,12 +186,8 @@ def test_the_top_up_with_odd_available_at(
     )
     with db.transaction(force_rollback=True):
         db.execute(for_psycopg(QUERIES["claim_plan"]), prepare=False)
-        names = _prepare_generic(db)
-        args = ", ".join(
-            Literal(claim_params([], {"fill": 10, "exclusive": False}, after)[n]).as_string(db)
-            for n in names
-        )
-        ids = [r[0] for r in db.execute(f"EXECUTE review_claim({args})").fetchall()]
+        params = claim_params([], {"fill": 10, "exclusive": False}, after)
+        ids = [r[0] for r in run_prepared(db, "claim", params, CLAIM_TYPES)]
     others = {
         r[0]
         for r in db.execute(
@@ -233,21 +212,7 @@ def test_a_backlog_after_the_last_analyze_is_walked_through_the_lane_index(
     a sort of every pending row per lane."""
     _in_service(database_url, db)
     insert_usage(database_url, BACKLOG, customers=1000, prefix="b")
-    names: list[str] = []
-
-    def placeholder(m: re.Match[str]) -> str:
-        if m.group(1) not in names:
-            names.append(m.group(1))
-        return f"${names.index(m.group(1)) + 1}"
-
-    sql = re.sub(r"%\((\w+)\)s", placeholder, for_psycopg(QUERIES["walk"]))
-    types = {
-        "exclusive": "bool",
-        "after_customer": "text",
-        "after_event_name": "text",
-        "max_lanes": "int",
-        "batch_size": "int",
-    }
+    types = {"max_lanes": "int", "batch_size": "int", "exclusive": "bool"}
     values = {
         "exclusive": False,
         "after_customer": "",
@@ -257,8 +222,5 @@ def test_a_backlog_after_the_last_analyze_is_walked_through_the_lane_index(
     }
     with db.transaction(force_rollback=True):
         db.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-        db.execute(f"PREPARE review_walk ({', '.join(types[n] for n in names)}) AS {sql}")
-        args = ", ".join(Literal(values[n]).as_string(db) for n in names)
-        rows = db.execute(f"EXPLAIN (ANALYZE, BUFFERS, TIMING OFF) EXECUTE review_walk({args})")
-        plan = "\n".join(r[0] for r in rows.fetchall())
+        plan = explain_prepared(db, "walk", values, types, "(ANALYZE, BUFFERS, TIMING OFF)")
     assert "meter_event_outbox_due" not in plan, plan

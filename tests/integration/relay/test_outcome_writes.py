@@ -1,18 +1,15 @@
 """Outcome writes: the attempt history written with each outcome, the metrics they drive."""
 
-import re
 from typing import Any
 
 import psycopg
 import pytest
 from prometheus_client import REGISTRY
-from psycopg.sql import Literal
 
-from outbox.sqlfile import for_psycopg
 from relay.core.rows import Claimed, Outcome
-from relay.db.pool import QUERIES
 from relay.db.store import FIRST_LANE, SyncStore, outcome_params
 from relay.emulator import Emulator
+from tests.support.plans import explain_prepared
 from tests.support.relay import accepted, insert_usage, running_relay
 
 ATTEMPTS = (
@@ -187,28 +184,10 @@ def test_the_outcomes_generic_plan_joins_each_row_once(
     walked = store.walk(FIRST_LANE, 2, exclusive=True)
     rows = store.claim(walked.ids, fill=0, exclusive=True, relay_id="test-relay", lease_seconds=30)
     params = outcome_params([Outcome.answered(r, "accepted", http_status=200) for r in rows], "r")
-    names: list[str] = []
-    sql = re.sub(
-        r"%\((\w+)\)s",
-        lambda m: _placeholder(names, m.group(1)),
-        for_psycopg(QUERIES["record_outcomes"]),
-    )
     with db.transaction(force_rollback=True):
         db.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-        types = ", ".join(["text"] * len(names))  # every parameter is sent as text
-        db.execute(f"PREPARE generic_outcome ({types}) AS {sql}")
-        # EXECUTE takes no bind parameters: the arguments are written as literals.
-        arguments = ", ".join(Literal(params[n]).as_string(db) for n in names)  # type: ignore[literal-required]
-        explained = db.execute(f"EXPLAIN EXECUTE generic_outcome({arguments})").fetchall()
-        plan = "\n".join(r[0] for r in explained)
-        db.execute("DEALLOCATE generic_outcome")
+        plan = explain_prepared(db, "record_outcomes", params)  # type: ignore[arg-type]
     update = plan.split("CTE written")[1].split("CTE history")[0]
     assert "on input" not in update, plan
     assert "Index Scan using meter_event_outbox_pkey" in update, plan
     assert "meter_event_outbox_due" not in update, plan
-
-
-def _placeholder(names: list[str], name: str) -> str:
-    if name not in names:
-        names.append(name)
-    return f"${names.index(name) + 1}"

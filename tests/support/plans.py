@@ -1,0 +1,51 @@
+"""The plan a prepared statement of the relay runs, as the tests look at it: the named query
+PREPAREd by hand (its `:name` parameters as $1..$n, in order of appearance) and EXPLAINed with
+its arguments written as literals (EXECUTE takes no bind parameters). The caller opens the
+transaction and sets what the relay's would (`plan_cache_mode`, the claim's `claim_plan`)."""
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import psycopg
+from psycopg.sql import Literal
+
+from outbox.sqlfile import for_psycopg
+from relay.db.pool import QUERIES
+
+
+def run_prepared(
+    db: psycopg.Connection[Any],
+    query: str,
+    params: Mapping[str, Any],
+    types: Mapping[str, str] | None = None,
+    command: str = "EXECUTE",
+) -> list[tuple[Any, ...]]:
+    """`command` (EXECUTE, or EXPLAIN ... EXECUTE) of the prepared `query` with `params`; each
+    parameter is declared as `types` says, text otherwise (LIMIT needs a number)."""
+    names: list[str] = []
+
+    def placeholder(match: re.Match[str]) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    sql = re.sub(r"%\((\w+)\)s", placeholder, for_psycopg(QUERIES[query]))
+    declared = ", ".join((types or {}).get(n, "text") for n in names)
+    db.execute(f"PREPARE by_hand ({declared}) AS {sql}")
+    arguments = ", ".join(Literal(params[n]).as_string(db) for n in names)
+    rows = db.execute(f"{command} by_hand({arguments})").fetchall()
+    db.execute("DEALLOCATE by_hand")
+    return rows
+
+
+def explain_prepared(
+    db: psycopg.Connection[Any],
+    query: str,
+    params: Mapping[str, Any],
+    types: Mapping[str, str] | None = None,
+    options: str = "",
+) -> str:
+    """EXPLAIN `options` of the prepared `query` (run_prepared), as text."""
+    rows = run_prepared(db, query, params, types, f"EXPLAIN {options} EXECUTE")
+    return "\n".join(r[0] for r in rows)
