@@ -14,6 +14,11 @@ from outbox.sqlfile import for_psycopg
 from relay.db.pool import QUERIES
 
 
+def explain(rows: list[tuple[Any, ...]]) -> str:
+    """An EXPLAIN's rows as one text."""
+    return "\n".join(r[0] for r in rows)
+
+
 def run_prepared(
     db: psycopg.Connection[Any],
     query: str,
@@ -37,15 +42,3 @@ def run_prepared(
     rows = db.execute(f"{command} by_hand({arguments})").fetchall()
     db.execute("DEALLOCATE by_hand")
     return rows
-
-
-def explain_prepared(
-    db: psycopg.Connection[Any],
-    query: str,
-    params: Mapping[str, Any],
-    types: Mapping[str, str] | None = None,
-    options: str = "",
-) -> str:
-    """EXPLAIN `options` of the prepared `query` (run_prepared), as text."""
-    rows = run_prepared(db, query, params, types, f"EXPLAIN {options} EXECUTE")
-    return "\n".join(r[0] for r in rows)

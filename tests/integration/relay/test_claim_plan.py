@@ -11,7 +11,7 @@ from outbox.sqlfile import for_psycopg
 from relay.core.top_up import TopUp
 from relay.db.pool import QUERIES, make_pool
 from relay.db.store import Store, SyncStore, claim_params
-from tests.support.plans import explain_prepared
+from tests.support.plans import explain, run_prepared
 from tests.support.relay import insert_usage
 
 DUE = 16_000  # due rows: enough that a plan knowing a top-up of 1,000 prefers a sort
@@ -93,7 +93,7 @@ def test_the_generic_plan_scans_the_due_index_in_order(
     params = claim_params([], {"fill": FILL, "exclusive": False})
     with db.transaction(force_rollback=True):
         db.execute(for_psycopg(QUERIES["claim_plan"]), prepare=False)
-        plan = explain_prepared(db, "claim", params, {"fill": "int"})
+        plan = explain(run_prepared(db, "claim", params, {"fill": "int"}, "EXPLAIN EXECUTE"))
     top_up = _top_up_scan(plan)
     assert "Index Scan using meter_event_outbox_due" in top_up, top_up
     assert "Index Cond: (ROW(available_at, id) > ROW(" in top_up, top_up

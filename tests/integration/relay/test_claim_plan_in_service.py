@@ -17,7 +17,7 @@ from relay.core.top_up import TopUp
 from relay.db.pool import QUERIES, make_pool
 from relay.db.store import Store, claim_params
 from tests.support.pgbouncer import Bouncer, bouncer
-from tests.support.plans import explain_prepared, run_prepared
+from tests.support.plans import explain, run_prepared
 from tests.support.relay import insert_usage
 
 HISTORY = 20_000  # settled rows, analyzed: the statistics say almost nothing is pending
@@ -39,11 +39,21 @@ CLAIM_TYPES = {
 }
 
 
+def _heads(db: psycopg.Connection, lanes: int) -> list[int]:
+    """The pending heads of the first `lanes` lanes, as a walk would choose them."""
+    found = db.execute(
+        "SELECT DISTINCT ON (customer) id FROM meter_event_outbox WHERE state = 'pending'"
+        " ORDER BY customer, available_at, id LIMIT %s",
+        (lanes,),
+    )
+    return [r[0] for r in found]
+
+
 def _explain_claim(db: psycopg.Connection, params: Any, analyze: bool) -> str:
     """The claim's plan as the relay runs it: prepared, with its transaction's settings."""
     db.execute(for_psycopg(QUERIES["claim_plan"]), prepare=False)
-    options = "(ANALYZE, BUFFERS, TIMING OFF)" if analyze else ""
-    return explain_prepared(db, "claim", params, CLAIM_TYPES, options)
+    options = "(ANALYZE, BUFFERS, TIMING OFF) " if analyze else ""
+    return explain(run_prepared(db, "claim", params, CLAIM_TYPES, f"EXPLAIN {options}EXECUTE"))
 
 
 @pytest.mark.parametrize("exclusive", [True, False], ids=["v1", "v2"])
@@ -55,13 +65,7 @@ def test_in_service_the_claim_probes_walked_heads_by_primary_key(
     `id = ...` condition on its second column: a scan from its start to the head, per head)."""
     _in_service(database_url, db)
     insert_usage(database_url, 50, customers=10, prefix="p")
-    ids = [
-        r[0]
-        for r in db.execute(
-            "SELECT DISTINCT ON (customer) id FROM meter_event_outbox WHERE state = 'pending'"
-            " ORDER BY customer, available_at, id"
-        )
-    ]
+    ids = _heads(db, 50)
     with db.transaction(force_rollback=True):
         how = {"fill": 0 if exclusive else 100, "exclusive": exclusive, "one_walk": False}
         plan = _explain_claim(db, claim_params(ids, how), analyze=False)
@@ -93,13 +97,7 @@ def test_a_backlog_after_the_last_analyze_costs_a_due_index_scan_per_head(
     the record_outcomes commit fixed, on the claim.)"""
     _in_service(database_url, db)
     insert_usage(database_url, BACKLOG, customers=1000, prefix="b")
-    ids = [
-        r[0]
-        for r in db.execute(
-            "SELECT DISTINCT ON (customer) id FROM meter_event_outbox WHERE state = 'pending'"
-            " ORDER BY customer, available_at, id LIMIT 10"
-        )
-    ]
+    ids = _heads(db, 10)
     with db.transaction(force_rollback=True):
         how = {"fill": 0, "exclusive": True, "one_walk": False}
         plan = _explain_claim(db, claim_params(ids, how), analyze=True)
@@ -222,5 +220,6 @@ def test_a_backlog_after_the_last_analyze_is_walked_through_the_lane_index(
     }
     with db.transaction(force_rollback=True):
         db.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-        plan = explain_prepared(db, "walk", values, types, "(ANALYZE, BUFFERS, TIMING OFF)")
+        command = "EXPLAIN (ANALYZE, BUFFERS, TIMING OFF) EXECUTE"
+        plan = explain(run_prepared(db, "walk", values, types, command))
     assert "meter_event_outbox_due" not in plan, plan

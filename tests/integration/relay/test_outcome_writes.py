@@ -9,7 +9,7 @@ from prometheus_client import REGISTRY
 from relay.core.rows import Claimed, Outcome
 from relay.db.store import FIRST_LANE, SyncStore, outcome_params
 from relay.emulator import Emulator
-from tests.support.plans import explain_prepared
+from tests.support.plans import explain, run_prepared
 from tests.support.relay import accepted, insert_usage, running_relay
 
 ATTEMPTS = (
@@ -186,7 +186,7 @@ def test_the_outcomes_generic_plan_joins_each_row_once(
     params = outcome_params([Outcome.answered(r, "accepted", http_status=200) for r in rows], "r")
     with db.transaction(force_rollback=True):
         db.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-        plan = explain_prepared(db, "record_outcomes", params)  # type: ignore[arg-type]
+        plan = explain(run_prepared(db, "record_outcomes", params, command="EXPLAIN EXECUTE"))  # type: ignore[arg-type]
     update = plan.split("CTE written")[1].split("CTE history")[0]
     assert "on input" not in update, plan
     assert "Index Scan using meter_event_outbox_pkey" in update, plan
