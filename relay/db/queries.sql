@@ -73,9 +73,14 @@ FROM walk w WHERE w.depth > 0 ORDER BY w.depth DESC LIMIT 1
 -- (about 0.4 ms) was most of what a relay that keeps up cost PostgreSQL (bench.keep_up). And
 -- no bitmap scan: a plan that knows the top-up's LIMIT can read every due row through a bitmap
 -- and sort them (a lease probe each), where the ordered scan of the due index stops once
--- the batch is full; that is the plan behind a pooler, where nothing is prepared.
+-- the batch is full; that is the plan behind a pooler, where nothing is prepared. And no JIT:
+-- the claim's estimated cost grows with the backlog past jit_above_cost (the planner cannot
+-- know the top-up stops once the batch is full), and compiling cost about 100 ms a claim. The
+-- pool turns JIT off on a direct connection (relay/db/pool.py, NO_JIT); behind a pooler a
+-- session's SET would stay on a server connection another client gets next, a LOCAL one not.
 SELECT pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true),
-       pg_catalog.set_config('enable_bitmapscan', 'off', true)
+       pg_catalog.set_config('enable_bitmapscan', 'off', true),
+       pg_catalog.set_config('jit', 'off', true)
 
 -- name: claim
 -- The claim's first statement (relay.db.store: `claim`, then `lease`, one short transaction; the

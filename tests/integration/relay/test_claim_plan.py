@@ -106,3 +106,19 @@ def test_the_claims_settings_end_with_its_transaction(db: psycopg.Connection) ->
     store.claim([], fill=10, exclusive=False, relay_id="r", lease_seconds=60)
     assert db.execute("SHOW plan_cache_mode").fetchone() == ("auto",)
     assert db.execute("SHOW enable_bitmapscan").fetchone() == ("on",)
+    assert db.execute("SHOW jit").fetchone() == ("on",)
+
+
+def test_the_claim_is_never_compiled(database_url: str, db: psycopg.Connection) -> None:
+    """Behind a pooler the relay's connections keep the server's JIT settings, and the claim's
+    estimated cost grows with the backlog: its transaction turns JIT off. With every plan
+    compiled (jit_above_cost 0), the claim's is not."""
+    _due_rows(database_url)
+    params = claim_params([], {"fill": FILL, "exclusive": False})
+    db.execute("SET jit_above_cost = 0")
+    with db.transaction(force_rollback=True):
+        db.execute(for_psycopg(QUERIES["claim_plan"]), prepare=False)
+        plan = explain(
+            run_prepared(db, "claim", params, {"fill": "int"}, "EXPLAIN ANALYZE EXECUTE")
+        )
+    assert "JIT:" not in plan, plan
