@@ -319,9 +319,6 @@ WHERE id = ANY(CAST(:ids AS bigint[])) AND state = 'in_flight'
 -- is empty: the old holder's outcome writes nothing and the row replays with the same key.
 WITH input AS MATERIALIZED (
     SELECT r.id, r.token, r.key_generation, r.request_id, r.latency_ms, d.*,
-           -- the state the row must still be in to be written: a value of the input, not a
-           -- constant in the update (see below)
-           CAST('pending' AS text) AS expected_state,
            -- a call whose acceptance the row can carry (the row's own conditions below)
            d.called AND d.state = 'accepted' AND d.action = 'report' AND d.code IS NULL
                AND d.http_status = 200 AS clean
@@ -405,13 +402,12 @@ written AS (
     -- In id order: the rows are locked in one order whatever the batch's, as a plan driven by
     -- the due index happened to give (tests/integration/relay/test_hostile_cancel_probe.py).
     FROM (SELECT * FROM released ORDER BY id) u
-    -- `o.state = 'pending'` written as a constant would let the planner read the row through
-    -- the due index (its predicate is the pending and in-flight states): in a table whose
-    -- statistics say almost nothing is pending (an outbox in service: its history), the
-    -- generic plan scanned every pending row of that index for each batch and joined the batch
-    -- to each, instead of one primary-key probe per row (bench.keep_up). Compared with the
-    -- input's value, no partial index qualifies.
-    WHERE o.id = u.id AND o.state = u.expected_state
+    -- `IS TRUE`, as in the claim's probes: with a plain `o.state = 'pending'` the planner could
+    -- read the rows through the due index (its predicate is the pending and in-flight states),
+    -- and in a table whose statistics say almost nothing is pending (an outbox in service: its
+    -- history) the generic plan did, scanning every pending row of that index for each batch,
+    -- instead of one primary-key probe per row (bench.keep_up).
+    WHERE o.id = u.id AND (o.state = 'pending') IS TRUE
     -- o.* here are the values just written; the sent action and key come from the claim.
     -- `carried`: this statement wrote the carried call (its acceptance is this statement's).
     RETURNING o.id, o.attempts, o.state, u.called, u.action, u.key_generation, u.http_status,
