@@ -285,10 +285,10 @@ FROM free k JOIN leased ON leased.outbox_id = k.id
 -- so that relay's late outcome loses its compare-and-set. The rows are still locked by the
 -- claim's transaction. Not a CTE of `lease`: an UPDATE fires the table's statement triggers
 -- (the tallies' transition-table trigger) even when it changes no row, a cost every claim
--- paid for a statement that almost never changes one.
+-- paid for a statement that almost never changes one. `IS TRUE`: see `status_tally`.
 UPDATE meter_event_outbox
 SET state = 'pending', lease_token = NULL, leased_by = NULL, updated_at = now()
-WHERE id = ANY(CAST(:ids AS bigint[])) AND state = 'in_flight'
+WHERE id = ANY(CAST(:ids AS bigint[])) AND (state = 'in_flight') IS TRUE
 
 -- name: record_outcomes
 -- Write a batch of outcomes in one statement (River's shape, `UPDATE ... FROM` a set of rows).
@@ -480,6 +480,14 @@ SELECT state, n FROM meter_event_outbox_status
 -- A pending row with a live lease (migration outbox_0020) is in flight: the tallies count it
 -- pending (a claim no longer changes the row), so the live leases move from their pending key
 -- to in_flight here (one primary-key probe per live lease).
+-- The probe tests the row's state with `IS TRUE`, as every statement that reads rows by id or
+-- from a lease does (the claim's heads, `record_outcomes`, `reset_in_flight`, `reject`,
+-- `fold_counts`, the status view): no partial index's predicate can be proved
+-- from it. With a plain `o.state = 'pending'`, the due and lane indexes qualify, and where
+-- the last VACUUM saw almost nothing pending (an outbox in service) the planner takes them for
+-- empty until the next one: after an outage's backlog it read every pending row through one
+-- of them for each call (tests/integration/relay/test_stale_statistics.py). A LATERAL with
+-- LIMIT 1 keeps it a probe per lease, never a hash of the table.
 SELECT state, code, stripe_account, sum(n)::bigint AS n FROM (
     SELECT state, code, stripe_account, n FROM meter_event_outbox_tally WHERE state <> ''
     UNION ALL
@@ -489,7 +497,10 @@ SELECT state, code, stripe_account, sum(n)::bigint AS n FROM (
                       ELSE '' END AS stripe_account,
                  count(*) AS n
           FROM meter_event_outbox_leases l
-          JOIN meter_event_outbox o ON o.id = l.outbox_id AND o.state = 'pending'
+          CROSS JOIN LATERAL (SELECT o.last_error_code, o.stripe_account
+                              FROM meter_event_outbox o
+                              WHERE o.id = l.outbox_id AND (o.state = 'pending') IS TRUE
+                              LIMIT 1) o
           WHERE l.leased_until > now()
           GROUP BY 1, 2) c
     CROSS JOIN LATERAL (VALUES ('pending', c.code, c.stripe_account, c.n, -1),
@@ -621,7 +632,7 @@ WITH leased AS (
     USING meter_event_outbox o
     WHERE o.identifier = ANY(CAST(:identifiers AS text[]))
       AND o.stripe_account IS NOT DISTINCT FROM CAST(:account AS text)
-      AND o.state = 'pending' AND o.action = 'report'
+      AND (o.state = 'pending') IS TRUE AND o.action = 'report'  -- see `status_tally`
       AND l.outbox_id = o.id
     RETURNING l.outbox_id
 )
@@ -659,8 +670,9 @@ SELECT statement_timestamp() AS now,
 WITH orphans AS (
     DELETE FROM meter_event_outbox_leases l
     WHERE l.leased_until < now() - interval '1 minute'
-      AND NOT EXISTS (SELECT 1 FROM meter_event_outbox o
-                      WHERE o.id = l.outbox_id AND o.state = 'pending')
+      -- A correlated probe per expired lease (see `status_tally`), never a hash of the table.
+      AND NOT coalesce((SELECT (o.state = 'pending') IS TRUE FROM meter_event_outbox o
+                        WHERE o.id = l.outbox_id), false)
 ), marked AS (
     INSERT INTO meter_event_outbox_lease_epoch DEFAULT VALUES ON CONFLICT DO NOTHING
     RETURNING one

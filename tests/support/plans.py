@@ -37,8 +37,8 @@ def run_prepared(
 
     sql = re.sub(r"%\((\w+)\)s", placeholder, for_psycopg(QUERIES[query]))
     declared = ", ".join((types or {}).get(n, "text") for n in names)
-    db.execute(f"PREPARE by_hand ({declared}) AS {sql}")
+    db.execute(f"PREPARE by_hand {f'({declared})' if names else ''} AS {sql}")
     arguments = ", ".join(Literal(params[n]).as_string(db) for n in names)
-    rows = db.execute(f"{command} by_hand({arguments})").fetchall()
+    rows = db.execute(f"{command} by_hand{f'({arguments})' if names else ''}").fetchall()
     db.execute("DEALLOCATE by_hand")
     return rows

@@ -2,8 +2,9 @@
 planner trap of a constant state predicate (the partial due index's predicate is the pending
 and in-flight states, so it can serve a primary-key probe, scanning from its start) in a table
 whose statistics say almost nothing is pending, and what the transaction-local settings leave
-behind (nothing) on a pooled connection and behind PgBouncer. Two shapes of the trap are not
-closed yet: the probes that must use the lane index (xfail, strict)."""
+behind (nothing) on a pooled connection and behind PgBouncer. The probes that must use the lane
+index are closed by the due index's own predicate (outbox_0031); the relay's other statements
+in the same state: tests/integration/relay/test_stale_statistics.py."""
 
 import asyncio
 import re
@@ -79,22 +80,15 @@ def test_in_service_the_claim_probes_walked_heads_by_primary_key(
     assert all("meter_event_outbox_pkey" in p for p in probes), plan
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not closed: v1's in-flight lane probe (and the walk's) reads the due index when"
-    " the statistics predate a backlog; both indexes have the same predicate, so no rewording"
-    " of the query can rule the due index out (needs a schema change or fresher statistics)",
-)
-def test_a_backlog_after_the_last_analyze_costs_a_due_index_scan_per_head(
+def test_a_backlog_after_the_last_analyze_costs_no_due_index_scan_per_head(
     database_url: str, db: psycopg.Connection
 ) -> None:
-    """The cost of the above: an outage's backlog committed since the last ANALYZE (autovacuum
-    analyzes after 10% of the table changed: a million rows for an outbox of ten million),
-    then a v1 claim of 10 heads. Each head's lane probe reads every entry of the due index
-    (BACKLOG x 10 index entries, about 1,200 buffer hits per head here; 0.6 s a claim with
-    200,000 rows pending) where the lane index answers in a few buffers. (The same plan is
-    chosen when the claim is planned with its parameters, as on main: not new, but the trap
-    the record_outcomes commit fixed, on the claim.)"""
+    """An outage's backlog committed since the last ANALYZE (autovacuum analyzes after 10% of
+    the table changed: a million rows for an outbox of ten million), then a v1 claim of 10
+    heads. Each head's lane probe reads the lane index, a few buffers. While the due index had
+    the lane index's predicate (before outbox_0031) it read every entry of the due index
+    instead (BACKLOG x 10 index entries, about 1,200 buffer hits per head here; 0.6 s a claim
+    with 200,000 rows pending), whether the claim was planned with its parameters or not."""
     _in_service(database_url, db)
     insert_usage(database_url, BACKLOG, customers=1000, prefix="b")
     ids = _heads(db, 10)
@@ -197,13 +191,9 @@ def test_the_top_up_with_odd_available_at(
     assert sorted(ids) == sorted(expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not closed: the walk's lane probe can be served by the due index and a sort when"
-    " the statistics predate a backlog (same predicate as the lane index)",
-)
+@pytest.mark.parametrize("exclusive", [True, False], ids=["v1", "v2"])
 def test_a_backlog_after_the_last_analyze_is_walked_through_the_lane_index(
-    database_url: str, db: psycopg.Connection
+    database_url: str, db: psycopg.Connection, exclusive: bool
 ) -> None:
     """The walk's loose index scan, prepared as the relay runs it, after an outage's backlog
     committed since the last ANALYZE: one probe of the lane index per lane, never a read and
@@ -212,7 +202,7 @@ def test_a_backlog_after_the_last_analyze_is_walked_through_the_lane_index(
     insert_usage(database_url, BACKLOG, customers=1000, prefix="b")
     types = {"max_lanes": "int", "batch_size": "int", "exclusive": "bool"}
     values = {
-        "exclusive": False,
+        "exclusive": exclusive,
         "after_customer": "",
         "after_event_name": "",
         "max_lanes": 10_000,
