@@ -1,5 +1,6 @@
-"""The due index gets a predicate of its own (`available_at IS NOT NULL`, true of every row), so
-the lane probes can no longer be served by it when the statistics predate a backlog; the
+"""The due index gets a predicate of its own (a tautology on available_at that only the readers of
+due rows state), so the lane probes can no longer be served by it when the statistics predate
+a backlog; the
 status view probes each live lease's row with a state test no partial index can serve.
 
 Revision ID: outbox_0031

@@ -6,31 +6,49 @@
 -- the smaller, the due index, for v1's "a call in flight in this lane" probe and the walk's
 -- lane step, and read every pending row once per lane (0.6 s for a v1 claim of 10 heads with
 -- 200,000 rows pending, where the lane index answers in a few buffers).
--- `available_at IS NOT NULL` holds for every row (the column is NOT NULL): it only sets the
--- index apart. PostgreSQL proves it from any strict comparison on available_at, which every
--- reader of due rows has (the claim's top-up: `available_at + interval '0' <= now()`; the
--- previous release's: `available_at - now() <= interval '0'`; oldest_unsent, release_held,
--- outage_close, event_names_in_use), and from nothing the lane probes say (their bound on
--- available_at is a row comparison, which PostgreSQL does not prove it from).
+-- `isfinite(available_at) OR NOT isfinite(available_at)` is true of every row (the column is
+-- NOT NULL): it only sets the index apart. PostgreSQL can use the index only for a statement
+-- that says the same words, which every reader of due rows does (relay/db/queries.sql: the
+-- claim's top-up, oldest_unsent, event_names_in_use) and no lane probe does. Not
+-- `available_at IS NOT NULL`, which the lane probes cannot prove either but which PostgreSQL
+-- 19 drops from an index predicate on a NOT NULL column (leaving the lane index's predicate).
+-- Nor a comparison such as `available_at >= '-infinity'`, which a statement's own copy could
+-- turn into a second start for the ordered scan, before the top-up's cursor.
+-- A relay of the previous release reads due rows without those words: while it runs beside
+-- this one (a rolling upgrade) its top-up reads the lane index and sorts (see
+-- docs/migrations.md).
 --
 -- The build reads the table while writers wait (only unsent rows go into it; see outbox_0026
 -- for its time). On a large outbox build it first without blocking writes, under this name,
 -- and the migration then only swaps the names:
 --     CREATE INDEX CONCURRENTLY meter_event_outbox_due_timed ON meter_event_outbox
---         (available_at, id) WHERE state IN ('pending', 'in_flight') AND available_at IS NOT NULL;
+--         (available_at, id) WHERE state IN ('pending', 'in_flight')
+--                              AND (isfinite(available_at) OR NOT isfinite(available_at));
 DO $valid$
+DECLARE
+    found regclass := to_regclass(format('%I.meter_event_outbox_due_timed', current_schema()));
 BEGIN
+    IF found IS NULL THEN
+        RETURN;
+    END IF;
     -- A CONCURRENTLY build that failed leaves an invalid index, which the planner ignores.
-    IF EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-               WHERE c.relname = 'meter_event_outbox_due_timed'
-                 AND c.relnamespace = current_schema()::regnamespace AND NOT i.indisvalid) THEN
+    IF NOT (SELECT indisvalid FROM pg_index WHERE indexrelid = found) THEN
         RAISE EXCEPTION 'meter_event_outbox_due_timed is invalid (a failed CREATE INDEX '
                         'CONCURRENTLY): drop it, then build it again or let this migration';
+    END IF;
+    -- One built by hand must be the index asked for, or it would silently become the due index.
+    IF pg_get_indexdef(found) NOT LIKE '% (available_at, id) WHERE ((state = ANY (%'
+       OR pg_get_indexdef(found) NOT LIKE '%(isfinite(available_at) OR (NOT isfinite(available_at)))%'
+    THEN
+        RAISE EXCEPTION 'meter_event_outbox_due_timed is not the index outbox_0031 builds (%): '
+                        'drop it, then build it again as docs/migrations.md shows or let this '
+                        'migration', pg_get_indexdef(found);
     END IF;
 END $valid$;
 CREATE INDEX IF NOT EXISTS meter_event_outbox_due_timed
     ON meter_event_outbox (available_at, id)
-    WHERE state IN ('pending', 'in_flight') AND available_at IS NOT NULL;
+    WHERE state IN ('pending', 'in_flight')
+      AND (isfinite(available_at) OR NOT isfinite(available_at));
 -- Dropping the old index takes the table's exclusive lock for a moment (a catalog change).
 DROP INDEX meter_event_outbox_due;
 ALTER INDEX meter_event_outbox_due_timed RENAME TO meter_event_outbox_due;

@@ -172,6 +172,7 @@ filled AS MATERIALIZED (
     -- timestamp: "cannot subtract infinite timestamps") keeps an infinite available_at as it
     -- is: nothing CHECKs it finite, '-infinity' is due and 'infinity' never is.
     WHERE o.state IN ('pending', 'in_flight') AND o.available_at + interval '0' <= now()
+      AND (isfinite(o.available_at) OR NOT isfinite(o.available_at))  -- the due index's words
       AND (o.available_at, o.id)
           > (SELECT coalesce(CAST(:after_at AS timestamptz), '-infinity'),
                     coalesce(CAST(:after_id AS bigint), CAST('-9223372036854775808' AS bigint)))
@@ -482,7 +483,7 @@ SELECT state, n FROM meter_event_outbox_status
 -- to in_flight here (one primary-key probe per live lease).
 -- The probe tests the row's state with `IS TRUE`, as every statement that reads rows by id or
 -- from a lease does (the claim's heads, `record_outcomes`, `reset_in_flight`, `reject`,
--- `fold_counts`, the status view): no partial index's predicate can be proved
+-- `fold_counts`, `list_rows`' leased rows, the status view): no partial index's predicate can be proved
 -- from it. With a plain `o.state = 'pending'`, the due and lane indexes qualify, and where
 -- the last VACUUM saw almost nothing pending (an outbox in service) the planner takes them for
 -- empty until the next one: after an outage's backlog it read every pending row through one
@@ -798,7 +799,9 @@ FROM (
             o.stripe_account, o.attempts, o.last_error_code, o.created_at, o.occurred_at,
             o.available_at, o.accepted_at, o.updated_at
      FROM meter_event_outbox_leases l
-     JOIN meter_event_outbox o ON o.id = l.outbox_id AND o.state = 'pending'
+     CROSS JOIN LATERAL (  -- a probe per live lease (see `status_tally`)
+         SELECT * FROM meter_event_outbox o
+         WHERE o.id = l.outbox_id AND (o.state = 'pending') IS TRUE LIMIT 1) o
      WHERE CAST(:state AS text) = 'in_flight' AND l.leased_until > now()
        AND (CAST(:code AS text) IS NULL OR o.last_error_code = :code)
        AND (CAST(:customer AS text) IS NULL OR o.customer = :customer)
@@ -927,6 +930,7 @@ WITH moved AS MATERIALIZED (
 ), fresh AS MATERIALIZED (
     SELECT created_at, occurred_at FROM meter_event_outbox
     WHERE state IN ('pending', 'in_flight') AND available_at = created_at
+      AND (isfinite(available_at) OR NOT isfinite(available_at))  -- the due index's words
       AND available_at < coalesce((SELECT created_at FROM moved), 'infinity')
     ORDER BY available_at LIMIT 1
 )
@@ -1227,7 +1231,8 @@ ON CONFLICT (stripe_account, event_name) DO UPDATE SET last_seen_at = now()
 -- Event names per account in unsent rows (the hot part, through the due index) and in
 -- recent history (the few rows of meter_event_outbox_event_names): never a scan of history.
 SELECT coalesce(stripe_account, '') AS account, event_name
-FROM meter_event_outbox WHERE state IN ('pending', 'in_flight') AND available_at >= '-infinity'
+FROM meter_event_outbox WHERE state IN ('pending', 'in_flight')
+  AND (isfinite(available_at) OR NOT isfinite(available_at))  -- the due index's words
 UNION
 SELECT stripe_account, event_name FROM meter_event_outbox_event_names
 WHERE last_seen_at > now() - make_interval(days => 35)
@@ -1377,6 +1382,7 @@ released AS (
     UPDATE meter_event_outbox
     SET available_at = now(), updated_at = now()
     WHERE EXISTS (SELECT FROM closed) AND state = 'pending'
+      AND (isfinite(available_at) OR NOT isfinite(available_at))  -- the due index's words
       AND available_at > now() AND available_at <= now() + make_interval(secs => :horizon)
       AND last_error_code = ANY(CAST(:codes AS text[]))
     RETURNING 1

@@ -9,11 +9,13 @@ and with the generic one (the relay prepares its statements). (`list_rows --stat
 reads every unsent row through a queue index, by design: rows of an earlier release's relay
 are found among them.)"""
 
+import re
 from typing import Any
 
 import psycopg
 import pytest
 
+from bench.common import DRAIN_PROBE
 from tests.support.plans import explain, run_prepared
 from tests.support.relay import claim, insert_usage
 
@@ -77,3 +79,46 @@ def test_after_an_outage_the_counts_still_see_the_leases(
         "SELECT state, sum(n) FROM meter_event_outbox_tally WHERE state <> '' GROUP BY state"
     ).fetchall()
     assert dict(tally)["pending"] == BACKLOG  # the tallies count a leased row pending
+
+
+def test_after_an_outage_the_leased_rows_listed_are_probed_per_lease(
+    after_an_outage: list[int], db: psycopg.Connection
+) -> None:
+    """`list --state in_flight`: its leased rows are one primary-key probe per live lease,
+    never a join of the leases with every pending row. (Its other branch, the rows an earlier
+    release's relay has in flight, reads the unsent rows through a queue index by design.)"""
+    params = {"state": "in_flight", "code": None, "customer": None, "event_name": None}
+    params |= {"since": None, "limit": 50}
+    with db.transaction(force_rollback=True):
+        db.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        command = "EXPLAIN (ANALYZE, BUFFERS, TIMING OFF) EXECUTE"
+        types = {"since": "timestamptz", "limit": "int"}
+        plan = explain(run_prepared(db, "list_rows", params, types, command))
+    assert f"loops={BACKLOG}" not in plan, plan
+    assert re.search(r"Index Cond: \(id = l\w*\.outbox_id\)", plan), plan
+
+
+@pytest.mark.parametrize("name", ["oldest_unsent", "event_names_in_use"])
+def test_the_readers_of_due_rows_still_read_the_due_index(
+    after_an_outage: list[int], db: psycopg.Connection, name: str
+) -> None:
+    """The other side of the due index's own predicate: the statements written for it say its
+    words, so they still use it (the claim's top-up: test_claim_plan.py). With fresh statistics
+    of this table, half of it unsent, a sequential scan is the better plan and is chosen."""
+    with db.transaction(force_rollback=True):
+        db.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        plan = explain(run_prepared(db, name, {}, {}, "EXPLAIN EXECUTE"))
+    assert "using meter_event_outbox_due " in plan, plan
+
+
+@pytest.mark.parametrize("analyzed", [False, True], ids=["stale", "analyzed"])
+def test_the_benches_drain_probe_reads_the_due_index(
+    after_an_outage: list[int], db: psycopg.Connection, analyzed: bool
+) -> None:
+    """bench.common's poll (ten times a second during the throughput benches) is one ordered
+    probe of the due index, not a read and sort of every unsent row."""
+    if analyzed:
+        db.execute("ANALYZE meter_event_outbox")
+    plan = explain(db.execute("EXPLAIN (ANALYZE, BUFFERS, TIMING OFF) " + DRAIN_PROBE).fetchall())
+    assert "using meter_event_outbox_due " in plan, plan
+    assert "Sort" not in plan, plan
