@@ -1,28 +1,32 @@
--- The due index gets a predicate of its own, so that only the statements that read due rows in
--- time order can use it. It had the lane index's predicate (state IN ('pending', 'in_flight')),
--- so any statement that could use one could use the other. In an outbox in service the last
--- VACUUM saw almost nothing pending, and the planner then takes both partial indexes for empty
--- until the next one, however many rows a backlog (an outage) has put in them since: it chose
--- the smaller, the due index, for v1's "a call in flight in this lane" probe and the walk's
--- lane step, and read every pending row once per lane (0.6 s for a v1 claim of 10 heads with
--- 200,000 rows pending, where the lane index answers in a few buffers).
--- `isfinite(available_at) OR NOT isfinite(available_at)` is true of every row (the column is
--- NOT NULL): it only sets the index apart. PostgreSQL can use the index only for a statement
--- that says the same words, which every reader of due rows does (relay/db/queries.sql: the
--- claim's top-up, oldest_unsent, event_names_in_use) and no lane probe does. Not
--- `available_at IS NOT NULL`, which the lane probes cannot prove either but which PostgreSQL
--- 19 drops from an index predicate on a NOT NULL column (leaving the lane index's predicate).
--- Nor a comparison such as `available_at >= '-infinity'`, which a statement's own copy could
--- turn into a second start for the ordered scan, before the top-up's cursor.
--- A relay of the previous release reads due rows without those words: while it runs beside
--- this one (a rolling upgrade) its top-up reads the lane index and sorts (see
--- docs/migrations.md).
+-- The due index gets a predicate of its own, so that only the statements written for it can
+-- use it, and they no other. It had the lane index's predicate (state IN ('pending',
+-- 'in_flight')), so any statement that could use one could use the other. In an outbox in
+-- service the last VACUUM saw almost nothing pending, and the planner then takes both partial
+-- indexes for empty until the next one, however many rows have entered them since (a backlog:
+-- an outage): it chose the due index for v1's "a call in flight in this lane" probe and the
+-- walk's lane step, and read every pending row once per lane (0.6 s for a v1 claim of 10
+-- heads with 200,000 rows pending, where the lane index answers in a few buffers), and the
+-- lane index for the claim's top-up, reading and sorting every pending row per claim.
+-- PostgreSQL uses a partial index only for a statement whose conditions prove its predicate.
+-- The new predicate is proved only by its own words, which the readers of due rows say
+-- (relay/db/queries.sql: the claim's top-up, oldest_unsent, event_names_in_use) and which do
+-- not prove the lane index's:
+-- - `(state IN (...)) IS TRUE`, the same rows (state is NOT NULL): PostgreSQL proves neither
+--   form from the other, so the top-up, which says this one, cannot use the lane index;
+-- - `isfinite(available_at) OR NOT isfinite(available_at)`, true of every row (available_at is
+--   NOT NULL): no lane probe says it, nor does a probe by id, which tests the state with the
+--   same `IS TRUE` (the claim's heads). Not `available_at IS NOT NULL`, which PostgreSQL 19
+--   drops from the predicate of an index on a NOT NULL column; nor a comparison such as
+--   `available_at >= '-infinity'`, which would be a second start for the top-up's ordered
+--   scan, before its cursor.
+-- A relay of the previous release does not say these words: while it runs beside this one (a
+-- rolling upgrade) its top-up reads the lane index and sorts (docs/migrations.md).
 --
 -- The build reads the table while writers wait (only unsent rows go into it; see outbox_0026
 -- for its time). On a large outbox build it first without blocking writes, under this name,
 -- and the migration then only swaps the names:
 --     CREATE INDEX CONCURRENTLY meter_event_outbox_due_timed ON meter_event_outbox
---         (available_at, id) WHERE state IN ('pending', 'in_flight')
+--         (available_at, id) WHERE (state IN ('pending', 'in_flight')) IS TRUE
 --                              AND (isfinite(available_at) OR NOT isfinite(available_at));
 DO $valid$
 DECLARE
@@ -37,8 +41,8 @@ BEGIN
                         'CONCURRENTLY): drop it, then build it again or let this migration';
     END IF;
     -- One built by hand must be the index asked for, or it would silently become the due index.
-    IF pg_get_indexdef(found) NOT LIKE '% (available_at, id) WHERE ((state = ANY (%'
-       OR pg_get_indexdef(found) NOT LIKE '%(isfinite(available_at) OR (NOT isfinite(available_at)))%'
+    IF pg_get_indexdef(found) NOT LIKE
+           '% (available_at, id) WHERE (((state = ANY (ARRAY[''pending''::text, ''in_flight''::text])) IS TRUE) AND (isfinite(available_at) OR (NOT isfinite(available_at))))'
     THEN
         RAISE EXCEPTION 'meter_event_outbox_due_timed is not the index outbox_0031 builds (%): '
                         'drop it, then build it again as docs/migrations.md shows or let this '
@@ -47,7 +51,7 @@ BEGIN
 END $valid$;
 CREATE INDEX IF NOT EXISTS meter_event_outbox_due_timed
     ON meter_event_outbox (available_at, id)
-    WHERE state IN ('pending', 'in_flight')
+    WHERE (state IN ('pending', 'in_flight')) IS TRUE
       AND (isfinite(available_at) OR NOT isfinite(available_at));
 -- Dropping the old index takes the table's exclusive lock for a moment (a catalog change).
 DROP INDEX meter_event_outbox_due;

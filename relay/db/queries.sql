@@ -171,8 +171,11 @@ filled AS MATERIALIZED (
     -- The sum (not the difference with now(), which PostgreSQL refuses for an infinite
     -- timestamp: "cannot subtract infinite timestamps") keeps an infinite available_at as it
     -- is: nothing CHECKs it finite, '-infinity' is due and 'infinity' never is.
-    WHERE o.state IN ('pending', 'in_flight') AND o.available_at + interval '0' <= now()
-      AND (isfinite(o.available_at) OR NOT isfinite(o.available_at))  -- the due index's words
+    -- The state test and the tautology after it are the due index's predicate, word for word
+    -- (migration outbox_0031): only the due index can serve this, never the lane index.
+    WHERE (o.state IN ('pending', 'in_flight')) IS TRUE
+      AND (isfinite(o.available_at) OR NOT isfinite(o.available_at))
+      AND o.available_at + interval '0' <= now()
       AND (o.available_at, o.id)
           > (SELECT coalesce(CAST(:after_at AS timestamptz), '-infinity'),
                     coalesce(CAST(:after_id AS bigint), CAST('-9223372036854775808' AS bigint)))
@@ -929,8 +932,9 @@ WITH moved AS MATERIALIZED (
     ORDER BY created_at LIMIT 1
 ), fresh AS MATERIALIZED (
     SELECT created_at, occurred_at FROM meter_event_outbox
-    WHERE state IN ('pending', 'in_flight') AND available_at = created_at
-      AND (isfinite(available_at) OR NOT isfinite(available_at))  -- the due index's words
+    WHERE (state IN ('pending', 'in_flight')) IS TRUE  -- the due index's predicate (outbox_0031)
+      AND (isfinite(available_at) OR NOT isfinite(available_at))
+      AND available_at = created_at
       AND available_at < coalesce((SELECT created_at FROM moved), 'infinity')
     ORDER BY available_at LIMIT 1
 )
@@ -1231,8 +1235,8 @@ ON CONFLICT (stripe_account, event_name) DO UPDATE SET last_seen_at = now()
 -- Event names per account in unsent rows (the hot part, through the due index) and in
 -- recent history (the few rows of meter_event_outbox_event_names): never a scan of history.
 SELECT coalesce(stripe_account, '') AS account, event_name
-FROM meter_event_outbox WHERE state IN ('pending', 'in_flight')
-  AND (isfinite(available_at) OR NOT isfinite(available_at))  -- the due index's words
+FROM meter_event_outbox WHERE (state IN ('pending', 'in_flight')) IS TRUE  -- the due index's
+  AND (isfinite(available_at) OR NOT isfinite(available_at))            -- predicate (outbox_0031)
 UNION
 SELECT stripe_account, event_name FROM meter_event_outbox_event_names
 WHERE last_seen_at > now() - make_interval(days => 35)
@@ -1368,7 +1372,8 @@ RETURNING probe_interval
 -- name: outage_close
 -- Stripe answered: close the breaker for every replica, and make the rows that waited for it
 -- due at once: those it held back and those whose call got no answer (:codes), at most
--- :horizon seconds ahead (the longest outage backoff), so the due index bounds the search.
+-- :horizon seconds ahead (the longest outage backoff). The rows with a code are few (the
+-- look_by_code index, outbox_0014).
 -- Returns the rows released, nothing when it was closed already.
 WITH closed AS (
     UPDATE meter_event_outbox_outage
@@ -1382,7 +1387,6 @@ released AS (
     UPDATE meter_event_outbox
     SET available_at = now(), updated_at = now()
     WHERE EXISTS (SELECT FROM closed) AND state = 'pending'
-      AND (isfinite(available_at) OR NOT isfinite(available_at))  -- the due index's words
       AND available_at > now() AND available_at <= now() + make_interval(secs => :horizon)
       AND last_error_code = ANY(CAST(:codes AS text[]))
     RETURNING 1

@@ -8,7 +8,7 @@ import pytest
 from relay.db import migrate
 
 PREDICATE = (
-    "WHERE state IN ('pending', 'in_flight')"
+    "WHERE (state IN ('pending', 'in_flight')) IS TRUE"
     " AND (isfinite(available_at) OR NOT isfinite(available_at))"
 )
 
