@@ -63,7 +63,7 @@ def test_the_top_up_can_read_the_due_index_only(database_url: str, db: psycopg.C
     While both indexes had the same predicate, the planner chose between them on its estimates,
     and in bench.keep_up (an outbox in service, a relay keeping up) its generic plan read the
     whole lane index and sorted (1,100-1,200 buffers a claim; the due index served 4 of 1,800
-    claims; claim 64 -> 47 us per event with the due index). Shown here by taking the due index
+    claims; claim 65 -> 48 us per event with the due index). Shown here by taking the due index
     away (in a transaction rolled back): what is left for the top-up is no index at all."""
     _in_service(database_url, db)
     insert_usage(database_url, 50, customers=10, prefix="p")
