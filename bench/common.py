@@ -227,7 +227,7 @@ EARLIER_DRAIN_PROBE = (
 def drain_probe(conn: psycopg.Connection[Any]) -> str:
     """The drain probe in the words of this database's due index."""
     own = conn.execute(
-        "SELECT pg_get_indexdef(c.oid) LIKE '%isfinite%' FROM pg_class c"
+        "SELECT pg_get_indexdef(c.oid) LIKE '%IS TRUE%' FROM pg_class c"
         " WHERE c.relname = 'meter_event_outbox_due'"
         " AND c.relnamespace = current_schema()::regnamespace"
     ).fetchone()

@@ -40,9 +40,13 @@ BEGIN
         RAISE EXCEPTION 'meter_event_outbox_due_timed is invalid (a failed CREATE INDEX '
                         'CONCURRENTLY): drop it, then build it again or let this migration';
     END IF;
-    -- One built by hand must be the index asked for, or it would silently become the due index.
-    IF pg_get_indexdef(found) NOT LIKE
-           '% (available_at, id) WHERE (((state = ANY (ARRAY[''pending''::text, ''in_flight''::text])) IS TRUE) AND (isfinite(available_at) OR (NOT isfinite(available_at))))'
+    -- One built by hand must be the index asked for (on the outbox, a plain btree, these
+    -- columns and this predicate), or it would silently become the due index.
+    IF (SELECT i.indrelid <> format('%I.meter_event_outbox', current_schema())::regclass
+               OR i.indisunique
+        FROM pg_index i WHERE i.indexrelid = found)
+       OR pg_get_indexdef(found) NOT LIKE
+           'CREATE INDEX meter_event_outbox\_due\_timed ON % USING btree (available_at, id) WHERE (((state = ANY (ARRAY[''pending''::text, ''in\_flight''::text])) IS TRUE) AND (isfinite(available\_at) OR (NOT isfinite(available\_at))))'
     THEN
         RAISE EXCEPTION 'meter_event_outbox_due_timed is not the index outbox_0031 builds (%): '
                         'drop it, then build it again as docs/migrations.md shows or let this '

@@ -58,8 +58,10 @@ def test_an_index_built_beforehand_concurrently_is_swapped_in(empty_database_url
     [
         "(available_at, id) WHERE state IN ('pending', 'in_flight')",  # the old predicate
         f"(available_at) {PREDICATE}",  # a column missing
+        f"USING brin (available_at, id) {PREDICATE}",  # no order to scan
+        f"(available_at, id) {PREDICATE} AND id > 0",  # fewer rows
     ],
-    ids=["old-predicate", "wrong-columns"],
+    ids=["old-predicate", "wrong-columns", "brin", "narrower"],
 )
 def test_an_index_of_another_shape_built_beforehand_is_refused(
     empty_database_url: str, built: str
@@ -70,6 +72,22 @@ def test_an_index_of_another_shape_built_beforehand_is_refused(
     migrate.upgrade(url, "outbox_0030")
     with psycopg.connect(url, autocommit=True) as db:
         db.execute(f"CREATE INDEX meter_event_outbox_due_timed ON meter_event_outbox {built}")
+    with pytest.raises(Exception, match="is not the index outbox_0031 builds"):
+        migrate.upgrade(url, "outbox_0031")
+    assert migrate.current(url) == "outbox_0030"
+
+
+def test_an_index_of_that_name_on_another_table_is_refused(empty_database_url: str) -> None:
+    """Renamed, it would leave the outbox with no due index at all (the outbox's own is dropped
+    first)."""
+    url = empty_database_url
+    migrate.upgrade(url, "outbox_0030")
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute("CREATE TABLE meter_event_outbox_copy (LIKE meter_event_outbox)")
+        db.execute(
+            "CREATE INDEX meter_event_outbox_due_timed ON meter_event_outbox_copy"
+            f" (available_at, id) {PREDICATE}"
+        )
     with pytest.raises(Exception, match="is not the index outbox_0031 builds"):
         migrate.upgrade(url, "outbox_0031")
     assert migrate.current(url) == "outbox_0030"
