@@ -490,8 +490,8 @@ SELECT state, n FROM meter_event_outbox_status
 -- be proved from it. With a plain `o.state = 'pending'`, the due and lane indexes qualify,
 -- and where the last VACUUM saw almost nothing pending (an outbox in service) the planner
 -- takes them for empty until the next one: after an outage's backlog it read every pending
--- row through one of them for each call (tests/integration/relay/test_stale_statistics.py). A LATERAL with
--- LIMIT 1 keeps it a probe per lease, never a hash of the table.
+-- row through one of them for each call (tests/integration/relay/test_stale_statistics.py).
+-- A LATERAL with LIMIT 1 keeps it a probe per lease, never a hash of the table.
 SELECT state, code, stripe_account, sum(n)::bigint AS n FROM (
     SELECT state, code, stripe_account, n FROM meter_event_outbox_tally WHERE state <> ''
     UNION ALL
