@@ -32,6 +32,8 @@ from typing import Any
 
 import psycopg
 
+from bench.store_statements import _label, backend_cpu_ns
+
 ADMIN_URL = os.environ.get("OUTBOX_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 WARM_UP = 6  # past the five custom plans PostgreSQL tries before it may settle on a generic one
 STATEMENTS = (
@@ -43,11 +45,6 @@ STATEMENTS = (
     "reject (2 rows)",
     "reset_in_flight (10 ids)",
 )
-
-
-def backend_cpu_ns(pid: int) -> int:
-    """Time the process has run on a CPU, in nanoseconds (the first field of schedstat)."""
-    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
 
 
 def child(admin_url: str, history: int, backlog: int, reps: int) -> dict[str, list[float]]:
@@ -173,18 +170,6 @@ def main() -> None:
     for label in STATEMENTS:
         values = [statistics.median(found[t][label]) for t in trees]
         print(f"| {label} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
-
-
-def _label(tree: str) -> str:
-    head = subprocess.run(
-        ["git", "-C", tree, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "-C", tree, "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    return f"{Path(tree).name}@{head}{'+' if dirty else ''}"
 
 
 if __name__ == "__main__":

@@ -13,6 +13,15 @@ from psycopg.sql import Literal
 from outbox.sqlfile import for_psycopg
 from relay.db.pool import QUERIES
 
+# The claim's parameters that are not text, as the relay's prepared claim declares them.
+CLAIM_TYPES = {
+    "fill": "int8",
+    "one_walk": "bool",
+    "exclusive": "bool",
+    "after_at": "timestamptz",
+    "after_id": "int8",
+}
+
 
 def explain(rows: list[tuple[Any, ...]]) -> str:
     """An EXPLAIN's rows as one text."""

@@ -18,7 +18,7 @@ from relay.core.top_up import TopUp
 from relay.db.pool import QUERIES, make_pool
 from relay.db.store import Store, claim_params
 from tests.support.pgbouncer import Bouncer, bouncer
-from tests.support.plans import explain, run_prepared
+from tests.support.plans import CLAIM_TYPES, explain, run_prepared
 from tests.support.relay import insert_usage
 
 HISTORY = 20_000  # settled rows, analyzed: the statistics say almost nothing is pending
@@ -29,15 +29,6 @@ def _in_service(database_url: str, db: psycopg.Connection) -> None:
     insert_usage(database_url, HISTORY, customers=100, prefix="h")
     db.execute("UPDATE meter_event_outbox SET state = 'accepted', accepted_at = now()")
     db.execute("VACUUM ANALYZE meter_event_outbox")  # as autovacuum would have
-
-
-CLAIM_TYPES = {
-    "fill": "int8",
-    "one_walk": "bool",
-    "exclusive": "bool",
-    "after_at": "timestamptz",
-    "after_id": "int8",
-}
 
 
 def _heads(db: psycopg.Connection, lanes: int) -> list[int]:

@@ -7,7 +7,7 @@ import pytest
 from outbox.sqlfile import for_psycopg
 from relay.db.pool import QUERIES
 from relay.db.store import claim_params
-from tests.support.plans import explain, run_prepared
+from tests.support.plans import CLAIM_TYPES, explain, run_prepared
 from tests.support.relay import insert_usage
 
 DUE_WORDS = (
@@ -22,13 +22,6 @@ ODD = [
     "2000-01-01 00:00:00+00",
 ]
 STATES = ["pending", "in_flight", "accepted", "failed", "rejected", "cancelled"]
-CLAIM_TYPES = {
-    "fill": "int8",
-    "one_walk": "bool",
-    "exclusive": "bool",
-    "after_at": "timestamptz",
-    "after_id": "int8",
-}
 
 
 def test_the_due_index_holds_exactly_the_unsent_rows_whatever_available_at(
