@@ -267,6 +267,11 @@ taken_over AS MATERIALIZED (
         action = k.action
     FROM free k CROSS JOIN claim_token t
     WHERE l.outbox_id = k.id AND k.leased_until IS NOT NULL AND l.leased_until <= now()
+      -- A one-time filter: with no lease to take over (almost every claim) the join below is
+      -- never run, whatever plan it got. A generic plan made while the lease table was small
+      -- (a new outbox, or after a crash of PostgreSQL, which empties it) hashes `free` and
+      -- scans the table, every dead lease since its last VACUUM, to find no row.
+      AND EXISTS (SELECT FROM expired)
     RETURNING l.outbox_id, l.lease_token, l.first_claimed_at
 ),
 leased AS (SELECT * FROM fresh UNION ALL SELECT * FROM taken_over)
