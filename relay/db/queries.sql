@@ -341,19 +341,37 @@ WITH input AS MATERIALIZED (
               called boolean, action text, http_status int)
       ON d.n = r.decision
 ),
+-- Each row's lease, found by its primary key, driven by the input: a LATERAL subquery that is not
+-- pulled up (OFFSET 0) can only run inside a nested loop with the input outside. A join of the
+-- input with the lease table was the planner's to turn around, and after a VACUUM that found no
+-- live lease (a relay idle while autovacuum came by: a quiet night, an outage of Stripe) the
+-- statistics say the table is empty until its next VACUUM: the plan then scanned every live lease
+-- and compared each with every outcome of the batch (1,000 x 1,000: 393 ms for a backlog's batch
+-- instead of 23; tests/integration/relay/test_small_lease_table_plans.py).
+held AS MATERIALIZED (
+    SELECT i.*, l.ctid AS lease_ctid, l.first_claimed_at, l.leased_by,
+           -- taken over from an earlier holder (a takeover keeps its first claim and stamps
+           -- leased_at; a fresh lease has both at the claim's now()): that holder's call
+           -- may have counted whatever this one's outcome is
+           l.first_claimed_at < l.leased_at AS carried_over
+    FROM input i
+    CROSS JOIN LATERAL (
+        SELECT l.ctid, l.first_claimed_at, l.leased_by, l.leased_at
+        FROM meter_event_outbox_leases l
+        WHERE l.outbox_id = i.id AND l.lease_token = i.token
+        OFFSET 0) l
+),
+-- The compare-and-set: the leases still carrying our token are deleted, by the row versions read
+-- above (a TID scan: no join). A lease deleted since this statement's snapshot is skipped. One
+-- taken over meanwhile (by another relay's claim: a new version, another token) is re-checked by
+-- READ COMMITTED on its newest version: the (row, token) test, a hashed subplan that stays a
+-- filter (`IS TRUE`, as below), refuses it, whatever PostgreSQL's re-check of the TID does.
+-- Either way its row is not written below.
 released AS MATERIALIZED (
     DELETE FROM meter_event_outbox_leases l
-    USING input i
-    WHERE l.outbox_id = i.id AND l.lease_token = i.token
-    -- The row's input comes back with its lease: the update below joins nothing but these
-    -- rows and the outbox's primary key, a plan no estimate of the batch's size can spoil (a
-    -- prepared statement's generic plan guesses 10 rows for an unnest of a parameter; a join
-    -- of the input with the deleted leases was then a nested loop over both, 1,000 x 1,000).
-    RETURNING i.*, l.first_claimed_at, l.leased_by,
-              -- taken over from an earlier holder (a takeover keeps its first claim and stamps
-              -- leased_at; a fresh lease has both at the claim's now()): that holder's call
-              -- may have counted whatever this one's outcome is
-              l.first_claimed_at < l.leased_at AS carried_over
+    WHERE l.ctid = ANY (ARRAY(SELECT h.lease_ctid FROM held h))
+      AND ((l.outbox_id, l.lease_token) IN (SELECT h.id, h.token FROM held h)) IS TRUE
+    RETURNING l.outbox_id
 ),
 written AS (
     UPDATE meter_event_outbox o
@@ -410,13 +428,17 @@ written AS (
                            THEN CAST(:relay_id AS text) ELSE o.accepted_by END
     -- In id order: the rows are locked in one order whatever the batch's, as a plan driven by
     -- the due index happened to give (tests/integration/relay/test_hostile_cancel_probe.py).
-    FROM (SELECT * FROM released ORDER BY id) u
+    FROM (SELECT * FROM held ORDER BY id) u
     -- `IS TRUE`, as in the claim's probes: with a plain `o.state = 'pending'` the planner could
     -- read the rows through the due index (its predicate is the pending and in-flight states),
     -- and in a table whose statistics say almost nothing is pending (an outbox in service: its
     -- history) the generic plan did, scanning every pending row of that index for each batch,
     -- instead of one primary-key probe per row (bench.keep_up).
     WHERE o.id = u.id AND (o.state = 'pending') IS TRUE
+      -- Only rows whose lease this statement deleted. `IS TRUE` keeps the IN a hashed subplan,
+      -- built once and probed per row: left bare, the planner makes it a join that it could
+      -- turn around too.
+      AND (u.id IN (SELECT r.outbox_id FROM released r)) IS TRUE
     -- o.* here are the values just written; the sent action and key come from the claim.
     -- `carried`: this statement wrote the carried call (its acceptance is this statement's).
     RETURNING o.id, o.attempts, o.state, u.called, u.action, u.key_generation, u.http_status,

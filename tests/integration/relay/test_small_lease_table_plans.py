@@ -9,14 +9,18 @@ whatever its plan. `enable_nestloop = off` stands in for that plan here: with it
 hashes as it did in the bench."""
 
 import json
+import threading
 from typing import Any
 
 import psycopg
 import pytest
 
 from outbox.sqlfile import for_psycopg
+from relay.core.rows import Outcome
 from relay.db.pool import QUERIES
 from relay.db.store import SyncStore
+from tests.acceptance.process.test_process import wait_for
+from tests.helpers import rows, scalar
 from tests.support.plans import explain, run_prepared
 from tests.support.relay import claim, insert_usage
 
@@ -121,11 +125,6 @@ ACCEPTED = {
 }  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: after a VACUUM that saw no live lease the planner takes the lease table for "
-    "empty, and the outcome's join with its input compares every lease with every outcome",
-)
 def test_after_an_idle_vacuum_the_outcome_probes_each_lease(
     database_url: str, db: psycopg.Connection
 ) -> None:
@@ -167,3 +166,41 @@ def test_after_an_idle_vacuum_the_outcome_probes_each_lease(
     released = plan[plan.index("CTE released") : plan.index("CTE written")]
     assert "Update on meter_event_outbox o (actual rows=200" in plan, plan
     assert "Rows Removed by Join Filter" not in released, released
+
+
+def test_an_outcome_waiting_on_a_takeover_writes_nothing(
+    database_url: str, db: psycopg.Connection
+) -> None:
+    """The outcome deletes its leases by the row versions it read. Relay A's lease expired and
+    relay B's claim is taking it over (a new version of the lease, B's token) when A's outcome
+    comes: A's DELETE waits for B's transaction, then READ COMMITTED re-checks the lease's
+    newest version, where PostgreSQL re-checks no TID condition. The (row, token) test must
+    refuse it: A deletes nothing and writes nothing, B keeps its lease and the row stays
+    pending. Without that test, A deleted B's lease and wrote the row."""
+    insert_usage(database_url, 1)
+    (mine,) = claim(db, "relay-a", lease=600, n=1)
+    db.execute("UPDATE meter_event_outbox_leases SET leased_until = now() - interval '1 second'")
+    db.commit()
+    written: list[set[int]] = []
+
+    def outcome() -> None:
+        with psycopg.connect(database_url) as conn:
+            answered = Outcome.answered(mine, "accepted", request_id="req_a", http_status=200)
+            written.append(SyncStore(conn).record_outcomes([answered], "relay-a"))
+            conn.commit()
+
+    with psycopg.connect(database_url) as other:
+        other.execute("SELECT 1")  # B's transaction: its claim stays uncommitted below
+        (theirs,) = claim(other, "relay-b", lease=600, n=1)
+        assert theirs.lease_token != mine.lease_token
+        thread = threading.Thread(target=outcome)
+        thread.start()
+        blocked = "SELECT count(*) > 0 FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))"
+        wait_for(lambda: scalar(db, blocked, other.info.backend_pid), timeout=30)
+        other.commit()
+    thread.join(30)
+    assert written == [set()]
+    assert rows(db, "SELECT outbox_id, lease_token, leased_by FROM meter_event_outbox_leases") == [
+        (mine.id, theirs.lease_token, "relay-b")
+    ]
+    assert rows(db, "SELECT state, accepted_at FROM meter_event_outbox") == [("pending", None)]
