@@ -78,8 +78,24 @@ FROM walk w WHERE w.depth > 0 ORDER BY w.depth DESC LIMIT 1
 -- know the top-up stops once the batch is full), and compiling cost about 100 ms a claim. The
 -- pool turns JIT off on a direct connection (relay/db/pool.py, NO_JIT); behind a pooler a
 -- session's SET would stay on a server connection another client gets next, a LOCAL one not.
+-- And no sequential scan: every table these statements read is read by an index (the lease
+-- table's probes by its primary key: see `outcome_plan`).
 SELECT pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true),
        pg_catalog.set_config('enable_bitmapscan', 'off', true),
+       pg_catalog.set_config('enable_seqscan', 'off', true),
+       pg_catalog.set_config('jit', 'off', true)
+
+-- name: outcome_plan
+-- The outcome's transaction begins with this, as the claim's with `claim_plan`: how PostgreSQL
+-- plans `record_outcomes`, for this transaction only. No sequential scan: the outcome reads the
+-- lease table by its primary key and deletes by row version, and a plan made while that table
+-- was small (a new outbox; after a crash of PostgreSQL, which empties it) scanned it instead,
+-- once per row of the batch, and the plan stays cached while the table grows to hundreds of
+-- pages of dead leases, until its next VACUUM (a backlog's batch of 1,000 rows: 137 ms against
+-- 24, tests/integration/relay/test_small_lease_table_plans.py). With no other path the planner
+-- still scans (a table without an index), so nothing can fail for it. And no JIT, as in the
+-- claim.
+SELECT pg_catalog.set_config('enable_seqscan', 'off', true),
        pg_catalog.set_config('jit', 'off', true)
 
 -- name: claim

@@ -316,8 +316,11 @@ class Store(AsyncExecutor):
             return leased
 
     async def record_outcomes(self, batch: Sequence[Outcome], relay_id: str) -> set[int]:
-        """Write outcomes (compare-and-set on each lease); returns the ids written."""
-        return set(await self.all(q.RECORD_OUTCOMES(outcome_params(batch, relay_id))))
+        """Write outcomes (compare-and-set on each lease); returns the ids written. In a
+        transaction of its own for `outcome_plan`'s settings."""
+        async with self.pool.connection() as conn, conn.transaction():
+            await fetch(conn, q.OUTCOME_PLAN({}))
+            return set(await fetch(conn, q.RECORD_OUTCOMES(outcome_params(batch, relay_id))))
 
     async def heartbeat(self, relay_id: str, token: UUID, stale_seconds: float) -> Beat:
         """Announce this relay (process `token`); how many relays are live, this one included,
@@ -765,7 +768,10 @@ class SyncStore(SyncExecutor):
             return leased
 
     def record_outcomes(self, batch: Sequence[Outcome], relay_id: str) -> set[int]:
-        return set(self.all(q.RECORD_OUTCOMES(outcome_params(batch, relay_id))))
+        """Store.record_outcomes, with its transaction's settings."""
+        with self.conn.transaction():
+            self.all(q.OUTCOME_PLAN({}))
+            return set(self.all(q.RECORD_OUTCOMES(outcome_params(batch, relay_id))))
 
     def outage_state(self) -> OutageState | None:
         """The outage breaker as every replica sees it (None: a schema before outbox_0013)."""

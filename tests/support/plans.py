@@ -3,8 +3,9 @@ PREPAREd by hand (its `:name` parameters as $1..$n, in order of appearance) and 
 its arguments written as literals (EXECUTE takes no bind parameters). The caller opens the
 transaction and sets what the relay's would (`plan_cache_mode`, the claim's `claim_plan`)."""
 
+import contextlib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import psycopg
@@ -28,15 +29,14 @@ def explain(rows: list[tuple[Any, ...]]) -> str:
     return "\n".join(r[0] for r in rows)
 
 
-def run_prepared(
-    db: psycopg.Connection[Any],
-    query: str,
-    params: Mapping[str, Any],
-    types: Mapping[str, str] | None = None,
-    command: str = "EXECUTE",
-) -> list[tuple[Any, ...]]:
-    """`command` (EXECUTE, or EXPLAIN ... EXECUTE) of the prepared `query` with `params`; each
-    parameter is declared as `types` says, text otherwise (LIMIT needs a number)."""
+@contextlib.contextmanager
+def prepared(
+    db: psycopg.Connection[Any], query: str, types: Mapping[str, str] | None = None
+) -> Iterator[Callable[[Mapping[str, Any], str], list[tuple[Any, ...]]]]:
+    """The named `query` PREPAREd (each parameter declared as `types` says, text otherwise: LIMIT
+    needs a number); yields `run(params, command)`, which runs `command` (EXECUTE, or EXPLAIN
+    ... EXECUTE) of it with `params`. The plan a generic plan_cache_mode makes at the first run
+    is the one later runs get, as for the relay's prepared statements."""
     names: list[str] = []
 
     def placeholder(match: re.Match[str]) -> str:
@@ -47,7 +47,22 @@ def run_prepared(
     sql = re.sub(r"%\((\w+)\)s", placeholder, for_psycopg(QUERIES[query]))
     declared = ", ".join((types or {}).get(n, "text") for n in names)
     db.execute(f"PREPARE by_hand {f'({declared})' if names else ''} AS {sql}")
-    arguments = ", ".join(Literal(params[n]).as_string(db) for n in names)
-    rows = db.execute(f"{command} by_hand{f'({arguments})' if names else ''}").fetchall()
-    db.execute("DEALLOCATE by_hand")
-    return rows
+
+    def run(params: Mapping[str, Any], command: str = "EXECUTE") -> list[tuple[Any, ...]]:
+        arguments = ", ".join(Literal(params[n]).as_string(db) for n in names)
+        return db.execute(f"{command} by_hand{f'({arguments})' if names else ''}").fetchall()
+
+    yield run
+    db.execute("DEALLOCATE by_hand")  # not after an error: the transaction is aborted then
+
+
+def run_prepared(
+    db: psycopg.Connection[Any],
+    query: str,
+    params: Mapping[str, Any],
+    types: Mapping[str, str] | None = None,
+    command: str = "EXECUTE",
+) -> list[tuple[Any, ...]]:
+    """`command` (EXECUTE, or EXPLAIN ... EXECUTE) of the prepared `query` with `params`."""
+    with prepared(db, query, types) as run:
+        return run(params, command)

@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from outbox.sqlfile import for_psycopg
+from relay.core.rows import Outcome
 from relay.core.top_up import TopUp
 from relay.db.pool import QUERIES, make_pool
 from relay.db.store import Store, claim_params
@@ -129,7 +130,7 @@ async def test_a_cancelled_or_failed_claim_leaves_no_setting_on_the_pooled_conne
     database_url: str,
 ) -> None:
     """LOCAL: a claim cancelled while it waits (the lease table locked by someone else) or
-    failing midway leaves plan_cache_mode and enable_bitmapscan as they were."""
+    failing midway leaves plan_cache_mode, enable_bitmapscan and enable_seqscan as they were."""
     pool = make_pool(database_url, max_size=1)
     await pool.open(wait=True)
     try:
@@ -148,18 +149,19 @@ async def test_a_cancelled_or_failed_claim_leaves_no_setting_on_the_pooled_conne
         async with pool.connection() as conn:
             shown = [
                 (await (await conn.execute(f"SHOW {g}")).fetchone())
-                for g in ("plan_cache_mode", "enable_bitmapscan")
+                for g in ("plan_cache_mode", "enable_bitmapscan", "enable_seqscan")
             ]
     finally:
         await pool.close()
-    assert shown == [("auto",), ("on",)]
+    assert shown == [("auto",), ("on",), ("on",)]
 
 
 async def test_behind_transaction_pooling_the_settings_stay_in_the_claims_transaction(
     pg_admin_url: str, database_url: str
 ) -> None:
-    """One server connection behind PgBouncer (transaction pooling): after the relay's claims,
-    another client handed that server connection sees PostgreSQL's own settings."""
+    """One server connection behind PgBouncer (transaction pooling): after the relay's claims
+    and outcomes, another client handed that server connection sees PostgreSQL's own
+    settings."""
     insert_usage(database_url, 50, customers=5)
     running: Bouncer
     with bouncer(pg_admin_url, "transaction", pool_size=1) as running:
@@ -169,17 +171,21 @@ async def test_behind_transaction_pooling_the_settings_stay_in_the_claims_transa
         try:
             store, cursor = Store(pool), TopUp()
             for _ in range(3):
-                await store.claim(
+                held = await store.claim(
                     [], fill=10, exclusive=False, relay_id="r", lease_seconds=60, top_up=cursor
                 )
+                accepted = [
+                    Outcome.answered(r, "accepted", request_id="req", http_status=200) for r in held
+                ]
+                assert await store.record_outcomes(accepted, "r") == {r.id for r in held}
         finally:
             await pool.close()
         with psycopg.connect(url, autocommit=True) as other:
             shown = [
                 other.execute(f"SHOW {g}").fetchone()
-                for g in ("plan_cache_mode", "enable_bitmapscan")
+                for g in ("plan_cache_mode", "enable_bitmapscan", "enable_seqscan")
             ]
-    assert shown == [("auto",), ("on",)]
+    assert shown == [("auto",), ("on",), ("on",)]
 
 
 @pytest.mark.parametrize("available_at", ["-infinity", "4713-01-01 00:00:00+00 BC", "infinity"])
