@@ -2,6 +2,7 @@
 relay."""
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ import relay.pipeline.completer
 import relay.pipeline.maintenance
 import relay.stripe.rate_share
 from relay.core.errors import ServiceDied
-from relay.core.rows import Claimed
+from relay.core.rows import Claimed, Outcome
 from relay.db.queries import Statement
 from relay.db.store import Store
 from relay.emulator import Emulator
@@ -122,6 +123,11 @@ class Unreachable(Store):
         if self.down:
             await asyncio.Event().wait()
         return await super().all(statement)
+
+    async def record_outcomes(self, batch: Sequence[Outcome], relay_id: str) -> set[int]:
+        if self.down:  # a transaction of its own, not through `all`
+            await asyncio.Event().wait()
+        return await super().record_outcomes(batch, relay_id)
 
 
 async def test_shutdown_with_the_database_down_ends_within_the_grace_period(database_url, emulator):
