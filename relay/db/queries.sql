@@ -380,7 +380,7 @@ held AS MATERIALIZED (
 -- The compare-and-set: the leases still carrying our token are deleted, by the row versions read
 -- above (a TID scan: no join). A lease deleted since this statement's snapshot is skipped. One
 -- taken over meanwhile (by another relay's claim: a new version, another token) is re-checked by
--- READ COMMITTED on its newest version, which PostgreSQL 15 and 16 refuse for its TID (another
+-- READ COMMITTED on its newest version, which PostgreSQL 15 refuses for its TID (another
 -- ctid), and the (row, token) test, a hashed subplan that stays a filter (`IS TRUE`, as below),
 -- refuses whatever a release's re-check of the TID does. Either way its row is not written
 -- below. So a lease must never be updated in place but by a takeover: a lease updated under its

@@ -181,7 +181,7 @@ def test_an_outcome_waiting_on_a_takeover_writes_nothing(
     """The outcome deletes its leases by the row versions it read. Relay A's lease expired and
     relay B's claim is taking it over (a new version of the lease, B's token) when A's outcome
     comes: A's DELETE waits for B's transaction, then READ COMMITTED re-checks the lease's
-    newest version. PostgreSQL 15 and 16 refuse it on its TID alone (it is at another ctid);
+    newest version. PostgreSQL 15 refuses it on its TID alone (it is at another ctid);
     the (row, token) test refuses it too, should a release re-check no TID (the executor's
     TID re-check was long a stub). A deletes nothing and writes nothing, B keeps its lease and
     the row stays pending."""
