@@ -23,7 +23,6 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import uuid
 from collections import defaultdict
@@ -133,16 +132,6 @@ def _measure(conn: psycopg.Connection[Any], reps: int) -> dict[str, list[float]]
     return found
 
 
-def run_child(tree: str, args: argparse.Namespace) -> dict[str, list[float]]:
-    env = {**os.environ, "PYTHONPATH": tree}
-    payload = json.dumps([ADMIN_URL, args.history, args.backlog, args.reps])
-    cmd = [sys.executable, __file__, "--child", payload]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"child for {tree} failed:\n{done.stderr[-3000:]}")
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
-
-
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         print(json.dumps(child(*json.loads(sys.argv[2]))))
@@ -155,10 +144,13 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=200_000, help="pending rows since")
     args = parser.parse_args()
     trees = [str(Path(t).resolve()) for t in args.trees.split(",")]
+    from bench.common import run_in_tree
+
     found: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in range(args.rounds):
         for tree in trees if r % 2 == 0 else trees[::-1]:
-            for label, values in run_child(tree, args).items():
+            payload = [ADMIN_URL, args.history, args.backlog, args.reps]
+            for label, values in run_in_tree(__file__, tree, payload, "").items():
                 found[tree][label] += values
             print(f"round {r + 1} {_label(tree)} done", flush=True)
     print(

@@ -5,6 +5,7 @@ read medians. Everything runs on 127.0.0.1.
 """
 
 import contextlib
+import json
 import os
 import resource
 import shutil
@@ -298,3 +299,21 @@ def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
     return str(value)
+
+
+def run_in_tree(
+    script: str, tree: str, payload: list[Any], what: str, timeout: float = 3600
+) -> dict[str, Any]:
+    """`script --child <payload>` with checkout `tree` first on PYTHONPATH (its migrations, its
+    queries, its store): a bench's side of one checkout. Returns the JSON object of the child's
+    last line of output; a failed child ends the bench with its error (`what` names it).
+    Import it where the parent runs, not at a module's top: the child imports the bench's modules
+    from `tree`, whose bench/common.py may predate it."""
+    env = {**os.environ, "PYTHONPATH": tree}
+    cmd = [sys.executable, script, "--child", json.dumps(payload)]
+    done = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"child for {tree} {what} failed:\n{done.stderr[-3000:]}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))

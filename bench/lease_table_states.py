@@ -31,7 +31,6 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import uuid
 from collections import defaultdict
@@ -148,16 +147,6 @@ def _measure(conn: psycopg.Connection[Any], rows: int, reps: int) -> dict[str, l
     return found
 
 
-def run_child(tree: str, state: str, args: argparse.Namespace) -> dict[str, list[float]]:
-    env = {**os.environ, "PYTHONPATH": tree}
-    payload = json.dumps([ADMIN_URL, state, args.rows, args.reps])
-    cmd = [sys.executable, __file__, "--child", payload]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"child for {tree} ({state}) failed:\n{done.stderr[-3000:]}")
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
-
-
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         print(json.dumps(child(*json.loads(sys.argv[2]))))
@@ -169,11 +158,14 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1000, help="rows per batch")
     args = parser.parse_args()
     trees = [str(Path(t).resolve()) for t in args.trees.split(",")]
+    from bench.common import run_in_tree
+
     found: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in range(args.rounds):
         for state in STATES:
             for tree in trees if r % 2 == 0 else trees[::-1]:
-                for figure, values in run_child(tree, state, args).items():
+                payload = [ADMIN_URL, state, args.rows, args.reps]
+                for figure, values in run_in_tree(__file__, tree, payload, f"({state})").items():
                     found[(tree, state)][figure] += values
         print(f"round {r + 1} done", flush=True)
     print(

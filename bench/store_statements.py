@@ -204,28 +204,19 @@ def _outcomes(leased: list[Any], mode: str) -> list[Any]:
 
 
 def run_child(tree: str, mode: str, args: argparse.Namespace) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": tree}
-    cmd = [
-        sys.executable,
-        __file__,
-        "--child",
-        json.dumps(
-            [
-                ADMIN_URL,
-                mode,
-                args.rows,
-                args.customers,
-                args.reps,
-                args.plan_cache_mode,
-                args.metadata_bytes,
-                args.dimensions,
-            ]
-        ),
+    from bench.common import run_in_tree
+
+    payload = [
+        ADMIN_URL,
+        mode,
+        args.rows,
+        args.customers,
+        args.reps,
+        args.plan_cache_mode,
+        args.metadata_bytes,
+        args.dimensions,
     ]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"child for {tree} {mode} failed:\n{done.stderr[-3000:]}")
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    return run_in_tree(__file__, tree, payload, mode, timeout=1800)
 
 
 def main() -> None:
