@@ -8,7 +8,6 @@ event over a minute). The takeover runs only when a lease was seen expired (a on
 whatever its plan. `enable_nestloop = off` stands in for that plan here: with it, the planner
 hashes as it did in the bench."""
 
-import json
 import threading
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 from outbox.sqlfile import for_psycopg
 from relay.core.rows import Outcome
 from relay.db.pool import QUERIES
-from relay.db.store import SyncStore
+from relay.db.store import SyncStore, outcome_params
 from tests.acceptance.process.test_process import wait_for
 from tests.helpers import rows, scalar
 from tests.support.plans import explain, prepared, run_prepared
@@ -118,29 +117,12 @@ OUTCOME_TYPES = {
     "latencies": "real[]",
     "decisions": "jsonb",
 }
-ACCEPTED = {
-    "n": 0, "state": "accepted", "delay": 0, "counted": 1, "new_key": 0, "code": None,
-    "message": None, "reached": True, "may_have_counted": True, "cancel_state": "accepted",
-    "cancel_now": False, "called": True, "action": "report", "http_status": 200,
-}  # fmt: skip
 
 
 def _outcome_params(held: list[Any]) -> dict[str, Any]:
-    """`record_outcomes`' parameters: every held row accepted."""
-
-    def array(values: list[Any]) -> str:
-        return "{" + ",".join(str(v) for v in values) + "}"
-
-    return {
-        "ids": array([c.id for c in held]),
-        "tokens": array([c.lease_token for c in held]),
-        "key_generations": array([c.key_generation for c in held]),
-        "decision_of": array([0] * len(held)),
-        "request_ids": array(["req_1"] * len(held)),
-        "latencies": array([1.5] * len(held)),
-        "decisions": json.dumps([ACCEPTED]),
-        "relay_id": "relay-a",
-    }
+    """`record_outcomes`' parameters, as the relay builds them: every held row accepted."""
+    accepted = [Outcome.answered(r, "accepted", request_id="req_1", http_status=200) for r in held]
+    return dict(outcome_params(accepted, "relay-a"))
 
 
 def test_after_an_idle_vacuum_the_outcome_probes_each_lease(
