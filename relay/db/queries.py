@@ -92,8 +92,9 @@ class ClaimParams(TypedDict):
     one_walk: bool
     fill: int
     exclusive: bool
-    after_at: datetime | None  # the top-up cursor (None, None: from the start)
+    after_at: datetime | None  # the top-up cursor (None, None: from `behind` or the start)
     after_id: int | None
+    behind: timedelta | None  # from this long before the claim's now() (None: from the start)
 
 
 class LeaseParams(TypedDict):

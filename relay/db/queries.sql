@@ -109,14 +109,16 @@ SELECT pg_catalog.set_config('enable_seqscan', 'off', true),
 -- becomes a second head; in v1 Stripe then answers 409 and that row retries (same key, attempt
 -- not counted): a conflict costs a retry, never a double count.
 -- With :fill, top the batch up with the oldest other due, unleased rows (v2 stream, where lanes
--- need no exclusivity), after the relay's top-up cursor (:after_at, :after_id: the newest row
--- its previous top-up locked, relay.core.top_up.TopUp). Leased rows stay pending and due in the
--- due index, so a scan from the start would pass over every row leased before it (three buffer
--- reads each); the cursor starts the scan after them. Rows left behind it (committed late with
--- an older available_at, lease expired, back from backoff, released unsent) are taken when the
--- relay starts again from the start: after a short top-up, and every TopUp.RESTART_EVERY
--- top-ups. Returns available_at for the top-up's rows (NULL for heads, and for a row due since
--- '-infinity'): where the cursor moves.
+-- need no exclusivity), after the relay's top-up cursor (relay.core.top_up.TopUp): after the
+-- newest row its previous top-up locked (:after_at, :after_id) in a backlog, or from :behind
+-- before now() after a short top-up. Leased rows stay pending and due in the due index, and a
+-- settled row's entry stays there, dead, until the outbox's next VACUUM, so a scan from the
+-- start would pass over every row leased before it (three buffer reads each) and every entry
+-- settled since that VACUUM; the cursor starts the scan after them. Rows left behind it
+-- (committed long after their transaction began, lease expired, released unsent) are taken
+-- when the relay starts again from the start, once every TopUp.RESTART_SECONDS. Returns
+-- available_at for the top-up's rows (NULL for heads, and for a row due since '-infinity'):
+-- where the cursor moves.
 -- The row lock orders the claim against outcomes: an outcome updates the row, so a claim that
 -- locks it afterwards re-reads it (no longer due) and leaves it out. Returns the ids locked.
 -- This statement's snapshot can be older than a lease: another claim that held a row and
@@ -177,8 +179,8 @@ filled AS MATERIALIZED (
     -- rows (with `available_at <= now()` a stale estimate can pick a bitmap scan and a sort
     -- of every due row). The cursor is a row comparison on the due index's columns
     -- (available_at, id, migration outbox_0026), so the scan starts right after it, also
-    -- among the many rows one INSERT statement gives the same available_at. No cursor: the
-    -- scan starts before every row ('-infinity' and the smallest bigint; ids come from the
+    -- among the many rows one INSERT statement gives the same available_at; :behind starts it
+    -- that long before now(), before every id. Neither: the scan starts before every row ('-infinity' and the smallest bigint; ids come from the
     -- identity sequence). The bound comes from a sub-select so that the planner never sees
     -- its value: the statement is prepared, and its generic plan must start the scan at the
     -- cursor (an `IS NULL OR` left it a filter, read past every row before it); and planned
@@ -193,7 +195,8 @@ filled AS MATERIALIZED (
       AND (isfinite(o.available_at) OR NOT isfinite(o.available_at))
       AND o.available_at + interval '0' <= now()
       AND (o.available_at, o.id)
-          > (SELECT coalesce(CAST(:after_at AS timestamptz), '-infinity'),
+          > (SELECT coalesce(CAST(:after_at AS timestamptz), now() - CAST(:behind AS interval),
+                             '-infinity'),
                     coalesce(CAST(:after_id AS bigint), CAST('-9223372036854775808' AS bigint)))
       AND o.id NOT IN (SELECT id FROM chosen)
       AND coalesce((SELECT l.leased_until FROM meter_event_outbox_leases l

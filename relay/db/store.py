@@ -24,7 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from relay.core.meters import HELD_CODES, WHAT_TO_DO, MeterInfo, MeterRead
 from relay.core.rows import Claimed, Outcome
-from relay.core.top_up import Point
+from relay.core.top_up import Start
 from relay.core.unsent import needs_status, split, state_counts
 from relay.core.vocabulary import AUTH_WAIT_CODES, STATES, State
 from relay.db import queries as q
@@ -133,19 +133,22 @@ def id_array(ids: Iterable[int]) -> str:
     return "{" + ",".join(map(str, ids)) + "}"
 
 
-def claim_params(ids: Sequence[int], how: q.ClaimHow, after: Point | None = None) -> q.ClaimParams:
-    """`after`: where the top-up starts (`top_up_start`; None: from the start)."""
+def claim_params(ids: Sequence[int], how: q.ClaimHow, after: Start = None) -> q.ClaimParams:
+    """`after`: where the top-up starts (`top_up_start`): after a row, a span before the
+    claim's now(), or None: from the start."""
+    point = after if isinstance(after, tuple) else None
     return {
         "ids": id_array(ids),
         "one_walk": how.get("one_walk", False),
         "fill": how["fill"],
         "exclusive": how["exclusive"],
-        "after_at": after[0] if after else None,
-        "after_id": after[1] if after else None,
+        "after_at": point[0] if point else None,
+        "after_id": point[1] if point else None,
+        "behind": after if isinstance(after, timedelta) else None,
     }
 
 
-def top_up_start(how: q.ClaimHow) -> Point | None:
+def top_up_start(how: q.ClaimHow) -> Start:
     """Where this claim's top-up starts: after the relay's cursor, if it has one."""
     top_up = how.get("top_up")
     return top_up.start() if top_up is not None and how["fill"] else None

@@ -21,6 +21,7 @@ CLAIM_TYPES = {
     "exclusive": "bool",
     "after_at": "timestamptz",
     "after_id": "int8",
+    "behind": "interval",
 }
 
 
