@@ -22,6 +22,11 @@ large table is vacuumed rarely, a growing prefix of dead entries.
   longer than it would have from the start; a restart costs what every top-up cost before (a
   read of the dead prefix and of every leased row), once per `RESTART_SECONDS`. A relay that
   claims less often than that always starts from the start.
+- **Back from idle**: a top-up at least `IDLE_SECONDS` after one that found nothing starts from
+  the start too. A relay that keeps up finds nothing on about every other claim (the look again
+  after a short claim), but the next claim follows within milliseconds; an idle relay woken by
+  a commit, maybe of a long transaction (a bulk load's rows are as old as its start), would
+  otherwise have waited for the next restart.
 
 Where a scan starts never decides who gets a row: the claim's row locks and the lease table's
 primary key still arbitrate between relays, each of which keeps its own cursor.
@@ -43,6 +48,8 @@ RECENT = timedelta(seconds=1)
 # The longest a row behind the cursor waits for a restart: about the time a restart took before
 # (32 top-ups at v2's default batch in a backlog), and a read of the dead prefix once a second.
 RESTART_SECONDS = 1.0
+# A relay that found nothing this long ago is back from idle (hint_recheck is 0.02 s).
+IDLE_SECONDS = 0.1
 
 
 class TopUp:
@@ -60,13 +67,15 @@ class TopUp:
         self.after: Point | None = None  # the newest row a full top-up locked
         self.full = True  # the last top-up took all it was asked for (relay.pipeline.producer)
         self._restarted: float | None = None  # when a top-up last started from the start
+        self._found_nothing: float | None = None  # when the last top-up ended, if it took none
 
     def start(self) -> Start:
         """Where the next top-up starts: after the cursor (a backlog), `recent` before now()
-        (keeping up), or None (from the start: the first top-up, and once `restart_seconds`
-        passed since the last restart)."""
+        (keeping up), or None (from the start: the first top-up, once `restart_seconds` passed
+        since the last restart, and back from idle)."""
         now = self._clock()
-        if self._restarted is None or now - self._restarted >= self.restart_seconds:
+        idle = self._found_nothing is not None and now - self._found_nothing >= IDLE_SECONDS
+        if idle or self._restarted is None or now - self._restarted >= self.restart_seconds:
             self._restarted = now
             return None
         if self.after is not None:
@@ -80,3 +89,4 @@ class TopUp:
         points = list(taken)
         self.full = len(points) >= fill
         self.after = max(points) if self.full else None
+        self._found_nothing = None if points else self._clock()

@@ -4,7 +4,7 @@ once `restart_seconds` passed since the last restart."""
 
 from datetime import UTC, datetime, timedelta
 
-from relay.core.top_up import RECENT, TopUp
+from relay.core.top_up import IDLE_SECONDS, RECENT, TopUp
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -75,3 +75,24 @@ def test_the_last_claim_to_finish_sets_the_cursor() -> None:
     cursor.passed(rows(21, 10), fill=10)
     cursor.passed(rows(11, 10), fill=10)
     assert cursor.after == rows(20, 1)[0]
+
+
+def test_a_top_up_back_from_idle_starts_from_the_start() -> None:
+    """After a top-up that found nothing, the next one soon after (a relay that keeps up looks
+    again at once) keeps the window; one after `IDLE_SECONDS` (an idle relay woken by a
+    commit, maybe of a bulk load as old as its transaction) starts from the start."""
+    clock = Clock()
+    cursor = TopUp(restart_seconds=10.0, clock=clock)
+    cursor.start()
+    cursor.passed(rows(1, 3), fill=10)
+    clock.t += 0.01
+    assert cursor.start() == RECENT
+    cursor.passed([], fill=10)
+    clock.t += 0.01
+    assert cursor.start() == RECENT  # the next claim of a relay that keeps up
+    cursor.passed(rows(4, 3), fill=10)
+    clock.t += 1.5 * IDLE_SECONDS
+    assert cursor.start() == RECENT  # it found rows: not idle
+    cursor.passed([], fill=10)
+    clock.t += 1.5 * IDLE_SECONDS
+    assert cursor.start() is None

@@ -11,7 +11,7 @@ import psycopg
 
 from outbox.sqlfile import for_psycopg
 from relay.core.rows import Claimed
-from relay.core.top_up import TopUp
+from relay.core.top_up import IDLE_SECONDS, TopUp
 from relay.db.pool import QUERIES
 from relay.db.store import SyncStore, claim_params
 from tests.support.relay import insert_usage
@@ -117,6 +117,26 @@ def test_after_a_short_top_up_the_next_starts_recent_before_now(database_url: st
     assert [r.id for r in top_up(db, cursor)] == [released[0]]
     clock.t += cursor.restart_seconds
     assert [r.id for r in top_up(db, cursor)] == [released[1]]
+
+
+def test_an_idle_relay_takes_a_bulk_loads_rows_at_once(database_url: str, db) -> None:
+    """A relay that found nothing is idle; woken by the commit of a long transaction (rows as
+    old as its start, older than `recent`), its next top-up starts from the start."""
+    insert_usage(database_url, 5)
+    clock = Clock()
+    cursor = TopUp(recent=timedelta(minutes=10), clock=clock)
+    assert len(top_up(db, cursor)) == 5  # short
+    clock.t += 0.01
+    assert top_up(db, cursor) == []  # nothing more: idle from now
+    insert_usage(database_url, 3, prefix="bulk")
+    db.execute(
+        "UPDATE meter_event_outbox SET available_at = now() - interval '1 hour'"
+        " WHERE identifier LIKE 'bulk%%'"
+    )
+    clock.t += 0.01
+    assert top_up(db, cursor) == []  # looked again at once: the window (its rows are behind)
+    clock.t += 2 * IDLE_SECONDS
+    assert sorted(r.identifier for r in top_up(db, cursor)) == ["bulk1", "bulk2", "bulk3"]
 
 
 def _due_index_reads(db: psycopg.Connection, claim: Any) -> int:
