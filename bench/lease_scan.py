@@ -12,8 +12,8 @@ one INSERT statement (one available_at), `held` of them leased by a relay's v2 c
 then the same relay's next claim of 1,000, rolled back and repeated 25 times: the median time
 of the statement and the shared buffers of one EXPLAIN (ANALYZE, BUFFERS). A tree with the
 top-up cursor (relay.core.top_up) continues after its earlier top-ups, the realistic case; it
-is also measured restarting from the start (`restart`), which it does once per RESTART_EVERY
-top-ups and after a short one. Prints a table and never asserts.
+is also measured restarting from the start (`restart`), which it does once a second and after
+an idle spell. Prints a table and never asserts.
 """
 
 import argparse

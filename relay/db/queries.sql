@@ -212,8 +212,8 @@ filled AS MATERIALIZED (
 SELECT id, NULL::timestamptz AS available_at, in_flight FROM chosen
 UNION ALL
 -- '-infinity' and dates before year 1 have no datetime in Python (psycopg refuses to load them):
--- such a row moves no cursor, as a head does (the top-up then counts short and the next one
--- starts from the start). Rows due later than year 9999 are never due, so never here.
+-- such a row moves no cursor, as a head does (the top-up then counts short; a row behind the
+-- next one's start is taken at the next restart). Rows due later than year 9999 are never due.
 SELECT id,
        CASE WHEN available_at >= TIMESTAMPTZ '0001-01-01 00:00:00+00' THEN available_at END,
        in_flight
