@@ -24,7 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from relay.core.meters import HELD_CODES, WHAT_TO_DO, MeterInfo, MeterRead
 from relay.core.rows import Claimed, Outcome
-from relay.core.top_up import Start
+from relay.core.top_up import Begun, Start
 from relay.core.unsent import needs_status, split, state_counts
 from relay.core.vocabulary import AUTH_WAIT_CODES, STATES, State
 from relay.db import queries as q
@@ -148,18 +148,23 @@ def claim_params(ids: Sequence[int], how: q.ClaimHow, after: Start = None) -> q.
     }
 
 
-def top_up_start(how: q.ClaimHow) -> Start:
-    """Where this claim's top-up starts: after the relay's cursor, if it has one."""
+def top_up_start(how: q.ClaimHow) -> Begun | None:
+    """Where this claim's top-up starts, if the relay passes its cursor (None: no cursor)."""
     top_up = how.get("top_up")
     return top_up.start() if top_up is not None and how["fill"] else None
 
 
-def top_up_passed(how: q.ClaimHow, locked: Sequence[q.Locked]) -> list[int]:
-    """Move the relay's top-up cursor past what the claim locked; returns the ids locked."""
+def top_up_passed(
+    how: q.ClaimHow, begun: Begun | None, ids: Sequence[int], locked: Sequence[q.Locked]
+) -> list[int]:
+    """Move the relay's top-up cursor past what the claim's top-up locked (the rows locked
+    that are not walked heads `ids`); returns the ids locked."""
     top_up = how.get("top_up")
-    if top_up is not None and how["fill"]:
-        taken = [(r.available_at, r.id) for r in locked if r.available_at is not None]
-        top_up.passed(taken, how["fill"])
+    if top_up is not None and begun is not None:
+        walked = set(ids)
+        filled = [r for r in locked if r.id not in walked]
+        taken = [(r.available_at, r.id) for r in filled if r.available_at is not None]
+        top_up.passed(begun, taken, len(filled), how["fill"])
     return [r.id for r in locked]
 
 
@@ -306,11 +311,11 @@ class Store(AsyncExecutor):
         come from a single walk, one per lane (a wrapped walk's may name a lane twice).
         Two statements in one transaction: the leases are read with a snapshot taken after
         the row locks, so a claim never waits on a lease (see `lease` in queries.sql)."""
-        after = top_up_start(how)
+        begun = top_up_start(how)
         async with self.pool.connection() as conn, conn.transaction():
             await fetch(conn, q.CLAIM_PLAN({}))
-            locked = await fetch(conn, q.CLAIM(claim_params(ids, how, after)))
-            ids_locked = top_up_passed(how, locked)
+            locked = await fetch(conn, q.CLAIM(claim_params(ids, how, begun.at if begun else None)))
+            ids_locked = top_up_passed(how, begun, ids, locked)
             if not locked:
                 return []
             leased = await fetch(conn, q.LEASE(lease_params(ids_locked, how)))
@@ -758,11 +763,11 @@ class SyncStore(SyncExecutor):
 
     def claim(self, ids: Sequence[int], **how: Unpack[q.ClaimHow]) -> list[Claimed]:
         """Store.claim's two statements, in one transaction."""
-        after = top_up_start(how)
+        begun = top_up_start(how)
         with self.conn.transaction():
             self.all(q.CLAIM_PLAN({}))
-            locked = self.all(q.CLAIM(claim_params(ids, how, after)))
-            ids_locked = top_up_passed(how, locked)
+            locked = self.all(q.CLAIM(claim_params(ids, how, begun.at if begun else None)))
+            ids_locked = top_up_passed(how, begun, ids, locked)
             if not locked:
                 return []
             leased = self.all(q.LEASE(lease_params(ids_locked, how)))

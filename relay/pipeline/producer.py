@@ -146,7 +146,7 @@ class Producer:
                 # Woken (a hint, a poke) while the running claims leave no room: look again
                 # when one ends, or that wake-up is spent and its row waits for the poll.
                 self._owed = True
-            await self.wakeup.wait(self._wait_timeout(), stop)
+            await self.wakeup.wait(self._wait_timeout(bool(wanted)), stop)
 
     # `timeout` is a share of the shutdown grace: past it, finish returns (it never raises).
     async def finish(self, timeout: float) -> None:  # noqa: ASYNC109
@@ -155,11 +155,17 @@ class Producer:
         if self._claims:
             await asyncio.wait(set(self._claims), timeout=timeout)
 
-    def _wait_timeout(self) -> float:
+    def _wait_timeout(self, room: bool) -> float:
+        """Until the poll, or sooner: the look again after a short claim, and (with `room` to
+        claim) the top-up's next restart, which takes rows left behind its window
+        (relay.core.top_up) when nothing else wakes the relay first."""
         now = time.monotonic()
+        timeout = self.settings.poll_interval
         if self._recheck_at > now:
-            return min(self.settings.poll_interval, self._recheck_at - now)
-        return self.settings.poll_interval
+            timeout = min(timeout, self._recheck_at - now)
+        if room and (restart := self._top_up.restart_at()) is not None:
+            timeout = min(timeout, max(restart - now, self.settings.hint_recheck))
+        return timeout
 
     async def _walk_and_claim(self, wanted: int) -> bool:
         """Walk for up to `wanted` lane heads (round robin) and start claiming them.

@@ -138,6 +138,29 @@ async def test_producer_claims_a_row_committed_during_a_short_claim_without_a_po
     assert [r.identifier for r in alone.sent] == ["a1", "b1"]
 
 
+async def test_a_row_behind_the_window_committed_during_a_short_claim_is_claimed_at_the_restart(
+    database_url: str,
+) -> None:
+    """As above, but the second row's transaction began long before it committed (its
+    available_at an hour back): the look after the short claim starts from the window and finds
+    nothing, and no more traffic comes. The producer looks again when the top-up's restart is
+    due (a second), not at the poll (30 s)."""
+    insert_usage(database_url, 1, customer="cus_a", prefix="a")
+
+    def commit_a_long_transactions_row() -> None:
+        _insert_quiet(database_url, "b1")
+        with psycopg.connect(database_url) as conn:
+            conn.execute(
+                "UPDATE meter_event_outbox SET available_at = now() - interval '1 hour'"
+                " WHERE identifier = 'b1'"
+            )
+
+    CommitDuringClaim.hooks = [commit_a_long_transactions_row]
+    async with producer_alone(database_url, CommitDuringClaim, capacity=100) as alone:
+        await alone.run_until_b()
+    assert [r.identifier for r in alone.sent] == ["a1", "b1"]
+
+
 def _one_claim_at_a_time(database_url: str, emulator: Any, **overrides: Any) -> Settings:
     """A v2 relay whose one claim holds all its capacity, polling every POLL seconds, with a
     lease and a timeout that outlast Stripe's 12 s answers."""

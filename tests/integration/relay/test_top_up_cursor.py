@@ -139,6 +139,20 @@ def test_an_idle_relay_takes_a_bulk_loads_rows_at_once(database_url: str, db) ->
     assert sorted(r.identifier for r in top_up(db, cursor)) == ["bulk1", "bulk2", "bulk3"]
 
 
+def test_a_backlog_due_since_minus_infinity_drains_a_batch_per_claim(database_url: str, db) -> None:
+    """Rows due since '-infinity' move no cursor (psycopg has no datetime for them): a top-up
+    full of them is still full, and the next starts from the start again, not from the window
+    (where it could never reach them), while fresh rows keep coming."""
+    insert_usage(database_url, 3 * FILL, customers=3, prefix="inf")
+    db.execute("UPDATE meter_event_outbox SET available_at = '-infinity'")
+    cursor = TopUp(clock=Clock())  # a clock that stands still: no restart by time
+    taken = []
+    for i in range(4):
+        insert_usage(database_url, 1, prefix=f"fresh{i}_")
+        taken.append(sum(r.identifier.startswith("inf") for r in top_up(db, cursor)))
+    assert taken == [FILL, FILL, FILL, 0]
+
+
 def _due_index_reads(db: psycopg.Connection, claim: Any) -> int:
     """Buffers of the due index that `claim()` read (the backend's counts not yet sent to the
     statistics, before and after)."""
