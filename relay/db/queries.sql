@@ -184,8 +184,8 @@ filled AS MATERIALIZED (
     -- of every due row). The cursor is a row comparison on the due index's columns
     -- (available_at, id, migration outbox_0026), so the scan starts right after it, also
     -- among the many rows one INSERT statement gives the same available_at; :behind starts it
-    -- that long before now(), before every id. Neither: the scan starts before every row ('-infinity' and the smallest bigint; ids come from the
-    -- identity sequence). The bound comes from a sub-select so that the planner never sees
+    -- that long before now(), before every id. Neither: the scan starts before every row
+    -- ('-infinity' and the smallest bigint; ids come from the identity sequence). The bound comes from a sub-select so that the planner never sees
     -- its value: the statement is prepared, and its generic plan must start the scan at the
     -- cursor (an `IS NULL OR` left it a filter, read past every row before it); and planned
     -- with '-infinity' in sight, the planner chose a sequential scan and a sort of every due
@@ -212,8 +212,8 @@ filled AS MATERIALIZED (
 SELECT id, NULL::timestamptz AS available_at, in_flight FROM chosen
 UNION ALL
 -- '-infinity' and dates before year 1 have no datetime in Python (psycopg refuses to load them):
--- such a row moves no cursor, as a head does (the top-up then counts short; a row behind the
--- next one's start is taken at the next restart). Rows due later than year 9999 are never due.
+-- such a row moves no cursor (the relay still counts it: a top-up full of them makes the next
+-- one start from the start again). Rows due later than year 9999 are never due, so never here.
 SELECT id,
        CASE WHEN available_at >= TIMESTAMPTZ '0001-01-01 00:00:00+00' THEN available_at END,
        in_flight
