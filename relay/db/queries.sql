@@ -185,11 +185,12 @@ filled AS MATERIALIZED (
     -- (available_at, id, migration outbox_0026), so the scan starts right after it, also
     -- among the many rows one INSERT statement gives the same available_at; :behind starts it
     -- that long before now(), before every id. Neither: the scan starts before every row
-    -- ('-infinity' and the smallest bigint; ids come from the identity sequence). The bound comes from a sub-select so that the planner never sees
-    -- its value: the statement is prepared, and its generic plan must start the scan at the
-    -- cursor (an `IS NULL OR` left it a filter, read past every row before it); and planned
-    -- with '-infinity' in sight, the planner chose a sequential scan and a sort of every due
-    -- row. So every plan, custom or generic, is the same ordered scan.
+    -- ('-infinity' and the smallest bigint; ids come from the identity sequence). The bound
+    -- comes from a sub-select so that the planner never sees its value: the statement is
+    -- prepared, and its generic plan must start the scan at the cursor (an `IS NULL OR` left
+    -- it a filter, read past every row before it); and planned with '-infinity' in sight, the
+    -- planner chose a sequential scan and a sort of every due row. So every plan, custom or
+    -- generic, is the same ordered scan.
     -- The sum (not the difference with now(), which PostgreSQL refuses for an infinite
     -- timestamp: "cannot subtract infinite timestamps") keeps an infinite available_at as it
     -- is: nothing CHECKs it finite, '-infinity' is due and 'infinity' never is.
