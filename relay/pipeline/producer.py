@@ -123,7 +123,8 @@ class Producer:
         self._cursor: Lane = FIRST_LANE
         self._top_up = TopUp()  # v2: where the next top-up starts (this relay's own)
         self._walk = True  # v2: whether the next claim walks first (module docstring)
-        self._recheck_at = 0.0
+        self._recheck_at = 0.0  # a look owed this long after the last claim that took rows
+        self._look_again: asyncio.TimerHandle | None = None  # see _arm_look_again
         self._claims: set[asyncio.Task[None]] = set()
         self._claim_crash: BaseException | None = None  # raised by run() (a bug, not the db)
         self._owed = False  # a wake-up came while no claim could start (see run)
@@ -161,7 +162,7 @@ class Producer:
         (relay.core.top_up) when nothing else wakes the relay first."""
         now = time.monotonic()
         timeout = self.settings.poll_interval
-        if self._recheck_at > now:
+        if self._look_again is None and self._recheck_at > now:  # else the timer pokes then
             timeout = min(timeout, self._recheck_at - now)
         if room and (restart := self._top_up.restart_at()) is not None:
             timeout = min(timeout, max(restart - now, self.settings.hint_recheck))
@@ -271,4 +272,26 @@ class Producer:
         if self._exclusive or not self.wakeup.listens or len(rows) >= reserved:
             self.wakeup.poke()
         else:
-            asyncio.get_running_loop().call_later(self.settings.hint_recheck, self.wakeup.poke)
+            self._arm_look_again()
+
+    def _arm_look_again(self) -> None:
+        """One look again, HINT_RECHECK after the last claim that took rows (`_recheck_at`),
+        not one per short claim. A claim that starts later sees every row committed before it,
+        so of short claims closer together than HINT_RECHECK (a relay that keeps up: one per
+        hint) only the last one's look is owed; a look per claim was a second claim per hint,
+        which found nothing (bench.keep_up). A row committed while a claim ran, whose hint the
+        gate skipped, is still seen by the next claim or by the look after the last one, at
+        most HINT_RECHECK after the claim that ran when it was committed ends."""
+        if self._look_again is None:
+            loop = asyncio.get_running_loop()
+            self._look_again = loop.call_later(self.settings.hint_recheck, self._look_again_due)
+
+    def _look_again_due(self) -> None:
+        """The timer: poke, or wait on if a claim that took rows moved `_recheck_at` since (a
+        timer may also fire early by the event loop's clock resolution)."""
+        self._look_again = None
+        left = self._recheck_at - time.monotonic()
+        if left > 0:
+            self._look_again = asyncio.get_running_loop().call_later(left, self._look_again_due)
+        else:
+            self.wakeup.poke()

@@ -11,6 +11,7 @@ transaction pooling, or a writer whose NOTIFY the 5 ms gate skipped) or its hint
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
@@ -310,3 +311,61 @@ async def test_a_hint_spent_during_a_claim_that_found_nothing_is_not_lost(
         assert isinstance(alone.store, HintDuringFirstClaim)
         alone.store.during = lambda: alone.commit_b_with_its_hint(database_url)
         await alone.run_until_b()
+
+
+class Timed(Store):
+    """Each claim's start, end (monotonic) and rows taken; `took` is set by a claim that took
+    rows, `looked` by the first claim that started after the second such claim ended."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.claims: list[tuple[float, float, int]] = []
+        self.took = asyncio.Event()
+        self.looked = asyncio.Event()
+
+    def ends_with_rows(self) -> list[float]:
+        return [end for _, end, rows in self.claims if rows]
+
+    async def claim(self, *args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
+        start = time.monotonic()
+        rows = await super().claim(*args, **kwargs)
+        self.claims.append((start, time.monotonic(), len(rows)))
+        if rows:
+            self.took.set()
+        if len(ends := self.ends_with_rows()) >= 2 and start > ends[1]:
+            self.looked.set()
+        return rows
+
+
+async def test_short_claims_in_a_row_owe_one_look_again_after_the_last(database_url: str) -> None:
+    """A v2 relay that listens for hints, keeping up: two short claims, each woken by its row's
+    hint, the second within `hint_recheck` of the first. One look again is owed, after the
+    second (a claim sees every row committed before it starts); before, each short claim
+    looked again, a second claim per hint that found nothing (bench.keep_up). With the top-up's
+    restart a second away, the first claim after the second is that look, and it starts
+    `hint_recheck` after the second claim ended, not after the first."""
+    recheck = 0.5
+    async with producer_alone(database_url, Timed, capacity=100) as alone:
+        assert isinstance(alone.store, Timed)
+        store = alone.store
+        alone.wakeup.listens = True  # hints are delivered (here: the pokes below)
+        alone.producer.settings = alone.producer.settings.model_copy(
+            update={"hint_recheck": recheck}
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(alone.producer.run(stop))
+        try:
+            for n in (1, 2):
+                store.took.clear()
+                _insert_quiet(database_url, f"a{n}")
+                alone.wakeup.poke()  # its hint
+                await asyncio.wait_for(store.took.wait(), 10)
+            await asyncio.wait_for(store.looked.wait(), 10)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 5)
+    first_end, second_end = store.ends_with_rows()[:2]
+    look = min(start for start, _, _ in store.claims if start > second_end)
+    assert [r.identifier for r in alone.sent] == ["a1", "a2"]
+    assert second_end - first_end < recheck  # the second claim came before the first's look
+    assert look - second_end >= recheck, (look - first_end, look - second_end)
