@@ -193,7 +193,7 @@ class Settings(BaseSettings):
         default=0.02,
         gt=0,
         le=60,
-        description="After a claim, look again this soon (coalesced hints)",
+        description="After the last claim that took rows, look again this soon (coalesced hints)",
     )
     outcome_flush_delay: float = Field(
         default=0.005, ge=0, le=10, description="Let an outcome batch fill this long before writing"

@@ -27,8 +27,8 @@ large table is vacuumed rarely, a growing prefix of dead entries.
   long transaction just after a short claim, when no more traffic comes, would otherwise have
   waited for the poll).
 - **Back from idle**: a top-up at least `IDLE_SECONDS` after one that found nothing starts from
-  the start too. A relay that keeps up finds nothing on about every other claim (the look again
-  after a short claim), but the next claim follows within milliseconds; an idle relay woken by
+  the start too. A relay that keeps up finds nothing on some claims (woken by the hint of a row
+  an earlier claim took), but the next claim follows within milliseconds; an idle relay woken by
   a commit, maybe of a long transaction (a bulk load's rows are as old as its start), would
   otherwise have waited for the next restart.
 - **Two claims at once** (a relay runs up to two) start from the same cursor, and the last to
