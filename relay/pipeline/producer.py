@@ -34,6 +34,7 @@ log = structlog.get_logger("relay")
 
 # Claim statements running at once: the next batch is chosen while the previous one is leased.
 MAX_CLAIMS = 2
+CLOCK_SLACK = 0.002  # seconds: an event loop's timer may fire this early (see _look_again_due)
 
 
 class Capacity:
@@ -287,11 +288,12 @@ class Producer:
             self._look_again = loop.call_later(self.settings.hint_recheck, self._look_again_due)
 
     def _look_again_due(self) -> None:
-        """The timer: poke, or wait on if a claim that took rows moved `_recheck_at` since (a
-        timer may also fire early by the event loop's clock resolution)."""
+        """The timer: poke, or wait on if a claim that took rows moved `_recheck_at` since. A
+        timer may fire a little early (uvloop's clock counts milliseconds): within
+        CLOCK_SLACK of the mark counts as due, or the loop would spin on zero-delay timers."""
         self._look_again = None
         left = self._recheck_at - time.monotonic()
-        if left > 0:
+        if left > CLOCK_SLACK:
             self._look_again = asyncio.get_running_loop().call_later(left, self._look_again_due)
         else:
             self.wakeup.poke()
