@@ -282,7 +282,8 @@ class Producer:
         hint) only the last one's look is owed; a look per claim was a second claim per hint,
         which found nothing (bench.keep_up). A row committed while a claim ran, whose hint the
         gate skipped, is still seen by the next claim or by the look after the last one, at
-        most HINT_RECHECK after the claim that ran when it was committed ends."""
+        most HINT_RECHECK after the last claim that took rows ends (with two claims at once,
+        that can be the one that ends later)."""
         if self._look_again is None:
             loop = asyncio.get_running_loop()
             self._look_again = loop.call_later(self.settings.hint_recheck, self._look_again_due)
