@@ -41,11 +41,22 @@ BEGIN
         WITH gone AS (
             DELETE FROM meter_event_outbox_tally_deltas RETURNING 1
         ), counted AS (
+            -- Grouped first on what the keys read of each state (the history's rows fall into
+            -- a handful of groups), then into keys: about 1 us per row of the outbox, where
+            -- the keys of every row cost 4.6 (bench.tally_recount).
             SELECT k.state, k.code, k.stripe_account, k.customer, k.event_name,
-                   pg_catalog.count(*) AS n
-            FROM meter_event_outbox o,
-                 outbox_tally_keys(o.state, o.last_error_code, o.stripe_account, o.customer,
-                                   o.event_name) k
+                   pg_catalog.sum(g.n)::bigint AS n
+            FROM (SELECT o.state,
+                         CASE WHEN o.state IN ('pending', 'failed', 'rejected')
+                              THEN o.last_error_code END AS code,
+                         CASE WHEN o.state = 'pending' THEN o.stripe_account END AS account,
+                         CASE WHEN o.state IN ('pending', 'in_flight')
+                              THEN o.customer END AS customer,
+                         CASE WHEN o.state = 'pending' THEN o.event_name END AS event_name,
+                         pg_catalog.count(*) AS n
+                  FROM meter_event_outbox o
+                  GROUP BY 1, 2, 3, 4, 5) g,
+                 outbox_tally_keys(g.state, g.code, g.account, g.customer, g.event_name) k
             GROUP BY 1, 2, 3, 4, 5
         ), kept AS (
             INSERT INTO meter_event_outbox_tallies AS t
