@@ -90,7 +90,7 @@ def test_commit_writes_one_row_rollback_none(kind: str, database_url: str, db) -
         recorded = outbox.record_usage(conn, **usage("committed"))
     assert recorded.created
     assert outbox_count(db, "rolled-back") == 0
-    assert rows(db, "SELECT identifier, state, value, payload FROM meter_event_outbox") == [
+    assert rows(db, "SELECT identifier, state, value, o.payload FROM meter_event_outbox o") == [
         ("committed", "pending", Decimal(3), {"stripe_customer_id": "cus_123", "value": "3"})
     ]
 

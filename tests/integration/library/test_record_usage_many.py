@@ -39,7 +39,7 @@ def test_batch_created_then_replayed(kind: str, database_url: str, db) -> None:
     assert [(r.identifier, r.created) for r in first] == [("a", True), ("b", True)]
     assert [(r.identifier, r.created) for r in again] == [("b", False), ("c", True)]
     assert again[0].id == first[1].id
-    assert rows(db, "SELECT identifier, payload FROM meter_event_outbox ORDER BY id") == [
+    assert rows(db, "SELECT identifier, o.payload FROM meter_event_outbox o ORDER BY id") == [
         (name, {"stripe_customer_id": "cus_123", "value": "3", "region": "eu"})
         for name in ("a", "b", "c")
     ]

@@ -218,7 +218,7 @@ def test_good_fact_accepted_by_all_three(db) -> None:
         "SELECT outbox_record_usage('api_calls', 'cus_1', 42, 'fn', %s, '{\"tier\": \"a\"}')",
         (when,),
     )
-    payloads = db.execute("SELECT payload FROM meter_event_outbox ORDER BY id").fetchall()
+    payloads = db.execute("SELECT o.payload FROM meter_event_outbox o ORDER BY id").fetchall()
     assert [p[0]["value"] for p in payloads] == ["42", "42", "42"]
     assert payloads[2][0] == {"stripe_customer_id": "cus_1", "value": "42", "tier": "a"}
 
@@ -235,5 +235,5 @@ def test_sql_function_replay_and_conflict(db) -> None:
 def test_value_string_forms_are_normalised(db) -> None:
     outbox.record_usage(db, **fact(identifier="a", value=" 1e3 "))
     outbox.record_usage(db, **fact(identifier="b", value=Decimal("7.000")))
-    got = db.execute("SELECT value, payload->>'value' FROM meter_event_outbox ORDER BY id")
+    got = db.execute("SELECT value, o.payload->>'value' FROM meter_event_outbox o ORDER BY id")
     assert got.fetchall() == [(Decimal(1000), "1000"), (Decimal(7), "7")]
