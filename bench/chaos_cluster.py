@@ -18,8 +18,9 @@ from bench.common import free_port
 
 PG_ROOT = Path("/usr/lib/postgresql")
 # Three relays (8 connections each), the writers, the harness and a restarted relay that
-# overlaps its killed predecessor's connections for a moment.
-SERVER_OPTIONS = ("max_connections=200", "shared_buffers=128MB")
+# overlaps its killed predecessor's connections for a moment; and room for a few prepared
+# transactions (the crash test of the tallies holds one across the crash).
+SERVER_OPTIONS = ("max_connections=200", "shared_buffers=128MB", "max_prepared_transactions=8")
 
 
 class PrivateCluster:

@@ -1,5 +1,19 @@
 -- Back to outbox_0031: the tally deltas logged again (the table is written to the WAL once, as
 -- it stands), the marker gone, and the fold of outbox_0027, which never recounts.
+-- A recount owed (a crash emptied the deltas, no fold has recounted yet) is done first: that
+-- fold never would, and the tallies would stay short of the lost deltas for good. It can wait
+-- (a prepared transaction older than the loss, another session folding): the downgrade then
+-- stops, to be run again.
+SELECT outbox_fold_counts();
+DO $owed$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM meter_event_outbox_tally_epoch
+                   WHERE lost_noticed_at IS NULL) THEN
+        RAISE EXCEPTION 'outbox_0032 downgrade: the tallies owe a recount that could not run now'
+            USING HINT = 'Stop the relays, COMMIT or ROLLBACK the prepared transactions of this '
+                         'database (pg_prepared_xacts), then downgrade again.';
+    END IF;
+END $owed$;
 ALTER TABLE meter_event_outbox_tally_deltas SET LOGGED;
 DROP TABLE IF EXISTS meter_event_outbox_tally_epoch;
 

@@ -14,12 +14,26 @@
 -- commit later stay for the next fold. Until that fold (one upkeep interval with a relay
 -- running), `status`, the console and /metrics show the tallies as last folded.
 --
--- Readers are unchanged: a hot standby could not read the status view before either (it
--- probes the UNLOGGED lease table).
+-- A prepared transaction (two-phase commit) survives a crash, its delta row does not: counted
+-- before its COMMIT PREPARED (invisible then) and never after (no delta), its rows would be
+-- missing from the tallies for good. So the first fold that finds the marker gone records when
+-- it noticed, and the recount waits (a WARNING in the server log each fold) until no prepared
+-- transaction of this database is older than that; later ones wrote their deltas after the
+-- loss. The recount needs a snapshot taken after that check: READ COMMITTED only (the relay's
+-- transactions are; another caller's fold just folds nothing).
+--
+-- To force a recount (a database moved by logical replication, which skips UNLOGGED tables, or
+-- restored from a data-only copy): DELETE FROM meter_event_outbox_tally_epoch.
+--
+-- Hot standbys: the statements that read only the tallies and the deltas (customers with the
+-- most unsent rows, the rows held for their meter, failures per code) need the primary now, as
+-- `status` and the console already did (they probe the UNLOGGED lease table).
 ALTER TABLE meter_event_outbox_tally_deltas SET UNLOGGED;
 
 CREATE UNLOGGED TABLE IF NOT EXISTS meter_event_outbox_tally_epoch (
-    one boolean PRIMARY KEY DEFAULT true CHECK (one)
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    -- NULL: the deltas are whole. Else when a fold found the marker gone: a recount is owed.
+    lost_noticed_at timestamptz
 );
 INSERT INTO meter_event_outbox_tally_epoch DEFAULT VALUES ON CONFLICT DO NOTHING;
 
@@ -29,6 +43,7 @@ CREATE OR REPLACE FUNCTION outbox_fold_counts() RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
     folded bigint;
+    noticed timestamptz;
 BEGIN
     -- keyed by this schema's delta table: outboxes in other schemas fold on their own
     IF NOT pg_catalog.pg_try_advisory_xact_lock(
@@ -36,8 +51,24 @@ BEGIN
             'meter_event_outbox_tally_deltas'::regclass::oid::int) THEN
         RETURN 0;
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM meter_event_outbox_tally_epoch) THEN
-        -- The deltas were lost: count every tally again (one statement, one snapshot).
+    SELECT e.lost_noticed_at INTO noticed FROM meter_event_outbox_tally_epoch e;
+    IF NOT FOUND THEN  -- the deltas were lost
+        noticed := pg_catalog.clock_timestamp();
+        INSERT INTO meter_event_outbox_tally_epoch (lost_noticed_at) VALUES (noticed);
+    END IF;
+    IF noticed IS NOT NULL THEN
+        IF pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.<>)
+               'read committed' THEN
+            RETURN 0;
+        END IF;
+        IF EXISTS (SELECT 1 FROM pg_catalog.pg_prepared_xacts p
+                   WHERE p.database OPERATOR(pg_catalog.=) pg_catalog.current_database()
+                     AND p.prepared OPERATOR(pg_catalog.<=) noticed) THEN
+            RAISE WARNING 'outbox tallies: the recount owed since % waits for the prepared'
+                          ' transactions of this database older than that', noticed;
+            RETURN 0;
+        END IF;
+        -- Count every tally again (one statement, one snapshot, taken now).
         WITH gone AS (
             DELETE FROM meter_event_outbox_tally_deltas RETURNING 1
         ), counted AS (
@@ -71,7 +102,7 @@ BEGIN
                               WHERE (c.state, c.code, c.stripe_account, c.customer, c.event_name)
                                   = (t.state, t.code, t.stripe_account, t.customer, t.event_name))
         ), marked AS (
-            INSERT INTO meter_event_outbox_tally_epoch DEFAULT VALUES ON CONFLICT DO NOTHING
+            UPDATE meter_event_outbox_tally_epoch SET lost_noticed_at = NULL
         )
         SELECT pg_catalog.count(*) INTO folded FROM gone;
     ELSE

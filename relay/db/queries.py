@@ -416,6 +416,7 @@ HEARTBEAT = Query("heartbeat", HeartbeatParams, class_row(Beat))
 LEAVE = Query("leave", LeaveParams, scalar_row)
 LIVE_RELAYS = Query("live_relays", StaleSeconds, class_row(LiveRelay))
 REJECT = Query("reject", RejectParams, scalar_row)
+FOLD_PLAN = Query("fold_plan", NoParams, scalar_row)
 FOLD_COUNTS = Query("fold_counts", NoParams, scalar_row)
 DATABASE_PROBE = Query("database_probe", NoParams, class_row(DatabaseProbe))
 STATE_COUNTS = Query("state_counts", NoParams, class_row(StateCount))
@@ -712,7 +713,7 @@ REGISTRY: dict[str, Query[Any, Any]] = {
     q.name: q
     for q in (
         WALK, CLAIM_PLAN, CLAIM, LEASE, RESET_IN_FLIGHT, OUTCOME_PLAN, RECORD_OUTCOMES,
-        HEARTBEAT, LEAVE, LIVE_RELAYS, REJECT, FOLD_COUNTS,
+        HEARTBEAT, LEAVE, LIVE_RELAYS, REJECT, FOLD_PLAN, FOLD_COUNTS,
         STATE_COUNTS, STATUS_TALLY, STATUS_TALLY_BEFORE_LEASES, STATUS_TALLY_COUNTED,
         NEXT_ATTEMPTS, LAST_STATUS_FOR_CODE,
         ROW_STORY, ROW_STATE, ROW_ATTEMPTS, LIST_ROWS, RETRY, PRUNE, MAY_TEND_RANGES,

@@ -713,6 +713,15 @@ RETURNING o.identifier
 SELECT statement_timestamp() AS now,
        current_setting('transaction_read_only') = 'on' AS read_only
 
+-- name: fold_plan
+-- The fold's transaction begins with this: no statement timeout for the fold, whatever the
+-- role's or the database's. A fold is a few milliseconds, but the one after a crash of
+-- PostgreSQL emptied the UNLOGGED deltas recounts every tally in one statement (about 8 s on
+-- ten million rows, migration outbox_0032): under a shorter site-wide timeout it was cancelled
+-- on every try and no fold ran again. For this transaction only (a pooler's server connection
+-- keeps nothing of it).
+SELECT pg_catalog.set_config('statement_timeout', '0', true)
+
 -- name: fold_counts
 -- First, a crash of PostgreSQL (or a failover) emptied the UNLOGGED lease table if the marker is
 -- gone (migration outbox_0020): re-create it and raise the logged watermark to max(id) in this

@@ -357,7 +357,11 @@ class Store(AsyncExecutor):
         return await self.all(q.REJECT(params))
 
     async def fold_counts(self) -> None:
-        await self.all(q.FOLD_COUNTS({}))
+        """Fold the tallies' deltas (or recount them after a crash emptied the deltas), in a
+        transaction of its own for `fold_plan`'s settings."""
+        async with self.pool.connection() as conn, conn.transaction():
+            await fetch(conn, q.FOLD_PLAN({}))
+            await fetch(conn, q.FOLD_COUNTS({}))
 
     async def probe(self) -> q.DatabaseProbe:
         """The database's clock and whether it takes writes (the database watch)."""

@@ -98,38 +98,43 @@ def test_a_postgres_crash_empties_the_tally_deltas_and_the_next_fold_recounts(
 ) -> None:
     """outbox_0032: the tally deltas are UNLOGGED. Facts recorded and not yet folded when
     PostgreSQL crashes leave no delta after crash recovery, and neither does the marker; the
-    next fold sees the marker gone and recounts every tally from the outbox."""
+    next fold sees the marker gone and recounts every tally from the outbox. A transaction
+    prepared before the crash (two-phase commit) survives it without its delta: the recount
+    waits until it is committed, or its row would never be counted."""
     from relay.db import migrate
 
     url = cluster.create_database("tallies")
     migrate.upgrade(url)
+    record = "SELECT outbox_record_usage('api_calls', %s, 1, %s, notify => false)"
     with psycopg.connect(url, autocommit=True) as conn:
         for i in range(30):  # folded: in the logged tallies
-            conn.execute(
-                "SELECT outbox_record_usage('api_calls', %s, 1, %s)", (f"cus_{i % 3}", f"a{i}")
-            )
+            conn.execute(record, (f"cus_{i % 3}", f"a{i}"))
         conn.execute("SELECT outbox_fold_counts()")
         for i in range(20):  # only deltas when PostgreSQL dies
-            conn.execute(
-                "SELECT outbox_record_usage('api_calls', %s, 1, %s)", (f"cus_{i % 3}", f"b{i}")
-            )
+            conn.execute(record, (f"cus_{i % 3}", f"b{i}"))
         conn.execute(
             "UPDATE meter_event_outbox SET state = 'accepted', accepted_at = now()"
             " WHERE identifier LIKE 'a1%'"
         )
+        conn.execute("BEGIN")
+        conn.execute(record, ("cus_2pc", "prepared"))
+        conn.execute("PREPARE TRANSACTION 'outbox_tally_test'")
         conn.execute("CHECKPOINT")  # a checkpoint does not write an UNLOGGED table's pages
     cluster.crash_stop()
     cluster.start()
     wait_for(lambda: answers(url))
     count_sql = "SELECT count(*) FROM {}"
+    status = "SELECT state, n FROM meter_event_outbox_status WHERE n > 0 ORDER BY state"
     with psycopg.connect(url, autocommit=True) as conn:
         for table in ("meter_event_outbox_tally_deltas", "meter_event_outbox_tally_epoch"):
             assert conn.execute(count_sql.format(table)).fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM meter_event_outbox").fetchone() == (50,)
-        status = "SELECT state, n FROM meter_event_outbox_status WHERE n > 0 ORDER BY state"
         assert conn.execute(status).fetchall() == [("pending", 30)]  # as last folded
+        conn.execute("SELECT outbox_fold_counts()")  # waits for the prepared transaction
+        assert conn.execute(status).fetchall() == [("pending", 30)]
+        conn.execute("COMMIT PREPARED 'outbox_tally_test'")
         conn.execute("SELECT outbox_fold_counts()")
-        assert conn.execute(status).fetchall() == [("accepted", 11), ("pending", 39)]
+        assert conn.execute(status).fetchall() == [("accepted", 11), ("pending", 40)]
         unsent = (
             "SELECT customer, n FROM meter_event_outbox_tallies WHERE state = '' ORDER BY customer"
         )
@@ -138,4 +143,5 @@ def test_a_postgres_crash_empties_the_tally_deltas_and_the_next_fold_recounts(
             " GROUP BY customer ORDER BY customer"
         )
         assert conn.execute(unsent).fetchall() == conn.execute(real).fetchall()
-        assert conn.execute(count_sql.format("meter_event_outbox_tally_epoch")).fetchone() == (1,)
+        marker = "SELECT lost_noticed_at FROM meter_event_outbox_tally_epoch"
+        assert conn.execute(marker).fetchall() == [(None,)]  # whole again

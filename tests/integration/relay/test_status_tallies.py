@@ -19,7 +19,7 @@ from relay.core.meters import HELD_CODES
 from relay.db import migrate
 from relay.db import operations as ops
 from relay.db.pool import QUERIES, make_pool
-from relay.db.store import ATTEMPT_WINDOW_CAP, FINISHED_CAP, ConsoleStore, SyncStore
+from relay.db.store import ATTEMPT_WINDOW_CAP, FINISHED_CAP, ConsoleStore, Store, SyncStore
 from tests.helpers import rows, run_concurrently
 
 REAL = """
@@ -169,6 +169,33 @@ def test_the_fold_recounts_the_tallies_after_the_deltas_were_lost(database_url, 
         "SELECT count(*) FROM meter_event_outbox_tallies WHERE n = 0 AND state"
         " NOT IN ('accepted', 'cancelled')",
     ) == [(0,)]
+
+
+async def test_the_relays_fold_recounts_under_a_shorter_statement_timeout(database_url, db):
+    """The recount after lost deltas is one statement over the whole outbox (about 1 us per
+    row). Under a database's statement_timeout shorter than that, it was cancelled on every try
+    and no fold ever ran again; the relay's fold runs with none (`fold_plan`)."""
+    db.execute(
+        "INSERT INTO meter_event_outbox (identifier, event_name, customer, value)"
+        " SELECT 't' || g, 'api_calls', 'cus_' || (g % 500), 1 FROM generate_series(1, 100000) g"
+    )
+    name = db.execute("SELECT current_database()").fetchone()[0]
+    db.execute(f"ALTER DATABASE \"{name}\" SET statement_timeout = '5ms'")
+    db.execute("TRUNCATE meter_event_outbox_tally_epoch, meter_event_outbox_tally_deltas")
+    pool = make_pool(database_url, max_size=1)
+    await pool.open(wait=True)
+    try:
+        async with pool.connection() as conn:  # the timeout is the session's
+            found = await conn.execute("SHOW statement_timeout")
+            assert await found.fetchone() == ("5ms",)
+        await Store(pool).fold_counts()
+    finally:
+        await pool.close()
+    db.execute(f'ALTER DATABASE "{name}" RESET statement_timeout')
+    assert rows(db, "SELECT lost_noticed_at FROM meter_event_outbox_tally_epoch") == [(None,)]
+    assert {(s, c, a, u): n for s, c, a, u, n in rows(db, TALLY) if n} == {
+        (s, c, a, u): n for s, c, a, u, n in rows(db, REAL) if n
+    }
 
 
 def test_a_fold_updates_the_customer_tallies_in_place(db):
