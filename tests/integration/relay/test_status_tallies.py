@@ -198,6 +198,24 @@ async def test_the_relays_fold_recounts_under_a_shorter_statement_timeout(databa
     }
 
 
+def test_a_downgrade_runs_the_recount_the_lost_deltas_owe(database_url, db):
+    """outbox_0032's downgrade restores a fold that never recounts: a recount still owed when
+    it runs (the deltas lost, no fold since) is done first, or the tallies would stay short of
+    the lost deltas for good."""
+    for i in range(12):
+        db.execute("SELECT outbox_record_usage('api_calls', %s, 1, %s)", (f"cus_{i % 3}", f"d{i}"))
+    db.execute("SELECT outbox_fold_counts()")
+    for i in range(5):
+        db.execute("SELECT outbox_record_usage('api_calls', 'cus_x', 1, %s)", (f"e{i}",))
+    db.execute("TRUNCATE meter_event_outbox_tally_epoch, meter_event_outbox_tally_deltas")
+    db.commit()
+    migrate.downgrade(database_url, "outbox_0031")
+    db.execute("SELECT outbox_fold_counts()")
+    assert {(s, c, a, u): n for s, c, a, u, n in rows(db, TALLY) if n} == {
+        (s, c, a, u): n for s, c, a, u, n in rows(db, REAL) if n
+    }
+
+
 def test_a_fold_updates_the_customer_tallies_in_place(db):
     # outbox_0023: half of each tally page stays free, so a fold's update of a customer's
     # unsent count is HOT (no new entry in the five-column primary key). Full pages made
