@@ -615,6 +615,41 @@ def prune(
 @main.command()
 @database_option
 @click.option(
+    "--yes", is_flag=True, help="Do not ask for confirmation (needed without a terminal)."
+)
+@json_option
+def recover(database_url: str | None, yes: bool, as_json: bool) -> None:
+    """After moving the database without its UNLOGGED tables (logical replication, a copy of
+    the data only): treat every row recorded so far as possibly sent and recount the status
+    tallies, as the first fold after a crash of PostgreSQL does."""
+    from relay.db import operations as ops
+
+    settings = _settings(database_url=database_url)
+    with ops.connect(_database_url(settings)) as conn:
+        _confirm(
+            "Treat every row recorded so far as possibly sent and recount the tallies "
+            "(a read of the whole outbox)?",
+            yes,
+        )
+        data = ops.recover(conn)
+    _emit(data, as_json, lambda: _render_recovered(data))
+
+
+def _render_recovered(data: dict[str, Any]) -> None:
+    click.echo(f"rows up to id {data['possibly_sent_below']} may have been sent")
+    if data["tallies_recounted"]:
+        click.echo("tallies recounted from the outbox")
+    else:
+        click.echo(
+            f"tallies: the recount waits for {data['prepared_transactions']} transaction(s) "
+            "prepared for two-phase commit (pg_prepared_xacts): commit or roll them back; "
+            "the next fold of a relay recounts"
+        )
+
+
+@main.command()
+@database_option
+@click.option(
     "--stripe-api-base", envvar="OUTBOX_STRIPE_API_BASE", help="(env OUTBOX_STRIPE_API_BASE)"
 )
 @click.option("--hours", type=float, default=72, show_default=True, help="How far back to look.")

@@ -282,6 +282,22 @@ def cancel(conn: psycopg.Connection, identifier: str) -> outbox.CancelRequest:
     return result
 
 
+def recover(conn: psycopg.Connection) -> dict[str, Any]:
+    """After the database was moved without its UNLOGGED tables (logical replication skips
+    them; a copy of the data only) into a schema whose migration wrote their markers anew: do
+    what the first fold after a crash of PostgreSQL does, which no fold can know to do there.
+    Every row recorded so far then "may have been sent" (a cancel of a report that was at
+    Stripe waits for its outcome, as after a crash), and the tallies are recounted from the
+    outbox. Safe to run on a healthy database: it costs a recount (about 8 s per ten million
+    rows) and one extra, idempotent call for each such row cancelled later."""
+    done = SyncStore(conn).recover()
+    return {
+        "possibly_sent_below": done.possibly_sent_below,
+        "tallies_recounted": done.recounted,
+        "prepared_transactions": 0 if done.recounted else done.prepared,
+    }
+
+
 # Stripe dedups identifiers over a rolling 24 h and accepts cancellations for 24 h after
 # receipt: a row pruned sooner could be recorded and sent again, or no longer be cancelled.
 PRUNE_FLOOR_DAYS = 1.0

@@ -317,6 +317,15 @@ class Tally(NamedTuple):
     n: int
 
 
+class Recovered(NamedTuple):
+    """What `recover` left: the lease watermark, whether the tallies were recounted, and the
+    prepared transactions a recount still owed waits for."""
+
+    possibly_sent_below: int
+    recounted: bool
+    prepared: int
+
+
 class NextAttempt(NamedTuple):
     code: str
     next_attempt_at: datetime
@@ -418,6 +427,9 @@ LIVE_RELAYS = Query("live_relays", StaleSeconds, class_row(LiveRelay))
 REJECT = Query("reject", RejectParams, scalar_row)
 FOLD_PLAN = Query("fold_plan", NoParams, scalar_row)
 FOLD_COUNTS = Query("fold_counts", NoParams, scalar_row)
+HOLD_FOLD = Query("hold_fold", NoParams, scalar_row)
+FORGET_UNLOGGED = Query("forget_unlogged", NoParams, scalar_row)
+RECOVERED = Query("recovered", NoParams, class_row(Recovered))
 DATABASE_PROBE = Query("database_probe", NoParams, class_row(DatabaseProbe))
 STATE_COUNTS = Query("state_counts", NoParams, class_row(StateCount))
 STATUS_TALLY = Query("status_tally", NoParams, class_row(Tally))
@@ -714,6 +726,7 @@ REGISTRY: dict[str, Query[Any, Any]] = {
     for q in (
         WALK, CLAIM_PLAN, CLAIM, LEASE, RESET_IN_FLIGHT, OUTCOME_PLAN, RECORD_OUTCOMES,
         HEARTBEAT, LEAVE, LIVE_RELAYS, REJECT, FOLD_PLAN, FOLD_COUNTS,
+        HOLD_FOLD, FORGET_UNLOGGED, RECOVERED,
         STATE_COUNTS, STATUS_TALLY, STATUS_TALLY_BEFORE_LEASES, STATUS_TALLY_COUNTED,
         NEXT_ATTEMPTS, LAST_STATUS_FOR_CODE,
         ROW_STORY, ROW_STATE, ROW_ATTEMPTS, LIST_ROWS, RETRY, PRUNE, MAY_TEND_RANGES,

@@ -750,6 +750,41 @@ WITH orphans AS (
 )
 SELECT outbox_fold_counts()
 
+-- name: hold_fold
+-- `outbox-relay recover` (relay/db/operations.py) waits here for a fold running now, then folds
+-- in the same transaction: `outbox_fold_counts()` only tries this lock (a fold already running
+-- is enough for the relays), but the recover's fold must run. The key is the function's own
+-- (migration outbox_0032); the same session takes it again inside the function.
+SELECT pg_catalog.pg_advisory_xact_lock(
+           pg_catalog.hashtext('outbox_fold_counts'::text),
+           'meter_event_outbox_tally_deltas'::regclass::oid::int)::text
+
+-- name: forget_unlogged
+-- `outbox-relay recover`: the database was moved without its UNLOGGED tables (logical
+-- replication skips them; a copy of the data only) while their markers were written anew (by the
+-- new database's migration), so no fold can tell that the leases and the tally deltas were lost.
+-- Deleting both markers makes the database look as after a crash of PostgreSQL, which the fold
+-- that follows in this transaction (`fold_counts`) repairs: it raises the lease watermark to
+-- max(id), so every row recorded so far "may have been sent" (a report at Stripe when the
+-- database moved keeps its cancel and its rejection safe), and recounts the tallies.
+WITH leases AS (
+    DELETE FROM meter_event_outbox_lease_epoch RETURNING 1
+), tallies AS (
+    DELETE FROM meter_event_outbox_tally_epoch RETURNING 1
+)
+SELECT (SELECT count(*) FROM leases) + (SELECT count(*) FROM tallies)
+
+-- name: recovered
+-- What `outbox-relay recover` left: the watermark, whether the tallies were recounted, and the
+-- transactions prepared for two-phase commit before the recount was asked for, which it waits
+-- for (a prepared transaction's delta row was lost with the others; outbox_0032).
+SELECT w.possibly_sent_below,
+       coalesce((SELECT e.lost_noticed_at IS NULL FROM meter_event_outbox_tally_epoch e), false)
+           AS recounted,
+       (SELECT count(*) FROM pg_catalog.pg_prepared_xacts p
+        WHERE p.database = pg_catalog.current_database()) AS prepared
+FROM meter_event_outbox_lease_watermark w
+
 -- name: prune
 -- Retention: delete old terminal rows in a bounded batch (the caller loops), oldest first, and
 -- their attempt history in the same statement (the history has no foreign key: see 0003).

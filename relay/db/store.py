@@ -785,6 +785,17 @@ class SyncStore(SyncExecutor):
             self.all(q.OUTCOME_PLAN({}))
             return set(self.all(q.RECORD_OUTCOMES(outcome_params(batch, relay_id))))
 
+    def recover(self) -> q.Recovered:
+        """`outbox-relay recover`, in one transaction: wait for a fold running now, forget what
+        the UNLOGGED tables' markers say, and fold (which then does what it does after a crash).
+        """
+        with self.conn.transaction():
+            self.all(q.FOLD_PLAN({}))
+            self.all(q.HOLD_FOLD({}))
+            self.all(q.FORGET_UNLOGGED({}))
+            self.all(q.FOLD_COUNTS({}))
+        return self.one(q.RECOVERED({}))
+
     def outage_state(self) -> OutageState | None:
         """The outage breaker as every replica sees it (None: a schema before outbox_0013)."""
         try:

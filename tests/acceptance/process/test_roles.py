@@ -39,6 +39,8 @@ MATRIX = {
     ("relay", "outbox-relay run: rows accepted"): True,
     ("relay", "outbox-relay status"): True,
     ("relay", "outbox-relay prune --yes"): True,
+    ("relay", "outbox-relay recover --yes"): True,
+    ("reader", "outbox-relay recover --yes"): False,
     ("relay", "tend the created_at ranges (owner's rights)"): True,
     ("writer", "tend the created_at ranges (owner's rights)"): False,
     ("reader", "tend the created_at ranges (owner's rights)"): False,
@@ -91,6 +93,7 @@ COMMANDS = {
     "outbox-relay list": ["list"],
     "outbox-relay inspect": ["inspect", "seed-1"],
     "outbox-relay prune --yes": ["prune", "--yes"],
+    "outbox-relay recover --yes": ["recover", "--yes"],
     "outbox-relay retry --all": ["retry", "--all"],
 }
 

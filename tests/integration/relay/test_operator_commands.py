@@ -288,7 +288,8 @@ def test_every_setting_has_a_flag_naming_its_environment_variable():
 
 
 @pytest.mark.parametrize(
-    "command", ["status", "list", "inspect", "retry", "cancel", "prune", "reconcile", "drift"]
+    "command",
+    ["status", "list", "inspect", "retry", "cancel", "prune", "recover", "reconcile", "drift"],
 )
 def test_every_operator_command_has_json(command: str):
     out = subprocess.run([*CLI, command, "--help"], capture_output=True, text=True, timeout=60)
