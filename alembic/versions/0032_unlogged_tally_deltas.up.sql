@@ -22,8 +22,8 @@
 -- loss. The recount needs a snapshot taken after that check: READ COMMITTED only (the relay's
 -- transactions are; another caller's fold just folds nothing).
 --
--- To force a recount (a database moved by logical replication, which skips UNLOGGED tables, or
--- restored from a data-only copy): DELETE FROM meter_event_outbox_tally_epoch.
+-- A database moved by logical replication (which skips UNLOGGED tables) or from a copy of the
+-- data only lost its leases too: run `outbox-relay recover` there (docs/operations.md).
 --
 -- Hot standbys: the statements that read only the tallies and the deltas (customers with the
 -- most unsent rows, the rows held for their meter, failures per code) need the primary now, as

@@ -47,6 +47,13 @@ def _failure(err: BaseException) -> tuple[str, int, bool]:
         err = err.orig
     if isinstance(err, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedFunction):
         return "the outbox schema is missing or old: run `outbox-relay migrate`", 2, True
+    if isinstance(err, psycopg.errors.InsufficientPrivilege):
+        return (
+            f"{errors.one_line(str(err))}: run this command as a login of the role it needs "
+            "(`outbox-relay roles`; docs/operations.md, Database roles)",
+            2,
+            True,
+        )
     if isinstance(err, psycopg.OperationalError | psycopg_pool.PoolTimeout):
         failure = errors.database_error(err)
         return str(failure), failure.exit_code, True
@@ -631,12 +638,20 @@ def recover(database_url: str | None, yes: bool, as_json: bool) -> None:
             "(a read of the whole outbox)?",
             yes,
         )
-        data = ops.recover(conn)
+        try:
+            data = ops.recover(conn)
+        except ops.RecoverRefused as err:
+            raise click.UsageError(str(err)) from None
     _emit(data, as_json, lambda: _render_recovered(data))
+    if not data["finished"]:
+        sys.exit(3)
 
 
 def _render_recovered(data: dict[str, Any]) -> None:
-    click.echo(f"rows up to id {data['possibly_sent_below']} may have been sent")
+    if data["possibly_sent_below"]:
+        click.echo(f"rows up to id {data['possibly_sent_below']} may have been sent")
+    else:
+        click.echo("no rows recorded yet")
     if data["tallies_recounted"]:
         click.echo("tallies recounted from the outbox")
     else:
@@ -644,6 +659,11 @@ def _render_recovered(data: dict[str, Any]) -> None:
             f"tallies: the recount waits for {data['prepared_transactions']} transaction(s) "
             "prepared for two-phase commit (pg_prepared_xacts): commit or roll them back; "
             "the next fold of a relay recounts"
+        )
+    for behind in data["sequences_behind"]:
+        click.echo(
+            f"sequence {behind['sequence']} is behind its table (logical replication does not "
+            f"carry sequences): as the tables' owner, {behind['fix']}"
         )
 
 

@@ -282,6 +282,10 @@ def cancel(conn: psycopg.Connection, identifier: str) -> outbox.CancelRequest:
     return result
 
 
+class RecoverRefused(Exception):
+    """`recover` would do harm now (logical replication still applies changes here)."""
+
+
 def recover(conn: psycopg.Connection) -> dict[str, Any]:
     """After the database was moved without its UNLOGGED tables (logical replication skips
     them; a copy of the data only) into a schema whose migration wrote their markers anew: do
@@ -289,12 +293,25 @@ def recover(conn: psycopg.Connection) -> dict[str, Any]:
     Every row recorded so far then "may have been sent" (a cancel of a report that was at
     Stripe waits for its outcome, as after a crash), and the tallies are recounted from the
     outbox. Safe to run on a healthy database: it costs a recount (about 8 s per ten million
-    rows) and one extra, idempotent call for each such row cancelled later."""
-    done = SyncStore(conn).recover()
+    rows) and one extra, idempotent call for each such row cancelled later. What it cannot do
+    is returned for the operator: a recount that waits for prepared transactions, and the
+    outbox's sequences behind their tables (replication does not carry them; their owner sets
+    them)."""
+    store = SyncStore(conn)
+    if subscriptions := store.subscriptions_enabled():
+        raise RecoverRefused(
+            f"logical replication still applies changes to this database (subscription "
+            f"{', '.join(subscriptions)}): recover once the move is over, when the source takes "
+            "no more writes and the subscription is disabled or dropped"
+        )
+    done = store.recover()
+    behind = store.sequences_behind()
     return {
         "possibly_sent_below": done.possibly_sent_below,
         "tallies_recounted": done.recounted,
         "prepared_transactions": 0 if done.recounted else done.prepared,
+        "sequences_behind": [{"sequence": b.sequence, "fix": b.fix} for b in behind],
+        "finished": done.recounted and not behind,
     }
 
 

@@ -326,6 +326,13 @@ class Recovered(NamedTuple):
     prepared: int
 
 
+class SequenceBehind(NamedTuple):
+    """A sequence of the outbox below the ids already in its table, and its owner's fix."""
+
+    sequence: str
+    fix: str
+
+
 class NextAttempt(NamedTuple):
     code: str
     next_attempt_at: datetime
@@ -430,6 +437,8 @@ FOLD_COUNTS = Query("fold_counts", NoParams, scalar_row)
 HOLD_FOLD = Query("hold_fold", NoParams, scalar_row)
 FORGET_UNLOGGED = Query("forget_unlogged", NoParams, scalar_row)
 RECOVERED = Query("recovered", NoParams, class_row(Recovered))
+SUBSCRIPTIONS_ENABLED = Query("subscriptions_enabled", NoParams, scalar_row)
+SEQUENCES_BEHIND = Query("sequences_behind", NoParams, class_row(SequenceBehind))
 DATABASE_PROBE = Query("database_probe", NoParams, class_row(DatabaseProbe))
 STATE_COUNTS = Query("state_counts", NoParams, class_row(StateCount))
 STATUS_TALLY = Query("status_tally", NoParams, class_row(Tally))
@@ -726,7 +735,7 @@ REGISTRY: dict[str, Query[Any, Any]] = {
     for q in (
         WALK, CLAIM_PLAN, CLAIM, LEASE, RESET_IN_FLIGHT, OUTCOME_PLAN, RECORD_OUTCOMES,
         HEARTBEAT, LEAVE, LIVE_RELAYS, REJECT, FOLD_PLAN, FOLD_COUNTS,
-        HOLD_FOLD, FORGET_UNLOGGED, RECOVERED,
+        HOLD_FOLD, FORGET_UNLOGGED, RECOVERED, SUBSCRIPTIONS_ENABLED, SEQUENCES_BEHIND,
         STATE_COUNTS, STATUS_TALLY, STATUS_TALLY_BEFORE_LEASES, STATUS_TALLY_COUNTED,
         NEXT_ATTEMPTS, LAST_STATUS_FOR_CODE,
         ROW_STORY, ROW_STATE, ROW_ATTEMPTS, LIST_ROWS, RETRY, PRUNE, MAY_TEND_RANGES,

@@ -720,7 +720,10 @@ SELECT statement_timestamp() AS now,
 -- ten million rows, migration outbox_0032): under a shorter site-wide timeout it was cancelled
 -- on every try and no fold ran again. For this transaction only (a pooler's server connection
 -- keeps nothing of it).
-SELECT pg_catalog.set_config('statement_timeout', '0', true)
+-- No lock timeout either: a fold waits only for another fold (or `outbox-relay recover`), and
+-- one cut short by a site-wide lock_timeout failed as if the database were unreachable.
+SELECT pg_catalog.set_config('statement_timeout', '0', true),
+       pg_catalog.set_config('lock_timeout', '0', true)
 
 -- name: fold_counts
 -- First, a crash of PostgreSQL (or a failover) emptied the UNLOGGED lease table if the marker is
@@ -781,9 +784,41 @@ SELECT (SELECT count(*) FROM leases) + (SELECT count(*) FROM tallies)
 SELECT w.possibly_sent_below,
        coalesce((SELECT e.lost_noticed_at IS NULL FROM meter_event_outbox_tally_epoch e), false)
            AS recounted,
-       (SELECT count(*) FROM pg_catalog.pg_prepared_xacts p
-        WHERE p.database = pg_catalog.current_database()) AS prepared
+       (SELECT count(*) FROM pg_catalog.pg_prepared_xacts p, meter_event_outbox_tally_epoch e
+        WHERE p.database = pg_catalog.current_database()
+          AND p.prepared <= e.lost_noticed_at) AS prepared
 FROM meter_event_outbox_lease_watermark w
+
+-- name: subscriptions_enabled
+-- `outbox-relay recover` refuses while logical replication still applies changes to this
+-- database: rows copied after it would lie above its watermark again, and the tallies folded on
+-- the source would collide with its recount (the apply worker stops on a duplicate key).
+SELECT s.subname FROM pg_catalog.pg_subscription s
+WHERE s.subenabled
+  AND s.subdbid = (SELECT d.oid FROM pg_catalog.pg_database d
+                   WHERE d.datname = pg_catalog.current_database())
+ORDER BY s.subname
+
+-- name: sequences_behind
+-- Logical replication does not carry sequences: after a move, the outbox's own may lie below
+-- the ids already in their tables, and the next insert fails on a duplicate key. Each sequence
+-- behind its table, with the statement its owner runs (the relay's role may not set it).
+-- `tests/integration/relay/test_recover.py` holds this list to every sequence of the outbox.
+SELECT q.seq AS sequence,
+       pg_catalog.format('SELECT setval(%L, (SELECT max(id) FROM %I.%I))', q.seq,
+                         pg_catalog.current_schema(), q.tab) AS fix
+FROM (VALUES
+        ('meter_event_outbox', pg_catalog.pg_get_serial_sequence('meter_event_outbox', 'id'),
+         (SELECT max(o.id) FROM meter_event_outbox o)),
+        ('meter_event_outbox_attempts',
+         pg_catalog.pg_get_serial_sequence('meter_event_outbox_attempts', 'id'),
+         (SELECT max(a.id) FROM meter_event_outbox_attempts a)),
+        ('meter_event_outbox_drift_reports',
+         pg_catalog.pg_get_serial_sequence('meter_event_outbox_drift_reports', 'id'),
+         (SELECT max(r.id) FROM meter_event_outbox_drift_reports r))
+     ) q(tab, seq, top)
+WHERE q.top > coalesce(pg_catalog.pg_sequence_last_value(q.seq::regclass), 0)
+ORDER BY q.seq
 
 -- name: prune
 -- Retention: delete old terminal rows in a bounded batch (the caller loops), oldest first, and

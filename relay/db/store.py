@@ -788,13 +788,25 @@ class SyncStore(SyncExecutor):
     def recover(self) -> q.Recovered:
         """`outbox-relay recover`, in one transaction: wait for a fold running now, forget what
         the UNLOGGED tables' markers say, and fold (which then does what it does after a crash).
-        """
-        with self.conn.transaction():
-            self.all(q.FOLD_PLAN({}))
-            self.all(q.HOLD_FOLD({}))
-            self.all(q.FORGET_UNLOGGED({}))
-            self.all(q.FOLD_COUNTS({}))
+        READ COMMITTED whatever the database's default, as the relay's pool: the recount runs
+        in no other level (outbox_0032), and max(id) must be read after the lock wait."""
+        level = self.conn.isolation_level
+        self.conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
+        try:
+            with self.conn.transaction():
+                self.all(q.FOLD_PLAN({}))
+                self.all(q.HOLD_FOLD({}))
+                self.all(q.FORGET_UNLOGGED({}))
+                self.all(q.FOLD_COUNTS({}))
+        finally:
+            self.conn.isolation_level = level
         return self.one(q.RECOVERED({}))
+
+    def subscriptions_enabled(self) -> list[str]:
+        return self.all(q.SUBSCRIPTIONS_ENABLED({}))
+
+    def sequences_behind(self) -> list[q.SequenceBehind]:
+        return self.all(q.SEQUENCES_BEHIND({}))
 
     def outage_state(self) -> OutageState | None:
         """The outage breaker as every replica sees it (None: a schema before outbox_0013)."""

@@ -3,6 +3,7 @@ skips them; a copy of the data only) into a schema whose migration wrote their m
 No fold can tell what was lost there; the command does what the first fold after a crash does."""
 
 import json
+import re
 import threading
 
 import psycopg
@@ -11,6 +12,7 @@ from click.testing import CliRunner
 import outbox
 from relay.cli.commands import main
 from relay.db import queries
+from relay.db.pool import QUERIES
 from relay.db.store import SyncStore
 from tests.acceptance.process.test_process import wait_for
 from tests.helpers import scalar
@@ -103,6 +105,88 @@ def test_recover_waits_for_a_fold_running_now_and_then_recounts(database_url: st
     assert ran and ran[0][0] == 0, ran
     assert "tallies recounted" in ran[0][1]
     assert pending_count(database_url) == 2
+
+
+def test_recover_recounts_under_a_database_default_of_repeatable_read(
+    database_url: str, db
+) -> None:
+    """The recount runs in READ COMMITTED only (outbox_0032); the relay's pool sets it, an
+    operator's connection took the database's default: under REPEATABLE READ nothing was
+    recounted and the command blamed prepared transactions (0 of them)."""
+    insert_usage(database_url, 4, prefix="a")
+    fold(db)
+    insert_usage(database_url, 3, prefix="b")
+    moved(db)
+    name = scalar(db, "SELECT current_database()")
+    db.execute(f"ALTER DATABASE \"{name}\" SET default_transaction_isolation = 'repeatable read'")
+    try:
+        code, out = recover(database_url, "--yes", "--json")
+    finally:
+        db.execute(f'ALTER DATABASE "{name}" RESET default_transaction_isolation')
+    assert code == 0, out
+    assert json.loads(out)["tallies_recounted"] is True
+    assert pending_count(database_url) == 7
+
+
+def test_recover_refuses_while_logical_replication_applies_changes(database_url: str, db) -> None:
+    """Rows copied after it would lie above its watermark again, and the source's folded
+    tallies would collide with its recount (the apply worker stops on a duplicate key)."""
+    insert_usage(database_url, 1)
+    db.execute(
+        "CREATE SUBSCRIPTION recover_probe CONNECTION 'host=127.0.0.1 port=1 dbname=none'"
+        " PUBLICATION none WITH (connect = false)"
+    )
+    try:
+        db.execute("ALTER SUBSCRIPTION recover_probe ENABLE")
+        code, out = recover(database_url, "--yes")
+        assert code == 2, out
+        assert "subscription recover_probe" in out and "disabled or dropped" in out
+        assert scalar(db, "SELECT count(*) FROM meter_event_outbox_lease_epoch") == 1
+        db.execute("ALTER SUBSCRIPTION recover_probe DISABLE")
+        code, out = recover(database_url, "--yes")
+        assert code == 0, out
+    finally:
+        db.execute("ALTER SUBSCRIPTION recover_probe DISABLE")
+        db.execute("ALTER SUBSCRIPTION recover_probe SET (slot_name = NONE)")
+        db.execute("DROP SUBSCRIPTION recover_probe")
+
+
+def test_recover_names_the_sequences_a_move_left_behind(database_url: str, db) -> None:
+    """Logical replication carries rows, not sequences: the outbox's id sequence lies below the
+    ids already there, and the next fact recorded fails on a duplicate key. The relay's role
+    may not set a sequence: the command names each one with its owner's statement, exit 3."""
+    db.execute(
+        "INSERT INTO meter_event_outbox (id, identifier, event_name, customer, value)"
+        " OVERRIDING SYSTEM VALUE VALUES (500, 'copied', 'api_calls', 'cus_1', 1)"
+    )
+    code, out = recover(database_url, "--yes", "--json")
+    assert code == 3, out
+    (behind,) = json.loads(out)["sequences_behind"]
+    assert behind["sequence"].endswith("meter_event_outbox_id_seq")
+    db.execute(behind["fix"])
+    insert_usage(database_url, 1, prefix="after")
+    assert scalar(db, "SELECT id FROM meter_event_outbox WHERE identifier = 'after1'") == 501
+    code, out = recover(database_url, "--yes")
+    assert code == 0, out
+
+
+def test_sequences_behind_covers_every_sequence_of_the_outbox(db) -> None:
+    """A later migration's sequence must join `sequences_behind` in relay/db/queries.sql."""
+    named = {
+        b
+        for b in re.findall(r"pg_get_serial_sequence\('(\w+)', 'id'\)", QUERIES["sequences_behind"])
+    }
+    owned = {
+        r[0]
+        for r in db.execute(
+            "SELECT t.relname FROM pg_depend d JOIN pg_class s ON s.oid = d.objid"
+            " JOIN pg_class t ON t.oid = d.refobjid"
+            " WHERE s.relkind = 'S' AND d.deptype IN ('a', 'i')"
+            " AND t.relnamespace = current_schema()::regnamespace"
+            " AND (t.relname LIKE 'meter\\_event\\_outbox%' OR t.relname LIKE 'outbox\\_%')"
+        )
+    }
+    assert named == owned
 
 
 def test_recover_asks_first_and_without_a_terminal_needs_yes(database_url: str, db) -> None:
