@@ -309,7 +309,7 @@ def recover(conn: psycopg.Connection) -> dict[str, Any]:
     return {
         "possibly_sent_below": done.possibly_sent_below,
         "tallies_recounted": done.recounted,
-        "prepared_transactions": 0 if done.recounted else done.prepared,
+        "prepared_transactions": done.prepared,  # 0 once recounted (`recovered`)
         "sequences_behind": [{"sequence": b.sequence, "fix": b.fix} for b in behind],
         "finished": done.recounted and not behind,
     }

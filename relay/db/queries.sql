@@ -780,7 +780,8 @@ SELECT (SELECT count(*) FROM leases) + (SELECT count(*) FROM tallies)
 -- name: recovered
 -- What `outbox-relay recover` left: the watermark, whether the tallies were recounted, and the
 -- transactions prepared for two-phase commit before the recount was asked for, which it waits
--- for (a prepared transaction's delta row was lost with the others; outbox_0032).
+-- for (a prepared transaction's delta row was lost with the others; outbox_0032): none once
+-- recounted (no loss noticed, no such transaction).
 SELECT w.possibly_sent_below,
        coalesce((SELECT e.lost_noticed_at IS NULL FROM meter_event_outbox_tally_epoch e), false)
            AS recounted,

@@ -14,6 +14,7 @@ import pytest
 
 from relay.core.config import Settings
 from relay.core.rows import Claimed
+from relay.db import queries
 from relay.db.pool import make_pool
 from relay.db.store import FIRST_LANE, Store, SyncStore
 from relay.emulator import Emulator, EmulatorConfig
@@ -223,3 +224,9 @@ def claim(conn: psycopg.Connection, relay_id: str, lease: float, n: int = 10) ->
     return store.claim(
         walked.ids, fill=0, exclusive=True, relay_id=relay_id, lease_seconds=lease, one_walk=True
     )
+
+
+def fold(conn: psycopg.Connection) -> None:
+    """The relay's fold (each upkeep turn): it folds the tally deltas, and notices a crash's
+    reset of the UNLOGGED tables (their markers gone)."""
+    SyncStore(conn).all(queries.FOLD_COUNTS({}))

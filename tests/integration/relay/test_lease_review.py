@@ -13,7 +13,7 @@ from relay.core.vocabulary import STRIPE_OUTAGE
 from relay.db import queries
 from relay.db.store import SyncStore, lease_params
 from tests.acceptance.process.test_process import wait_for
-from tests.support.relay import claim, expire_leases, insert_usage, row, running_relay
+from tests.support.relay import claim, expire_leases, fold, insert_usage, row, running_relay
 
 
 def write(conn: psycopg.Connection, outcomes: list[Outcome]) -> set[int]:
@@ -114,11 +114,6 @@ def crash(db: psycopg.Connection) -> None:
     """What crash recovery (or a failover to a standby) does to the UNLOGGED tables: empties
     them, the leases and the marker that says they were not lost."""
     db.execute("TRUNCATE meter_event_outbox_leases, meter_event_outbox_lease_epoch")
-
-
-def fold(db: psycopg.Connection) -> None:
-    """The relay's fold (each upkeep turn): it notices the reset and raises the watermark."""
-    SyncStore(db).all(queries.FOLD_COUNTS({}))
 
 
 def watermark(db: psycopg.Connection) -> int:

@@ -7,16 +7,13 @@ import re
 import threading
 
 import psycopg
-from click.testing import CliRunner
 
 import outbox
-from relay.cli.commands import main
-from relay.db import queries
 from relay.db.pool import QUERIES
-from relay.db.store import SyncStore
 from tests.acceptance.process.test_process import wait_for
 from tests.helpers import scalar
-from tests.support.relay import claim, insert_usage, row
+from tests.integration.relay.test_operator_commands import cli
+from tests.support.relay import claim, fold, insert_usage, row
 
 
 def moved(db: psycopg.Connection) -> None:
@@ -26,22 +23,15 @@ def moved(db: psycopg.Connection) -> None:
     db.execute("TRUNCATE meter_event_outbox_leases, meter_event_outbox_tally_deltas")
 
 
-def fold(db: psycopg.Connection) -> None:
-    """A relay's fold on the new database: it sees its markers and notices nothing."""
-    SyncStore(db).all(queries.FOLD_COUNTS({}))
-
-
 def recover(database_url: str, *args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, ["recover", *args], env={"OUTBOX_DATABASE_URL": database_url})
-    return result.exit_code, result.output
+    ran = cli(database_url, "recover", *args)
+    return ran.returncode, ran.stdout + ran.stderr
 
 
 def pending_count(database_url: str) -> int:
-    result = CliRunner().invoke(
-        main, ["status", "--json"], env={"OUTBOX_DATABASE_URL": database_url}
-    )
-    assert result.exit_code == 0, result.output
-    return int(json.loads(result.output)["counts"]["pending"])
+    ran = cli(database_url, "status", "--json")
+    assert ran.returncode == 0, ran.stderr
+    return int(json.loads(ran.stdout)["counts"]["pending"])
 
 
 def test_after_a_move_a_cancel_of_a_report_at_stripe_waits_for_its_outcome(
